@@ -1,0 +1,205 @@
+//! Decode benchmark: Confluent-framed Avro `MarketTick` → Arrow.
+//!
+//! Builds ~1 M framed records (8 symbols, random-walk prices), then measures in
+//! the same run, on one thread:
+//! (a) `confluent::unframe` + tickflow's `AvroDecoder` → 8192-row record batches;
+//! (b) `confluent::unframe` + `apache_avro::from_avro_datum` into `Value`s (the
+//!     crate's generic decoding) over the same bytes.
+//! Each is repeated several times; the best run counts. Run with
+//! `cargo bench -p tickflow-worker --bench decode`.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
+use tickflow_worker::codec::{AvroDecoder, AvroEncoder, SourceTable, confluent};
+
+const RECORDS: usize = 1 << 20;
+const BATCH_ROWS: usize = 8192;
+const SCHEMA_ID: u32 = 1;
+
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        self.0 >> 11
+    }
+    fn unit(&mut self) -> f64 {
+        self.next() as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Framed messages laid out back to back, as a consumer's fetch buffer holds
+/// them, with their end offsets.
+fn build_messages() -> (Vec<u8>, Vec<usize>) {
+    let t = SourceTable::MarketTicks;
+    let symbols = [
+        ("AAPL", 189.0),
+        ("GOOGL", 141.0),
+        ("MSFT", 376.0),
+        ("AMZN", 153.0),
+        ("TSLA", 248.0),
+        ("NVDA", 495.0),
+        ("META", 353.0),
+        ("NFLX", 486.0),
+    ];
+    let exchanges = ["NASDAQ", "NYSE", "ARCA", "BATS", "IEX"];
+    let mut prices: Vec<f64> = symbols.iter().map(|s| s.1).collect();
+    let mut rng = Lcg(42);
+    let enc = AvroEncoder::new(t.arrow_schema(), t.avro_schema()).expect("encoder");
+    let mut framed = Vec::with_capacity(RECORDS * 80);
+    let mut ends = Vec::with_capacity(RECORDS);
+    let mut body = Vec::new();
+    let mut row_ends = Vec::new();
+    let mut ts = 1_767_605_400_000i64;
+    for start in (0..RECORDS).step_by(BATCH_ROWS) {
+        let n = BATCH_ROWS.min(RECORDS - start);
+        let (mut sym, mut exch, mut price, mut bid, mut ask) = (vec![], vec![], vec![], vec![], vec![]);
+        let (mut bid_size, mut ask_size, mut volume, mut side, mut tss) = (vec![], vec![], vec![], vec![], vec![]);
+        for _ in 0..n {
+            let s = (rng.next() % 8) as usize;
+            prices[s] *= 1.0 + (rng.unit() - 0.5) * 0.0004;
+            let p = (prices[s] * 100.0).round() / 100.0;
+            let spread = 0.01 * (1 + rng.next() % 3) as f64;
+            sym.push(symbols[s].0);
+            exch.push(exchanges[(rng.next() % 5) as usize]);
+            price.push(p);
+            bid.push(p - spread / 2.0);
+            ask.push(p + spread / 2.0);
+            bid_size.push(100 * (1 + (rng.next() % 20) as i64));
+            ask_size.push(100 * (1 + (rng.next() % 20) as i64));
+            volume.push(1 + (rng.next() % 2000) as i64);
+            side.push(if rng.next() % 2 == 0 { "buy" } else { "sell" });
+            ts += (rng.next() % 3) as i64;
+            tss.push(ts);
+        }
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(sym)),
+            Arc::new(StringArray::from(exch)),
+            Arc::new(Float64Array::from(price)),
+            Arc::new(Float64Array::from(bid)),
+            Arc::new(Float64Array::from(ask)),
+            Arc::new(Int64Array::from(bid_size)),
+            Arc::new(Int64Array::from(ask_size)),
+            Arc::new(Int64Array::from(volume)),
+            Arc::new(StringArray::from(side)),
+            Arc::new(TimestampMillisecondArray::from(tss)),
+        ];
+        let batch = RecordBatch::try_new(t.arrow_schema(), cols).expect("batch");
+        body.clear();
+        row_ends.clear();
+        enc.encode_batch(&batch, &mut body, &mut row_ends).expect("encode");
+        let mut at = 0;
+        for &end in &row_ends {
+            confluent::frame(SCHEMA_ID, &body[at..end], &mut framed);
+            ends.push(framed.len());
+            at = end;
+        }
+    }
+    (framed, ends)
+}
+
+fn messages<'a>(framed: &'a [u8], ends: &'a [usize]) -> impl Iterator<Item = &'a [u8]> + 'a {
+    let mut start = 0;
+    ends.iter().map(move |&end| {
+        let m = &framed[start..end];
+        start = end;
+        m
+    })
+}
+
+/// (a) tickflow: unframe + AvroDecoder → Arrow batches. Returns rows decoded.
+fn run_ours(dec: &mut AvroDecoder, framed: &[u8], ends: &[usize]) -> usize {
+    let mut rows = 0;
+    for msg in messages(framed, ends) {
+        let (id, body) = confluent::unframe(msg).expect("framed");
+        debug_assert_eq!(id, SCHEMA_ID);
+        dec.decode(body).expect("valid record");
+        if dec.len() == BATCH_ROWS {
+            let batch = dec.finish();
+            rows += black_box(batch).num_rows();
+        }
+    }
+    if !dec.is_empty() {
+        rows += black_box(dec.finish()).num_rows();
+    }
+    rows
+}
+
+/// (b) apache-avro: unframe + from_avro_datum into a `Value` per record.
+fn run_apache(schema: &apache_avro::Schema, framed: &[u8], ends: &[usize]) -> usize {
+    let mut rows = 0;
+    for msg in messages(framed, ends) {
+        let (_, mut body) = confluent::unframe(msg).expect("framed");
+        let value = apache_avro::from_avro_datum(schema, &mut body, None).expect("valid record");
+        black_box(value);
+        rows += 1;
+    }
+    rows
+}
+
+fn best_of(runs: usize, mut f: impl FnMut() -> usize) -> (Duration, usize) {
+    let mut best = Duration::MAX;
+    let mut rows = 0;
+    for _ in 0..runs {
+        let start = Instant::now();
+        rows = f();
+        best = best.min(start.elapsed());
+    }
+    (best, rows)
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` would pass
+    // nothing special — either way just run.
+    let t = SourceTable::MarketTicks;
+    let (framed, ends) = build_messages();
+    let n = ends.len();
+    println!(
+        "decode benchmark: {n} Confluent-framed MarketTick records, {:.1} bytes/record on average, \
+         {BATCH_ROWS}-row batches, one thread",
+        framed.len() as f64 / n as f64
+    );
+
+    // Check once that both decoders agree on the data.
+    let mut dec = AvroDecoder::new(t.avro_schema()).expect("decoder");
+    let first = messages(&framed, &ends).next().expect("messages");
+    dec.decode(confluent::unframe(first).expect("framed").1).expect("decode");
+    let batch = dec.finish();
+    let value = apache_avro::from_avro_datum(t.avro_schema(), &mut &first[5..], None).expect("apache");
+    if let apache_avro::types::Value::Record(fields) = &value {
+        let price = batch.column(2).as_any().downcast_ref::<Float64Array>().expect("price");
+        assert_eq!(fields[2].1, apache_avro::types::Value::Double(price.value(0)));
+    }
+
+    let (ours, rows_a) = best_of(7, || run_ours(&mut dec, &framed, &ends));
+    let (apache, rows_b) = best_of(3, || run_apache(t.avro_schema(), &framed, &ends));
+    assert_eq!(rows_a, n);
+    assert_eq!(rows_b, n);
+
+    let rate = |d: Duration| n as f64 / d.as_secs_f64();
+    let (ra, rb) = (rate(ours), rate(apache));
+    let ratio = ra / rb;
+    println!();
+    println!("| decoder                                   | best run  | records/s per core |");
+    println!("|-------------------------------------------|-----------|--------------------|");
+    println!(
+        "| (a) tickflow AvroDecoder -> Arrow batches | {:>7.1} ms | {:>15.2} M |",
+        ours.as_secs_f64() * 1e3,
+        ra / 1e6
+    );
+    println!(
+        "| (b) apache-avro from_avro_datum -> Value  | {:>7.1} ms | {:>15.2} M |",
+        apache.as_secs_f64() * 1e3,
+        rb / 1e6
+    );
+    println!();
+    println!("ratio (a)/(b): {ratio:.1}x");
+    println!(
+        "targets: >= 10 M records/s per core: {}; >= 3x apache-avro: {}",
+        if ra >= 10e6 { "met" } else { "NOT met" },
+        if ratio >= 3.0 { "met" } else { "NOT met" }
+    );
+}

@@ -1,0 +1,121 @@
+//! Group keys: maps the GROUP BY values of each row to a dense group index.
+//!
+//! Keys are encoded with Arrow's row format (one comparable byte string per
+//! row, vectorised) and interned in a hash map, the same approach DataFusion's
+//! hash aggregation takes.
+
+use std::collections::HashMap;
+
+use arrow::array::ArrayRef;
+use arrow::datatypes::FieldRef;
+use arrow::row::{RowConverter, Rows, SortField};
+use datafusion::error::Result;
+
+/// Dense numbering of distinct key tuples, in first-seen order.
+pub struct GroupKeys {
+    /// `None` when there are no key columns: every row is group 0.
+    converter: Option<RowConverter>,
+    map: HashMap<Box<[u8]>, usize, ahash::RandomState>,
+    rows: Option<Rows>,
+    groups: usize,
+}
+
+impl GroupKeys {
+    pub fn new(fields: &[FieldRef]) -> Result<Self> {
+        let converter = if fields.is_empty() {
+            None
+        } else {
+            Some(RowConverter::new(
+                fields.iter().map(|f| SortField::new(f.data_type().clone())).collect(),
+            )?)
+        };
+        let rows = converter.as_ref().map(|c| c.empty_rows(0, 0));
+        Ok(Self {
+            converter,
+            map: HashMap::with_hasher(ahash::RandomState::with_seeds(1, 2, 3, 4)),
+            rows,
+            groups: 0,
+        })
+    }
+
+    /// Number of distinct groups seen.
+    pub fn len(&self) -> usize {
+        self.groups
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.groups == 0
+    }
+
+    /// Appends the group index of every row of `columns` to `out` (cleared first).
+    pub fn intern(&mut self, columns: &[ArrayRef], num_rows: usize, out: &mut Vec<usize>) -> Result<()> {
+        out.clear();
+        let Some(converter) = &self.converter else {
+            self.groups = self.groups.max(usize::from(num_rows > 0));
+            out.resize(num_rows, 0);
+            return Ok(());
+        };
+        let batch_rows = converter.convert_columns(columns)?;
+        let rows = self.rows.as_mut().expect("rows exist with a converter");
+        out.reserve(num_rows);
+        for row in batch_rows.iter() {
+            let bytes = row.as_ref();
+            let idx = match self.map.get(bytes) {
+                Some(&i) => i,
+                None => {
+                    let i = self.groups;
+                    self.map.insert(bytes.into(), i);
+                    rows.push(row);
+                    self.groups += 1;
+                    i
+                }
+            };
+            out.push(idx);
+        }
+        Ok(())
+    }
+
+    /// The key columns of all groups, in group-index order.
+    pub fn key_columns(&self) -> Result<Vec<ArrayRef>> {
+        match (&self.converter, &self.rows) {
+            (Some(c), Some(rows)) => Ok(c.convert_rows(rows.iter())?),
+            _ => Ok(vec![]),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::{DataType, Field};
+    use std::sync::Arc;
+
+    #[test]
+    fn interns_in_first_seen_order() {
+        let fields: Vec<FieldRef> = vec![
+            Arc::new(Field::new("s", DataType::Utf8, false)),
+            Arc::new(Field::new("n", DataType::Int64, true)),
+        ];
+        let mut keys = GroupKeys::new(&fields).unwrap();
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(vec!["b", "a", "b", "a"])),
+            Arc::new(Int64Array::from(vec![Some(1), None, Some(1), Some(2)])),
+        ];
+        let mut idx = Vec::new();
+        keys.intern(&cols, 4, &mut idx).unwrap();
+        assert_eq!(idx, vec![0, 1, 0, 2]);
+        let back = keys.key_columns().unwrap();
+        assert_eq!(back[0].as_ref(), &StringArray::from(vec!["b", "a", "a"]) as &dyn arrow::array::Array);
+        assert_eq!(back[1].as_ref(), &Int64Array::from(vec![Some(1), None, Some(2)]) as &dyn arrow::array::Array);
+    }
+
+    #[test]
+    fn no_keys_means_one_group() {
+        let mut keys = GroupKeys::new(&[]).unwrap();
+        let mut idx = Vec::new();
+        keys.intern(&[], 3, &mut idx).unwrap();
+        assert_eq!(idx, vec![0, 0, 0]);
+        assert_eq!(keys.len(), 1);
+    }
+}

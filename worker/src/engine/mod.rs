@@ -1,0 +1,308 @@
+//! The streaming SQL engine.
+//!
+//! [`sql`] splits the dialect's statements, [`plan`] turns each into
+//! DataFusion expressions and accumulators, [`window`] and [`watermark`] hold
+//! the pure event-time logic, and the operators ([`aggregate`], [`session`],
+//! [`stateless`]) run batches through them. [`Pipeline`] routes source
+//! batches to every stream and drives watermarks. Nothing here knows where
+//! batches come from or where results go.
+
+pub mod aggregate;
+pub mod keys;
+pub mod operator;
+pub mod plan;
+pub mod session;
+pub mod sql;
+pub mod stateless;
+pub mod watermark;
+pub mod window;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use datafusion::error::DataFusionError;
+
+pub use operator::{OperatorMetrics, OperatorState, Output, StreamOperator};
+pub use plan::{SourceDef, StreamKind, StreamPlan, plan_sql};
+pub use sql::EmitMode;
+pub use watermark::{END_OF_INPUT, NO_WATERMARK, WatermarkTracker};
+
+/// Engine errors: SQL problems carry the position in the user's file.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("SQL error at line {line}, column {column}: {message}")]
+    Sql { line: usize, column: usize, message: String },
+    #[error("SQL error in stream `{stream}`: {message}")]
+    Parse { stream: String, message: String },
+    #[error("cannot plan stream `{stream}` (defined at line {line}): {message}")]
+    Plan { stream: String, line: usize, message: String },
+    #[error("checkpoint does not fit this query: {0}")]
+    IncompatibleState(String),
+    #[error(transparent)]
+    DataFusion(#[from] DataFusionError),
+    #[error(transparent)]
+    Arrow(#[from] arrow::error::ArrowError),
+}
+
+impl EngineError {
+    /// A SQL error at a byte offset of `sql`.
+    pub fn sql_at(sql: &str, offset: usize, message: &str) -> Self {
+        let before = &sql[..offset.min(sql.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rfind('\n').map_or(before.chars().count(), |p| before[p + 1..].chars().count()) + 1;
+        EngineError::Sql { line, column, message: message.to_string() }
+    }
+}
+
+/// Watermark settings shared by all sources.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Allowed out-of-orderness: the watermark trails the newest event by this.
+    pub allowed_lateness: Duration,
+    /// A partition silent for this long stops holding the watermark back.
+    pub idle_timeout: Option<Duration>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self { allowed_lateness: Duration::from_secs(1), idle_timeout: Some(Duration::from_secs(30)) }
+    }
+}
+
+/// Output of one stream.
+#[derive(Debug)]
+pub struct StreamOutput {
+    /// Index into [`Pipeline::streams`].
+    pub stream: usize,
+    pub rows: RecordBatch,
+    /// `true` for late source rows rather than results.
+    pub late: bool,
+}
+
+/// A running stream: its plan summary and operator.
+pub struct RunningStream {
+    pub name: String,
+    pub source: String,
+    pub emit: EmitMode,
+    pub output_schema: SchemaRef,
+    pub fingerprint: String,
+    pub windowed: bool,
+    pub window: Option<window::WindowSpec>,
+    operator: Box<dyn StreamOperator>,
+}
+
+impl RunningStream {
+    pub fn metrics(&self) -> OperatorMetrics {
+        self.operator.metrics()
+    }
+}
+
+struct SourceRuntime {
+    def: SourceDef,
+    watermark: WatermarkTracker,
+    records_in: u64,
+}
+
+/// Engine state of a checkpoint.
+pub struct EngineSnapshot {
+    /// Watermarks, counters and per-stream fingerprints and small state.
+    pub meta: serde_json::Value,
+    /// Bulk state per stream name.
+    pub states: BTreeMap<String, RecordBatch>,
+}
+
+/// All streams of a SQL file, fed by their sources.
+pub struct Pipeline {
+    streams: Vec<RunningStream>,
+    sources: BTreeMap<String, SourceRuntime>,
+}
+
+impl Pipeline {
+    /// Plans `sql` against `sources` and builds its operators.
+    pub fn new(sql: &str, sources: &[SourceDef], config: &EngineConfig) -> Result<Self, EngineError> {
+        let plans = plan_sql(sql, sources)?;
+        Self::from_plans(plans, sources, config)
+    }
+
+    pub fn from_plans(plans: Vec<StreamPlan>, sources: &[SourceDef], config: &EngineConfig) -> Result<Self, EngineError> {
+        let mut streams = Vec::new();
+        let mut used = BTreeMap::new();
+        for p in plans {
+            let def = sources.iter().find(|s| s.name == p.source).expect("planner resolved the source");
+            used.entry(p.source.clone()).or_insert_with(|| SourceRuntime {
+                def: def.clone(),
+                watermark: WatermarkTracker::new(config.allowed_lateness, config.idle_timeout),
+                records_in: 0,
+            });
+            let (operator, windowed, window): (Box<dyn StreamOperator>, bool, _) = match p.kind {
+                StreamKind::Stateless(s) => {
+                    (Box::new(stateless::FilterProject::new(s, Arc::clone(&p.output_schema))), false, None)
+                }
+                StreamKind::Windowed(w) => {
+                    let spec = w.window;
+                    let op: Box<dyn StreamOperator> = match spec {
+                        window::WindowSpec::Session { .. } => {
+                            Box::new(session::SessionAggregate::new(w, Arc::clone(&p.output_schema), p.emit)?)
+                        }
+                        _ => Box::new(aggregate::WindowAggregate::new(w, Arc::clone(&p.output_schema), p.emit)),
+                    };
+                    (op, true, Some(spec))
+                }
+            };
+            streams.push(RunningStream {
+                name: p.name,
+                source: p.source,
+                emit: p.emit,
+                output_schema: p.output_schema,
+                fingerprint: p.fingerprint,
+                windowed,
+                window,
+                operator,
+            });
+        }
+        Ok(Self { streams, sources: used })
+    }
+
+    pub fn streams(&self) -> &[RunningStream] {
+        &self.streams
+    }
+
+    /// Source tables the streams read, by name.
+    pub fn source_names(&self) -> Vec<String> {
+        self.sources.keys().cloned().collect()
+    }
+
+    /// Current watermark of a source.
+    pub fn watermark(&self, source: &str) -> Option<i64> {
+        self.sources.get(source).map(|s| s.watermark.watermark())
+    }
+
+    /// Highest event time seen on a source.
+    pub fn max_event_time(&self, source: &str) -> Option<i64> {
+        self.sources.get(source).map(|s| s.watermark.max_event_time())
+    }
+
+    pub fn records_in(&self, source: &str) -> u64 {
+        self.sources.get(source).map_or(0, |s| s.records_in)
+    }
+
+    /// Feeds one batch of `source` rows from `partition`, then advances the
+    /// source's watermark and emits what it completes.
+    pub fn push(&mut self, source: &str, partition: usize, batch: &RecordBatch, out: &mut Vec<StreamOutput>) -> Result<(), EngineError> {
+        let Some(src) = self.sources.get_mut(source) else {
+            return Ok(()); // no stream reads this source
+        };
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        src.records_in += batch.num_rows() as u64;
+        let (ts, _) = operator::event_times(batch, src.def.event_time_index())?;
+        let max_ts = ts.iter().copied().max().unwrap_or(NO_WATERMARK);
+        for (i, s) in self.streams.iter_mut().enumerate().filter(|(_, s)| s.source == source) {
+            let mut o = Output::default();
+            s.operator.on_batch(batch, &mut o)?;
+            collect(i, o, out);
+        }
+        let wm = src.watermark.observe(partition, max_ts, Instant::now());
+        self.advance(source, wm, out)
+    }
+
+    /// A partition of `source` reached its end (bounded input).
+    pub fn finish_partition(&mut self, source: &str, partition: usize, out: &mut Vec<StreamOutput>) -> Result<(), EngineError> {
+        let Some(src) = self.sources.get_mut(source) else { return Ok(()) };
+        let wm = src.watermark.finish(partition, Instant::now());
+        self.advance(source, wm, out)
+    }
+
+    /// Re-evaluates idle partitions (call periodically when sources are quiet).
+    pub fn tick(&mut self, out: &mut Vec<StreamOutput>) -> Result<(), EngineError> {
+        let now = Instant::now();
+        let marks: Vec<(String, i64)> =
+            self.sources.iter_mut().map(|(n, s)| (n.clone(), s.watermark.recompute(now))).collect();
+        for (source, wm) in marks {
+            self.advance(&source, wm, out)?;
+        }
+        Ok(())
+    }
+
+    fn advance(&mut self, source: &str, watermark: i64, out: &mut Vec<StreamOutput>) -> Result<(), EngineError> {
+        for (i, s) in self.streams.iter_mut().enumerate().filter(|(_, s)| s.source == source) {
+            let mut o = Output::default();
+            s.operator.on_watermark(watermark, &mut o)?;
+            collect(i, o, out);
+        }
+        Ok(())
+    }
+
+    /// A consistent copy of all state; processing continues unchanged.
+    pub fn snapshot(&mut self) -> Result<EngineSnapshot, EngineError> {
+        let mut streams = serde_json::Map::new();
+        let mut states = BTreeMap::new();
+        for s in &mut self.streams {
+            let st = s.operator.snapshot()?;
+            streams.insert(
+                s.name.clone(),
+                serde_json::json!({ "fingerprint": s.fingerprint, "operator": st.meta }),
+            );
+            if let Some(b) = st.batch {
+                states.insert(s.name.clone(), b);
+            }
+        }
+        let sources: serde_json::Map<String, serde_json::Value> = self
+            .sources
+            .iter()
+            .map(|(n, s)| (n.clone(), serde_json::json!({ "watermark": s.watermark.watermark(), "records_in": s.records_in })))
+            .collect();
+        Ok(EngineSnapshot { meta: serde_json::json!({ "streams": streams, "sources": sources }), states })
+    }
+
+    /// Restores a snapshot. Fails if a stream's query changed since (its
+    /// fingerprint differs) or a stream of the checkpoint no longer exists.
+    pub fn restore(&mut self, mut snapshot: EngineSnapshot) -> Result<(), EngineError> {
+        let saved = snapshot.meta["streams"].as_object().cloned().unwrap_or_default();
+        for name in saved.keys() {
+            if !self.streams.iter().any(|s| &s.name == name) {
+                return Err(EngineError::IncompatibleState(format!(
+                    "the checkpoint holds state of stream `{name}`, which the query no longer defines"
+                )));
+            }
+        }
+        for s in &self.streams {
+            if let Some(st) = saved.get(&s.name)
+                && st["fingerprint"].as_str() != Some(s.fingerprint.as_str())
+            {
+                return Err(EngineError::IncompatibleState(format!(
+                    "stream `{}` changed since the checkpoint was taken (fingerprint {} → {})",
+                    s.name,
+                    st["fingerprint"].as_str().unwrap_or("?"),
+                    s.fingerprint
+                )));
+            }
+        }
+        for s in &mut self.streams {
+            if let Some(st) = saved.get(&s.name) {
+                s.operator.restore(OperatorState {
+                    meta: st["operator"].clone(),
+                    batch: snapshot.states.remove(&s.name),
+                })?;
+            }
+        }
+        if let Some(sources) = snapshot.meta["sources"].as_object() {
+            for (name, src) in &mut self.sources {
+                if let Some(v) = sources.get(name) {
+                    src.watermark.restore(v["watermark"].as_i64().unwrap_or(NO_WATERMARK));
+                    src.records_in = v["records_in"].as_u64().unwrap_or(0);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn collect(stream: usize, o: Output, out: &mut Vec<StreamOutput>) {
+    out.extend(o.rows.into_iter().map(|rows| StreamOutput { stream, rows, late: false }));
+    out.extend(o.late.into_iter().filter(|b| b.num_rows() > 0).map(|rows| StreamOutput { stream, rows, late: true }));
+}

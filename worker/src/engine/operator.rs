@@ -1,0 +1,270 @@
+//! What every streaming operator shares: the operator interface, evaluation
+//! of a batch's inputs, row subsets, and turning aggregate results into
+//! output rows (HAVING, projection).
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, TimestampMillisecondArray, UInt32Array};
+use arrow::compute::{cast, filter_record_batch, take};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit, TimestampMillisecondType};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::logical_expr::GroupsAccumulator;
+use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr};
+
+use super::plan::{AggregateSpec, GroupSlot, WindowedPlan};
+
+/// What a batch or a watermark step produced.
+#[derive(Default, Debug)]
+pub struct Output {
+    /// Result rows, in the stream's output schema.
+    pub rows: Vec<RecordBatch>,
+    /// Source rows that arrived after their window closed.
+    pub late: Vec<RecordBatch>,
+}
+
+/// Serialized operator state, part of a checkpoint.
+pub struct OperatorState {
+    /// Small scalar state (positions in event time, counters).
+    pub meta: serde_json::Value,
+    /// Bulk state (partial aggregates) as one Arrow batch.
+    pub batch: Option<RecordBatch>,
+}
+
+/// Counters every operator keeps.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct OperatorMetrics {
+    pub rows_in: u64,
+    pub rows_out: u64,
+    pub late_events: u64,
+    /// Windows (or sessions) currently holding state.
+    pub open_windows: u64,
+}
+
+/// A streaming operator: source rows in, result rows out.
+pub trait StreamOperator: Send {
+    /// Consumes one batch of source rows.
+    fn on_batch(&mut self, batch: &RecordBatch, out: &mut Output) -> Result<()>;
+    /// The source watermark moved to `watermark`: emit what it completes.
+    fn on_watermark(&mut self, watermark: i64, out: &mut Output) -> Result<()>;
+    /// A copy of the state; the operator carries on unchanged.
+    fn snapshot(&mut self) -> Result<OperatorState>;
+    /// Replaces the state with a snapshot's.
+    fn restore(&mut self, state: OperatorState) -> Result<()>;
+    fn metrics(&self) -> OperatorMetrics;
+}
+
+/// Creates the vectorised accumulator of an aggregate, falling back to
+/// DataFusion's per-group adapter where the function has no groups version
+/// (e.g. COUNT(DISTINCT)).
+pub fn new_groups_accumulator(f: &Arc<AggregateFunctionExpr>) -> Result<Box<dyn GroupsAccumulator>> {
+    if f.groups_accumulator_supported() {
+        f.create_groups_accumulator()
+    } else {
+        let f = Arc::clone(f);
+        Ok(Box::new(GroupsAccumulatorAdapter::new(move || f.create_accumulator())))
+    }
+}
+
+pub fn evaluate(e: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> Result<ArrayRef> {
+    e.evaluate(batch)?.into_array(batch.num_rows())
+}
+
+fn evaluate_mask(e: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> Result<BooleanArray> {
+    let a = evaluate(e, batch)?;
+    a.as_boolean_opt()
+        .cloned()
+        .ok_or_else(|| DataFusionError::Execution(format!("filter is {}, not boolean", a.data_type())))
+}
+
+/// Applies a WHERE clause.
+pub fn apply_filter(filter: Option<&Arc<dyn PhysicalExpr>>, batch: &RecordBatch) -> Result<RecordBatch> {
+    match filter {
+        None => Ok(batch.clone()),
+        Some(f) => Ok(filter_record_batch(batch, &evaluate_mask(f, batch)?)?),
+    }
+}
+
+/// Event times in milliseconds; `None` marks a null event time.
+pub fn event_times(batch: &RecordBatch, index: usize) -> Result<(Vec<i64>, usize)> {
+    let col = batch.column(index);
+    let ms = match col.data_type() {
+        DataType::Timestamp(TimeUnit::Millisecond, _) => Arc::clone(col),
+        _ => cast(col, &DataType::Timestamp(TimeUnit::Millisecond, None))?,
+    };
+    let ms = ms.as_primitive::<TimestampMillisecondType>();
+    let nulls = ms.null_count();
+    Ok((ms.values().to_vec(), nulls))
+}
+
+/// Inputs of a windowed aggregation evaluated once per batch.
+pub struct BatchInputs {
+    pub keys: Vec<ArrayRef>,
+    pub values: Vec<Vec<ArrayRef>>,
+    pub filters: Vec<Option<BooleanArray>>,
+}
+
+impl BatchInputs {
+    pub fn evaluate(plan: &WindowedPlan, batch: &RecordBatch) -> Result<Self> {
+        let keys = plan.keys.iter().map(|k| evaluate(k, batch)).collect::<Result<_>>()?;
+        let values = plan
+            .aggregates
+            .iter()
+            .map(|a| a.inputs.iter().map(|e| evaluate(e, batch)).collect::<Result<Vec<_>>>())
+            .collect::<Result<_>>()?;
+        let filters = plan
+            .aggregates
+            .iter()
+            .map(|a| a.filter.as_ref().map(|f| evaluate_mask(f, batch)).transpose())
+            .collect::<Result<_>>()?;
+        Ok(Self { keys, values, filters })
+    }
+
+    /// The same inputs restricted to a subset of rows.
+    pub fn select(&self, subset: &Subset) -> Result<Self> {
+        let sel = |a: &ArrayRef| subset.apply(a);
+        Ok(Self {
+            keys: self.keys.iter().map(sel).collect::<Result<_>>()?,
+            values: self
+                .values
+                .iter()
+                .map(|v| v.iter().map(sel).collect::<Result<Vec<_>>>())
+                .collect::<Result<_>>()?,
+            filters: self
+                .filters
+                .iter()
+                .map(|f| {
+                    f.as_ref()
+                        .map(|f| Ok(subset.apply(&(Arc::new(f.clone()) as ArrayRef))?.as_boolean().clone()))
+                        .transpose()
+                })
+                .collect::<Result<_>>()?,
+        })
+    }
+}
+
+/// A subset of a batch's rows: a contiguous range (zero-copy) or indices.
+pub enum Subset {
+    Range(usize, usize),
+    Indices(UInt32Array),
+}
+
+impl Subset {
+    pub fn apply(&self, a: &ArrayRef) -> Result<ArrayRef> {
+        match self {
+            Subset::Range(off, len) => Ok(a.slice(*off, *len)),
+            Subset::Indices(idx) => Ok(take(a.as_ref(), idx, None)?),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Subset::Range(_, len) => *len,
+            Subset::Indices(idx) => idx.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Splits rows by a per-row slice id (pane start), keeping zero-copy ranges
+/// where a slice's rows are contiguous, as they are for time-ordered input.
+pub fn split_by(ids: &[i64]) -> Vec<(i64, Subset)> {
+    if ids.is_empty() {
+        return vec![];
+    }
+    let mut runs: std::collections::BTreeMap<i64, Vec<(usize, usize)>> = Default::default();
+    let mut start = 0;
+    for i in 1..=ids.len() {
+        if i == ids.len() || ids[i] != ids[start] {
+            runs.entry(ids[start]).or_default().push((start, i - start));
+            start = i;
+        }
+    }
+    runs.into_iter()
+        .map(|(id, r)| {
+            let subset = if r.len() == 1 {
+                Subset::Range(r[0].0, r[0].1)
+            } else {
+                let idx: Vec<u32> = r.iter().flat_map(|&(s, l)| (s as u32)..((s + l) as u32)).collect();
+                Subset::Indices(UInt32Array::from(idx))
+            };
+            (id, subset)
+        })
+        .collect()
+}
+
+/// Builds output rows from group keys, window bounds and aggregate results,
+/// then applies HAVING and the projection.
+pub fn finish_rows(
+    plan: &WindowedPlan,
+    output_schema: &SchemaRef,
+    keys: &[ArrayRef],
+    starts: Vec<i64>,
+    ends: Vec<i64>,
+    aggregates: Vec<ArrayRef>,
+) -> Result<Option<RecordBatch>> {
+    if starts.is_empty() {
+        return Ok(None);
+    }
+    let start: ArrayRef = Arc::new(TimestampMillisecondArray::from(starts));
+    let end: ArrayRef = Arc::new(TimestampMillisecondArray::from(ends));
+    let mut columns: Vec<ArrayRef> = plan
+        .group_layout
+        .iter()
+        .map(|slot| match slot {
+            GroupSlot::Key(i) => Arc::clone(&keys[*i]),
+            GroupSlot::WindowStart => Arc::clone(&start),
+            GroupSlot::WindowEnd => Arc::clone(&end),
+        })
+        .collect();
+    columns.extend(aggregates);
+    let columns = conform(&plan.aggregate_schema, columns)?;
+    let mut batch = RecordBatch::try_new(Arc::clone(&plan.aggregate_schema), columns)?;
+    if let Some(h) = &plan.having {
+        batch = filter_record_batch(&batch, &evaluate_mask(h, &batch)?)?;
+        if batch.num_rows() == 0 {
+            return Ok(None);
+        }
+    }
+    let projected = plan.projection.iter().map(|e| evaluate(e, &batch)).collect::<Result<Vec<_>>>()?;
+    let projected = conform(output_schema, projected)?;
+    Ok(Some(RecordBatch::try_new(Arc::clone(output_schema), projected)?))
+}
+
+/// Casts columns whose type differs only in representation from the schema
+/// (e.g. a timestamp time zone) so the batch can be built.
+pub fn conform(schema: &Schema, columns: Vec<ArrayRef>) -> Result<Vec<ArrayRef>> {
+    columns
+        .into_iter()
+        .zip(schema.fields())
+        .map(|(c, f)| {
+            if c.data_type() == f.data_type() {
+                Ok(c)
+            } else {
+                Ok(cast(&c, f.data_type())?)
+            }
+        })
+        .collect()
+}
+
+/// Schema of an operator's state batch: slice bounds, keys, accumulator states.
+pub fn state_schema(plan: &WindowedPlan, bounds: &[&str]) -> Result<SchemaRef> {
+    let mut fields: Vec<Field> = bounds.iter().map(|b| Field::new(*b, DataType::Int64, false)).collect();
+    for (i, k) in plan.key_fields.iter().enumerate() {
+        fields.push(Field::new(format!("key{i}"), k.data_type().clone(), true));
+    }
+    for (i, a) in plan.aggregates.iter().enumerate() {
+        for f in a.function.state_fields()? {
+            fields.push(Field::new(format!("agg{i}.{}", f.name()), f.data_type().clone(), true));
+        }
+    }
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+/// Number of state columns of each aggregate.
+pub fn state_widths(aggregates: &[AggregateSpec]) -> Result<Vec<usize>> {
+    aggregates.iter().map(|a| Ok(a.function.state_fields()?.len())).collect()
+}

@@ -1,0 +1,745 @@
+//! Planning: from a `CREATE STREAM` definition to the physical pieces the
+//! streaming operators run.
+//!
+//! DataFusion does the heavy lifting: its parser, its logical planner (name
+//! resolution, type coercion, aggregate de-duplication, HAVING rewriting) and
+//! its physical expressions and accumulators. What is streaming-specific
+//! happens here: the window call in GROUP BY is replaced by the columns
+//! `window_start` and `window_end`, which the operators fill in, and the
+//! logical plan is taken apart into filter → keys + aggregates → HAVING →
+//! projection.
+
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef, TimeUnit};
+use datafusion::common::{Column, DFSchema};
+use datafusion::datasource::MemTable;
+use datafusion::execution::context::SessionState;
+use datafusion::logical_expr::{Expr, LogicalPlan, SortExpr};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::sqlparser::ast::{
+    self, DateTimeField, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, Ident,
+    SetExpr, Spanned, Statement, TableFactor,
+};
+use datafusion::sql::parser::Statement as DfStatement;
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+
+use super::EngineError;
+use super::sql::{EmitMode, StreamDef};
+use super::window::WindowSpec;
+
+/// Name of the window-start column of every windowed output row.
+pub const WINDOW_START: &str = "window_start";
+/// Name of the window-end column of every windowed output row.
+pub const WINDOW_END: &str = "window_end";
+
+/// A table queries can read from.
+#[derive(Clone, Debug)]
+pub struct SourceDef {
+    /// Name in SQL (`market_ticks`).
+    pub name: String,
+    pub schema: SchemaRef,
+    /// Event-time column (`ts`), a timestamp.
+    pub event_time: String,
+}
+
+impl SourceDef {
+    /// The built-in market-data tables, with schemas from the Avro files.
+    pub fn builtin() -> Vec<SourceDef> {
+        crate::codec::SourceTable::ALL
+            .iter()
+            .map(|t| SourceDef {
+                name: t.table_name().to_string(),
+                schema: t.arrow_schema(),
+                event_time: "ts".to_string(),
+            })
+            .collect()
+    }
+
+    /// Index of the event-time column.
+    pub fn event_time_index(&self) -> usize {
+        self.schema
+            .index_of(&self.event_time)
+            .expect("event-time column checked at construction")
+    }
+}
+
+/// Everything needed to run one stream.
+#[derive(Debug)]
+pub struct StreamPlan {
+    pub name: String,
+    /// Source table this stream reads.
+    pub source: String,
+    pub emit: EmitMode,
+    /// Schema of the rows the stream emits.
+    pub output_schema: SchemaRef,
+    /// Changes whenever the state layout or semantics change.
+    pub fingerprint: String,
+    pub kind: StreamKind,
+}
+
+/// Stateless filter/projection or windowed aggregation.
+#[derive(Debug)]
+pub enum StreamKind {
+    Stateless(StatelessPlan),
+    Windowed(Box<WindowedPlan>),
+}
+
+#[derive(Debug)]
+pub struct StatelessPlan {
+    pub filter: Option<Arc<dyn PhysicalExpr>>,
+    pub projection: Vec<Arc<dyn PhysicalExpr>>,
+}
+
+/// Where each GROUP BY column of the aggregate output comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupSlot {
+    Key(usize),
+    WindowStart,
+    WindowEnd,
+}
+
+/// One aggregate call with the expressions that feed it.
+#[derive(Debug)]
+pub struct AggregateSpec {
+    pub function: Arc<AggregateFunctionExpr>,
+    /// Arguments followed by ORDER BY expressions (as DataFusion feeds them).
+    pub inputs: Vec<Arc<dyn PhysicalExpr>>,
+    /// `FILTER (WHERE …)`.
+    pub filter: Option<Arc<dyn PhysicalExpr>>,
+}
+
+#[derive(Debug)]
+pub struct WindowedPlan {
+    pub window: WindowSpec,
+    /// Index of the event-time column in the source schema.
+    pub event_time_index: usize,
+    /// WHERE, evaluated on source rows.
+    pub filter: Option<Arc<dyn PhysicalExpr>>,
+    /// GROUP BY expressions other than the window, on source rows.
+    pub keys: Vec<Arc<dyn PhysicalExpr>>,
+    pub key_fields: Vec<FieldRef>,
+    /// Order of the group columns in `aggregate_schema`.
+    pub group_layout: Vec<GroupSlot>,
+    pub aggregates: Vec<AggregateSpec>,
+    /// Group columns then aggregate results.
+    pub aggregate_schema: SchemaRef,
+    /// HAVING, on `aggregate_schema` rows.
+    pub having: Option<Arc<dyn PhysicalExpr>>,
+    /// Output columns, on `aggregate_schema` rows.
+    pub projection: Vec<Arc<dyn PhysicalExpr>>,
+}
+
+/// Plans every stream of a SQL file.
+pub fn plan_sql(sql: &str, sources: &[SourceDef]) -> Result<Vec<StreamPlan>, EngineError> {
+    let defs = super::sql::parse_streams(sql)?;
+    defs.iter().map(|d| plan_stream(d, sources)).collect()
+}
+
+/// Plans one stream.
+pub fn plan_stream(def: &StreamDef, sources: &[SourceDef]) -> Result<StreamPlan, EngineError> {
+    let ctx_err = |message: String| EngineError::Plan {
+        stream: def.name.clone(),
+        line: def.line,
+        message,
+    };
+    let mut statements = Parser::parse_sql(&GenericDialect {}, &def.query)
+        .map_err(|e| EngineError::Parse { stream: def.name.clone(), message: e.to_string() })?;
+    if statements.len() != 1 {
+        return Err(ctx_err("expected exactly one SELECT after `AS`".into()));
+    }
+    let Statement::Query(mut query) = statements.remove(0) else {
+        return Err(ctx_err("expected a SELECT after `AS`".into()));
+    };
+    let source = check_supported_shape(def, &query, sources)?;
+
+    // Take the window call out of GROUP BY, put the window columns in its place.
+    let mut window = None;
+    if let SetExpr::Select(select) = query.body.as_mut()
+        && let GroupByExpr::Expressions(exprs, _) = &mut select.group_by
+    {
+        let mut rewritten = Vec::with_capacity(exprs.len() + 1);
+        for e in exprs.drain(..) {
+            match window_call(def, &e, source)? {
+                Some(spec) => {
+                    if window.is_some() {
+                        return Err(unsupported(def, &e, "more than one window in GROUP BY"));
+                    }
+                    window = Some(spec);
+                    rewritten.push(ast::Expr::Identifier(Ident::new(WINDOW_START)));
+                    rewritten.push(ast::Expr::Identifier(Ident::new(WINDOW_END)));
+                }
+                None => rewritten.push(e),
+            }
+        }
+        *exprs = rewritten;
+    }
+
+    let state = planning_state(source, window.is_some())?;
+    let logical = futures::executor::block_on(state.statement_to_plan(DfStatement::Statement(Box::new(Statement::Query(query)))))
+        .map_err(|e| ctx_err(clean_df_error(&e.to_string())))?;
+    let logical = state
+        .analyzer()
+        .execute_and_check(logical, state.config_options(), |_, _| {})
+        .map_err(|e| ctx_err(clean_df_error(&e.to_string())))?;
+
+    let emit = match (window.is_some(), def.emit) {
+        (false, Some(EmitMode::OnWindowClose)) => {
+            return Err(ctx_err(
+                "EMIT ON WINDOW CLOSE needs a window (TUMBLE, HOP or SESSION) in GROUP BY".into(),
+            ));
+        }
+        (_, Some(mode)) => mode,
+        (_, None) => EmitMode::OnWindowClose,
+    };
+    let fingerprint = fingerprint(def, &logical, window, emit);
+    let (kind, output_schema) = match window {
+        None => decompose_stateless(def, &state, &logical)?,
+        Some(w) => decompose_windowed(def, &state, &logical, w, source)?,
+    };
+    Ok(StreamPlan {
+        name: def.name.clone(),
+        source: source.name.clone(),
+        emit,
+        output_schema,
+        fingerprint,
+        kind,
+    })
+}
+
+/// Rejects SQL the streaming engine cannot run yet, with its position.
+fn check_supported_shape<'a>(
+    def: &StreamDef,
+    query: &ast::Query,
+    sources: &'a [SourceDef],
+) -> Result<&'a SourceDef, EngineError> {
+    if let Some(with) = &query.with {
+        return Err(unsupported(def, with, "WITH (common table expressions) is not supported yet"));
+    }
+    if let Some(order_by) = &query.order_by {
+        return Err(unsupported(def, order_by, "ORDER BY on an unbounded stream is not supported"));
+    }
+    if let Some(limit) = &query.limit_clause {
+        return Err(unsupported(def, limit, "LIMIT on an unbounded stream is not supported"));
+    }
+    let select = match query.body.as_ref() {
+        SetExpr::Select(s) => s,
+        other => {
+            return Err(unsupported(
+                def,
+                other,
+                "only a single SELECT is supported (UNION, INTERSECT, EXCEPT and VALUES are not supported yet)",
+            ));
+        }
+    };
+    if select.from.len() != 1 {
+        return Err(unsupported(def, select.as_ref(), "a stream reads from exactly one source table"));
+    }
+    let from = &select.from[0];
+    if let Some(join) = from.joins.first() {
+        return Err(unsupported(def, join, "JOIN is not supported yet"));
+    }
+    let TableFactor::Table { name, .. } = &from.relation else {
+        return Err(unsupported(def, &from.relation, "FROM must name a source table"));
+    };
+    let table = name.to_string();
+    for item in &select.projection {
+        if let ast::SelectItem::UnnamedExpr(e) | ast::SelectItem::ExprWithAlias { expr: e, .. } = item
+            && let ast::Expr::Function(f) = e
+            && f.over.is_some()
+        {
+            return Err(unsupported(def, e, "window functions (OVER) are not supported yet"));
+        }
+    }
+    sources
+        .iter()
+        .find(|s| s.name.eq_ignore_ascii_case(&table))
+        .ok_or_else(|| {
+            let known: Vec<_> = sources.iter().map(|s| s.name.as_str()).collect();
+            EngineError::Sql {
+                line: name.span().start.line as usize,
+                column: name.span().start.column as usize,
+                message: format!(
+                    "stream `{}`: unknown source table `{table}` (known: {})",
+                    def.name,
+                    known.join(", ")
+                ),
+            }
+        })
+}
+
+fn unsupported(def: &StreamDef, node: &impl Spanned, what: &str) -> EngineError {
+    let start = node.span().start;
+    EngineError::Sql {
+        line: start.line as usize,
+        column: start.column as usize,
+        message: format!("stream `{}`: {what}", def.name),
+    }
+}
+
+/// Recognises `TUMBLE(ts, size)`, `HOP(ts, slide, size)` and `SESSION(ts, gap)`.
+fn window_call(
+    def: &StreamDef,
+    e: &ast::Expr,
+    source: &SourceDef,
+) -> Result<Option<WindowSpec>, EngineError> {
+    let ast::Expr::Function(f) = e else { return Ok(None) };
+    let name = f.name.to_string().to_ascii_uppercase();
+    let arity = match name.as_str() {
+        "TUMBLE" | "SESSION" => 2,
+        "HOP" => 3,
+        _ => return Ok(None),
+    };
+    let FunctionArguments::List(list) = &f.args else {
+        return Err(unsupported(def, e, &format!("{name} needs arguments")));
+    };
+    let args: Vec<&ast::Expr> = list
+        .args
+        .iter()
+        .filter_map(|a| match a {
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(x)) => Some(x),
+            _ => None,
+        })
+        .collect();
+    if args.len() != arity || list.args.len() != arity {
+        let usage = match name.as_str() {
+            "TUMBLE" => "TUMBLE(ts, INTERVAL '5' SECOND)",
+            "SESSION" => "SESSION(ts, INTERVAL '10' SECOND)",
+            _ => "HOP(ts, INTERVAL '5' SECOND /* slide */, INTERVAL '1' MINUTE /* size */)",
+        };
+        return Err(unsupported(def, e, &format!("expected {usage}")));
+    }
+    let time_col = match args[0] {
+        ast::Expr::Identifier(id) => id.value.clone(),
+        ast::Expr::CompoundIdentifier(ids) => ids.last().map(|i| i.value.clone()).unwrap_or_default(),
+        other => return Err(unsupported(def, other, "the first window argument must be the event-time column")),
+    };
+    if !time_col.eq_ignore_ascii_case(&source.event_time) {
+        return Err(unsupported(
+            def,
+            args[0],
+            &format!(
+                "windows are on the event-time column `{}` of `{}`, not `{time_col}`",
+                source.event_time, source.name
+            ),
+        ));
+    }
+    let mut durations = Vec::new();
+    for a in &args[1..] {
+        let ms = interval_ms(a).map_err(|why| unsupported(def, *a, &why))?;
+        if ms <= 0 {
+            return Err(unsupported(def, *a, "window intervals must be positive"));
+        }
+        durations.push(ms);
+    }
+    Ok(Some(match name.as_str() {
+        "TUMBLE" => WindowSpec::Tumble { size_ms: durations[0] },
+        "SESSION" => WindowSpec::Session { gap_ms: durations[0] },
+        _ => {
+            let (slide_ms, size_ms) = (durations[0], durations[1]);
+            if slide_ms > size_ms {
+                return Err(unsupported(
+                    def,
+                    e,
+                    "HOP slide (second argument) must not exceed the window size (third argument)",
+                ));
+            }
+            WindowSpec::Hop { slide_ms, size_ms }
+        }
+    }))
+}
+
+/// Milliseconds of `INTERVAL '5' SECOND` or `INTERVAL '5 seconds'`.
+fn interval_ms(e: &ast::Expr) -> Result<i64, String> {
+    let ast::Expr::Interval(iv) = e else {
+        return Err("expected an INTERVAL, e.g. INTERVAL '5' SECOND".into());
+    };
+    if iv.last_field.is_some() {
+        return Err("compound intervals (… TO …) are not supported".into());
+    }
+    let text = match iv.value.as_ref() {
+        ast::Expr::Value(v) => match &v.value {
+            ast::Value::SingleQuotedString(s) | ast::Value::Number(s, _) => s.clone(),
+            other => return Err(format!("unsupported interval value {other}")),
+        },
+        other => return Err(format!("unsupported interval value {other}")),
+    };
+    let mut parts = text.split_whitespace();
+    let amount: f64 = parts
+        .next()
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| format!("invalid interval amount '{text}'"))?;
+    let unit = match (parts.next(), &iv.leading_field) {
+        (Some(u), None) => u.to_ascii_lowercase(),
+        (None, Some(f)) => match f {
+            DateTimeField::Millisecond | DateTimeField::Milliseconds => "millisecond".into(),
+            DateTimeField::Second | DateTimeField::Seconds => "second".into(),
+            DateTimeField::Minute | DateTimeField::Minutes => "minute".into(),
+            DateTimeField::Hour | DateTimeField::Hours => "hour".into(),
+            DateTimeField::Day | DateTimeField::Days => "day".into(),
+            other => return Err(format!("unsupported interval unit {other}")),
+        },
+        _ => return Err(format!("invalid interval '{text}': give one amount and one unit")),
+    };
+    let unit_ms = match unit.trim_end_matches('s') {
+        "millisecond" | "m" => 1.0,
+        "second" | "sec" => 1_000.0,
+        "minute" | "min" => 60_000.0,
+        "hour" | "h" => 3_600_000.0,
+        "day" => 86_400_000.0,
+        _ => return Err(format!("unsupported interval unit '{unit}'")),
+    };
+    let ms = amount * unit_ms;
+    if ms.fract() != 0.0 {
+        return Err("interval must be a whole number of milliseconds".into());
+    }
+    Ok(ms as i64)
+}
+
+/// A DataFusion session that knows the source table (plus window columns).
+fn planning_state(source: &SourceDef, windowed: bool) -> Result<SessionState, EngineError> {
+    let mut fields: Vec<FieldRef> = source.schema.fields().iter().cloned().collect();
+    if windowed {
+        let ts = DataType::Timestamp(TimeUnit::Millisecond, None);
+        fields.push(Arc::new(Field::new(WINDOW_START, ts.clone(), false)));
+        fields.push(Arc::new(Field::new(WINDOW_END, ts, false)));
+    }
+    let schema = Arc::new(Schema::new(fields));
+    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
+    let table = MemTable::try_new(schema, vec![vec![]])?;
+    ctx.register_table(source.name.as_str(), Arc::new(table))?;
+    Ok(ctx.state())
+}
+
+/// DataFusion errors carry a category prefix that means nothing to users.
+fn clean_df_error(msg: &str) -> String {
+    let msg = msg
+        .trim_start_matches("Error during planning: ")
+        .trim_start_matches("Schema error: ")
+        .trim_start_matches("This feature is not implemented: ");
+    msg.to_string()
+}
+
+fn fingerprint(def: &StreamDef, plan: &LogicalPlan, window: Option<WindowSpec>, emit: EmitMode) -> String {
+    let text = format!(
+        "v1|{}|{:?}|{:?}|{}",
+        def.name.to_ascii_lowercase(),
+        window,
+        emit,
+        plan.display_indent_schema()
+    );
+    // FNV-1a: stable across Rust versions and platforms, unlike std's hasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// Peels `Filter` nodes (and no-op aliases) off a plan.
+fn peel_filter(plan: &LogicalPlan) -> (Option<&Expr>, &LogicalPlan) {
+    match plan {
+        LogicalPlan::Filter(f) => (Some(&f.predicate), f.input.as_ref()),
+        other => (None, other),
+    }
+}
+
+fn unsupported_node(def: &StreamDef, node: &LogicalPlan) -> EngineError {
+    EngineError::Plan {
+        stream: def.name.clone(),
+        line: def.line,
+        message: format!(
+            "this query needs a `{}` step, which the streaming engine does not support yet",
+            node.display()
+        ),
+    }
+}
+
+fn expect_scan<'a>(def: &StreamDef, plan: &'a LogicalPlan) -> Result<&'a LogicalPlan, EngineError> {
+    match plan {
+        LogicalPlan::TableScan(_) => Ok(plan),
+        other => Err(unsupported_node(def, other)),
+    }
+}
+
+fn physical(
+    state: &SessionState,
+    e: &Expr,
+    schema: &DFSchema,
+    def: &StreamDef,
+) -> Result<Arc<dyn PhysicalExpr>, EngineError> {
+    state.create_physical_expr(e.clone(), schema).map_err(|err| EngineError::Plan {
+        stream: def.name.clone(),
+        line: def.line,
+        message: clean_df_error(&err.to_string()),
+    })
+}
+
+/// Output schema with every column nullable: aggregates over empty filters
+/// produce nulls whatever the planner inferred.
+fn nullable(schema: &Schema) -> SchemaRef {
+    Arc::new(Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+fn decompose_stateless(
+    def: &StreamDef,
+    state: &SessionState,
+    plan: &LogicalPlan,
+) -> Result<(StreamKind, SchemaRef), EngineError> {
+    let LogicalPlan::Projection(proj) = plan else {
+        return Err(unsupported_node(def, plan));
+    };
+    let (filter, below) = peel_filter(&proj.input);
+    if let LogicalPlan::Aggregate(_) = below {
+        return Err(EngineError::Plan {
+            stream: def.name.clone(),
+            line: def.line,
+            message: "aggregation needs a window in GROUP BY: TUMBLE(ts, …), HOP(ts, …, …) or SESSION(ts, …)".into(),
+        });
+    }
+    let scan = expect_scan(def, below)?;
+    let scan_schema = scan.schema();
+    let filter = filter.map(|f| physical(state, f, scan_schema, def)).transpose()?;
+    let in_schema = proj.input.schema();
+    let projection = proj
+        .expr
+        .iter()
+        .map(|e| physical(state, e, in_schema, def))
+        .collect::<Result<Vec<_>, _>>()?;
+    let output = nullable(proj.schema.as_arrow());
+    Ok((StreamKind::Stateless(StatelessPlan { filter, projection }), output))
+}
+
+fn decompose_windowed(
+    def: &StreamDef,
+    state: &SessionState,
+    plan: &LogicalPlan,
+    window: WindowSpec,
+    source: &SourceDef,
+) -> Result<(StreamKind, SchemaRef), EngineError> {
+    let plan_err = |message: String| EngineError::Plan {
+        stream: def.name.clone(),
+        line: def.line,
+        message,
+    };
+    let LogicalPlan::Projection(proj) = plan else {
+        return Err(unsupported_node(def, plan));
+    };
+    let (having, below) = peel_filter(&proj.input);
+    let LogicalPlan::Aggregate(agg) = below else {
+        return Err(unsupported_node(def, below));
+    };
+    let (filter, below_agg) = peel_filter(&agg.input);
+    let scan = expect_scan(def, below_agg)?;
+    let scan_schema = scan.schema();
+    let agg_input_schema = agg.input.schema();
+
+    let is_window_col = |c: &Column| c.name == WINDOW_START || c.name == WINDOW_END;
+    let mentions_window = |e: &Expr| e.column_refs().iter().any(|c| is_window_col(c));
+    if let Some(f) = filter
+        && mentions_window(f)
+    {
+        return Err(plan_err("WHERE cannot use window_start/window_end; use HAVING".into()));
+    }
+
+    let mut keys = Vec::new();
+    let mut key_fields = Vec::new();
+    let mut group_layout = Vec::new();
+    for (i, g) in agg.group_expr.iter().enumerate() {
+        match g {
+            Expr::Column(c) if c.name == WINDOW_START => group_layout.push(GroupSlot::WindowStart),
+            Expr::Column(c) if c.name == WINDOW_END => group_layout.push(GroupSlot::WindowEnd),
+            e if mentions_window(e) => {
+                return Err(plan_err("GROUP BY expressions cannot use window_start/window_end".into()));
+            }
+            e => {
+                group_layout.push(GroupSlot::Key(keys.len()));
+                keys.push(physical(state, e, agg_input_schema, def)?);
+                key_fields.push(Arc::clone(agg.schema.field(i)));
+            }
+        }
+    }
+    if !group_layout.contains(&GroupSlot::WindowStart) {
+        return Err(plan_err("GROUPING SETS/ROLLUP/CUBE are not supported".into()));
+    }
+
+    // FIRST_VALUE / LAST_VALUE are by event time, not arrival order.
+    let (ts_qualifier, ts_field) = agg_input_schema
+        .qualified_field_with_unqualified_name(&source.event_time)
+        .map_err(|e| plan_err(e.to_string()))?;
+    let ts_col = Expr::Column(Column::from((ts_qualifier, ts_field)));
+    let mut aggregates = Vec::new();
+    for e in &agg.aggr_expr {
+        if mentions_window(e) {
+            return Err(plan_err("aggregates cannot use window_start/window_end".into()));
+        }
+        let e = order_by_event_time(e, &ts_col);
+        let planning = PhysicalPlanningContext::default();
+        let lowered = LoweredAggregateBuilder::new(
+            &e,
+            agg_input_schema,
+            agg_input_schema.as_arrow(),
+            state.execution_props(),
+            &planning,
+        )
+        .build()
+        .map_err(|err| plan_err(clean_df_error(&err.to_string())))?;
+        let (function, agg_filter) = (lowered.aggregate, lowered.filter);
+        let mut inputs = function.expressions();
+        inputs.extend(function.order_bys().iter().map(|s| Arc::clone(&s.expr)));
+        aggregates.push(AggregateSpec { function, inputs, filter: agg_filter });
+    }
+
+    let filter = filter.map(|f| physical(state, f, scan_schema, def)).transpose()?;
+    let agg_schema = agg.schema.as_ref();
+    let having = having.map(|h| physical(state, h, agg_schema, def)).transpose()?;
+    let proj_in = proj.input.schema();
+    let mut projection = proj
+        .expr
+        .iter()
+        .map(|e| physical(state, e, proj_in, def))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut out_fields: Vec<Field> =
+        proj.schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    // Every windowed row carries its window bounds.
+    for name in [WINDOW_START, WINDOW_END] {
+        if !out_fields.iter().any(|f| f.name() == name) {
+            let col = Expr::Column(Column::new_unqualified(name));
+            let (_, field) = proj_in
+                .qualified_field_with_unqualified_name(name)
+                .map_err(|e| plan_err(e.to_string()))?;
+            projection.push(physical(state, &col, proj_in, def)?);
+            out_fields.push(field.as_ref().clone());
+        }
+    }
+    let mut names = std::collections::HashSet::new();
+    for f in &out_fields {
+        if !names.insert(f.name().clone()) {
+            return Err(plan_err(format!(
+                "output column `{}` appears twice; give it an alias with AS",
+                f.name()
+            )));
+        }
+    }
+    let output = nullable(&Schema::new(out_fields));
+    let plan = WindowedPlan {
+        window,
+        event_time_index: source.event_time_index(),
+        filter,
+        keys,
+        key_fields,
+        group_layout,
+        aggregates,
+        aggregate_schema: nullable(agg.schema.as_arrow()),
+        having,
+        projection,
+    };
+    Ok((StreamKind::Windowed(Box::new(plan)), output))
+}
+
+/// Adds `ORDER BY <event time>` to FIRST_VALUE/LAST_VALUE calls that have none.
+fn order_by_event_time(e: &Expr, ts: &Expr) -> Expr {
+    match e {
+        Expr::AggregateFunction(f)
+            if f.params.order_by.is_empty()
+                && matches!(f.func.name(), "first_value" | "last_value") =>
+        {
+            let mut f = f.clone();
+            f.params.order_by = vec![SortExpr::new(ts.clone(), true, false)];
+            Expr::AggregateFunction(f)
+        }
+        Expr::Alias(a) => order_by_event_time(&a.expr, ts).alias(a.name.clone()),
+        other => other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(sql: &str) -> Result<Vec<StreamPlan>, EngineError> {
+        plan_sql(sql, &SourceDef::builtin())
+    }
+
+    #[test]
+    fn ohlc_plans_with_window_columns() {
+        let p = plan(
+            "CREATE STREAM ohlc_5s AS SELECT symbol, FIRST_VALUE(price) AS open, MAX(price) AS high, \
+             SUM(price * volume) / SUM(volume) AS vwap, COUNT(*) AS n FROM market_ticks \
+             GROUP BY symbol, TUMBLE(ts, INTERVAL '5' SECOND) EMIT ON WINDOW CLOSE;",
+        )
+        .unwrap();
+        let names: Vec<_> = p[0].output_schema.fields().iter().map(|f| f.name().clone()).collect();
+        assert_eq!(names, ["symbol", "open", "high", "vwap", "n", "window_start", "window_end"]);
+        let StreamKind::Windowed(w) = &p[0].kind else { panic!("windowed") };
+        assert_eq!(w.window, WindowSpec::Tumble { size_ms: 5000 });
+        // SUM(volume) is shared by VWAP's denominator: 5 distinct aggregates.
+        assert_eq!(w.aggregates.len(), 5);
+        // FIRST_VALUE got the event-time ordering.
+        assert_eq!(w.aggregates[0].inputs.len(), 2);
+    }
+
+    #[test]
+    fn intervals_and_hop_order() {
+        let p = plan(
+            "CREATE STREAM r AS SELECT symbol, AVG(price) AS a FROM market_ticks \
+             GROUP BY symbol, HOP(ts, INTERVAL '5' SECOND, INTERVAL '100' SECOND);",
+        )
+        .unwrap();
+        let StreamKind::Windowed(w) = &p[0].kind else { panic!() };
+        assert_eq!(w.window, WindowSpec::Hop { slide_ms: 5_000, size_ms: 100_000 });
+        assert_eq!(p[0].emit, EmitMode::OnWindowClose);
+        let p = plan(
+            "CREATE STREAM s AS SELECT symbol, COUNT(*) AS c FROM market_ticks \
+             GROUP BY symbol, SESSION(ts, INTERVAL '1 minute') EMIT CHANGES;",
+        )
+        .unwrap();
+        let StreamKind::Windowed(w) = &p[0].kind else { panic!() };
+        assert_eq!(w.window, WindowSpec::Session { gap_ms: 60_000 });
+        assert_eq!(p[0].emit, EmitMode::Changes);
+    }
+
+    #[test]
+    fn clear_errors_for_unsupported_sql() {
+        let err = |sql: &str| plan(sql).unwrap_err().to_string();
+        let e = err("CREATE STREAM x AS\nSELECT * FROM trades;");
+        assert!(e.contains("unknown source table `trades`") && e.contains("line 2"), "{e}");
+        let e = err("CREATE STREAM x AS SELECT a.symbol FROM market_ticks a JOIN book_updates b ON a.symbol = b.symbol;");
+        assert!(e.contains("JOIN is not supported yet"), "{e}");
+        let e = err("CREATE STREAM x AS WITH t AS (SELECT * FROM market_ticks) SELECT * FROM t;");
+        assert!(e.contains("WITH"), "{e}");
+        let e = err("CREATE STREAM x AS SELECT symbol, LAG(price) OVER (ORDER BY ts) FROM market_ticks;");
+        assert!(e.contains("OVER"), "{e}");
+        let e = err("CREATE STREAM x AS SELECT symbol, COUNT(*) FROM market_ticks GROUP BY symbol;");
+        assert!(e.contains("needs a window"), "{e}");
+        let e = err("CREATE STREAM x AS SELECT nosuch FROM market_ticks;");
+        assert!(e.contains("nosuch"), "{e}");
+        let e = err("CREATE STREAM x AS SELECT symbol FROM market_ticks GROUP BY symbol, TUMBLE(price, INTERVAL '1' SECOND);");
+        assert!(e.contains("event-time column `ts`"), "{e}");
+        let e = err("CREATE STREAM x AS SELECT symbol FROM market_ticks GROUP BY symbol, HOP(ts, INTERVAL '1' MINUTE, INTERVAL '5' SECOND);");
+        assert!(e.contains("slide"), "{e}");
+        let e = err("CREATE STREAM x AS SELEC symbol FROM market_ticks;");
+        assert!(e.contains("Line: 1"), "{e}");
+    }
+
+    #[test]
+    fn fingerprint_tracks_query_changes() {
+        let a = plan("CREATE STREAM x AS SELECT symbol, COUNT(*) AS c FROM market_ticks GROUP BY symbol, TUMBLE(ts, INTERVAL '5' SECOND);").unwrap();
+        let b = plan("CREATE STREAM x AS SELECT symbol, COUNT(*) AS c FROM market_ticks GROUP BY symbol, TUMBLE(ts, INTERVAL '5' SECOND);").unwrap();
+        let c = plan("CREATE STREAM x AS SELECT symbol, COUNT(*) AS c FROM market_ticks GROUP BY symbol, TUMBLE(ts, INTERVAL '10' SECOND);").unwrap();
+        assert_eq!(a[0].fingerprint, b[0].fingerprint);
+        assert_ne!(a[0].fingerprint, c[0].fingerprint);
+    }
+}

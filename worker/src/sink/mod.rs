@@ -1,0 +1,8 @@
+//! Sinks: where result rows go.
+//!
+//! A sink's `commit` makes everything written so far durable and returns a
+//! position; a checkpoint records it, and a restore cuts the output back to it,
+//! so output written after the last checkpoint is neither lost nor duplicated.
+
+pub mod file;
+pub mod memory;

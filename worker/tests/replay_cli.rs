@@ -1,0 +1,255 @@
+//! `tickflow-worker produce` and `query` as a user runs them: file replay,
+//! kill -9 and restore from checkpoints, malformed input, bad SQL.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn worker() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tickflow-worker"))
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "command failed: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn produce(dir: &Path, count: u64, format: &str) {
+    ok(worker()
+        .args(["produce", "--count", &count.to_string(), "--seed", "11", "--jitter", "500ms", "--format", format])
+        .arg("--output-dir")
+        .arg(dir)
+        .output()
+        .unwrap());
+}
+
+fn sql_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../sql")
+}
+
+/// All built-in queries in one file.
+fn all_queries(dir: &Path) -> PathBuf {
+    let path = dir.join("all.sql");
+    std::fs::write(&path, tickflow_worker::app::demo::builtin_sql()).unwrap();
+    path
+}
+
+fn query_cmd(sql: &Path, data: &Path, ext: &str, out_dir: &Path) -> Command {
+    let mut c = worker();
+    c.arg("query").arg("--sql").arg(sql);
+    for (table, topic) in [("market_ticks", "market-ticks"), ("order_events", "order-events"), ("book_updates", "book-updates")] {
+        c.arg("--input").arg(format!("{table}={}", data.join(format!("{topic}.{ext}")).display()));
+    }
+    c.arg("--output-dir").arg(out_dir);
+    c
+}
+
+fn read_outputs(dir: &Path) -> Vec<(String, String)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "jsonl"))
+        .map(|e| (e.file_name().to_string_lossy().to_string(), std::fs::read_to_string(e.path()).unwrap()))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn killed_replay_resumes_from_checkpoint_with_identical_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    produce(&data, 400_000, "jsonl");
+    let sql = all_queries(tmp.path());
+
+    // Reference: one uninterrupted run.
+    let reference = tmp.path().join("reference");
+    ok(query_cmd(&sql, &data, "jsonl", &reference).output().unwrap());
+    let expected = read_outputs(&reference);
+    assert_eq!(expected.len(), 9);
+    assert!(expected.iter().all(|(_, text)| !text.is_empty()), "every stream has output");
+
+    // Killed with SIGKILL three times right after a checkpoint, then run to the end.
+    let out = tmp.path().join("resumed");
+    let chk = tmp.path().join("checkpoints");
+    let mut kills = 0;
+    for _ in 0..3 {
+        let mut child = query_cmd(&sql, &data, "jsonl", &out)
+            .args(["--checkpoint-interval", "150ms", "--batch-size", "2048"])
+            .arg("--checkpoint-dir")
+            .arg(&chk)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let before = checkpoints(&chk);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while checkpoints(&chk) == before && Instant::now() < deadline && child.try_wait().unwrap().is_none() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(40));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        child.wait().unwrap();
+    }
+    assert!(kills >= 1, "the replay finished before it could be killed; make the input larger");
+    let summary = ok(query_cmd(&sql, &data, "jsonl", &out)
+        .arg("--checkpoint-dir")
+        .arg(&chk)
+        .output()
+        .unwrap());
+    let summary: serde_json::Value = serde_json::from_str(summary.trim()).unwrap();
+    assert!(summary["restored_from"].as_u64().is_some(), "the last run restored a checkpoint: {summary}");
+
+    let actual = read_outputs(&out);
+    assert_eq!(actual.len(), expected.len());
+    for ((name, a), (_, e)) in actual.iter().zip(&expected) {
+        assert_eq!(a.lines().count(), e.lines().count(), "{name}: row count after {kills} kills");
+        assert!(a == e, "{name}: output differs from the uninterrupted run");
+    }
+
+    // Running again after completion restores the final checkpoint and adds nothing.
+    ok(query_cmd(&sql, &data, "jsonl", &out).arg("--checkpoint-dir").arg(&chk).output().unwrap());
+    assert_eq!(read_outputs(&out), expected);
+}
+
+fn checkpoints(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|d| d.flatten().filter(|e| !e.file_name().to_string_lossy().ends_with(".tmp")).count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn avro_and_jsonl_replays_agree() {
+    let tmp = tempfile::tempdir().unwrap();
+    produce(&tmp.path().join("json"), 30_000, "jsonl");
+    produce(&tmp.path().join("avro"), 30_000, "avro");
+    let sql = sql_dir().join("ohlc_5s.sql");
+    let mut a = worker();
+    a.args(["query", "--sql"]).arg(&sql).arg("--input").arg(format!("market_ticks={}", tmp.path().join("json/market-ticks.jsonl").display()));
+    a.arg("--output").arg(format!("ohlc_5s={}", tmp.path().join("a.jsonl").display()));
+    ok(a.output().unwrap());
+    let mut b = worker();
+    b.args(["query", "--sql"]).arg(&sql).arg("--input").arg(format!("market_ticks={}", tmp.path().join("avro/market-ticks.avro").display()));
+    b.arg("--output").arg(format!("ohlc_5s={}", tmp.path().join("b.jsonl").display()));
+    ok(b.output().unwrap());
+    let a = std::fs::read_to_string(tmp.path().join("a.jsonl")).unwrap();
+    let b = std::fs::read_to_string(tmp.path().join("b.jsonl")).unwrap();
+    assert!(a.lines().count() > 40, "30 s of data gives 6 bars × 8 symbols");
+    let mut a: Vec<_> = a.lines().collect();
+    let mut b: Vec<_> = b.lines().collect();
+    a.sort();
+    b.sort();
+    assert_eq!(a, b);
+    // Rows carry the window and RFC 3339 timestamps.
+    let row: serde_json::Value = serde_json::from_str(a[0]).unwrap();
+    for col in ["symbol", "open", "high", "low", "close", "volume", "vwap", "tick_count", "window_start", "window_end"] {
+        assert!(row.get(col).is_some(), "missing {col} in {row}");
+    }
+    assert!(row["window_end"].as_str().unwrap().ends_with('Z'));
+}
+
+#[test]
+fn malformed_lines_are_reported_counted_and_kept_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = [
+        r#"{"symbol":"AAPL","exchange":"NASDAQ","price":100.0,"bid":99.99,"ask":100.01,"bid_size":100,"ask_size":200,"volume":600,"side":"buy","ts":1767623400000}"#,
+        r#"{"symbol":"MSFT","exchange":"NYSE","price":400.0,"bid":399.9,"ask":400.1,"bid_size":100,"ask_size":200,"volume":700,"side":"sell","ts":"2026-01-05T14:30:00.500Z"}"#,
+    ];
+    let bad = [
+        r#"{"symbol":"AAPL","price":"#,                                                  // truncated JSON
+        r#"{"symbol":"AAPL","exchange":"X","price":"high","bid":1,"ask":2,"bid_size":1,"ask_size":1,"volume":600,"side":"buy","ts":1}"#, // wrong type
+        r#"{"exchange":"X","price":1.0,"bid":1,"ask":2,"bid_size":1,"ask_size":1,"volume":600,"side":"buy","ts":1}"#, // symbol missing
+    ];
+    let input = [good[0], bad[0], bad[1], good[1], bad[2]].join("\n") + "\n";
+    let path = tmp.path().join("ticks.jsonl");
+    std::fs::write(&path, input).unwrap();
+    let out = tmp.path().join("out.jsonl");
+    let dead = tmp.path().join("dead.jsonl");
+    let run = worker()
+        .args(["query", "--sql"])
+        .arg(sql_dir().join("large_trades.sql"))
+        .arg("--input")
+        .arg(format!("market_ticks={}", path.display()))
+        .arg("--output")
+        .arg(format!("large_trades={}", out.display()))
+        .arg("--dead-letter")
+        .arg(&dead)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr).to_string();
+    let summary: serde_json::Value = serde_json::from_str(ok(run).trim()).unwrap();
+    assert_eq!(summary["bad_records"], 3);
+    assert_eq!(std::fs::read_to_string(&out).unwrap().lines().count(), 2, "good rows still flow");
+    let dead_rows: Vec<serde_json::Value> =
+        std::fs::read_to_string(&dead).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<_> = dead_rows.iter().map(|r| r["location"].as_str().unwrap().rsplit(':').next().unwrap().to_string()).collect();
+    assert_eq!(lines, ["2", "3", "5"], "dead letters name their line numbers");
+    assert!(dead_rows.iter().all(|r| !r["reason"].as_str().unwrap().is_empty()));
+    assert!(stderr.contains("malformed record") && stderr.contains(":3"), "reported on stderr: {stderr}");
+}
+
+#[test]
+fn bad_sql_and_unknown_tables_fail_with_clear_messages() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("t.jsonl");
+    std::fs::write(&data, "").unwrap();
+    let run = |sql: &str, input: &str| {
+        let path = tmp.path().join("q.sql");
+        std::fs::write(&path, sql).unwrap();
+        let out = worker()
+            .args(["query", "--sql"])
+            .arg(&path)
+            .arg("--input")
+            .arg(format!("{input}={}", data.display()))
+            .arg("--output-dir")
+            .arg(tmp.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "`{sql}` must fail");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let e = run("CREATE STREAM x AS\nSELECT symbol FROM trades;", "market_ticks");
+    assert!(e.contains("unknown source table `trades`") && e.contains("line 2"), "{e}");
+    let e = run("CREATE STREAM x AS SELECT symbol, LAG(price) OVER (PARTITION BY symbol ORDER BY ts) FROM market_ticks;", "market_ticks");
+    assert!(e.contains("OVER") && e.contains("not supported"), "{e}");
+    let e = run("CREATE STREAM x AS SELECT symbol FROM market_ticks;", "trades");
+    assert!(e.contains("unknown source table `trades`"), "{e}");
+    let e = run("CREATE STREAM x AS SELECT symbol FROM book_updates;", "market_ticks");
+    assert!(e.contains("no --input book_updates"), "{e}");
+}
+
+#[test]
+fn changed_query_refuses_old_state_unless_started_fresh() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    produce(&data, 5_000, "jsonl");
+    let chk = tmp.path().join("chk");
+    let input = format!("market_ticks={}", data.join("market-ticks.jsonl").display());
+    let run = |size: u32, fresh: bool| {
+        let sql = tmp.path().join("q.sql");
+        std::fs::write(&sql, format!(
+            "CREATE STREAM bars AS SELECT symbol, COUNT(*) AS n FROM market_ticks GROUP BY symbol, TUMBLE(ts, INTERVAL '{size}' SECOND);"
+        )).unwrap();
+        let mut c = worker();
+        c.args(["query", "--sql"]).arg(&sql).arg("--input").arg(&input).arg("--output-dir").arg(tmp.path()).arg("--checkpoint-dir").arg(&chk);
+        if fresh {
+            c.arg("--start-fresh");
+        }
+        c.output().unwrap()
+    };
+    ok(run(5, false));
+    let changed = run(10, false);
+    assert!(!changed.status.success());
+    let e = String::from_utf8_lossy(&changed.stderr);
+    assert!(e.contains("stream `bars` changed") && e.contains("--start-fresh"), "{e}");
+    ok(run(10, true));
+}
