@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, unit and integration tests.
-# Installs what the tests need first. Build outputs are cached outside the
-# clone ($HOME/.cache/tickflow) so repeated runs are fast.
+# The whole test suite: formatting, lints, unit and integration tests, the
+# end-to-end tests against a real Kafka broker (Apache Kafka 4.x, KRaft, from
+# Maven Central) and the test schema registry, and the Python interop tests
+# (Confluent's confluent-kafka client). Installs what the tests need first.
+# Build outputs, jars and the Python venv are cached outside the clone
+# ($HOME/.cache/tickflow) so repeated runs are fast.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,5 +26,19 @@ cargo fmt --all --check
 step "cargo clippy (all targets, warnings are errors)"
 cargo clippy --release --workspace --all-targets -- -D warnings
 
+step "test servers: Kafka broker (KRaft) and schema registry"
+python_bin="$(tests/python/setup.sh)"
+cleanup() {
+  tests/schema_registry/registry.sh stop >/dev/null 2>&1 || true
+  tests/kafka/kafka.sh stop >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+tests/kafka/kafka.sh start
+tests/schema_registry/registry.sh start
+
 step "cargo test"
 cargo test --release --workspace
+
+step "Python interop tests (confluent-kafka against the worker's messages)"
+export TICKFLOW_WORKER_BIN="$CARGO_TARGET_DIR/release/tickflow-worker"
+"$python_bin" -m pytest -q tests/python

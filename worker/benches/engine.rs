@@ -5,6 +5,7 @@
 //!
 //! Run: `cargo bench -p tickflow-worker --bench engine`
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,8 +50,12 @@ fn ticks(n: usize, symbols: usize) -> Vec<RecordBatch> {
             Arc::new(StringArray::from(sym.clone())),
             Arc::new(StringArray::from(vec!["NASDAQ"; rows])),
             Arc::new(Float64Array::from(px.clone())),
-            Arc::new(Float64Array::from(px.iter().map(|p| p - 0.01).collect::<Vec<_>>())),
-            Arc::new(Float64Array::from(px.iter().map(|p| p + 0.01).collect::<Vec<_>>())),
+            Arc::new(Float64Array::from(
+                px.iter().map(|p| p - 0.01).collect::<Vec<_>>(),
+            )),
+            Arc::new(Float64Array::from(
+                px.iter().map(|p| p + 0.01).collect::<Vec<_>>(),
+            )),
             Arc::new(Int64Array::from(vec![100; rows])),
             Arc::new(Int64Array::from(vec![200; rows])),
             Arc::new(Int64Array::from(vol)),
@@ -104,9 +109,14 @@ fn datafusion_run(rt: &tokio::runtime::Runtime, batches: &[RecordBatch]) -> usiz
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     println!("ohlc_5s: tickflow streaming engine vs DataFusion batch (1 core each, best of 5)");
-    println!("{:<10} {:>10} {:>16} {:>16} {:>8} {:>8}", "symbols", "events", "engine ev/s", "datafusion ev/s", "ratio", "rows");
+    println!(
+        "{:<10} {:>10} {:>16} {:>16} {:>8} {:>8}",
+        "symbols", "events", "engine ev/s", "datafusion ev/s", "ratio", "rows"
+    );
     for symbols in [8, 1000] {
         let n = 4_000_000;
         let batches = ticks(n, symbols);
@@ -115,7 +125,12 @@ fn main() {
         assert_eq!(rows_engine, rows_df, "both compute the same bars");
         let e = n as f64 / t_engine.as_secs_f64();
         let d = n as f64 / t_df.as_secs_f64();
-        println!("{symbols:<10} {n:>10} {:>16.0} {:>16.0} {:>8.2} {rows_engine:>8}", e, d, e / d);
+        println!(
+            "{symbols:<10} {n:>10} {:>16.0} {:>16.0} {:>8.2} {rows_engine:>8}",
+            e,
+            d,
+            e / d
+        );
     }
 
     // Checkpoint and restore of 100 k keys: open 5-second windows of 100 k symbols.
@@ -139,19 +154,33 @@ fn main() {
                 created_at_ms: 0,
                 sources: Default::default(),
                 sinks: Default::default(),
+                sink_states: BTreeMap::new(),
                 engine: p.snapshot().unwrap(),
             })
             .unwrap()
     });
     let (t_read, cp) = best_of(3, || store.latest().unwrap().unwrap());
     let (t_restore, _) = best_of(3, || {
-        let mut fresh = Pipeline::new(OHLC_5S, &SourceDef::builtin(), &EngineConfig::default()).unwrap();
-        let snap = tickflow_worker::engine::EngineSnapshot { meta: cp.engine.meta.clone(), states: cp.engine.states.clone() };
+        let mut fresh =
+            Pipeline::new(OHLC_5S, &SourceDef::builtin(), &EngineConfig::default()).unwrap();
+        let snap = tickflow_worker::engine::EngineSnapshot {
+            meta: cp.engine.meta.clone(),
+            states: cp.engine.states.clone(),
+        };
         fresh.restore(snap).unwrap();
     });
-    println!("\ncheckpoint of {state_rows} keyed window states ({} bytes on disk)", info.bytes);
+    println!(
+        "\ncheckpoint of {state_rows} keyed window states ({} bytes on disk)",
+        info.bytes
+    );
     println!("  snapshot {:>8.1} ms", t_snap.as_secs_f64() * 1e3);
-    println!("  snapshot + write (fsync) {:>8.1} ms", t_write.as_secs_f64() * 1e3);
+    println!(
+        "  snapshot + write (fsync) {:>8.1} ms",
+        t_write.as_secs_f64() * 1e3
+    );
     println!("  read {:>8.1} ms", t_read.as_secs_f64() * 1e3);
-    println!("  restore into a new pipeline {:>8.1} ms", t_restore.as_secs_f64() * 1e3);
+    println!(
+        "  restore into a new pipeline {:>8.1} ms",
+        t_restore.as_secs_f64() * 1e3
+    );
 }

@@ -10,6 +10,8 @@ pub mod app;
 pub mod checkpoint;
 pub mod codec;
 pub mod engine;
+pub mod kafka;
+pub mod runtime;
 pub mod simulator;
 pub mod sink;
 pub mod source;

@@ -8,14 +8,32 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use tickflow_worker::app::{self, demo, produce, query};
+use std::net::SocketAddr;
+
+use tickflow_worker::app::{self, demo, produce, query, stream};
+use tickflow_worker::codec::records::ValueFormat;
+use tickflow_worker::kafka::{
+    KafkaConfig, RegistryClient, RegistryConfig, SaslMechanism, Secret, SecurityProtocol,
+};
+use tickflow_worker::runtime::{StatusHandle, WorkerState, http};
 use tickflow_worker::simulator::{BurstConfig, SimConfig};
+use tickflow_worker::sink::kafka::ProducerTuning;
+use tickflow_worker::source::kafka::StartFrom;
 
 #[derive(Parser)]
-#[command(name = "tickflow-worker", version, about = "Market simulator and streaming SQL worker")]
+#[command(
+    name = "tickflow-worker",
+    version,
+    about = "Market simulator and streaming SQL worker"
+)]
 struct Cli {
     /// Log format.
-    #[arg(long, global = true, env = "TICKFLOW_LOG_FORMAT", default_value = "plain")]
+    #[arg(
+        long,
+        global = true,
+        env = "TICKFLOW_LOG_FORMAT",
+        default_value = "plain"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -58,15 +76,143 @@ struct SimArgs {
 
 impl SimArgs {
     fn config(&self) -> SimConfig {
-        let mut c = SimConfig { seed: self.seed, ticks_per_second: self.rate, ..SimConfig::default() };
+        let mut c = SimConfig {
+            seed: self.seed,
+            ticks_per_second: self.rate,
+            ..SimConfig::default()
+        };
         if !self.symbols.is_empty() {
-            c.symbols = self.symbols.iter().map(|s| tickflow_worker::simulator::SymbolSpec::for_symbol(s)).collect();
+            c.symbols = self
+                .symbols
+                .iter()
+                .map(|s| tickflow_worker::simulator::SymbolSpec::for_symbol(s))
+                .collect();
         }
         c.max_jitter_ms = self.jitter.as_millis() as i64;
         if self.burst {
-            c.burst = Some(BurstConfig { every_ms: 20_000, duration_ms: 2_000, rate_multiplier: 3.0, volume_multiplier: 4.0 });
+            c.burst = Some(BurstConfig {
+                every_ms: 20_000,
+                duration_ms: 2_000,
+                rate_multiplier: 3.0,
+                volume_multiplier: 4.0,
+            });
         }
         c
+    }
+}
+
+/// Kafka connection. Passwords come only from the environment or files
+/// (Kubernetes Secrets), never from the command line.
+#[derive(Args, Clone)]
+struct KafkaArgs {
+    /// Comma-separated bootstrap servers (host:port).
+    #[arg(long, env = "KAFKA_BROKERS")]
+    brokers: Option<String>,
+    #[arg(
+        long,
+        env = "KAFKA_SECURITY_PROTOCOL",
+        value_enum,
+        default_value = "plaintext"
+    )]
+    security_protocol: SecurityProtocol,
+    #[arg(
+        long,
+        env = "KAFKA_SASL_MECHANISM",
+        value_enum,
+        default_value = "scram-sha-256"
+    )]
+    sasl_mechanism: SaslMechanism,
+    #[arg(long, env = "KAFKA_SASL_USERNAME")]
+    sasl_username: Option<String>,
+    /// File holding the SASL password (else KAFKA_SASL_PASSWORD).
+    #[arg(long, env = "KAFKA_SASL_PASSWORD_FILE")]
+    sasl_password_file: Option<PathBuf>,
+    /// PEM CA bundle for TLS.
+    #[arg(long, env = "KAFKA_SSL_CA_LOCATION")]
+    ssl_ca_location: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS.
+    #[arg(long, env = "KAFKA_SSL_CERTIFICATE_LOCATION")]
+    ssl_certificate_location: Option<PathBuf>,
+    /// PEM client key (its password, if any, from KAFKA_SSL_KEY_PASSWORD).
+    #[arg(long, env = "KAFKA_SSL_KEY_LOCATION")]
+    ssl_key_location: Option<PathBuf>,
+    /// Confluent-compatible schema registry URL (http://…).
+    #[arg(long, env = "SCHEMA_REGISTRY_URL")]
+    schema_registry: Option<String>,
+    /// Registry basic-auth user (password from SCHEMA_REGISTRY_PASSWORD or --schema-registry-password-file).
+    #[arg(long, env = "SCHEMA_REGISTRY_USERNAME")]
+    schema_registry_username: Option<String>,
+    #[arg(long, env = "SCHEMA_REGISTRY_PASSWORD_FILE")]
+    schema_registry_password_file: Option<PathBuf>,
+    /// Compression of produced batches: lz4, zstd, gzip, snappy or none.
+    #[arg(long, env = "TICKFLOW_COMPRESSION", default_value = "lz4", value_parser = ["lz4", "zstd", "gzip", "snappy", "none"])]
+    compression: String,
+    /// How long the producer waits to fill a batch.
+    #[arg(long, env = "TICKFLOW_LINGER", value_parser = humantime::parse_duration, default_value = "5ms")]
+    linger: Duration,
+    /// Maximum bytes per produced batch.
+    #[arg(long, env = "TICKFLOW_BATCH_BYTES", default_value_t = 1_000_000)]
+    batch_bytes: u32,
+    /// Partitions of topics this worker creates.
+    #[arg(long, env = "TICKFLOW_PARTITIONS", default_value_t = 3)]
+    partitions: i32,
+    #[arg(long, env = "TICKFLOW_REPLICATION_FACTOR", default_value_t = 1)]
+    replication_factor: i32,
+}
+
+impl KafkaArgs {
+    fn secret(env: &str, file: &Option<PathBuf>) -> anyhow::Result<Option<Secret>> {
+        if let Some(f) = file {
+            return Secret::from_file(f)
+                .map(Some)
+                .with_context(|| format!("reading secret file {}", f.display()));
+        }
+        Ok(std::env::var(env).ok().map(Secret::new))
+    }
+
+    fn config(&self) -> anyhow::Result<Option<KafkaConfig>> {
+        let Some(brokers) = &self.brokers else {
+            return Ok(None);
+        };
+        let c = KafkaConfig {
+            brokers: brokers.clone(),
+            protocol: self.security_protocol,
+            sasl_mechanism: self.sasl_mechanism,
+            sasl_username: self.sasl_username.clone(),
+            sasl_password: Self::secret("KAFKA_SASL_PASSWORD", &self.sasl_password_file)?,
+            ssl_ca: self.ssl_ca_location.clone(),
+            ssl_cert: self.ssl_certificate_location.clone(),
+            ssl_key: self.ssl_key_location.clone(),
+            ssl_key_password: Self::secret("KAFKA_SSL_KEY_PASSWORD", &None)?,
+        };
+        c.validate()?;
+        Ok(Some(c))
+    }
+
+    fn registry(&self) -> anyhow::Result<Option<RegistryClient>> {
+        let Some(url) = &self.schema_registry else {
+            return Ok(None);
+        };
+        if !url.starts_with("http://") {
+            anyhow::bail!(
+                "schema registry URL {url}: only http:// is supported (put TLS in front with a sidecar or service mesh)"
+            );
+        }
+        let mut c = RegistryConfig::new(url.clone());
+        c.username = self.schema_registry_username.clone();
+        c.password = Self::secret(
+            "SCHEMA_REGISTRY_PASSWORD",
+            &self.schema_registry_password_file,
+        )?;
+        Ok(Some(RegistryClient::new(c)))
+    }
+
+    fn tuning(&self) -> ProducerTuning {
+        ProducerTuning {
+            compression: self.compression.clone(),
+            linger_ms: self.linger.as_millis() as u32,
+            batch_bytes: self.batch_bytes,
+        }
     }
 }
 
@@ -83,11 +229,23 @@ struct ProduceArgs {
     /// Run until SIGTERM.
     #[arg(long)]
     continuous: bool,
-    /// Directory for market-ticks.*, order-events.*, book-updates.*.
+    /// Directory for market-ticks.*, order-events.*, book-updates.* (else Kafka, with --brokers).
     #[arg(long, env = "TICKFLOW_OUTPUT_DIR")]
-    output_dir: PathBuf,
-    #[arg(long, value_enum, default_value = "jsonl")]
-    format: produce::FileFormat,
+    output_dir: Option<PathBuf>,
+    /// Files: jsonl (default) or avro (container files). Kafka: avro (default) or json.
+    #[arg(long, env = "TICKFLOW_FORMAT")]
+    format: Option<String>,
+    #[arg(long, env = "TICKFLOW_TICKS_TOPIC", default_value = "market-ticks")]
+    ticks_topic: String,
+    #[arg(long, env = "TICKFLOW_ORDERS_TOPIC", default_value = "order-events")]
+    orders_topic: String,
+    #[arg(long, env = "TICKFLOW_BOOKS_TOPIC", default_value = "book-updates")]
+    books_topic: String,
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    /// Serve /metrics, /healthz, /readyz and /status here (e.g. 0.0.0.0:8080).
+    #[arg(long, env = "TICKFLOW_HTTP_ADDR")]
+    http_addr: Option<SocketAddr>,
     /// Pace event time against the wall clock.
     #[arg(long)]
     realtime: bool,
@@ -101,10 +259,12 @@ struct QueryArgs {
     /// SQL file with CREATE STREAM statements.
     #[arg(long, env = "TICKFLOW_SQL")]
     sql: PathBuf,
-    /// TABLE=PATH (.jsonl or .avro), e.g. market_ticks=data/market-ticks.jsonl.
-    #[arg(long = "input", value_parser = app::parse_binding, required = true)]
+    /// TABLE=PATH (.jsonl or .avro) or TABLE=kafka:TOPIC. Without any, the
+    /// tables are read from their standard topics (needs --brokers).
+    #[arg(long = "input", value_parser = app::parse_binding)]
     inputs: Vec<(String, PathBuf)>,
-    /// STREAM=PATH (.jsonl or .avro).
+    /// STREAM=PATH (.jsonl or .avro) or STREAM=kafka:TOPIC (Kafka default:
+    /// the stream name with `_` → `-`).
     #[arg(long = "output", value_parser = app::parse_binding)]
     outputs: Vec<(String, PathBuf)>,
     /// Directory for streams without --output (<dir>/<stream>.jsonl).
@@ -126,9 +286,52 @@ struct QueryArgs {
     /// Allowed out-of-orderness of event time.
     #[arg(long, env = "TICKFLOW_ALLOWED_LATENESS", value_parser = humantime::parse_duration, default_value = "1s")]
     allowed_lateness: Duration,
-    /// Records per batch for JSON-lines inputs.
+    /// Records per batch for JSON-lines inputs (per poll for Kafka).
     #[arg(long, default_value_t = 8192)]
     batch_size: usize,
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    /// Query name: the consumer group and transactional id are tickflow-<name>
+    /// (default: the SQL file name).
+    #[arg(long, env = "TICKFLOW_QUERY_NAME")]
+    name: Option<String>,
+    #[arg(
+        long,
+        env = "TICKFLOW_INPUT_FORMAT",
+        value_enum,
+        default_value = "avro"
+    )]
+    input_format: ValueFormat,
+    #[arg(
+        long,
+        env = "TICKFLOW_OUTPUT_FORMAT",
+        value_enum,
+        default_value = "avro"
+    )]
+    output_format: ValueFormat,
+    /// Kafka topic for undecodable input records (default: <name>-dead-letters).
+    #[arg(long, env = "TICKFLOW_DEAD_LETTER_TOPIC")]
+    dead_letter_topic: Option<String>,
+    /// Where a partition without a checkpointed offset starts.
+    #[arg(
+        long,
+        env = "TICKFLOW_START_FROM",
+        value_enum,
+        default_value = "earliest"
+    )]
+    start_from: StartFrom,
+    /// Read the topics up to their end as of start-up, then stop (a backfill).
+    #[arg(long)]
+    bounded: bool,
+    /// Commit results this long after they are produced, once caught up.
+    #[arg(long, env = "TICKFLOW_MAX_OUTPUT_DELAY", value_parser = humantime::parse_duration, default_value = "0ms")]
+    max_output_delay: Duration,
+    /// A partition silent this long stops holding the watermark back.
+    #[arg(long, env = "TICKFLOW_IDLE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
+    idle_timeout: Duration,
+    /// Serve /metrics, /healthz, /readyz and /status here (e.g. 0.0.0.0:8080).
+    #[arg(long, env = "TICKFLOW_HTTP_ADDR")]
+    http_addr: Option<SocketAddr>,
 }
 
 #[derive(Args)]
@@ -171,7 +374,9 @@ fn main() -> std::process::ExitCode {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Plain => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -187,6 +392,93 @@ fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
     Ok(flag)
 }
 
+fn run_kafka_query(a: QueryArgs, sql: String) -> anyhow::Result<()> {
+    let Some(kafka) = a.kafka.config()? else {
+        anyhow::bail!(
+            "no inputs: give --input TABLE=PATH for a replay, or --brokers HOST:PORT (KAFKA_BROKERS) to read Kafka"
+        );
+    };
+    let Some(checkpoint_dir) = a.checkpoint_dir else {
+        anyhow::bail!(
+            "a Kafka query needs --checkpoint-dir (TICKFLOW_CHECKPOINT_DIR): exactly-once output depends on it"
+        );
+    };
+    let topic_of = |(name, p): (String, PathBuf)| -> anyhow::Result<(String, String)> {
+        let s = p.to_string_lossy();
+        let topic = s
+            .strip_prefix("kafka:")
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| anyhow::anyhow!("{name}={s}: expected kafka:TOPIC"))?;
+        Ok((name, topic.to_string()))
+    };
+    let name = a.name.clone().unwrap_or_else(|| {
+        a.sql
+            .file_stem()
+            .map_or("query".into(), |s| s.to_string_lossy().replace('_', "-"))
+    });
+    let status = StatusHandle::new(&name);
+    if let Some(addr) = a.http_addr {
+        let bound = http::serve(addr, status.clone())?;
+        tracing::info!(%bound, "status endpoint listening");
+    }
+    let opts = stream::KafkaQueryOptions {
+        sql_origin: a.sql.display().to_string(),
+        sql,
+        registry: a.kafka.registry()?,
+        inputs: a
+            .inputs
+            .into_iter()
+            .map(topic_of)
+            .collect::<anyhow::Result<_>>()?,
+        outputs: a
+            .outputs
+            .into_iter()
+            .map(topic_of)
+            .collect::<anyhow::Result<_>>()?,
+        late_outputs: a
+            .late_outputs
+            .into_iter()
+            .map(topic_of)
+            .collect::<anyhow::Result<_>>()?,
+        input_format: a.input_format,
+        output_format: a.output_format,
+        dead_letter_topic: Some(
+            a.dead_letter_topic
+                .unwrap_or_else(|| format!("{name}-dead-letters")),
+        ),
+        output_partitions: a.kafka.partitions,
+        replication: a.kafka.replication_factor,
+        tuning: a.kafka.tuning(),
+        start: a.start_from,
+        bounded: a.bounded,
+        checkpoint_dir,
+        checkpoint_interval: a.checkpoint_interval,
+        max_output_delay: a.max_output_delay,
+        checkpoints_to_keep: 3,
+        start_fresh: a.start_fresh,
+        allowed_lateness: a.allowed_lateness,
+        idle_timeout: a.idle_timeout,
+        max_batch_records: a.batch_size.max(1),
+        status: status.clone(),
+        stop: stop_flag()?,
+        kafka,
+        name,
+    };
+    match stream::run_kafka_query(&opts) {
+        Ok(s) => {
+            println!("{}", serde_json::to_string(&s)?);
+            Ok(())
+        }
+        Err(e) => {
+            status.update(|s| {
+                s.state = WorkerState::Failed;
+                s.last_error = Some(format!("{e:#}"));
+            });
+            Err(e)
+        }
+    }
+}
+
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Produce(a) => {
@@ -196,20 +488,74 @@ fn run(command: Command) -> anyhow::Result<()> {
                 (_, _, true) => produce::RunLength::Continuous,
                 _ => anyhow::bail!("say how long to run: --count N, --duration D or --continuous"),
             };
+            let target = match (a.output_dir, a.kafka.config()?) {
+                (Some(dir), _) => produce::ProduceTarget::Files {
+                    dir,
+                    format: match a.format.as_deref() {
+                        None | Some("jsonl") | Some("json") => produce::FileFormat::Jsonl,
+                        Some("avro") => produce::FileFormat::Avro,
+                        Some(f) => anyhow::bail!("--format {f}: use jsonl or avro"),
+                    },
+                },
+                (None, Some(config)) => {
+                    produce::ProduceTarget::Kafka(Box::new(produce::KafkaTarget {
+                        config,
+                        registry: a.kafka.registry()?,
+                        format: match a.format.as_deref() {
+                            None | Some("avro") => ValueFormat::Avro,
+                            Some("json") | Some("jsonl") => ValueFormat::Json,
+                            Some(f) => anyhow::bail!("--format {f}: use avro or json"),
+                        },
+                        topics: [a.ticks_topic, a.orders_topic, a.books_topic],
+                        partitions: a.kafka.partitions,
+                        replication: a.kafka.replication_factor,
+                        tuning: a.kafka.tuning(),
+                    }))
+                }
+                (None, None) => anyhow::bail!(
+                    "say where to write: --output-dir DIR or --brokers HOST:PORT (KAFKA_BROKERS)"
+                ),
+            };
+            let status = StatusHandle::new("producer");
+            if let Some(addr) = a.http_addr {
+                let bound = http::serve(addr, status.clone())?;
+                tracing::info!(%bound, "status endpoint listening");
+            }
+            status.set_state(WorkerState::Running);
             let opts = produce::ProduceOptions {
                 sim: a.sim.config(),
                 length,
-                output_dir: a.output_dir,
-                format: a.format,
+                target,
                 realtime: a.realtime.then_some(a.speed),
                 stop: stop_flag()?,
             };
             let s = produce::run_produce(&opts)?;
-            tracing::info!(ticks = s.ticks, orders = s.orders, books = s.books, "produced");
+            status.set_state(WorkerState::Stopped);
+            tracing::info!(
+                ticks = s.ticks,
+                orders = s.orders,
+                books = s.books,
+                "produced"
+            );
             println!("{}", serde_json::to_string(&s)?);
         }
         Command::Query(a) => {
-            let sql = std::fs::read_to_string(&a.sql).with_context(|| format!("reading {}", a.sql.display()))?;
+            let sql = std::fs::read_to_string(&a.sql)
+                .with_context(|| format!("reading {}", a.sql.display()))?;
+            let is_kafka = |p: &PathBuf| p.to_string_lossy().starts_with("kafka:");
+            let kafka_inputs = a.inputs.iter().filter(|(_, p)| is_kafka(p)).count();
+            if kafka_inputs > 0 && kafka_inputs < a.inputs.len() {
+                anyhow::bail!("mixing Kafka and file inputs in one query is not supported");
+            }
+            if a.inputs.is_empty() || kafka_inputs > 0 {
+                return run_kafka_query(a, sql);
+            }
+            if let Some((s, p)) = a.outputs.iter().find(|(_, p)| is_kafka(p)) {
+                anyhow::bail!(
+                    "--output {s}={}: Kafka outputs need Kafka inputs",
+                    p.display()
+                );
+            }
             let mut opts = query::QueryOptions::new(sql, a.sql.display().to_string());
             opts.inputs = a.inputs;
             opts.outputs = a.outputs;
@@ -226,9 +572,9 @@ fn run(command: Command) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&s)?);
         }
         Command::Demo(a) => {
-            let checkpoint_dir = a
-                .checkpoint_dir
-                .unwrap_or_else(|| std::env::temp_dir().join(format!("tickflow-demo-{}", std::process::id())));
+            let checkpoint_dir = a.checkpoint_dir.unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("tickflow-demo-{}", std::process::id()))
+            });
             demo::run_demo(demo::DemoOptions {
                 sim: a.sim.config(),
                 speed: a.speed,

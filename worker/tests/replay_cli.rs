@@ -21,12 +21,34 @@ fn ok(out: Output) -> String {
 }
 
 fn produce(dir: &Path, count: u64, format: &str) {
-    ok(worker()
-        .args(["produce", "--count", &count.to_string(), "--seed", "11", "--jitter", "500ms", "--format", format])
+    let summary = ok(worker()
+        .args([
+            "produce",
+            "--count",
+            &count.to_string(),
+            "--seed",
+            "11",
+            "--jitter",
+            "500ms",
+            "--format",
+            format,
+        ])
         .arg("--output-dir")
         .arg(dir)
         .output()
         .unwrap());
+    let summary: serde_json::Value = serde_json::from_str(summary.trim()).unwrap();
+    assert_eq!(
+        summary["ticks"], count,
+        "a bounded run writes exactly --count ticks"
+    );
+    if format == "jsonl" {
+        let lines = std::fs::read_to_string(dir.join("market-ticks.jsonl"))
+            .unwrap()
+            .lines()
+            .count();
+        assert_eq!(lines as u64, count);
+    }
 }
 
 fn sql_dir() -> PathBuf {
@@ -43,8 +65,15 @@ fn all_queries(dir: &Path) -> PathBuf {
 fn query_cmd(sql: &Path, data: &Path, ext: &str, out_dir: &Path) -> Command {
     let mut c = worker();
     c.arg("query").arg("--sql").arg(sql);
-    for (table, topic) in [("market_ticks", "market-ticks"), ("order_events", "order-events"), ("book_updates", "book-updates")] {
-        c.arg("--input").arg(format!("{table}={}", data.join(format!("{topic}.{ext}")).display()));
+    for (table, topic) in [
+        ("market_ticks", "market-ticks"),
+        ("order_events", "order-events"),
+        ("book_updates", "book-updates"),
+    ] {
+        c.arg("--input").arg(format!(
+            "{table}={}",
+            data.join(format!("{topic}.{ext}")).display()
+        ));
     }
     c.arg("--output-dir").arg(out_dir);
     c
@@ -55,7 +84,12 @@ fn read_outputs(dir: &Path) -> Vec<(String, String)> {
         .unwrap()
         .flatten()
         .filter(|e| e.path().extension().is_some_and(|x| x == "jsonl"))
-        .map(|e| (e.file_name().to_string_lossy().to_string(), std::fs::read_to_string(e.path()).unwrap()))
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().to_string(),
+                std::fs::read_to_string(e.path()).unwrap(),
+            )
+        })
         .collect();
     files.sort();
     files
@@ -70,10 +104,15 @@ fn killed_replay_resumes_from_checkpoint_with_identical_output() {
 
     // Reference: one uninterrupted run.
     let reference = tmp.path().join("reference");
-    ok(query_cmd(&sql, &data, "jsonl", &reference).output().unwrap());
+    ok(query_cmd(&sql, &data, "jsonl", &reference)
+        .output()
+        .unwrap());
     let expected = read_outputs(&reference);
     assert_eq!(expected.len(), 9);
-    assert!(expected.iter().all(|(_, text)| !text.is_empty()), "every stream has output");
+    assert!(
+        expected.iter().all(|(_, text)| !text.is_empty()),
+        "every stream has output"
+    );
 
     // Killed with SIGKILL three times right after a checkpoint, then run to the end.
     let out = tmp.path().join("resumed");
@@ -90,7 +129,10 @@ fn killed_replay_resumes_from_checkpoint_with_identical_output() {
             .unwrap();
         let before = checkpoints(&chk);
         let deadline = Instant::now() + Duration::from_secs(60);
-        while checkpoints(&chk) == before && Instant::now() < deadline && child.try_wait().unwrap().is_none() {
+        while checkpoints(&chk) == before
+            && Instant::now() < deadline
+            && child.try_wait().unwrap().is_none()
+        {
             std::thread::sleep(Duration::from_millis(5));
         }
         std::thread::sleep(Duration::from_millis(40));
@@ -100,30 +142,84 @@ fn killed_replay_resumes_from_checkpoint_with_identical_output() {
         }
         child.wait().unwrap();
     }
-    assert!(kills >= 1, "the replay finished before it could be killed; make the input larger");
+    assert!(
+        kills >= 1,
+        "the replay finished before it could be killed; make the input larger"
+    );
     let summary = ok(query_cmd(&sql, &data, "jsonl", &out)
         .arg("--checkpoint-dir")
         .arg(&chk)
         .output()
         .unwrap());
     let summary: serde_json::Value = serde_json::from_str(summary.trim()).unwrap();
-    assert!(summary["restored_from"].as_u64().is_some(), "the last run restored a checkpoint: {summary}");
+    assert!(
+        summary["restored_from"].as_u64().is_some(),
+        "the last run restored a checkpoint: {summary}"
+    );
 
     let actual = read_outputs(&out);
     assert_eq!(actual.len(), expected.len());
     for ((name, a), (_, e)) in actual.iter().zip(&expected) {
-        assert_eq!(a.lines().count(), e.lines().count(), "{name}: row count after {kills} kills");
-        assert!(a == e, "{name}: output differs from the uninterrupted run");
+        assert_eq!(
+            a.lines().count(),
+            e.lines().count(),
+            "{name}: row count after {kills} kills"
+        );
+        same_rows_in_order(name, a, e);
     }
 
     // Running again after completion restores the final checkpoint and adds nothing.
-    ok(query_cmd(&sql, &data, "jsonl", &out).arg("--checkpoint-dir").arg(&chk).output().unwrap());
-    assert_eq!(read_outputs(&out), expected);
+    ok(query_cmd(&sql, &data, "jsonl", &out)
+        .arg("--checkpoint-dir")
+        .arg(&chk)
+        .output()
+        .unwrap());
+    for ((name, a), (_, e)) in read_outputs(&out).iter().zip(&expected) {
+        same_rows_in_order(name, a, e);
+    }
+}
+
+/// The same rows in the same order: strings and integers exactly, floats to
+/// 1e-12 relative. (A restored partial aggregate such as a variance's
+/// (count, mean, m2) is merged into a fresh accumulator, which may move a
+/// result by an ulp compared with never having stopped.)
+fn same_rows_in_order(name: &str, got: &str, want: &str) {
+    assert_eq!(
+        got.lines().count(),
+        want.lines().count(),
+        "{name}: row count"
+    );
+    for (i, (g, w)) in got.lines().zip(want.lines()).enumerate() {
+        if g == w {
+            continue;
+        }
+        let g: serde_json::Value = serde_json::from_str(g).unwrap();
+        let w: serde_json::Value = serde_json::from_str(w).unwrap();
+        let (go, wo) = (g.as_object().unwrap(), w.as_object().unwrap());
+        assert_eq!(go.len(), wo.len(), "{name} line {}: columns", i + 1);
+        for (k, wv) in wo {
+            let gv = &go[k];
+            if let (true, Some(a), Some(b)) = (wv.is_f64(), gv.as_f64(), wv.as_f64()) {
+                let tol = 1e-12 * a.abs().max(b.abs()).max(1e-300);
+                assert!(
+                    (a - b).abs() <= tol,
+                    "{name} line {}: {k}: {a} vs {b}",
+                    i + 1
+                );
+            } else {
+                assert_eq!(gv, wv, "{name} line {}: {k}", i + 1);
+            }
+        }
+    }
 }
 
 fn checkpoints(dir: &Path) -> usize {
     std::fs::read_dir(dir)
-        .map(|d| d.flatten().filter(|e| !e.file_name().to_string_lossy().ends_with(".tmp")).count())
+        .map(|d| {
+            d.flatten()
+                .filter(|e| !e.file_name().to_string_lossy().ends_with(".tmp"))
+                .count()
+        })
         .unwrap_or(0)
 }
 
@@ -134,16 +230,33 @@ fn avro_and_jsonl_replays_agree() {
     produce(&tmp.path().join("avro"), 30_000, "avro");
     let sql = sql_dir().join("ohlc_5s.sql");
     let mut a = worker();
-    a.args(["query", "--sql"]).arg(&sql).arg("--input").arg(format!("market_ticks={}", tmp.path().join("json/market-ticks.jsonl").display()));
-    a.arg("--output").arg(format!("ohlc_5s={}", tmp.path().join("a.jsonl").display()));
+    a.args(["query", "--sql"])
+        .arg(&sql)
+        .arg("--input")
+        .arg(format!(
+            "market_ticks={}",
+            tmp.path().join("json/market-ticks.jsonl").display()
+        ));
+    a.arg("--output")
+        .arg(format!("ohlc_5s={}", tmp.path().join("a.jsonl").display()));
     ok(a.output().unwrap());
     let mut b = worker();
-    b.args(["query", "--sql"]).arg(&sql).arg("--input").arg(format!("market_ticks={}", tmp.path().join("avro/market-ticks.avro").display()));
-    b.arg("--output").arg(format!("ohlc_5s={}", tmp.path().join("b.jsonl").display()));
+    b.args(["query", "--sql"])
+        .arg(&sql)
+        .arg("--input")
+        .arg(format!(
+            "market_ticks={}",
+            tmp.path().join("avro/market-ticks.avro").display()
+        ));
+    b.arg("--output")
+        .arg(format!("ohlc_5s={}", tmp.path().join("b.jsonl").display()));
     ok(b.output().unwrap());
     let a = std::fs::read_to_string(tmp.path().join("a.jsonl")).unwrap();
     let b = std::fs::read_to_string(tmp.path().join("b.jsonl")).unwrap();
-    assert!(a.lines().count() > 40, "30 s of data gives 6 bars × 8 symbols");
+    assert!(
+        a.lines().count() > 40,
+        "30 s of data gives 6 bars × 8 symbols"
+    );
     let mut a: Vec<_> = a.lines().collect();
     let mut b: Vec<_> = b.lines().collect();
     a.sort();
@@ -151,7 +264,18 @@ fn avro_and_jsonl_replays_agree() {
     assert_eq!(a, b);
     // Rows carry the window and RFC 3339 timestamps.
     let row: serde_json::Value = serde_json::from_str(a[0]).unwrap();
-    for col in ["symbol", "open", "high", "low", "close", "volume", "vwap", "tick_count", "window_start", "window_end"] {
+    for col in [
+        "symbol",
+        "open",
+        "high",
+        "low",
+        "close",
+        "volume",
+        "vwap",
+        "tick_count",
+        "window_start",
+        "window_end",
+    ] {
         assert!(row.get(col).is_some(), "missing {col} in {row}");
     }
     assert!(row["window_end"].as_str().unwrap().ends_with('Z'));
@@ -165,7 +289,7 @@ fn malformed_lines_are_reported_counted_and_kept_out() {
         r#"{"symbol":"MSFT","exchange":"NYSE","price":400.0,"bid":399.9,"ask":400.1,"bid_size":100,"ask_size":200,"volume":700,"side":"sell","ts":"2026-01-05T14:30:00.500Z"}"#,
     ];
     let bad = [
-        r#"{"symbol":"AAPL","price":"#,                                                  // truncated JSON
+        r#"{"symbol":"AAPL","price":"#, // truncated JSON
         r#"{"symbol":"AAPL","exchange":"X","price":"high","bid":1,"ask":2,"bid_size":1,"ask_size":1,"volume":600,"side":"buy","ts":1}"#, // wrong type
         r#"{"exchange":"X","price":1.0,"bid":1,"ask":2,"bid_size":1,"ask_size":1,"volume":600,"side":"buy","ts":1}"#, // symbol missing
     ];
@@ -188,13 +312,42 @@ fn malformed_lines_are_reported_counted_and_kept_out() {
     let stderr = String::from_utf8_lossy(&run.stderr).to_string();
     let summary: serde_json::Value = serde_json::from_str(ok(run).trim()).unwrap();
     assert_eq!(summary["bad_records"], 3);
-    assert_eq!(std::fs::read_to_string(&out).unwrap().lines().count(), 2, "good rows still flow");
-    let dead_rows: Vec<serde_json::Value> =
-        std::fs::read_to_string(&dead).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let lines: Vec<_> = dead_rows.iter().map(|r| r["location"].as_str().unwrap().rsplit(':').next().unwrap().to_string()).collect();
-    assert_eq!(lines, ["2", "3", "5"], "dead letters name their line numbers");
-    assert!(dead_rows.iter().all(|r| !r["reason"].as_str().unwrap().is_empty()));
-    assert!(stderr.contains("malformed record") && stderr.contains(":3"), "reported on stderr: {stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap().lines().count(),
+        2,
+        "good rows still flow"
+    );
+    let dead_rows: Vec<serde_json::Value> = std::fs::read_to_string(&dead)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let lines: Vec<_> = dead_rows
+        .iter()
+        .map(|r| {
+            r["location"]
+                .as_str()
+                .unwrap()
+                .rsplit(':')
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        lines,
+        ["2", "3", "5"],
+        "dead letters name their line numbers"
+    );
+    assert!(
+        dead_rows
+            .iter()
+            .all(|r| !r["reason"].as_str().unwrap().is_empty())
+    );
+    assert!(
+        stderr.contains("malformed record") && stderr.contains(":3"),
+        "reported on stderr: {stderr}"
+    );
 }
 
 #[test]
@@ -217,13 +370,28 @@ fn bad_sql_and_unknown_tables_fail_with_clear_messages() {
         assert!(!out.status.success(), "`{sql}` must fail");
         String::from_utf8_lossy(&out.stderr).to_string()
     };
-    let e = run("CREATE STREAM x AS\nSELECT symbol FROM trades;", "market_ticks");
-    assert!(e.contains("unknown source table `trades`") && e.contains("line 2"), "{e}");
-    let e = run("CREATE STREAM x AS SELECT symbol, LAG(price) OVER (PARTITION BY symbol ORDER BY ts) FROM market_ticks;", "market_ticks");
+    let e = run(
+        "CREATE STREAM x AS\nSELECT symbol FROM trades;",
+        "market_ticks",
+    );
+    assert!(
+        e.contains("unknown source table `trades`") && e.contains("line 2"),
+        "{e}"
+    );
+    let e = run(
+        "CREATE STREAM x AS SELECT symbol, LAG(price) OVER (PARTITION BY symbol ORDER BY ts) FROM market_ticks;",
+        "market_ticks",
+    );
     assert!(e.contains("OVER") && e.contains("not supported"), "{e}");
-    let e = run("CREATE STREAM x AS SELECT symbol FROM market_ticks;", "trades");
+    let e = run(
+        "CREATE STREAM x AS SELECT symbol FROM market_ticks;",
+        "trades",
+    );
     assert!(e.contains("unknown source table `trades`"), "{e}");
-    let e = run("CREATE STREAM x AS SELECT symbol FROM book_updates;", "market_ticks");
+    let e = run(
+        "CREATE STREAM x AS SELECT symbol FROM book_updates;",
+        "market_ticks",
+    );
     assert!(e.contains("no --input book_updates"), "{e}");
 }
 
@@ -240,7 +408,14 @@ fn changed_query_refuses_old_state_unless_started_fresh() {
             "CREATE STREAM bars AS SELECT symbol, COUNT(*) AS n FROM market_ticks GROUP BY symbol, TUMBLE(ts, INTERVAL '{size}' SECOND);"
         )).unwrap();
         let mut c = worker();
-        c.args(["query", "--sql"]).arg(&sql).arg("--input").arg(&input).arg("--output-dir").arg(tmp.path()).arg("--checkpoint-dir").arg(&chk);
+        c.args(["query", "--sql"])
+            .arg(&sql)
+            .arg("--input")
+            .arg(&input)
+            .arg("--output-dir")
+            .arg(tmp.path())
+            .arg("--checkpoint-dir")
+            .arg(&chk);
         if fresh {
             c.arg("--start-fresh");
         }
@@ -250,6 +425,9 @@ fn changed_query_refuses_old_state_unless_started_fresh() {
     let changed = run(10, false);
     assert!(!changed.status.success());
     let e = String::from_utf8_lossy(&changed.stderr);
-    assert!(e.contains("stream `bars` changed") && e.contains("--start-fresh"), "{e}");
+    assert!(
+        e.contains("stream `bars` changed") && e.contains("--start-fresh"),
+        "{e}"
+    );
     ok(run(10, true));
 }

@@ -21,24 +21,38 @@ fn every_builtin_query_matches_datafusion_batch() {
     // 100-second HOP windows and two sessions per symbol.
     let data = market_data(150_000, JITTER_MS);
     let sources = SourceDef::builtin();
-    let config = EngineConfig { allowed_lateness: Duration::from_secs(1), idle_timeout: None };
+    let config = EngineConfig {
+        allowed_lateness: Duration::from_secs(1),
+        idle_timeout: None,
+    };
     for (name, sql) in BUILTIN_QUERIES {
-        let mut pipeline = Pipeline::new(sql, &sources, &config).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let mut pipeline =
+            Pipeline::new(sql, &sources, &config).unwrap_or_else(|e| panic!("{name}: {e}"));
         let table = SourceTable::from_table_name(&pipeline.source_names()[0]).unwrap();
         let input = source_batch(&data, table);
         let mut out: Vec<StreamOutput> = Vec::new();
         for chunk in chunks(&input, 4096) {
-            pipeline.push(table.table_name(), 0, &chunk, &mut out).unwrap();
+            pipeline
+                .push(table.table_name(), 0, &chunk, &mut out)
+                .unwrap();
         }
-        pipeline.finish_partition(table.table_name(), 0, &mut out).unwrap();
-        assert!(out.iter().all(|o| !o.late), "{name}: no event is late within the allowed lateness");
+        pipeline
+            .finish_partition(table.table_name(), 0, &mut out)
+            .unwrap();
+        assert!(
+            out.iter().all(|o| !o.late),
+            "{name}: no event is late within the allowed lateness"
+        );
         let schema = pipeline.streams()[0].output_schema.clone();
         let actual = concat_batches(&schema, out.iter().map(|o| &o.rows)).unwrap();
 
         let window = window_of(sql);
         let reference_input = assign_windows(&input, window, "symbol");
         let expected = datafusion_batch(table.table_name(), reference_input, &batch_sql(sql));
-        assert!(expected.num_rows() > 0, "{name}: the reference produced no rows; the test data is too small");
+        assert!(
+            expected.num_rows() > 0,
+            "{name}: the reference produced no rows; the test data is too small"
+        );
         assert_same_rows(name, &actual, &expected, 1e-9);
         eprintln!("{name}: {} rows match", actual.num_rows());
     }
@@ -66,7 +80,10 @@ fn emit_changes_converges_to_the_final_window_result() {
     };
     let changes = run("EMIT CHANGES");
     let finals = run("EMIT ON WINDOW CLOSE");
-    assert!(changes.num_rows() > finals.num_rows(), "EMIT CHANGES emits intermediate updates");
+    assert!(
+        changes.num_rows() > finals.num_rows(),
+        "EMIT CHANGES emits intermediate updates"
+    );
     // The last update of each (symbol, window) is the final result.
     let mut last = std::collections::BTreeMap::new();
     for row in rows_of(&changes) {
@@ -82,24 +99,49 @@ fn emit_changes_converges_to_the_final_window_result() {
 #[test]
 fn late_events_are_counted_and_routed() {
     let sources = SourceDef::builtin();
-    let config = EngineConfig { allowed_lateness: Duration::from_millis(0), idle_timeout: None };
+    let config = EngineConfig {
+        allowed_lateness: Duration::from_millis(0),
+        idle_timeout: None,
+    };
     let sql = "CREATE STREAM c AS SELECT symbol, COUNT(*) AS n FROM market_ticks GROUP BY symbol, TUMBLE(ts, INTERVAL '1' SECOND);";
     let mut p = Pipeline::new(sql, &sources, &config).unwrap();
-    let data = tickflow_worker::simulator::generate(tickflow_worker::simulator::SimConfig::default(), 5_000);
+    let data = tickflow_worker::simulator::generate(
+        tickflow_worker::simulator::SimConfig::default(),
+        5_000,
+    );
     let ticks = source_batch(&data, SourceTable::MarketTicks);
     // Deliver the last second first: everything before it is then late.
     let n = ticks.num_rows();
     let mut out = Vec::new();
-    p.push("market_ticks", 0, &ticks.slice(n - 1000, 1000), &mut out).unwrap();
-    p.push("market_ticks", 0, &ticks.slice(0, n - 1000), &mut out).unwrap();
+    p.push("market_ticks", 0, &ticks.slice(n - 1000, 1000), &mut out)
+        .unwrap();
+    p.push("market_ticks", 0, &ticks.slice(0, n - 1000), &mut out)
+        .unwrap();
     p.finish_partition("market_ticks", 0, &mut out).unwrap();
-    let late: usize = out.iter().filter(|o| o.late).map(|o| o.rows.num_rows()).sum();
-    let counted: usize = out.iter().filter(|o| !o.late).map(|o| {
-        let c = o.rows.column_by_name("n").unwrap();
-        arrow::compute::sum(c.as_any().downcast_ref::<arrow::array::Int64Array>().unwrap()).unwrap() as usize
-    }).sum();
+    let late: usize = out
+        .iter()
+        .filter(|o| o.late)
+        .map(|o| o.rows.num_rows())
+        .sum();
+    let counted: usize = out
+        .iter()
+        .filter(|o| !o.late)
+        .map(|o| {
+            let c = o.rows.column_by_name("n").unwrap();
+            arrow::compute::sum(
+                c.as_any()
+                    .downcast_ref::<arrow::array::Int64Array>()
+                    .unwrap(),
+            )
+            .unwrap() as usize
+        })
+        .sum();
     let m = p.streams()[0].metrics();
     assert!(late > 3000, "most of the early rows are late ({late})");
     assert_eq!(m.late_events as usize, late);
-    assert_eq!(late + counted, n, "every row is either counted in a window or reported late");
+    assert_eq!(
+        late + counted,
+        n,
+        "every row is either counted in a window or reported late"
+    );
 }

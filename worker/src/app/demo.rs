@@ -24,18 +24,43 @@ use crate::sink::memory::MemorySink;
 pub const BUILTIN_QUERIES: [(&str, &str); 9] = [
     ("ohlc_5s", include_str!("../../../sql/ohlc_5s.sql")),
     ("ohlc_1m", include_str!("../../../sql/ohlc_1m.sql")),
-    ("rolling_stats", include_str!("../../../sql/rolling_stats.sql")),
-    ("volume_pressure", include_str!("../../../sql/volume_pressure.sql")),
-    ("volume_anomalies", include_str!("../../../sql/volume_anomalies.sql")),
-    ("large_trades", include_str!("../../../sql/large_trades.sql")),
-    ("spread_metrics", include_str!("../../../sql/spread_metrics.sql")),
-    ("book_imbalance", include_str!("../../../sql/book_imbalance.sql")),
-    ("trading_sessions", include_str!("../../../sql/trading_sessions.sql")),
+    (
+        "rolling_stats",
+        include_str!("../../../sql/rolling_stats.sql"),
+    ),
+    (
+        "volume_pressure",
+        include_str!("../../../sql/volume_pressure.sql"),
+    ),
+    (
+        "volume_anomalies",
+        include_str!("../../../sql/volume_anomalies.sql"),
+    ),
+    (
+        "large_trades",
+        include_str!("../../../sql/large_trades.sql"),
+    ),
+    (
+        "spread_metrics",
+        include_str!("../../../sql/spread_metrics.sql"),
+    ),
+    (
+        "book_imbalance",
+        include_str!("../../../sql/book_imbalance.sql"),
+    ),
+    (
+        "trading_sessions",
+        include_str!("../../../sql/trading_sessions.sql"),
+    ),
 ];
 
 /// All built-in queries as one SQL text.
 pub fn builtin_sql() -> String {
-    BUILTIN_QUERIES.iter().map(|(_, q)| *q).collect::<Vec<_>>().join("\n")
+    BUILTIN_QUERIES
+        .iter()
+        .map(|(_, q)| *q)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[derive(Clone, Debug)]
@@ -124,7 +149,9 @@ fn cell(array: &dyn Array, row: usize) -> String {
     }
     let s = array_value_to_string(array, row).unwrap_or_default();
     match array.data_type() {
-        arrow::datatypes::DataType::Float64 => s.parse::<f64>().map(|v| format!("{v:.2}")).unwrap_or(s),
+        arrow::datatypes::DataType::Float64 => {
+            s.parse::<f64>().map(|v| format!("{v:.2}")).unwrap_or(s)
+        }
         arrow::datatypes::DataType::Timestamp(..) => s.get(11..19).unwrap_or(&s).to_string(),
         _ => s,
     }
@@ -133,9 +160,16 @@ fn cell(array: &dyn Array, row: usize) -> String {
 /// Runs the demo until `duration`, `q` or Ctrl-C.
 pub fn run_demo(opts: DemoOptions) -> anyhow::Result<()> {
     let sources = SourceDef::builtin();
-    let config = EngineConfig { allowed_lateness: opts.allowed_lateness, idle_timeout: None };
+    let config = EngineConfig {
+        allowed_lateness: opts.allowed_lateness,
+        idle_timeout: None,
+    };
     let pipeline = Pipeline::new(&builtin_sql(), &sources, &config)?;
-    let results = pipeline.streams().iter().map(|s| (s.name.clone(), MemorySink::new(4096))).collect();
+    let results = pipeline
+        .streams()
+        .iter()
+        .map(|s| (s.name.clone(), MemorySink::new(4096)))
+        .collect();
     let mut state = DemoState {
         pipeline,
         results,
@@ -150,7 +184,11 @@ pub fn run_demo(opts: DemoOptions) -> anyhow::Result<()> {
         None => None,
     };
     let tui = !opts.plain && std::io::stdout().is_terminal();
-    let mut view = if tui { View::Tui(super::demo_tui::Tui::start()?) } else { View::Plain };
+    let mut view = if tui {
+        View::Tui(super::demo_tui::Tui::start()?)
+    } else {
+        View::Plain
+    };
     let result = drive(&opts, &mut state, store.as_ref(), &mut view);
     if let View::Tui(t) = view {
         t.stop();
@@ -165,7 +203,12 @@ enum View {
     Tui(super::demo_tui::Tui),
 }
 
-fn drive(opts: &DemoOptions, state: &mut DemoState, store: Option<&CheckpointStore>, view: &mut View) -> anyhow::Result<()> {
+fn drive(
+    opts: &DemoOptions,
+    state: &mut DemoState,
+    store: Option<&CheckpointStore>,
+    view: &mut View,
+) -> anyhow::Result<()> {
     let mut sim = Simulator::try_new(opts.sim.clone())?;
     let start_event = opts.sim.start_time_ms;
     let step = Duration::from_millis(100);
@@ -174,27 +217,38 @@ fn drive(opts: &DemoOptions, state: &mut DemoState, store: Option<&CheckpointSto
     let mut last_checkpoint = Instant::now();
     let mut rate_window = (Instant::now(), 0u64);
     loop {
-        if opts.stop.load(Ordering::Relaxed) || opts.duration.is_some_and(|d| state.started.elapsed() >= d) {
+        if opts.stop.load(Ordering::Relaxed)
+            || opts.duration.is_some_and(|d| state.started.elapsed() >= d)
+        {
             break;
         }
         // Generate the events that are due by now, in event time.
-        let due_event = start_event + (state.started.elapsed().as_secs_f64() * opts.speed * 1000.0) as i64;
+        let due_event =
+            start_event + (state.started.elapsed().as_secs_f64() * opts.speed * 1000.0) as i64;
         while sim.event_time_ms() < due_event {
-            let n = ((due_event - sim.event_time_ms()) as f64 / 1000.0 * opts.sim.ticks_per_second).clamp(1.0, 8192.0);
+            let n = ((due_event - sim.event_time_ms()) as f64 / 1000.0 * opts.sim.ticks_per_second)
+                .clamp(1.0, 8192.0);
             let generated = sim.next_batch(n as usize);
             for (table, batch) in SourceTable::ALL.iter().zip(generated.to_batches()) {
                 state.events_in += batch.num_rows() as u64;
-                state.pipeline.push(table.table_name(), 0, &batch, &mut out)?;
+                state
+                    .pipeline
+                    .push(table.table_name(), 0, &batch, &mut out)?;
             }
         }
         for o in out.drain(..) {
             if !o.late {
                 let name = state.pipeline.streams()[o.stream].name.clone();
-                state.results.get_mut(&name).expect("sink per stream").write(o.rows);
+                state
+                    .results
+                    .get_mut(&name)
+                    .expect("sink per stream")
+                    .write(o.rows);
             }
         }
         if rate_window.0.elapsed() >= Duration::from_secs(1) {
-            state.rate = (state.events_in - rate_window.1) as f64 / rate_window.0.elapsed().as_secs_f64();
+            state.rate =
+                (state.events_in - rate_window.1) as f64 / rate_window.0.elapsed().as_secs_f64();
             rate_window = (Instant::now(), state.events_in);
         }
         if let Some(store) = store
@@ -208,6 +262,7 @@ fn drive(opts: &DemoOptions, state: &mut DemoState, store: Option<&CheckpointSto
                     serde_json::json!({ "ticks": sim.ticks_generated(), "seed": opts.sim.seed }),
                 )]),
                 sinks: BTreeMap::new(),
+                sink_states: BTreeMap::new(),
                 engine: state.pipeline.snapshot()?,
             };
             state.last_checkpoint = Some(store.write(&cp)?);
@@ -235,23 +290,55 @@ fn drive(opts: &DemoOptions, state: &mut DemoState, store: Option<&CheckpointSto
 /// Header figures shared by both views.
 pub fn header(state: &DemoState) -> Vec<(String, String)> {
     let wm = state.pipeline.watermark("market_ticks").unwrap_or(i64::MIN);
-    let max = state.pipeline.max_event_time("market_ticks").unwrap_or(i64::MIN);
-    let lag = if wm > i64::MIN && max > i64::MIN { format!("{} ms", max - wm) } else { "-".into() };
+    let max = state
+        .pipeline
+        .max_event_time("market_ticks")
+        .unwrap_or(i64::MIN);
+    let lag = if wm > i64::MIN && max > i64::MIN {
+        format!("{} ms", max - wm)
+    } else {
+        "-".into()
+    };
     let cp = match &state.last_checkpoint {
-        Some(c) => format!("#{} {} B in {} ms ({} total)", c.id, c.bytes, c.duration.as_millis(), state.checkpoints),
+        Some(c) => format!(
+            "#{} {} B in {} ms ({} total)",
+            c.id,
+            c.bytes,
+            c.duration.as_millis(),
+            state.checkpoints
+        ),
         None => "none yet".into(),
     };
     vec![
-        ("uptime".into(), format!("{:.0} s", state.started.elapsed().as_secs_f64())),
-        ("events in".into(), format!("{} ({:.0}/s)", state.events_in, state.rate)),
+        (
+            "uptime".into(),
+            format!("{:.0} s", state.started.elapsed().as_secs_f64()),
+        ),
+        (
+            "events in".into(),
+            format!("{} ({:.0}/s)", state.events_in, state.rate),
+        ),
         ("event time".into(), super::format_event_time(max)),
-        ("watermark".into(), format!("{} (lag {lag})", super::format_event_time(wm))),
+        (
+            "watermark".into(),
+            format!("{} (lag {lag})", super::format_event_time(wm)),
+        ),
         ("checkpoint".into(), cp),
     ]
 }
 
 /// Columns of the OHLC view.
-pub const OHLC_COLUMNS: [&str; 9] = ["symbol", "window_end", "open", "high", "low", "close", "vwap", "volume", "tick_count"];
+pub const OHLC_COLUMNS: [&str; 9] = [
+    "symbol",
+    "window_end",
+    "open",
+    "high",
+    "low",
+    "close",
+    "vwap",
+    "volume",
+    "tick_count",
+];
 
 fn print_plain(state: &DemoState) {
     use std::fmt::Write;
@@ -260,18 +347,36 @@ fn print_plain(state: &DemoState) {
     for (k, v) in header(state) {
         let _ = writeln!(s, "{k:>11}: {v}");
     }
-    for (title, stream) in [("OHLC 5s (latest closed bar per symbol)", "ohlc_5s"), ("OHLC 1m", "ohlc_1m")] {
+    for (title, stream) in [
+        ("OHLC 5s (latest closed bar per symbol)", "ohlc_5s"),
+        ("OHLC 1m", "ohlc_1m"),
+    ] {
         let rows = state.latest_by(stream, "symbol");
         let _ = writeln!(s, "\n{title}: {} bars so far", state.total(stream));
         if !rows.is_empty() {
-            let _ = writeln!(s, "{}", OHLC_COLUMNS.iter().map(|c| format!(" {c:>10}")).collect::<String>());
+            let _ = writeln!(
+                s,
+                "{}",
+                OHLC_COLUMNS
+                    .iter()
+                    .map(|c| format!(" {c:>10}"))
+                    .collect::<String>()
+            );
             for r in rows {
-                let line: String = OHLC_COLUMNS.iter().map(|c| format!(" {:>10}", r.get(*c).map_or("", |v| v))).collect();
+                let line: String = OHLC_COLUMNS
+                    .iter()
+                    .map(|c| format!(" {:>10}", r.get(*c).map_or("", |v| v)))
+                    .collect();
                 let _ = writeln!(s, "{line}");
             }
         }
     }
-    let _ = writeln!(s, "\nAlerts: {} large trades, {} volume anomalies", state.total("large_trades"), state.total("volume_anomalies"));
+    let _ = writeln!(
+        s,
+        "\nAlerts: {} large trades, {} volume anomalies",
+        state.total("large_trades"),
+        state.total("volume_anomalies")
+    );
     for r in state.newest("large_trades", 5) {
         let _ = writeln!(
             s,

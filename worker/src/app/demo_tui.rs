@@ -18,7 +18,9 @@ pub struct Tui {
 
 impl Tui {
     pub fn start() -> anyhow::Result<Self> {
-        Ok(Self { terminal: ratatui::try_init()? })
+        Ok(Self {
+            terminal: ratatui::try_init()?,
+        })
     }
 
     pub fn stop(self) {
@@ -31,7 +33,8 @@ impl Tui {
         if event::poll(wait)?
             && let Event::Key(k) = event::read()?
         {
-            let ctrl_c = k.code == KeyCode::Char('c') && k.modifiers.contains(KeyModifiers::CONTROL);
+            let ctrl_c =
+                k.code == KeyCode::Char('c') && k.modifiers.contains(KeyModifiers::CONTROL);
             return Ok(ctrl_c || matches!(k.code, KeyCode::Char('q') | KeyCode::Esc));
         }
         Ok(false)
@@ -45,40 +48,78 @@ fn render(f: &mut ratatui::Frame, state: &DemoState) {
         Constraint::Length(12),
     ])
     .areas(f.area());
-    let [bars_5s, bars_1m] = Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)]).areas(bars);
-    let [alerts, streams] = Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)]).areas(bottom);
+    let [bars_5s, bars_1m] =
+        Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)]).areas(bars);
+    let [alerts, streams] =
+        Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)]).areas(bottom);
 
     let lines: Vec<Line> = header(state)
         .into_iter()
-        .map(|(k, v)| Line::from(vec![Span::styled(format!("{k:>11}: "), Style::new().fg(Color::Cyan)), Span::raw(v)]))
+        .map(|(k, v)| {
+            Line::from(vec![
+                Span::styled(format!("{k:>11}: "), Style::new().fg(Color::Cyan)),
+                Span::raw(v),
+            ])
+        })
         .collect();
     f.render_widget(
-        Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(" tickflow demo — q to quit ")),
+        Paragraph::new(lines).block(
+            Block::default()
+                .borders(Borders::ALL)
+                .title(" tickflow demo — q to quit "),
+        ),
         top,
     );
 
-    f.render_widget(ohlc_table(state, "ohlc_5s", " OHLC 5s (latest closed bar) ", &OHLC_COLUMNS), bars_5s);
     f.render_widget(
-        ohlc_table(state, "ohlc_1m", " OHLC 1m ", &["symbol", "window_end", "open", "high", "low", "close", "vwap"]),
+        ohlc_table(
+            state,
+            "ohlc_5s",
+            " OHLC 5s (latest closed bar) ",
+            &OHLC_COLUMNS,
+        ),
+        bars_5s,
+    );
+    f.render_widget(
+        ohlc_table(
+            state,
+            "ohlc_1m",
+            " OHLC 1m ",
+            &[
+                "symbol",
+                "window_end",
+                "open",
+                "high",
+                "low",
+                "close",
+                "vwap",
+            ],
+        ),
         bars_1m,
     );
 
     let mut alert_rows = Vec::new();
     for r in state.newest("large_trades", 6) {
-        alert_rows.push(Row::new(vec![
-            "LARGE TRADE".to_string(),
-            r["symbol"].clone(),
-            format!("{} {} @ {}", r["side"], r["volume"], r["price"]),
-            r["ts"].clone(),
-        ]).style(Style::new().fg(Color::Yellow)));
+        alert_rows.push(
+            Row::new(vec![
+                "LARGE TRADE".to_string(),
+                r["symbol"].clone(),
+                format!("{} {} @ {}", r["side"], r["volume"], r["price"]),
+                r["ts"].clone(),
+            ])
+            .style(Style::new().fg(Color::Yellow)),
+        );
     }
     for r in state.newest("volume_anomalies", 4) {
-        alert_rows.push(Row::new(vec![
-            "VOLUME".to_string(),
-            r["symbol"].clone(),
-            format!("total {} max {}", r["total_volume"], r["max_volume"]),
-            r["window_end"].clone(),
-        ]).style(Style::new().fg(Color::Magenta)));
+        alert_rows.push(
+            Row::new(vec![
+                "VOLUME".to_string(),
+                r["symbol"].clone(),
+                format!("total {} max {}", r["total_volume"], r["max_volume"]),
+                r["window_end"].clone(),
+            ])
+            .style(Style::new().fg(Color::Magenta)),
+        );
     }
     let title = format!(
         " Alerts: {} large trades, {} volume anomalies ",
@@ -86,8 +127,16 @@ fn render(f: &mut ratatui::Frame, state: &DemoState) {
         state.total("volume_anomalies")
     );
     f.render_widget(
-        Table::new(alert_rows, [Constraint::Length(12), Constraint::Length(7), Constraint::Min(20), Constraint::Length(9)])
-            .block(Block::default().borders(Borders::ALL).title(title)),
+        Table::new(
+            alert_rows,
+            [
+                Constraint::Length(12),
+                Constraint::Length(7),
+                Constraint::Min(20),
+                Constraint::Length(9),
+            ],
+        )
+        .block(Block::default().borders(Borders::ALL).title(title)),
         alerts,
     );
 
@@ -106,9 +155,20 @@ fn render(f: &mut ratatui::Frame, state: &DemoState) {
         })
         .collect();
     f.render_widget(
-        Table::new(stream_rows, [Constraint::Length(17), Constraint::Length(9), Constraint::Length(6), Constraint::Length(6)])
-            .header(Row::new(vec!["stream", "rows out", "late", "open"]).style(Style::new().add_modifier(Modifier::BOLD)))
-            .block(Block::default().borders(Borders::ALL).title(" Streams ")),
+        Table::new(
+            stream_rows,
+            [
+                Constraint::Length(17),
+                Constraint::Length(9),
+                Constraint::Length(6),
+                Constraint::Length(6),
+            ],
+        )
+        .header(
+            Row::new(vec!["stream", "rows out", "late", "open"])
+                .style(Style::new().add_modifier(Modifier::BOLD)),
+        )
+        .block(Block::default().borders(Borders::ALL).title(" Streams ")),
         streams,
     );
 }
@@ -118,17 +178,31 @@ fn ohlc_table<'a>(state: &DemoState, stream: &str, title: &'a str, columns: &[&s
         .latest_by(stream, "symbol")
         .into_iter()
         .map(|r| {
-            let up = r.get("close").and_then(|c| c.parse::<f64>().ok()) >= r.get("open").and_then(|o| o.parse::<f64>().ok());
+            let up = r.get("close").and_then(|c| c.parse::<f64>().ok())
+                >= r.get("open").and_then(|o| o.parse::<f64>().ok());
             let color = if up { Color::Green } else { Color::Red };
-            Row::new(columns.iter().map(|c| r.get(*c).cloned().unwrap_or_default()).collect::<Vec<_>>())
-                .style(Style::new().fg(color))
+            Row::new(
+                columns
+                    .iter()
+                    .map(|c| r.get(*c).cloned().unwrap_or_default())
+                    .collect::<Vec<_>>(),
+            )
+            .style(Style::new().fg(color))
         })
         .collect();
     let widths: Vec<Constraint> = columns.iter().map(|_| Constraint::Min(7)).collect();
     Table::new(rows, widths)
         .header(
-            Row::new(columns.iter().map(|c| c.replace("window_end", "bar end").replace("tick_count", "ticks")).collect::<Vec<_>>())
-                .style(Style::new().add_modifier(Modifier::BOLD)),
+            Row::new(
+                columns
+                    .iter()
+                    .map(|c| {
+                        c.replace("window_end", "bar end")
+                            .replace("tick_count", "ticks")
+                    })
+                    .collect::<Vec<_>>(),
+            )
+            .style(Style::new().add_modifier(Modifier::BOLD)),
         )
         .block(Block::default().borders(Borders::ALL).title(title))
 }

@@ -5,6 +5,7 @@ pub mod demo;
 mod demo_tui;
 pub mod produce;
 pub mod query;
+pub mod stream;
 
 use std::path::PathBuf;
 

@@ -1,6 +1,7 @@
 //! `tickflow-worker produce`: runs the market simulator and writes its three
-//! streams to files (JSON lines or Avro container files), one per topic.
-//! Kafka output arrives with the Kafka issue.
+//! streams to files (JSON lines or Avro container files) or to Kafka topics
+//! (Confluent-framed Avro registered with the schema registry, or JSON), one
+//! per topic, keyed by symbol.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -12,10 +13,17 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use arrow::array::RecordBatch;
 
+use std::collections::BTreeMap;
+
 use crate::codec::SourceTable;
 use crate::codec::json::JsonLinesEncoder;
 use crate::codec::ocf::OcfWriter;
+use crate::codec::records::{KeyExtractor, RowEncoder, ValueFormat};
+use crate::kafka::registry::value_subject;
+use crate::kafka::{KafkaConfig, RegistryClient};
 use crate::simulator::{SimConfig, Simulator};
+use crate::sink::kafka::ProducerTuning;
+use crate::sink::publisher::{KafkaPublisher, PublishTopic};
 
 /// Output file format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -44,12 +52,32 @@ pub enum RunLength {
     Continuous,
 }
 
+/// Where produced records go.
+#[derive(Clone, Debug)]
+pub enum ProduceTarget {
+    Files { dir: PathBuf, format: FileFormat },
+    Kafka(Box<KafkaTarget>),
+}
+
+/// Kafka output settings.
+#[derive(Clone, Debug)]
+pub struct KafkaTarget {
+    pub config: KafkaConfig,
+    pub registry: Option<RegistryClient>,
+    pub format: ValueFormat,
+    /// Topic per table, in [`SourceTable::ALL`] order.
+    pub topics: [String; 3],
+    /// Partitions of topics the producer creates.
+    pub partitions: i32,
+    pub replication: i32,
+    pub tuning: ProducerTuning,
+}
+
 #[derive(Clone, Debug)]
 pub struct ProduceOptions {
     pub sim: SimConfig,
     pub length: RunLength,
-    pub output_dir: PathBuf,
-    pub format: FileFormat,
+    pub target: ProduceTarget,
     /// Pace event time against the wall clock, `speed` times faster.
     pub realtime: Option<f64>,
     pub stop: Arc<AtomicBool>,
@@ -61,7 +89,86 @@ pub struct ProduceSummary {
     pub ticks: u64,
     pub orders: u64,
     pub books: u64,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<PathBuf>,
+    /// Messages acknowledged per topic (Kafka output).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub topics: BTreeMap<String, u64>,
+}
+
+/// The three outputs of a run.
+enum Outputs {
+    Files(Vec<Writer>),
+    Kafka(KafkaPublisher),
+}
+
+impl Outputs {
+    fn open(target: &ProduceTarget, summary: &mut ProduceSummary) -> anyhow::Result<Self> {
+        match target {
+            ProduceTarget::Files { dir, format } => {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+                let mut writers = Vec::new();
+                for table in SourceTable::ALL {
+                    let (w, path) = Writer::open(dir, table, *format)?;
+                    writers.push(w);
+                    summary.files.push(path);
+                }
+                Ok(Self::Files(writers))
+            }
+            ProduceTarget::Kafka(k) => {
+                k.config.check_connection(Duration::from_secs(15))?;
+                crate::kafka::admin::ensure_topics(
+                    &k.config,
+                    &k.topics,
+                    k.partitions,
+                    k.replication,
+                )?;
+                let mut topics = Vec::new();
+                for (table, topic) in SourceTable::ALL.into_iter().zip(&k.topics) {
+                    let encoder = match k.format {
+                        ValueFormat::Json => RowEncoder::json(),
+                        ValueFormat::Avro => {
+                            let registry = k.registry.as_ref().ok_or_else(|| {
+                                anyhow::anyhow!("Avro output needs a schema registry: set --schema-registry or SCHEMA_REGISTRY_URL, or use --format json")
+                            })?;
+                            let id = registry
+                                .register(&value_subject(topic), table.avro_schema())
+                                .with_context(|| format!("registering the schema of {topic}"))?;
+                            RowEncoder::avro(table.arrow_schema(), table.avro_schema(), id)?
+                        }
+                    };
+                    topics.push(PublishTopic {
+                        topic: topic.clone(),
+                        encoder,
+                        keys: KeyExtractor::new(&table.arrow_schema(), &["symbol".to_string()]),
+                    });
+                }
+                Ok(Self::Kafka(KafkaPublisher::open(
+                    &k.config, topics, &k.tuning,
+                )?))
+            }
+        }
+    }
+
+    fn write(&mut self, index: usize, batch: &RecordBatch) -> anyhow::Result<()> {
+        match self {
+            Self::Files(w) => w[index].write(batch),
+            Self::Kafka(p) => p.write(index, batch),
+        }
+    }
+
+    fn close(self, summary: &mut ProduceSummary) -> anyhow::Result<()> {
+        match self {
+            Self::Files(writers) => {
+                for w in writers {
+                    w.close()?;
+                }
+            }
+            Self::Kafka(p) => summary.topics = p.close()?,
+        }
+        Ok(())
+    }
 }
 
 enum Writer {
@@ -72,10 +179,17 @@ enum Writer {
 impl Writer {
     fn open(dir: &Path, table: SourceTable, format: FileFormat) -> anyhow::Result<(Self, PathBuf)> {
         let path = dir.join(format!("{}.{}", table.topic(), format.extension()));
-        let f = BufWriter::with_capacity(1 << 20, File::create(&path).with_context(|| format!("creating {}", path.display()))?);
+        let f = BufWriter::with_capacity(
+            1 << 20,
+            File::create(&path).with_context(|| format!("creating {}", path.display()))?,
+        );
         let w = match format {
             FileFormat::Jsonl => Writer::Jsonl(f, JsonLinesEncoder::new(), Vec::new()),
-            FileFormat::Avro => Writer::Avro(Box::new(OcfWriter::new(f, table.avro_schema(), table.arrow_schema())?)),
+            FileFormat::Avro => Writer::Avro(Box::new(OcfWriter::new(
+                f,
+                table.avro_schema(),
+                table.arrow_schema(),
+            )?)),
         };
         Ok((w, path))
     }
@@ -108,15 +222,9 @@ impl Writer {
 const CHUNK: usize = 8192;
 
 pub fn run_produce(opts: &ProduceOptions) -> anyhow::Result<ProduceSummary> {
-    std::fs::create_dir_all(&opts.output_dir).with_context(|| format!("creating {}", opts.output_dir.display()))?;
     let mut sim = Simulator::try_new(opts.sim.clone())?;
-    let mut writers = Vec::new();
     let mut summary = ProduceSummary::default();
-    for table in SourceTable::ALL {
-        let (w, path) = Writer::open(&opts.output_dir, table, opts.format)?;
-        writers.push(w);
-        summary.files.push(path);
-    }
+    let mut outputs = Outputs::open(&opts.target, &mut summary)?;
     let start_event = opts.sim.start_time_ms;
     let wall_start = Instant::now();
     loop {
@@ -124,7 +232,9 @@ pub fn run_produce(opts: &ProduceOptions) -> anyhow::Result<ProduceSummary> {
             break;
         }
         let chunk = match opts.length {
-            RunLength::Ticks(n) => (n - summary.ticks).min(CHUNK as u64) as usize,
+            RunLength::Ticks(n) => {
+                n.saturating_sub(sim.ticks_generated()).min(CHUNK as u64) as usize
+            }
             RunLength::EventTime(d) => {
                 if sim.event_time_ms() - start_event >= d.as_millis() as i64 {
                     0
@@ -138,13 +248,17 @@ pub fn run_produce(opts: &ProduceOptions) -> anyhow::Result<ProduceSummary> {
         if chunk == 0 {
             break;
         }
-        let chunk = if opts.realtime.is_some() { chunk.min((opts.sim.ticks_per_second / 20.0).max(1.0) as usize) } else { chunk };
+        let chunk = if opts.realtime.is_some() {
+            chunk.min((opts.sim.ticks_per_second / 20.0).max(1.0) as usize)
+        } else {
+            chunk
+        };
         let out = sim.next_batch(chunk);
         summary.ticks += out.ticks.len() as u64;
         summary.orders += out.orders.len() as u64;
         summary.books += out.books.len() as u64;
-        for (w, b) in writers.iter_mut().zip(out.to_batches()) {
-            w.write(&b)?;
+        for (i, b) in out.to_batches().iter().enumerate() {
+            outputs.write(i, b)?;
         }
         if let Some(speed) = opts.realtime {
             let event_elapsed = (sim.event_time_ms() - start_event).max(0) as f64 / 1000.0;
@@ -158,11 +272,9 @@ pub fn run_produce(opts: &ProduceOptions) -> anyhow::Result<ProduceSummary> {
     summary.ticks += rest.ticks.len() as u64;
     summary.orders += rest.orders.len() as u64;
     summary.books += rest.books.len() as u64;
-    for (w, b) in writers.iter_mut().zip(rest.to_batches()) {
-        w.write(&b)?;
+    for (i, b) in rest.to_batches().iter().enumerate() {
+        outputs.write(i, b)?;
     }
-    for w in writers {
-        w.close()?;
-    }
+    outputs.close(&mut summary)?;
     Ok(summary)
 }

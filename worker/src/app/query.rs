@@ -96,15 +96,23 @@ struct Input {
 pub fn run_query(opts: &QueryOptions) -> anyhow::Result<QuerySummary> {
     let started = Instant::now();
     let sources = SourceDef::builtin();
-    let config = EngineConfig { allowed_lateness: opts.allowed_lateness, idle_timeout: None };
-    let mut pipeline = Pipeline::new(&opts.sql, &sources, &config).with_context(|| format!("in {}", opts.sql_origin))?;
+    let config = EngineConfig {
+        allowed_lateness: opts.allowed_lateness,
+        idle_timeout: None,
+    };
+    let mut pipeline = Pipeline::new(&opts.sql, &sources, &config)
+        .with_context(|| format!("in {}", opts.sql_origin))?;
 
     // Inputs: every table a stream reads needs one; no input may be unknown.
     let needed = pipeline.source_names();
     for (table, path) in &opts.inputs {
         if !sources.iter().any(|s| &s.name == table) {
             let known: Vec<_> = sources.iter().map(|s| s.name.as_str()).collect();
-            bail!("--input {table}={}: unknown source table `{table}` (known: {})", path.display(), known.join(", "));
+            bail!(
+                "--input {table}={}: unknown source table `{table}` (known: {})",
+                path.display(),
+                known.join(", ")
+            );
         }
     }
     for table in &needed {
@@ -118,19 +126,32 @@ pub fn run_query(opts: &QueryOptions) -> anyhow::Result<QuerySummary> {
             tracing::warn!(%table, "no stream reads this input; skipping {}", path.display());
             continue;
         }
-        let def = sources.iter().find(|s| &s.name == table).expect("checked above");
+        let def = sources
+            .iter()
+            .find(|s| &s.name == table)
+            .expect("checked above");
         let source = FileSource::open(path, Arc::clone(&def.schema), opts.batch_size)?;
-        inputs.push(Input { table: table.clone(), source, done: false });
+        inputs.push(Input {
+            table: table.clone(),
+            source,
+            done: false,
+        });
     }
     inputs.sort_by(|a, b| a.table.cmp(&b.table));
 
     // Outputs: one per stream.
-    let streams: Vec<(String, SchemaRef)> =
-        pipeline.streams().iter().map(|s| (s.name.clone(), Arc::clone(&s.output_schema))).collect();
+    let streams: Vec<(String, SchemaRef)> = pipeline
+        .streams()
+        .iter()
+        .map(|s| (s.name.clone(), Arc::clone(&s.output_schema)))
+        .collect();
     for (name, _) in opts.outputs.iter().chain(&opts.late_outputs) {
         if !streams.iter().any(|(s, _)| s == name) {
             let known: Vec<_> = streams.iter().map(|(s, _)| s.as_str()).collect();
-            bail!("output for unknown stream `{name}` (the SQL defines: {})", known.join(", "));
+            bail!(
+                "output for unknown stream `{name}` (the SQL defines: {})",
+                known.join(", ")
+            );
         }
     }
     let mut output_paths = BTreeMap::new();
@@ -139,7 +160,9 @@ pub fn run_query(opts: &QueryOptions) -> anyhow::Result<QuerySummary> {
             Some((_, p)) => p.clone(),
             None => match &opts.output_dir {
                 Some(dir) => dir.join(format!("{name}.jsonl")),
-                None => bail!("stream `{name}` has no output: add --output {name}=PATH or --output-dir DIR"),
+                None => bail!(
+                    "stream `{name}` has no output: add --output {name}=PATH or --output-dir DIR"
+                ),
             },
         };
         output_paths.insert(name.clone(), path);
@@ -162,14 +185,20 @@ pub fn run_query(opts: &QueryOptions) -> anyhow::Result<QuerySummary> {
     let mut sinks: BTreeMap<String, FileSink> = BTreeMap::new();
     for (name, schema) in &streams {
         let resume = restored.as_ref().and_then(|cp| cp.sinks.get(name));
-        sinks.insert(name.clone(), FileSink::open(&output_paths[name], Arc::clone(schema), name, resume)?);
+        sinks.insert(
+            name.clone(),
+            FileSink::open(&output_paths[name], Arc::clone(schema), name, resume)?,
+        );
     }
     let mut late_sinks: BTreeMap<String, FileSink> = BTreeMap::new();
     for (name, path) in &opts.late_outputs {
         let key = format!("late:{name}");
         let resume = restored.as_ref().and_then(|cp| cp.sinks.get(&key));
         let schema = sources.iter().find(|s| {
-            pipeline.streams().iter().any(|st| &st.name == name && st.source == s.name)
+            pipeline
+                .streams()
+                .iter()
+                .any(|st| &st.name == name && st.source == s.name)
         });
         let schema = Arc::clone(&schema.expect("stream has a source").schema);
         late_sinks.insert(name.clone(), FileSink::open(path, schema, name, resume)?);
@@ -177,7 +206,12 @@ pub fn run_query(opts: &QueryOptions) -> anyhow::Result<QuerySummary> {
     let mut dead_letters = match &opts.dead_letter {
         Some(path) => {
             let resume = restored.as_ref().and_then(|cp| cp.sinks.get("dead-letter"));
-            Some(FileSink::open(path, dead_letter_schema(), "dead_letter", resume)?)
+            Some(FileSink::open(
+                path,
+                dead_letter_schema(),
+                "dead_letter",
+                resume,
+            )?)
         }
         None => None,
     };
@@ -226,12 +260,21 @@ pub fn run_query(opts: &QueryOptions) -> anyhow::Result<QuerySummary> {
         let cp = Checkpoint {
             id: next_checkpoint_id,
             created_at_ms: super::now_ms(),
-            sources: inputs.iter().map(|i| (i.table.clone(), i.source.position())).collect(),
+            sources: inputs
+                .iter()
+                .map(|i| (i.table.clone(), i.source.position()))
+                .collect(),
             sinks: sink_positions,
+            sink_states: BTreeMap::new(),
             engine: pipeline.snapshot()?,
         };
         let info = store.write(&cp)?;
-        tracing::info!(id = info.id, bytes = info.bytes, ms = info.duration.as_millis() as u64, "checkpoint written");
+        tracing::info!(
+            id = info.id,
+            bytes = info.bytes,
+            ms = info.duration.as_millis() as u64,
+            "checkpoint written"
+        );
         next_checkpoint_id += 1;
         summary.checkpoints_written += 1;
         Ok(())
@@ -272,11 +315,25 @@ pub fn run_query(opts: &QueryOptions) -> anyhow::Result<QuerySummary> {
             break;
         }
         if store.is_some() && last_checkpoint.elapsed() >= opts.checkpoint_interval {
-            checkpoint(&mut pipeline, &inputs, &mut sinks, &mut late_sinks, &mut dead_letters, &mut summary)?;
+            checkpoint(
+                &mut pipeline,
+                &inputs,
+                &mut sinks,
+                &mut late_sinks,
+                &mut dead_letters,
+                &mut summary,
+            )?;
             last_checkpoint = Instant::now();
         }
     }
-    checkpoint(&mut pipeline, &inputs, &mut sinks, &mut late_sinks, &mut dead_letters, &mut summary)?;
+    checkpoint(
+        &mut pipeline,
+        &inputs,
+        &mut sinks,
+        &mut late_sinks,
+        &mut dead_letters,
+        &mut summary,
+    )?;
 
     for s in pipeline.streams() {
         let m = s.metrics();
@@ -284,7 +341,9 @@ pub fn run_query(opts: &QueryOptions) -> anyhow::Result<QuerySummary> {
         summary.late_events.insert(s.name.clone(), m.late_events);
     }
     for name in pipeline.source_names() {
-        summary.records_in.insert(name.clone(), pipeline.records_in(&name));
+        summary
+            .records_in
+            .insert(name.clone(), pipeline.records_in(&name));
     }
     for (_, sink) in sinks.into_iter().chain(late_sinks) {
         sink.close()?;
@@ -342,7 +401,9 @@ pub fn dead_letter_schema() -> SchemaRef {
 }
 
 fn dead_letter_batch(source: &str, bad: &[BadRecord]) -> RecordBatch {
-    let col = |f: &dyn Fn(&BadRecord) -> &str| Arc::new(StringArray::from_iter_values(bad.iter().map(f))) as _;
+    let col = |f: &dyn Fn(&BadRecord) -> &str| {
+        Arc::new(StringArray::from_iter_values(bad.iter().map(f))) as _
+    };
     RecordBatch::try_new(
         dead_letter_schema(),
         vec![

@@ -26,13 +26,19 @@ const FORMAT_VERSION: u32 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     #[error("checkpoint I/O on {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("checkpoint {path} is unreadable: {reason}")]
     Corrupt { path: PathBuf, reason: String },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
-    move |source| CheckpointError::Io { path: path.to_path_buf(), source }
+    move |source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Everything a worker needs to resume.
@@ -44,6 +50,9 @@ pub struct Checkpoint {
     pub sources: BTreeMap<String, serde_json::Value>,
     /// Sink name → position (format owned by the sink).
     pub sinks: BTreeMap<String, serde_json::Value>,
+    /// Bulk sink state per sink name (e.g. a transactional sink's output of
+    /// the epoch this checkpoint closes, re-sent if its commit was lost).
+    pub sink_states: BTreeMap<String, RecordBatch>,
     pub engine: EngineSnapshot,
 }
 
@@ -57,6 +66,9 @@ struct Meta {
     engine: serde_json::Value,
     /// Stream name → state file name.
     state_files: BTreeMap<String, String>,
+    /// Sink name → state file name.
+    #[serde(default)]
+    sink_files: BTreeMap<String, String>,
 }
 
 /// What a written checkpoint cost.
@@ -86,7 +98,10 @@ impl CheckpointStore {
                 let _ = fs::remove_dir_all(entry.path());
             }
         }
-        Ok(Self { dir, keep: keep.max(1) })
+        Ok(Self {
+            dir,
+            keep: keep.max(1),
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -131,6 +146,12 @@ impl CheckpointStore {
             bytes += write_ipc(&path, batch)?;
             state_files.insert(stream.clone(), file_name);
         }
+        let mut sink_files = BTreeMap::new();
+        for (i, (sink, batch)) in cp.sink_states.iter().enumerate() {
+            let file_name = format!("sink-{i}.arrow");
+            bytes += write_ipc(&tmp.join(&file_name), batch)?;
+            sink_files.insert(sink.clone(), file_name);
+        }
         let meta = Meta {
             version: FORMAT_VERSION,
             id: cp.id,
@@ -139,6 +160,7 @@ impl CheckpointStore {
             sinks: cp.sinks.clone(),
             engine: cp.engine.meta.clone(),
             state_files,
+            sink_files,
         };
         let meta_path = tmp.join("meta.json");
         let json = serde_json::to_vec_pretty(&meta).expect("meta serializes");
@@ -175,30 +197,47 @@ impl CheckpointStore {
 
     pub fn read(&self, id: u64) -> Result<Checkpoint, CheckpointError> {
         let path = self.path_of(id);
-        let corrupt = |reason: String| CheckpointError::Corrupt { path: path.clone(), reason };
+        let corrupt = |reason: String| CheckpointError::Corrupt {
+            path: path.clone(),
+            reason,
+        };
         let meta_path = path.join("meta.json");
         let text = fs::read(&meta_path).map_err(io(&meta_path))?;
-        let meta: Meta = serde_json::from_slice(&text).map_err(|e| corrupt(format!("meta.json: {e}")))?;
+        let meta: Meta =
+            serde_json::from_slice(&text).map_err(|e| corrupt(format!("meta.json: {e}")))?;
         if meta.version != FORMAT_VERSION {
-            return Err(corrupt(format!("format version {} (this worker reads {FORMAT_VERSION})", meta.version)));
+            return Err(corrupt(format!(
+                "format version {} (this worker reads {FORMAT_VERSION})",
+                meta.version
+            )));
         }
-        let mut states = BTreeMap::new();
-        for (stream, file) in &meta.state_files {
-            let p = path.join(file);
-            let f = File::open(&p).map_err(io(&p))?;
-            let mut reader = FileReader::try_new(f, None).map_err(|e| corrupt(format!("{file}: {e}")))?;
-            let batch = reader
-                .next()
-                .ok_or_else(|| corrupt(format!("{file}: empty")))?
-                .map_err(|e| corrupt(format!("{file}: {e}")))?;
-            states.insert(stream.clone(), batch);
-        }
+        let read_files = |files: &BTreeMap<String, String>| {
+            let mut out = BTreeMap::new();
+            for (name, file) in files {
+                let p = path.join(file);
+                let f = File::open(&p).map_err(io(&p))?;
+                let mut reader =
+                    FileReader::try_new(f, None).map_err(|e| corrupt(format!("{file}: {e}")))?;
+                let batch = reader
+                    .next()
+                    .ok_or_else(|| corrupt(format!("{file}: empty")))?
+                    .map_err(|e| corrupt(format!("{file}: {e}")))?;
+                out.insert(name.clone(), batch);
+            }
+            Ok::<_, CheckpointError>(out)
+        };
+        let states = read_files(&meta.state_files)?;
+        let sink_states = read_files(&meta.sink_files)?;
         Ok(Checkpoint {
             id: meta.id,
             created_at_ms: meta.created_at_ms,
             sources: meta.sources,
             sinks: meta.sinks,
-            engine: EngineSnapshot { meta: meta.engine, states },
+            sink_states,
+            engine: EngineSnapshot {
+                meta: meta.engine,
+                states,
+            },
         })
     }
 }
@@ -228,12 +267,15 @@ mod tests {
     use std::sync::Arc;
 
     fn cp(id: u64) -> Checkpoint {
-        let batch = RecordBatch::try_from_iter([("x", Arc::new(Int64Array::from(vec![1, 2, 3])) as _)]).unwrap();
+        let batch =
+            RecordBatch::try_from_iter([("x", Arc::new(Int64Array::from(vec![1, 2, 3])) as _)])
+                .unwrap();
         Checkpoint {
             id,
             created_at_ms: 1,
             sources: BTreeMap::from([("market_ticks".into(), serde_json::json!({"offset": 42}))]),
             sinks: BTreeMap::new(),
+            sink_states: BTreeMap::new(),
             engine: EngineSnapshot {
                 meta: serde_json::json!({"streams": {}}),
                 states: BTreeMap::from([("s".into(), batch)]),

@@ -15,12 +15,12 @@ use std::sync::Arc;
 
 use apache_avro::Schema;
 use apache_avro::schema::{Namespace, RecordField, RecordSchema};
+use arrow::array::builder::BooleanBufferBuilder;
 use arrow::array::{
     Array, ArrayRef, AsArray, BinaryArray, BooleanArray, Date32Array, Float32Array, Float64Array,
     Int32Array, Int64Array, RecordBatch, RecordBatchOptions, StringArray,
     TimestampMicrosecondArray, TimestampMillisecondArray, TimestampNanosecondArray,
 };
-use arrow::array::builder::BooleanBufferBuilder;
 use arrow::buffer::{Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::{
     DataType, Date32Type, Int8Type, Int16Type, Int32Type, Int64Type, SchemaRef, TimeUnit,
@@ -65,7 +65,7 @@ fn read_varint(buf: &[u8], pos: &mut usize) -> Result<u64, Raw> {
 
 /// Multi-byte varints: unrolled over a fixed 10-byte window when the buffer
 /// has one (no per-byte bounds checks), byte by byte near the end.
-#[inline]
+#[inline(always)]
 fn read_varint_multi(buf: &[u8], pos: &mut usize) -> Result<u64, Raw> {
     let p = *pos;
     if let Some(chunk) = buf.get(p..).and_then(|s| s.first_chunk::<10>()) {
@@ -137,6 +137,16 @@ fn read_bytes<'a>(buf: &'a [u8], pos: &mut usize) -> Result<&'a [u8], Raw> {
     let end = p + len as usize;
     *pos = end;
     Ok(&buf[p..end])
+}
+
+/// UTF-8 validation with an inline fast path for the short ASCII strings
+/// market data is made of (symbols, venues, sides).
+#[inline(always)]
+fn is_utf8(b: &[u8]) -> bool {
+    if b.len() <= 16 && b.iter().fold(0u8, |acc, &x| acc | x) < 0x80 {
+        return true;
+    }
+    std::str::from_utf8(b).is_ok()
 }
 
 #[inline(always)]
@@ -219,7 +229,9 @@ impl Skip {
                     .map(|v| Skip::compile(v, names, ns, visiting))
                     .collect::<Result<_, _>>()?,
             ),
-            Schema::Array(a) => Skip::Array(Box::new(Skip::compile(&a.items, names, ns, visiting)?)),
+            Schema::Array(a) => {
+                Skip::Array(Box::new(Skip::compile(&a.items, names, ns, visiting)?))
+            }
             Schema::Map(m) => Skip::Map(Box::new(Skip::compile(&m.types, names, ns, visiting)?)),
             Schema::Record(r) => {
                 let full = r.name.fullname(None);
@@ -925,7 +937,10 @@ impl AvroDecoder {
                     Arc::new(BooleanArray::new(values, nulls))
                 }
                 Target::I32(s) => {
-                    let v = std::mem::replace(&mut self.store.i32s[s as usize], Vec::with_capacity(cap));
+                    let v = std::mem::replace(
+                        &mut self.store.i32s[s as usize],
+                        Vec::with_capacity(cap),
+                    );
                     let values = ScalarBuffer::from(v);
                     match col.data_type {
                         DataType::Date32 => Arc::new(Date32Array::new(values, nulls)),
@@ -933,7 +948,10 @@ impl AvroDecoder {
                     }
                 }
                 Target::I64(s) => {
-                    let v = std::mem::replace(&mut self.store.i64s[s as usize], Vec::with_capacity(cap));
+                    let v = std::mem::replace(
+                        &mut self.store.i64s[s as usize],
+                        Vec::with_capacity(cap),
+                    );
                     let values = ScalarBuffer::from(v);
                     match &col.data_type {
                         DataType::Timestamp(TimeUnit::Millisecond, _) => {
@@ -949,11 +967,17 @@ impl AvroDecoder {
                     }
                 }
                 Target::F32(s) => {
-                    let v = std::mem::replace(&mut self.store.f32s[s as usize], Vec::with_capacity(cap));
+                    let v = std::mem::replace(
+                        &mut self.store.f32s[s as usize],
+                        Vec::with_capacity(cap),
+                    );
                     Arc::new(Float32Array::new(ScalarBuffer::from(v), nulls))
                 }
                 Target::F64(s) => {
-                    let v = std::mem::replace(&mut self.store.f64s[s as usize], Vec::with_capacity(cap));
+                    let v = std::mem::replace(
+                        &mut self.store.f64s[s as usize],
+                        Vec::with_capacity(cap),
+                    );
                     Arc::new(Float64Array::new(ScalarBuffer::from(v), nulls))
                 }
                 Target::Bytes(s) => {
@@ -1122,7 +1146,7 @@ fn step(
         }
         Kind::Str => {
             let bytes = read_bytes(buf, pos)?;
-            if std::str::from_utf8(bytes).is_err() {
+            if !is_utf8(bytes) {
                 return Err(Raw::Utf8);
             }
             st.push_bytes(op.slot, bytes, bytes.len() as i64)?;
@@ -1283,7 +1307,10 @@ fn is_arrow_int(dt: &DataType) -> bool {
 }
 
 fn is_arrow_str(dt: &DataType) -> bool {
-    matches!(dt, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+    matches!(
+        dt,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+    )
 }
 
 fn is_arrow_bin(dt: &DataType) -> bool {
@@ -1508,7 +1535,8 @@ impl AvroEncoder {
         }
         let cols = self.bind(batch)?;
         let start = out.len();
-        self.encode_bound(&cols, row, out).inspect_err(|_| out.truncate(start))
+        self.encode_bound(&cols, row, out)
+            .inspect_err(|_| out.truncate(start))
     }
 
     /// Appends the Avro bodies of all rows of `batch` to `out`, pushing the
@@ -1524,7 +1552,8 @@ impl AvroEncoder {
         row_ends.reserve(batch.num_rows());
         for row in 0..batch.num_rows() {
             let start = out.len();
-            self.encode_bound(&cols, row, out).inspect_err(|_| out.truncate(start))?;
+            self.encode_bound(&cols, row, out)
+                .inspect_err(|_| out.truncate(start))?;
             row_ends.push(out.len());
         }
         Ok(())
@@ -1686,10 +1715,16 @@ fn encode_default(
     match schema {
         Schema::Null if json.is_null() => {}
         Schema::Boolean => out.push(u8::from(json.as_bool().ok_or_else(bad)?)),
-        s if is_int_like(s) || is_long_like(s) => write_long(&mut out, json.as_i64().ok_or_else(bad)?),
-        Schema::Float => out.extend_from_slice(&(json.as_f64().ok_or_else(bad)? as f32).to_le_bytes()),
+        s if is_int_like(s) || is_long_like(s) => {
+            write_long(&mut out, json.as_i64().ok_or_else(bad)?)
+        }
+        Schema::Float => {
+            out.extend_from_slice(&(json.as_f64().ok_or_else(bad)? as f32).to_le_bytes())
+        }
         Schema::Double => out.extend_from_slice(&json.as_f64().ok_or_else(bad)?.to_le_bytes()),
-        Schema::String | Schema::Uuid => write_bytes(&mut out, json.as_str().ok_or_else(bad)?.as_bytes()),
+        Schema::String | Schema::Uuid => {
+            write_bytes(&mut out, json.as_str().ok_or_else(bad)?.as_bytes())
+        }
         Schema::Bytes => {
             let s = json.as_str().ok_or_else(bad)?;
             let b: Vec<u8> = s
@@ -1718,7 +1753,9 @@ pub(crate) mod tests {
 
     /// A hand-built MarketTick batch (the simulator is not used here).
     pub(crate) fn ticks(n: usize, start_ts: i64) -> RecordBatch {
-        let symbols = ["AAPL", "GOOGL", "MSFT", "AMZN", "TSLA", "NVDA", "META", "NFLX"];
+        let symbols = [
+            "AAPL", "GOOGL", "MSFT", "AMZN", "TSLA", "NVDA", "META", "NFLX",
+        ];
         let exchanges = ["NASDAQ", "NYSE", "ARCA", "BATS"];
         let sym: Vec<&str> = (0..n).map(|i| symbols[i % 8]).collect();
         let exch: Vec<&str> = (0..n).map(|i| exchanges[i % 4]).collect();
@@ -1786,7 +1823,11 @@ pub(crate) mod tests {
             Arc::new(Float32Array::from(vec![1.5, -0.0, f32::MAX])),
             Arc::new(Float64Array::from(vec![0.1, f64::MIN_POSITIVE, -1e300])),
             Arc::new(StringArray::from(vec!["", "héllo", "日本語 \u{1F600}"])),
-            Arc::new(BinaryArray::from(vec![&b""[..], &[0u8, 255, 1][..], &b"xyz"[..]])),
+            Arc::new(BinaryArray::from(vec![
+                &b""[..],
+                &[0u8, 255, 1][..],
+                &b"xyz"[..],
+            ])),
             Arc::new(TimestampMillisecondArray::from(vec![
                 1_767_605_400_123,
                 -1,
@@ -1803,7 +1844,11 @@ pub(crate) mod tests {
             Arc::new(Float32Array::from(vec![None, Some(2.5), None])),
             Arc::new(Float64Array::from(vec![Some(3.25), None, Some(-1.0)])),
             Arc::new(StringArray::from(vec![Some("x"), None, Some("")])),
-            Arc::new(BinaryArray::from(vec![None, Some(&b"\x00"[..]), Some(&b""[..])])),
+            Arc::new(BinaryArray::from(vec![
+                None,
+                Some(&b"\x00"[..]),
+                Some(&b""[..]),
+            ])),
             Arc::new(TimestampMillisecondArray::from(vec![None, Some(5), None])),
         ];
         RecordBatch::try_new(schema, cols).unwrap()
@@ -1954,7 +1999,8 @@ pub(crate) mod tests {
         let avro = parse(ALL_TYPES);
         let mut dec = AvroDecoder::new(&avro).unwrap();
         for row in 0..2 {
-            let body = apache_avro::to_avro_datum(&avro, Value::Record(expected_values(row))).unwrap();
+            let body =
+                apache_avro::to_avro_datum(&avro, Value::Record(expected_values(row))).unwrap();
             dec.decode(&body).unwrap();
         }
         assert_eq!(dec.finish(), all_types_batch().slice(0, 2));
@@ -1970,7 +2016,10 @@ pub(crate) mod tests {
                 ("trader_id".into(), s("t1")),
                 ("symbol".into(), s("AAPL")),
                 ("side".into(), s("buy")),
-                ("order_type".into(), s(if price.is_some() { "limit" } else { "market" })),
+                (
+                    "order_type".into(),
+                    s(if price.is_some() { "limit" } else { "market" }),
+                ),
                 ("quantity".into(), Value::Long(100)),
                 (
                     "price".into(),
@@ -1981,16 +2030,29 @@ pub(crate) mod tests {
                 ),
                 ("status".into(), s("new")),
                 ("filled_quantity".into(), Value::Long(0)),
-                ("ts".into(), Value::TimestampMillis(1_767_605_400_000 + i as i64)),
+                (
+                    "ts".into(),
+                    Value::TimestampMillis(1_767_605_400_000 + i as i64),
+                ),
             ]);
             dec.decode(&apache_avro::to_avro_datum(t.avro_schema(), record).unwrap())
                 .unwrap();
         }
         let batch = dec.finish();
-        let price = batch.column_by_name("price").unwrap().as_primitive::<arrow::datatypes::Float64Type>();
+        let price = batch
+            .column_by_name("price")
+            .unwrap()
+            .as_primitive::<arrow::datatypes::Float64Type>();
         assert!(price.is_null(0));
         assert_eq!(price.value(1), 101.25);
-        assert_eq!(batch.column_by_name("order_id").unwrap().as_string::<i32>().value(1), "o1");
+        assert_eq!(
+            batch
+                .column_by_name("order_id")
+                .unwrap()
+                .as_string::<i32>()
+                .value(1),
+            "o1"
+        );
     }
 
     /// An OrderEvent writer schema from before `filled_quantity` existed,
@@ -2053,8 +2115,14 @@ pub(crate) mod tests {
                 },
             ),
             ("status".into(), Value::Bytes(b"filled".to_vec())),
-            ("extra_union".into(), Value::Union(2, Box::new(Value::Long(-3)))),
-            ("ts".into(), Value::TimestampMicros(1_767_605_400_123_999 + i)),
+            (
+                "extra_union".into(),
+                Value::Union(2, Box::new(Value::Long(-3))),
+            ),
+            (
+                "ts".into(),
+                Value::TimestampMicros(1_767_605_400_123_999 + i),
+            ),
         ])
     }
 
@@ -2158,13 +2226,18 @@ pub(crate) mod tests {
         let reader = parse(
             r#"{"type":"record","name":"P","fields":[{"name":"a","type":"long"},{"name":"b","type":"long"}]}"#,
         );
-        let err = AvroDecoder::with_writer(&writer, &reader).unwrap_err().to_string();
+        let err = AvroDecoder::with_writer(&writer, &reader)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("`b`") && err.contains("no default"), "{err}");
         // Narrowing is not a promotion.
         let reader = parse(r#"{"type":"record","name":"P","fields":[{"name":"a","type":"int"}]}"#);
-        let err = AvroDecoder::with_writer(&writer, &reader).unwrap_err().to_string();
+        let err = AvroDecoder::with_writer(&writer, &reader)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("`a`"), "{err}");
-        let reader = parse(r#"{"type":"record","name":"P","fields":[{"name":"a","type":"string"}]}"#);
+        let reader =
+            parse(r#"{"type":"record","name":"P","fields":[{"name":"a","type":"string"}]}"#);
         assert!(AvroDecoder::with_writer(&writer, &reader).is_err());
         // Not a record.
         assert!(AvroDecoder::new(&Schema::Long).is_err());
@@ -2192,16 +2265,16 @@ pub(crate) mod tests {
         };
         dec.decode(&rec(Some(1.0), "x")).unwrap();
         let err = dec.decode(&rec(None, "y")).unwrap_err();
-        assert_eq!(
-            err,
-            DecodeError::NullInNonNullable {
-                field: "a".into()
-            }
-        );
+        assert_eq!(err, DecodeError::NullInNonNullable { field: "a".into() });
         assert_eq!(err.reason(), "null-in-non-nullable");
         dec.decode(&rec(Some(2.0), "z")).unwrap();
         let b = dec.finish();
-        assert_eq!(b.column(0).as_primitive::<arrow::datatypes::Float64Type>().values(), &[1.0, 2.0]);
+        assert_eq!(
+            b.column(0)
+                .as_primitive::<arrow::datatypes::Float64Type>()
+                .values(),
+            &[1.0, 2.0]
+        );
         assert_eq!(b.column(1).as_string::<i32>().value(1), "z");
     }
 
@@ -2209,7 +2282,8 @@ pub(crate) mod tests {
         let t = SourceTable::MarketTicks;
         let enc = AvroEncoder::new(t.arrow_schema(), t.avro_schema()).unwrap();
         let mut body = Vec::new();
-        enc.encode_row(&ticks(row + 1, 1_767_605_400_000), row, &mut body).unwrap();
+        enc.encode_row(&ticks(row + 1, 1_767_605_400_000), row, &mut body)
+            .unwrap();
         body
     }
 
@@ -2252,9 +2326,15 @@ pub(crate) mod tests {
                 let mut dec = AvroDecoder::new(SourceTable::MarketTicks.avro_schema()).unwrap();
                 dec.decode(&good[..cut]).unwrap_err()
             };
-            assert!(matches!(err, DecodeError::Truncated { .. }), "cut {cut}: {err:?}");
+            assert!(
+                matches!(err, DecodeError::Truncated { .. }),
+                "cut {cut}: {err:?}"
+            );
         }
-        check_rejected(&good[..good.len() - 3], DecodeError::Truncated { field: "ts".into() });
+        check_rejected(
+            &good[..good.len() - 3],
+            DecodeError::Truncated { field: "ts".into() },
+        );
 
         // Trailing bytes.
         let mut long = good.clone();
@@ -2266,26 +2346,52 @@ pub(crate) mod tests {
         write_long(&mut sym, 2);
         sym.extend_from_slice(&[0xff, 0xfe]);
         let bad = raw_tick(&sym, &[8], b"\x06buy\x02");
-        check_rejected(&bad, DecodeError::InvalidUtf8 { field: "symbol".into() });
+        check_rejected(
+            &bad,
+            DecodeError::InvalidUtf8 {
+                field: "symbol".into(),
+            },
+        );
 
         // Negative length.
         let bad = raw_tick(b"\x02A", &[1], b"");
-        check_rejected(&bad, DecodeError::BadLength { field: "exchange".into(), len: -1 });
+        check_rejected(
+            &bad,
+            DecodeError::BadLength {
+                field: "exchange".into(),
+                len: -1,
+            },
+        );
 
         // Length larger than the remaining buffer.
         let mut huge = Vec::new();
         write_long(&mut huge, 1 << 40);
         let bad = raw_tick(b"\x02A", &huge, b"");
-        check_rejected(&bad, DecodeError::Truncated { field: "exchange".into() });
+        check_rejected(
+            &bad,
+            DecodeError::Truncated {
+                field: "exchange".into(),
+            },
+        );
 
         // Overlong varint (11 continuation bytes) and a 10-byte varint whose
         // last byte overflows 64 bits.
         let bad = raw_tick(b"\x02A", &[0xff; 11], b"");
-        check_rejected(&bad, DecodeError::BadVarint { field: "exchange".into() });
+        check_rejected(
+            &bad,
+            DecodeError::BadVarint {
+                field: "exchange".into(),
+            },
+        );
         let mut ovf = vec![0xff; 9];
         ovf.push(0x02);
         let bad = raw_tick(b"\x02A", &ovf, b"");
-        check_rejected(&bad, DecodeError::BadVarint { field: "exchange".into() });
+        check_rejected(
+            &bad,
+            DecodeError::BadVarint {
+                field: "exchange".into(),
+            },
+        );
         // Overlong near the end of the buffer (slow varint path).
         let mut tail = good[..good.len() - 6].to_vec();
         tail.extend_from_slice(&[0x80, 0x80, 0x80]);
@@ -2302,11 +2408,20 @@ pub(crate) mod tests {
         let before_union = b.len();
         write_long(&mut b, 5); // union branch 5 of ["null","double"]
         let err = dec.decode(&b).unwrap_err();
-        assert_eq!(err, DecodeError::BadUnionIndex { field: "price".into(), index: 5 });
+        assert_eq!(
+            err,
+            DecodeError::BadUnionIndex {
+                field: "price".into(),
+                index: 5
+            }
+        );
         assert_eq!(err.reason(), "bad-union-index");
         b.truncate(before_union);
         write_long(&mut b, -1);
-        assert!(matches!(dec.decode(&b), Err(DecodeError::BadUnionIndex { index: -1, .. })));
+        assert!(matches!(
+            dec.decode(&b),
+            Err(DecodeError::BadUnionIndex { index: -1, .. })
+        ));
         b.truncate(before_union);
         write_long(&mut b, 0); // null price
         write_bytes(&mut b, b"new");
@@ -2316,19 +2431,41 @@ pub(crate) mod tests {
         assert_eq!(dec.finish().num_rows(), 1);
 
         // Bad boolean byte.
-        let schema = parse(r#"{"type":"record","name":"B","fields":[{"name":"x","type":"boolean"}]}"#);
+        let schema =
+            parse(r#"{"type":"record","name":"B","fields":[{"name":"x","type":"boolean"}]}"#);
         let mut dec = AvroDecoder::new(&schema).unwrap();
         let err = dec.decode(&[2]).unwrap_err();
-        assert_eq!(err, DecodeError::BadBoolean { field: "x".into(), byte: 2 });
+        assert_eq!(
+            err,
+            DecodeError::BadBoolean {
+                field: "x".into(),
+                byte: 2
+            }
+        );
         assert_eq!(err.reason(), "bad-boolean");
         dec.decode(&[1]).unwrap();
         assert_eq!(dec.finish().num_rows(), 1);
 
         // Reasons are stable codes.
-        assert_eq!(DecodeError::Truncated { field: String::new() }.reason(), "truncated");
-        assert_eq!(DecodeError::InvalidUtf8 { field: String::new() }.reason(), "invalid-utf8");
+        assert_eq!(
+            DecodeError::Truncated {
+                field: String::new()
+            }
+            .reason(),
+            "truncated"
+        );
+        assert_eq!(
+            DecodeError::InvalidUtf8 {
+                field: String::new()
+            }
+            .reason(),
+            "invalid-utf8"
+        );
         assert_eq!(DecodeError::TrailingBytes(1).reason(), "trailing-bytes");
-        assert_eq!(DecodeError::UnknownSchemaId(1).reason(), "unknown-schema-id");
+        assert_eq!(
+            DecodeError::UnknownSchemaId(1).reason(),
+            "unknown-schema-id"
+        );
     }
 
     #[test]
@@ -2339,7 +2476,13 @@ pub(crate) mod tests {
         let mut dec = AvroDecoder::new(&schema).unwrap();
         dec.decode(&[2]).unwrap(); // index 1 = "b"
         let err = dec.decode(&[4]).unwrap_err();
-        assert_eq!(err, DecodeError::BadEnumIndex { field: "e".into(), index: 2 });
+        assert_eq!(
+            err,
+            DecodeError::BadEnumIndex {
+                field: "e".into(),
+                index: 2
+            }
+        );
         let b = dec.finish();
         assert_eq!(b.column(0).as_string::<i32>().value(0), "b");
         assert_eq!(b.num_rows(), 1);
@@ -2361,11 +2504,17 @@ pub(crate) mod tests {
         let rows = encode_rows(&enc, &all_types_batch());
         let mut dec = AvroDecoder::new(&avro).unwrap();
         let writer = parse(OLD_ORDER);
-        let mut resolving = AvroDecoder::with_writer(&writer, SourceTable::OrderEvents.avro_schema()).unwrap();
+        let mut resolving =
+            AvroDecoder::with_writer(&writer, SourceTable::OrderEvents.avro_schema()).unwrap();
         let old = apache_avro::to_avro_datum(&writer, old_order(1, Some(1.0))).unwrap();
         let mut ok = 0;
         let mut ok_resolving = 0;
-        for i in 0..20_000 {
+        // TICKFLOW_FUZZ_ITERS=… runs a longer campaign.
+        let iters = std::env::var("TICKFLOW_FUZZ_ITERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20_000);
+        for i in 0..iters {
             let base = if i % 2 == 0 { &rows[i % 3] } else { &old };
             let mut b = base.clone();
             for _ in 0..1 + rnd() % 3 {
@@ -2396,7 +2545,11 @@ pub(crate) mod tests {
                 DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
                 false,
             ),
-            Field::new("window_end", DataType::Timestamp(TimeUnit::Microsecond, None), true),
+            Field::new(
+                "window_end",
+                DataType::Timestamp(TimeUnit::Microsecond, None),
+                true,
+            ),
             Field::new("tick_count", DataType::UInt64, false),
             Field::new("vwap", DataType::Float64, true),
         ]));
@@ -2407,7 +2560,10 @@ pub(crate) mod tests {
                 Arc::new(StringArray::from(vec!["AAPL", "MSFT"])),
                 Arc::new(TimestampMillisecondArray::from(vec![1000, 2000]).with_timezone("UTC")),
                 Arc::new(TimestampMicrosecondArray::from(vec![Some(6_000_000), None])),
-                Arc::new(arrow::array::UInt64Array::from(vec![3, u64::from(u32::MAX) + 1])),
+                Arc::new(arrow::array::UInt64Array::from(vec![
+                    3,
+                    u64::from(u32::MAX) + 1,
+                ])),
                 Arc::new(Float64Array::from(vec![Some(101.5), None])),
             ],
         )
@@ -2420,9 +2576,15 @@ pub(crate) mod tests {
             Value::Record(vec![
                 ("symbol".into(), Value::String("AAPL".into())),
                 ("window_start".into(), Value::TimestampMillis(1000)),
-                ("window_end".into(), Value::Union(1, Box::new(Value::TimestampMicros(6_000_000)))),
+                (
+                    "window_end".into(),
+                    Value::Union(1, Box::new(Value::TimestampMicros(6_000_000)))
+                ),
                 ("tick_count".into(), Value::Long(3)),
-                ("vwap".into(), Value::Union(1, Box::new(Value::Double(101.5)))),
+                (
+                    "vwap".into(),
+                    Value::Union(1, Box::new(Value::Double(101.5)))
+                ),
             ])
         );
         // Decoding back gives the Arrow mapping of the Avro schema.
@@ -2437,7 +2599,11 @@ pub(crate) mod tests {
 
         // Values that do not fit are errors, not silent corruption.
         let big = RecordBatch::try_new(
-            Arc::new(ArrowSchema::new(vec![Field::new("n", DataType::UInt64, false)])),
+            Arc::new(ArrowSchema::new(vec![Field::new(
+                "n",
+                DataType::UInt64,
+                false,
+            )])),
             vec![Arc::new(arrow::array::UInt64Array::from(vec![u64::MAX]))],
         )
         .unwrap();
@@ -2452,17 +2618,30 @@ pub(crate) mod tests {
     #[test]
     fn encoder_errors_and_defaults() {
         // Null into a non-nullable Avro field.
-        let arrow = Arc::new(ArrowSchema::new(vec![Field::new("a", DataType::Int64, true)]));
-        let avro = parse(r#"{"type":"record","name":"R","fields":[
+        let arrow = Arc::new(ArrowSchema::new(vec![Field::new(
+            "a",
+            DataType::Int64,
+            true,
+        )]));
+        let avro = parse(
+            r#"{"type":"record","name":"R","fields":[
             {"name":"a","type":"long"},
             {"name":"d","type":"string","default":"dflt"},
-            {"name":"e","type":{"type":"enum","name":"E","symbols":["x","y"]},"default":"y"}]}"#);
+            {"name":"e","type":{"type":"enum","name":"E","symbols":["x","y"]},"default":"y"}]}"#,
+        );
         let enc = AvroEncoder::new(arrow.clone(), &avro).unwrap();
-        let batch = RecordBatch::try_new(arrow.clone(), vec![Arc::new(Int64Array::from(vec![Some(1), None]))]).unwrap();
+        let batch = RecordBatch::try_new(
+            arrow.clone(),
+            vec![Arc::new(Int64Array::from(vec![Some(1), None]))],
+        )
+        .unwrap();
         let mut out = Vec::new();
         let mut ends = Vec::new();
         let err = enc.encode_batch(&batch, &mut out, &mut ends).unwrap_err();
-        assert!(matches!(&err, CodecError::Encode { field, row: 1, .. } if field == "a"), "{err}");
+        assert!(
+            matches!(&err, CodecError::Encode { field, row: 1, .. } if field == "a"),
+            "{err}"
+        );
         assert_eq!(ends, vec![out.len()]);
         // Missing Arrow columns are written with the Avro default.
         let v = apache_avro::from_avro_datum(&avro, &mut &out[..], None).unwrap();
@@ -2476,7 +2655,11 @@ pub(crate) mod tests {
         );
         // A batch of another shape.
         let other = RecordBatch::try_new(
-            Arc::new(ArrowSchema::new(vec![Field::new("a", DataType::Utf8, true)])),
+            Arc::new(ArrowSchema::new(vec![Field::new(
+                "a",
+                DataType::Utf8,
+                true,
+            )])),
             vec![Arc::new(StringArray::from(vec!["x"]))],
         )
         .unwrap();
@@ -2485,15 +2668,23 @@ pub(crate) mod tests {
             Err(CodecError::SchemaMismatch(_))
         ));
         // Type mismatch at construction.
-        let avro_s = parse(r#"{"type":"record","name":"R","fields":[{"name":"a","type":"string"}]}"#);
+        let avro_s =
+            parse(r#"{"type":"record","name":"R","fields":[{"name":"a","type":"string"}]}"#);
         assert!(AvroEncoder::new(arrow.clone(), &avro_s).is_err());
         // Missing column without default.
-        let avro_m = parse(r#"{"type":"record","name":"R","fields":[{"name":"zz","type":"long"}]}"#);
+        let avro_m =
+            parse(r#"{"type":"record","name":"R","fields":[{"name":"zz","type":"long"}]}"#);
         assert!(AvroEncoder::new(arrow, &avro_m).is_err());
         // Unknown enum symbol.
-        let arrow = Arc::new(ArrowSchema::new(vec![Field::new("e", DataType::Utf8, false)]));
+        let arrow = Arc::new(ArrowSchema::new(vec![Field::new(
+            "e",
+            DataType::Utf8,
+            false,
+        )]));
         let enc = AvroEncoder::new(arrow.clone(), &avro_with_enum()).unwrap();
-        let batch = RecordBatch::try_new(arrow, vec![Arc::new(StringArray::from(vec!["x", "nope"]))]).unwrap();
+        let batch =
+            RecordBatch::try_new(arrow, vec![Arc::new(StringArray::from(vec!["x", "nope"]))])
+                .unwrap();
         let mut out = Vec::new();
         enc.encode_row(&batch, 0, &mut out).unwrap();
         assert_eq!(out, vec![0]);
@@ -2501,12 +2692,25 @@ pub(crate) mod tests {
     }
 
     fn avro_with_enum() -> Schema {
-        parse(r#"{"type":"record","name":"R","fields":[{"name":"e","type":{"type":"enum","name":"E","symbols":["x","y"]}}]}"#)
+        parse(
+            r#"{"type":"record","name":"R","fields":[{"name":"e","type":{"type":"enum","name":"E","symbols":["x","y"]}}]}"#,
+        )
     }
 
     #[test]
     fn varint_edges() {
-        for v in [0i64, 1, -1, 63, -64, 64, 1 << 20, i64::MAX, i64::MIN, 1_767_605_400_000] {
+        for v in [
+            0i64,
+            1,
+            -1,
+            63,
+            -64,
+            64,
+            1 << 20,
+            i64::MAX,
+            i64::MIN,
+            1_767_605_400_000,
+        ] {
             let mut b = Vec::new();
             write_long(&mut b, v);
             // Fast path (padded) and slow path (exact length).
@@ -2520,6 +2724,9 @@ pub(crate) mod tests {
             assert_eq!(pos, b.len());
         }
         let mut pos = 0;
-        assert!(matches!(read_int(&[0xfe, 0xff, 0xff, 0xff, 0x1f], &mut pos), Err(Raw::Varint)));
+        assert!(matches!(
+            read_int(&[0xfe, 0xff, 0xff, 0xff, 0x1f], &mut pos),
+            Err(Raw::Varint)
+        ));
     }
 }

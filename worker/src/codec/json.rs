@@ -100,10 +100,10 @@ impl JsonLinesDecoder {
         if records.is_empty() {
             return (None, Vec::new());
         }
-        if records.iter().all(|(_, l)| looks_like_object(l)) {
-            if let Some(batch) = self.decode_bulk(&records) {
-                return (Some(batch), Vec::new());
-            }
+        if records.iter().all(|(_, l)| looks_like_object(l))
+            && let Some(batch) = self.decode_bulk(&records)
+        {
+            return (Some(batch), Vec::new());
         }
         self.decode_each(&records)
     }
@@ -150,19 +150,16 @@ impl JsonLinesDecoder {
         let mut good = Vec::new();
         let mut bad = Vec::new();
         for &(line, text) in records {
-            let result = self
-                .decoder
-                .decode(text.as_bytes())
-                .and_then(|n| {
-                    if n < text.len() {
-                        // Batch size reached within one line: more than one value.
-                        Err(arrow::error::ArrowError::JsonError(
-                            "too many JSON values on one line".into(),
-                        ))
-                    } else {
-                        self.decoder.flush()
-                    }
-                });
+            let result = self.decoder.decode(text.as_bytes()).and_then(|n| {
+                if n < text.len() {
+                    // Batch size reached within one line: more than one value.
+                    Err(arrow::error::ArrowError::JsonError(
+                        "too many JSON values on one line".into(),
+                    ))
+                } else {
+                    self.decoder.flush()
+                }
+            });
             match result {
                 Ok(Some(b)) if b.num_rows() == 1 => good.push(b),
                 Ok(Some(b)) => bad.push(BadRecord {
@@ -424,11 +421,9 @@ impl JsonLinesEncoder {
                     continue;
                 }
                 match col {
-                    JCol::Bool(a) => out.extend_from_slice(if a.value(row) {
-                        b"true"
-                    } else {
-                        b"false"
-                    }),
+                    JCol::Bool(a) => {
+                        out.extend_from_slice(if a.value(row) { b"true" } else { b"false" })
+                    }
                     JCol::Int(f) => {
                         let _ = write!(out, "{}", f(row));
                     }
@@ -500,7 +495,10 @@ mod tests {
             ("AAPL", "MSFT", "NFLX")
         );
         let ts = batch.column(9).as_primitive::<TimestampMillisecondType>();
-        assert_eq!(ts.values(), &[1_767_605_400_000, 1_767_605_400_001, 1_767_605_400_002]);
+        assert_eq!(
+            ts.values(),
+            &[1_767_605_400_000, 1_767_605_400_001, 1_767_605_400_002]
+        );
         let lines_bad: Vec<u64> = bad.iter().map(|b| b.line).collect();
         assert_eq!(lines_bad, vec![2, 4, 6, 7, 8]);
         assert_eq!(bad[0].raw, "{not json");
@@ -549,7 +547,8 @@ mod tests {
                 Arc::new(Int64Array::from(vec![Some(-5), None])),
                 Arc::new(Float64Array::from(vec![Some(0.1), Some(f64::NAN)])),
                 Arc::new(
-                    TimestampMillisecondArray::from(vec![1_767_605_405_000, -1]).with_timezone("UTC"),
+                    TimestampMillisecondArray::from(vec![1_767_605_405_000, -1])
+                        .with_timezone("UTC"),
                 ),
                 Arc::new(arrow::array::UInt64Array::from(vec![u64::MAX, 0])),
                 Arc::new(arrow::array::BooleanArray::from(vec![Some(true), None])),
@@ -557,7 +556,9 @@ mod tests {
         )
         .unwrap();
         let mut out = Vec::new();
-        JsonLinesEncoder::new().encode_batch(&batch, &mut out).unwrap();
+        JsonLinesEncoder::new()
+            .encode_batch(&batch, &mut out)
+            .unwrap();
         let text = String::from_utf8(out).unwrap();
         assert_eq!(
             text,
@@ -575,12 +576,27 @@ mod tests {
 
     #[test]
     fn float_formatting_round_trips() {
-        let values = [0.1, 1.0, -2.5, 1e21, 1e-7, 123456.789, f64::MAX, f64::MIN_POSITIVE, -0.0];
+        let values = [
+            0.1,
+            1.0,
+            -2.5,
+            1e21,
+            1e-7,
+            123456.789,
+            f64::MAX,
+            f64::MIN_POSITIVE,
+            -0.0,
+        ];
         for v in values {
             let mut out = Vec::new();
             write_f64(&mut out, v);
             let s = String::from_utf8(out).unwrap();
-            assert!(serde_json::from_str::<serde_json::Value>(&s).unwrap().is_number(), "{s}");
+            assert!(
+                serde_json::from_str::<serde_json::Value>(&s)
+                    .unwrap()
+                    .is_number(),
+                "{s}"
+            );
             let parsed: f64 = s.parse().unwrap();
             assert_eq!(parsed.to_bits(), v.to_bits(), "{s}");
         }
@@ -622,12 +638,72 @@ mod tests {
     fn encode_then_decode_round_trip() {
         let batch = ticks(500, 1_767_605_400_000);
         let mut out = Vec::new();
-        JsonLinesEncoder::new().encode_batch(&batch, &mut out).unwrap();
+        JsonLinesEncoder::new()
+            .encode_batch(&batch, &mut out)
+            .unwrap();
         let text = String::from_utf8(out).unwrap();
-        let lines: Vec<(u64, &str)> = text.lines().enumerate().map(|(i, l)| (i as u64 + 1, l)).collect();
+        let lines: Vec<(u64, &str)> = text
+            .lines()
+            .enumerate()
+            .map(|(i, l)| (i as u64 + 1, l))
+            .collect();
         let mut dec = JsonLinesDecoder::new(batch.schema()).unwrap();
         let (back, bad) = dec.decode(&lines);
         assert!(bad.is_empty());
         assert_eq!(back.unwrap(), batch);
+    }
+
+    /// Every non-blank line ends up either as a row or as a bad record, and
+    /// mangled input never panics.
+    #[test]
+    fn fuzzed_lines_are_rows_or_bad_records() {
+        let mut seed = 0xdead_beef_cafe_f00du64;
+        let mut rnd = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut dec = JsonLinesDecoder::new(SourceTable::MarketTicks.arrow_schema()).unwrap();
+        let base = [
+            GOOD.to_string(),
+            tick_line("AAPL", "1767605400000"),
+            tick_line("NVDA", "\"2026-01-05T09:30:00Z\""),
+        ];
+        let iters: usize = std::env::var("TICKFLOW_FUZZ_ITERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2_000);
+        for _ in 0..iters / 10 {
+            let lines: Vec<String> = (0..10)
+                .map(|_| {
+                    let mut b = base[rnd() as usize % 3].clone().into_bytes();
+                    if rnd() % 2 == 0 {
+                        for _ in 0..1 + rnd() % 3 {
+                            let at = rnd() as usize % b.len();
+                            match rnd() % 3 {
+                                0 => {
+                                    b[at] = b" {}[]\":,0123456789.eEtrufalsn-"[rnd() as usize % 30]
+                                }
+                                1 => {
+                                    b.remove(at);
+                                }
+                                _ => b.insert(at, b"{}\",:"[rnd() as usize % 5]),
+                            }
+                        }
+                    }
+                    String::from_utf8_lossy(&b).replace('\n', " ")
+                })
+                .collect();
+            let numbered: Vec<(u64, &str)> = lines
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (i as u64, l.as_str()))
+                .collect();
+            let (batch, bad) = dec.decode(&numbered);
+            let rows = batch.map_or(0, |b| b.num_rows());
+            let non_blank = lines.iter().filter(|l| !l.trim().is_empty()).count();
+            assert_eq!(rows + bad.len(), non_blank, "{lines:#?} {bad:#?}");
+        }
     }
 }

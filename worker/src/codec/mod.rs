@@ -15,6 +15,7 @@ pub mod avro;
 pub mod confluent;
 pub mod json;
 pub mod ocf;
+pub mod records;
 pub mod schema;
 
 pub use avro::{AvroDecoder, AvroEncoder};
@@ -50,7 +51,9 @@ pub enum CodecError {
     #[error("corrupt Avro container block at byte offset {offset}: {reason}")]
     CorruptBlock { offset: u64, reason: String },
     /// One record of a container file block cannot be decoded.
-    #[error("undecodable record {record} in Avro container block at byte offset {offset}: {source}")]
+    #[error(
+        "undecodable record {record} in Avro container block at byte offset {offset}: {source}"
+    )]
     BadRecord {
         offset: u64,
         record: usize,

@@ -296,9 +296,8 @@ impl<R: Read + Seek> OcfReader<R> {
                     }
                     input.read_vec(len as u64, buf).map_err(header_err)?;
                 }
-                let k = String::from_utf8(key.clone()).map_err(|_| {
-                    CodecError::InvalidHeader("metadata key is not UTF-8".into())
-                })?;
+                let k = String::from_utf8(key.clone())
+                    .map_err(|_| CodecError::InvalidHeader("metadata key is not UTF-8".into()))?;
                 metadata.insert(k, value.clone());
             }
         }
@@ -482,7 +481,8 @@ mod tests {
 
     fn write_file(codec: OcfCodec, batches: &[RecordBatch]) -> (Vec<u8>, Vec<u64>) {
         let t = SourceTable::MarketTicks;
-        let mut w = OcfWriter::with_codec(Vec::new(), t.avro_schema(), t.arrow_schema(), codec).unwrap();
+        let mut w =
+            OcfWriter::with_codec(Vec::new(), t.avro_schema(), t.arrow_schema(), codec).unwrap();
         let mut positions = vec![w.position()];
         for b in batches {
             w.write_batch(b).unwrap();
@@ -512,7 +512,10 @@ mod tests {
                 positions.push(r.position());
             }
             assert_eq!(out, input);
-            assert_eq!(positions, written, "position() is the offset of the next block");
+            assert_eq!(
+                positions, written,
+                "position() is the offset of the next block"
+            );
             assert!(r.next_batch().unwrap().is_none());
 
             // Restore from a checkpointed position.
@@ -563,7 +566,10 @@ mod tests {
             ("side".into(), s("buy")),
             ("order_type".into(), s("limit")),
             ("quantity".into(), Value::Long(i)),
-            ("price".into(), Value::Union(1, Box::new(Value::Double(i as f64)))),
+            (
+                "price".into(),
+                Value::Union(1, Box::new(Value::Double(i as f64))),
+            ),
             ("status".into(), s("new")),
             ("ts".into(), Value::TimestampMillis(i)),
         ])
@@ -592,7 +598,10 @@ mod tests {
             while let Some(b) = r.next_batch().unwrap() {
                 assert_eq!(b.schema(), SourceTable::OrderEvents.arrow_schema());
                 let q = b.column_by_name("quantity").unwrap();
-                let q = q.as_any().downcast_ref::<arrow::array::Int64Array>().unwrap();
+                let q = q
+                    .as_any()
+                    .downcast_ref::<arrow::array::Int64Array>()
+                    .unwrap();
                 assert_eq!(q.value(0), rows as i64);
                 let f = b.column_by_name("filled_quantity").unwrap();
                 assert_eq!(f.null_count(), 0);
@@ -644,12 +653,24 @@ mod tests {
         bad[p + first.len()] = 0x01; // zig-zag -1
         let mut r2 = OcfReader::open(Cursor::new(bad)).unwrap();
         match r2.next_batch() {
-            Err(CodecError::BadRecord { offset, record, source }) => {
+            Err(CodecError::BadRecord {
+                offset,
+                record,
+                source,
+            }) => {
                 assert_eq!(offset, pos[0]);
                 assert_eq!(record, 1);
                 assert_eq!(source.reason(), "bad-length");
-                let msg = CodecError::BadRecord { offset, record, source }.to_string();
-                assert!(msg.contains("record 1") && msg.contains(&pos[0].to_string()), "{msg}");
+                let msg = CodecError::BadRecord {
+                    offset,
+                    record,
+                    source,
+                }
+                .to_string();
+                assert!(
+                    msg.contains("record 1") && msg.contains(&pos[0].to_string()),
+                    "{msg}"
+                );
             }
             other => panic!("expected BadRecord, got {other:?}"),
         }
@@ -663,7 +684,10 @@ mod tests {
         let mut r = OcfReader::open(Cursor::new(cut.to_vec())).unwrap();
         r.next_batch().unwrap();
         r.next_batch().unwrap();
-        assert!(matches!(r.next_batch(), Err(CodecError::CorruptBlock { .. })));
+        assert!(matches!(
+            r.next_batch(),
+            Err(CodecError::CorruptBlock { .. })
+        ));
 
         // Bad magic, truncated header, unknown codec.
         assert!(matches!(
@@ -699,8 +723,17 @@ mod tests {
             seed ^= seed << 17;
             seed
         };
-        for i in 0..3_000 {
-            let mut f = if i % 2 == 0 { file.clone() } else { dfile.clone() };
+        // TICKFLOW_FUZZ_ITERS=… runs a longer campaign.
+        let iters = std::env::var("TICKFLOW_FUZZ_ITERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3_000);
+        for i in 0..iters {
+            let mut f = if i % 2 == 0 {
+                file.clone()
+            } else {
+                dfile.clone()
+            };
             for _ in 0..1 + rnd() % 4 {
                 let at = rnd() as usize % f.len();
                 match rnd() % 4 {

@@ -106,10 +106,10 @@ fn check_names(json: &serde_json::Value) -> Result<(), String> {
     match json {
         serde_json::Value::Array(items) => items.iter().try_for_each(check_names),
         serde_json::Value::Object(map) => {
-            if let Some(serde_json::Value::String(name)) = map.get("name") {
-                if !name.split('.').all(is_avro_name) {
-                    return Err(format!("invalid Avro name `{name}`"));
-                }
+            if let Some(serde_json::Value::String(name)) = map.get("name")
+                && !name.split('.').all(is_avro_name)
+            {
+                return Err(format!("invalid Avro name `{name}`"));
             }
             map.iter()
                 .filter(|(k, _)| k.as_str() != "default")
@@ -323,8 +323,9 @@ pub fn arrow_to_avro(
     if !namespace.is_empty() {
         record["namespace"] = json!(namespace);
     }
-    AvroSchema::parse(&record)
-        .map_err(|e| CodecError::UnsupportedSchema(format!("generated Avro schema is invalid: {e}")))
+    AvroSchema::parse(&record).map_err(|e| {
+        CodecError::UnsupportedSchema(format!("generated Avro schema is invalid: {e}"))
+    })
 }
 
 #[cfg(test)]
@@ -360,14 +361,20 @@ mod tests {
                 DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
                 false,
             ),
-            Field::new("window_end", DataType::Timestamp(TimeUnit::Microsecond, None), true),
+            Field::new(
+                "window_end",
+                DataType::Timestamp(TimeUnit::Microsecond, None),
+                true,
+            ),
             Field::new("tick_count", DataType::UInt64, false),
             Field::new("n", DataType::Int64, true),
             Field::new("vwap", DataType::Float64, true),
             Field::new("flag", DataType::Boolean, false),
         ]);
         let avro = arrow_to_avro(&schema, "ohlc_5s", "io.tickflow.out").unwrap();
-        let AvroSchema::Record(rec) = &avro else { panic!("not a record") };
+        let AvroSchema::Record(rec) = &avro else {
+            panic!("not a record")
+        };
         assert_eq!(rec.name.fullname(None), "io.tickflow.out.ohlc_5s");
         let types: Vec<_> = rec.fields.iter().map(|f| f.schema.clone()).collect();
         assert!(matches!(types[0], AvroSchema::String));

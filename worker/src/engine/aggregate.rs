@@ -57,7 +57,10 @@ impl WindowAggregate {
     pub fn new(plan: Box<WindowedPlan>, output_schema: SchemaRef, emit: EmitMode) -> Self {
         debug_assert!(plan.window.pane_ms().is_some());
         Self {
-            plan: Arc::new(WindowedPlanHolder { plan, output_schema }),
+            plan: Arc::new(WindowedPlanHolder {
+                plan,
+                output_schema,
+            }),
             emit,
             panes: BTreeMap::new(),
             emitted_up_to: NO_WATERMARK,
@@ -67,11 +70,19 @@ impl WindowAggregate {
     }
 
     fn new_accumulators(&self) -> Result<Vec<Box<dyn GroupsAccumulator>>> {
-        self.plan.plan.aggregates.iter().map(|a| new_groups_accumulator(&a.function)).collect()
+        self.plan
+            .plan
+            .aggregates
+            .iter()
+            .map(|a| new_groups_accumulator(&a.function))
+            .collect()
     }
 
     fn is_tumble(&self) -> bool {
-        matches!(self.plan.plan.window, super::window::WindowSpec::Tumble { .. })
+        matches!(
+            self.plan.plan.window,
+            super::window::WindowSpec::Tumble { .. }
+        )
     }
 
     /// Folds the rows of one pane into its partial aggregates. Returns the
@@ -88,9 +99,14 @@ impl WindowAggregate {
         pane.keys.intern(&inputs.keys, rows, &mut self.group_idx)?;
         let groups = pane.keys.len();
         let PaneData::Live(accs) = &mut pane.data else {
-            return Err(DataFusionError::Internal(format!("rows for frozen pane {pane_start}")));
+            return Err(DataFusionError::Internal(format!(
+                "rows for frozen pane {pane_start}"
+            )));
         };
-        for (acc, (values, filter)) in accs.iter_mut().zip(inputs.values.iter().zip(&inputs.filters)) {
+        for (acc, (values, filter)) in accs
+            .iter_mut()
+            .zip(inputs.values.iter().zip(&inputs.filters))
+        {
             acc.update_batch(values, &self.group_idx, filter.as_ref(), groups)?;
         }
         Ok(())
@@ -98,7 +114,11 @@ impl WindowAggregate {
 
     /// Merges the panes of window `[start, start + size)` and evaluates it.
     /// `only` restricts the output to keys touched by the last batch.
-    fn evaluate_window(&mut self, start: i64, only: Option<&[(i64, Vec<usize>)]>) -> Result<Option<RecordBatch>> {
+    fn evaluate_window(
+        &mut self,
+        start: i64,
+        only: Option<&[(i64, Vec<usize>)]>,
+    ) -> Result<Option<RecordBatch>> {
         let plan = Arc::clone(&self.plan);
         let size = plan.plan.window.size_ms().expect("time window");
         let aggregates = &plan.plan.aggregates;
@@ -123,7 +143,10 @@ impl WindowAggregate {
         if n == 0 {
             return Ok(None);
         }
-        let mut results = accs.iter_mut().map(|a| a.evaluate(EmitTo::All)).collect::<Result<Vec<_>>>()?;
+        let mut results = accs
+            .iter_mut()
+            .map(|a| a.evaluate(EmitTo::All))
+            .collect::<Result<Vec<_>>>()?;
         let mut key_cols = keys.key_columns()?;
         let mut rows = n;
         if only.is_some() {
@@ -153,14 +176,19 @@ impl WindowAggregate {
             return Ok(None);
         }
         let results = match pane.data {
-            PaneData::Live(mut accs) => accs.iter_mut().map(|a| a.evaluate(EmitTo::All)).collect::<Result<Vec<_>>>()?,
+            PaneData::Live(mut accs) => accs
+                .iter_mut()
+                .map(|a| a.evaluate(EmitTo::All))
+                .collect::<Result<Vec<_>>>()?,
             PaneData::Frozen(states) => {
                 let idx: Vec<usize> = (0..n).collect();
                 let mut accs = self.new_accumulators()?;
                 for (acc, st) in accs.iter_mut().zip(&states) {
                     acc.merge_batch(st, &idx, n)?;
                 }
-                accs.iter_mut().map(|a| a.evaluate(EmitTo::All)).collect::<Result<Vec<_>>>()?
+                accs.iter_mut()
+                    .map(|a| a.evaluate(EmitTo::All))
+                    .collect::<Result<Vec<_>>>()?
             }
         };
         finish_rows(
@@ -175,7 +203,10 @@ impl WindowAggregate {
 }
 
 /// The partial states of a pane without disturbing it.
-fn pane_states(pane: &mut Pane, aggregates: &[super::plan::AggregateSpec]) -> Result<Vec<Vec<ArrayRef>>> {
+fn pane_states(
+    pane: &mut Pane,
+    aggregates: &[super::plan::AggregateSpec],
+) -> Result<Vec<Vec<ArrayRef>>> {
     let n = pane.keys.len();
     match &mut pane.data {
         PaneData::Frozen(states) => Ok(states.clone()),
@@ -198,7 +229,10 @@ fn pane_states(pane: &mut Pane, aggregates: &[super::plan::AggregateSpec]) -> Re
 
 fn freeze(pane: &mut Pane) -> Result<()> {
     if let PaneData::Live(accs) = &mut pane.data {
-        let states = accs.iter_mut().map(|a| a.state(EmitTo::All)).collect::<Result<Vec<_>>>()?;
+        let states = accs
+            .iter_mut()
+            .map(|a| a.state(EmitTo::All))
+            .collect::<Result<Vec<_>>>()?;
         pane.data = PaneData::Frozen(states);
     }
     Ok(())
@@ -225,14 +259,22 @@ impl StreamOperator for WindowAggregate {
                 .iter()
                 .enumerate()
                 .map(|(i, &t)| {
-                    Some(valid.as_ref().is_none_or(|v| v.is_valid(i)) && window.earliest_end(t) > self.emitted_up_to)
+                    Some(
+                        valid.as_ref().is_none_or(|v| v.is_valid(i))
+                            && window.earliest_end(t) > self.emitted_up_to,
+                    )
                 })
                 .collect();
             let late = filter_record_batch(&batch, &arrow::compute::not(&on_time)?)?;
             self.metrics.late_events += late.num_rows() as u64;
             out.late.push(late);
             batch = filter_record_batch(&batch, &on_time)?;
-            ts = ts.iter().zip(on_time.values().iter()).filter(|(_, ok)| *ok).map(|(t, _)| *t).collect();
+            ts = ts
+                .iter()
+                .zip(on_time.values().iter())
+                .filter(|(_, ok)| *ok)
+                .map(|(t, _)| *t)
+                .collect();
             if batch.num_rows() == 0 {
                 return Ok(());
             }
@@ -303,7 +345,11 @@ impl StreamOperator for WindowAggregate {
                 }
             }
             if emit_final {
-                let closing = window.windows_closing(self.panes.keys().copied(), self.emitted_up_to, watermark);
+                let closing = window.windows_closing(
+                    self.panes.keys().copied(),
+                    self.emitted_up_to,
+                    watermark,
+                );
                 for start in closing {
                     if let Some(rows) = self.evaluate_window(start, None)? {
                         self.metrics.rows_out += rows.num_rows() as u64;
@@ -311,7 +357,8 @@ impl StreamOperator for WindowAggregate {
                     }
                 }
             }
-            self.panes.retain(|&start, _| window.pane_retire_at(start) > watermark);
+            self.panes
+                .retain(|&start, _| window.pane_retire_at(start) > watermark);
         }
         self.emitted_up_to = watermark;
         self.metrics.open_windows = self.panes.len() as u64;
@@ -359,23 +406,37 @@ impl StreamOperator for WindowAggregate {
     }
 
     fn restore(&mut self, state: OperatorState) -> Result<()> {
-        let bad = |what: &str| DataFusionError::Execution(format!("checkpoint state is malformed: {what}"));
-        self.emitted_up_to = state.meta["emitted_up_to"].as_i64().ok_or_else(|| bad("emitted_up_to"))?;
-        self.metrics = serde_json::from_value(state.meta["metrics"].clone()).map_err(|e| bad(&e.to_string()))?;
+        let bad = |what: &str| {
+            DataFusionError::Execution(format!("checkpoint state is malformed: {what}"))
+        };
+        self.emitted_up_to = state.meta["emitted_up_to"]
+            .as_i64()
+            .ok_or_else(|| bad("emitted_up_to"))?;
+        self.metrics = serde_json::from_value(state.meta["metrics"].clone())
+            .map_err(|e| bad(&e.to_string()))?;
         self.panes.clear();
-        let Some(batch) = state.batch else { return Ok(()) };
+        let Some(batch) = state.batch else {
+            return Ok(());
+        };
         let plan = Arc::clone(&self.plan);
         let wp = &plan.plan;
         let expected = state_schema(wp, &["pane"])?;
         if batch.schema().fields().len() != expected.fields().len() {
             return Err(bad("state columns do not match the query"));
         }
-        let pane_col = batch.column(0).as_primitive_opt::<Int64Type>().ok_or_else(|| bad("pane column"))?;
+        let pane_col = batch
+            .column(0)
+            .as_primitive_opt::<Int64Type>()
+            .ok_or_else(|| bad("pane column"))?;
         let splits = split_by(pane_col.values());
         let nkeys = wp.key_fields.len();
         let widths = state_widths(&wp.aggregates)?;
         for (start, subset) in splits {
-            let cols: Vec<ArrayRef> = batch.columns().iter().map(|c| subset.apply(c)).collect::<Result<_>>()?;
+            let cols: Vec<ArrayRef> = batch
+                .columns()
+                .iter()
+                .map(|c| subset.apply(c))
+                .collect::<Result<_>>()?;
             let n = subset.len();
             let mut keys = GroupKeys::new(&wp.key_fields)?;
             let mut idx = Vec::new();
@@ -386,7 +447,10 @@ impl StreamOperator for WindowAggregate {
                 acc.merge_batch(&cols[c..c + w], &idx, keys.len())?;
                 c += w;
             }
-            let mut pane = Pane { keys, data: PaneData::Live(accs) };
+            let mut pane = Pane {
+                keys,
+                data: PaneData::Live(accs),
+            };
             if !self.is_tumble() && wp.window.earliest_end(start) <= self.emitted_up_to {
                 freeze(&mut pane)?;
             }

@@ -26,7 +26,10 @@ impl GroupKeys {
             None
         } else {
             Some(RowConverter::new(
-                fields.iter().map(|f| SortField::new(f.data_type().clone())).collect(),
+                fields
+                    .iter()
+                    .map(|f| SortField::new(f.data_type().clone()))
+                    .collect(),
             )?)
         };
         let rows = converter.as_ref().map(|c| c.empty_rows(0, 0));
@@ -48,7 +51,12 @@ impl GroupKeys {
     }
 
     /// Appends the group index of every row of `columns` to `out` (cleared first).
-    pub fn intern(&mut self, columns: &[ArrayRef], num_rows: usize, out: &mut Vec<usize>) -> Result<()> {
+    pub fn intern(
+        &mut self,
+        columns: &[ArrayRef],
+        num_rows: usize,
+        out: &mut Vec<usize>,
+    ) -> Result<()> {
         out.clear();
         let Some(converter) = &self.converter else {
             self.groups = self.groups.max(usize::from(num_rows > 0));
@@ -106,8 +114,14 @@ mod tests {
         keys.intern(&cols, 4, &mut idx).unwrap();
         assert_eq!(idx, vec![0, 1, 0, 2]);
         let back = keys.key_columns().unwrap();
-        assert_eq!(back[0].as_ref(), &StringArray::from(vec!["b", "a", "a"]) as &dyn arrow::array::Array);
-        assert_eq!(back[1].as_ref(), &Int64Array::from(vec![Some(1), None, Some(2)]) as &dyn arrow::array::Array);
+        assert_eq!(
+            back[0].as_ref(),
+            &StringArray::from(vec!["b", "a", "a"]) as &dyn arrow::array::Array
+        );
+        assert_eq!(
+            back[1].as_ref(),
+            &Int64Array::from(vec![Some(1), None, Some(2)]) as &dyn arrow::array::Array
+        );
     }
 
     #[test]

@@ -34,11 +34,19 @@ pub use watermark::{END_OF_INPUT, NO_WATERMARK, WatermarkTracker};
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("SQL error at line {line}, column {column}: {message}")]
-    Sql { line: usize, column: usize, message: String },
+    Sql {
+        line: usize,
+        column: usize,
+        message: String,
+    },
     #[error("SQL error in stream `{stream}`: {message}")]
     Parse { stream: String, message: String },
     #[error("cannot plan stream `{stream}` (defined at line {line}): {message}")]
-    Plan { stream: String, line: usize, message: String },
+    Plan {
+        stream: String,
+        line: usize,
+        message: String,
+    },
     #[error("checkpoint does not fit this query: {0}")]
     IncompatibleState(String),
     #[error(transparent)]
@@ -52,8 +60,15 @@ impl EngineError {
     pub fn sql_at(sql: &str, offset: usize, message: &str) -> Self {
         let before = &sql[..offset.min(sql.len())];
         let line = before.matches('\n').count() + 1;
-        let column = before.rfind('\n').map_or(before.chars().count(), |p| before[p + 1..].chars().count()) + 1;
-        EngineError::Sql { line, column, message: message.to_string() }
+        let column = before
+            .rfind('\n')
+            .map_or(before.chars().count(), |p| before[p + 1..].chars().count())
+            + 1;
+        EngineError::Sql {
+            line,
+            column,
+            message: message.to_string(),
+        }
     }
 }
 
@@ -68,7 +83,10 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        Self { allowed_lateness: Duration::from_secs(1), idle_timeout: Some(Duration::from_secs(30)) }
+        Self {
+            allowed_lateness: Duration::from_secs(1),
+            idle_timeout: Some(Duration::from_secs(30)),
+        }
     }
 }
 
@@ -91,6 +109,9 @@ pub struct RunningStream {
     pub fingerprint: String,
     pub windowed: bool,
     pub window: Option<window::WindowSpec>,
+    /// Output columns that identify a result row's group (the GROUP BY keys;
+    /// `symbol` for a stateless stream that has it), e.g. for message keys.
+    pub key_columns: Vec<String>,
     operator: Box<dyn StreamOperator>,
 }
 
@@ -122,32 +143,64 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Plans `sql` against `sources` and builds its operators.
-    pub fn new(sql: &str, sources: &[SourceDef], config: &EngineConfig) -> Result<Self, EngineError> {
+    pub fn new(
+        sql: &str,
+        sources: &[SourceDef],
+        config: &EngineConfig,
+    ) -> Result<Self, EngineError> {
         let plans = plan_sql(sql, sources)?;
         Self::from_plans(plans, sources, config)
     }
 
-    pub fn from_plans(plans: Vec<StreamPlan>, sources: &[SourceDef], config: &EngineConfig) -> Result<Self, EngineError> {
+    pub fn from_plans(
+        plans: Vec<StreamPlan>,
+        sources: &[SourceDef],
+        config: &EngineConfig,
+    ) -> Result<Self, EngineError> {
         let mut streams = Vec::new();
         let mut used = BTreeMap::new();
         for p in plans {
-            let def = sources.iter().find(|s| s.name == p.source).expect("planner resolved the source");
-            used.entry(p.source.clone()).or_insert_with(|| SourceRuntime {
-                def: def.clone(),
-                watermark: WatermarkTracker::new(config.allowed_lateness, config.idle_timeout),
-                records_in: 0,
-            });
+            let def = sources
+                .iter()
+                .find(|s| s.name == p.source)
+                .expect("planner resolved the source");
+            used.entry(p.source.clone())
+                .or_insert_with(|| SourceRuntime {
+                    def: def.clone(),
+                    watermark: WatermarkTracker::new(config.allowed_lateness, config.idle_timeout),
+                    records_in: 0,
+                });
+            let key_columns: Vec<String> = match &p.kind {
+                StreamKind::Stateless(_) => vec!["symbol".to_string()],
+                StreamKind::Windowed(w) => w.key_fields.iter().map(|f| f.name().clone()).collect(),
+            }
+            .into_iter()
+            .filter(|c| p.output_schema.index_of(c).is_ok())
+            .collect();
             let (operator, windowed, window): (Box<dyn StreamOperator>, bool, _) = match p.kind {
-                StreamKind::Stateless(s) => {
-                    (Box::new(stateless::FilterProject::new(s, Arc::clone(&p.output_schema))), false, None)
-                }
+                StreamKind::Stateless(s) => (
+                    Box::new(stateless::FilterProject::new(
+                        s,
+                        Arc::clone(&p.output_schema),
+                    )),
+                    false,
+                    None,
+                ),
                 StreamKind::Windowed(w) => {
                     let spec = w.window;
                     let op: Box<dyn StreamOperator> = match spec {
                         window::WindowSpec::Session { .. } => {
-                            Box::new(session::SessionAggregate::new(w, Arc::clone(&p.output_schema), p.emit)?)
+                            Box::new(session::SessionAggregate::new(
+                                w,
+                                Arc::clone(&p.output_schema),
+                                p.emit,
+                            )?)
                         }
-                        _ => Box::new(aggregate::WindowAggregate::new(w, Arc::clone(&p.output_schema), p.emit)),
+                        _ => Box::new(aggregate::WindowAggregate::new(
+                            w,
+                            Arc::clone(&p.output_schema),
+                            p.emit,
+                        )),
                     };
                     (op, true, Some(spec))
                 }
@@ -160,10 +213,14 @@ impl Pipeline {
                 fingerprint: p.fingerprint,
                 windowed,
                 window,
+                key_columns,
                 operator,
             });
         }
-        Ok(Self { streams, sources: used })
+        Ok(Self {
+            streams,
+            sources: used,
+        })
     }
 
     pub fn streams(&self) -> &[RunningStream] {
@@ -182,16 +239,32 @@ impl Pipeline {
 
     /// Highest event time seen on a source.
     pub fn max_event_time(&self, source: &str) -> Option<i64> {
-        self.sources.get(source).map(|s| s.watermark.max_event_time())
+        self.sources
+            .get(source)
+            .map(|s| s.watermark.max_event_time())
     }
 
     pub fn records_in(&self, source: &str) -> u64 {
         self.sources.get(source).map_or(0, |s| s.records_in)
     }
 
+    /// Declares how many partitions `source` has (e.g. a Kafka topic's), so
+    /// the watermark waits for all of them.
+    pub fn declare_partitions(&mut self, source: &str, partitions: usize) {
+        if let Some(src) = self.sources.get_mut(source) {
+            src.watermark.declare_partitions(partitions);
+        }
+    }
+
     /// Feeds one batch of `source` rows from `partition`, then advances the
     /// source's watermark and emits what it completes.
-    pub fn push(&mut self, source: &str, partition: usize, batch: &RecordBatch, out: &mut Vec<StreamOutput>) -> Result<(), EngineError> {
+    pub fn push(
+        &mut self,
+        source: &str,
+        partition: usize,
+        batch: &RecordBatch,
+        out: &mut Vec<StreamOutput>,
+    ) -> Result<(), EngineError> {
         let Some(src) = self.sources.get_mut(source) else {
             return Ok(()); // no stream reads this source
         };
@@ -201,7 +274,12 @@ impl Pipeline {
         src.records_in += batch.num_rows() as u64;
         let (ts, _) = operator::event_times(batch, src.def.event_time_index())?;
         let max_ts = ts.iter().copied().max().unwrap_or(NO_WATERMARK);
-        for (i, s) in self.streams.iter_mut().enumerate().filter(|(_, s)| s.source == source) {
+        for (i, s) in self
+            .streams
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, s)| s.source == source)
+        {
             let mut o = Output::default();
             s.operator.on_batch(batch, &mut o)?;
             collect(i, o, out);
@@ -211,8 +289,15 @@ impl Pipeline {
     }
 
     /// A partition of `source` reached its end (bounded input).
-    pub fn finish_partition(&mut self, source: &str, partition: usize, out: &mut Vec<StreamOutput>) -> Result<(), EngineError> {
-        let Some(src) = self.sources.get_mut(source) else { return Ok(()) };
+    pub fn finish_partition(
+        &mut self,
+        source: &str,
+        partition: usize,
+        out: &mut Vec<StreamOutput>,
+    ) -> Result<(), EngineError> {
+        let Some(src) = self.sources.get_mut(source) else {
+            return Ok(());
+        };
         let wm = src.watermark.finish(partition, Instant::now());
         self.advance(source, wm, out)
     }
@@ -220,16 +305,29 @@ impl Pipeline {
     /// Re-evaluates idle partitions (call periodically when sources are quiet).
     pub fn tick(&mut self, out: &mut Vec<StreamOutput>) -> Result<(), EngineError> {
         let now = Instant::now();
-        let marks: Vec<(String, i64)> =
-            self.sources.iter_mut().map(|(n, s)| (n.clone(), s.watermark.recompute(now))).collect();
+        let marks: Vec<(String, i64)> = self
+            .sources
+            .iter_mut()
+            .map(|(n, s)| (n.clone(), s.watermark.recompute(now)))
+            .collect();
         for (source, wm) in marks {
             self.advance(&source, wm, out)?;
         }
         Ok(())
     }
 
-    fn advance(&mut self, source: &str, watermark: i64, out: &mut Vec<StreamOutput>) -> Result<(), EngineError> {
-        for (i, s) in self.streams.iter_mut().enumerate().filter(|(_, s)| s.source == source) {
+    fn advance(
+        &mut self,
+        source: &str,
+        watermark: i64,
+        out: &mut Vec<StreamOutput>,
+    ) -> Result<(), EngineError> {
+        for (i, s) in self
+            .streams
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, s)| s.source == source)
+        {
             let mut o = Output::default();
             s.operator.on_watermark(watermark, &mut o)?;
             collect(i, o, out);
@@ -256,13 +354,19 @@ impl Pipeline {
             .iter()
             .map(|(n, s)| (n.clone(), serde_json::json!({ "watermark": s.watermark.watermark(), "records_in": s.records_in })))
             .collect();
-        Ok(EngineSnapshot { meta: serde_json::json!({ "streams": streams, "sources": sources }), states })
+        Ok(EngineSnapshot {
+            meta: serde_json::json!({ "streams": streams, "sources": sources }),
+            states,
+        })
     }
 
     /// Restores a snapshot. Fails if a stream's query changed since (its
     /// fingerprint differs) or a stream of the checkpoint no longer exists.
     pub fn restore(&mut self, mut snapshot: EngineSnapshot) -> Result<(), EngineError> {
-        let saved = snapshot.meta["streams"].as_object().cloned().unwrap_or_default();
+        let saved = snapshot.meta["streams"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
         for name in saved.keys() {
             if !self.streams.iter().any(|s| &s.name == name) {
                 return Err(EngineError::IncompatibleState(format!(
@@ -293,7 +397,8 @@ impl Pipeline {
         if let Some(sources) = snapshot.meta["sources"].as_object() {
             for (name, src) in &mut self.sources {
                 if let Some(v) = sources.get(name) {
-                    src.watermark.restore(v["watermark"].as_i64().unwrap_or(NO_WATERMARK));
+                    src.watermark
+                        .restore(v["watermark"].as_i64().unwrap_or(NO_WATERMARK));
                     src.records_in = v["records_in"].as_u64().unwrap_or(0);
                 }
             }
@@ -303,6 +408,19 @@ impl Pipeline {
 }
 
 fn collect(stream: usize, o: Output, out: &mut Vec<StreamOutput>) {
-    out.extend(o.rows.into_iter().map(|rows| StreamOutput { stream, rows, late: false }));
-    out.extend(o.late.into_iter().filter(|b| b.num_rows() > 0).map(|rows| StreamOutput { stream, rows, late: true }));
+    out.extend(o.rows.into_iter().map(|rows| StreamOutput {
+        stream,
+        rows,
+        late: false,
+    }));
+    out.extend(
+        o.late
+            .into_iter()
+            .filter(|b| b.num_rows() > 0)
+            .map(|rows| StreamOutput {
+                stream,
+                rows,
+                late: true,
+            }),
+    );
 }

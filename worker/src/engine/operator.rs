@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, TimestampMillisecondArray, UInt32Array};
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, RecordBatch, TimestampMillisecondArray, UInt32Array,
+};
 use arrow::compute::{cast, filter_record_batch, take};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit, TimestampMillisecondType};
 use datafusion::error::{DataFusionError, Result};
@@ -57,12 +59,16 @@ pub trait StreamOperator: Send {
 /// Creates the vectorised accumulator of an aggregate, falling back to
 /// DataFusion's per-group adapter where the function has no groups version
 /// (e.g. COUNT(DISTINCT)).
-pub fn new_groups_accumulator(f: &Arc<AggregateFunctionExpr>) -> Result<Box<dyn GroupsAccumulator>> {
+pub fn new_groups_accumulator(
+    f: &Arc<AggregateFunctionExpr>,
+) -> Result<Box<dyn GroupsAccumulator>> {
     if f.groups_accumulator_supported() {
         f.create_groups_accumulator()
     } else {
         let f = Arc::clone(f);
-        Ok(Box::new(GroupsAccumulatorAdapter::new(move || f.create_accumulator())))
+        Ok(Box::new(GroupsAccumulatorAdapter::new(move || {
+            f.create_accumulator()
+        })))
     }
 }
 
@@ -72,13 +78,16 @@ pub fn evaluate(e: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> Result<ArrayR
 
 fn evaluate_mask(e: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> Result<BooleanArray> {
     let a = evaluate(e, batch)?;
-    a.as_boolean_opt()
-        .cloned()
-        .ok_or_else(|| DataFusionError::Execution(format!("filter is {}, not boolean", a.data_type())))
+    a.as_boolean_opt().cloned().ok_or_else(|| {
+        DataFusionError::Execution(format!("filter is {}, not boolean", a.data_type()))
+    })
 }
 
 /// Applies a WHERE clause.
-pub fn apply_filter(filter: Option<&Arc<dyn PhysicalExpr>>, batch: &RecordBatch) -> Result<RecordBatch> {
+pub fn apply_filter(
+    filter: Option<&Arc<dyn PhysicalExpr>>,
+    batch: &RecordBatch,
+) -> Result<RecordBatch> {
     match filter {
         None => Ok(batch.clone()),
         Some(f) => Ok(filter_record_batch(batch, &evaluate_mask(f, batch)?)?),
@@ -106,18 +115,36 @@ pub struct BatchInputs {
 
 impl BatchInputs {
     pub fn evaluate(plan: &WindowedPlan, batch: &RecordBatch) -> Result<Self> {
-        let keys = plan.keys.iter().map(|k| evaluate(k, batch)).collect::<Result<_>>()?;
+        let keys = plan
+            .keys
+            .iter()
+            .map(|k| evaluate(k, batch))
+            .collect::<Result<_>>()?;
         let values = plan
             .aggregates
             .iter()
-            .map(|a| a.inputs.iter().map(|e| evaluate(e, batch)).collect::<Result<Vec<_>>>())
+            .map(|a| {
+                a.inputs
+                    .iter()
+                    .map(|e| evaluate(e, batch))
+                    .collect::<Result<Vec<_>>>()
+            })
             .collect::<Result<_>>()?;
         let filters = plan
             .aggregates
             .iter()
-            .map(|a| a.filter.as_ref().map(|f| evaluate_mask(f, batch)).transpose())
+            .map(|a| {
+                a.filter
+                    .as_ref()
+                    .map(|f| evaluate_mask(f, batch))
+                    .transpose()
+            })
             .collect::<Result<_>>()?;
-        Ok(Self { keys, values, filters })
+        Ok(Self {
+            keys,
+            values,
+            filters,
+        })
     }
 
     /// The same inputs restricted to a subset of rows.
@@ -135,7 +162,12 @@ impl BatchInputs {
                 .iter()
                 .map(|f| {
                     f.as_ref()
-                        .map(|f| Ok(subset.apply(&(Arc::new(f.clone()) as ArrayRef))?.as_boolean().clone()))
+                        .map(|f| {
+                            Ok(subset
+                                .apply(&(Arc::new(f.clone()) as ArrayRef))?
+                                .as_boolean()
+                                .clone())
+                        })
                         .transpose()
                 })
                 .collect::<Result<_>>()?,
@@ -188,7 +220,10 @@ pub fn split_by(ids: &[i64]) -> Vec<(i64, Subset)> {
             let subset = if r.len() == 1 {
                 Subset::Range(r[0].0, r[0].1)
             } else {
-                let idx: Vec<u32> = r.iter().flat_map(|&(s, l)| (s as u32)..((s + l) as u32)).collect();
+                let idx: Vec<u32> = r
+                    .iter()
+                    .flat_map(|&(s, l)| (s as u32)..((s + l) as u32))
+                    .collect();
                 Subset::Indices(UInt32Array::from(idx))
             };
             (id, subset)
@@ -229,9 +264,16 @@ pub fn finish_rows(
             return Ok(None);
         }
     }
-    let projected = plan.projection.iter().map(|e| evaluate(e, &batch)).collect::<Result<Vec<_>>>()?;
+    let projected = plan
+        .projection
+        .iter()
+        .map(|e| evaluate(e, &batch))
+        .collect::<Result<Vec<_>>>()?;
     let projected = conform(output_schema, projected)?;
-    Ok(Some(RecordBatch::try_new(Arc::clone(output_schema), projected)?))
+    Ok(Some(RecordBatch::try_new(
+        Arc::clone(output_schema),
+        projected,
+    )?))
 }
 
 /// Casts columns whose type differs only in representation from the schema
@@ -252,13 +294,20 @@ pub fn conform(schema: &Schema, columns: Vec<ArrayRef>) -> Result<Vec<ArrayRef>>
 
 /// Schema of an operator's state batch: slice bounds, keys, accumulator states.
 pub fn state_schema(plan: &WindowedPlan, bounds: &[&str]) -> Result<SchemaRef> {
-    let mut fields: Vec<Field> = bounds.iter().map(|b| Field::new(*b, DataType::Int64, false)).collect();
+    let mut fields: Vec<Field> = bounds
+        .iter()
+        .map(|b| Field::new(*b, DataType::Int64, false))
+        .collect();
     for (i, k) in plan.key_fields.iter().enumerate() {
         fields.push(Field::new(format!("key{i}"), k.data_type().clone(), true));
     }
     for (i, a) in plan.aggregates.iter().enumerate() {
         for f in a.function.state_fields()? {
-            fields.push(Field::new(format!("agg{i}.{}", f.name()), f.data_type().clone(), true));
+            fields.push(Field::new(
+                format!("agg{i}.{}", f.name()),
+                f.data_type().clone(),
+                true,
+            ));
         }
     }
     Ok(Arc::new(Schema::new(fields)))
@@ -266,5 +315,8 @@ pub fn state_schema(plan: &WindowedPlan, bounds: &[&str]) -> Result<SchemaRef> {
 
 /// Number of state columns of each aggregate.
 pub fn state_widths(aggregates: &[AggregateSpec]) -> Result<Vec<usize>> {
-    aggregates.iter().map(|a| Ok(a.function.state_fields()?.len())).collect()
+    aggregates
+        .iter()
+        .map(|a| Ok(a.function.state_fields()?.len()))
+        .collect()
 }

@@ -15,17 +15,17 @@ use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef, TimeUnit};
 use datafusion::common::{Column, DFSchema};
 use datafusion::datasource::MemTable;
 use datafusion::execution::context::SessionState;
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::{Expr, LogicalPlan, SortExpr};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
-use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{
     self, DateTimeField, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, Ident,
     SetExpr, Spanned, Statement, TableFactor,
 };
-use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 
@@ -148,8 +148,11 @@ pub fn plan_stream(def: &StreamDef, sources: &[SourceDef]) -> Result<StreamPlan,
         line: def.line,
         message,
     };
-    let mut statements = Parser::parse_sql(&GenericDialect {}, &def.query)
-        .map_err(|e| EngineError::Parse { stream: def.name.clone(), message: e.to_string() })?;
+    let mut statements =
+        Parser::parse_sql(&GenericDialect {}, &def.query).map_err(|e| EngineError::Parse {
+            stream: def.name.clone(),
+            message: e.to_string(),
+        })?;
     if statements.len() != 1 {
         return Err(ctx_err("expected exactly one SELECT after `AS`".into()));
     }
@@ -181,8 +184,10 @@ pub fn plan_stream(def: &StreamDef, sources: &[SourceDef]) -> Result<StreamPlan,
     }
 
     let state = planning_state(source, window.is_some())?;
-    let logical = futures::executor::block_on(state.statement_to_plan(DfStatement::Statement(Box::new(Statement::Query(query)))))
-        .map_err(|e| ctx_err(clean_df_error(&e.to_string())))?;
+    let logical = futures::executor::block_on(
+        state.statement_to_plan(DfStatement::Statement(Box::new(Statement::Query(query)))),
+    )
+    .map_err(|e| ctx_err(clean_df_error(&e.to_string())))?;
     let logical = state
         .analyzer()
         .execute_and_check(logical, state.config_options(), |_, _| {})
@@ -219,13 +224,25 @@ fn check_supported_shape<'a>(
     sources: &'a [SourceDef],
 ) -> Result<&'a SourceDef, EngineError> {
     if let Some(with) = &query.with {
-        return Err(unsupported(def, with, "WITH (common table expressions) is not supported yet"));
+        return Err(unsupported(
+            def,
+            with,
+            "WITH (common table expressions) is not supported yet",
+        ));
     }
     if let Some(order_by) = &query.order_by {
-        return Err(unsupported(def, order_by, "ORDER BY on an unbounded stream is not supported"));
+        return Err(unsupported(
+            def,
+            order_by,
+            "ORDER BY on an unbounded stream is not supported",
+        ));
     }
     if let Some(limit) = &query.limit_clause {
-        return Err(unsupported(def, limit, "LIMIT on an unbounded stream is not supported"));
+        return Err(unsupported(
+            def,
+            limit,
+            "LIMIT on an unbounded stream is not supported",
+        ));
     }
     let select = match query.body.as_ref() {
         SetExpr::Select(s) => s,
@@ -238,22 +255,35 @@ fn check_supported_shape<'a>(
         }
     };
     if select.from.len() != 1 {
-        return Err(unsupported(def, select.as_ref(), "a stream reads from exactly one source table"));
+        return Err(unsupported(
+            def,
+            select.as_ref(),
+            "a stream reads from exactly one source table",
+        ));
     }
     let from = &select.from[0];
     if let Some(join) = from.joins.first() {
         return Err(unsupported(def, join, "JOIN is not supported yet"));
     }
     let TableFactor::Table { name, .. } = &from.relation else {
-        return Err(unsupported(def, &from.relation, "FROM must name a source table"));
+        return Err(unsupported(
+            def,
+            &from.relation,
+            "FROM must name a source table",
+        ));
     };
     let table = name.to_string();
     for item in &select.projection {
-        if let ast::SelectItem::UnnamedExpr(e) | ast::SelectItem::ExprWithAlias { expr: e, .. } = item
+        if let ast::SelectItem::UnnamedExpr(e) | ast::SelectItem::ExprWithAlias { expr: e, .. } =
+            item
             && let ast::Expr::Function(f) = e
             && f.over.is_some()
         {
-            return Err(unsupported(def, e, "window functions (OVER) are not supported yet"));
+            return Err(unsupported(
+                def,
+                e,
+                "window functions (OVER) are not supported yet",
+            ));
         }
     }
     sources
@@ -288,7 +318,9 @@ fn window_call(
     e: &ast::Expr,
     source: &SourceDef,
 ) -> Result<Option<WindowSpec>, EngineError> {
-    let ast::Expr::Function(f) = e else { return Ok(None) };
+    let ast::Expr::Function(f) = e else {
+        return Ok(None);
+    };
     let name = f.name.to_string().to_ascii_uppercase();
     let arity = match name.as_str() {
         "TUMBLE" | "SESSION" => 2,
@@ -316,8 +348,16 @@ fn window_call(
     }
     let time_col = match args[0] {
         ast::Expr::Identifier(id) => id.value.clone(),
-        ast::Expr::CompoundIdentifier(ids) => ids.last().map(|i| i.value.clone()).unwrap_or_default(),
-        other => return Err(unsupported(def, other, "the first window argument must be the event-time column")),
+        ast::Expr::CompoundIdentifier(ids) => {
+            ids.last().map(|i| i.value.clone()).unwrap_or_default()
+        }
+        other => {
+            return Err(unsupported(
+                def,
+                other,
+                "the first window argument must be the event-time column",
+            ));
+        }
     };
     if !time_col.eq_ignore_ascii_case(&source.event_time) {
         return Err(unsupported(
@@ -338,8 +378,12 @@ fn window_call(
         durations.push(ms);
     }
     Ok(Some(match name.as_str() {
-        "TUMBLE" => WindowSpec::Tumble { size_ms: durations[0] },
-        "SESSION" => WindowSpec::Session { gap_ms: durations[0] },
+        "TUMBLE" => WindowSpec::Tumble {
+            size_ms: durations[0],
+        },
+        "SESSION" => WindowSpec::Session {
+            gap_ms: durations[0],
+        },
         _ => {
             let (slide_ms, size_ms) = (durations[0], durations[1]);
             if slide_ms > size_ms {
@@ -384,7 +428,11 @@ fn interval_ms(e: &ast::Expr) -> Result<i64, String> {
             DateTimeField::Day | DateTimeField::Days => "day".into(),
             other => return Err(format!("unsupported interval unit {other}")),
         },
-        _ => return Err(format!("invalid interval '{text}': give one amount and one unit")),
+        _ => {
+            return Err(format!(
+                "invalid interval '{text}': give one amount and one unit"
+            ));
+        }
     };
     let unit_ms = match unit.trim_end_matches('s') {
         "millisecond" | "m" => 1.0,
@@ -425,7 +473,12 @@ fn clean_df_error(msg: &str) -> String {
     msg.to_string()
 }
 
-fn fingerprint(def: &StreamDef, plan: &LogicalPlan, window: Option<WindowSpec>, emit: EmitMode) -> String {
+fn fingerprint(
+    def: &StreamDef,
+    plan: &LogicalPlan,
+    window: Option<WindowSpec>,
+    emit: EmitMode,
+) -> String {
     let text = format!(
         "v1|{}|{:?}|{:?}|{}",
         def.name.to_ascii_lowercase(),
@@ -474,11 +527,13 @@ fn physical(
     schema: &DFSchema,
     def: &StreamDef,
 ) -> Result<Arc<dyn PhysicalExpr>, EngineError> {
-    state.create_physical_expr(e.clone(), schema).map_err(|err| EngineError::Plan {
-        stream: def.name.clone(),
-        line: def.line,
-        message: clean_df_error(&err.to_string()),
-    })
+    state
+        .create_physical_expr(e.clone(), schema)
+        .map_err(|err| EngineError::Plan {
+            stream: def.name.clone(),
+            line: def.line,
+            message: clean_df_error(&err.to_string()),
+        })
 }
 
 /// Output schema with every column nullable: aggregates over empty filters
@@ -511,7 +566,9 @@ fn decompose_stateless(
     }
     let scan = expect_scan(def, below)?;
     let scan_schema = scan.schema();
-    let filter = filter.map(|f| physical(state, f, scan_schema, def)).transpose()?;
+    let filter = filter
+        .map(|f| physical(state, f, scan_schema, def))
+        .transpose()?;
     let in_schema = proj.input.schema();
     let projection = proj
         .expr
@@ -519,7 +576,10 @@ fn decompose_stateless(
         .map(|e| physical(state, e, in_schema, def))
         .collect::<Result<Vec<_>, _>>()?;
     let output = nullable(proj.schema.as_arrow());
-    Ok((StreamKind::Stateless(StatelessPlan { filter, projection }), output))
+    Ok((
+        StreamKind::Stateless(StatelessPlan { filter, projection }),
+        output,
+    ))
 }
 
 fn decompose_windowed(
@@ -551,7 +611,9 @@ fn decompose_windowed(
     if let Some(f) = filter
         && mentions_window(f)
     {
-        return Err(plan_err("WHERE cannot use window_start/window_end; use HAVING".into()));
+        return Err(plan_err(
+            "WHERE cannot use window_start/window_end; use HAVING".into(),
+        ));
     }
 
     let mut keys = Vec::new();
@@ -562,7 +624,9 @@ fn decompose_windowed(
             Expr::Column(c) if c.name == WINDOW_START => group_layout.push(GroupSlot::WindowStart),
             Expr::Column(c) if c.name == WINDOW_END => group_layout.push(GroupSlot::WindowEnd),
             e if mentions_window(e) => {
-                return Err(plan_err("GROUP BY expressions cannot use window_start/window_end".into()));
+                return Err(plan_err(
+                    "GROUP BY expressions cannot use window_start/window_end".into(),
+                ));
             }
             e => {
                 group_layout.push(GroupSlot::Key(keys.len()));
@@ -572,7 +636,9 @@ fn decompose_windowed(
         }
     }
     if !group_layout.contains(&GroupSlot::WindowStart) {
-        return Err(plan_err("GROUPING SETS/ROLLUP/CUBE are not supported".into()));
+        return Err(plan_err(
+            "GROUPING SETS/ROLLUP/CUBE are not supported".into(),
+        ));
     }
 
     // FIRST_VALUE / LAST_VALUE are by event time, not arrival order.
@@ -583,7 +649,9 @@ fn decompose_windowed(
     let mut aggregates = Vec::new();
     for e in &agg.aggr_expr {
         if mentions_window(e) {
-            return Err(plan_err("aggregates cannot use window_start/window_end".into()));
+            return Err(plan_err(
+                "aggregates cannot use window_start/window_end".into(),
+            ));
         }
         let e = order_by_event_time(e, &ts_col);
         let planning = PhysicalPlanningContext::default();
@@ -599,20 +667,32 @@ fn decompose_windowed(
         let (function, agg_filter) = (lowered.aggregate, lowered.filter);
         let mut inputs = function.expressions();
         inputs.extend(function.order_bys().iter().map(|s| Arc::clone(&s.expr)));
-        aggregates.push(AggregateSpec { function, inputs, filter: agg_filter });
+        aggregates.push(AggregateSpec {
+            function,
+            inputs,
+            filter: agg_filter,
+        });
     }
 
-    let filter = filter.map(|f| physical(state, f, scan_schema, def)).transpose()?;
+    let filter = filter
+        .map(|f| physical(state, f, scan_schema, def))
+        .transpose()?;
     let agg_schema = agg.schema.as_ref();
-    let having = having.map(|h| physical(state, h, agg_schema, def)).transpose()?;
+    let having = having
+        .map(|h| physical(state, h, agg_schema, def))
+        .transpose()?;
     let proj_in = proj.input.schema();
     let mut projection = proj
         .expr
         .iter()
         .map(|e| physical(state, e, proj_in, def))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut out_fields: Vec<Field> =
-        proj.schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut out_fields: Vec<Field> = proj
+        .schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
     // Every windowed row carries its window bounds.
     for name in [WINDOW_START, WINDOW_END] {
         if !out_fields.iter().any(|f| f.name() == name) {
@@ -681,9 +761,27 @@ mod tests {
              GROUP BY symbol, TUMBLE(ts, INTERVAL '5' SECOND) EMIT ON WINDOW CLOSE;",
         )
         .unwrap();
-        let names: Vec<_> = p[0].output_schema.fields().iter().map(|f| f.name().clone()).collect();
-        assert_eq!(names, ["symbol", "open", "high", "vwap", "n", "window_start", "window_end"]);
-        let StreamKind::Windowed(w) = &p[0].kind else { panic!("windowed") };
+        let names: Vec<_> = p[0]
+            .output_schema
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "symbol",
+                "open",
+                "high",
+                "vwap",
+                "n",
+                "window_start",
+                "window_end"
+            ]
+        );
+        let StreamKind::Windowed(w) = &p[0].kind else {
+            panic!("windowed")
+        };
         assert_eq!(w.window, WindowSpec::Tumble { size_ms: 5000 });
         // SUM(volume) is shared by VWAP's denominator: 5 distinct aggregates.
         assert_eq!(w.aggregates.len(), 5);
@@ -698,15 +796,25 @@ mod tests {
              GROUP BY symbol, HOP(ts, INTERVAL '5' SECOND, INTERVAL '100' SECOND);",
         )
         .unwrap();
-        let StreamKind::Windowed(w) = &p[0].kind else { panic!() };
-        assert_eq!(w.window, WindowSpec::Hop { slide_ms: 5_000, size_ms: 100_000 });
+        let StreamKind::Windowed(w) = &p[0].kind else {
+            panic!()
+        };
+        assert_eq!(
+            w.window,
+            WindowSpec::Hop {
+                slide_ms: 5_000,
+                size_ms: 100_000
+            }
+        );
         assert_eq!(p[0].emit, EmitMode::OnWindowClose);
         let p = plan(
             "CREATE STREAM s AS SELECT symbol, COUNT(*) AS c FROM market_ticks \
              GROUP BY symbol, SESSION(ts, INTERVAL '1 minute') EMIT CHANGES;",
         )
         .unwrap();
-        let StreamKind::Windowed(w) = &p[0].kind else { panic!() };
+        let StreamKind::Windowed(w) = &p[0].kind else {
+            panic!()
+        };
         assert_eq!(w.window, WindowSpec::Session { gap_ms: 60_000 });
         assert_eq!(p[0].emit, EmitMode::Changes);
     }
@@ -715,20 +823,32 @@ mod tests {
     fn clear_errors_for_unsupported_sql() {
         let err = |sql: &str| plan(sql).unwrap_err().to_string();
         let e = err("CREATE STREAM x AS\nSELECT * FROM trades;");
-        assert!(e.contains("unknown source table `trades`") && e.contains("line 2"), "{e}");
-        let e = err("CREATE STREAM x AS SELECT a.symbol FROM market_ticks a JOIN book_updates b ON a.symbol = b.symbol;");
+        assert!(
+            e.contains("unknown source table `trades`") && e.contains("line 2"),
+            "{e}"
+        );
+        let e = err(
+            "CREATE STREAM x AS SELECT a.symbol FROM market_ticks a JOIN book_updates b ON a.symbol = b.symbol;",
+        );
         assert!(e.contains("JOIN is not supported yet"), "{e}");
         let e = err("CREATE STREAM x AS WITH t AS (SELECT * FROM market_ticks) SELECT * FROM t;");
         assert!(e.contains("WITH"), "{e}");
-        let e = err("CREATE STREAM x AS SELECT symbol, LAG(price) OVER (ORDER BY ts) FROM market_ticks;");
+        let e = err(
+            "CREATE STREAM x AS SELECT symbol, LAG(price) OVER (ORDER BY ts) FROM market_ticks;",
+        );
         assert!(e.contains("OVER"), "{e}");
-        let e = err("CREATE STREAM x AS SELECT symbol, COUNT(*) FROM market_ticks GROUP BY symbol;");
+        let e =
+            err("CREATE STREAM x AS SELECT symbol, COUNT(*) FROM market_ticks GROUP BY symbol;");
         assert!(e.contains("needs a window"), "{e}");
         let e = err("CREATE STREAM x AS SELECT nosuch FROM market_ticks;");
         assert!(e.contains("nosuch"), "{e}");
-        let e = err("CREATE STREAM x AS SELECT symbol FROM market_ticks GROUP BY symbol, TUMBLE(price, INTERVAL '1' SECOND);");
+        let e = err(
+            "CREATE STREAM x AS SELECT symbol FROM market_ticks GROUP BY symbol, TUMBLE(price, INTERVAL '1' SECOND);",
+        );
         assert!(e.contains("event-time column `ts`"), "{e}");
-        let e = err("CREATE STREAM x AS SELECT symbol FROM market_ticks GROUP BY symbol, HOP(ts, INTERVAL '1' MINUTE, INTERVAL '5' SECOND);");
+        let e = err(
+            "CREATE STREAM x AS SELECT symbol FROM market_ticks GROUP BY symbol, HOP(ts, INTERVAL '1' MINUTE, INTERVAL '5' SECOND);",
+        );
         assert!(e.contains("slide"), "{e}");
         let e = err("CREATE STREAM x AS SELEC symbol FROM market_ticks;");
         assert!(e.contains("Line: 1"), "{e}");

@@ -46,7 +46,9 @@ pub struct SessionAggregate {
 impl SessionAggregate {
     pub fn new(plan: Box<WindowedPlan>, output_schema: SchemaRef, emit: EmitMode) -> Result<Self> {
         let super::window::WindowSpec::Session { gap_ms } = plan.window else {
-            return Err(DataFusionError::Internal("session operator needs a SESSION window".into()));
+            return Err(DataFusionError::Internal(
+                "session operator needs a SESSION window".into(),
+            ));
         };
         let keys = GroupKeys::new(&plan.key_fields)?;
         Ok(Self {
@@ -62,7 +64,11 @@ impl SessionAggregate {
     }
 
     fn new_accumulators(&self) -> Result<Vec<Box<dyn Accumulator>>> {
-        self.plan.aggregates.iter().map(|a| a.function.create_accumulator()).collect()
+        self.plan
+            .aggregates
+            .iter()
+            .map(|a| a.function.create_accumulator())
+            .collect()
     }
 
     fn open_sessions(&self) -> u64 {
@@ -79,7 +85,10 @@ impl SessionAggregate {
         let mut values: Vec<Vec<ScalarValue>> = vec![Vec::new(); self.plan.aggregates.len()];
         for &(key, start) in which {
             let list = self.sessions.get_mut(&key).expect("session exists");
-            let pos = list.iter().position(|s| s.start == start).expect("session exists");
+            let pos = list
+                .iter()
+                .position(|s| s.start == start)
+                .expect("session exists");
             let s = &mut list[pos];
             for (i, acc) in s.accs.iter_mut().enumerate() {
                 let v = if finalize {
@@ -87,8 +96,11 @@ impl SessionAggregate {
                 } else {
                     // Evaluate a copy: evaluate() may consume accumulator state.
                     let mut copy = self.plan.aggregates[i].function.create_accumulator()?;
-                    let st: Vec<ArrayRef> =
-                        acc.state()?.iter().map(|v| v.to_array()).collect::<Result<_>>()?;
+                    let st: Vec<ArrayRef> = acc
+                        .state()?
+                        .iter()
+                        .map(|v| v.to_array())
+                        .collect::<Result<_>>()?;
                     copy.merge_batch(&st)?;
                     copy.evaluate()?
                 };
@@ -100,12 +112,22 @@ impl SessionAggregate {
         }
         let all_keys = self.keys.key_columns()?;
         let sel = UInt32Array::from(key_idx);
-        let keys = all_keys.iter().map(|k| Ok(take(k.as_ref(), &sel, None)?)).collect::<Result<Vec<_>>>()?;
+        let keys = all_keys
+            .iter()
+            .map(|k| Ok(take(k.as_ref(), &sel, None)?))
+            .collect::<Result<Vec<_>>>()?;
         let results = values
             .into_iter()
             .map(ScalarValue::iter_to_array)
             .collect::<Result<Vec<_>>>()?;
-        finish_rows(&self.plan, &self.output_schema, &keys, starts, ends, results)
+        finish_rows(
+            &self.plan,
+            &self.output_schema,
+            &keys,
+            starts,
+            ends,
+            results,
+        )
     }
 }
 
@@ -120,7 +142,8 @@ impl StreamOperator for SessionAggregate {
         let valid = batch.column(self.plan.event_time_index).logical_nulls();
         let inputs = BatchInputs::evaluate(&self.plan, &batch)?;
         let mut key_idx = Vec::new();
-        self.keys.intern(&inputs.keys, batch.num_rows(), &mut key_idx)?;
+        self.keys
+            .intern(&inputs.keys, batch.num_rows(), &mut key_idx)?;
 
         // Rows by (key, event time): each key's rows split into runs of events
         // closer than `gap`, each run being (part of) one session.
@@ -157,30 +180,48 @@ impl StreamOperator for SessionAggregate {
             // Merge the run and every session it touches into one session.
             let mut merged = match overlapping.first() {
                 Some(&j) => list.remove(j),
-                None => Session { start, end, accs: Vec::new() },
+                None => Session {
+                    start,
+                    end,
+                    accs: Vec::new(),
+                },
             };
             for &j in overlapping.iter().skip(1).rev() {
                 let other = list.remove(j - 1);
                 for (acc, mut o) in merged.accs.iter_mut().zip(other.accs) {
-                    let st: Vec<ArrayRef> = o.state()?.iter().map(|v| v.to_array()).collect::<Result<_>>()?;
+                    let st: Vec<ArrayRef> = o
+                        .state()?
+                        .iter()
+                        .map(|v| v.to_array())
+                        .collect::<Result<_>>()?;
                     acc.merge_batch(&st)?;
                 }
                 merged.start = merged.start.min(other.start);
                 merged.end = merged.end.max(other.end);
             }
             if merged.accs.is_empty() {
-                merged.accs = self.plan.aggregates.iter().map(|a| a.function.create_accumulator()).collect::<Result<_>>()?;
+                merged.accs = self
+                    .plan
+                    .aggregates
+                    .iter()
+                    .map(|a| a.function.create_accumulator())
+                    .collect::<Result<_>>()?;
             }
             merged.start = merged.start.min(start);
             merged.end = merged.end.max(end);
             let rows = Subset::Indices(UInt32Array::from(run.to_vec()));
             for (k, acc) in merged.accs.iter_mut().enumerate() {
-                let mut values: Vec<ArrayRef> =
-                    inputs.values[k].iter().map(|v| rows.apply(v)).collect::<Result<_>>()?;
+                let mut values: Vec<ArrayRef> = inputs.values[k]
+                    .iter()
+                    .map(|v| rows.apply(v))
+                    .collect::<Result<_>>()?;
                 if let Some(f) = &inputs.filters[k] {
                     let mask = rows.apply(&(Arc::new(f.clone()) as ArrayRef))?;
                     let mask = mask.as_boolean();
-                    values = values.iter().map(|v| Ok(filter(v.as_ref(), mask)?)).collect::<Result<_>>()?;
+                    values = values
+                        .iter()
+                        .map(|v| Ok(filter(v.as_ref(), mask)?))
+                        .collect::<Result<_>>()?;
                 }
                 acc.update_batch(&values)?;
             }
@@ -198,7 +239,11 @@ impl StreamOperator for SessionAggregate {
             late_idx.sort_unstable();
             self.metrics.late_events += late_idx.len() as u64;
             let sel = UInt32Array::from(late_idx);
-            let cols = batch.columns().iter().map(|c| Ok(take(c.as_ref(), &sel, None)?)).collect::<Result<Vec<_>>>()?;
+            let cols = batch
+                .columns()
+                .iter()
+                .map(|c| Ok(take(c.as_ref(), &sel, None)?))
+                .collect::<Result<Vec<_>>>()?;
             out.late.push(RecordBatch::try_new(batch.schema(), cols)?);
         }
         if self.emit == EmitMode::Changes {
@@ -219,7 +264,11 @@ impl StreamOperator for SessionAggregate {
         let mut closing: Vec<(usize, i64)> = self
             .sessions
             .iter()
-            .flat_map(|(&k, list)| list.iter().filter(|s| s.end <= watermark).map(move |s| (k, s.start)))
+            .flat_map(|(&k, list)| {
+                list.iter()
+                    .filter(|s| s.end <= watermark)
+                    .map(move |s| (k, s.start))
+            })
             .collect();
         // Deterministic output order: by session start, then key.
         closing.sort_unstable_by_key(|&(k, s)| (s, k));
@@ -240,8 +289,11 @@ impl StreamOperator for SessionAggregate {
 
     fn snapshot(&mut self) -> Result<OperatorState> {
         let schema = state_schema(&self.plan, &["start", "end"])?;
-        let mut order: Vec<(usize, i64)> =
-            self.sessions.iter().flat_map(|(&k, l)| l.iter().map(move |s| (k, s.start))).collect();
+        let mut order: Vec<(usize, i64)> = self
+            .sessions
+            .iter()
+            .flat_map(|(&k, l)| l.iter().map(move |s| (k, s.start)))
+            .collect();
         order.sort_unstable();
         let batch = if order.is_empty() {
             None
@@ -284,31 +336,57 @@ impl StreamOperator for SessionAggregate {
     }
 
     fn restore(&mut self, state: OperatorState) -> Result<()> {
-        let bad = |what: &str| DataFusionError::Execution(format!("checkpoint state is malformed: {what}"));
-        self.emitted_up_to = state.meta["emitted_up_to"].as_i64().ok_or_else(|| bad("emitted_up_to"))?;
-        self.metrics = serde_json::from_value(state.meta["metrics"].clone()).map_err(|e| bad(&e.to_string()))?;
+        let bad = |what: &str| {
+            DataFusionError::Execution(format!("checkpoint state is malformed: {what}"))
+        };
+        self.emitted_up_to = state.meta["emitted_up_to"]
+            .as_i64()
+            .ok_or_else(|| bad("emitted_up_to"))?;
+        self.metrics = serde_json::from_value(state.meta["metrics"].clone())
+            .map_err(|e| bad(&e.to_string()))?;
         self.sessions.clear();
         self.keys = GroupKeys::new(&self.plan.key_fields)?;
-        let Some(batch) = state.batch else { return Ok(()) };
+        let Some(batch) = state.batch else {
+            return Ok(());
+        };
         let nkeys = self.plan.key_fields.len();
         let widths = state_widths(&self.plan.aggregates)?;
         if batch.num_columns() != 2 + nkeys + widths.iter().sum::<usize>() {
             return Err(bad("state columns do not match the query"));
         }
-        let starts = batch.column(0).as_primitive_opt::<Int64Type>().ok_or_else(|| bad("start"))?.clone();
-        let ends = batch.column(1).as_primitive_opt::<Int64Type>().ok_or_else(|| bad("end"))?.clone();
+        let starts = batch
+            .column(0)
+            .as_primitive_opt::<Int64Type>()
+            .ok_or_else(|| bad("start"))?
+            .clone();
+        let ends = batch
+            .column(1)
+            .as_primitive_opt::<Int64Type>()
+            .ok_or_else(|| bad("end"))?
+            .clone();
         let mut key_idx = Vec::new();
-        self.keys.intern(&batch.columns()[2..2 + nkeys], batch.num_rows(), &mut key_idx)?;
-        for row in 0..batch.num_rows() {
+        self.keys.intern(
+            &batch.columns()[2..2 + nkeys],
+            batch.num_rows(),
+            &mut key_idx,
+        )?;
+        for (row, &key) in key_idx.iter().enumerate() {
             let mut accs = self.new_accumulators()?;
             let mut c = 2 + nkeys;
             for (acc, w) in accs.iter_mut().zip(&widths) {
-                let st: Vec<ArrayRef> = batch.columns()[c..c + w].iter().map(|a| a.slice(row, 1)).collect();
+                let st: Vec<ArrayRef> = batch.columns()[c..c + w]
+                    .iter()
+                    .map(|a| a.slice(row, 1))
+                    .collect();
                 acc.merge_batch(&st)?;
                 c += w;
             }
-            let list = self.sessions.entry(key_idx[row]).or_default();
-            list.push(Session { start: starts.value(row), end: ends.value(row), accs });
+            let list = self.sessions.entry(key).or_default();
+            list.push(Session {
+                start: starts.value(row),
+                end: ends.value(row),
+                accs,
+            });
             list.sort_by_key(|s| s.start);
         }
         self.metrics.open_windows = self.open_sessions();

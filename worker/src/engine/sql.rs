@@ -98,7 +98,10 @@ fn parse_statement(sql: &str, start: usize, end: usize) -> Result<StreamDef, Eng
     } else if ieq(last(2), "EMIT") && ieq(last(1), "CHANGES") {
         emit = Some(EmitMode::Changes);
         body_end = tail[n - 2].0;
-    } else if let Some(i) = tail.iter().position(|(_, w)| w.eq_ignore_ascii_case("EMIT")) {
+    } else if let Some(i) = tail
+        .iter()
+        .position(|(_, w)| w.eq_ignore_ascii_case("EMIT"))
+    {
         return Err(EngineError::sql_at(
             sql,
             start + tail[i].0,
@@ -240,7 +243,10 @@ mod tests {
         assert_eq!(defs[0].line, 2);
         assert_eq!(defs[0].query.trim(), "SELECT 'x;y' AS s FROM t");
         // Positions are preserved: the SELECT starts on line 3, column 1.
-        assert_eq!(line_of(&defs[0].query, defs[0].query.find("SELECT").unwrap()), 3);
+        assert_eq!(
+            line_of(&defs[0].query, defs[0].query.find("SELECT").unwrap()),
+            3
+        );
         assert_eq!(defs[1].emit, Some(EmitMode::Changes));
         assert_eq!(defs[2].emit, None);
     }

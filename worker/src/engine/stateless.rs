@@ -4,7 +4,9 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::error::Result;
 
-use super::operator::{OperatorMetrics, OperatorState, Output, StreamOperator, apply_filter, conform, evaluate};
+use super::operator::{
+    OperatorMetrics, OperatorState, Output, StreamOperator, apply_filter, conform, evaluate,
+};
 use super::plan::StatelessPlan;
 
 pub struct FilterProject {
@@ -15,7 +17,11 @@ pub struct FilterProject {
 
 impl FilterProject {
     pub fn new(plan: StatelessPlan, output_schema: SchemaRef) -> Self {
-        Self { plan, output_schema, metrics: OperatorMetrics::default() }
+        Self {
+            plan,
+            output_schema,
+            metrics: OperatorMetrics::default(),
+        }
     }
 }
 
@@ -26,7 +32,12 @@ impl StreamOperator for FilterProject {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        let columns = self.plan.projection.iter().map(|e| evaluate(e, &batch)).collect::<Result<Vec<_>>>()?;
+        let columns = self
+            .plan
+            .projection
+            .iter()
+            .map(|e| evaluate(e, &batch))
+            .collect::<Result<Vec<_>>>()?;
         let columns = conform(&self.output_schema, columns)?;
         let rows = RecordBatch::try_new(self.output_schema.clone(), columns)?;
         self.metrics.rows_out += rows.num_rows() as u64;
@@ -39,7 +50,10 @@ impl StreamOperator for FilterProject {
     }
 
     fn snapshot(&mut self) -> Result<OperatorState> {
-        Ok(OperatorState { meta: serde_json::json!({ "metrics": self.metrics }), batch: None })
+        Ok(OperatorState {
+            meta: serde_json::json!({ "metrics": self.metrics }),
+            batch: None,
+        })
     }
 
     fn restore(&mut self, state: OperatorState) -> Result<()> {

@@ -46,17 +46,33 @@ impl WatermarkTracker {
 
     /// Highest event time seen across partitions (for lag reporting).
     pub fn max_event_time(&self) -> i64 {
-        self.partitions.iter().map(|p| p.max_event_ms).max().unwrap_or(NO_WATERMARK)
+        self.partitions
+            .iter()
+            .map(|p| p.max_event_ms)
+            .max()
+            .unwrap_or(NO_WATERMARK)
     }
 
     fn partition(&mut self, idx: usize) -> &mut Partition {
         if self.partitions.len() <= idx {
             self.partitions.resize(
                 idx + 1,
-                Partition { max_event_ms: NO_WATERMARK, last_active: Instant::now(), finished: false },
+                Partition {
+                    max_event_ms: NO_WATERMARK,
+                    last_active: Instant::now(),
+                    finished: false,
+                },
             );
         }
         &mut self.partitions[idx]
+    }
+
+    /// Makes partitions `0..n` known, so one that has not delivered yet holds
+    /// the watermark back (until it turns idle) instead of being ignored.
+    pub fn declare_partitions(&mut self, n: usize) {
+        if n > 0 {
+            self.partition(n - 1);
+        }
     }
 
     /// Records that `partition` delivered events up to `max_event_ms`, then

@@ -61,7 +61,10 @@ impl WindowSpec {
             Self::Session { gap_ms } => ts + gap_ms,
             _ => {
                 let (_, size) = self.slide_size();
-                self.window_starts(ts).next().expect("every ts has a window") + size
+                self.window_starts(ts)
+                    .next()
+                    .expect("every ts has a window")
+                    + size
             }
         }
     }
@@ -96,7 +99,10 @@ impl WindowSpec {
     /// The last moment a pane is needed: the end of the last window containing it.
     pub fn pane_retire_at(&self, pane_start: i64) -> i64 {
         let (_, size) = self.slide_size();
-        self.window_starts(pane_start).last().expect("pane has a window") + size
+        self.window_starts(pane_start)
+            .last()
+            .expect("pane has a window")
+            + size
     }
 
     /// Short description for status output and fingerprints.
@@ -129,12 +135,19 @@ mod tests {
 
     #[test]
     fn hop_assigns_size_over_slide_windows() {
-        let w = WindowSpec::Hop { slide_ms: 5_000, size_ms: 100_000 };
+        let w = WindowSpec::Hop {
+            slide_ms: 5_000,
+            size_ms: 100_000,
+        };
         let starts: Vec<_> = w.window_starts(102_000).collect();
         assert_eq!(starts.len(), 20);
         assert_eq!(starts[0], 5_000);
         assert_eq!(*starts.last().unwrap(), 100_000);
-        assert!(starts.iter().all(|s| *s <= 102_000 && s + 100_000 > 102_000));
+        assert!(
+            starts
+                .iter()
+                .all(|s| *s <= 102_000 && s + 100_000 > 102_000)
+        );
         assert_eq!(w.pane_ms(), Some(5_000));
         assert_eq!(w.earliest_end(102_000), 105_000);
         assert_eq!(w.pane_retire_at(100_000), 200_000);
@@ -142,7 +155,10 @@ mod tests {
 
     #[test]
     fn hop_with_uneven_slide_uses_gcd_panes() {
-        let w = WindowSpec::Hop { slide_ms: 4_000, size_ms: 10_000 };
+        let w = WindowSpec::Hop {
+            slide_ms: 4_000,
+            size_ms: 10_000,
+        };
         assert_eq!(w.pane_ms(), Some(2_000));
         let starts: Vec<_> = w.window_starts(9_000).collect();
         assert_eq!(starts, vec![0, 4_000, 8_000]);
@@ -150,7 +166,10 @@ mod tests {
 
     #[test]
     fn windows_closing_lists_each_window_once() {
-        let w = WindowSpec::Hop { slide_ms: 5, size_ms: 10 };
+        let w = WindowSpec::Hop {
+            slide_ms: 5,
+            size_ms: 10,
+        };
         // panes 0 and 5 hold data; watermark moved from 0 to 15
         assert_eq!(w.windows_closing([0, 5], 0, 15), vec![-5, 0, 5]);
         assert_eq!(w.windows_closing([0, 5], 10, 15), vec![5]);

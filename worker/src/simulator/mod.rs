@@ -25,7 +25,7 @@
 //!   three ticks.
 //! - **Book.** Five one-cent levels per side around the mid per symbol; mid
 //!   moves shift the ladders (delete + add), trades and quote activity update
-//!   sizes: roughly 1.5 updates per tick.
+//!   sizes: roughly 1.7 updates per tick.
 //! - **Bursts.** With [`BurstConfig`], arrival rate and trade sizes are
 //!   multiplied during periodic windows.
 //! - **Jitter.** With `max_jitter_ms > 0`, every stream is emitted out of order,

@@ -15,7 +15,12 @@ pub struct MemorySink {
 
 impl MemorySink {
     pub fn new(max_rows: usize) -> Self {
-        Self { batches: VecDeque::new(), rows: 0, max_rows, total_rows: 0 }
+        Self {
+            batches: VecDeque::new(),
+            rows: 0,
+            max_rows,
+            total_rows: 0,
+        }
     }
 
     pub fn write(&mut self, batch: RecordBatch) {

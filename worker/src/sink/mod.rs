@@ -5,4 +5,6 @@
 //! so output written after the last checkpoint is neither lost nor duplicated.
 
 pub mod file;
+pub mod kafka;
 pub mod memory;
+pub mod publisher;

@@ -18,16 +18,25 @@ use crate::codec::ocf::OcfReader;
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {reason}")]
     Format { path: PathBuf, reason: String },
     #[error("{path}: unsupported file type (use .jsonl or .avro)")]
     UnknownType { path: PathBuf },
     #[error("{path}: checkpointed position {position} is invalid: {reason}")]
-    BadPosition { path: PathBuf, position: String, reason: String },
+    BadPosition {
+        path: PathBuf,
+        position: String,
+        reason: String,
+    },
 }
 
 /// A replay file of one source table.
+// One value per input file, so the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum FileSource {
     Jsonl(JsonlSource),
     Avro(AvroFileSource),
@@ -41,7 +50,9 @@ impl FileSource {
                 Ok(Self::Jsonl(JsonlSource::open(path, schema, batch_size)?))
             }
             Some("avro") => Ok(Self::Avro(AvroFileSource::open(path, schema)?)),
-            _ => Err(SourceError::UnknownType { path: path.to_path_buf() }),
+            _ => Err(SourceError::UnknownType {
+                path: path.to_path_buf(),
+            }),
         }
     }
 
@@ -70,20 +81,30 @@ impl FileSource {
         };
         match self {
             Self::Jsonl(s) => {
-                let offset = position["offset"].as_u64().ok_or_else(|| bad(&s.path, "no offset"))?;
-                let line = position["line"].as_u64().ok_or_else(|| bad(&s.path, "no line"))?;
+                let offset = position["offset"]
+                    .as_u64()
+                    .ok_or_else(|| bad(&s.path, "no offset"))?;
+                let line = position["line"]
+                    .as_u64()
+                    .ok_or_else(|| bad(&s.path, "no line"))?;
                 let len = s.reader.get_ref().metadata().map_err(|e| s.io(e))?.len();
                 if offset > len {
                     return Err(bad(&s.path, &format!("the file has only {len} bytes")));
                 }
-                s.reader.seek(SeekFrom::Start(offset)).map_err(|e| s.io(e))?;
+                s.reader
+                    .seek(SeekFrom::Start(offset))
+                    .map_err(|e| s.io(e))?;
                 s.offset = offset;
                 s.line = line;
                 Ok(())
             }
             Self::Avro(s) => {
-                let offset = position["offset"].as_u64().ok_or_else(|| bad(&s.path, "no offset"))?;
-                s.reader.seek(offset).map_err(|e| bad(&s.path, &e.to_string()))
+                let offset = position["offset"]
+                    .as_u64()
+                    .ok_or_else(|| bad(&s.path, "no offset"))?;
+                s.reader
+                    .seek(offset)
+                    .map_err(|e| bad(&s.path, &e.to_string()))
             }
         }
     }
@@ -104,9 +125,14 @@ pub struct JsonlSource {
 
 impl JsonlSource {
     fn open(path: &Path, schema: SchemaRef, batch_size: usize) -> Result<Self, SourceError> {
-        let f = File::open(path).map_err(|source| SourceError::Io { path: path.to_path_buf(), source })?;
-        let decoder = JsonLinesDecoder::new(schema)
-            .map_err(|e| SourceError::Format { path: path.to_path_buf(), reason: e.to_string() })?;
+        let f = File::open(path).map_err(|source| SourceError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let decoder = JsonLinesDecoder::new(schema).map_err(|e| SourceError::Format {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
         Ok(Self {
             path: path.to_path_buf(),
             reader: BufReader::with_capacity(1 << 20, f),
@@ -119,7 +145,10 @@ impl JsonlSource {
     }
 
     fn io(&self, source: std::io::Error) -> SourceError {
-        SourceError::Io { path: self.path.clone(), source }
+        SourceError::Io {
+            path: self.path.clone(),
+            source,
+        }
     }
 
     fn next_batch(&mut self) -> Result<Option<SourceBatch>, SourceError> {
@@ -127,7 +156,10 @@ impl JsonlSource {
         let mut bad = Vec::new();
         while lines.len() < self.batch_size {
             self.buf.clear();
-            let n = self.reader.read_until(b'\n', &mut self.buf).map_err(|e| self.io(e))?;
+            let n = self
+                .reader
+                .read_until(b'\n', &mut self.buf)
+                .map_err(|e| self.io(e))?;
             if n == 0 {
                 break;
             }
@@ -157,7 +189,12 @@ impl JsonlSource {
             reason: b.reason,
             raw: b.raw,
         }));
-        bad.sort_by_key(|b| b.location.rsplit(':').next().and_then(|n| n.parse::<u64>().ok()));
+        bad.sort_by_key(|b| {
+            b.location
+                .rsplit(':')
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+        });
         Ok(Some(SourceBatch { rows, bad }))
     }
 }
@@ -170,16 +207,25 @@ pub struct AvroFileSource {
 
 impl AvroFileSource {
     fn open(path: &Path, schema: SchemaRef) -> Result<Self, SourceError> {
-        let f = File::open(path).map_err(|source| SourceError::Io { path: path.to_path_buf(), source })?;
-        let fmt = |reason: String| SourceError::Format { path: path.to_path_buf(), reason };
-        let reader = OcfReader::open(BufReader::with_capacity(1 << 20, f)).map_err(|e| fmt(e.to_string()))?;
+        let f = File::open(path).map_err(|source| SourceError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let fmt = |reason: String| SourceError::Format {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let reader = OcfReader::open(BufReader::with_capacity(1 << 20, f))
+            .map_err(|e| fmt(e.to_string()))?;
         // Resolve the file's writer schema to the table's reader schema.
         let reader_schema = crate::codec::SourceTable::ALL
             .iter()
             .find(|t| t.arrow_schema() == schema)
             .map(|t| t.avro_schema());
         let reader = match reader_schema {
-            Some(s) => reader.with_reader_schema(s).map_err(|e| fmt(e.to_string()))?,
+            Some(s) => reader
+                .with_reader_schema(s)
+                .map_err(|e| fmt(e.to_string()))?,
             None => reader,
         };
         if reader.schema().fields() != schema.fields() {
@@ -188,13 +234,19 @@ impl AvroFileSource {
                 schema.fields().iter().map(|f| f.name()).collect::<Vec<_>>()
             )));
         }
-        Ok(Self { path: path.to_path_buf(), reader })
+        Ok(Self {
+            path: path.to_path_buf(),
+            reader,
+        })
     }
 
     fn next_batch(&mut self) -> Result<Option<SourceBatch>, SourceError> {
         let at = self.reader.position();
         match self.reader.next_batch() {
-            Ok(Some(rows)) => Ok(Some(SourceBatch { rows: Some(rows), bad: vec![] })),
+            Ok(Some(rows)) => Ok(Some(SourceBatch {
+                rows: Some(rows),
+                bad: vec![],
+            })),
             Ok(None) => Ok(None),
             // A corrupt block cannot be split into records reliably: report it
             // and stop, rather than guess where the next record starts.

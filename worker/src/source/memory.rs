@@ -14,7 +14,10 @@ pub struct MemorySource {
 
 impl MemorySource {
     pub fn new(batches: impl IntoIterator<Item = RecordBatch>) -> Self {
-        Self { queue: batches.into_iter().collect(), consumed: 0 }
+        Self {
+            queue: batches.into_iter().collect(),
+            consumed: 0,
+        }
     }
 
     pub fn push(&mut self, batch: RecordBatch) {

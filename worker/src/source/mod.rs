@@ -4,6 +4,7 @@
 //! checkpoint can resume it exactly where the checkpointed state left off.
 
 pub mod file;
+pub mod kafka;
 pub mod memory;
 
 use arrow::array::RecordBatch;

@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, TimestampMillisecondArray, UInt32Array};
+use arrow::array::{
+    Array, ArrayRef, AsArray, Int64Array, RecordBatch, TimestampMillisecondArray, UInt32Array,
+};
 use arrow::compute::{concat_batches, take};
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::datasource::MemTable;
@@ -15,17 +17,28 @@ use tickflow_worker::simulator::{SimConfig, SimOutput, generate};
 /// Two simulated runs 30 s apart (so SESSION windows close in the middle),
 /// delivered out of order by up to `jitter_ms`.
 pub fn market_data(ticks_per_run: usize, jitter_ms: i64) -> SimOutput {
-    let first = SimConfig { seed: 7, max_jitter_ms: jitter_ms, ..SimConfig::default() };
+    let first = SimConfig {
+        seed: 7,
+        max_jitter_ms: jitter_ms,
+        ..SimConfig::default()
+    };
     let mut out = generate(first.clone(), ticks_per_run);
     let end = out.ticks.iter().map(|t| t.ts).max().unwrap();
-    let second = SimConfig { seed: 8, start_time_ms: end + 30_000, ..first };
+    let second = SimConfig {
+        seed: 8,
+        start_time_ms: end + 30_000,
+        ..first
+    };
     out.append(generate(second, ticks_per_run));
     out
 }
 
 /// Cuts a batch into batches of `size` rows (the engine's micro-batches).
 pub fn chunks(batch: &RecordBatch, size: usize) -> Vec<RecordBatch> {
-    (0..batch.num_rows()).step_by(size).map(|o| batch.slice(o, size.min(batch.num_rows() - o))).collect()
+    (0..batch.num_rows())
+        .step_by(size)
+        .map(|o| batch.slice(o, size.min(batch.num_rows() - o)))
+        .collect()
 }
 
 /// A window in GROUP BY, as the reference assigns it.
@@ -41,8 +54,22 @@ pub enum RefWindow {
 pub fn window_of(sql: &str) -> RefWindow {
     let up = sql.to_ascii_uppercase();
     let secs = |s: &str| -> i64 {
-        let n: i64 = s.trim().trim_start_matches("INTERVAL").trim().trim_matches('\'').split('\'').next().unwrap().trim().parse().unwrap();
-        if s.contains("MINUTE") { n * 60_000 } else { n * 1000 }
+        let n: i64 = s
+            .trim()
+            .trim_start_matches("INTERVAL")
+            .trim()
+            .trim_matches('\'')
+            .split('\'')
+            .next()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        if s.contains("MINUTE") {
+            n * 60_000
+        } else {
+            n * 1000
+        }
     };
     let args = |name: &str| -> Option<Vec<String>> {
         let i = up.find(&format!("{name}("))?;
@@ -53,7 +80,10 @@ pub fn window_of(sql: &str) -> RefWindow {
     if let Some(a) = args("TUMBLE") {
         RefWindow::Tumble(secs(&a[1]))
     } else if let Some(a) = args("HOP") {
-        RefWindow::Hop { slide: secs(&a[1]), size: secs(&a[2]) }
+        RefWindow::Hop {
+            slide: secs(&a[1]),
+            size: secs(&a[2]),
+        }
     } else if let Some(a) = args("SESSION") {
         RefWindow::Session(secs(&a[1]))
     } else {
@@ -78,7 +108,11 @@ pub fn batch_sql(stream_sql: &str) -> String {
         if let Some(i) = up.find(name) {
             let end = i + up[i..].find(')').unwrap() + 1;
             q.replace_range(i..end, "window_start, window_end");
-            let from = q.to_ascii_uppercase().find("\nFROM").or_else(|| q.to_ascii_uppercase().find(" FROM")).unwrap();
+            let from = q
+                .to_ascii_uppercase()
+                .find("\nFROM")
+                .or_else(|| q.to_ascii_uppercase().find(" FROM"))
+                .unwrap();
             q.insert_str(from, ",\n       window_start, window_end");
             break;
         }
@@ -101,7 +135,12 @@ pub fn batch_sql(stream_sql: &str) -> String {
 
 /// Replicates each row once per window it belongs to, adding the bounds.
 pub fn assign_windows(batch: &RecordBatch, window: RefWindow, key: &str) -> RecordBatch {
-    let ts: Vec<i64> = batch.column_by_name("ts").unwrap().as_primitive::<arrow::datatypes::TimestampMillisecondType>().values().to_vec();
+    let ts: Vec<i64> = batch
+        .column_by_name("ts")
+        .unwrap()
+        .as_primitive::<arrow::datatypes::TimestampMillisecondType>()
+        .values()
+        .to_vec();
     let (mut idx, mut starts, mut ends) = (Vec::new(), Vec::new(), Vec::new());
     match window {
         RefWindow::None => return batch.clone(),
@@ -126,13 +165,20 @@ pub fn assign_windows(batch: &RecordBatch, window: RefWindow, key: &str) -> Reco
             }
         }
         RefWindow::Session(gap) => {
-            let keys = batch.column_by_name(key).unwrap().as_string::<i32>().clone();
+            let keys = batch
+                .column_by_name(key)
+                .unwrap()
+                .as_string::<i32>()
+                .clone();
             let mut order: Vec<usize> = (0..ts.len()).collect();
             order.sort_by(|&a, &b| (keys.value(a), ts[a]).cmp(&(keys.value(b), ts[b])));
             let mut i = 0;
             while i < order.len() {
                 let mut j = i + 1;
-                while j < order.len() && keys.value(order[j]) == keys.value(order[i]) && ts[order[j]] - ts[order[j - 1]] < gap {
+                while j < order.len()
+                    && keys.value(order[j]) == keys.value(order[i])
+                    && ts[order[j]] - ts[order[j - 1]] < gap
+                {
                     j += 1;
                 }
                 let (s, e) = (ts[order[i]], ts[order[j - 1]] + gap);
@@ -146,10 +192,19 @@ pub fn assign_windows(batch: &RecordBatch, window: RefWindow, key: &str) -> Reco
         }
     }
     let idx = UInt32Array::from(idx);
-    let mut cols: Vec<ArrayRef> = batch.columns().iter().map(|c| take(c.as_ref(), &idx, None).unwrap()).collect();
+    let mut cols: Vec<ArrayRef> = batch
+        .columns()
+        .iter()
+        .map(|c| take(c.as_ref(), &idx, None).unwrap())
+        .collect();
     cols.push(Arc::new(TimestampMillisecondArray::from(starts)));
     cols.push(Arc::new(TimestampMillisecondArray::from(ends)));
-    let mut fields: Vec<Field> = batch.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
     let ts_type = DataType::Timestamp(TimeUnit::Millisecond, None);
     fields.push(Field::new("window_start", ts_type.clone(), false));
     fields.push(Field::new("window_end", ts_type, false));
@@ -158,12 +213,21 @@ pub fn assign_windows(batch: &RecordBatch, window: RefWindow, key: &str) -> Reco
 
 /// Runs `sql` in DataFusion (batch, one partition) over `table`.
 pub fn datafusion_batch(table_name: &str, table: RecordBatch, sql: &str) -> RecordBatch {
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
         let schema = table.schema();
-        ctx.register_table(table_name, Arc::new(MemTable::try_new(schema.clone(), vec![vec![table]]).unwrap())).unwrap();
-        let df = ctx.sql(sql).await.unwrap_or_else(|e| panic!("reference query failed: {e}\n{sql}"));
+        ctx.register_table(
+            table_name,
+            Arc::new(MemTable::try_new(schema.clone(), vec![vec![table]]).unwrap()),
+        )
+        .unwrap();
+        let df = ctx
+            .sql(sql)
+            .await
+            .unwrap_or_else(|e| panic!("reference query failed: {e}\n{sql}"));
         let out_schema = Arc::new(df.schema().as_arrow().clone());
         let batches = df.collect().await.unwrap();
         concat_batches(&out_schema, &batches).unwrap()
@@ -198,50 +262,86 @@ fn cell(c: &ArrayRef, r: usize) -> Cell {
         return Cell::Null;
     }
     match c.data_type() {
-        DataType::Float64 => Cell::Float(c.as_primitive::<arrow::datatypes::Float64Type>().value(r)),
-        DataType::Int64 => Cell::Int(c.as_primitive::<arrow::datatypes::Int64Type>().value(r)),
-        DataType::Int32 => Cell::Int(c.as_primitive::<arrow::datatypes::Int32Type>().value(r) as i64),
-        DataType::UInt64 => Cell::Int(c.as_primitive::<arrow::datatypes::UInt64Type>().value(r) as i64),
-        DataType::Timestamp(TimeUnit::Millisecond, _) => {
-            Cell::Int(c.as_primitive::<arrow::datatypes::TimestampMillisecondType>().value(r))
+        DataType::Float64 => {
+            Cell::Float(c.as_primitive::<arrow::datatypes::Float64Type>().value(r))
         }
+        DataType::Int64 => Cell::Int(c.as_primitive::<arrow::datatypes::Int64Type>().value(r)),
+        DataType::Int32 => {
+            Cell::Int(c.as_primitive::<arrow::datatypes::Int32Type>().value(r) as i64)
+        }
+        DataType::UInt64 => {
+            Cell::Int(c.as_primitive::<arrow::datatypes::UInt64Type>().value(r) as i64)
+        }
+        DataType::Timestamp(TimeUnit::Millisecond, _) => Cell::Int(
+            c.as_primitive::<arrow::datatypes::TimestampMillisecondType>()
+                .value(r),
+        ),
         DataType::Utf8 => Cell::Text(c.as_string::<i32>().value(r).to_string()),
-        other => Cell::Text(format!("{other}:{}", arrow::util::display::array_value_to_string(c, r).unwrap())),
+        other => Cell::Text(format!(
+            "{other}:{}",
+            arrow::util::display::array_value_to_string(c, r).unwrap()
+        )),
     }
 }
 
 /// Compares two row sets (in any order): same columns, same rows, integers
 /// and strings exactly, floats to `rel` relative difference.
 pub fn assert_same_rows(what: &str, actual: &RecordBatch, expected: &RecordBatch, rel: f64) {
-    let a_names: Vec<_> = actual.schema().fields().iter().map(|f| f.name().clone()).collect();
-    let e_names: Vec<_> = expected.schema().fields().iter().map(|f| f.name().clone()).collect();
+    let a_names: Vec<_> = actual
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let e_names: Vec<_> = expected
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
     let mut e_sorted = e_names.clone();
     e_sorted.sort();
     let mut a_sorted = a_names.clone();
     a_sorted.sort();
     assert_eq!(a_sorted, e_sorted, "{what}: columns differ");
     let key = |row: &Vec<(String, Cell)>| -> Vec<Cell> {
-        let mut r: Vec<(String, Cell)> = row.iter().filter(|(_, c)| !matches!(c, Cell::Float(_))).cloned().collect();
+        let mut r: Vec<(String, Cell)> = row
+            .iter()
+            .filter(|(_, c)| !matches!(c, Cell::Float(_)))
+            .cloned()
+            .collect();
         r.sort_by(|a, b| a.0.cmp(&b.0));
         r.into_iter().map(|(_, c)| c).collect()
     };
     let sort = |mut rows: Vec<Vec<(String, Cell)>>| {
-        rows.iter_mut().for_each(|r| r.sort_by(|a, b| a.0.cmp(&b.0)));
+        rows.iter_mut()
+            .for_each(|r| r.sort_by(|a, b| a.0.cmp(&b.0)));
         rows.sort_by(|a, b| key(a).partial_cmp(&key(b)).unwrap());
         rows
     };
     let a = sort(rows_of(actual));
     let e = sort(rows_of(expected));
-    assert_eq!(a.len(), e.len(), "{what}: {} rows, expected {}", a.len(), e.len());
+    assert_eq!(
+        a.len(),
+        e.len(),
+        "{what}: {} rows, expected {}",
+        a.len(),
+        e.len()
+    );
     for (ra, re) in a.iter().zip(&e) {
         for ((name, ca), (_, ce)) in ra.iter().zip(re) {
             let ok = match (ca, ce) {
                 (Cell::Float(x), Cell::Float(y)) => {
-                    x == y || (x - y).abs() <= rel * x.abs().max(y.abs()) || (x.is_nan() && y.is_nan())
+                    x == y
+                        || (x - y).abs() <= rel * x.abs().max(y.abs())
+                        || (x.is_nan() && y.is_nan())
                 }
                 (x, y) => x == y,
             };
-            assert!(ok, "{what}: column {name}: {ca:?} != {ce:?}\nrow: {ra:?}\nexpected: {re:?}");
+            assert!(
+                ok,
+                "{what}: column {name}: {ca:?} != {ce:?}\nrow: {ra:?}\nexpected: {re:?}"
+            );
         }
     }
 }

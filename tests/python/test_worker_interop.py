@@ -1,0 +1,169 @@
+"""The worker's Kafka messages, read by Confluent's own Python client.
+
+`tickflow-worker produce` writes Avro in the Confluent wire format and
+registers its schemas; confluent-kafka's SchemaRegistryClient and
+AvroDeserializer must decode every message field for field to what the same
+seed writes to JSON-lines files. The query's Avro output (schema derived from
+the SQL) must decode too, to the rows of its JSON output.
+
+Needs the worker binary (TICKFLOW_WORKER_BIN, else the shared cargo target
+dir) and the broker of tests/kafka/kafka.sh.
+"""
+
+import datetime as dt
+import json
+import os
+import pathlib
+import subprocess
+import uuid
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+from test_registry_server import RunningRegistry, kafka  # noqa: F401  (fixture)
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+WORKER = pathlib.Path(
+    os.environ.get(
+        "TICKFLOW_WORKER_BIN",
+        pathlib.Path(os.environ.get("CARGO_TARGET_DIR", pathlib.Path.home() / ".cache/tickflow/target"))
+        / "release/tickflow-worker",
+    )
+)
+
+
+@pytest.fixture(scope="module")
+def registry():
+    r = RunningRegistry()
+    yield r
+    r.stop()
+
+
+def run_worker(*args):
+    if not WORKER.exists():
+        pytest.fail(f"worker binary {WORKER} not built: run cargo build --release first")
+    p = subprocess.run([str(WORKER), *map(str, args)], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def consume_all(brokers, topic, isolation="read_committed"):
+    c = Consumer({
+        "bootstrap.servers": brokers,
+        "group.id": f"interop-{uuid.uuid4()}",
+        "enable.auto.commit": False,
+        "isolation.level": isolation,
+    })
+    md = c.list_topics(topic, timeout=10)
+    parts = list(md.topics[topic].partitions)
+    ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
+    c.assign([TopicPartition(topic, p, 0) for p in parts])
+    out, idle = [], 0
+    while idle < 10:
+        done = all(
+            (tp.offset if tp.offset >= 0 else 0) >= ends[tp.partition]
+            for tp in c.position([TopicPartition(topic, p) for p in parts])
+        )
+        if done:
+            break
+        m = c.poll(0.5)
+        if m is None:
+            idle += 1
+            continue
+        assert m.error() is None, m.error()
+        idle = 0
+        out.append(m)
+    c.close()
+    return out
+
+
+def epoch_ms(v):
+    if isinstance(v, dt.datetime):
+        return int(v.timestamp() * 1000)
+    if isinstance(v, str):
+        return int(dt.datetime.fromisoformat(v.replace("Z", "+00:00")).timestamp() * 1000)
+    return v
+
+
+def normalise(row):
+    return {k: (epoch_ms(v) if k in ("ts", "window_start", "window_end") else v) for k, v in row.items()}
+
+
+def test_confluent_deserializer_reads_every_produced_record_field_for_field(kafka, registry, tmp_path):
+    prefix = f"interop-{uuid.uuid4().hex[:8]}"
+    topics = {t: f"{prefix}-{t}" for t in ("market-ticks", "order-events", "book-updates")}
+    common = ["--seed", "21", "--count", "3000", "--jitter", "200ms"]
+    summary = run_worker(
+        "produce", "--brokers", kafka["KAFKA_BROKERS"], "--schema-registry", registry.url,
+        "--ticks-topic", topics["market-ticks"], "--orders-topic", topics["order-events"],
+        "--books-topic", topics["book-updates"], *common,
+    )
+    run_worker("produce", "--output-dir", tmp_path, *common)
+    client = SchemaRegistryClient({"url": registry.url})
+    for standard, topic in topics.items():
+        # Registered under the topic-name strategy.
+        latest = client.get_latest_version(f"{topic}-value")
+        assert latest.schema.schema_type == "AVRO"
+        deser = AvroDeserializer(client)
+        got = {}
+        msgs = consume_all(kafka["KAFKA_BROKERS"], topic)
+        assert len(msgs) == summary["topics"][topic]
+        for m in msgs:
+            value = deser(m.value(), SerializationContext(topic, MessageField.VALUE))
+            assert m.key().decode() == value["symbol"], "keyed by symbol"
+            got.setdefault(value["symbol"], []).append(normalise(value))
+        want = {}
+        for line in (tmp_path / f"{standard}.jsonl").read_text().splitlines():
+            row = json.loads(line)
+            want.setdefault(row["symbol"], []).append(normalise(row))
+        assert got.keys() == want.keys()
+        for symbol in want:
+            assert len(got[symbol]) == len(want[symbol]), f"{topic} {symbol}"
+            for g, w in zip(got[symbol], want[symbol]):
+                assert g.keys() == w.keys()
+                for k in w:
+                    if isinstance(w[k], float):
+                        assert g[k] == pytest.approx(w[k], rel=1e-12), (topic, k)
+                    else:
+                        assert g[k] == w[k], (topic, symbol, k)
+
+
+def test_query_avro_output_decodes_with_the_confluent_deserializer(kafka, registry, tmp_path):
+    prefix = f"interop-q-{uuid.uuid4().hex[:8]}"
+    ticks = f"{prefix}-ticks"
+    run_worker(
+        "produce", "--brokers", kafka["KAFKA_BROKERS"], "--schema-registry", registry.url,
+        "--ticks-topic", ticks, "--orders-topic", f"{prefix}-o", "--books-topic", f"{prefix}-b",
+        "--seed", "4", "--count", "20000",
+    )
+    outs = {}
+    for fmt in ("avro", "json"):
+        outs[fmt] = f"{prefix}-ohlc-{fmt}"
+        run_worker(
+            "query", "--sql", REPO / "sql/ohlc_5s.sql", "--brokers", kafka["KAFKA_BROKERS"],
+            "--schema-registry", registry.url, "--input", f"market_ticks=kafka:{ticks}",
+            "--output", f"ohlc_5s=kafka:{outs[fmt]}", "--output-format", fmt, "--bounded",
+            "--name", f"{prefix}-{fmt}", "--checkpoint-dir", tmp_path / fmt,
+        )
+    client = SchemaRegistryClient({"url": registry.url})
+    deser = AvroDeserializer(client)
+    avro_rows = sorted(
+        (normalise(deser(m.value(), SerializationContext(outs["avro"], MessageField.VALUE)))
+         for m in consume_all(kafka["KAFKA_BROKERS"], outs["avro"])),
+        key=lambda r: (r["symbol"], r["window_start"]),
+    )
+    json_rows = sorted(
+        (normalise(json.loads(m.value())) for m in consume_all(kafka["KAFKA_BROKERS"], outs["json"])),
+        key=lambda r: (r["symbol"], r["window_start"]),
+    )
+    assert len(avro_rows) > 0 and len(avro_rows) == len(json_rows)
+    for a, j in zip(avro_rows, json_rows):
+        assert a.keys() == j.keys()
+        for k in j:
+            if isinstance(j[k], float):
+                assert a[k] == pytest.approx(j[k], rel=1e-12), k
+            else:
+                assert a[k] == j[k], k

@@ -1,0 +1,531 @@
+//! Transactional Kafka sink: every output row, late row and dead letter of a
+//! checkpoint epoch goes out in one Kafka transaction, which commits together
+//! with the source offsets (tagged with the epoch) right after the epoch's
+//! checkpoint is on disk. The epoch's records are also kept in the checkpoint,
+//! so a crash between "checkpoint written" and "transaction committed" is
+//! repaired on restart by sending them again. See docs/exactly-once.md.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, BinaryArray, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::codec::records::{KeyExtractor, RowEncoder};
+use crate::kafka::{ClientErrors, KafkaConfig};
+use crate::source::kafka::{BadMessage, TopicPartition};
+
+/// Tries of a commit before the worker gives up (and restarts from its checkpoint).
+const COMMIT_ATTEMPTS: u32 = 8;
+
+/// Delay samples kept for [`KafkaSink::commit_delays`].
+const MAX_DELAY_SAMPLES: usize = 100_000;
+
+/// How long result rows waited between emission and commit.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CommitDelays {
+    pub rows: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// Prefix of the offset-commit metadata that names the committed epoch.
+const EPOCH_TAG: &str = "tickflow-epoch=";
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One output: a stream (or its late rows) written to a topic.
+pub struct OutputTopic {
+    pub name: String,
+    pub topic: String,
+    pub encoder: RowEncoder,
+    pub keys: KeyExtractor,
+}
+
+/// Output settings of the producer.
+#[derive(Clone, Debug)]
+pub struct ProducerTuning {
+    pub compression: String,
+    pub linger_ms: u32,
+    pub batch_bytes: u32,
+}
+
+impl Default for ProducerTuning {
+    fn default() -> Self {
+        Self {
+            compression: "lz4".into(),
+            linger_ms: 5,
+            batch_bytes: 1_000_000,
+        }
+    }
+}
+
+/// The records of the open transaction, in send order.
+#[derive(Default)]
+struct Pending {
+    topics: Vec<String>,
+    keys: Vec<Option<Vec<u8>>>,
+    values: Vec<Vec<u8>>,
+    /// Headers as a JSON object of strings (dead letters only).
+    headers: Vec<Option<String>>,
+}
+
+pub struct KafkaSink {
+    producer: BaseProducer<ClientErrors>,
+    brokers: String,
+    outputs: Vec<OutputTopic>,
+    dead_letter_topic: Option<String>,
+    pending: Pending,
+    /// Records sent in committed transactions (this process).
+    pub records_committed: u64,
+    /// When each result batch of the open transaction was written (rows).
+    emitted: Vec<(Instant, usize)>,
+    /// Milliseconds from a result row's emission (its window closing) to its
+    /// commit, per row; the most recent [`MAX_DELAY_SAMPLES`].
+    delays_ms: Vec<f64>,
+    scratch: Scratch,
+}
+
+/// Reused encode buffers: values, value ends, keys, key ends.
+type Scratch = (Vec<u8>, Vec<usize>, Vec<u8>, Vec<usize>);
+
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSinkError {
+    #[error("{0}")]
+    Kafka(String),
+    #[error("encoding output `{name}`: {message}")]
+    Encode { name: String, message: String },
+}
+
+impl KafkaSink {
+    /// Creates the transactional producer. `init_transactions` fences any
+    /// older producer with the same id and aborts its open transaction.
+    pub fn open(
+        config: &KafkaConfig,
+        transactional_id: &str,
+        outputs: Vec<OutputTopic>,
+        dead_letter_topic: Option<String>,
+        tuning: &ProducerTuning,
+    ) -> anyhow::Result<Self> {
+        let producer: BaseProducer<ClientErrors> = config
+            .client_config()
+            .set("transactional.id", transactional_id)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("compression.type", &tuning.compression)
+            .set("linger.ms", tuning.linger_ms.to_string())
+            .set("batch.size", tuning.batch_bytes.to_string())
+            .set("transaction.timeout.ms", "120000")
+            .set("queue.buffering.max.messages", "1000000")
+            .create_with_context(ClientErrors::default())
+            .map_err(|e| anyhow::anyhow!("creating the Kafka producer: {e}"))?;
+        producer
+            .init_transactions(TIMEOUT)
+            .map_err(|e| producer.context().explain(&config.brokers, &e))?;
+        producer
+            .begin_transaction()
+            .map_err(|e| anyhow::anyhow!("beginning a Kafka transaction: {e}"))?;
+        Ok(Self {
+            producer,
+            brokers: config.brokers.clone(),
+            outputs,
+            dead_letter_topic,
+            pending: Pending::default(),
+            records_committed: 0,
+            emitted: Vec::new(),
+            delays_ms: Vec::new(),
+            scratch: Default::default(),
+        })
+    }
+
+    pub fn outputs(&self) -> &[OutputTopic] {
+        &self.outputs
+    }
+
+    /// Records sent in the open transaction.
+    pub fn pending_records(&self) -> usize {
+        self.pending.values.len()
+    }
+
+    /// Sends every row of `batch` to output `index`.
+    pub fn write(&mut self, index: usize, batch: &RecordBatch) -> Result<(), KafkaSinkError> {
+        self.emitted.push((Instant::now(), batch.num_rows()));
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let result = self.write_with(index, batch, &mut scratch);
+        self.scratch = scratch;
+        result
+    }
+
+    fn write_with(
+        &mut self,
+        index: usize,
+        batch: &RecordBatch,
+        (values, value_ends, keys, key_ends): &mut Scratch,
+    ) -> Result<(), KafkaSinkError> {
+        values.clear();
+        value_ends.clear();
+        keys.clear();
+        key_ends.clear();
+        let out = &mut self.outputs[index];
+        out.encoder
+            .encode(batch, values, value_ends)
+            .map_err(|e| KafkaSinkError::Encode {
+                name: out.name.clone(),
+                message: e.to_string(),
+            })?;
+        let keyed = !out.keys.is_empty();
+        if keyed {
+            out.keys.keys(batch, keys, key_ends);
+        }
+        let topic = out.topic.clone();
+        let (mut vs, mut ks) = (0, 0);
+        for (row, &ve) in value_ends.iter().enumerate() {
+            let key = keyed.then(|| {
+                let k = keys[ks..key_ends[row]].to_vec();
+                ks = key_ends[row];
+                k
+            });
+            let value = values[vs..ve].to_vec();
+            vs = ve;
+            self.pending.topics.push(topic.clone());
+            self.pending.keys.push(key);
+            self.pending.values.push(value);
+            self.pending.headers.push(None);
+            self.send_last()?;
+        }
+        Ok(())
+    }
+
+    /// Sends a malformed input record to the dead-letter topic, with headers
+    /// giving the reason and where it came from.
+    pub fn dead_letter(&mut self, bad: &BadMessage) -> Result<(), KafkaSinkError> {
+        let Some(topic) = &self.dead_letter_topic else {
+            return Ok(());
+        };
+        let headers = serde_json::json!({
+            "tickflow.error.reason": bad.reason,
+            "tickflow.error.message": bad.error,
+            "tickflow.source.topic": bad.topic,
+            "tickflow.source.partition": bad.partition.to_string(),
+            "tickflow.source.offset": bad.offset.to_string(),
+            "tickflow.source.timestamp": bad.timestamp_ms.map(|t| t.to_string()).unwrap_or_default(),
+        });
+        self.pending.topics.push(topic.clone());
+        self.pending.keys.push(bad.key.clone());
+        self.pending.values.push(bad.value.clone());
+        self.pending.headers.push(Some(headers.to_string()));
+        self.send_last()
+    }
+
+    fn send_last(&mut self) -> Result<(), KafkaSinkError> {
+        let i = self.pending.values.len() - 1;
+        send(&self.producer, &self.pending, i, &self.brokers)
+    }
+
+    /// Waits until every record of the open transaction is acknowledged.
+    pub fn flush(&mut self) -> Result<(), KafkaSinkError> {
+        self.producer
+            .flush(TIMEOUT)
+            .map_err(|e| KafkaSinkError::Kafka(format!("flushing output: {e}")))?;
+        if let Some(e) = self
+            .producer
+            .context()
+            .last_error()
+            .filter(|_| self.producer.context().delivery_failures() > 0)
+        {
+            return Err(KafkaSinkError::Kafka(e));
+        }
+        Ok(())
+    }
+
+    /// The open transaction's records, for the checkpoint.
+    pub fn pending_batch(&self) -> RecordBatch {
+        pending_to_batch(&self.pending)
+    }
+
+    /// Commits the open transaction together with the source `positions`
+    /// tagged with `epoch`, then opens the next one.
+    pub fn commit(
+        &mut self,
+        epoch: u64,
+        consumer: &BaseConsumer<ClientErrors>,
+        positions: &BTreeMap<TopicPartition, i64>,
+    ) -> Result<(), KafkaSinkError> {
+        let offsets = tagged_offsets(positions, epoch)?;
+        let group = consumer
+            .group_metadata()
+            .ok_or_else(|| KafkaSinkError::Kafka("the consumer has no group metadata".into()))?;
+        // Broker restarts and leader moves surface here as retriable or
+        // abortable errors. Retriable: try again. Abortable: abort, send the
+        // epoch's records again (they are all in `pending`) and retry. Fatal
+        // (e.g. fenced by a newer instance): give up; a restart recovers
+        // from the checkpoint.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = self
+                .producer
+                .send_offsets_to_transaction(&offsets, &group, TIMEOUT)
+                .and_then(|()| self.producer.commit_transaction(TIMEOUT));
+            let err = match result {
+                Ok(()) => break,
+                Err(e) => e,
+            };
+            let txn = match &err {
+                KafkaError::Transaction(t) => Some(t),
+                _ => None,
+            };
+            if attempt >= COMMIT_ATTEMPTS || txn.is_none_or(|t| t.is_fatal()) {
+                return Err(KafkaSinkError::Kafka(format!(
+                    "committing the transaction: {err}"
+                )));
+            }
+            tracing::warn!(
+                attempt,
+                "committing the transaction failed, retrying: {err}"
+            );
+            std::thread::sleep(Duration::from_millis(500 * attempt as u64));
+            if txn.is_some_and(|t| t.txn_requires_abort()) {
+                self.resend_in_new_transaction()?;
+            }
+        }
+        self.records_committed += self.pending.values.len() as u64;
+        self.pending = Pending::default();
+        let now = Instant::now();
+        for (t, rows) in self.emitted.drain(..) {
+            let ms = now.duration_since(t).as_secs_f64() * 1000.0;
+            self.delays_ms.extend(std::iter::repeat_n(ms, rows));
+        }
+        if self.delays_ms.len() > MAX_DELAY_SAMPLES {
+            let excess = self.delays_ms.len() - MAX_DELAY_SAMPLES;
+            self.delays_ms.drain(..excess);
+        }
+        self.producer
+            .begin_transaction()
+            .map_err(|e| KafkaSinkError::Kafka(format!("beginning a transaction: {e}")))?;
+        Ok(())
+    }
+
+    /// Aborts the open transaction and sends its records again in a new one.
+    fn resend_in_new_transaction(&mut self) -> Result<(), KafkaSinkError> {
+        self.producer
+            .abort_transaction(TIMEOUT)
+            .map_err(|e| KafkaSinkError::Kafka(format!("aborting the transaction: {e}")))?;
+        self.producer
+            .begin_transaction()
+            .map_err(|e| KafkaSinkError::Kafka(format!("beginning a transaction: {e}")))?;
+        for i in 0..self.pending.values.len() {
+            send(&self.producer, &self.pending, i, &self.brokers)?;
+        }
+        self.producer
+            .flush(TIMEOUT)
+            .map_err(|e| KafkaSinkError::Kafka(format!("flushing output: {e}")))
+    }
+
+    /// After a restore from checkpoint `epoch`: if that epoch's transaction
+    /// never committed, sends its records (`pending`) again and commits them
+    /// with its offsets. Returns whether it had to.
+    pub fn recover(
+        &mut self,
+        epoch: u64,
+        pending: Option<&RecordBatch>,
+        consumer: &BaseConsumer<ClientErrors>,
+        positions: &BTreeMap<TopicPartition, i64>,
+    ) -> Result<bool, KafkaSinkError> {
+        if let Some(committed) = committed_epoch(consumer, positions)?
+            && committed >= epoch
+        {
+            return Ok(false);
+        }
+        if let Some(batch) = pending {
+            self.pending = batch_to_pending(batch)?;
+            for i in 0..self.pending.values.len() {
+                send(&self.producer, &self.pending, i, &self.brokers)?;
+            }
+        }
+        self.flush()?;
+        self.commit(epoch, consumer, positions)?;
+        Ok(true)
+    }
+
+    /// Emission-to-commit delay of result rows: (rows, p50, p99, max) in ms.
+    pub fn commit_delays(&self) -> Option<CommitDelays> {
+        if self.delays_ms.is_empty() {
+            return None;
+        }
+        let mut d = self.delays_ms.clone();
+        d.sort_by(f64::total_cmp);
+        let q = |p: f64| d[((d.len() - 1) as f64 * p).round() as usize];
+        Some(CommitDelays {
+            rows: d.len(),
+            p50_ms: q(0.5),
+            p99_ms: q(0.99),
+            max_ms: d[d.len() - 1],
+        })
+    }
+
+    /// Aborts the open transaction (on shutdown without a final checkpoint).
+    pub fn abort(&mut self) {
+        let _ = self.producer.abort_transaction(TIMEOUT);
+    }
+}
+
+fn send(
+    producer: &BaseProducer<ClientErrors>,
+    pending: &Pending,
+    i: usize,
+    brokers: &str,
+) -> Result<(), KafkaSinkError> {
+    let headers = pending.headers[i].as_ref().map(|json| {
+        let map: BTreeMap<String, String> = serde_json::from_str(json).unwrap_or_default();
+        map.iter().fold(OwnedHeaders::new(), |h, (k, v)| {
+            h.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            })
+        })
+    });
+    loop {
+        let mut record: BaseRecord<'_, [u8], [u8]> =
+            BaseRecord::to(&pending.topics[i]).payload(&pending.values[i][..]);
+        if let Some(k) = &pending.keys[i] {
+            record = record.key(&k[..]);
+        }
+        if let Some(h) = &headers {
+            record = record.headers(h.clone());
+        }
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((e, _)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
+                producer.poll(Duration::from_millis(50));
+            }
+            Err((e, _)) => {
+                return Err(KafkaSinkError::Kafka(format!(
+                    "sending to {} at {brokers}: {e}",
+                    pending.topics[i]
+                )));
+            }
+        }
+    }
+}
+
+fn tagged_offsets(
+    positions: &BTreeMap<TopicPartition, i64>,
+    epoch: u64,
+) -> Result<TopicPartitionList, KafkaSinkError> {
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, partition), offset) in positions {
+        let mut e = tpl.add_partition(topic, *partition);
+        e.set_offset(Offset::Offset(*offset))
+            .map_err(|e| KafkaSinkError::Kafka(e.to_string()))?;
+        e.set_metadata(format!("{EPOCH_TAG}{epoch}"));
+    }
+    Ok(tpl)
+}
+
+/// The epoch of the offsets last committed for these partitions, if any.
+fn committed_epoch(
+    consumer: &BaseConsumer<ClientErrors>,
+    positions: &BTreeMap<TopicPartition, i64>,
+) -> Result<Option<u64>, KafkaSinkError> {
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition) in positions.keys() {
+        tpl.add_partition(topic, *partition);
+    }
+    let committed = consumer
+        .committed_offsets(tpl, TIMEOUT)
+        .map_err(|e| KafkaSinkError::Kafka(format!("reading committed offsets: {e}")))?;
+    Ok(committed
+        .elements()
+        .iter()
+        .filter_map(|e| e.metadata().strip_prefix(EPOCH_TAG)?.parse::<u64>().ok())
+        .max())
+}
+
+fn pending_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("topic", DataType::Utf8, false),
+        Field::new("key", DataType::Binary, true),
+        Field::new("value", DataType::Binary, false),
+        Field::new("headers", DataType::Utf8, true),
+    ]))
+}
+
+fn pending_to_batch(p: &Pending) -> RecordBatch {
+    RecordBatch::try_new(
+        pending_schema(),
+        vec![
+            Arc::new(StringArray::from_iter_values(&p.topics)),
+            Arc::new(BinaryArray::from_iter(p.keys.iter().map(|k| k.as_deref()))),
+            Arc::new(BinaryArray::from_iter_values(p.values.iter())),
+            Arc::new(StringArray::from_iter(
+                p.headers.iter().map(|h| h.as_deref()),
+            )),
+        ],
+    )
+    .expect("columns match the schema")
+}
+
+fn batch_to_pending(b: &RecordBatch) -> Result<Pending, KafkaSinkError> {
+    let bad = || KafkaSinkError::Kafka("checkpointed output has an unexpected layout".into());
+    let topics = b
+        .column(0)
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .ok_or_else(bad)?;
+    let keys = b
+        .column(1)
+        .as_any()
+        .downcast_ref::<BinaryArray>()
+        .ok_or_else(bad)?;
+    let values = b
+        .column(2)
+        .as_any()
+        .downcast_ref::<BinaryArray>()
+        .ok_or_else(bad)?;
+    let headers = b
+        .column(3)
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .ok_or_else(bad)?;
+    let mut p = Pending::default();
+    for i in 0..b.num_rows() {
+        p.topics.push(topics.value(i).to_string());
+        p.keys
+            .push(keys.is_valid(i).then(|| keys.value(i).to_vec()));
+        p.values.push(values.value(i).to_vec());
+        p.headers
+            .push(headers.is_valid(i).then(|| headers.value(i).to_string()));
+    }
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_records_survive_the_checkpoint_format() {
+        let p = Pending {
+            topics: vec!["a".into(), "dlq".into()],
+            keys: vec![Some(b"AAPL".to_vec()), None],
+            values: vec![vec![0, 0, 0, 0, 1, 2], b"junk".to_vec()],
+            headers: vec![
+                None,
+                Some(r#"{"tickflow.error.reason":"bad-magic"}"#.into()),
+            ],
+        };
+        let back = batch_to_pending(&pending_to_batch(&p)).unwrap();
+        assert_eq!(back.topics, p.topics);
+        assert_eq!(back.keys, p.keys);
+        assert_eq!(back.values, p.values);
+        assert_eq!(back.headers, p.headers);
+    }
+}

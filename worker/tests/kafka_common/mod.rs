@@ -1,0 +1,337 @@
+//! Shared helpers of the tests that need the real Kafka broker and the test
+//! schema registry (tests/kafka/kafka.sh, tests/schema_registry/registry.sh).
+//! Both are started once if they are not running yet.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+
+pub struct Env {
+    pub brokers: String,
+    pub sasl_brokers: String,
+    pub sasl_user: String,
+    pub sasl_password: String,
+    pub registry: String,
+}
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn script_env(script: &str) -> BTreeMap<String, String> {
+    let path = repo().join(script);
+    let start = Command::new("bash")
+        .arg(&path)
+        .arg("start")
+        .output()
+        .expect("running the start script");
+    assert!(
+        start.status.success(),
+        "{script} start failed:\n{}\n{}",
+        String::from_utf8_lossy(&start.stdout),
+        String::from_utf8_lossy(&start.stderr)
+    );
+    let env = Command::new("bash").arg(&path).arg("env").output().unwrap();
+    String::from_utf8_lossy(&env.stdout)
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("export "))
+        .flat_map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            Some((k.to_string(), v.trim_matches(['"', '\'']).to_string()))
+        })
+        .collect()
+}
+
+/// The broker and registry, started on first use.
+pub fn env() -> &'static Env {
+    static ENV: OnceLock<Env> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let k = script_env("tests/kafka/kafka.sh");
+        let r = script_env("tests/schema_registry/registry.sh");
+        Env {
+            brokers: k["KAFKA_BROKERS"].clone(),
+            sasl_brokers: k["KAFKA_SASL_BROKERS"].clone(),
+            sasl_user: k["TICKFLOW_TEST_SASL_USER"].clone(),
+            sasl_password: k["TICKFLOW_TEST_SASL_PASSWORD"].clone(),
+            registry: r["SCHEMA_REGISTRY_URL"].clone(),
+        }
+    })
+}
+
+/// A name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+        % 1_000_000_000_000;
+    format!(
+        "{prefix}-{}-{nanos}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The worker binary with the Kafka environment cleared (tests pass flags).
+pub fn worker() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tickflow-worker"));
+    for v in [
+        "KAFKA_BROKERS",
+        "SCHEMA_REGISTRY_URL",
+        "KAFKA_SASL_PASSWORD",
+        "TICKFLOW_CRASH_AT",
+    ] {
+        c.env_remove(v);
+    }
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+pub fn run_ok(cmd: &mut Command) -> serde_json::Value {
+    let out = cmd.output().expect("worker runs");
+    assert!(
+        out.status.success(),
+        "worker failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    last_json_line(&out)
+}
+
+pub fn last_json_line(out: &Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or("null");
+    serde_json::from_str(line).unwrap_or(serde_json::Value::Null)
+}
+
+/// Topic names for one simulated data set.
+pub struct Topics {
+    pub ticks: String,
+    pub orders: String,
+    pub books: String,
+}
+
+impl Topics {
+    pub fn new(prefix: &str) -> Self {
+        let p = unique(prefix);
+        Self {
+            ticks: format!("{p}-ticks"),
+            orders: format!("{p}-orders"),
+            books: format!("{p}-books"),
+        }
+    }
+
+    pub fn produce_args(&self) -> Vec<String> {
+        vec![
+            "--ticks-topic".into(),
+            self.ticks.clone(),
+            "--orders-topic".into(),
+            self.orders.clone(),
+            "--books-topic".into(),
+            self.books.clone(),
+        ]
+    }
+
+    pub fn input_args(&self) -> Vec<String> {
+        vec![
+            "--input".into(),
+            format!("market_ticks=kafka:{}", self.ticks),
+            "--input".into(),
+            format!("order_events=kafka:{}", self.orders),
+            "--input".into(),
+            format!("book_updates=kafka:{}", self.books),
+        ]
+    }
+}
+
+/// `produce` to Kafka (Avro through the registry) and the same data to files.
+pub fn produce_both(
+    topics: &Topics,
+    seed: u64,
+    count: u64,
+    jitter: &str,
+    dir: &Path,
+) -> serde_json::Value {
+    let e = env();
+    let kafka = run_ok(
+        worker()
+            .args([
+                "produce",
+                "--brokers",
+                &e.brokers,
+                "--schema-registry",
+                &e.registry,
+            ])
+            .args([
+                "--seed",
+                &seed.to_string(),
+                "--count",
+                &count.to_string(),
+                "--jitter",
+                jitter,
+            ])
+            .args(["--partitions", "3"])
+            .args(topics.produce_args()),
+    );
+    run_ok(worker().args(["produce", "--output-dir"]).arg(dir).args([
+        "--seed",
+        &seed.to_string(),
+        "--count",
+        &count.to_string(),
+        "--jitter",
+        jitter,
+    ]));
+    kafka
+}
+
+/// One consumed message.
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Reads a whole topic from the beginning up to its current end. With
+/// `read_committed`, only committed transactional records are returned.
+pub fn read_topic(brokers: &str, topic: &str, read_committed: bool) -> Vec<Record> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .set("fetch.queue.backoff.ms", "5")
+        .set(
+            "isolation.level",
+            if read_committed {
+                "read_committed"
+            } else {
+                "read_uncommitted"
+            },
+        )
+        .create()
+        .unwrap();
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let partitions: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = BTreeMap::new();
+    for &p in &partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+        let (_, high) = consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .unwrap();
+        ends.insert(p, high);
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut last_progress = Instant::now();
+    loop {
+        let done = consumer
+            .position()
+            .unwrap()
+            .elements()
+            .iter()
+            .all(|e| match e.offset() {
+                Offset::Offset(o) => o >= ends[&e.partition()],
+                _ => ends[&e.partition()] == 0,
+            });
+        if done || Instant::now() > deadline || last_progress.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+            let m = m.unwrap();
+            last_progress = Instant::now();
+            let mut headers = BTreeMap::new();
+            if let Some(h) = m.headers() {
+                for i in 0..h.count() {
+                    let hd = h.get(i);
+                    headers.insert(
+                        hd.key.to_string(),
+                        String::from_utf8_lossy(hd.value.unwrap_or_default()).to_string(),
+                    );
+                }
+            }
+            out.push(Record {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(<[u8]>::to_vec),
+                value: m.payload().unwrap_or_default().to_vec(),
+                headers,
+            });
+        }
+    }
+    out
+}
+
+/// JSON rows of a topic written with `--output-format json`.
+pub fn json_rows(records: &[Record]) -> Vec<serde_json::Value> {
+    records
+        .iter()
+        .map(|r| serde_json::from_slice(&r.value).expect("output value is JSON"))
+        .collect()
+}
+
+/// JSON rows of a JSON-lines file.
+pub fn file_rows(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Sort key of a row: its non-float fields.
+fn row_key(v: &serde_json::Value) -> String {
+    let obj = v.as_object().expect("rows are objects");
+    obj.iter()
+        .filter(|(_, x)| !x.is_f64())
+        .map(|(k, x)| format!("{k}={x}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Asserts two row sets are equal: same rows, integer and string fields
+/// exactly, floats to 1e-9 relative (summation order differs between a
+/// partitioned Kafka read and a file replay).
+pub fn assert_same_rows(
+    what: &str,
+    mut got: Vec<serde_json::Value>,
+    mut want: Vec<serde_json::Value>,
+) {
+    assert_eq!(got.len(), want.len(), "{what}: row count");
+    got.sort_by_key(row_key);
+    want.sort_by_key(row_key);
+    for (g, w) in got.iter().zip(&want) {
+        let (go, wo) = (g.as_object().unwrap(), w.as_object().unwrap());
+        assert_eq!(go.len(), wo.len(), "{what}: columns of {g} vs {w}");
+        for (k, wv) in wo {
+            let gv = &go[k];
+            match (gv.as_f64(), wv.as_f64()) {
+                (Some(a), Some(b)) if gv.is_f64() || wv.is_f64() => {
+                    let tol = 1e-9 * a.abs().max(b.abs()).max(1.0);
+                    assert!(
+                        (a - b).abs() <= tol,
+                        "{what}: {k}: {a} vs {b} in {g} vs {w}"
+                    );
+                }
+                _ => assert_eq!(gv, wv, "{what}: {k} in {g} vs {w}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Exactly-once output through crashes: a query over a million ticks is
+//! killed with SIGKILL at random moments (and, deterministically, at the
+//! dangerous points around a checkpoint) and restarted each time; a
+//! `read_committed` reader of its output topics must see exactly the rows of
+//! an uninterrupted run.
+
+mod kafka_common;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use kafka_common::*;
+
+const STREAMS: [&str; 2] = ["ohlc_5s", "large_trades"];
+
+fn query(sql: &Path, topics: &Topics, name: &str, checkpoints: &Path) -> std::process::Command {
+    let e = env();
+    let mut c = worker();
+    c.args(["query", "--sql"])
+        .arg(sql)
+        .args(["--brokers", &e.brokers, "--schema-registry", &e.registry])
+        .args(["--input", &format!("market_ticks=kafka:{}", topics.ticks)])
+        .args(["--output-format", "json", "--bounded", "--name", name])
+        .args(["--checkpoint-interval", "50ms", "--batch-size", "4096"])
+        .arg("--checkpoint-dir")
+        .arg(checkpoints);
+    for s in STREAMS {
+        c.args(["--output", &format!("{s}=kafka:{name}-{s}")]);
+    }
+    c
+}
+
+/// Id of the newest complete checkpoint in `dir`.
+fn newest_checkpoint(dir: &Path) -> Option<u64> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            name.strip_prefix("chk-")?.parse::<u64>().ok()
+        })
+        .max()
+}
+
+#[test]
+fn a_query_killed_ten_times_commits_exactly_the_rows_of_an_uninterrupted_run() {
+    let e = env();
+    let topics = Topics::new("eos");
+    let dir = tempfile::tempdir().unwrap();
+    let summary = run_ok(
+        worker()
+            .args([
+                "produce",
+                "--brokers",
+                &e.brokers,
+                "--schema-registry",
+                &e.registry,
+            ])
+            .args([
+                "--seed",
+                "77",
+                "--count",
+                "2000000",
+                "--jitter",
+                "300ms",
+                "--partitions",
+                "3",
+            ])
+            .args(topics.produce_args()),
+    );
+    assert_eq!(summary["ticks"], 2_000_000);
+    let sql = dir.path().join("eos.sql");
+    let text: String = STREAMS
+        .iter()
+        .map(|s| std::fs::read_to_string(repo().join(format!("sql/{s}.sql"))).unwrap())
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&sql, text).unwrap();
+
+    // The reference: one uninterrupted run.
+    let reference = unique("eos-ref");
+    let started = Instant::now();
+    run_ok(&mut query(
+        &sql,
+        &topics,
+        &reference,
+        &dir.path().join("ref-chk"),
+    ));
+    let full_run = started.elapsed();
+
+    // The same query, killed again and again.
+    let name = unique("eos-killed");
+    let chk = dir.path().join("killed-chk");
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("kill schedule seed {seed}, uninterrupted run {full_run:?}");
+    let mut random = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    // Deterministic crashes at the moments that matter, then random SIGKILLs.
+    for point in [
+        "after-checkpoint:2",
+        "before-checkpoint:2",
+        "after-commit:1",
+        "after-checkpoint:1",
+    ] {
+        let out = query(&sql, &topics, &name, &chk)
+            .env("TICKFLOW_CRASH_AT", point)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "crash point {point} was reached");
+    }
+    let mut kills = 0;
+    while kills < 10 {
+        let before = newest_checkpoint(&chk);
+        let mut child = query(&sql, &topics, &name, &chk)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Let it make progress (a new checkpoint), then kill it at a random
+        // moment of the next epoch: mid-batch, mid-checkpoint or mid-commit.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while newest_checkpoint(&chk) == before
+            && Instant::now() < deadline
+            && child.try_wait().unwrap().is_none()
+        {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        std::thread::sleep(Duration::from_millis(random() % 60));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run reached the end of its input after {kills} kills; give it more input"
+        );
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills += 1;
+    }
+    assert!(newest_checkpoint(&chk).is_some());
+    let last = run_ok(&mut query(&sql, &topics, &name, &chk));
+    assert!(
+        last["restored_from"].is_u64(),
+        "the last run restored a checkpoint"
+    );
+
+    for s in STREAMS {
+        let want = json_rows(&read_topic(&e.brokers, &format!("{reference}-{s}"), true));
+        let got = json_rows(&read_topic(&e.brokers, &format!("{name}-{s}"), true));
+        assert!(!want.is_empty(), "{s}: the reference has rows");
+        assert_same_rows(s, got, want);
+    }
+}
