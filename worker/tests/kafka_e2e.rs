@@ -330,3 +330,201 @@ fn an_unreachable_broker_is_one_clear_error() {
     assert!(stderr.contains("127.0.0.1:1"), "{stderr}");
     assert!(stderr.lines().count() <= 3, "{stderr}");
 }
+
+/// A TCP forwarder to the test registry that only starts listening later,
+/// so the registry looks down at first and comes back on the same address.
+fn delayed_registry_proxy(delay: Duration) -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let target = env().registry.trim_start_matches("http://").to_string();
+    std::thread::spawn(move || {
+        std::thread::sleep(delay);
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        for client in listener.incoming().flatten() {
+            let Ok(upstream) = std::net::TcpStream::connect(&target) else {
+                continue;
+            };
+            let (mut c2, mut u2) = (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+            let (mut c, mut u) = (client, upstream);
+            std::thread::spawn(move || std::io::copy(&mut c, &mut u2));
+            std::thread::spawn(move || std::io::copy(&mut u, &mut c2));
+        }
+    });
+    format!("http://127.0.0.1:{port}")
+}
+
+#[test]
+fn an_unreachable_schema_registry_is_retried_and_nothing_is_lost() {
+    let e = env();
+    let topics = Topics::new("regdown");
+    let dir = tempfile::tempdir().unwrap();
+    produce_both(&topics, 13, 10_000, "0s", dir.path());
+    let registry = delayed_registry_proxy(Duration::from_secs(4));
+    let name = unique("regdown-q");
+    let out = worker()
+        .args(["query", "--sql"])
+        .arg(repo().join("sql/ohlc_5s.sql"))
+        .args(["--brokers", &e.brokers, "--schema-registry", &registry])
+        .args(["--input", &format!("market_ticks=kafka:{}", topics.ticks)])
+        .args(["--output", &format!("ohlc_5s=kafka:{name}-out")])
+        .args(["--output-format", "json", "--bounded", "--name", &name])
+        .arg("--checkpoint-dir")
+        .arg(dir.path().join("chk"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("schema registry"),
+        "the outage was reported: {stderr}"
+    );
+    let summary = last_json_line(&out);
+    assert_eq!(summary["records_in"], 10_000);
+    assert_eq!(
+        summary["dead_letters"],
+        serde_json::json!({}),
+        "nothing was dead-lettered"
+    );
+    let replay = dir.path().join("replay.jsonl");
+    run_ok(
+        worker()
+            .args(["query", "--sql"])
+            .arg(repo().join("sql/ohlc_5s.sql"))
+            .arg("--input")
+            .arg(format!(
+                "market_ticks={}",
+                dir.path().join("market-ticks.jsonl").display()
+            ))
+            .arg("--output")
+            .arg(format!("ohlc_5s={}", replay.display())),
+    );
+    assert_same_rows(
+        "ohlc_5s",
+        json_rows(&read_topic(&e.brokers, &format!("{name}-out"), true)),
+        file_rows(&replay),
+    );
+}
+
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let code = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+#[test]
+fn a_running_query_reports_status_and_metrics_and_checkpoints_on_sigterm() {
+    let e = env();
+    let topics = Topics::new("status");
+    let dir = tempfile::tempdir().unwrap();
+    produce_both(&topics, 17, 20_000, "0s", dir.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let name = unique("status-q");
+    // Not bounded: it runs until stopped, like a Deployment.
+    let child = worker()
+        .args(["query", "--sql"])
+        .arg(repo().join("sql/ohlc_5s.sql"))
+        .args(["--brokers", &e.brokers, "--schema-registry", &e.registry])
+        .args(["--input", &format!("market_ticks=kafka:{}", topics.ticks)])
+        .args(["--output", &format!("ohlc_5s=kafka:{name}-out")])
+        .args([
+            "--name",
+            &name,
+            "--http-addr",
+            &addr,
+            "--checkpoint-interval",
+            "1h",
+        ])
+        .arg("--checkpoint-dir")
+        .arg(dir.path().join("chk"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        assert!(
+            Instant::now() < deadline,
+            "the query did not read its input within a minute"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        if std::net::TcpStream::connect(&addr).is_err() {
+            continue;
+        }
+        let (code, body) = http_get(&addr, "/status");
+        assert_eq!(code, 200);
+        let s: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if s["records_in"][&topics.ticks] == 20_000
+            && s["lag"].as_object().is_some_and(|l| !l.is_empty())
+            && s["watermarks"]["market_ticks"]
+                .as_i64()
+                .is_some_and(|w| w > 0)
+        {
+            break s;
+        }
+    };
+    assert_eq!(status["state"], "running");
+    assert_eq!(status["name"], name.as_str());
+    assert!(
+        status["lag"].as_object().unwrap().values().all(|v| v == 0),
+        "caught up: {status}"
+    );
+    assert!(status["watermarks"]["market_ticks"].as_i64().unwrap() > 0);
+    assert_eq!(http_get(&addr, "/healthz").0, 200);
+    assert_eq!(http_get(&addr, "/readyz").0, 200);
+    let (_, metrics) = http_get(&addr, "/metrics");
+    assert!(
+        metrics.contains(&format!(
+            "tickflow_records_in_total{{topic=\"{}\"}} 20000",
+            topics.ticks
+        )),
+        "{metrics}"
+    );
+    assert!(metrics.contains("# TYPE tickflow_consumer_lag gauge"));
+
+    // SIGTERM: a final checkpoint and commit, then a clean exit.
+    let pid = child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = last_json_line(&out);
+    assert_eq!(summary["stopped"], true);
+    assert!(summary["checkpoints_written"].as_u64().unwrap() >= 1);
+    // Windows closed before the stop are committed (the open ones stay in the checkpoint).
+    let committed = read_topic(&e.brokers, &format!("{name}-out"), true);
+    assert_eq!(
+        committed.len() as u64,
+        summary["rows_out"]["ohlc_5s"].as_u64().unwrap()
+    );
+    assert!(!committed.is_empty());
+}

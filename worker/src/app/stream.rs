@@ -257,7 +257,7 @@ pub fn run_kafka_query(opts: &KafkaQueryOptions) -> anyhow::Result<KafkaQuerySum
             epoch,
             restored_pending.as_ref(),
             source.consumer(),
-            source.positions(),
+            &source.positions(),
         )?;
         if summary.recovered_epoch {
             tracing::warn!(
@@ -282,12 +282,14 @@ pub fn run_kafka_query(opts: &KafkaQueryOptions) -> anyhow::Result<KafkaQuerySum
                           sink: &mut KafkaSink,
                           summary: &mut KafkaQuerySummary|
      -> anyhow::Result<()> {
-        sink.flush()?;
+        // No flush first: the epoch's records are in the checkpoint, and the
+        // commit below waits for their delivery (or fails, and they are re-sent).
+        let t0 = Instant::now();
         let epoch = next_epoch;
         let cp = Checkpoint {
             id: epoch,
             created_at_ms: super::now_ms(),
-            sources: BTreeMap::from([(KAFKA.to_string(), positions_to_json(source.positions()))]),
+            sources: BTreeMap::from([(KAFKA.to_string(), positions_to_json(&source.positions()))]),
             sinks: BTreeMap::from([(
                 KAFKA.to_string(),
                 serde_json::json!({ "epoch": epoch, "pending_records": sink.pending_records() }),
@@ -299,14 +301,15 @@ pub fn run_kafka_query(opts: &KafkaQueryOptions) -> anyhow::Result<KafkaQuerySum
         crash_point("before-checkpoint", nth);
         let info = store.write(&cp)?;
         crash_point("after-checkpoint", nth);
-        sink.commit(epoch, source.consumer(), source.positions())?;
+        sink.commit(epoch, source.consumer(), &source.positions())?;
         crash_point("after-commit", nth);
         next_epoch += 1;
         summary.checkpoints_written += 1;
         tracing::debug!(
             id = info.id,
             bytes = info.bytes,
-            ms = info.duration.as_millis() as u64,
+            write_ms = info.duration.as_millis() as u64,
+            total_ms = t0.elapsed().as_millis() as u64,
             "checkpoint committed"
         );
         status.update(|s| {
@@ -496,8 +499,8 @@ fn publish_status(
 ) {
     let lag = source.lag();
     status.update(|s| {
-        s.records_in = source.records_read().clone();
-        s.bytes_in = source.bytes_read().clone();
+        s.records_in = source.records_read();
+        s.bytes_in = source.bytes_read();
         s.records_out = records_out.clone();
         s.dead_letters = summary.dead_letters.clone();
         s.lag = lag

@@ -176,7 +176,7 @@ impl RegistryClient {
                 Err(e) => last = e,
             }
             if attempt < self.config.attempts {
-                tracing::warn!(url = %self.config.url, attempt, "schema registry request failed, retrying: {last}");
+                tracing::debug!(url = %self.config.url, attempt, "schema registry request failed, retrying: {last}");
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }

@@ -10,7 +10,7 @@
 //! partition is rewound to the undecoded record and retried later: nothing is
 //! skipped.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use apache_avro::Schema as AvroSchema;
@@ -98,16 +98,85 @@ pub struct KafkaSource {
     brokers: String,
     bindings: Vec<TopicBinding>,
     registry: Option<RegistryClient>,
-    /// Next offset to read per topic-partition (the checkpointed position).
-    positions: BTreeMap<TopicPartition, i64>,
-    /// Offset at which a bounded run stops, per topic-partition.
-    end_offsets: Option<BTreeMap<TopicPartition, i64>>,
-    decoders: Vec<HashMap<i32, PartitionDecoders>>,
-    /// Partition count per binding.
-    partition_counts: Vec<usize>,
-    /// Messages and value bytes read per topic (this process).
-    records_read: BTreeMap<String, u64>,
-    bytes_read: BTreeMap<String, u64>,
+    /// Per binding, indexed like `bindings`: positions, counters, decoders.
+    state: Vec<BindingState>,
+    /// A bounded run stops at the end offsets taken at start-up.
+    bounded: bool,
+}
+
+/// Hot-path state of one bound topic, kept free of per-message allocation.
+#[derive(Default)]
+struct BindingState {
+    /// Next offset to read per partition (the checkpointed position).
+    positions: PerPartition<i64>,
+    /// Offset at which a bounded run stops, per partition.
+    end_offsets: PerPartition<i64>,
+    decoders: PerPartition<PartitionDecoders>,
+    partitions: usize,
+    /// Messages and value bytes read (this process).
+    records: u64,
+    bytes: u64,
+}
+
+/// Values per partition number (Kafka partitions are dense, 0..n), without
+/// hashing on the per-message path.
+struct PerPartition<T>(Vec<Option<T>>);
+
+impl<T> Default for PerPartition<T> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl<T> PerPartition<T> {
+    fn get(&self, partition: &i32) -> Option<&T> {
+        self.0.get(usize::try_from(*partition).ok()?)?.as_ref()
+    }
+
+    fn slot(&mut self, partition: i32) -> &mut Option<T> {
+        let i = usize::try_from(partition).expect("Kafka partitions are non-negative");
+        if self.0.len() <= i {
+            self.0.resize_with(i + 1, || None);
+        }
+        &mut self.0[i]
+    }
+
+    fn insert(&mut self, partition: i32, value: T) {
+        *self.slot(partition) = Some(value);
+    }
+
+    fn get_or_default(&mut self, partition: i32) -> &mut T
+    where
+        T: Default,
+    {
+        self.slot(partition).get_or_insert_with(T::default)
+    }
+
+    fn keys(&self) -> impl Iterator<Item = i32> + '_ {
+        self.iter().map(|(p, _)| p)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (i32, &T)> {
+        self.0
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| Some((i as i32, v.as_ref()?)))
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = (i32, &mut T)> {
+        self.0
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, v)| Some((i as i32, v.as_mut()?)))
+    }
+}
+
+impl BindingState {
+    fn done(&self, partition: i32) -> bool {
+        self.end_offsets
+            .get(&partition)
+            .is_some_and(|end| self.positions.get(&partition).is_some_and(|p| p >= end))
+    }
 }
 
 impl KafkaSource {
@@ -197,30 +266,33 @@ impl KafkaSource {
         consumer
             .assign(&assignment)
             .map_err(|e| consumer.context().explain(&config.brokers, &e))?;
-        let end_offsets = if bounded {
-            let mut ends = BTreeMap::new();
-            for (topic, partition) in all_positions.keys() {
+        let mut state: Vec<BindingState> = partition_counts
+            .iter()
+            .map(|&partitions| BindingState {
+                partitions,
+                ..BindingState::default()
+            })
+            .collect();
+        for ((topic, partition), offset) in all_positions {
+            let bi = bindings
+                .iter()
+                .position(|b| b.topic == topic)
+                .expect("bound topic");
+            state[bi].positions.insert(partition, offset);
+            if bounded {
                 let (_, high) = consumer
-                    .fetch_watermarks(topic, *partition, timeout)
+                    .fetch_watermarks(&topic, partition, timeout)
                     .map_err(|e| consumer.context().explain(&config.brokers, &e))?;
-                ends.insert((topic.clone(), *partition), high);
+                state[bi].end_offsets.insert(partition, high);
             }
-            Some(ends)
-        } else {
-            None
-        };
-        let decoders = bindings.iter().map(|_| HashMap::new()).collect();
+        }
         Ok(Self {
             consumer,
             brokers: config.brokers.clone(),
             bindings,
             registry,
-            positions: all_positions,
-            end_offsets,
-            decoders,
-            partition_counts,
-            records_read: BTreeMap::new(),
-            bytes_read: BTreeMap::new(),
+            state,
+            bounded,
         })
     }
 
@@ -232,22 +304,35 @@ impl KafkaSource {
     pub fn partition_counts(&self) -> impl Iterator<Item = (&str, usize)> {
         self.bindings
             .iter()
-            .zip(&self.partition_counts)
-            .map(|(b, &n)| (b.table.as_str(), n))
+            .zip(&self.state)
+            .map(|(b, st)| (b.table.as_str(), st.partitions))
     }
 
     /// Messages read per topic by this process.
-    pub fn records_read(&self) -> &BTreeMap<String, u64> {
-        &self.records_read
+    pub fn records_read(&self) -> BTreeMap<String, u64> {
+        self.per_topic(|st| st.records)
     }
 
     /// Value bytes read per topic by this process.
-    pub fn bytes_read(&self) -> &BTreeMap<String, u64> {
-        &self.bytes_read
+    pub fn bytes_read(&self) -> BTreeMap<String, u64> {
+        self.per_topic(|st| st.bytes)
     }
 
-    pub fn positions(&self) -> &BTreeMap<TopicPartition, i64> {
-        &self.positions
+    fn per_topic(&self, f: impl Fn(&BindingState) -> u64) -> BTreeMap<String, u64> {
+        self.bindings
+            .iter()
+            .zip(&self.state)
+            .map(|(b, st)| (b.topic.clone(), f(st)))
+            .collect()
+    }
+
+    /// Next offset to read per topic-partition: the position a checkpoint keeps.
+    pub fn positions(&self) -> BTreeMap<TopicPartition, i64> {
+        self.bindings
+            .iter()
+            .zip(&self.state)
+            .flat_map(|(b, st)| st.positions.iter().map(|(p, o)| ((b.topic.clone(), p), *o)))
+            .collect()
     }
 
     /// The consumer, for the sink's transactional offset commit.
@@ -255,44 +340,38 @@ impl KafkaSource {
         &self.consumer
     }
 
-    /// In a bounded run: partitions that reached their end offset.
+    /// In a bounded run: partitions that reached their end offset, as (table, partition).
     pub fn finished_partitions(&self) -> Vec<(String, i32)> {
-        let Some(ends) = &self.end_offsets else {
-            return vec![];
-        };
-        ends.iter()
-            .filter(|(tp, end)| self.positions.get(*tp).is_some_and(|p| p >= *end))
-            .map(|((t, p), _)| {
-                let table = self
-                    .bindings
-                    .iter()
-                    .find(|b| &b.topic == t)
-                    .map(|b| b.table.clone())
-                    .unwrap_or_default();
-                (table, *p)
+        self.bindings
+            .iter()
+            .zip(&self.state)
+            .flat_map(|(b, st)| {
+                st.end_offsets
+                    .keys()
+                    .filter(|p| st.done(*p))
+                    .map(|p| (b.table.clone(), p))
             })
             .collect()
     }
 
     /// Bounded run and every partition reached its end.
     pub fn is_done(&self) -> bool {
-        self.end_offsets.as_ref().is_some_and(|ends| {
-            ends.iter()
-                .all(|(tp, end)| self.positions.get(tp).is_some_and(|p| p >= end))
-        })
+        self.bounded
+            && self
+                .state
+                .iter()
+                .all(|st| st.end_offsets.keys().all(|p| st.done(p)))
     }
 
-    /// Consumer lag per partition: high watermark minus position. Asks the
-    /// broker, so call it every few seconds, not per batch.
+    /// Consumer lag per partition: high watermark minus position, from the
+    /// high watermarks librdkafka caches from fetch responses (asking the
+    /// broker each time would stall the pipeline).
     pub fn lag(&self) -> BTreeMap<TopicPartition, i64> {
-        self.positions
-            .iter()
+        self.positions()
+            .into_iter()
             .filter_map(|((t, p), pos)| {
-                let (_, high) = self
-                    .consumer
-                    .fetch_watermarks(t, *p, Duration::from_secs(1))
-                    .ok()?;
-                Some(((t.clone(), *p), (high - pos).max(0)))
+                let high = cached_high_watermark(&self.consumer, &t, p)?;
+                Some(((t, p), (high - pos).max(0)))
             })
             .collect()
     }
@@ -305,8 +384,6 @@ impl KafkaSource {
     ) -> Result<Polled, KafkaSourceError> {
         let deadline = Instant::now() + max_wait;
         let mut polled = Polled::default();
-        // Partitions rewound this round because the registry was unreachable.
-        let mut blocked: Vec<TopicPartition> = Vec::new();
         while polled.records < max_records {
             let now = Instant::now();
             let wait = if polled.records == 0 {
@@ -333,43 +410,38 @@ impl KafkaSource {
             let topic = msg.topic();
             let partition = msg.partition();
             let offset = msg.offset();
-            if blocked.iter().any(|(t, p)| t == topic && *p == partition) {
-                continue;
-            }
-            let tp = (topic.to_string(), partition);
-            if let Some(end) = self.end_offsets.as_ref().and_then(|e| e.get(&tp))
-                && offset >= *end
-            {
-                continue; // past the end of a bounded run
-            }
             let Some(bi) = self.bindings.iter().position(|b| b.topic == topic) else {
                 continue;
             };
+            let st = &mut self.state[bi];
+            if st
+                .end_offsets
+                .get(&partition)
+                .is_some_and(|end| offset >= *end)
+            {
+                continue; // past the end of a bounded run
+            }
             let value = msg.payload().unwrap_or_default();
-            polled.records += 1;
-            polled.bytes += value.len();
-            let meta = PendingMeta {
+            let binding = &self.bindings[bi];
+            // Key and timestamp are copied only where they may be needed later.
+            let meta = || PendingMeta {
                 offset,
                 timestamp_ms: msg.timestamp().to_millis(),
                 key: msg.key().map(<[u8]>::to_vec),
             };
-            let state = self.decoders[bi].entry(partition).or_default();
-            match decode_value(
-                &self.bindings[bi],
-                state,
-                self.registry.as_ref(),
-                &meta,
-                value,
-            ) {
+            let decoders = st.decoders.get_or_default(partition);
+            match decode_value(binding, decoders, self.registry.as_ref(), meta, value) {
                 Ok(()) => {}
                 Err(DecodeFailure::Bad(reason, error)) => {
-                    polled
-                        .bad
-                        .push(meta.into_bad(topic, partition, value.to_vec(), reason, error));
+                    polled.bad.push(meta().into_bad(
+                        topic,
+                        partition,
+                        value.to_vec(),
+                        reason,
+                        error,
+                    ));
                 }
                 Err(DecodeFailure::RegistryDown(e)) => {
-                    polled.records -= 1;
-                    polled.bytes -= value.len();
                     self.consumer
                         .seek(
                             topic,
@@ -381,13 +453,17 @@ impl KafkaSource {
                             KafkaSourceError::Kafka(format!("rewinding {topic}/{partition}: {e}"))
                         })?;
                     polled.registry_unavailable = Some(e);
-                    blocked.push(tp);
-                    continue;
+                    // End the round here: messages of this partition that
+                    // arrive after the seek are the re-read ones and must
+                    // not be skipped.
+                    break;
                 }
             }
-            *self.records_read.entry(tp.0.clone()).or_default() += 1;
-            *self.bytes_read.entry(tp.0.clone()).or_default() += value.len() as u64;
-            self.positions.insert(tp, offset + 1);
+            polled.records += 1;
+            polled.bytes += value.len();
+            st.records += 1;
+            st.bytes += value.len() as u64;
+            st.positions.insert(partition, offset + 1);
         }
         self.finish_batches(&mut polled);
         Ok(polled)
@@ -395,10 +471,10 @@ impl KafkaSource {
 
     /// Turns what the decoders hold into batches (and JSON errors into bad messages).
     fn finish_batches(&mut self, polled: &mut Polled) {
-        for (bi, parts) in self.decoders.iter_mut().enumerate() {
+        for (bi, st) in self.state.iter_mut().enumerate() {
             let binding = &self.bindings[bi];
-            for (&partition, state) in parts.iter_mut() {
-                for dec in state.avro.values_mut().filter_map(|r| r.as_mut().ok()) {
+            for (partition, state) in st.decoders.iter_mut() {
+                for dec in state.avro.iter_mut().filter_map(|(_, r)| r.as_mut().ok()) {
                     if !dec.is_empty() {
                         polled.batches.push(PartitionBatch {
                             table: binding.table.clone(),
@@ -453,21 +529,21 @@ fn decode_value(
     binding: &TopicBinding,
     state: &mut PartitionDecoders,
     registry: Option<&RegistryClient>,
-    msg: &PendingMeta,
+    meta: impl FnOnce() -> PendingMeta,
     value: &[u8],
 ) -> Result<(), DecodeFailure> {
     match binding.format {
         ValueFormat::Json => {
             let text = std::str::from_utf8(value)
                 .map_err(|e| DecodeFailure::Bad("invalid-utf8", e.to_string()))?;
-            state.json.push((msg.clone(), text.to_string()));
+            state.json.push((meta(), text.to_string()));
             Ok(())
         }
         ValueFormat::Avro => {
             let (id, body) = confluent::unframe(value).map_err(bad)?;
-            let decoder = match state.avro.entry(id) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(slot) => {
+            let index = match state.avro.iter().position(|(i, _)| *i == id) {
+                Some(index) => index,
+                None => {
                     let registry = registry.expect("checked at open");
                     let decoder = match registry.schema_by_id(id) {
                         Ok(writer) => decoder_for(&writer, &binding.avro_schema),
@@ -479,15 +555,39 @@ fn decode_value(
                         }
                         Err(e) => Err(e.to_string()),
                     };
-                    slot.insert(decoder)
+                    state.avro.push((id, decoder));
+                    state.avro.len() - 1
                 }
             };
-            match decoder {
+            match &mut state.avro[index].1 {
                 Ok(dec) => dec.decode(body).map_err(bad),
                 Err(e) => Err(DecodeFailure::Bad("incompatible-schema", e.clone())),
             }
         }
     }
+}
+
+/// The partition's high watermark as of the last fetch response, if known.
+fn cached_high_watermark(
+    consumer: &BaseConsumer<ClientErrors>,
+    topic: &str,
+    partition: i32,
+) -> Option<i64> {
+    let topic = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the client pointer is valid while `consumer` lives, `topic` is
+    // a NUL-terminated string, and librdkafka only writes the two integers.
+    let err = unsafe {
+        rdkafka_sys::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (err == rdkafka_sys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+        .then_some(high)
 }
 
 /// Connection-level errors librdkafka recovers from on its own.
@@ -541,8 +641,9 @@ impl PendingMeta {
 
 #[derive(Default)]
 struct PartitionDecoders {
-    /// By writer schema id; `Err` when the writer schema cannot be read as the reader schema.
-    avro: HashMap<u32, Result<AvroDecoder, String>>,
+    /// By writer schema id (usually one); `Err` when the writer schema cannot
+    /// be read as the reader schema.
+    avro: Vec<(u32, Result<AvroDecoder, String>)>,
     json: Vec<(PendingMeta, String)>,
     json_decoder: Option<JsonLinesDecoder>,
 }
