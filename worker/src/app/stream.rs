@@ -266,6 +266,16 @@ pub fn run_kafka_query(opts: &KafkaQueryOptions) -> anyhow::Result<KafkaQuerySum
             );
         }
     }
+    if !summary.recovered_epoch {
+        // Re-commit the starting offsets (tagged with the restored epoch, or 0)
+        // in an empty transaction: it changes nothing, and the coordinator
+        // lookups it does are not paid for by the first window's rows.
+        sink.commit(
+            restored_epoch.unwrap_or(0),
+            source.consumer(),
+            &source.positions(),
+        )?;
+    }
     status.set_state(WorkerState::Running);
 
     let mut next_epoch = store.next_id()?;
