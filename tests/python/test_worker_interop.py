@@ -107,6 +107,8 @@ def test_confluent_deserializer_reads_every_produced_record_field_for_field(kafk
         # Registered under the topic-name strategy.
         latest = client.get_latest_version(f"{topic}-value")
         assert latest.schema.schema_type == "AVRO"
+        ts_field = next(f for f in json.loads(latest.schema.schema_str)["fields"] if f["name"] == "ts")
+        assert ts_field["type"] == {"type": "long", "logicalType": "timestamp-millis"}, ts_field
         deser = AvroDeserializer(client)
         got = {}
         msgs = consume_all(kafka["KAFKA_BROKERS"], topic)
@@ -114,6 +116,7 @@ def test_confluent_deserializer_reads_every_produced_record_field_for_field(kafk
         for m in msgs:
             value = deser(m.value(), SerializationContext(topic, MessageField.VALUE))
             assert m.key().decode() == value["symbol"], "keyed by symbol"
+            assert isinstance(value["ts"], dt.datetime), "ts is a timestamp-millis, read as a datetime"
             got.setdefault(value["symbol"], []).append(normalise(value))
         want = {}
         for line in (tmp_path / f"{standard}.jsonl").read_text().splitlines():

@@ -528,3 +528,45 @@ fn a_running_query_reports_status_and_metrics_and_checkpoints_on_sigterm() {
     );
     assert!(!committed.is_empty());
 }
+
+#[test]
+fn the_registry_client_sends_basic_auth_and_reports_a_refusal() {
+    use std::io::BufRead;
+    let mut server = std::process::Command::new("python3")
+        .arg(repo().join("tests/schema_registry/server.py"))
+        .args(["--port", "0", "--basic-auth", "ops:s3cret"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut url = String::new();
+    std::io::BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut url)
+        .unwrap();
+    let url = url.trim().to_string();
+    let client = |password: &str| {
+        let mut c = RegistryConfig::new(url.clone());
+        c.username = Some("ops".into());
+        c.password = Some(tickflow_worker::kafka::Secret::new(password));
+        RegistryClient::new(c)
+    };
+    let schema = SourceTable::MarketTicks.avro_schema();
+    let id = client("s3cret")
+        .register("auth-test-value", schema)
+        .unwrap();
+    // A fresh client fetches it: the full schema, logical types included.
+    let fetched = client("s3cret").schema_by_id(id).unwrap();
+    assert_eq!(
+        serde_json::to_value(&*fetched).unwrap(),
+        serde_json::to_value(schema).unwrap()
+    );
+    assert!(serde_json::to_string(&*fetched).unwrap().contains("timestamp-millis"));
+    let refused = client("wrong").schema_by_id(id).unwrap_err().to_string();
+    assert!(refused.contains("401"), "{refused}");
+    assert!(
+        !refused.contains("wrong"),
+        "the password is not printed: {refused}"
+    );
+    server.kill().unwrap();
+    server.wait().unwrap();
+}

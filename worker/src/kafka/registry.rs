@@ -102,7 +102,14 @@ impl RegistryClient {
 
     /// Registers `schema` under `subject` (idempotent) and returns its id.
     pub fn register(&self, subject: &str, schema: &Schema) -> Result<u32, RegistryError> {
-        let text = schema.canonical_form();
+        // The full schema, not the Parsing Canonical Form: that form drops
+        // logical types (`timestamp-millis`), which readers need.
+        let text = serde_json::to_string(schema).map_err(|e| RegistryError::Rejected {
+            url: self.config.url.clone(),
+            what: format!("subject {subject}"),
+            code: 0,
+            message: format!("schema does not serialize: {e}"),
+        })?;
         let key = (subject.to_string(), text.clone());
         if let Some(id) = self.registered.lock().expect("not poisoned").get(&key) {
             return Ok(*id);
