@@ -560,7 +560,11 @@ fn the_registry_client_sends_basic_auth_and_reports_a_refusal() {
         serde_json::to_value(&*fetched).unwrap(),
         serde_json::to_value(schema).unwrap()
     );
-    assert!(serde_json::to_string(&*fetched).unwrap().contains("timestamp-millis"));
+    assert!(
+        serde_json::to_string(&*fetched)
+            .unwrap()
+            .contains("timestamp-millis")
+    );
     let refused = client("wrong").schema_by_id(id).unwrap_err().to_string();
     assert!(refused.contains("401"), "{refused}");
     assert!(
