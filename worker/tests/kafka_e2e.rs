@@ -518,6 +518,16 @@ fn a_running_query_reports_status_and_metrics_and_checkpoints_on_sigterm() {
     assert!(!committed.is_empty());
 }
 
+/// A child process killed when the test ends, also when it fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn the_registry_client_sends_basic_auth_and_reports_a_refusal() {
     use std::io::BufRead;
@@ -528,10 +538,10 @@ fn the_registry_client_sends_basic_auth_and_reports_a_refusal() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    let stdout = server.stdout.take().unwrap();
+    let _server = KillOnDrop(server);
     let mut url = String::new();
-    std::io::BufReader::new(server.stdout.take().unwrap())
-        .read_line(&mut url)
-        .unwrap();
+    std::io::BufReader::new(stdout).read_line(&mut url).unwrap();
     let url = url.trim().to_string();
     let client = |password: &str| {
         let mut c = RegistryConfig::new(url.clone());
@@ -560,6 +570,4 @@ fn the_registry_client_sends_basic_auth_and_reports_a_refusal() {
         !refused.contains("wrong"),
         "the password is not printed: {refused}"
     );
-    server.kill().unwrap();
-    server.wait().unwrap();
 }
