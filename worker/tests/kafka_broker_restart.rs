@@ -13,18 +13,7 @@ fn output_is_exactly_once_across_a_broker_restart() {
     let e = env();
     let topics = Topics::new("restart");
     let dir = tempfile::tempdir().unwrap();
-    run_ok(
-        worker()
-            .args([
-                "produce",
-                "--brokers",
-                &e.brokers,
-                "--schema-registry",
-                &e.registry,
-            ])
-            .args(["--seed", "9", "--count", "400000", "--partitions", "3"])
-            .args(topics.produce_args()),
-    );
+    produce_to_kafka(&topics, 9, 400_000, "0s");
     let sql = repo().join("sql/large_trades.sql");
     let query = |name: &str, chk: &str| {
         let mut c = worker();

@@ -48,27 +48,7 @@ fn a_query_killed_ten_times_commits_exactly_the_rows_of_an_uninterrupted_run() {
     let e = env();
     let topics = Topics::new("eos");
     let dir = tempfile::tempdir().unwrap();
-    let summary = run_ok(
-        worker()
-            .args([
-                "produce",
-                "--brokers",
-                &e.brokers,
-                "--schema-registry",
-                &e.registry,
-            ])
-            .args([
-                "--seed",
-                "77",
-                "--count",
-                "2000000",
-                "--jitter",
-                "300ms",
-                "--partitions",
-                "3",
-            ])
-            .args(topics.produce_args()),
-    );
+    let summary = produce_to_kafka(&topics, 77, 2_000_000, "300ms");
     assert_eq!(summary["ticks"], 2_000_000);
     let sql = dir.path().join("eos.sql");
     let text: String = STREAMS

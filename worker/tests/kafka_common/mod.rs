@@ -155,16 +155,10 @@ impl Topics {
     }
 }
 
-/// `produce` to Kafka (Avro through the registry) and the same data to files.
-pub fn produce_both(
-    topics: &Topics,
-    seed: u64,
-    count: u64,
-    jitter: &str,
-    dir: &Path,
-) -> serde_json::Value {
+/// `produce` to Kafka: Avro through the registry, 3 partitions per topic.
+pub fn produce_to_kafka(topics: &Topics, seed: u64, count: u64, jitter: &str) -> serde_json::Value {
     let e = env();
-    let kafka = run_ok(
+    run_ok(
         worker()
             .args([
                 "produce",
@@ -173,17 +167,21 @@ pub fn produce_both(
                 "--schema-registry",
                 &e.registry,
             ])
-            .args([
-                "--seed",
-                &seed.to_string(),
-                "--count",
-                &count.to_string(),
-                "--jitter",
-                jitter,
-            ])
-            .args(["--partitions", "3"])
+            .args(["--seed", &seed.to_string(), "--count", &count.to_string()])
+            .args(["--jitter", jitter, "--partitions", "3"])
             .args(topics.produce_args()),
-    );
+    )
+}
+
+/// `produce` to Kafka (as [`produce_to_kafka`]) and the same data to files.
+pub fn produce_both(
+    topics: &Topics,
+    seed: u64,
+    count: u64,
+    jitter: &str,
+    dir: &Path,
+) -> serde_json::Value {
+    let kafka = produce_to_kafka(topics, seed, count, jitter);
     run_ok(worker().args(["produce", "--output-dir"]).arg(dir).args([
         "--seed",
         &seed.to_string(),
