@@ -69,6 +69,8 @@ fn output_is_exactly_once_across_a_broker_restart() {
         "the worker did not ride out the broker restart:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Shown only when the test fails.
+    println!("worker stderr:\n{}", String::from_utf8_lossy(&out.stderr));
     let summary = last_json_line(&out);
     assert!(
         summary["restored_from"].is_null(),

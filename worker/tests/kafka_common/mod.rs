@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaResult;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -221,18 +222,26 @@ pub fn read_topic(brokers: &str, topic: &str, read_committed: bool) -> Vec<Recor
         )
         .create()
         .unwrap();
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
+    // The end is the log end as a read_uncommitted client sees it: a
+    // read_committed reader only gets there once every transaction in the
+    // topic is resolved, so a hanging transaction fails the caller instead
+    // of silently cutting the read short at the last stable offset.
+    let log_end: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("isolation.level", "read_uncommitted")
+        .create()
         .unwrap();
-    let partitions: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
+    let partitions: Vec<i32> = retry_after_restart(|| {
+        let md = log_end.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        Ok(md.topics()[0].partitions().iter().map(|p| p.id()).collect())
+    });
     let mut tpl = TopicPartitionList::new();
     let mut ends = BTreeMap::new();
     for &p in &partitions {
         tpl.add_partition_offset(topic, p, Offset::Beginning)
             .unwrap();
-        let (_, high) = consumer
-            .fetch_watermarks(topic, p, Duration::from_secs(10))
-            .unwrap();
+        let (_, high) =
+            retry_after_restart(|| log_end.fetch_watermarks(topic, p, Duration::from_secs(10)));
         ends.insert(p, high);
     }
     consumer.assign(&tpl).unwrap();
@@ -278,6 +287,22 @@ pub fn read_topic(brokers: &str, topic: &str, read_committed: bool) -> Vec<Recor
         }
     }
     out
+}
+
+/// Retries a metadata or offsets query for up to 30 s: right after a broker
+/// restart they fail with "not leader" until the partitions are loaded.
+fn retry_after_restart<T>(mut query: impl FnMut() -> KafkaResult<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match query() {
+            Ok(v) => return v,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("retrying after: {e}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
 }
 
 /// JSON rows of a topic written with `--output-format json`.
