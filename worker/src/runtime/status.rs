@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Life-cycle state of the worker.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WorkerState {
     #[default]
@@ -22,7 +22,7 @@ pub enum WorkerState {
     Failed,
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct CheckpointStatus {
     pub id: u64,
     /// Milliseconds since the Unix epoch.
@@ -31,8 +31,9 @@ pub struct CheckpointStatus {
     pub duration_ms: u64,
 }
 
-/// The `/status` document.
-#[derive(Clone, Debug, Default, Serialize)]
+/// The `/status` document (the operator reads it back).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Status {
     pub state: WorkerState,
     /// Query name or producer name.

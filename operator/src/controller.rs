@@ -1,0 +1,552 @@
+//! The reconcilers: StreamQuery and MarketProducer into owned objects by
+//! server-side apply, then status from the Deployment and the worker.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tickflow_crds::{
+    MarketProducer, MarketProducerStatus, Phase, StreamQuery, StreamQueryStatus, condition,
+};
+use tickflow_worker::runtime::Status as WorkerStatus;
+
+use crate::desired::{self, Defaults};
+use crate::metrics::Metrics;
+use crate::sql_check;
+use crate::status::{self, Rollout};
+use crate::worker_status;
+
+/// Field manager of everything the operator writes.
+pub const MANAGER: &str = "tickflow-operator";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub defaults: Defaults,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    /// Consecutive failures per object, for the error backoff.
+    failures: Mutex<HashMap<String, u32>>,
+    /// How often running workloads are re-read for the worker's figures.
+    pub refresh: Duration,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        defaults: Defaults,
+        recorder: Recorder,
+        metrics: Arc<Metrics>,
+        refresh: Duration,
+    ) -> Self {
+        Self {
+            client,
+            defaults,
+            recorder,
+            metrics,
+            failures: Mutex::default(),
+            refresh,
+        }
+    }
+}
+
+/// Exponential backoff after failures: 2 s, 4 s, … up to 5 minutes.
+pub fn backoff(failures: u32) -> Duration {
+    Duration::from_secs(2u64.saturating_pow(failures.clamp(1, 9))).min(Duration::from_secs(300))
+}
+
+fn key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
+    format!(
+        "{}/{}/{}",
+        K::kind(&()),
+        obj.meta().namespace.clone().unwrap_or_default(),
+        obj.meta().name.clone().unwrap_or_default()
+    )
+}
+
+fn error_policy<K>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action
+where
+    K: Resource<DynamicType = ()>,
+{
+    let n = {
+        let mut f = ctx.failures.lock().unwrap();
+        let n = f.entry(key(obj.as_ref())).or_default();
+        *n += 1;
+        *n
+    };
+    let wait = backoff(n);
+    tracing::warn!(
+        object = %key(obj.as_ref()),
+        failures = n,
+        retry_in_s = wait.as_secs(),
+        "reconcile failed: {err}"
+    );
+    Action::requeue(wait)
+}
+
+/// Server-side apply as the operator's field manager (force: the operator
+/// owns these objects' spec).
+async fn apply<K>(api: &Api<K>, obj: &K, metrics: &Metrics) -> Result<K, kube::Error>
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    let name = obj.meta().name.clone().unwrap_or_default();
+    let r = api
+        .patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(obj),
+        )
+        .await;
+    metrics
+        .applies
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    r
+}
+
+/// Applies `status` to the status subresource when it differs from `previous`.
+async fn write_status<K, S>(
+    api: &Api<K>,
+    obj: &K,
+    status: &S,
+    previous: Option<&S>,
+    metrics: &Metrics,
+) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    S: Serialize + PartialEq,
+{
+    if previous == Some(status) {
+        return Ok(());
+    }
+    let body = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &obj.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await?;
+    metrics
+        .status_writes
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
+/// An event on the resource; failures to record are logged, not fatal.
+async fn publish<K: Resource<DynamicType = ()>>(
+    ctx: &Context,
+    obj: &K,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let ev = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &obj.object_ref(&())).await {
+        tracing::warn!("recording event {reason}: {e}");
+    }
+}
+
+/// Events for phase changes (and the first invalid SQL).
+async fn phase_events<K: Resource<DynamicType = ()>>(
+    ctx: &Context,
+    obj: &K,
+    old: Option<Phase>,
+    new: Phase,
+    message: &str,
+) {
+    if old == Some(new) {
+        return;
+    }
+    let type_ = match new {
+        Phase::Failed | Phase::Degraded => EventType::Warning,
+        _ => EventType::Normal,
+    };
+    let from = old.map_or("None", Phase::as_str);
+    publish(
+        ctx,
+        obj,
+        type_,
+        new.as_str(),
+        format!("phase {from} → {}: {message}", new.as_str()),
+    )
+    .await;
+}
+
+/// The SQL of a query: inline, or from its ConfigMap.
+async fn resolve_sql(q: &StreamQuery, client: &Client) -> Result<Result<String, String>, Error> {
+    if let Some(sql) = &q.spec.sql {
+        return Ok(Ok(sql.clone()));
+    }
+    let Some(r) = &q.spec.sql_config_map else {
+        return Ok(Err("neither sql nor sqlConfigMap is set".into()));
+    };
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &q.namespace().unwrap_or_default());
+    Ok(match cms.get_opt(&r.name).await? {
+        None => Err(format!("ConfigMap {} not found", r.name)),
+        Some(cm) => cm
+            .data
+            .and_then(|mut d| d.remove(&r.key))
+            .ok_or_else(|| format!("ConfigMap {} has no key {}", r.name, r.key)),
+    })
+}
+
+fn sum<V: Copy + Into<i128>>(m: &std::collections::BTreeMap<String, V>) -> i128 {
+    m.values().map(|v| (*v).into()).sum()
+}
+
+/// Copies the worker's figures into the status.
+fn apply_worker_figures(s: &mut StreamQueryStatus, w: &WorkerStatus, now: Timestamp) {
+    s.records_in = Some(sum(&w.records_in) as u64);
+    s.records_out = Some(sum(&w.records_out) as u64);
+    s.late_events = Some(sum(&w.late_events) as u64);
+    s.dead_letters = Some(sum(&w.dead_letters) as u64);
+    s.lag = Some(w.total_lag());
+    s.last_error = w.last_error.clone();
+    s.worker_state = Some(
+        serde_json::to_value(w.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+    );
+    s.last_checkpoint = w
+        .last_checkpoint
+        .as_ref()
+        .map(|c| tickflow_crds::CheckpointStatus {
+            id: c.id,
+            time: status::rfc3339_ms(c.time_ms),
+            size_bytes: c.bytes,
+        });
+    s.worker_reported_at = Some(now.to_string());
+}
+
+/// The worker's /status, when it has a ready pod that answers.
+async fn worker_report(
+    ctx: &Context,
+    ns: &str,
+    component: &str,
+    name: &str,
+    rollout: Rollout,
+) -> Result<Option<WorkerStatus>, Error> {
+    if rollout.ready == 0 {
+        return Ok(None);
+    }
+    let selector = desired::selector_string(component, name);
+    let ips = worker_status::running_pod_ips(&ctx.client, ns, &selector).await?;
+    Ok(worker_status::fetch(ips).await)
+}
+
+pub async fn reconcile_query(q: Arc<StreamQuery>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let t0 = Instant::now();
+    let result = reconcile_query_inner(&q, &ctx).await;
+    ctx.metrics
+        .reconciled("StreamQuery", result.is_ok(), t0.elapsed());
+    if result.is_ok() {
+        ctx.failures.lock().unwrap().remove(&key(q.as_ref()));
+    }
+    result
+}
+
+async fn reconcile_query_inner(q: &StreamQuery, ctx: &Context) -> Result<Action, Error> {
+    let ns = q.namespace().unwrap_or_default();
+    let name = q.name_any();
+    let client = &ctx.client;
+    let api: Api<StreamQuery> = Api::namespaced(client.clone(), &ns);
+    let previous = q.status.clone();
+    let prev = previous.clone().unwrap_or_default();
+    let now = Timestamp::now();
+
+    let checked = match resolve_sql(q, client).await? {
+        Ok(sql) => match sql_check::check(&q.spec, &sql) {
+            Ok(checked) => Ok((sql, checked)),
+            Err(message) => Err(("InvalidSql", message)),
+        },
+        Err(message) => Err(("SqlUnavailable", message)),
+    };
+    let (sql, checked) = match checked {
+        Ok(ok) => ok,
+        Err((reason, message)) => {
+            // Invalid: nothing is created (an existing Deployment keeps
+            // running the last valid query).
+            let health = status::invalid_query_health(reason, &message);
+            let mut st = prev.clone();
+            st.phase = Some(health.phase);
+            st.observed_generation = q.metadata.generation;
+            st.conditions = status::stamp(
+                health.conditions,
+                &prev.conditions,
+                q.metadata.generation,
+                now,
+            );
+            st.streams.clear();
+            st.output_topics.clear();
+            let was_invalid = prev.conditions.iter().any(|c| {
+                c.type_ == condition::SQL_VALID && c.status == "False" && c.message == message
+            });
+            if !was_invalid {
+                publish(ctx, q, EventType::Warning, reason, message.clone()).await;
+            }
+            write_status(&api, q, &st, previous.as_ref(), &ctx.metrics).await?;
+            // A ConfigMap may appear; an invalid spec waits for an edit (which
+            // triggers a reconcile by itself).
+            return Ok(Action::requeue(if reason == "SqlUnavailable" {
+                Duration::from_secs(15)
+            } else {
+                Duration::from_secs(300)
+            }));
+        }
+    };
+
+    let objs = desired::stream_query(q, &sql, &checked, &ctx.defaults);
+    apply(
+        &Api::namespaced(client.clone(), &ns),
+        &objs.config_map,
+        &ctx.metrics,
+    )
+    .await?;
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+    if let Err(e) = apply(&pvcs, &objs.pvc, &ctx.metrics).await {
+        // Most PVC fields are immutable; a refused resize must not stop the query.
+        match &e {
+            kube::Error::Api(s) if s.code == 422 => {
+                publish(ctx, q, EventType::Warning, "PvcUnchanged", format!("{e}")).await;
+            }
+            _ => return Err(e.into()),
+        }
+    }
+    let deployment = apply(
+        &Api::namespaced(client.clone(), &ns),
+        &objs.deployment,
+        &ctx.metrics,
+    )
+    .await?;
+    apply(
+        &Api::<Service>::namespaced(client.clone(), &ns),
+        &objs.service,
+        &ctx.metrics,
+    )
+    .await?;
+
+    let rollout = Rollout::of(Some(&deployment));
+    let worker = worker_report(ctx, &ns, desired::QUERY_COMPONENT, &name, rollout).await?;
+    let health = status::workload_health(q.spec.state, rollout, worker.as_ref());
+    let mut conditions = vec![status::sql_valid(&checked.streams)];
+    conditions.extend(health.conditions);
+    let mut st = prev.clone();
+    st.phase = Some(health.phase);
+    st.observed_generation = q.metadata.generation;
+    st.conditions = status::stamp(conditions, &prev.conditions, q.metadata.generation, now);
+    st.ready_replicas = Some(rollout.ready);
+    st.streams = checked.streams.clone();
+    st.output_topics = checked.outputs.iter().map(|(_, t)| t.clone()).collect();
+    if let Some(w) = &worker {
+        apply_worker_figures(&mut st, w, now);
+    }
+    let message = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == condition::READY)
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    phase_events(ctx, q, prev.phase, health.phase, &message).await;
+    write_status(&api, q, &st, previous.as_ref(), &ctx.metrics).await?;
+    Ok(requeue_after(health.phase, ctx.refresh))
+}
+
+fn requeue_after(phase: Phase, refresh: Duration) -> Action {
+    match phase {
+        // Deployment changes wake the reconciler through the owns() watch;
+        // the periodic pass refreshes the worker's figures.
+        Phase::Running | Phase::Degraded => Action::requeue(refresh),
+        _ => Action::requeue(Duration::from_secs(300)),
+    }
+}
+
+pub async fn reconcile_producer(
+    p: Arc<MarketProducer>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let t0 = Instant::now();
+    let result = reconcile_producer_inner(&p, &ctx).await;
+    ctx.metrics
+        .reconciled("MarketProducer", result.is_ok(), t0.elapsed());
+    if result.is_ok() {
+        ctx.failures.lock().unwrap().remove(&key(p.as_ref()));
+    }
+    result
+}
+
+async fn reconcile_producer_inner(p: &MarketProducer, ctx: &Context) -> Result<Action, Error> {
+    let ns = p.namespace().unwrap_or_default();
+    let name = p.name_any();
+    let client = &ctx.client;
+    let api: Api<MarketProducer> = Api::namespaced(client.clone(), &ns);
+    let previous = p.status.clone();
+    let prev = previous.clone().unwrap_or_default();
+    let now = Timestamp::now();
+
+    let objs = desired::market_producer(p, &ctx.defaults);
+    let deployment = apply(
+        &Api::namespaced(client.clone(), &ns),
+        &objs.deployment,
+        &ctx.metrics,
+    )
+    .await?;
+    apply(
+        &Api::<Service>::namespaced(client.clone(), &ns),
+        &objs.service,
+        &ctx.metrics,
+    )
+    .await?;
+    let rollout = Rollout::of(Some(&deployment));
+    let worker = worker_report(ctx, &ns, desired::PRODUCER_COMPONENT, &name, rollout).await?;
+    let health = status::workload_health(p.spec.state, rollout, worker.as_ref());
+    let st = MarketProducerStatus {
+        phase: Some(health.phase),
+        observed_generation: p.metadata.generation,
+        conditions: status::stamp(
+            health.conditions,
+            &prev.conditions,
+            p.metadata.generation,
+            now,
+        ),
+        ready_replicas: Some(rollout.ready),
+        symbols: Some(if p.spec.symbols.is_empty() {
+            tickflow_worker::simulator::SimConfig::default()
+                .symbols
+                .len() as u32
+        } else {
+            p.spec.symbols.len() as u32
+        }),
+        records_out: worker
+            .as_ref()
+            .map(|w| sum(&w.records_out) as u64)
+            .or(prev.records_out),
+        last_error: worker
+            .as_ref()
+            .map_or(prev.last_error.clone(), |w| w.last_error.clone()),
+        worker_state: worker
+            .as_ref()
+            .and_then(|w| serde_json::to_value(w.state).ok())
+            .and_then(|v| v.as_str().map(str::to_string))
+            .or(prev.worker_state.clone()),
+        worker_reported_at: if worker.is_some() {
+            Some(now.to_string())
+        } else {
+            prev.worker_reported_at.clone()
+        },
+    };
+    let message = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == condition::READY)
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    phase_events(ctx, p, prev.phase, health.phase, &message).await;
+    write_status(&api, p, &st, previous.as_ref(), &ctx.metrics).await?;
+    Ok(requeue_after(health.phase, ctx.refresh))
+}
+
+/// Where the controllers look: one namespace or all.
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs both controllers until `shutdown` resolves.
+/// Runs both controllers until the shutdown futures resolve (one per
+/// controller: each waits for its reconciles in flight to finish).
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    concurrency: u16,
+    shutdown: [tokio::sync::oneshot::Receiver<()>; 2],
+) {
+    let [stop_queries, stop_producers] = shutdown.map(|rx| async move {
+        let _ = rx.await;
+    });
+    let client = ctx.client.clone();
+    let ns = namespace.as_deref();
+    let owned = |component: &str| {
+        watcher::Config::default().labels(&format!(
+            "app.kubernetes.io/managed-by=tickflow-operator,app.kubernetes.io/component={component}"
+        ))
+    };
+    let config = ControllerConfig::default().concurrency(concurrency);
+    let queries = Controller::new(
+        scoped::<StreamQuery>(&client, ns),
+        watcher::Config::default(),
+    )
+    .owns(
+        scoped::<Deployment>(&client, ns),
+        owned(desired::QUERY_COMPONENT),
+    )
+    .with_config(config.clone())
+    .graceful_shutdown_on(stop_queries)
+    .run(reconcile_query, error_policy, ctx.clone())
+    .for_each(|r| async move {
+        if let Err(e) = r {
+            tracing::debug!("StreamQuery controller: {e}");
+        }
+    });
+    let producers = Controller::new(
+        scoped::<MarketProducer>(&client, ns),
+        watcher::Config::default(),
+    )
+    .owns(
+        scoped::<Deployment>(&client, ns),
+        owned(desired::PRODUCER_COMPONENT),
+    )
+    .with_config(config)
+    .graceful_shutdown_on(stop_producers)
+    .run(reconcile_producer, error_policy, ctx.clone())
+    .for_each(|r| async move {
+        if let Err(e) = r {
+            tracing::debug!("MarketProducer controller: {e}");
+        }
+    });
+    futures::join!(queries, producers);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        assert_eq!(backoff(1), Duration::from_secs(2));
+        assert_eq!(backoff(3), Duration::from_secs(8));
+        assert_eq!(backoff(50), Duration::from_secs(300));
+    }
+}

@@ -1,0 +1,847 @@
+//! The Kubernetes objects a resource should have: pure functions from the
+//! resource (and the operator's defaults) to ConfigMap, PVC, Deployment and
+//! Service. The controller server-side-applies what these return.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    EnvVar, HTTPGetAction, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Service,
+    ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+use sha2::{Digest, Sha256};
+use tickflow_crds::{Format, KafkaConnection, MarketProducer, RunState, StreamQuery, UpgradeMode};
+
+use crate::sql_check::CheckedQuery;
+
+/// Port of the worker's HTTP endpoint (/metrics, /healthz, /readyz, /status).
+pub const WORKER_PORT: u16 = 8080;
+/// Key of the SQL in the query's ConfigMap.
+pub const SQL_KEY: &str = "query.sql";
+/// Pod template annotation whose change rolls the Deployment.
+pub const SPEC_HASH_ANNOTATION: &str = "tickflow.io/spec-hash";
+const SQL_DIR: &str = "/etc/tickflow/sql";
+const CHECKPOINT_DIR: &str = "/var/lib/tickflow/checkpoints";
+const SASL_DIR: &str = "/etc/tickflow/kafka-sasl";
+const CA_DIR: &str = "/etc/tickflow/kafka-ca";
+/// Non-root user of the worker image (distroless `nonroot`).
+const WORKER_UID: i64 = 65532;
+
+/// Operator-wide defaults (from the Helm chart's values).
+#[derive(Clone, Debug)]
+pub struct Defaults {
+    pub worker_image: String,
+    pub kafka_brokers: String,
+    pub schema_registry_url: String,
+}
+
+/// Objects of one StreamQuery.
+#[derive(Clone, Debug)]
+pub struct StreamQueryObjects {
+    pub config_map: ConfigMap,
+    pub pvc: PersistentVolumeClaim,
+    pub deployment: Deployment,
+    pub service: Service,
+}
+
+/// Objects of one MarketProducer.
+#[derive(Clone, Debug)]
+pub struct MarketProducerObjects {
+    pub deployment: Deployment,
+    pub service: Service,
+}
+
+pub fn config_map_name(query: &str) -> String {
+    format!("{query}-sql")
+}
+
+pub fn pvc_name(query: &str) -> String {
+    format!("{query}-checkpoints")
+}
+
+/// Labels of every object and pod of a resource.
+pub fn labels(component: &str, instance: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".into(), "tickflow-worker".into()),
+        // Not app.kubernetes.io/instance: Argo CD tracks its apps by that label.
+        ("tickflow.io/instance".into(), instance.into()),
+        ("app.kubernetes.io/component".into(), component.into()),
+        ("app.kubernetes.io/part-of".into(), "tickflow".into()),
+        (
+            "app.kubernetes.io/managed-by".into(),
+            "tickflow-operator".into(),
+        ),
+    ])
+}
+
+/// The label selector of a resource's pods.
+pub fn selector(component: &str, instance: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/component".into(), component.into()),
+        ("tickflow.io/instance".into(), instance.into()),
+    ])
+}
+
+pub fn selector_string(component: &str, instance: &str) -> String {
+    selector(component, instance)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub const QUERY_COMPONENT: &str = "stream-query";
+pub const PRODUCER_COMPONENT: &str = "market-producer";
+
+fn meta(
+    name: String,
+    namespace: Option<String>,
+    labels: &BTreeMap<String, String>,
+    owner: Option<OwnerReference>,
+) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace,
+        labels: Some(labels.clone()),
+        owner_references: owner.map(|o| vec![o]),
+        ..ObjectMeta::default()
+    }
+}
+
+fn hash_hex(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0]);
+    }
+    h.finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
+}
+
+/// Kafka settings as the worker's environment, plus the Secret volumes they need.
+fn kafka_env(
+    kafka: Option<&KafkaConnection>,
+    defaults: &Defaults,
+) -> (Vec<EnvVar>, Vec<Volume>, Vec<VolumeMount>) {
+    let brokers = kafka
+        .and_then(|k| k.bootstrap_servers.clone())
+        .unwrap_or_else(|| defaults.kafka_brokers.clone());
+    let registry = kafka
+        .and_then(|k| k.schema_registry_url.clone())
+        .unwrap_or_else(|| defaults.schema_registry_url.clone());
+    let mut envs = vec![env("KAFKA_BROKERS", brokers)];
+    if !registry.is_empty() {
+        envs.push(env("SCHEMA_REGISTRY_URL", registry));
+    }
+    let (mut volumes, mut mounts) = (Vec::new(), Vec::new());
+    if let Some(sec) = kafka.and_then(|k| k.security.as_ref()) {
+        envs.push(env("KAFKA_SECURITY_PROTOCOL", sec.protocol.as_str()));
+        if let Some(m) = sec.sasl_mechanism {
+            envs.push(env("KAFKA_SASL_MECHANISM", m.as_str()));
+        }
+        if let Some(u) = &sec.username {
+            envs.push(env("KAFKA_SASL_USERNAME", u.clone()));
+        }
+        // Secrets are mounted as files: never in the pod spec, never in env.
+        let mut secret_file = |name: &str, dir: &str, r: &tickflow_crds::KeyRef, file: &str| {
+            volumes.push(Volume {
+                name: name.into(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(r.name.clone()),
+                    items: Some(vec![k8s_openapi::api::core::v1::KeyToPath {
+                        key: r.key.clone(),
+                        path: file.into(),
+                        ..Default::default()
+                    }]),
+                    default_mode: Some(0o440),
+                    ..Default::default()
+                }),
+                ..Volume::default()
+            });
+            mounts.push(VolumeMount {
+                name: name.into(),
+                mount_path: dir.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            });
+        };
+        if let Some(r) = &sec.password_secret_ref {
+            secret_file("kafka-sasl", SASL_DIR, r, "password");
+            envs.push(env(
+                "KAFKA_SASL_PASSWORD_FILE",
+                format!("{SASL_DIR}/password"),
+            ));
+        }
+        if let Some(r) = &sec.ca_secret_ref {
+            secret_file("kafka-ca", CA_DIR, r, "ca.crt");
+            envs.push(env("KAFKA_SSL_CA_LOCATION", format!("{CA_DIR}/ca.crt")));
+        }
+    }
+    (envs, volumes, mounts)
+}
+
+fn hardened_container(
+    name: &str,
+    image: String,
+    args: Vec<String>,
+    envs: Vec<EnvVar>,
+    mounts: Vec<VolumeMount>,
+    resources: Option<ResourceRequirements>,
+) -> Container {
+    let probe = |path: &str, period: i32, failures: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(2),
+        ..Probe::default()
+    };
+    Container {
+        name: name.into(),
+        image: Some(image),
+        args: Some(args),
+        env: Some(envs),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: WORKER_PORT.into(),
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        // Startup may include a checkpoint restore and a transaction recovery.
+        startup_probe: Some(probe("/healthz", 2, 60)),
+        liveness_probe: Some(probe("/healthz", 10, 3)),
+        readiness_probe: Some(probe("/readyz", 5, 2)),
+        resources: Some(resources.unwrap_or_else(default_resources)),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(WORKER_UID),
+            run_as_group: Some(WORKER_UID),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            privileged: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..SeccompProfile::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(mounts),
+        ..Container::default()
+    }
+}
+
+fn default_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".into(), Quantity("250m".into())),
+            ("memory".into(), Quantity("256Mi".into())),
+        ])),
+        limits: Some(BTreeMap::from([("memory".into(), Quantity("1Gi".into()))])),
+        ..ResourceRequirements::default()
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn deployment(
+    name: &str,
+    namespace: Option<String>,
+    component: &str,
+    owner: OwnerReference,
+    replicas: i32,
+    spec_hash: &str,
+    container: Container,
+    volumes: Vec<Volume>,
+) -> Deployment {
+    let labels = labels(component, name);
+    let mut pod_labels = labels.clone();
+    pod_labels.extend(selector(component, name));
+    Deployment {
+        metadata: meta(name.into(), namespace, &labels, Some(owner)),
+        spec: Some(DeploymentSpec {
+            replicas: Some(replicas),
+            // Never two workers on one checkpoint volume or transactional id.
+            strategy: Some(DeploymentStrategy {
+                type_: Some("Recreate".into()),
+                ..DeploymentStrategy::default()
+            }),
+            selector: LabelSelector {
+                match_labels: Some(selector(component, name)),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(BTreeMap::from([
+                        (SPEC_HASH_ANNOTATION.into(), spec_hash.into()),
+                        ("prometheus.io/scrape".into(), "true".into()),
+                        ("prometheus.io/port".into(), WORKER_PORT.to_string()),
+                    ])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    volumes: Some(volumes),
+                    // The worker never talks to the Kubernetes API.
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    // SIGTERM → final checkpoint and transaction commit.
+                    termination_grace_period_seconds: Some(60),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(WORKER_UID),
+                        run_as_group: Some(WORKER_UID),
+                        fs_group: Some(WORKER_UID),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            ..SeccompProfile::default()
+                        }),
+                        ..PodSecurityContext::default()
+                    }),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    }
+}
+
+fn service(
+    name: &str,
+    namespace: Option<String>,
+    component: &str,
+    owner: OwnerReference,
+) -> Service {
+    Service {
+        metadata: meta(
+            name.into(),
+            namespace,
+            &labels(component, name),
+            Some(owner),
+        ),
+        spec: Some(ServiceSpec {
+            selector: Some(selector(component, name)),
+            ports: Some(vec![ServicePort {
+                name: Some("http-metrics".into()),
+                port: WORKER_PORT.into(),
+                target_port: Some(IntOrString::String("http".into())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+fn volume_mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: Some(read_only),
+        ..VolumeMount::default()
+    }
+}
+
+/// Hash of what the query's state depends on: a `stateless` upgrade starts
+/// a new checkpoint directory whenever it changes.
+pub fn query_state_hash(q: &StreamQuery, sql: &str) -> String {
+    let s = &q.spec;
+    let bindings = serde_json::to_string(&(
+        &s.sources,
+        &s.sinks,
+        s.output_format,
+        &s.allowed_lateness,
+        s.start_from,
+    ))
+    .expect("serializable");
+    hash_hex(&[sql, &bindings])
+}
+
+/// Everything a StreamQuery needs, for a query that passed [`crate::sql_check`].
+pub fn stream_query(
+    q: &StreamQuery,
+    sql: &str,
+    checked: &CheckedQuery,
+    defaults: &Defaults,
+) -> StreamQueryObjects {
+    let name = q.name_any();
+    let ns = q.namespace();
+    let owner = q
+        .controller_owner_ref(&())
+        .expect("object from the API server");
+    let spec = &q.spec;
+    let labels = labels(QUERY_COMPONENT, &name);
+
+    let config_map = ConfigMap {
+        metadata: meta(
+            config_map_name(&name),
+            ns.clone(),
+            &labels,
+            Some(owner.clone()),
+        ),
+        data: Some(BTreeMap::from([(SQL_KEY.into(), sql.into())])),
+        ..ConfigMap::default()
+    };
+
+    // A retained PVC has no owner, so garbage collection leaves it alone.
+    let pvc_owner = (!spec.checkpoint.retain_on_delete).then(|| owner.clone());
+    let pvc = PersistentVolumeClaim {
+        metadata: meta(pvc_name(&name), ns.clone(), &labels, pvc_owner),
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: spec.checkpoint.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".into(),
+                    Quantity(spec.checkpoint.storage_size.clone()),
+                )])),
+                ..VolumeResourceRequirements::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    };
+
+    let state_hash = query_state_hash(q, sql);
+    let checkpoint_dir = match spec.upgrade_mode {
+        UpgradeMode::LastState => CHECKPOINT_DIR.to_string(),
+        UpgradeMode::Stateless => format!("{CHECKPOINT_DIR}/rev-{state_hash}"),
+    };
+    let mut args: Vec<String> = vec![
+        "query".into(),
+        "--sql".into(),
+        format!("{SQL_DIR}/{SQL_KEY}"),
+        "--checkpoint-dir".into(),
+        checkpoint_dir,
+        "--name".into(),
+        format!("{}-{name}", ns.clone().unwrap_or_default()),
+    ];
+    for (table, topic) in &checked.inputs {
+        args.push("--input".into());
+        args.push(format!("{table}=kafka:{topic}"));
+    }
+    for (stream, topic) in &checked.outputs {
+        args.push("--output".into());
+        args.push(format!("{stream}=kafka:{topic}"));
+    }
+    let (mut envs, mut volumes, mut mounts) = kafka_env(spec.kafka.as_ref(), defaults);
+    envs.extend([
+        env("TICKFLOW_HTTP_ADDR", format!("0.0.0.0:{WORKER_PORT}")),
+        env("TICKFLOW_LOG_FORMAT", "json"),
+        env(
+            "TICKFLOW_CHECKPOINT_INTERVAL",
+            spec.checkpoint.interval.clone(),
+        ),
+        env("TICKFLOW_ALLOWED_LATENESS", spec.allowed_lateness.clone()),
+        env("TICKFLOW_INPUT_FORMAT", checked.input_format.as_str()),
+        env("TICKFLOW_OUTPUT_FORMAT", spec.output_format.as_str()),
+        env(
+            "TICKFLOW_START_FROM",
+            match spec.start_from {
+                tickflow_crds::StartFrom::Earliest => "earliest",
+                tickflow_crds::StartFrom::Latest => "latest",
+            },
+        ),
+    ]);
+    if let Some(t) = &spec.dead_letter_topic {
+        envs.push(env("TICKFLOW_DEAD_LETTER_TOPIC", t.clone()));
+    }
+    volumes.extend([
+        Volume {
+            name: "sql".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: config_map_name(&name),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: "checkpoints".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: pvc_name(&name),
+                read_only: Some(false),
+            }),
+            ..Volume::default()
+        },
+        // The root filesystem is read-only; librdkafka and the runtime may need /tmp.
+        Volume {
+            name: "tmp".into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                size_limit: Some(Quantity("64Mi".into())),
+                ..EmptyDirVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+    ]);
+    mounts.extend([
+        volume_mount("sql", SQL_DIR, true),
+        volume_mount("checkpoints", CHECKPOINT_DIR, false),
+        volume_mount("tmp", "/tmp", false),
+    ]);
+    let image = spec
+        .image
+        .clone()
+        .unwrap_or_else(|| defaults.worker_image.clone());
+    let container = hardened_container("worker", image, args, envs, mounts, spec.resources.clone());
+    // The SQL is in a ConfigMap, so it is not in the pod template: hash it in.
+    let spec_hash = hash_hex(&[
+        sql,
+        &serde_json::to_string(&container).expect("serializable"),
+        spec.restart_nonce.as_deref().unwrap_or(""),
+    ]);
+    let replicas = match spec.state {
+        RunState::Running => 1,
+        RunState::Suspended => 0,
+    };
+    let deployment = deployment(
+        &name,
+        ns.clone(),
+        QUERY_COMPONENT,
+        owner.clone(),
+        replicas,
+        &spec_hash,
+        container,
+        volumes,
+    );
+    let service = service(&name, ns, QUERY_COMPONENT, owner);
+    StreamQueryObjects {
+        config_map,
+        pvc,
+        deployment,
+        service,
+    }
+}
+
+/// The simulator's Deployment and Service.
+pub fn market_producer(p: &MarketProducer, defaults: &Defaults) -> MarketProducerObjects {
+    let name = p.name_any();
+    let ns = p.namespace();
+    let owner = p
+        .controller_owner_ref(&())
+        .expect("object from the API server");
+    let spec = &p.spec;
+    let mut args: Vec<String> = vec![
+        "produce".into(),
+        "--continuous".into(),
+        "--realtime".into(),
+        "--speed".into(),
+        spec.speed.to_string(),
+        "--rate".into(),
+        spec.rate.to_string(),
+        "--seed".into(),
+        spec.seed.to_string(),
+        "--format".into(),
+        match spec.format {
+            Format::Avro => "avro".into(),
+            Format::Json => "json".into(),
+        },
+        "--ticks-topic".into(),
+        spec.topics.market_ticks.clone(),
+        "--orders-topic".into(),
+        spec.topics.order_events.clone(),
+        "--books-topic".into(),
+        spec.topics.book_updates.clone(),
+        "--partitions".into(),
+        spec.partitions.to_string(),
+    ];
+    if !spec.symbols.is_empty() {
+        args.push("--symbols".into());
+        args.push(spec.symbols.join(","));
+    }
+    if spec.burst {
+        args.push("--burst".into());
+    }
+    if let Some(j) = &spec.jitter {
+        args.push("--jitter".into());
+        args.push(j.clone());
+    }
+    let (mut envs, mut volumes, mut mounts) = kafka_env(spec.kafka.as_ref(), defaults);
+    envs.extend([
+        env("TICKFLOW_HTTP_ADDR", format!("0.0.0.0:{WORKER_PORT}")),
+        env("TICKFLOW_LOG_FORMAT", "json"),
+    ]);
+    volumes.push(Volume {
+        name: "tmp".into(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            size_limit: Some(Quantity("64Mi".into())),
+            ..EmptyDirVolumeSource::default()
+        }),
+        ..Volume::default()
+    });
+    mounts.push(volume_mount("tmp", "/tmp", false));
+    let image = spec
+        .image
+        .clone()
+        .unwrap_or_else(|| defaults.worker_image.clone());
+    let container = hardened_container(
+        "producer",
+        image,
+        args,
+        envs,
+        mounts,
+        spec.resources.clone(),
+    );
+    let spec_hash = hash_hex(&[
+        &serde_json::to_string(&container).expect("serializable"),
+        spec.restart_nonce.as_deref().unwrap_or(""),
+    ]);
+    let replicas = match spec.state {
+        RunState::Running => 1,
+        RunState::Suspended => 0,
+    };
+    MarketProducerObjects {
+        deployment: deployment(
+            &name,
+            ns.clone(),
+            PRODUCER_COMPONENT,
+            owner.clone(),
+            replicas,
+            &spec_hash,
+            container,
+            volumes,
+        ),
+        service: service(&name, ns, PRODUCER_COMPONENT, owner),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sql_check;
+
+    fn query(yaml: &str) -> StreamQuery {
+        let mut q: StreamQuery = serde_yaml::from_str(yaml).unwrap();
+        q.metadata.uid = Some("uid-1".into());
+        q.metadata.namespace = Some("ns".into());
+        q
+    }
+
+    fn defaults() -> Defaults {
+        Defaults {
+            worker_image: "tickflow-worker:test".into(),
+            kafka_brokers: "kafka:9093".into(),
+            schema_registry_url: "http://registry:8081".into(),
+        }
+    }
+
+    const OHLC: &str = r#"
+apiVersion: tickflow.io/v1alpha1
+kind: StreamQuery
+metadata: {name: ohlc}
+spec:
+  sql: "CREATE STREAM ohlc_5s AS SELECT symbol, MAX(price) AS high FROM market_ticks GROUP BY symbol, TUMBLE(ts, INTERVAL '5' SECOND);"
+"#;
+
+    fn objects(q: &StreamQuery) -> StreamQueryObjects {
+        let sql = q.spec.sql.clone().unwrap();
+        let checked = sql_check::check(&q.spec, &sql).unwrap();
+        stream_query(q, &sql, &checked, &defaults())
+    }
+
+    #[test]
+    fn query_objects_are_owned_hardened_and_wired() {
+        let q = query(OHLC);
+        let o = objects(&q);
+        for m in [
+            &o.config_map.metadata,
+            &o.pvc.metadata,
+            &o.deployment.metadata,
+            &o.service.metadata,
+        ] {
+            let owners = m.owner_references.as_ref().expect("owned");
+            assert_eq!(owners[0].kind, "StreamQuery");
+            assert_eq!(owners[0].controller, Some(true));
+        }
+        let d = o.deployment.spec.unwrap();
+        assert_eq!(d.replicas, Some(1));
+        assert_eq!(d.strategy.unwrap().type_.as_deref(), Some("Recreate"));
+        let pod = d.template.spec.unwrap();
+        let c = &pod.containers[0];
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(
+            sc.capabilities.as_ref().unwrap().drop,
+            Some(vec!["ALL".into()])
+        );
+        assert_eq!(sc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
+        let args = c.args.as_ref().unwrap().join(" ");
+        assert!(
+            args.contains("--input market_ticks=kafka:market-ticks"),
+            "{args}"
+        );
+        assert!(args.contains("--output ohlc_5s=kafka:ohlc-5s"), "{args}");
+        assert!(args.contains("--name ns-ohlc"), "{args}");
+        let envs: BTreeMap<_, _> = c
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|e| (e.name.as_str(), e.value.clone().unwrap_or_default()))
+            .collect();
+        assert_eq!(envs["KAFKA_BROKERS"], "kafka:9093");
+        assert_eq!(envs["SCHEMA_REGISTRY_URL"], "http://registry:8081");
+        assert_eq!(envs["TICKFLOW_CHECKPOINT_INTERVAL"], "10s");
+        assert_eq!(
+            c.readiness_probe
+                .as_ref()
+                .unwrap()
+                .http_get
+                .as_ref()
+                .unwrap()
+                .path
+                .as_deref(),
+            Some("/readyz")
+        );
+        assert_eq!(o.config_map.data.unwrap()[SQL_KEY], q.spec.sql.unwrap());
+    }
+
+    #[test]
+    fn suspend_scales_to_zero_and_nonce_rolls() {
+        let q = query(OHLC);
+        let base = objects(&q);
+        let mut s = q.clone();
+        s.spec.state = RunState::Suspended;
+        assert_eq!(objects(&s).deployment.spec.unwrap().replicas, Some(0));
+        let hash = |o: &StreamQueryObjects| {
+            o.deployment
+                .spec
+                .as_ref()
+                .unwrap()
+                .template
+                .metadata
+                .as_ref()
+                .unwrap()
+                .annotations
+                .as_ref()
+                .unwrap()[SPEC_HASH_ANNOTATION]
+                .clone()
+        };
+        // Suspending does not change the pod template (no needless new ReplicaSet).
+        assert_eq!(hash(&base), hash(&objects(&s)));
+        let mut n = q.clone();
+        n.spec.restart_nonce = Some("1".into());
+        assert_ne!(hash(&base), hash(&objects(&n)));
+    }
+
+    #[test]
+    fn retained_pvc_has_no_owner_and_stateless_moves_checkpoints_per_revision() {
+        let mut q = query(OHLC);
+        q.spec.checkpoint.retain_on_delete = true;
+        assert!(objects(&q).pvc.metadata.owner_references.is_none());
+        let dir = |q: &StreamQuery| {
+            let o = objects(q);
+            let args = o.deployment.spec.unwrap().template.spec.unwrap().containers[0]
+                .args
+                .clone()
+                .unwrap();
+            args[args.iter().position(|a| a == "--checkpoint-dir").unwrap() + 1].clone()
+        };
+        assert_eq!(dir(&q), CHECKPOINT_DIR);
+        q.spec.upgrade_mode = UpgradeMode::Stateless;
+        let first = dir(&q);
+        assert!(first.starts_with(&format!("{CHECKPOINT_DIR}/rev-")));
+        q.spec.restart_nonce = Some("again".into());
+        assert_eq!(dir(&q), first, "a restart keeps the revision's state");
+        q.spec.sql = Some(q.spec.sql.unwrap().replace("5' SECOND", "10' SECOND"));
+        assert_ne!(dir(&q), first, "a new query revision starts empty");
+    }
+
+    #[test]
+    fn secrets_are_mounted_as_files_not_env_values() {
+        let q = query(
+            r#"
+apiVersion: tickflow.io/v1alpha1
+kind: StreamQuery
+metadata: {name: secure}
+spec:
+  sql: "CREATE STREAM x AS SELECT symbol FROM market_ticks;"
+  kafka:
+    bootstrapServers: "b:9092"
+    security: {protocol: sasl_ssl, saslMechanism: scram-sha-512, username: alice,
+               passwordSecretRef: {name: kafka-creds, key: password}}
+"#,
+        );
+        let o = objects(&q);
+        let pod = o.deployment.spec.unwrap().template.spec.unwrap();
+        let c = &pod.containers[0];
+        let envs = c.env.as_ref().unwrap();
+        assert!(envs.iter().all(|e| e.name != "KAFKA_SASL_PASSWORD"));
+        assert!(envs.iter().any(|e| e.name == "KAFKA_SASL_PASSWORD_FILE"));
+        assert!(
+            envs.iter()
+                .any(|e| e.name == "KAFKA_BROKERS" && e.value.as_deref() == Some("b:9092"))
+        );
+        let vol = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "kafka-sasl")
+            .unwrap();
+        assert_eq!(
+            vol.secret.unwrap().secret_name.as_deref(),
+            Some("kafka-creds")
+        );
+    }
+
+    #[test]
+    fn producer_args_follow_the_spec() {
+        let mut p: MarketProducer = serde_yaml::from_str(
+            r#"
+apiVersion: tickflow.io/v1alpha1
+kind: MarketProducer
+metadata: {name: sim, namespace: ns, uid: u}
+spec: {symbols: [AAPL, MSFT], rate: 500, burst: true, seed: 7}
+"#,
+        )
+        .unwrap();
+        let o = market_producer(&p, &defaults());
+        let args = o.deployment.spec.unwrap().template.spec.unwrap().containers[0]
+            .args
+            .clone()
+            .unwrap()
+            .join(" ");
+        assert!(
+            args.starts_with("produce --continuous --realtime"),
+            "{args}"
+        );
+        assert!(args.contains("--rate 500 --seed 7"), "{args}");
+        assert!(args.contains("--symbols AAPL,MSFT --burst"), "{args}");
+        p.spec.state = RunState::Suspended;
+        assert_eq!(
+            market_producer(&p, &defaults())
+                .deployment
+                .spec
+                .unwrap()
+                .replicas,
+            Some(0)
+        );
+    }
+}

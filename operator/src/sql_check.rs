@@ -1,0 +1,168 @@
+//! SQL validation with the worker's own planner, before anything is created:
+//! a query the worker would reject gets `SqlValid=False` and no Deployment.
+
+use std::collections::BTreeSet;
+
+use tickflow_crds::{Format, StreamQuerySpec};
+use tickflow_worker::engine::plan::{SourceDef, plan_sql};
+
+/// Source tables and the topics they are read from by default.
+pub const DEFAULT_SOURCES: [(&str, &str); 3] = [
+    ("market_ticks", "market-ticks"),
+    ("order_events", "order-events"),
+    ("book_updates", "book-updates"),
+];
+
+/// What the planner says the query reads and writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckedQuery {
+    /// Streams in definition order.
+    pub streams: Vec<String>,
+    /// (table, topic) of every source the streams read.
+    pub inputs: Vec<(String, String)>,
+    /// (stream, topic) of every stream.
+    pub outputs: Vec<(String, String)>,
+    /// Value format of the inputs.
+    pub input_format: Format,
+}
+
+/// Plans `sql` as the worker will and resolves sources and sinks.
+/// The error is the message to show in the SqlValid condition.
+pub fn check(spec: &StreamQuerySpec, sql: &str) -> Result<CheckedQuery, String> {
+    let builtin = SourceDef::builtin();
+    let plans = plan_sql(sql, &builtin).map_err(|e| e.to_string())?;
+    if plans.is_empty() {
+        return Err("the SQL defines no stream (expected CREATE STREAM name AS SELECT …)".into());
+    }
+    for s in &spec.sources {
+        if !builtin.iter().any(|b| b.name == s.table) {
+            return Err(format!(
+                "spec.sources: unknown table `{}` (known: market_ticks, order_events, book_updates)",
+                s.table
+            ));
+        }
+    }
+    let streams: Vec<String> = plans.iter().map(|p| p.name.clone()).collect();
+    for sink in &spec.sinks {
+        if !streams.contains(&sink.stream) {
+            return Err(format!(
+                "spec.sinks: stream `{}` is not defined by the SQL (it defines: {})",
+                sink.stream,
+                streams.join(", ")
+            ));
+        }
+    }
+    let used: BTreeSet<&str> = plans.iter().map(|p| p.source.as_str()).collect();
+    let mut inputs = Vec::new();
+    let mut formats = BTreeSet::new();
+    for table in used {
+        let (topic, format) = match spec.sources.iter().find(|s| s.table == table) {
+            Some(s) => (s.topic.clone(), s.format.unwrap_or_default()),
+            None => {
+                let topic = DEFAULT_SOURCES
+                    .iter()
+                    .find(|(t, _)| *t == table)
+                    .map(|(_, topic)| topic.to_string())
+                    .ok_or_else(|| format!("no topic for table `{table}`"))?;
+                (topic, Format::Avro)
+            }
+        };
+        formats.insert(format.as_str());
+        inputs.push((table.to_string(), topic));
+    }
+    if formats.len() > 1 {
+        return Err("spec.sources: all sources of one query must use the same format".into());
+    }
+    let input_format = match formats.into_iter().next() {
+        Some("json") => Format::Json,
+        _ => Format::Avro,
+    };
+    let outputs = streams
+        .iter()
+        .map(|s| {
+            let topic = spec
+                .sinks
+                .iter()
+                .find(|k| &k.stream == s)
+                .map(|k| k.topic.clone())
+                .unwrap_or_else(|| s.replace('_', "-"));
+            (s.clone(), topic)
+        })
+        .collect();
+    Ok(CheckedQuery {
+        streams,
+        inputs,
+        outputs,
+        input_format,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(json: &str) -> StreamQuerySpec {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn every_query_in_sql_dir_is_valid_with_default_sources() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../sql");
+        let mut n = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let sql = std::fs::read_to_string(&path).unwrap();
+            let q = check(&spec("{}"), &sql).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert!(!q.streams.is_empty());
+            n += 1;
+        }
+        assert_eq!(n, 9);
+    }
+
+    #[test]
+    fn resolves_default_and_explicit_topics() {
+        let sql = "CREATE STREAM big_trades AS SELECT symbol, price FROM market_ticks WHERE volume > 100;";
+        let q = check(&spec("{}"), sql).unwrap();
+        assert_eq!(
+            q.inputs,
+            vec![("market_ticks".into(), "market-ticks".into())]
+        );
+        assert_eq!(q.outputs, vec![("big_trades".into(), "big-trades".into())]);
+        let s = spec(
+            r#"{"sources":[{"table":"market_ticks","topic":"ticks-eu","format":"json"}],
+                "sinks":[{"stream":"big_trades","topic":"alerts"}]}"#,
+        );
+        let q = check(&s, sql).unwrap();
+        assert_eq!(q.inputs, vec![("market_ticks".into(), "ticks-eu".into())]);
+        assert_eq!(q.outputs, vec![("big_trades".into(), "alerts".into())]);
+        assert_eq!(q.input_format, Format::Json);
+    }
+
+    #[test]
+    fn planner_errors_and_bad_bindings_are_reported() {
+        let e = check(
+            &spec("{}"),
+            "CREATE STREAM x AS SELECT nosuch FROM market_ticks;",
+        )
+        .unwrap_err();
+        assert!(e.contains("nosuch"), "{e}");
+        let e = check(
+            &spec("{}"),
+            "CREATE STREAM x AS SELEC symbol FROM market_ticks;",
+        )
+        .unwrap_err();
+        assert!(e.contains("SELEC") && e.contains("Line: 1"), "{e}");
+        let e = check(
+            &spec(r#"{"sinks":[{"stream":"y","topic":"t"}]}"#),
+            "CREATE STREAM x AS SELECT symbol FROM market_ticks;",
+        )
+        .unwrap_err();
+        assert!(e.contains("stream `y` is not defined"), "{e}");
+        let e = check(
+            &spec(r#"{"sources":[{"table":"trades","topic":"t"}]}"#),
+            "CREATE STREAM x AS SELECT symbol FROM market_ticks;",
+        )
+        .unwrap_err();
+        assert!(e.contains("unknown table `trades`"), "{e}");
+    }
+}

@@ -1,0 +1,206 @@
+//! The worker as its Deployment would run it: the container's own args and
+//! env (SQL from the ConfigMap, checkpoints in a temp dir standing in for the
+//! PVC, HTTP on the pod's IP) against the real test Kafka broker. Its runtime
+//! figures must show up in the StreamQuery's status.
+
+mod k8s_common;
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use k8s_common::*;
+
+/// `export K=V` lines of a test-server script (started if needed).
+fn server_env(script: &str) -> BTreeMap<String, String> {
+    let path = repo().join(script);
+    let start = Command::new("bash")
+        .arg(&path)
+        .arg("start")
+        .output()
+        .unwrap();
+    assert!(
+        start.status.success(),
+        "{script} start: {}",
+        String::from_utf8_lossy(&start.stderr)
+    );
+    let out = Command::new("bash").arg(&path).arg("env").output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("export "))
+        .flat_map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            Some((k.to_string(), v.trim_matches(['"', '\'']).to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn worker_started_from_the_deployment_reports_into_the_status() {
+    let brokers = server_env("tests/kafka/kafka.sh")["KAFKA_BROKERS"].clone();
+    let registry = server_env("tests/schema_registry/registry.sh")["SCHEMA_REGISTRY_URL"].clone();
+    let ns = create_namespace("sq-worker");
+    let _op = Operator::start(OperatorOptions {
+        namespace: &ns,
+        leader_election: false,
+        lease_name: "unused",
+        identity: "worker-test",
+        extra_env: vec![],
+    });
+    let ticks = format!("{ns}-ticks");
+    let ticks_count = 20_000;
+    let produced = Command::new(worker_bin())
+        .args([
+            "produce",
+            "--count",
+            &ticks_count.to_string(),
+            "--brokers",
+            &brokers,
+            "--schema-registry",
+            &registry,
+        ])
+        .args([
+            "--ticks-topic",
+            &ticks,
+            "--orders-topic",
+            &format!("{ns}-orders"),
+            "--books-topic",
+            &format!("{ns}-books"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        produced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&produced.stderr)
+    );
+
+    let sql = std::fs::read_to_string(repo().join("sql/ohlc_5s.sql")).unwrap();
+    let extra = format!(
+        "  kafka: {{bootstrapServers: \"{brokers}\", schemaRegistryUrl: \"{registry}\"}}\n  sources: [{{table: market_ticks, topic: {ticks}}}]\n  sinks: [{{stream: ohlc_5s, topic: {ns}-ohlc}}]\n  checkpoint: {{interval: 500ms}}\n"
+    );
+    apply_ok(&ns, &stream_query_yaml("ohlc", &sql, &extra));
+    let pod_ip = wait_for("a Running pod with an IP", Duration::from_secs(30), || {
+        let ip = kc(&[
+            "get",
+            "pods",
+            "-n",
+            &ns,
+            "-l",
+            "tickflow.io/instance=ohlc",
+            "-o",
+            "jsonpath={.items[*].status.podIP}",
+        ]);
+        (!ip.is_empty()).then_some(ip)
+    });
+
+    // The container exactly as the Deployment has it.
+    let d = get(&ns, "deployment", "ohlc").unwrap();
+    let container = &d["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<String> = serde_json::from_value(container["args"].clone()).unwrap();
+    let env: Vec<(String, String)> = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().to_string(),
+                e["value"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        env.iter()
+            .any(|(k, v)| k == "KAFKA_BROKERS" && *v == brokers)
+    );
+    // Volumes: the ConfigMap's SQL, and a temp dir as the PVC.
+    let dir = tempfile::tempdir().unwrap();
+    let cm = get(&ns, "configmap", "ohlc-sql").unwrap();
+    let sql_file = dir.path().join("query.sql");
+    std::fs::write(&sql_file, cm["data"]["query.sql"].as_str().unwrap()).unwrap();
+    let checkpoints = dir.path().join("checkpoints");
+    let mounts = [
+        (
+            "/etc/tickflow/sql/query.sql",
+            sql_file.to_str().unwrap().to_string(),
+        ),
+        (
+            "/var/lib/tickflow/checkpoints",
+            checkpoints.to_str().unwrap().to_string(),
+        ),
+    ];
+    let args: Vec<String> = args
+        .into_iter()
+        .map(|a| {
+            mounts
+                .iter()
+                .find(|(from, _)| *from == a)
+                .map_or(a, |(_, to)| to.clone())
+        })
+        .collect();
+    let mut worker = Command::new(worker_bin());
+    worker
+        .args(&args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in &env {
+        // The pod's network: its own IP, the worker's port.
+        let v = if k == "TICKFLOW_HTTP_ADDR" {
+            v.replace("0.0.0.0", &pod_ip)
+        } else {
+            v.clone()
+        };
+        worker.env(k, v);
+    }
+    let log = dir.path().join("worker.log");
+    let mut child = worker
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+
+    let sq = wait_for(
+        "the worker's figures in the status",
+        Duration::from_secs(60),
+        || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "the worker exited ({status}): {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            let o = get(&ns, "streamquery", "ohlc")?;
+            let s = &o["status"];
+            (s["recordsIn"] == ticks_count
+                && s["lastCheckpoint"]["id"].as_u64().is_some_and(|id| id > 0))
+            .then_some(o)
+        },
+    );
+    let s = &sq["status"];
+    assert_eq!(s["workerState"], "running", "{s}");
+    assert_eq!(s["lag"], 0, "{s}");
+    assert!(
+        s["lastCheckpoint"]["time"].as_str().unwrap().ends_with('Z'),
+        "{s}"
+    );
+    assert!(s["lastError"].is_null(), "{s}");
+    // The IN column shows the figure.
+    let table = kc(&["get", "sq", "ohlc", "-n", &ns, "--no-headers"]);
+    assert!(
+        table
+            .split_whitespace()
+            .any(|c| c == ticks_count.to_string()),
+        "{table}"
+    );
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let exit = child.wait().unwrap();
+    assert!(
+        exit.success(),
+        "worker: {exit}: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}
