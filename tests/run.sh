@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit and integration tests, the
 # end-to-end tests against a real Kafka broker (Apache Kafka 4.x, KRaft, from
-# Maven Central) and the test schema registry, and the Python interop tests
-# (Confluent's confluent-kafka client). Installs what the tests need first.
-# Build outputs, jars and the Python venv are cached outside the clone
-# ($HOME/.cache/tickflow) so repeated runs are fast.
+# Maven Central) and the test schema registry, the Python interop tests
+# (Confluent's confluent-kafka client), the Helm chart and Argo CD checks, and
+# the operator's end-to-end tests on a real Kubernetes control plane (etcd,
+# kube-apiserver, controllers and KWOK built from their Go modules).
+# Installs what the tests need first. Build outputs, jars, Go binaries and the
+# Python venv are cached outside the clone ($HOME/.cache/tickflow) so repeated
+# runs are fast.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,15 +29,24 @@ cargo fmt --all --check
 step "cargo clippy (all targets, warnings are errors)"
 cargo clippy --release --workspace --all-targets -- -D warnings
 
-step "test servers: Kafka broker (KRaft) and schema registry"
+step "CRDs, chart, manifests and Argo CD health checks"
 python_bin="$(tests/python/setup.sh)"
+# Nothing else builds now: let the Go build use both cores.
+K8S_BUILD_PARALLEL="${K8S_BUILD_PARALLEL:-2}" tests/k8s/controlplane.sh install
+"$python_bin" manifests/generate.py --check
+tests/helm/lint.sh
+tests/argocd/run.sh
+
+step "test servers: Kafka broker (KRaft), schema registry, Kubernetes control plane"
 cleanup() {
+  tests/k8s/controlplane.sh stop >/dev/null 2>&1 || true
   tests/schema_registry/registry.sh stop >/dev/null 2>&1 || true
   tests/kafka/kafka.sh stop >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 tests/kafka/kafka.sh start
 tests/schema_registry/registry.sh start
+tests/k8s/controlplane.sh start
 
 step "cargo test"
 cargo test --release --workspace

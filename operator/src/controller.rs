@@ -44,6 +44,9 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Consecutive failures per object, for the error backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// Fingerprint of the objects last applied per resource, and when: an
+    /// unchanged resource is not re-applied on every Deployment status change.
+    applied: Mutex<HashMap<String, (String, Instant)>>,
     /// How often running workloads are re-read for the worker's figures.
     pub refresh: Duration,
 }
@@ -62,6 +65,7 @@ impl Context {
             recorder,
             metrics,
             failures: Mutex::default(),
+            applied: Mutex::default(),
             refresh,
         }
     }
@@ -119,6 +123,44 @@ where
         .applies
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     r
+}
+
+/// Full re-apply at least this often, to undo drift in owned objects.
+const REAPPLY_EVERY: Duration = Duration::from_secs(300);
+
+fn fingerprint(objects: &[serde_json::Value]) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(serde_json::to_vec(objects).expect("serializable"));
+    digest.iter().take(12).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether the objects with `fingerprint` were applied recently for `key`.
+fn recently_applied(ctx: &Context, key: &str, fingerprint: &str) -> bool {
+    ctx.applied
+        .lock()
+        .unwrap()
+        .get(key)
+        .is_some_and(|(f, at)| f == fingerprint && at.elapsed() < REAPPLY_EVERY)
+}
+
+/// The live Deployment when it still matches `desired` (same template hash
+/// and replicas), so the applies can be skipped.
+async fn unchanged_deployment(
+    api: &Api<Deployment>,
+    desired: &Deployment,
+) -> Result<Option<Deployment>, kube::Error> {
+    let Some(live) = api.get_opt(&desired.name_any()).await? else {
+        return Ok(None);
+    };
+    let hash = |d: &Deployment| {
+        d.spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.as_ref())
+            .and_then(|m| m.annotations.as_ref())
+            .and_then(|a| a.get(desired::SPEC_HASH_ANNOTATION).cloned())
+    };
+    let replicas = |d: &Deployment| d.spec.as_ref().and_then(|s| s.replicas);
+    Ok((hash(&live) == hash(desired) && replicas(&live) == replicas(desired)).then_some(live))
 }
 
 /// Applies `status` to the status subresource when it differs from `previous`.
@@ -324,34 +366,52 @@ async fn reconcile_query_inner(q: &StreamQuery, ctx: &Context) -> Result<Action,
     };
 
     let objs = desired::stream_query(q, &sql, &checked, &ctx.defaults);
-    apply(
-        &Api::namespaced(client.clone(), &ns),
-        &objs.config_map,
-        &ctx.metrics,
-    )
-    .await?;
-    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
-    if let Err(e) = apply(&pvcs, &objs.pvc, &ctx.metrics).await {
-        // Most PVC fields are immutable; a refused resize must not stop the query.
-        match &e {
-            kube::Error::Api(s) if s.code == 422 => {
-                publish(ctx, q, EventType::Warning, "PvcUnchanged", format!("{e}")).await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let print = fingerprint(&[
+        serde_json::to_value(&objs.config_map).expect("serializable"),
+        serde_json::to_value(&objs.pvc).expect("serializable"),
+        serde_json::to_value(&objs.deployment).expect("serializable"),
+        serde_json::to_value(&objs.service).expect("serializable"),
+    ]);
+    let key = key(q);
+    let skip = if recently_applied(ctx, &key, &print) {
+        unchanged_deployment(&deployments, &objs.deployment).await?
+    } else {
+        None
+    };
+    let deployment = match skip {
+        Some(d) => d,
+        None => {
+            apply(
+                &Api::namespaced(client.clone(), &ns),
+                &objs.config_map,
+                &ctx.metrics,
+            )
+            .await?;
+            let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+            if let Err(e) = apply(&pvcs, &objs.pvc, &ctx.metrics).await {
+                // Most PVC fields are immutable; a refused resize must not stop the query.
+                match &e {
+                    kube::Error::Api(s) if s.code == 422 => {
+                        publish(ctx, q, EventType::Warning, "PvcUnchanged", format!("{e}")).await;
+                    }
+                    _ => return Err(e.into()),
+                }
             }
-            _ => return Err(e.into()),
+            let d = apply(&deployments, &objs.deployment, &ctx.metrics).await?;
+            apply(
+                &Api::<Service>::namespaced(client.clone(), &ns),
+                &objs.service,
+                &ctx.metrics,
+            )
+            .await?;
+            ctx.applied
+                .lock()
+                .unwrap()
+                .insert(key, (print, Instant::now()));
+            d
         }
-    }
-    let deployment = apply(
-        &Api::namespaced(client.clone(), &ns),
-        &objs.deployment,
-        &ctx.metrics,
-    )
-    .await?;
-    apply(
-        &Api::<Service>::namespaced(client.clone(), &ns),
-        &objs.service,
-        &ctx.metrics,
-    )
-    .await?;
+    };
 
     let rollout = Rollout::of(Some(&deployment));
     let worker = worker_report(ctx, &ns, desired::QUERY_COMPONENT, &name, rollout).await?;
@@ -412,18 +472,34 @@ async fn reconcile_producer_inner(p: &MarketProducer, ctx: &Context) -> Result<A
     let now = Timestamp::now();
 
     let objs = desired::market_producer(p, &ctx.defaults);
-    let deployment = apply(
-        &Api::namespaced(client.clone(), &ns),
-        &objs.deployment,
-        &ctx.metrics,
-    )
-    .await?;
-    apply(
-        &Api::<Service>::namespaced(client.clone(), &ns),
-        &objs.service,
-        &ctx.metrics,
-    )
-    .await?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let print = fingerprint(&[
+        serde_json::to_value(&objs.deployment).expect("serializable"),
+        serde_json::to_value(&objs.service).expect("serializable"),
+    ]);
+    let key = key(p);
+    let skip = if recently_applied(ctx, &key, &print) {
+        unchanged_deployment(&deployments, &objs.deployment).await?
+    } else {
+        None
+    };
+    let deployment = match skip {
+        Some(d) => d,
+        None => {
+            let d = apply(&deployments, &objs.deployment, &ctx.metrics).await?;
+            apply(
+                &Api::<Service>::namespaced(client.clone(), &ns),
+                &objs.service,
+                &ctx.metrics,
+            )
+            .await?;
+            ctx.applied
+                .lock()
+                .unwrap()
+                .insert(key, (print, Instant::now()));
+            d
+        }
+    };
     let rollout = Rollout::of(Some(&deployment));
     let worker = worker_report(ctx, &ns, desired::PRODUCER_COMPONENT, &name, rollout).await?;
     let health = status::workload_health(p.spec.state, rollout, worker.as_ref());

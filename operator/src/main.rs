@@ -41,7 +41,7 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Reconcile MarketProducer and StreamQuery resources.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the CustomResourceDefinitions as YAML (or write one file per CRD to --out-dir).
     Crdgen {
         #[arg(long)]
@@ -237,7 +237,7 @@ async fn main() -> std::process::ExitCode {
     init_logging(cli.log_format);
     let result = match cli.command {
         Command::Crdgen { out_dir } => crdgen(out_dir),
-        Command::Run(args) => run(args).await,
+        Command::Run(args) => run(*args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
