@@ -36,6 +36,116 @@ fn server_env(script: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Starts the worker exactly as the Deployment's container would run, with
+/// `mounts` (container path → local path) standing in for volumes and the
+/// HTTP endpoint on the pod's IP. Returns the child.
+fn start_like_the_pod(
+    ns: &str,
+    deployment: &str,
+    pod_ip: &str,
+    mounts: &[(&str, String)],
+    log: &std::path::Path,
+) -> std::process::Child {
+    let d = get(ns, "deployment", deployment).unwrap();
+    let container = &d["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<String> = serde_json::from_value(container["args"].clone()).unwrap();
+    let args: Vec<String> = args
+        .into_iter()
+        .map(|a| {
+            mounts
+                .iter()
+                .find(|(from, _)| *from == a)
+                .map_or(a, |(_, to)| to.clone())
+        })
+        .collect();
+    let mut worker = Command::new(worker_bin());
+    worker
+        .args(&args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    for e in container["env"].as_array().unwrap() {
+        let (k, v) = (
+            e["name"].as_str().unwrap(),
+            e["value"].as_str().unwrap_or_default(),
+        );
+        // The pod's network: its own IP, the worker's port.
+        let v = if k == "TICKFLOW_HTTP_ADDR" {
+            v.replace("0.0.0.0", pod_ip)
+        } else {
+            v.to_string()
+        };
+        worker.env(k, v);
+    }
+    worker
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+fn pod_ip(ns: &str, instance: &str) -> String {
+    wait_for("a Running pod with an IP", Duration::from_secs(30), || {
+        let ip = kc(&[
+            "get",
+            "pods",
+            "-n",
+            ns,
+            "-l",
+            &format!("tickflow.io/instance={instance}"),
+            "-o",
+            "jsonpath={.items[*].status.podIP}",
+        ]);
+        (!ip.is_empty()).then_some(ip)
+    })
+}
+
+#[test]
+fn producer_started_from_its_deployment_publishes_and_reports() {
+    let brokers = server_env("tests/kafka/kafka.sh")["KAFKA_BROKERS"].clone();
+    let registry = server_env("tests/schema_registry/registry.sh")["SCHEMA_REGISTRY_URL"].clone();
+    let ns = create_namespace("mp-worker");
+    let _op = Operator::start(OperatorOptions {
+        namespace: &ns,
+        leader_election: false,
+        lease_name: "unused",
+        identity: "producer-test",
+        extra_env: vec![],
+    });
+    let yaml = format!(
+        "apiVersion: tickflow.io/v1alpha1\nkind: MarketProducer\nmetadata: {{name: sim}}\nspec:\n  kafka: {{bootstrapServers: \"{brokers}\", schemaRegistryUrl: \"{registry}\"}}\n  symbols: [AAPL, MSFT]\n  rate: 2000\n  speed: 5\n  burst: true\n  jitter: 100ms\n  topics: {{marketTicks: {ns}-ticks, orderEvents: {ns}-orders, bookUpdates: {ns}-books}}\n"
+    );
+    apply_ok(&ns, &yaml);
+    let ip = pod_ip(&ns, "sim");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("producer.log");
+    let mut child = start_like_the_pod(&ns, "sim", &ip, &[], &log);
+    let mp = wait_for(
+        "the producer's figures in the status",
+        Duration::from_secs(60),
+        || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "the producer exited ({status}): {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            let o = get(&ns, "marketproducer", "sim")?;
+            (o["status"]["recordsOut"].as_u64()? > 1000).then_some(o)
+        },
+    );
+    assert_eq!(mp["status"]["workerState"], "running", "{}", mp["status"]);
+    assert_eq!(mp["status"]["symbols"], 2);
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let exit = child.wait().unwrap();
+    assert!(
+        exit.success(),
+        "producer: {exit}: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}
+
 #[test]
 fn worker_started_from_the_deployment_reports_into_the_status() {
     let brokers = server_env("tests/kafka/kafka.sh")["KAFKA_BROKERS"].clone();
@@ -81,38 +191,15 @@ fn worker_started_from_the_deployment_reports_into_the_status() {
         "  kafka: {{bootstrapServers: \"{brokers}\", schemaRegistryUrl: \"{registry}\"}}\n  sources: [{{table: market_ticks, topic: {ticks}}}]\n  sinks: [{{stream: ohlc_5s, topic: {ns}-ohlc}}]\n  checkpoint: {{interval: 500ms}}\n"
     );
     apply_ok(&ns, &stream_query_yaml("ohlc", &sql, &extra));
-    let pod_ip = wait_for("a Running pod with an IP", Duration::from_secs(30), || {
-        let ip = kc(&[
-            "get",
-            "pods",
-            "-n",
-            &ns,
-            "-l",
-            "tickflow.io/instance=ohlc",
-            "-o",
-            "jsonpath={.items[*].status.podIP}",
-        ]);
-        (!ip.is_empty()).then_some(ip)
-    });
-
-    // The container exactly as the Deployment has it.
+    let pod_ip = pod_ip(&ns, "ohlc");
     let d = get(&ns, "deployment", "ohlc").unwrap();
-    let container = &d["spec"]["template"]["spec"]["containers"][0];
-    let args: Vec<String> = serde_json::from_value(container["args"].clone()).unwrap();
-    let env: Vec<(String, String)> = container["env"]
+    let env = d["spec"]["template"]["spec"]["containers"][0]["env"]
         .as_array()
         .unwrap()
-        .iter()
-        .map(|e| {
-            (
-                e["name"].as_str().unwrap().to_string(),
-                e["value"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect();
+        .clone();
     assert!(
         env.iter()
-            .any(|(k, v)| k == "KAFKA_BROKERS" && *v == brokers)
+            .any(|e| e["name"] == "KAFKA_BROKERS" && e["value"] == brokers.as_str())
     );
     // Volumes: the ConfigMap's SQL, and a temp dir as the PVC.
     let dir = tempfile::tempdir().unwrap();
@@ -130,35 +217,8 @@ fn worker_started_from_the_deployment_reports_into_the_status() {
             checkpoints.to_str().unwrap().to_string(),
         ),
     ];
-    let args: Vec<String> = args
-        .into_iter()
-        .map(|a| {
-            mounts
-                .iter()
-                .find(|(from, _)| *from == a)
-                .map_or(a, |(_, to)| to.clone())
-        })
-        .collect();
-    let mut worker = Command::new(worker_bin());
-    worker
-        .args(&args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
-    for (k, v) in &env {
-        // The pod's network: its own IP, the worker's port.
-        let v = if k == "TICKFLOW_HTTP_ADDR" {
-            v.replace("0.0.0.0", &pod_ip)
-        } else {
-            v.clone()
-        };
-        worker.env(k, v);
-    }
     let log = dir.path().join("worker.log");
-    let mut child = worker
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = start_like_the_pod(&ns, "ohlc", &pod_ip, &mounts, &log);
 
     let sq = wait_for(
         "the worker's figures in the status",

@@ -59,6 +59,7 @@ fn produce(topics: &Topics, count: Option<u64>, realtime_rate: Option<f64>, stop
         // Event time 5× the wall clock: a 5-second window closes every second.
         realtime: realtime_rate.map(|_| 5.0),
         stop,
+        status: None,
     };
     produce::run_produce(&opts).expect("produce");
 }

@@ -528,6 +528,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 target,
                 realtime: a.realtime.then_some(a.speed),
                 stop: stop_flag()?,
+                status: Some(status.clone()),
             };
             let s = produce::run_produce(&opts)?;
             status.set_state(WorkerState::Stopped);

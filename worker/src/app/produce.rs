@@ -81,6 +81,8 @@ pub struct ProduceOptions {
     /// Pace event time against the wall clock, `speed` times faster.
     pub realtime: Option<f64>,
     pub stop: Arc<AtomicBool>,
+    /// Where running counts are reported (records_out per output), if anywhere.
+    pub status: Option<crate::runtime::StatusHandle>,
 }
 
 /// Counts of what was written.
@@ -260,6 +262,7 @@ pub fn run_produce(opts: &ProduceOptions) -> anyhow::Result<ProduceSummary> {
         for (i, b) in out.to_batches().iter().enumerate() {
             outputs.write(i, b)?;
         }
+        report(opts, &summary);
         if let Some(speed) = opts.realtime {
             let event_elapsed = (sim.event_time_ms() - start_event).max(0) as f64 / 1000.0;
             let due = Duration::from_secs_f64(event_elapsed / speed);
@@ -276,5 +279,23 @@ pub fn run_produce(opts: &ProduceOptions) -> anyhow::Result<ProduceSummary> {
         outputs.write(i, b)?;
     }
     outputs.close(&mut summary)?;
+    report(opts, &summary);
     Ok(summary)
+}
+
+/// Records written so far per output (topic, or table for files).
+fn report(opts: &ProduceOptions, summary: &ProduceSummary) {
+    let Some(status) = &opts.status else {
+        return;
+    };
+    let names: [String; 3] = match &opts.target {
+        ProduceTarget::Kafka(k) => k.topics.clone(),
+        ProduceTarget::Files { .. } => SourceTable::ALL.map(|t| t.table_name().to_string()),
+    };
+    let counts = [summary.ticks, summary.orders, summary.books];
+    status.update(|s| {
+        for (name, n) in names.iter().zip(counts) {
+            s.records_out.insert(name.clone(), n);
+        }
+    });
 }
