@@ -17,7 +17,8 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tickflow_crds::{
-    MarketProducer, MarketProducerStatus, Phase, StreamQuery, StreamQueryStatus, condition,
+    MarketProducer, MarketProducerStatus, Phase, RunState, StreamQuery, StreamQueryStatus,
+    condition,
 };
 use tickflow_worker::runtime::Status as WorkerStatus;
 
@@ -125,8 +126,9 @@ where
     r
 }
 
-/// Full re-apply at least this often, to undo drift in owned objects.
-const REAPPLY_EVERY: Duration = Duration::from_secs(300);
+/// Full re-apply at least this often, to undo drift in owned objects (a
+/// deleted ConfigMap or Service comes back within this long).
+const REAPPLY_EVERY: Duration = Duration::from_secs(60);
 
 fn fingerprint(objects: &[serde_json::Value]) -> String {
     use sha2::Digest;
@@ -206,13 +208,58 @@ async fn publish<K: Resource<DynamicType = ()>>(
     let ev = Event {
         type_,
         reason: reason.into(),
-        note: Some(note.chars().take(1000).collect()),
+        note: Some(truncate_bytes(note, 1000)),
         action: "Reconcile".into(),
         secondary: None,
     };
     if let Err(e) = ctx.recorder.publish(&ev, &obj.object_ref(&())).await {
         tracing::warn!("recording event {reason}: {e}");
     }
+}
+
+/// Statuses that carry the time of the last worker report.
+trait ReportTime {
+    fn report_time(&mut self) -> &mut Option<String>;
+}
+
+impl ReportTime for StreamQueryStatus {
+    fn report_time(&mut self) -> &mut Option<String> {
+        &mut self.worker_reported_at
+    }
+}
+
+impl ReportTime for MarketProducerStatus {
+    fn report_time(&mut self) -> &mut Option<String> {
+        &mut self.worker_reported_at
+    }
+}
+
+/// Keeps the previous report time when nothing else in the status changed:
+/// re-reading unchanged figures is not worth a status write (and every
+/// write wakes the reconciler).
+fn keep_report_time_if_unchanged<S: ReportTime + Clone + PartialEq>(
+    status: &mut S,
+    previous: Option<&S>,
+) {
+    let Some(prev) = previous else { return };
+    let mut candidate = status.clone();
+    *candidate.report_time() = prev.clone().report_time().clone();
+    if &candidate == prev {
+        *status = candidate;
+    }
+}
+
+/// `s` cut to at most `max` bytes at a character boundary (the API limits
+/// event notes to 1 KiB).
+fn truncate_bytes(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
 }
 
 /// Events for phase changes (and the first invalid SQL).
@@ -288,20 +335,58 @@ fn apply_worker_figures(s: &mut StreamQueryStatus, w: &WorkerStatus, now: Timest
     s.worker_reported_at = Some(now.to_string());
 }
 
-/// The worker's /status, when it has a ready pod that answers.
-async fn worker_report(
+/// What the pods and (when due) the worker itself report.
+struct Observed {
+    rollout: Rollout,
+    /// A fresh /status, when one was due and a pod answered.
+    worker: Option<WorkerStatus>,
+    problem: Option<String>,
+}
+
+/// Lists the workload's pods and, at most once per refresh interval, reads
+/// the worker's /status (status writes wake the reconciler: reading the
+/// worker on every pass would make that a busy loop).
+async fn observe(
     ctx: &Context,
     ns: &str,
-    component: &str,
-    name: &str,
-    rollout: Rollout,
-) -> Result<Option<WorkerStatus>, Error> {
-    if rollout.ready == 0 {
-        return Ok(None);
+    selector: &str,
+    deployment: &Deployment,
+    last_report: Option<&str>,
+    last_problem: Option<String>,
+    now: Timestamp,
+) -> Result<Observed, Error> {
+    let mut rollout = Rollout::of(Some(deployment));
+    let pods = worker_status::observe(&ctx.client, ns, selector).await?;
+    // Terminating pods still run (a final checkpoint): count them.
+    rollout.replicas = rollout.replicas.max(pods.total);
+    let due = last_report
+        .and_then(|t| t.parse::<Timestamp>().ok())
+        .is_none_or(|t| now.duration_since(t).unsigned_abs() >= ctx.refresh);
+    let worker = if due && rollout.ready > 0 && !pods.running_ips.is_empty() {
+        worker_status::fetch(pods.running_ips.clone()).await
+    } else {
+        None
+    };
+    let problem = match &worker {
+        Some(w) => status::worker_problem(w),
+        // Not read this pass: keep what the last report said.
+        None => last_problem,
     }
-    let selector = desired::selector_string(component, name);
-    let ips = worker_status::running_pod_ips(&ctx.client, ns, &selector).await?;
-    Ok(worker_status::fetch(ips).await)
+    .or(pods.failing);
+    Ok(Observed {
+        rollout,
+        worker,
+        problem,
+    })
+}
+
+/// The problem the last worker report in a status recorded.
+fn previous_problem(worker_state: Option<&str>, last_error: Option<&String>) -> Option<String> {
+    matches!(worker_state, Some("failed" | "degraded")).then(|| {
+        last_error
+            .cloned()
+            .unwrap_or_else(|| "worker is failing".into())
+    })
 }
 
 pub async fn reconcile_query(q: Arc<StreamQuery>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -413,9 +498,21 @@ async fn reconcile_query_inner(q: &StreamQuery, ctx: &Context) -> Result<Action,
         }
     };
 
-    let rollout = Rollout::of(Some(&deployment));
-    let worker = worker_report(ctx, &ns, desired::QUERY_COMPONENT, &name, rollout).await?;
-    let health = status::workload_health(q.spec.state, rollout, worker.as_ref());
+    let Observed {
+        rollout,
+        worker,
+        problem,
+    } = observe(
+        ctx,
+        &ns,
+        &desired::selector_string(desired::QUERY_COMPONENT, &name),
+        &deployment,
+        prev.worker_reported_at.as_deref(),
+        previous_problem(prev.worker_state.as_deref(), prev.last_error.as_ref()),
+        now,
+    )
+    .await?;
+    let health = status::workload_health(q.spec.state, rollout, problem.as_deref());
     let mut conditions = vec![status::sql_valid(&checked.streams)];
     conditions.extend(health.conditions);
     let mut st = prev.clone();
@@ -435,15 +532,21 @@ async fn reconcile_query_inner(q: &StreamQuery, ctx: &Context) -> Result<Action,
         .map(|c| c.message.clone())
         .unwrap_or_default();
     phase_events(ctx, q, prev.phase, health.phase, &message).await;
+    keep_report_time_if_unchanged(&mut st, previous.as_ref());
     write_status(&api, q, &st, previous.as_ref(), &ctx.metrics).await?;
-    Ok(requeue_after(health.phase, ctx.refresh))
+    Ok(requeue_after(q.spec.state, health.phase, ctx.refresh))
 }
 
-fn requeue_after(phase: Phase, refresh: Duration) -> Action {
-    match phase {
+fn requeue_after(state: RunState, phase: Phase, refresh: Duration) -> Action {
+    match (state, phase) {
+        // Pods are not watched: poll while they terminate or start.
+        (RunState::Suspended, Phase::Suspended) => Action::requeue(Duration::from_secs(300)),
+        (RunState::Suspended, _) => Action::requeue(Duration::from_secs(2)),
+        // Crash loops do not change the Deployment's status: look again soon.
+        (_, Phase::Pending) => Action::requeue(Duration::from_secs(30)),
         // Deployment changes wake the reconciler through the owns() watch;
         // the periodic pass refreshes the worker's figures.
-        Phase::Running | Phase::Degraded => Action::requeue(refresh),
+        (_, Phase::Running | Phase::Degraded) => Action::requeue(refresh),
         _ => Action::requeue(Duration::from_secs(300)),
     }
 }
@@ -500,10 +603,22 @@ async fn reconcile_producer_inner(p: &MarketProducer, ctx: &Context) -> Result<A
             d
         }
     };
-    let rollout = Rollout::of(Some(&deployment));
-    let worker = worker_report(ctx, &ns, desired::PRODUCER_COMPONENT, &name, rollout).await?;
-    let health = status::workload_health(p.spec.state, rollout, worker.as_ref());
-    let st = MarketProducerStatus {
+    let Observed {
+        rollout,
+        worker,
+        problem,
+    } = observe(
+        ctx,
+        &ns,
+        &desired::selector_string(desired::PRODUCER_COMPONENT, &name),
+        &deployment,
+        prev.worker_reported_at.as_deref(),
+        previous_problem(prev.worker_state.as_deref(), prev.last_error.as_ref()),
+        now,
+    )
+    .await?;
+    let health = status::workload_health(p.spec.state, rollout, problem.as_deref());
+    let mut st = MarketProducerStatus {
         phase: Some(health.phase),
         observed_generation: p.metadata.generation,
         conditions: status::stamp(
@@ -545,8 +660,9 @@ async fn reconcile_producer_inner(p: &MarketProducer, ctx: &Context) -> Result<A
         .map(|c| c.message.clone())
         .unwrap_or_default();
     phase_events(ctx, p, prev.phase, health.phase, &message).await;
+    keep_report_time_if_unchanged(&mut st, previous.as_ref());
     write_status(&api, p, &st, previous.as_ref(), &ctx.metrics).await?;
-    Ok(requeue_after(health.phase, ctx.refresh))
+    Ok(requeue_after(p.spec.state, health.phase, ctx.refresh))
 }
 
 /// Where the controllers look: one namespace or all.
@@ -588,6 +704,16 @@ pub async fn run(
         scoped::<Deployment>(&client, ns),
         owned(desired::QUERY_COMPONENT),
     )
+    // A deleted or edited owned object wakes the query (re-applied within
+    // REAPPLY_EVERY).
+    .owns(
+        scoped::<ConfigMap>(&client, ns),
+        owned(desired::QUERY_COMPONENT),
+    )
+    .owns(
+        scoped::<Service>(&client, ns),
+        owned(desired::QUERY_COMPONENT),
+    )
     .with_config(config.clone())
     .graceful_shutdown_on(stop_queries)
     .run(reconcile_query, error_policy, ctx.clone())
@@ -604,6 +730,10 @@ pub async fn run(
         scoped::<Deployment>(&client, ns),
         owned(desired::PRODUCER_COMPONENT),
     )
+    .owns(
+        scoped::<Service>(&client, ns),
+        owned(desired::PRODUCER_COMPONENT),
+    )
     .with_config(config)
     .graceful_shutdown_on(stop_producers)
     .run(reconcile_producer, error_policy, ctx.clone())
@@ -618,6 +748,13 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_notes_are_cut_at_a_character_boundary() {
+        let s = truncate_bytes("é".repeat(600), 1000);
+        assert_eq!(s.len(), 1000);
+        assert_eq!(truncate_bytes("short".into(), 1000), "short");
+    }
 
     #[test]
     fn backoff_grows_and_caps() {

@@ -153,7 +153,10 @@ fn kafka_env(
     }
     let (mut volumes, mut mounts) = (Vec::new(), Vec::new());
     if let Some(sec) = kafka.and_then(|k| k.security.as_ref()) {
-        envs.push(env("KAFKA_SECURITY_PROTOCOL", sec.protocol.as_str()));
+        envs.push(env(
+            "KAFKA_SECURITY_PROTOCOL",
+            sec.protocol.as_str().replace('_', "-"),
+        ));
         if let Some(m) = sec.sasl_mechanism {
             envs.push(env("KAFKA_SASL_MECHANISM", m.as_str()));
         }
@@ -440,7 +443,9 @@ pub fn stream_query(
         "--checkpoint-dir".into(),
         checkpoint_dir,
         "--name".into(),
-        format!("{}-{name}", ns.clone().unwrap_or_default()),
+        // Consumer group and transactional id: unique per namespace and name
+        // (namespaces cannot contain dots, so `a.b-c` and `a-b.c` differ).
+        format!("{}.{name}", ns.clone().unwrap_or_default()),
     ];
     for (table, topic) in &checked.inputs {
         args.push("--input".into());
@@ -698,7 +703,7 @@ spec:
             "{args}"
         );
         assert!(args.contains("--output ohlc_5s=kafka:ohlc-5s"), "{args}");
-        assert!(args.contains("--name ns-ohlc"), "{args}");
+        assert!(args.contains("--name ns.ohlc"), "{args}");
         let envs: BTreeMap<_, _> = c
             .env
             .as_ref()
@@ -809,6 +814,60 @@ spec:
             vol.secret.unwrap().secret_name.as_deref(),
             Some("kafka-creds")
         );
+    }
+
+    #[test]
+    fn kafka_settings_are_values_the_worker_cli_accepts() {
+        use clap::ValueEnum;
+        use tickflow_crds::{SaslMechanism, SecurityProtocol};
+        for protocol in [
+            SecurityProtocol::Plaintext,
+            SecurityProtocol::Ssl,
+            SecurityProtocol::SaslPlaintext,
+            SecurityProtocol::SaslSsl,
+        ] {
+            for mechanism in [
+                SaslMechanism::Plain,
+                SaslMechanism::ScramSha256,
+                SaslMechanism::ScramSha512,
+            ] {
+                let mut q = query(OHLC);
+                q.spec.kafka = Some(KafkaConnection {
+                    security: Some(tickflow_crds::KafkaSecurity {
+                        protocol,
+                        sasl_mechanism: Some(mechanism),
+                        username: Some("u".into()),
+                        password_secret_ref: Some(tickflow_crds::KeyRef {
+                            name: "s".into(),
+                            key: "k".into(),
+                        }),
+                        ca_secret_ref: None,
+                    }),
+                    ..KafkaConnection::default()
+                });
+                let pod = objects(&q).deployment.spec.unwrap().template.spec.unwrap();
+                let env = |name: &str| {
+                    pod.containers[0]
+                        .env
+                        .as_ref()
+                        .unwrap()
+                        .iter()
+                        .find(|e| e.name == name)
+                        .and_then(|e| e.value.clone())
+                        .unwrap()
+                };
+                let p = env("KAFKA_SECURITY_PROTOCOL");
+                assert!(
+                    tickflow_worker::kafka::SecurityProtocol::from_str(&p, false).is_ok(),
+                    "{p}"
+                );
+                let m = env("KAFKA_SASL_MECHANISM");
+                assert!(
+                    tickflow_worker::kafka::SaslMechanism::from_str(&m, false).is_ok(),
+                    "{m}"
+                );
+            }
+        }
     }
 
     #[test]

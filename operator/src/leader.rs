@@ -52,6 +52,44 @@ impl Election {
         let _ = self.leader.wait_for(|l| !*l).await;
     }
 
+    /// Resolves when this process can no longer be sure it holds the Lease:
+    /// another holder, or no successful renewal for a whole lease duration
+    /// (kube-lease-manager keeps retrying failed renewals without saying
+    /// so, while a standby may already have taken over).
+    pub async fn watchdog(
+        client: Client,
+        namespace: String,
+        name: String,
+        identity: String,
+        duration: Duration,
+    ) {
+        let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+            kube::Api::namespaced(client, &namespace);
+        let mut confirmed = std::time::Instant::now();
+        loop {
+            tokio::time::sleep(duration / 4).await;
+            match leases.get(&name).await {
+                Ok(lease) => {
+                    let spec = lease.spec.unwrap_or_default();
+                    if spec.holder_identity.as_deref() != Some(identity.as_str()) {
+                        tracing::error!(holder = ?spec.holder_identity, "the Lease has another holder");
+                        return;
+                    }
+                    let renewed = spec.renew_time.map(|t| t.0);
+                    let now = k8s_openapi::jiff::Timestamp::now();
+                    if renewed.is_some_and(|r| now.duration_since(r).unsigned_abs() < duration) {
+                        confirmed = std::time::Instant::now();
+                    }
+                }
+                Err(e) => tracing::warn!("reading the Lease: {e}"),
+            }
+            if confirmed.elapsed() >= duration {
+                tracing::error!("the Lease was not renewed for {duration:?}");
+                return;
+            }
+        }
+    }
+
     /// Gives the Lease up so a standby takes over at once.
     pub async fn release(self) {
         drop(self.leader);

@@ -191,6 +191,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         kafka_brokers: args.default_kafka_brokers.clone(),
         schema_registry_url: args.default_schema_registry_url.clone(),
     };
+    let ctx_client = client.clone();
     let ctx = Arc::new(Context::new(
         client,
         defaults,
@@ -216,6 +217,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(mut e) => {
             tokio::select! {
                 _ = controllers => {}
+                _ = Election::watchdog(
+                    ctx_client.clone(),
+                    args.lease_namespace.clone(),
+                    args.lease_name.clone(),
+                    id.clone(),
+                    args.lease_duration,
+                ) => {
+                    metrics.leader.store(false, Ordering::Relaxed);
+                    anyhow::bail!("cannot confirm the leader Lease; stopping");
+                }
                 _ = e.lost() => {
                     // Another replica holds the Lease now: stop at once rather
                     // than reconcile beside it. The pod restarts as a standby.

@@ -9,6 +9,15 @@ use k8s_openapi::jiff::Timestamp;
 use tickflow_crds::{Phase, RunState, condition};
 use tickflow_worker::runtime::{Status as WorkerStatus, WorkerState};
 
+/// What a worker's own report says is wrong, if it is failing.
+pub fn worker_problem(w: &WorkerStatus) -> Option<String> {
+    matches!(w.state, WorkerState::Failed | WorkerState::Degraded).then(|| {
+        w.last_error
+            .clone()
+            .unwrap_or_else(|| format!("worker state {:?}", w.state).to_lowercase())
+    })
+}
+
 /// What the Deployment reports, reduced to what the phase depends on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Rollout {
@@ -68,16 +77,10 @@ fn cond(type_: &str, ok: bool, reason: &str, message: impl Into<String>) -> Cond
 }
 
 /// Phase and conditions for a resource whose SQL (if any) is valid.
-/// `worker` is the last /status of its pod, when one could be read.
-pub fn workload_health(state: RunState, rollout: Rollout, worker: Option<&WorkerStatus>) -> Health {
-    let worker_error = worker.and_then(|w| {
-        let failing = matches!(w.state, WorkerState::Failed | WorkerState::Degraded);
-        failing.then(|| {
-            w.last_error
-                .clone()
-                .unwrap_or_else(|| format!("worker state {:?}", w.state).to_lowercase())
-        })
-    });
+/// `problem` is what the worker or its pods report as wrong (the worker's
+/// last error while it is failing, or a crash-looping container).
+pub fn workload_health(state: RunState, rollout: Rollout, problem: Option<&str>) -> Health {
+    let worker_error = problem.map(str::to_string);
     let (phase, ready, progressing) = match state {
         RunState::Suspended if rollout.replicas == 0 => (
             Phase::Suspended,
@@ -157,13 +160,12 @@ pub fn workload_health(state: RunState, rollout: Rollout, worker: Option<&Worker
             ),
         ),
     };
-    let degraded = match &worker_error {
-        Some(e) if phase == Phase::Running => {
-            cond(condition::DEGRADED, true, "WorkerError", e.clone())
-        }
-        _ => cond(condition::DEGRADED, false, "AsExpected", ""),
+    let failing = worker_error.filter(|_| state == RunState::Running);
+    let degraded = match &failing {
+        Some(e) => cond(condition::DEGRADED, true, "WorkerError", e.clone()),
+        None => cond(condition::DEGRADED, false, "AsExpected", ""),
     };
-    let phase = if worker_error.is_some() && phase == Phase::Running {
+    let phase = if failing.is_some() {
         Phase::Degraded
     } else {
         phase
@@ -281,7 +283,11 @@ mod tests {
             last_error: Some("schema registry unreachable".into()),
             ..WorkerStatus::default()
         };
-        let h = workload_health(RunState::Running, rollout(1, 1, 1), Some(&w));
+        let h = workload_health(
+            RunState::Running,
+            rollout(1, 1, 1),
+            worker_problem(&w).as_deref(),
+        );
         assert_eq!(h.phase, Phase::Degraded);
         let d = h
             .conditions
@@ -290,6 +296,13 @@ mod tests {
             .unwrap();
         assert_eq!(d.status, "True");
         assert_eq!(d.message, "schema registry unreachable");
+        // A crash-looping pod never gets ready: Degraded, not Pending.
+        let h = workload_health(
+            RunState::Running,
+            rollout(1, 1, 0),
+            Some("container worker CrashLoopBackOff"),
+        );
+        assert_eq!(h.phase, Phase::Degraded);
     }
 
     #[test]

@@ -67,6 +67,9 @@ fn the_operator_service_account_has_what_it_needs_and_no_more() {
         ("patch", "services"),
         ("list", "pods"),
         ("create", "events"),
+        // kube-runtime's event recorder uses the events.k8s.io API.
+        ("create", "events.events.k8s.io"),
+        ("patch", "events.events.k8s.io"),
     ] {
         assert!(
             can(verb, what, "default"),

@@ -151,7 +151,7 @@ fn worker_started_from_the_deployment_reports_into_the_status() {
     let brokers = server_env("tests/kafka/kafka.sh")["KAFKA_BROKERS"].clone();
     let registry = server_env("tests/schema_registry/registry.sh")["SCHEMA_REGISTRY_URL"].clone();
     let ns = create_namespace("sq-worker");
-    let _op = Operator::start(OperatorOptions {
+    let op = Operator::start(OperatorOptions {
         namespace: &ns,
         leader_election: false,
         lease_name: "unused",
@@ -245,6 +245,13 @@ fn worker_started_from_the_deployment_reports_into_the_status() {
         "{s}"
     );
     assert!(s["lastError"].is_null(), "{s}");
+    // Settled figures cost no status writes; changing ones at most one per
+    // refresh (1 s here): reading the worker must not become a busy loop.
+    let writes = || op.metric("tickflow_operator_status_writes_total");
+    let before = writes();
+    std::thread::sleep(Duration::from_secs(3));
+    let during = writes() - before;
+    assert!(during <= 5.0, "{during} status writes in 3 s");
     // The IN column shows the figure.
     let table = kc(&["get", "sq", "ohlc", "-n", &ns, "--no-headers"]);
     assert!(

@@ -1,7 +1,8 @@
 //! 1000 StreamQuery resources at once: all reconciled (objects applied,
-//! status for the current generation) within a minute. Prints the figures
-//! recorded in docs/benchmarks.md: time to sync, reconcile latency, and the
-//! operator's memory before and after.
+//! status for the current generation). Prints the figures recorded in
+//! docs/benchmarks.md (target: within a minute): time to sync, reconcile
+//! latency, and the operator's memory before and after. The 3-minute limit
+//! only stops a hung run; the time is a measurement, not an assertion.
 
 mod k8s_common;
 
@@ -34,7 +35,7 @@ async fn admin_client() -> Client {
 }
 
 #[test]
-fn a_thousand_stream_queries_are_reconciled_within_a_minute() {
+fn a_thousand_stream_queries_are_reconciled_and_in_sync() {
     let ns = create_namespace("scale");
     let op = Operator::start(OperatorOptions {
         namespace: &ns,

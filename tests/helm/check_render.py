@@ -30,8 +30,6 @@ CLUSTER_RULES = {
     ("tickflow.io", "marketproducers"): {"get", "list", "watch"},
     ("tickflow.io", "streamqueries/status"): {"get", "patch", "update"},
     ("tickflow.io", "marketproducers/status"): {"get", "patch", "update"},
-    ("tickflow.io", "streamqueries/finalizers"): {"update"},
-    ("tickflow.io", "marketproducers/finalizers"): {"update"},
     ("", "configmaps"): {"get", "list", "watch", "create", "patch"},
     ("", "services"): {"get", "list", "watch", "create", "patch"},
     ("", "persistentvolumeclaims"): {"get", "list", "watch", "create", "patch"},

@@ -9,7 +9,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -220,9 +219,12 @@ pub struct OperatorOptions<'a> {
 impl Operator {
     /// Runs the operator as the chart's ServiceAccount, watching one namespace.
     pub fn start(o: OperatorOptions<'_>) -> Self {
-        static PORT: AtomicU16 = AtomicU16::new(0);
-        let port =
-            28000 + (std::process::id() % 500) as u16 * 10 + PORT.fetch_add(1, Ordering::Relaxed);
+        // A port that is free now (the OS picks it).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let c = cluster();
         let http = format!("127.0.0.1:{port}");
         let log = std::env::temp_dir().join(format!(

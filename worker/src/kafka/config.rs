@@ -47,7 +47,10 @@ pub enum SecurityProtocol {
     #[default]
     Plaintext,
     Ssl,
+    // Kafka's own spelling works too.
+    #[value(alias = "sasl_plaintext")]
     SaslPlaintext,
+    #[value(alias = "sasl_ssl")]
     SaslSsl,
 }
 
