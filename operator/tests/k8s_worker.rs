@@ -36,16 +36,26 @@ fn server_env(script: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// A worker process, killed if the test ends (or fails) before it stopped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts the worker exactly as the Deployment's container would run, with
 /// `mounts` (container path → local path) standing in for volumes and the
-/// HTTP endpoint on the pod's IP. Returns the child.
+/// HTTP endpoint on the pod's IP.
 fn start_like_the_pod(
     ns: &str,
     deployment: &str,
     pod_ip: &str,
     mounts: &[(&str, String)],
     log: &std::path::Path,
-) -> std::process::Child {
+) -> KillOnDrop {
     let d = get(ns, "deployment", deployment).unwrap();
     let container = &d["spec"]["template"]["spec"]["containers"][0];
     let args: Vec<String> = serde_json::from_value(container["args"].clone()).unwrap();
@@ -80,6 +90,7 @@ fn start_like_the_pod(
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
+        .map(KillOnDrop)
         .unwrap()
 }
 
@@ -123,7 +134,7 @@ fn producer_started_from_its_deployment_publishes_and_reports() {
         "the producer's figures in the status",
         Duration::from_secs(60),
         || {
-            if let Ok(Some(status)) = child.try_wait() {
+            if let Ok(Some(status)) = child.0.try_wait() {
                 panic!(
                     "the producer exited ({status}): {}",
                     std::fs::read_to_string(&log).unwrap_or_default()
@@ -136,9 +147,9 @@ fn producer_started_from_its_deployment_publishes_and_reports() {
     assert_eq!(mp["status"]["workerState"], "running", "{}", mp["status"]);
     assert_eq!(mp["status"]["symbols"], 2);
     let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status();
-    let exit = child.wait().unwrap();
+    let exit = child.0.wait().unwrap();
     assert!(
         exit.success(),
         "producer: {exit}: {}",
@@ -224,7 +235,7 @@ fn worker_started_from_the_deployment_reports_into_the_status() {
         "the worker's figures in the status",
         Duration::from_secs(60),
         || {
-            if let Ok(Some(status)) = child.try_wait() {
+            if let Ok(Some(status)) = child.0.try_wait() {
                 panic!(
                     "the worker exited ({status}): {}",
                     std::fs::read_to_string(&log).unwrap_or_default()
@@ -262,9 +273,9 @@ fn worker_started_from_the_deployment_reports_into_the_status() {
     );
 
     let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status();
-    let exit = child.wait().unwrap();
+    let exit = child.0.wait().unwrap();
     assert!(
         exit.success(),
         "worker: {exit}: {}",
