@@ -136,13 +136,48 @@ fn fingerprint(objects: &[serde_json::Value]) -> String {
     digest.iter().take(12).map(|b| format!("{b:02x}")).collect()
 }
 
-/// Whether the objects with `fingerprint` were applied recently for `key`.
-fn recently_applied(ctx: &Context, key: &str, fingerprint: &str) -> bool {
+/// The workload's live Deployment, after making sure its owned objects are
+/// applied: `apply_all` runs (and is remembered) unless this process applied
+/// the same `objects` recently and the live Deployment still matches.
+async fn ensure_applied<F, Fut>(
+    ctx: &Context,
+    key: String,
+    objects: &[serde_json::Value],
+    deployments: &Api<Deployment>,
+    desired: &Deployment,
+    apply_all: F,
+) -> Result<Deployment, Error>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<Deployment, Error>>,
+{
+    let print = fingerprint(objects);
+    let recent = ctx
+        .applied
+        .lock()
+        .unwrap()
+        .get(&key)
+        .is_some_and(|(f, at)| *f == print && at.elapsed() < REAPPLY_EVERY);
+    if recent && let Some(live) = unchanged_deployment(deployments, desired).await? {
+        return Ok(live);
+    }
+    let live = apply_all().await?;
     ctx.applied
         .lock()
         .unwrap()
-        .get(key)
-        .is_some_and(|(f, at)| f == fingerprint && at.elapsed() < REAPPLY_EVERY)
+        .insert(key, (print, Instant::now()));
+    Ok(live)
+}
+
+/// The Ready condition's message (for events).
+fn ready_message(
+    conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+) -> String {
+    conditions
+        .iter()
+        .find(|c| c.type_ == condition::READY)
+        .map(|c| c.message.clone())
+        .unwrap_or_default()
 }
 
 /// The live Deployment when it still matches `desired` (same template hash
@@ -452,21 +487,19 @@ async fn reconcile_query_inner(q: &StreamQuery, ctx: &Context) -> Result<Action,
 
     let objs = desired::stream_query(q, &sql, &checked, &ctx.defaults);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-    let print = fingerprint(&[
+    let objects = [
         serde_json::to_value(&objs.config_map).expect("serializable"),
         serde_json::to_value(&objs.pvc).expect("serializable"),
         serde_json::to_value(&objs.deployment).expect("serializable"),
         serde_json::to_value(&objs.service).expect("serializable"),
-    ]);
-    let key = key(q);
-    let skip = if recently_applied(ctx, &key, &print) {
-        unchanged_deployment(&deployments, &objs.deployment).await?
-    } else {
-        None
-    };
-    let deployment = match skip {
-        Some(d) => d,
-        None => {
+    ];
+    let deployment = ensure_applied(
+        ctx,
+        key(q),
+        &objects,
+        &deployments,
+        &objs.deployment,
+        || async {
             apply(
                 &Api::namespaced(client.clone(), &ns),
                 &objs.config_map,
@@ -490,14 +523,10 @@ async fn reconcile_query_inner(q: &StreamQuery, ctx: &Context) -> Result<Action,
                 &ctx.metrics,
             )
             .await?;
-            ctx.applied
-                .lock()
-                .unwrap()
-                .insert(key, (print, Instant::now()));
-            d
-        }
-    };
-
+            Ok(d)
+        },
+    )
+    .await?;
     let Observed {
         rollout,
         worker,
@@ -525,12 +554,7 @@ async fn reconcile_query_inner(q: &StreamQuery, ctx: &Context) -> Result<Action,
     if let Some(w) = &worker {
         apply_worker_figures(&mut st, w, now);
     }
-    let message = st
-        .conditions
-        .iter()
-        .find(|c| c.type_ == condition::READY)
-        .map(|c| c.message.clone())
-        .unwrap_or_default();
+    let message = ready_message(&st.conditions);
     phase_events(ctx, q, prev.phase, health.phase, &message).await;
     keep_report_time_if_unchanged(&mut st, previous.as_ref());
     write_status(&api, q, &st, previous.as_ref(), &ctx.metrics).await?;
@@ -576,19 +600,17 @@ async fn reconcile_producer_inner(p: &MarketProducer, ctx: &Context) -> Result<A
 
     let objs = desired::market_producer(p, &ctx.defaults);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-    let print = fingerprint(&[
+    let objects = [
         serde_json::to_value(&objs.deployment).expect("serializable"),
         serde_json::to_value(&objs.service).expect("serializable"),
-    ]);
-    let key = key(p);
-    let skip = if recently_applied(ctx, &key, &print) {
-        unchanged_deployment(&deployments, &objs.deployment).await?
-    } else {
-        None
-    };
-    let deployment = match skip {
-        Some(d) => d,
-        None => {
+    ];
+    let deployment = ensure_applied(
+        ctx,
+        key(p),
+        &objects,
+        &deployments,
+        &objs.deployment,
+        || async {
             let d = apply(&deployments, &objs.deployment, &ctx.metrics).await?;
             apply(
                 &Api::<Service>::namespaced(client.clone(), &ns),
@@ -596,13 +618,10 @@ async fn reconcile_producer_inner(p: &MarketProducer, ctx: &Context) -> Result<A
                 &ctx.metrics,
             )
             .await?;
-            ctx.applied
-                .lock()
-                .unwrap()
-                .insert(key, (print, Instant::now()));
-            d
-        }
-    };
+            Ok(d)
+        },
+    )
+    .await?;
     let Observed {
         rollout,
         worker,
@@ -653,12 +672,7 @@ async fn reconcile_producer_inner(p: &MarketProducer, ctx: &Context) -> Result<A
             prev.worker_reported_at.clone()
         },
     };
-    let message = st
-        .conditions
-        .iter()
-        .find(|c| c.type_ == condition::READY)
-        .map(|c| c.message.clone())
-        .unwrap_or_default();
+    let message = ready_message(&st.conditions);
     phase_events(ctx, p, prev.phase, health.phase, &message).await;
     keep_report_time_if_unchanged(&mut st, previous.as_ref());
     write_status(&api, p, &st, previous.as_ref(), &ctx.metrics).await?;
