@@ -25,24 +25,42 @@ fn server_env(script: &str) -> BTreeMap<String, String> {
         String::from_utf8_lossy(&start.stderr)
     );
     let out = Command::new("bash").arg(&path).arg("env").output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("export "))
-        .flat_map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
-        .filter_map(|kv| {
-            let (k, v) = kv.split_once('=')?;
-            Some((k.to_string(), v.trim_matches(['"', '\'']).to_string()))
-        })
-        .collect()
+    export_lines(&String::from_utf8_lossy(&out.stdout))
 }
 
-/// A worker process, killed if the test ends (or fails) before it stopped.
-struct KillOnDrop(std::process::Child);
+/// A worker process and its log; killed if the test ends (or fails) before
+/// it stopped.
+struct Worker {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
 
-impl Drop for KillOnDrop {
+impl Worker {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Panics with the log if the process has exited.
+    fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("the worker exited ({status}): {}", self.log());
+        }
+    }
+
+    /// SIGTERM, as Kubernetes stops a pod; the worker must exit cleanly.
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let exit = self.child.wait().unwrap();
+        assert!(exit.success(), "worker on SIGTERM: {exit}: {}", self.log());
+    }
+}
+
+impl Drop for Worker {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -55,7 +73,7 @@ fn start_like_the_pod(
     pod_ip: &str,
     mounts: &[(&str, String)],
     log: &std::path::Path,
-) -> KillOnDrop {
+) -> Worker {
     let d = get(ns, "deployment", deployment).unwrap();
     let container = &d["spec"]["template"]["spec"]["containers"][0];
     let args: Vec<String> = serde_json::from_value(container["args"].clone()).unwrap();
@@ -90,7 +108,10 @@ fn start_like_the_pod(
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
-        .map(KillOnDrop)
+        .map(|child| Worker {
+            child,
+            log: log.to_path_buf(),
+        })
         .unwrap()
 }
 
@@ -134,27 +155,14 @@ fn producer_started_from_its_deployment_publishes_and_reports() {
         "the producer's figures in the status",
         Duration::from_secs(60),
         || {
-            if let Ok(Some(status)) = child.0.try_wait() {
-                panic!(
-                    "the producer exited ({status}): {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
+            child.assert_running();
             let o = get(&ns, "marketproducer", "sim")?;
             (o["status"]["recordsOut"].as_u64()? > 1000).then_some(o)
         },
     );
     assert_eq!(mp["status"]["workerState"], "running", "{}", mp["status"]);
     assert_eq!(mp["status"]["symbols"], 2);
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status();
-    let exit = child.0.wait().unwrap();
-    assert!(
-        exit.success(),
-        "producer: {exit}: {}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
+    child.stop();
 }
 
 #[test]
@@ -235,12 +243,7 @@ fn worker_started_from_the_deployment_reports_into_the_status() {
         "the worker's figures in the status",
         Duration::from_secs(60),
         || {
-            if let Ok(Some(status)) = child.0.try_wait() {
-                panic!(
-                    "the worker exited ({status}): {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
+            child.assert_running();
             let o = get(&ns, "streamquery", "ohlc")?;
             let s = &o["status"];
             (s["recordsIn"] == ticks_count
@@ -272,13 +275,5 @@ fn worker_started_from_the_deployment_reports_into_the_status() {
         "{table}"
     );
 
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status();
-    let exit = child.0.wait().unwrap();
-    assert!(
-        exit.success(),
-        "worker: {exit}: {}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
+    child.stop();
 }

@@ -41,6 +41,18 @@ fn must(out: Output, what: &str) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
+/// `export K=V [K=V ...]` lines of a test script's `env` command.
+pub fn export_lines(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("export "))
+        .flat_map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            Some((k.to_string(), v.trim_matches(['"', '\'']).to_string()))
+        })
+        .collect()
+}
+
 /// The control plane (started if needed) with the chart installed.
 pub fn cluster() -> &'static Cluster {
     static C: OnceLock<Cluster> = OnceLock::new();
@@ -48,15 +60,7 @@ pub fn cluster() -> &'static Cluster {
         if !run_script(&["status"]).status.success() {
             must(run_script(&["start"]), "controlplane.sh start");
         }
-        let env = must(run_script(&["env"]), "controlplane.sh env");
-        let vars: BTreeMap<String, String> = env
-            .lines()
-            .filter_map(|l| l.trim().strip_prefix("export "))
-            .filter_map(|kv| {
-                let (k, v) = kv.split_once('=')?;
-                Some((k.to_string(), v.trim_matches(['"', '\'']).to_string()))
-            })
-            .collect();
+        let vars = export_lines(&must(run_script(&["env"]), "controlplane.sh env"));
         let mut c = Cluster {
             vars,
             operator_kubeconfig: PathBuf::new(),
