@@ -125,6 +125,7 @@ fn query_options(
         max_output_delay: Duration::ZERO,
         checkpoints_to_keep: 3,
         start_fresh: false,
+        max_failovers: 0,
         allowed_lateness: Duration::from_secs(1),
         // 8 symbols over 3 partitions can leave one partition empty; it stops
         // holding the watermark back after this long.

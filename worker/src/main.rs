@@ -212,6 +212,7 @@ impl KafkaArgs {
             compression: self.compression.clone(),
             linger_ms: self.linger.as_millis() as u32,
             batch_bytes: self.batch_bytes,
+            ..ProducerTuning::default()
         }
     }
 }
@@ -329,6 +330,15 @@ struct QueryArgs {
     /// A partition silent this long stops holding the watermark back.
     #[arg(long, env = "TICKFLOW_IDLE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
     idle_timeout: Duration,
+    /// After a Kafka failure a new client may not have (a stuck client,
+    /// commits failing past their retries), restart from the last checkpoint
+    /// in this process, up to this many times in a row; 0: exit instead.
+    #[arg(long, env = "TICKFLOW_MAX_FAILOVERS", default_value_t = 10)]
+    max_failovers: u32,
+    /// A Kafka transaction commit that takes longer counts as stuck (the run
+    /// then fails over).
+    #[arg(long, env = "TICKFLOW_TRANSACTION_STALL_TIMEOUT", value_parser = humantime::parse_duration, default_value = "45s")]
+    transaction_stall_timeout: Duration,
     /// Serve /metrics, /healthz, /readyz and /status here (e.g. 0.0.0.0:8080).
     #[arg(long, env = "TICKFLOW_HTTP_ADDR")]
     http_addr: Option<SocketAddr>,
@@ -448,7 +458,10 @@ fn run_kafka_query(a: QueryArgs, sql: String) -> anyhow::Result<()> {
         ),
         output_partitions: a.kafka.partitions,
         replication: a.kafka.replication_factor,
-        tuning: a.kafka.tuning(),
+        tuning: ProducerTuning {
+            stall_limit: a.transaction_stall_timeout,
+            ..a.kafka.tuning()
+        },
         start: a.start_from,
         bounded: a.bounded,
         checkpoint_dir,
@@ -456,6 +469,7 @@ fn run_kafka_query(a: QueryArgs, sql: String) -> anyhow::Result<()> {
         max_output_delay: a.max_output_delay,
         checkpoints_to_keep: 3,
         start_fresh: a.start_fresh,
+        max_failovers: a.max_failovers,
         allowed_lateness: a.allowed_lateness,
         idle_timeout: a.idle_timeout,
         max_batch_records: a.batch_size.max(1),

@@ -1,5 +1,6 @@
 //! A broker restart in the middle of a run: the worker reconnects, retries
-//! its transaction, and the output is still exactly once.
+//! its transaction (or fails over to its checkpoint when the Kafka client is
+//! stuck), and the output is still exactly once.
 
 mod kafka_common;
 
@@ -8,14 +9,10 @@ use std::time::Duration;
 
 use kafka_common::*;
 
-// Known issue, not yet fixed: in about a third of full CI runs (never in
-// 19 runs of this test alone) a read_committed reader of the output stops
-// short after the restart (12072 of 16964 rows at the 120 s deadline), as if
-// a transaction had been left open on some partition (a hanging transaction
-// holds back the last stable offset). Run it by hand with
-// `cargo test --release -p tickflow-worker --test kafka_broker_restart -- --ignored`.
+// The restart can leave librdkafka stuck in send_offsets_to_transaction
+// (librdkafka#5456, #5511): the worker then fails over to its checkpoint
+// in-process. Either way it must finish on its own, exactly once.
 #[test]
-#[ignore = "flaky: a transaction can hang after the broker restart (see the comment above)"]
 fn output_is_exactly_once_across_a_broker_restart() {
     let e = env();
     let topics = Topics::new("restart");
@@ -78,11 +75,7 @@ fn output_is_exactly_once_across_a_broker_restart() {
     );
     // Shown only when the test fails.
     println!("worker stderr:\n{}", String::from_utf8_lossy(&out.stderr));
-    let summary = last_json_line(&out);
-    assert!(
-        summary["restored_from"].is_null(),
-        "one process, no restart: {summary}"
-    );
+    println!("summary: {}", last_json_line(&out));
     let want = json_rows(&read_topic(&e.brokers, &format!("{reference}-out"), true));
     let got = json_rows(&read_topic(&e.brokers, &format!("{name}-out"), true));
     assert!(!want.is_empty());

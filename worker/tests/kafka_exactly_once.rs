@@ -2,7 +2,9 @@
 //! killed with SIGKILL at random moments (and, deterministically, at the
 //! dangerous points around a checkpoint) and restarted each time; a
 //! `read_committed` reader of its output topics must see exactly the rows of
-//! an uninterrupted run.
+//! an uninterrupted run. The same holds when a commit gets stuck in the Kafka
+//! client: the worker fails over to its checkpoint in-process, or, with
+//! failover off, exits and the next process recovers.
 
 mod kafka_common;
 
@@ -136,4 +138,66 @@ fn a_query_killed_ten_times_commits_exactly_the_rows_of_an_uninterrupted_run() {
         assert!(!want.is_empty(), "{s}: the reference has rows");
         assert_same_rows(s, got, want);
     }
+}
+
+/// The commit of checkpoint 3 hangs (as librdkafka can after a broker
+/// restart): the worker gives up on that producer after the stall timeout,
+/// fails over to the checkpoint whose commit is in doubt, and the output is
+/// still exactly that of an uninterrupted run. With failover off it exits
+/// with the reason, and a restarted process recovers the same way.
+#[test]
+fn a_stuck_commit_fails_over_to_the_checkpoint_and_output_stays_exactly_once() {
+    let e = env();
+    let topics = Topics::new("stall");
+    let dir = tempfile::tempdir().unwrap();
+    produce_to_kafka(&topics, 5, 200_000, "0s");
+    let sql = repo().join("sql/large_trades.sql");
+    let query = |name: &str| {
+        let mut c = worker();
+        c.args(["query", "--sql"])
+            .arg(&sql)
+            .args(["--brokers", &e.brokers, "--schema-registry", &e.registry])
+            .args(["--input", &format!("market_ticks=kafka:{}", topics.ticks)])
+            .args(["--output", &format!("large_trades=kafka:{name}-out")])
+            .args(["--output-format", "json", "--bounded", "--name", name])
+            .args(["--checkpoint-interval", "10ms", "--batch-size", "1000"])
+            .args(["--transaction-stall-timeout", "2s"])
+            .arg("--checkpoint-dir")
+            .arg(dir.path().join(name));
+        c
+    };
+    let reference = unique("stall-ref");
+    run_ok(&mut query(&reference));
+    let want = json_rows(&read_topic(&e.brokers, &format!("{reference}-out"), true));
+    assert!(!want.is_empty());
+
+    // In-process failover.
+    let name = unique("stall-failover");
+    let summary = run_ok(query(&name).env("TICKFLOW_STALL_AT", "commit:3"));
+    assert_eq!(summary["failovers"], 1, "{summary}");
+    assert_eq!(summary["restored_from"], 3, "{summary}");
+    assert_eq!(
+        summary["recovered_epoch"], true,
+        "checkpoint 3's output was sent again: {summary}"
+    );
+    let got = json_rows(&read_topic(&e.brokers, &format!("{name}-out"), true));
+    assert_same_rows("large_trades after a failover", got, want.clone());
+
+    // Failover off: the worker exits with the reason; the next process recovers.
+    let name = unique("stall-exit");
+    let out = query(&name)
+        .env("TICKFLOW_STALL_AT", "commit:3")
+        .args(["--max-failovers", "0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("did not return within 2s"),
+        "the error says the commit was stuck:\n{stderr}"
+    );
+    let summary = run_ok(&mut query(&name));
+    assert_eq!(summary["restored_from"], 3, "{summary}");
+    let got = json_rows(&read_topic(&e.brokers, &format!("{name}-out"), true));
+    assert_same_rows("large_trades after a restart", got, want);
 }

@@ -25,7 +25,7 @@ use crate::engine::{EngineConfig, Pipeline, SourceDef, StreamOutput};
 use crate::kafka::registry::value_subject;
 use crate::kafka::{KafkaConfig, RegistryClient};
 use crate::runtime::{CheckpointStatus, StatusHandle, WorkerState};
-use crate::sink::kafka::{KafkaSink, OutputTopic, ProducerTuning};
+use crate::sink::kafka::{KafkaSink, KafkaSinkError, OutputTopic, ProducerTuning};
 use crate::source::kafka::{KafkaSource, StartFrom, TopicBinding, TopicPartition};
 
 /// Name of the Kafka source and sink in checkpoints.
@@ -62,6 +62,9 @@ pub struct KafkaQueryOptions {
     pub max_output_delay: Duration,
     pub checkpoints_to_keep: usize,
     pub start_fresh: bool,
+    /// Failovers in a row (without a committed checkpoint between them)
+    /// before the run gives up; 0: fail at the first error.
+    pub max_failovers: u32,
     pub allowed_lateness: Duration,
     pub idle_timeout: Duration,
     pub max_batch_records: usize,
@@ -77,7 +80,11 @@ pub struct KafkaQuerySummary {
     pub late_events: BTreeMap<String, u64>,
     pub dead_letters: BTreeMap<String, u64>,
     pub checkpoints_written: u64,
+    /// The checkpoint the last (re)start restored; the counts above are
+    /// since that start.
     pub restored_from: Option<u64>,
+    /// Restarts from the last checkpoint within this process.
+    pub failovers: u32,
     /// The restored epoch's output had not been committed and was sent again.
     pub recovered_epoch: bool,
     pub stopped: bool,
@@ -94,7 +101,73 @@ pub fn default_topic(stream: &str) -> String {
     stream.replace('_', "-")
 }
 
+/// Runs the query; on a Kafka failure a new producer may not have (a stuck
+/// client, commits failing past their retries) it fails over: everything is
+/// rebuilt and restored from the last checkpoint, as a restarted process
+/// would, after an exponential backoff. `max_failovers` failovers in a row
+/// without a committed checkpoint in between end the run with the error.
 pub fn run_kafka_query(opts: &KafkaQueryOptions) -> anyhow::Result<KafkaQuerySummary> {
+    let mut failovers = 0;
+    let mut in_a_row = 0;
+    let mut start_fresh = opts.start_fresh;
+    loop {
+        let mut progress = Progress::default();
+        let err = match run_attempt(opts, start_fresh, &mut progress) {
+            Ok(mut summary) => {
+                summary.failovers = failovers;
+                return Ok(summary);
+            }
+            Err(e) => e,
+        };
+        // A checkpoint on disk may hold output whose commit is in doubt:
+        // from now on the run must restore, never start over.
+        if progress.checkpoint_stored {
+            start_fresh = false;
+        }
+        if progress.checkpoint_committed {
+            in_a_row = 0;
+        }
+        let transient = match err.downcast_ref::<KafkaSinkError>() {
+            Some(e) => e.is_transient(),
+            // Start-up worked before: failing now means the cluster is
+            // still recovering (e.g. the broker is not back yet).
+            None => failovers > 0 && !progress.running,
+        };
+        if !transient || in_a_row >= opts.max_failovers || opts.stop.load(Ordering::Relaxed) {
+            return Err(err);
+        }
+        in_a_row += 1;
+        failovers += 1;
+        let delay = Duration::from_secs(1 << (in_a_row - 1).min(5));
+        tracing::warn!(
+            failovers,
+            "{err:#}; restarting from the last checkpoint in {delay:?}"
+        );
+        opts.status.update(|s| {
+            s.state = WorkerState::Recovering;
+            s.failovers = failovers;
+            s.last_error = Some(format!("{err:#}"));
+        });
+        let until = Instant::now() + delay;
+        while Instant::now() < until && !opts.stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// How far a run attempt got, for the failover decision.
+#[derive(Default)]
+struct Progress {
+    running: bool,
+    checkpoint_stored: bool,
+    checkpoint_committed: bool,
+}
+
+fn run_attempt(
+    opts: &KafkaQueryOptions,
+    start_fresh: bool,
+    progress: &mut Progress,
+) -> anyhow::Result<KafkaQuerySummary> {
     let started = Instant::now();
     let status = &opts.status;
     opts.kafka.check_connection(Duration::from_secs(15))?;
@@ -203,11 +276,7 @@ pub fn run_kafka_query(opts: &KafkaQueryOptions) -> anyhow::Result<KafkaQuerySum
     // Restore.
     status.set_state(WorkerState::Recovering);
     let store = CheckpointStore::open(&opts.checkpoint_dir, opts.checkpoints_to_keep)?;
-    let restored = if opts.start_fresh {
-        None
-    } else {
-        store.latest()?
-    };
+    let restored = if start_fresh { None } else { store.latest()? };
     let mut summary = KafkaQuerySummary::default();
     let mut positions = BTreeMap::new();
     let mut restored_epoch = None;
@@ -277,6 +346,7 @@ pub fn run_kafka_query(opts: &KafkaQueryOptions) -> anyhow::Result<KafkaQuerySum
         )?;
     }
     status.set_state(WorkerState::Running);
+    progress.running = true;
 
     let mut next_epoch = store.next_id()?;
     let mut last_checkpoint = Instant::now();
@@ -310,8 +380,13 @@ pub fn run_kafka_query(opts: &KafkaQueryOptions) -> anyhow::Result<KafkaQuerySum
         let nth = summary.checkpoints_written + 1;
         crash_point("before-checkpoint", nth);
         let info = store.write(&cp)?;
+        progress.checkpoint_stored = true;
         crash_point("after-checkpoint", nth);
+        if stall_point(nth) {
+            sink.stall_next_commit();
+        }
         sink.commit(epoch, source.consumer(), &source.positions())?;
+        progress.checkpoint_committed = true;
         crash_point("after-commit", nth);
         next_epoch += 1;
         summary.checkpoints_written += 1;
@@ -473,6 +548,17 @@ fn crash_point(point: &str, nth: u64) {
         eprintln!("TICKFLOW_CRASH_AT: aborting at {point} of checkpoint {nth}");
         std::process::abort();
     }
+}
+
+/// Fault injection for the failover test: `TICKFLOW_STALL_AT=commit:N`
+/// makes the commit of this process's N-th checkpoint hang, once.
+fn stall_point(nth: u64) -> bool {
+    static FIRED: AtomicBool = AtomicBool::new(false);
+    let at = std::env::var("TICKFLOW_STALL_AT").ok();
+    at.as_deref()
+        .and_then(|v| v.strip_prefix("commit:")?.parse::<u64>().ok())
+        == Some(nth)
+        && !FIRED.swap(true, Ordering::Relaxed)
 }
 
 fn registry(opts: &KafkaQueryOptions) -> anyhow::Result<&RegistryClient> {

@@ -49,6 +49,8 @@ pub struct Status {
     /// Source table → watermark (ms since the epoch).
     pub watermarks: BTreeMap<String, i64>,
     pub checkpoints: u64,
+    /// Restarts from the last checkpoint within this process.
+    pub failovers: u32,
     pub last_checkpoint: Option<CheckpointStatus>,
     pub last_error: Option<String>,
     pub started_at_ms: i64,
@@ -165,6 +167,12 @@ pub fn render_metrics(s: &Status) -> String {
         "counter",
         "Checkpoints written.",
         &[(String::new(), s.checkpoints as f64)],
+    );
+    family(
+        "tickflow_failovers_total",
+        "counter",
+        "Restarts from the last checkpoint within this process.",
+        &[(String::new(), s.failovers as f64)],
     );
     if let Some(c) = &s.last_checkpoint {
         family(

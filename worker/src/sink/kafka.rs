@@ -7,11 +7,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use arrow::array::{Array, BinaryArray, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerGroupMetadata};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -55,6 +56,10 @@ pub struct ProducerTuning {
     pub compression: String,
     pub linger_ms: u32,
     pub batch_bytes: u32,
+    /// How long a transactional call may take before the producer counts as
+    /// stuck (see [`KafkaSink::commit`]). Above the 30 s that calls which
+    /// keep their timeout return by.
+    pub stall_limit: Duration,
 }
 
 impl Default for ProducerTuning {
@@ -63,6 +68,7 @@ impl Default for ProducerTuning {
             compression: "lz4".into(),
             linger_ms: 5,
             batch_bytes: 1_000_000,
+            stall_limit: Duration::from_secs(45),
         }
     }
 }
@@ -78,7 +84,8 @@ struct Pending {
 }
 
 pub struct KafkaSink {
-    producer: BaseProducer<ClientErrors>,
+    /// Shared with the thread of a transactional call (see [`bounded`]).
+    producer: Arc<BaseProducer<ClientErrors>>,
     brokers: String,
     outputs: Vec<OutputTopic>,
     dead_letter_topic: Option<String>,
@@ -91,6 +98,9 @@ pub struct KafkaSink {
     /// commit, per row; the most recent [`MAX_DELAY_SAMPLES`].
     delays_ms: Vec<f64>,
     scratch: Scratch,
+    stall_limit: Duration,
+    /// Fault injection: the next commit hangs (see [`KafkaSink::stall_next_commit`]).
+    stall_next_commit: bool,
 }
 
 /// Reused encode buffers: values, value ends, keys, key ends.
@@ -98,10 +108,27 @@ type Scratch = (Vec<u8>, Vec<usize>, Vec<u8>, Vec<usize>);
 
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaSinkError {
+    /// A Kafka failure a new producer may not have (broker gone, retries
+    /// used up): the run can fail over to its last checkpoint.
     #[error("{0}")]
     Kafka(String),
+    /// A transactional call did not return in time: the producer is stuck
+    /// and is abandoned.
+    #[error("{0}")]
+    Stalled(String),
+    /// The producer can not go on (e.g. fenced by a newer instance with the
+    /// same transactional id); failing over would fight that instance.
+    #[error("{0}")]
+    Fatal(String),
     #[error("encoding output `{name}`: {message}")]
     Encode { name: String, message: String },
+}
+
+impl KafkaSinkError {
+    /// Whether restarting from the last checkpoint with a new producer can help.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Kafka(_) | Self::Stalled(_))
+    }
 }
 
 impl KafkaSink {
@@ -163,7 +190,7 @@ impl KafkaSink {
             .begin_transaction()
             .map_err(|e| anyhow::anyhow!("beginning a Kafka transaction: {e}"))?;
         Ok(Self {
-            producer,
+            producer: Arc::new(producer),
             brokers: config.brokers.clone(),
             outputs,
             dead_letter_topic,
@@ -172,6 +199,8 @@ impl KafkaSink {
             emitted: Vec::new(),
             delays_ms: Vec::new(),
             scratch: Default::default(),
+            stall_limit: tuning.stall_limit,
+            stall_next_commit: false,
         })
     }
 
@@ -290,43 +319,35 @@ impl KafkaSink {
         positions: &BTreeMap<TopicPartition, i64>,
     ) -> Result<(), KafkaSinkError> {
         let offsets = tagged_offsets(positions, epoch)?;
-        let group = consumer
-            .group_metadata()
-            .ok_or_else(|| KafkaSinkError::Kafka("the consumer has no group metadata".into()))?;
         // Broker restarts and leader moves surface here as retriable or
         // abortable errors. Retriable: try again. Abortable: abort, send the
         // epoch's records again (they are all in `pending`) and retry. Fatal
-        // (e.g. fenced by a newer instance): give up; a restart recovers
-        // from the checkpoint.
+        // (e.g. fenced by a newer instance): give up. Out of attempts, or
+        // stalled: the caller fails over to the checkpoint with a new producer.
         let mut attempt = 0;
         loop {
             attempt += 1;
             self.wait_delivered();
-            let t0 = Instant::now();
-            let result = self
-                .producer
-                .send_offsets_to_transaction(&offsets, &group, TIMEOUT)
-                .and_then(|()| {
-                    let t1 = Instant::now();
-                    let r = self.producer.commit_transaction(TIMEOUT);
-                    tracing::debug!(
-                        offsets_ms = (t1 - t0).as_secs_f64() * 1e3,
-                        commit_ms = t1.elapsed().as_secs_f64() * 1e3,
-                        "transaction committed"
-                    );
-                    r
-                });
-            let err = match result {
+            let group = consumer.group_metadata().ok_or_else(|| {
+                KafkaSinkError::Fatal("the consumer has no group metadata".into())
+            })?;
+            let err = match self.send_offsets_and_commit(&offsets, group)? {
                 Ok(()) => break,
                 Err(e) => e,
             };
-            let txn = match &err {
-                KafkaError::Transaction(t) => Some(t),
-                _ => None,
-            };
-            if attempt >= COMMIT_ATTEMPTS || txn.is_none_or(|t| t.is_fatal()) {
+            let KafkaError::Transaction(txn) = &err else {
                 return Err(KafkaSinkError::Kafka(format!(
                     "committing the transaction: {err}"
+                )));
+            };
+            if txn.is_fatal() {
+                return Err(KafkaSinkError::Fatal(format!(
+                    "committing the transaction: {err}"
+                )));
+            }
+            if attempt >= COMMIT_ATTEMPTS {
+                return Err(KafkaSinkError::Kafka(format!(
+                    "committing the transaction: {err} (gave up after {attempt} attempts)"
                 )));
             }
             tracing::warn!(
@@ -334,7 +355,7 @@ impl KafkaSink {
                 "committing the transaction failed, retrying: {err}"
             );
             std::thread::sleep(Duration::from_millis(500 * attempt as u64));
-            if txn.is_some_and(|t| t.txn_requires_abort()) {
+            if txn.txn_requires_abort() {
                 self.resend_in_new_transaction()?;
             }
         }
@@ -353,6 +374,47 @@ impl KafkaSink {
             .begin_transaction()
             .map_err(|e| KafkaSinkError::Kafka(format!("beginning a transaction: {e}")))?;
         Ok(())
+    }
+
+    /// Adds the offsets to the open transaction and commits it, on a thread
+    /// of its own that is given the stall limit: librdkafka can block in
+    /// `send_offsets_to_transaction` forever, ignoring its timeout, when the
+    /// group coordinator's broker left the metadata for a moment (as it does
+    /// while a broker restarts; librdkafka#5456 and #5511).
+    fn send_offsets_and_commit(
+        &mut self,
+        offsets: &TopicPartitionList,
+        group: ConsumerGroupMetadata,
+    ) -> Result<Result<(), KafkaError>, KafkaSinkError> {
+        let producer = Arc::clone(&self.producer);
+        let offsets = offsets.clone();
+        let hang = std::mem::take(&mut self.stall_next_commit);
+        bounded(self.stall_limit, "committing the transaction", move || {
+            if hang {
+                loop {
+                    std::thread::park();
+                }
+            }
+            let t0 = Instant::now();
+            producer
+                .send_offsets_to_transaction(&offsets, &group, TIMEOUT)
+                .and_then(|()| {
+                    let t1 = Instant::now();
+                    let r = producer.commit_transaction(TIMEOUT);
+                    tracing::debug!(
+                        offsets_ms = (t1 - t0).as_secs_f64() * 1e3,
+                        commit_ms = t1.elapsed().as_secs_f64() * 1e3,
+                        "transaction committed"
+                    );
+                    r
+                })
+        })
+    }
+
+    /// Fault injection for the failover test: the next commit never returns,
+    /// as when librdkafka is stuck.
+    pub fn stall_next_commit(&mut self) {
+        self.stall_next_commit = true;
     }
 
     /// Serves delivery reports until nothing is in flight (or the timeout).
@@ -427,6 +489,29 @@ impl KafkaSink {
     pub fn abort(&mut self) {
         let _ = self.producer.abort_transaction(TIMEOUT);
     }
+}
+
+/// Runs `call` on a new thread and waits at most `limit` for it. A call that
+/// does not return is left running: it holds its own references (here, the
+/// producer, which must not be destroyed under it), and its result is
+/// dropped whenever it comes.
+fn bounded<T: Send + 'static>(
+    limit: Duration,
+    what: &str,
+    call: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, KafkaSinkError> {
+    let (tx, rx) = mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("kafka-txn".into())
+        .spawn(move || {
+            let _ = tx.send(call());
+        })
+        .map_err(|e| KafkaSinkError::Kafka(format!("{what}: starting a thread: {e}")))?;
+    rx.recv_timeout(limit).map_err(|_| {
+        KafkaSinkError::Stalled(format!(
+            "{what}: the Kafka client did not return within {limit:?}; abandoning this producer"
+        ))
+    })
 }
 
 fn send(

@@ -92,6 +92,9 @@ pub fn worker() -> Command {
         "SCHEMA_REGISTRY_URL",
         "KAFKA_SASL_PASSWORD",
         "TICKFLOW_CRASH_AT",
+        "TICKFLOW_STALL_AT",
+        "TICKFLOW_MAX_FAILOVERS",
+        "TICKFLOW_TRANSACTION_STALL_TIMEOUT",
     ] {
         c.env_remove(v);
     }
