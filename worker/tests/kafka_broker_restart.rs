@@ -1,56 +1,51 @@
-//! A broker restart in the middle of a run: the worker reconnects, retries
-//! its transaction (or fails over to its checkpoint when the Kafka client is
-//! stuck), and the output is still exactly once.
+//! The broker goes away in the middle of a run, once shut down cleanly and
+//! once killed with SIGKILL: the worker reconnects, retries its transaction
+//! (or fails over to its checkpoint when the Kafka client is stuck), and the
+//! output is still exactly once.
 
 mod kafka_common;
 
+use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kafka_common::*;
 
-// The restart can leave librdkafka stuck in send_offsets_to_transaction
-// (librdkafka#5456, #5511): the worker then fails over to its checkpoint
-// in-process. Either way it must finish on its own, exactly once.
-#[test]
-fn output_is_exactly_once_across_a_broker_restart() {
+fn query(topics: &Topics, name: &str, checkpoints: &Path) -> Command {
     let e = env();
-    let topics = Topics::new("restart");
-    let dir = tempfile::tempdir().unwrap();
-    produce_to_kafka(&topics, 9, 400_000, "0s");
-    let sql = repo().join("sql/large_trades.sql");
-    let query = |name: &str, chk: &str| {
-        let mut c = worker();
-        c.args(["query", "--sql"])
-            .arg(&sql)
-            .args(["--brokers", &e.brokers, "--schema-registry", &e.registry])
-            .args(["--input", &format!("market_ticks=kafka:{}", topics.ticks)])
-            .args(["--output", &format!("large_trades=kafka:{name}-out")])
-            .args(["--output-format", "json", "--bounded", "--name", name])
-            .args(["--checkpoint-interval", "200ms", "--batch-size", "1000"])
-            .arg("--checkpoint-dir")
-            .arg(dir.path().join(chk));
-        c
-    };
-    let reference = unique("restart-ref");
-    run_ok(&mut query(&reference, "ref"));
+    let mut c = worker();
+    c.args(["query", "--sql"])
+        .arg(repo().join("sql/large_trades.sql"))
+        .args(["--brokers", &e.brokers, "--schema-registry", &e.registry])
+        .args(["--input", &format!("market_ticks=kafka:{}", topics.ticks)])
+        .args(["--output", &format!("large_trades=kafka:{name}-out")])
+        .args(["--output-format", "json", "--bounded", "--name", name])
+        .args(["--checkpoint-interval", "200ms", "--batch-size", "1000"])
+        .arg("--checkpoint-dir")
+        .arg(checkpoints);
+    c
+}
 
+/// Runs the query, restarts the broker with `kafka.sh restart_args` once the
+/// first checkpoint exists, and returns the committed output rows.
+fn rows_through_a_restart(
+    topics: &Topics,
+    dir: &Path,
+    restart_args: &[&str],
+) -> Vec<serde_json::Value> {
+    let e = env();
     let name = unique("restart-run");
-    let mut child = query(&name, "run")
+    let chk = dir.join(&name);
+    let mut child = query(topics, &name, &chk)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Restart the broker once the query is well under way (a checkpoint exists).
-    let chk = dir.path().join("run");
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while !chk.read_dir().is_ok_and(|mut d| {
         d.any(|e| e.is_ok_and(|e| !e.file_name().to_string_lossy().ends_with(".tmp")))
     }) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no checkpoint within a minute"
-        );
+        assert!(Instant::now() < deadline, "no checkpoint within a minute");
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(
@@ -60,6 +55,7 @@ fn output_is_exactly_once_across_a_broker_restart() {
     let restart = Command::new("bash")
         .arg(repo().join("tests/kafka/kafka.sh"))
         .arg("restart")
+        .args(restart_args)
         .output()
         .unwrap();
     assert!(
@@ -68,16 +64,37 @@ fn output_is_exactly_once_across_a_broker_restart() {
         String::from_utf8_lossy(&restart.stderr)
     );
     let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "the worker did not ride out the broker restart:\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        "the worker did not ride out `kafka.sh restart {}`:\n{stderr}",
+        restart_args.join(" ")
     );
     // Shown only when the test fails.
-    println!("worker stderr:\n{}", String::from_utf8_lossy(&out.stderr));
-    println!("summary: {}", last_json_line(&out));
+    println!(
+        "restart {restart_args:?}: {}\n{stderr}",
+        last_json_line(&out)
+    );
+    json_rows(&read_topic(&e.brokers, &format!("{name}-out"), true))
+}
+
+#[test]
+fn output_is_exactly_once_across_a_broker_restart_and_a_broker_crash() {
+    let e = env();
+    let topics = Topics::new("restart");
+    let dir = tempfile::tempdir().unwrap();
+    produce_to_kafka(&topics, 9, 400_000, "0s");
+    let reference = unique("restart-ref");
+    run_ok(&mut query(&topics, &reference, &dir.path().join("ref")));
     let want = json_rows(&read_topic(&e.brokers, &format!("{reference}-out"), true));
-    let got = json_rows(&read_topic(&e.brokers, &format!("{name}-out"), true));
     assert!(!want.is_empty());
-    assert_same_rows("large_trades", got, want);
+
+    let got = rows_through_a_restart(&topics, dir.path(), &[]);
+    assert_same_rows(
+        "large_trades across a clean broker restart",
+        got,
+        want.clone(),
+    );
+    let got = rows_through_a_restart(&topics, dir.path(), &["--kill"]);
+    assert_same_rows("large_trades across a broker SIGKILL", got, want);
 }

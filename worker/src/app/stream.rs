@@ -356,6 +356,8 @@ fn run_attempt(
     let mut out: Vec<StreamOutput> = Vec::new();
     let mut records_out: BTreeMap<String, u64> = BTreeMap::new();
     let mut registry_backoff = Duration::from_millis(200);
+    // Kafka unreachable: since when, last logged, last reported.
+    let mut broker_trouble: Option<(Instant, Instant, Instant)> = None;
 
     let mut checkpoint = |pipeline: &mut Pipeline,
                           source: &KafkaSource,
@@ -464,13 +466,40 @@ fn run_attempt(
             }
         }
         if let Some(e) = &polled.broker_unavailable {
-            tracing::warn!("Kafka connection problem, librdkafka is reconnecting: {e}");
+            // One line when the trouble starts, then one every 10 s: an
+            // outage polls this every 200 ms.
+            let now = Instant::now();
+            match &mut broker_trouble {
+                None => {
+                    tracing::warn!("Kafka connection problem, librdkafka is reconnecting: {e}");
+                    broker_trouble = Some((now, now, now));
+                }
+                Some((since, logged, seen)) => {
+                    *seen = now;
+                    if logged.elapsed() >= Duration::from_secs(10) {
+                        tracing::warn!(
+                            "Kafka still unreachable after {:.0?}, reconnecting: {e}",
+                            since.elapsed()
+                        );
+                        *logged = now;
+                    }
+                }
+            }
             status.update(|s| {
                 s.state = WorkerState::Degraded;
                 s.last_error = Some(e.clone());
             });
             std::thread::sleep(Duration::from_millis(200));
-        } else if polled.records > 0 && registry_backoff == Duration::from_millis(200) {
+        } else if let Some((since, _, seen)) = broker_trouble
+            && (polled.records > 0 || seen.elapsed() >= Duration::from_secs(2))
+        {
+            tracing::info!("Kafka reachable again after {:.1?}", since.elapsed());
+            broker_trouble = None;
+        }
+        if polled.broker_unavailable.is_none()
+            && polled.records > 0
+            && registry_backoff == Duration::from_millis(200)
+        {
             status.update(|s| {
                 if s.state == WorkerState::Degraded {
                     s.state = WorkerState::Running;

@@ -376,20 +376,16 @@ impl KafkaSink {
         Ok(())
     }
 
-    /// Adds the offsets to the open transaction and commits it, on a thread
-    /// of its own that is given the stall limit: librdkafka can block in
-    /// `send_offsets_to_transaction` forever, ignoring its timeout, when the
-    /// group coordinator's broker left the metadata for a moment (as it does
-    /// while a broker restarts; librdkafka#5456 and #5511).
+    /// Adds the offsets to the open transaction and commits it (see
+    /// [`Self::transactional_call`]).
     fn send_offsets_and_commit(
         &mut self,
         offsets: &TopicPartitionList,
         group: ConsumerGroupMetadata,
     ) -> Result<Result<(), KafkaError>, KafkaSinkError> {
-        let producer = Arc::clone(&self.producer);
         let offsets = offsets.clone();
         let hang = std::mem::take(&mut self.stall_next_commit);
-        bounded(self.stall_limit, "committing the transaction", move || {
+        self.transactional_call("committing the transaction", move |producer| {
             if hang {
                 loop {
                     std::thread::park();
@@ -411,6 +407,54 @@ impl KafkaSink {
         })
     }
 
+    /// Runs a blocking transactional call on a thread of its own, serving
+    /// delivery reports meanwhile, and waits at most the stall limit.
+    ///
+    /// - Commit and abort wait for every outstanding record's delivery
+    ///   report, and with the event API rust-rdkafka uses a report only
+    ///   arrives when someone polls: a call made without polling waits out
+    ///   its whole timeout ("the event queue must be polled").
+    /// - librdkafka can block in `send_offsets_to_transaction` forever,
+    ///   ignoring its timeout, when the group coordinator's broker left the
+    ///   metadata for a moment, as it does while a broker restarts
+    ///   (librdkafka#5456, #5511). A call past the limit is left running (it
+    ///   holds the producer, which must not be destroyed under it) and the
+    ///   sink reports [`KafkaSinkError::Stalled`].
+    fn transactional_call<T: Send + 'static>(
+        &self,
+        what: &str,
+        call: impl FnOnce(&BaseProducer<ClientErrors>) -> T + Send + 'static,
+    ) -> Result<T, KafkaSinkError> {
+        let producer = Arc::clone(&self.producer);
+        let (tx, rx) = mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("kafka-txn".into())
+            .spawn(move || {
+                let _ = tx.send(call(&producer));
+            })
+            .map_err(|e| KafkaSinkError::Kafka(format!("{what}: starting a thread: {e}")))?;
+        let deadline = Instant::now() + self.stall_limit;
+        loop {
+            match rx.recv_timeout(Duration::from_millis(1)) {
+                Ok(result) => return Ok(result),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(KafkaSinkError::Kafka(format!(
+                        "{what}: the Kafka client call panicked"
+                    )));
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() >= deadline => {
+                    return Err(KafkaSinkError::Stalled(format!(
+                        "{what}: the Kafka client did not return within {:?}; abandoning this producer",
+                        self.stall_limit
+                    )));
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.producer.poll(Duration::ZERO);
+                }
+            }
+        }
+    }
+
     /// Fault injection for the failover test: the next commit never returns,
     /// as when librdkafka is stuck.
     pub fn stall_next_commit(&mut self) {
@@ -429,9 +473,10 @@ impl KafkaSink {
 
     /// Aborts the open transaction and sends its records again in a new one.
     fn resend_in_new_transaction(&mut self) -> Result<(), KafkaSinkError> {
-        self.producer
-            .abort_transaction(TIMEOUT)
-            .map_err(|e| KafkaSinkError::Kafka(format!("aborting the transaction: {e}")))?;
+        self.transactional_call("aborting the transaction", |producer| {
+            producer.abort_transaction(TIMEOUT)
+        })?
+        .map_err(|e| KafkaSinkError::Kafka(format!("aborting the transaction: {e}")))?;
         self.producer
             .begin_transaction()
             .map_err(|e| KafkaSinkError::Kafka(format!("beginning a transaction: {e}")))?;
@@ -484,34 +529,6 @@ impl KafkaSink {
             max_ms: d[d.len() - 1],
         })
     }
-
-    /// Aborts the open transaction (on shutdown without a final checkpoint).
-    pub fn abort(&mut self) {
-        let _ = self.producer.abort_transaction(TIMEOUT);
-    }
-}
-
-/// Runs `call` on a new thread and waits at most `limit` for it. A call that
-/// does not return is left running: it holds its own references (here, the
-/// producer, which must not be destroyed under it), and its result is
-/// dropped whenever it comes.
-fn bounded<T: Send + 'static>(
-    limit: Duration,
-    what: &str,
-    call: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, KafkaSinkError> {
-    let (tx, rx) = mpsc::sync_channel(1);
-    std::thread::Builder::new()
-        .name("kafka-txn".into())
-        .spawn(move || {
-            let _ = tx.send(call());
-        })
-        .map_err(|e| KafkaSinkError::Kafka(format!("{what}: starting a thread: {e}")))?;
-    rx.recv_timeout(limit).map_err(|_| {
-        KafkaSinkError::Stalled(format!(
-            "{what}: the Kafka client did not return within {limit:?}; abandoning this producer"
-        ))
-    })
 }
 
 fn send(
