@@ -25,7 +25,7 @@ use crate::engine::{EngineConfig, Pipeline, SourceDef, StreamOutput};
 use crate::kafka::registry::value_subject;
 use crate::kafka::{KafkaConfig, RegistryClient};
 use crate::runtime::{CheckpointStatus, StatusHandle, WorkerState};
-use crate::sink::kafka::{KafkaSink, KafkaSinkError, OutputTopic, ProducerTuning};
+use crate::sink::kafka::{InjectedStall, KafkaSink, KafkaSinkError, OutputTopic, ProducerTuning};
 use crate::source::kafka::{KafkaSource, StartFrom, TopicBinding, TopicPartition};
 
 /// Name of the Kafka source and sink in checkpoints.
@@ -101,6 +101,11 @@ pub fn default_topic(stream: &str) -> String {
     stream.replace('_', "-")
 }
 
+/// Abandoned (stuck) Kafka clients a process may hold and still fail over
+/// in-process; past this it exits and leaves the restart to its supervisor,
+/// so a client that never comes back cannot pile up.
+const MAX_STUCK_CLIENTS: usize = 2;
+
 /// Runs the query; on a Kafka failure a new producer may not have (a stuck
 /// client, commits failing past their retries) it fails over: everything is
 /// rebuilt and restored from the last checkpoint, as a restarted process
@@ -110,28 +115,43 @@ pub fn run_kafka_query(opts: &KafkaQueryOptions) -> anyhow::Result<KafkaQuerySum
     let mut failovers = 0;
     let mut in_a_row = 0;
     let mut start_fresh = opts.start_fresh;
+    // Where the first attempt started, when it restored nothing: a failover
+    // before the first checkpoint starts there again (not at a re-resolved
+    // `--start-from latest`, which would skip what arrived meanwhile).
+    let mut start_positions = None;
     loop {
         let mut progress = Progress::default();
-        let err = match run_attempt(opts, start_fresh, &mut progress) {
+        let err = match run_attempt(
+            opts,
+            start_fresh,
+            start_positions.as_ref(),
+            &Counters::of(&opts.status),
+            &mut progress,
+        ) {
             Ok(mut summary) => {
                 summary.failovers = failovers;
                 return Ok(summary);
             }
             Err(e) => e,
         };
+        if start_positions.is_none() {
+            start_positions = progress.start_positions.take();
+        }
         // A checkpoint on disk may hold output whose commit is in doubt:
         // from now on the run must restore, never start over.
         if progress.checkpoint_stored {
             start_fresh = false;
+            start_positions = None;
         }
         if progress.checkpoint_committed {
             in_a_row = 0;
         }
         let transient = match err.downcast_ref::<KafkaSinkError>() {
-            Some(e) => e.is_transient(),
-            // Start-up worked before: failing now means the cluster is
-            // still recovering (e.g. the broker is not back yet).
-            None => failovers > 0 && !progress.running,
+            Some(e) => e.is_transient() && crate::sink::kafka::stuck_calls() <= MAX_STUCK_CLIENTS,
+            // Start-up worked before: failing now (other than restoring the
+            // checkpoint) means the cluster is still recovering, e.g. the
+            // broker is not back yet.
+            None => failovers > 0 && !progress.running && !progress.restoring,
         };
         if !transient || in_a_row >= opts.max_failovers || opts.stop.load(Ordering::Relaxed) {
             return Err(err);
@@ -149,7 +169,10 @@ pub fn run_kafka_query(opts: &KafkaQueryOptions) -> anyhow::Result<KafkaQuerySum
             s.last_error = Some(format!("{err:#}"));
         });
         let until = Instant::now() + delay;
-        while Instant::now() < until && !opts.stop.load(Ordering::Relaxed) {
+        while Instant::now() < until {
+            if opts.stop.load(Ordering::Relaxed) {
+                return Err(err.context("stop requested while waiting to fail over"));
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -158,14 +181,50 @@ pub fn run_kafka_query(opts: &KafkaQueryOptions) -> anyhow::Result<KafkaQuerySum
 /// How far a run attempt got, for the failover decision.
 #[derive(Default)]
 struct Progress {
+    /// Loading the checkpoint (a failure here repeats on every attempt).
+    restoring: bool,
     running: bool,
     checkpoint_stored: bool,
     checkpoint_committed: bool,
+    /// The source's resolved start, when nothing was restored.
+    start_positions: Option<BTreeMap<TopicPartition, i64>>,
+}
+
+/// The status counters as the previous attempts left them: an attempt
+/// counts from zero, and `/status` and `/metrics` add these, so counters do
+/// not go back after a failover.
+struct Counters {
+    records_in: BTreeMap<String, u64>,
+    bytes_in: BTreeMap<String, u64>,
+    records_out: BTreeMap<String, u64>,
+    dead_letters: BTreeMap<String, u64>,
+}
+
+impl Counters {
+    fn of(status: &StatusHandle) -> Self {
+        let s = status.get();
+        Self {
+            records_in: s.records_in,
+            bytes_in: s.bytes_in,
+            records_out: s.records_out,
+            dead_letters: s.dead_letters,
+        }
+    }
+}
+
+fn plus(base: &BTreeMap<String, u64>, now: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    let mut sum = base.clone();
+    for (k, v) in now {
+        *sum.entry(k.clone()).or_default() += v;
+    }
+    sum
 }
 
 fn run_attempt(
     opts: &KafkaQueryOptions,
     start_fresh: bool,
+    start_positions: Option<&BTreeMap<TopicPartition, i64>>,
+    counters: &Counters,
     progress: &mut Progress,
 ) -> anyhow::Result<KafkaQuerySummary> {
     let started = Instant::now();
@@ -275,6 +334,7 @@ fn run_attempt(
 
     // Restore.
     status.set_state(WorkerState::Recovering);
+    progress.restoring = true;
     let store = CheckpointStore::open(&opts.checkpoint_dir, opts.checkpoints_to_keep)?;
     let restored = if start_fresh { None } else { store.latest()? };
     let mut summary = KafkaQuerySummary::default();
@@ -296,7 +356,10 @@ fn run_attempt(
                 opts.checkpoint_dir.display()
             )
         })?;
+    } else if let Some(p) = start_positions {
+        positions = p.clone();
     }
+    progress.restoring = false;
     let group = format!("tickflow-{}", opts.name);
     let mut source = KafkaSource::open(
         &opts.kafka,
@@ -313,6 +376,9 @@ fn run_attempt(
         .collect();
     for (table, n) in counts {
         pipeline.declare_partitions(&table, n);
+    }
+    if summary.restored_from.is_none() {
+        progress.start_positions = Some(source.positions());
     }
     let mut sink = KafkaSink::open(
         &opts.kafka,
@@ -384,8 +450,8 @@ fn run_attempt(
         let info = store.write(&cp)?;
         progress.checkpoint_stored = true;
         crash_point("after-checkpoint", nth);
-        if stall_point(nth) {
-            sink.stall_next_commit();
+        if let Some(stall) = stall_point(nth) {
+            sink.inject_stall(stall);
         }
         sink.commit(epoch, source.consumer(), &source.positions())?;
         progress.checkpoint_committed = true;
@@ -491,15 +557,14 @@ fn run_attempt(
             });
             std::thread::sleep(Duration::from_millis(200));
         } else if let Some((since, _, seen)) = broker_trouble
-            && (polled.records > 0 || seen.elapsed() >= Duration::from_secs(2))
+            && (polled.records > 0 || seen.elapsed() >= Duration::from_secs(10))
         {
+            // Records, or 10 s without an error (librdkafka does not repeat
+            // an error every poll), mean the connection is back.
             tracing::info!("Kafka reachable again after {:.1?}", since.elapsed());
             broker_trouble = None;
         }
-        if polled.broker_unavailable.is_none()
-            && polled.records > 0
-            && registry_backoff == Duration::from_millis(200)
-        {
+        if broker_trouble.is_none() && registry_backoff == Duration::from_millis(200) {
             status.update(|s| {
                 if s.state == WorkerState::Degraded {
                     s.state = WorkerState::Running;
@@ -537,7 +602,7 @@ fn run_attempt(
             oldest_uncommitted = None;
         }
         if last_status.elapsed() >= Duration::from_secs(2) || done {
-            publish_status(status, &pipeline, &source, &records_out, &summary);
+            publish_status(status, counters, &pipeline, &source, &records_out, &summary);
             last_status = Instant::now();
         }
         if done {
@@ -552,7 +617,7 @@ fn run_attempt(
         summary.rows_out.insert(s.name.clone(), m.rows_out);
         summary.late_events.insert(s.name.clone(), m.late_events);
     }
-    publish_status(status, &pipeline, &source, &records_out, &summary);
+    publish_status(status, counters, &pipeline, &source, &records_out, &summary);
     status.set_state(WorkerState::Stopped);
     summary.elapsed_ms = started.elapsed().as_millis() as u64;
     summary.processing_ms = first_record.map_or(0, |t| t.elapsed().as_millis() as u64);
@@ -579,15 +644,19 @@ fn crash_point(point: &str, nth: u64) {
     }
 }
 
-/// Fault injection for the failover test: `TICKFLOW_STALL_AT=commit:N`
-/// makes the commit of this process's N-th checkpoint hang, once.
-fn stall_point(nth: u64) -> bool {
+/// Fault injection for the failover tests: `TICKFLOW_STALL_AT=POINT:N`
+/// makes the commit of this process's N-th checkpoint hang, once: POINT
+/// `commit` before it reaches the broker, `after-commit` once it is done.
+fn stall_point(nth: u64) -> Option<InjectedStall> {
     static FIRED: AtomicBool = AtomicBool::new(false);
-    let at = std::env::var("TICKFLOW_STALL_AT").ok();
-    at.as_deref()
-        .and_then(|v| v.strip_prefix("commit:")?.parse::<u64>().ok())
-        == Some(nth)
-        && !FIRED.swap(true, Ordering::Relaxed)
+    let at = std::env::var("TICKFLOW_STALL_AT").ok()?;
+    let (point, n) = at.split_once(':')?;
+    let stall = match point {
+        "commit" => InjectedStall::BeforeCommit,
+        "after-commit" => InjectedStall::AfterCommit,
+        _ => return None,
+    };
+    (n.parse::<u64>().ok()? == nth && !FIRED.swap(true, Ordering::Relaxed)).then_some(stall)
 }
 
 fn registry(opts: &KafkaQueryOptions) -> anyhow::Result<&RegistryClient> {
@@ -617,6 +686,7 @@ fn encoder_for(
 
 fn publish_status(
     status: &StatusHandle,
+    base: &Counters,
     pipeline: &Pipeline,
     source: &KafkaSource,
     records_out: &BTreeMap<String, u64>,
@@ -624,10 +694,10 @@ fn publish_status(
 ) {
     let lag = source.lag();
     status.update(|s| {
-        s.records_in = source.records_read();
-        s.bytes_in = source.bytes_read();
-        s.records_out = records_out.clone();
-        s.dead_letters = summary.dead_letters.clone();
+        s.records_in = plus(&base.records_in, &source.records_read());
+        s.bytes_in = plus(&base.bytes_in, &source.bytes_read());
+        s.records_out = plus(&base.records_out, records_out);
+        s.dead_letters = plus(&base.dead_letters, &summary.dead_letters);
         s.lag = lag
             .iter()
             .map(|((t, p), l)| (format!("{t}/{p}"), *l))

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -41,6 +42,27 @@ pub struct CommitDelays {
 /// Prefix of the offset-commit metadata that names the committed epoch.
 const EPOCH_TAG: &str = "tickflow-epoch=";
 const TIMEOUT: Duration = Duration::from_secs(30);
+/// Timeout of each call in a commit: a slow one returns a retriable error
+/// and is retried (`COMMIT_ATTEMPTS`), well before the stall limit.
+const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Transactional calls abandoned as stuck whose thread has not returned yet
+/// (each holds a whole Kafka client), process-wide.
+static STUCK_CALLS: AtomicUsize = AtomicUsize::new(0);
+
+/// How many abandoned (stuck) Kafka clients this process still holds.
+pub fn stuck_calls() -> usize {
+    STUCK_CALLS.load(Ordering::Relaxed)
+}
+
+/// A fault to inject into the next commit (tests of the failover).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InjectedStall {
+    /// Hang before the commit, like librdkafka stuck in send_offsets.
+    BeforeCommit,
+    /// Commit, then hang: the commit landed but the worker never hears of it.
+    AfterCommit,
+}
 
 /// One output: a stream (or its late rows) written to a topic.
 pub struct OutputTopic {
@@ -57,8 +79,8 @@ pub struct ProducerTuning {
     pub linger_ms: u32,
     pub batch_bytes: u32,
     /// How long a transactional call may take before the producer counts as
-    /// stuck (see [`KafkaSink::commit`]). Above the 30 s that calls which
-    /// keep their timeout return by.
+    /// stuck (see [`KafkaSink::transactional_call`]). Above the 30 s that a
+    /// commit's calls take at most when they keep their timeouts.
     pub stall_limit: Duration,
 }
 
@@ -84,7 +106,8 @@ struct Pending {
 }
 
 pub struct KafkaSink {
-    /// Shared with the thread of a transactional call (see [`bounded`]).
+    /// Shared with the thread of a transactional call (see
+    /// [`KafkaSink::transactional_call`]).
     producer: Arc<BaseProducer<ClientErrors>>,
     brokers: String,
     outputs: Vec<OutputTopic>,
@@ -99,8 +122,8 @@ pub struct KafkaSink {
     delays_ms: Vec<f64>,
     scratch: Scratch,
     stall_limit: Duration,
-    /// Fault injection: the next commit hangs (see [`KafkaSink::stall_next_commit`]).
-    stall_next_commit: bool,
+    /// Fault injection (see [`KafkaSink::inject_stall`]).
+    injected_stall: Option<InjectedStall>,
 }
 
 /// Reused encode buffers: values, value ends, keys, key ends.
@@ -116,8 +139,10 @@ pub enum KafkaSinkError {
     /// and is abandoned.
     #[error("{0}")]
     Stalled(String),
-    /// The producer can not go on (e.g. fenced by a newer instance with the
-    /// same transactional id); failing over would fight that instance.
+    /// Failing over would not help: a fatal producer error (above all,
+    /// fenced by a newer instance with the same transactional id, which a
+    /// failover would fight), a record the broker refuses, or checkpointed
+    /// output that does not parse.
     #[error("{0}")]
     Fatal(String),
     #[error("encoding output `{name}`: {message}")]
@@ -200,7 +225,7 @@ impl KafkaSink {
             delays_ms: Vec::new(),
             scratch: Default::default(),
             stall_limit: tuning.stall_limit,
-            stall_next_commit: false,
+            injected_stall: None,
         })
     }
 
@@ -384,26 +409,31 @@ impl KafkaSink {
         group: ConsumerGroupMetadata,
     ) -> Result<Result<(), KafkaError>, KafkaSinkError> {
         let offsets = offsets.clone();
-        let hang = std::mem::take(&mut self.stall_next_commit);
+        let stall = self.injected_stall.take();
+        let hang = || loop {
+            std::thread::park();
+        };
         self.transactional_call("committing the transaction", move |producer| {
-            if hang {
-                loop {
-                    std::thread::park();
-                }
+            if stall == Some(InjectedStall::BeforeCommit) {
+                hang();
             }
             let t0 = Instant::now();
-            producer
-                .send_offsets_to_transaction(&offsets, &group, TIMEOUT)
+            let result = producer
+                .send_offsets_to_transaction(&offsets, &group, TXN_CALL_TIMEOUT)
                 .and_then(|()| {
                     let t1 = Instant::now();
-                    let r = producer.commit_transaction(TIMEOUT);
+                    let r = producer.commit_transaction(TXN_CALL_TIMEOUT);
                     tracing::debug!(
                         offsets_ms = (t1 - t0).as_secs_f64() * 1e3,
                         commit_ms = t1.elapsed().as_secs_f64() * 1e3,
                         "transaction committed"
                     );
                     r
-                })
+                });
+            if stall == Some(InjectedStall::AfterCommit) && result.is_ok() {
+                hang();
+            }
+            result
         })
     }
 
@@ -425,12 +455,21 @@ impl KafkaSink {
         what: &str,
         call: impl FnOnce(&BaseProducer<ClientErrors>) -> T + Send + 'static,
     ) -> Result<T, KafkaSinkError> {
+        const RUNNING: u8 = 0;
+        const RETURNED: u8 = 1;
+        const ABANDONED: u8 = 2;
+        let state = Arc::new(AtomicU8::new(RUNNING));
         let producer = Arc::clone(&self.producer);
         let (tx, rx) = mpsc::sync_channel(1);
+        let call_state = Arc::clone(&state);
         std::thread::Builder::new()
             .name("kafka-txn".into())
             .spawn(move || {
-                let _ = tx.send(call(&producer));
+                let result = call(&producer);
+                if call_state.swap(RETURNED, Ordering::AcqRel) == ABANDONED {
+                    STUCK_CALLS.fetch_sub(1, Ordering::Relaxed);
+                }
+                let _ = tx.send(result);
             })
             .map_err(|e| KafkaSinkError::Kafka(format!("{what}: starting a thread: {e}")))?;
         let deadline = Instant::now() + self.stall_limit;
@@ -443,6 +482,15 @@ impl KafkaSink {
                     )));
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() >= deadline => {
+                    STUCK_CALLS.fetch_add(1, Ordering::Relaxed);
+                    if state
+                        .compare_exchange(RUNNING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+                        .is_err()
+                    {
+                        // It returned just now after all.
+                        STUCK_CALLS.fetch_sub(1, Ordering::Relaxed);
+                        continue;
+                    }
                     return Err(KafkaSinkError::Stalled(format!(
                         "{what}: the Kafka client did not return within {:?}; abandoning this producer",
                         self.stall_limit
@@ -455,10 +503,10 @@ impl KafkaSink {
         }
     }
 
-    /// Fault injection for the failover test: the next commit never returns,
-    /// as when librdkafka is stuck.
-    pub fn stall_next_commit(&mut self) {
-        self.stall_next_commit = true;
+    /// Fault injection for the failover tests: the next commit never
+    /// returns, before or after it reached the broker.
+    pub fn inject_stall(&mut self, stall: InjectedStall) {
+        self.injected_stall = Some(stall);
     }
 
     /// Serves delivery reports until nothing is in flight (or the timeout).
@@ -561,10 +609,15 @@ fn send(
                 producer.poll(Duration::from_millis(50));
             }
             Err((e, _)) => {
-                return Err(KafkaSinkError::Kafka(format!(
-                    "sending to {} at {brokers}: {e}",
-                    pending.topics[i]
-                )));
+                let message = format!("sending to {} at {brokers}: {e}", pending.topics[i]);
+                // A record too large is refused again after any failover.
+                return Err(
+                    if e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) {
+                        KafkaSinkError::Fatal(message)
+                    } else {
+                        KafkaSinkError::Kafka(message)
+                    },
+                );
             }
         }
     }
@@ -578,7 +631,7 @@ fn tagged_offsets(
     for ((topic, partition), offset) in positions {
         let mut e = tpl.add_partition(topic, *partition);
         e.set_offset(Offset::Offset(*offset))
-            .map_err(|e| KafkaSinkError::Kafka(e.to_string()))?;
+            .map_err(|e| KafkaSinkError::Fatal(e.to_string()))?;
         e.set_metadata(format!("{EPOCH_TAG}{epoch}"));
     }
     Ok(tpl)
@@ -628,7 +681,7 @@ fn pending_to_batch(p: &Pending) -> RecordBatch {
 }
 
 fn batch_to_pending(b: &RecordBatch) -> Result<Pending, KafkaSinkError> {
-    let bad = || KafkaSinkError::Kafka("checkpointed output has an unexpected layout".into());
+    let bad = || KafkaSinkError::Fatal("checkpointed output has an unexpected layout".into());
     let topics = b
         .column(0)
         .as_any()
