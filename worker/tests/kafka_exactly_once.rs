@@ -172,30 +172,22 @@ fn a_stuck_commit_fails_over_to_the_checkpoint_and_output_stays_exactly_once() {
     let want = json_rows(&read_topic(&e.brokers, &format!("{reference}-out"), true));
     assert!(!want.is_empty());
 
-    // In-process failover.
-    let name = unique("stall-failover");
-    let summary = run_ok(query(&name).env("TICKFLOW_STALL_AT", "commit:3"));
-    assert_eq!(summary["failovers"], 1, "{summary}");
-    assert_eq!(summary["restored_from"], 3, "{summary}");
-    assert_eq!(
-        summary["recovered_epoch"], true,
-        "checkpoint 3's output was sent again: {summary}"
-    );
-    let got = json_rows(&read_topic(&e.brokers, &format!("{name}-out"), true));
-    assert_same_rows("large_trades after a failover", got, want.clone());
-
-    // The commit lands, but the worker never hears of it: the failover finds
-    // epoch 3 committed and must not send it again.
-    let name = unique("stall-landed");
-    let summary = run_ok(query(&name).env("TICKFLOW_STALL_AT", "after-commit:3"));
-    assert_eq!(summary["failovers"], 1, "{summary}");
-    assert_eq!(summary["restored_from"], 3, "{summary}");
-    assert_eq!(
-        summary["recovered_epoch"], false,
-        "checkpoint 3 was committed before the stall: {summary}"
-    );
-    let got = json_rows(&read_topic(&e.brokers, &format!("{name}-out"), true));
-    assert_same_rows("large_trades after a commit that landed", got, want.clone());
+    // In-process failover. Stuck before the commit reached the broker,
+    // epoch 3's records are sent again; stuck after it landed, the failover
+    // finds epoch 3 committed and must not send it again.
+    for (point, resent) in [("commit:3", true), ("after-commit:3", false)] {
+        let name = unique("stall-failover");
+        let summary = run_ok(query(&name).env("TICKFLOW_STALL_AT", point));
+        assert_eq!(summary["failovers"], 1, "{point}: {summary}");
+        assert_eq!(summary["restored_from"], 3, "{point}: {summary}");
+        assert_eq!(summary["recovered_epoch"], resent, "{point}: {summary}");
+        let got = json_rows(&read_topic(&e.brokers, &format!("{name}-out"), true));
+        assert_same_rows(
+            &format!("large_trades, stalled at {point}"),
+            got,
+            want.clone(),
+        );
+    }
 
     // Failover off: the worker exits with the reason; the next process recovers.
     let name = unique("stall-exit");
