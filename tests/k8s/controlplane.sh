@@ -335,7 +335,10 @@ wait_for() {
   local deadline=$((SECONDS + secs))
   until "$@" >/dev/null 2>&1; do
     for c in "${COMPONENTS[@]}"; do
-      if [ -f "$(pid_file "$c")" ] && ! running_pid "$c" >/dev/null; then
+      # Only whether the process lives: right after `launch` it may not have
+      # exec'd the binary yet, so running_pid's command-line check would
+      # take a component that is still starting for a dead one.
+      if [ -f "$(pid_file "$c")" ] && ! kill -0 "$(cat "$(pid_file "$c")")" 2>/dev/null; then
         fail_start "$c exited while waiting for $what"
       fi
     done
