@@ -5,13 +5,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 use tickflow_operator::controller::{self, Context};
 use tickflow_operator::desired::Defaults;
 use tickflow_operator::leader::Election;
 use tickflow_operator::metrics::Metrics;
+use tickflow_worker::runtime::telemetry::{LogFormat, init_logging};
 use tokio::sync::watch;
 
 #[derive(Parser)]
@@ -30,12 +31,6 @@ struct Cli {
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Plain,
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -102,19 +97,6 @@ struct RunArgs {
     /// How often running workloads' figures are refreshed from the worker.
     #[arg(long, env = "TICKFLOW_STATUS_REFRESH", value_parser = humantime::parse_duration, default_value = "15s")]
     status_refresh: Duration,
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Plain => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }
 
 fn identity(args: &RunArgs) -> String {

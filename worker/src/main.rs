@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 
 use tickflow_worker::app::{self, demo, produce, query, stream};
@@ -15,6 +15,7 @@ use tickflow_worker::codec::records::ValueFormat;
 use tickflow_worker::kafka::{
     KafkaConfig, RegistryClient, RegistryConfig, SaslMechanism, Secret, SecurityProtocol,
 };
+use tickflow_worker::runtime::telemetry::{LogFormat, init_logging};
 use tickflow_worker::runtime::{StatusHandle, WorkerState, http};
 use tickflow_worker::simulator::{BurstConfig, SimConfig};
 use tickflow_worker::sink::kafka::ProducerTuning;
@@ -37,12 +38,6 @@ struct Cli {
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Plain,
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -371,25 +366,13 @@ struct DemoArgs {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    init_logging(cli.log_format);
     match run(cli.command) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
-    }
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Plain => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }
 

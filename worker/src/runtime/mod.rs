@@ -1,7 +1,8 @@
-//! Runtime reporting of a worker: status document, Prometheus metrics and
-//! the HTTP endpoint that serves them.
+//! Runtime reporting of a worker: status document, Prometheus metrics, the
+//! HTTP endpoint that serves them, and logging set-up.
 
 pub mod http;
 pub mod status;
+pub mod telemetry;
 
 pub use status::{CheckpointStatus, Status, StatusHandle, WorkerState};
