@@ -334,6 +334,11 @@ struct QueryArgs {
     /// then fails over).
     #[arg(long, env = "TICKFLOW_TRANSACTION_STALL_TIMEOUT", value_parser = humantime::parse_duration, default_value = "45s")]
     transaction_stall_timeout: Duration,
+    /// Timeout of each call of a transaction commit; a call that times out
+    /// is resumed (a few times), so this only bounds how long one try waits.
+    /// The stall timeout bounds the whole commit.
+    #[arg(long, env = "TICKFLOW_TRANSACTION_CALL_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
+    transaction_call_timeout: Duration,
     /// Serve /metrics, /healthz, /readyz and /status here (e.g. 0.0.0.0:8080).
     #[arg(long, env = "TICKFLOW_HTTP_ADDR")]
     http_addr: Option<SocketAddr>,
@@ -443,6 +448,7 @@ fn run_kafka_query(a: QueryArgs, sql: String) -> anyhow::Result<()> {
         replication: a.kafka.replication_factor,
         tuning: ProducerTuning {
             stall_limit: a.transaction_stall_timeout,
+            call_timeout: a.transaction_call_timeout,
             ..a.kafka.tuning()
         },
         start: a.start_from,

@@ -37,6 +37,8 @@ fn rows_through_a_restart(
     let name = unique("restart-run");
     let chk = dir.join(&name);
     let mut child = query(topics, &name, &chk)
+        // librdkafka's connection errors, to tell that the outage hit the run.
+        .env("RUST_LOG", "info,tickflow_worker::kafka::config=debug")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -65,14 +67,24 @@ fn rows_through_a_restart(
     );
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
+    let problems: String = stderr
+        .lines()
+        .filter(|l| !l.contains(" DEBUG "))
+        .collect::<Vec<_>>()
+        .join("\n");
     assert!(
         out.status.success(),
-        "the worker did not ride out `kafka.sh restart {}`:\n{stderr}",
-        restart_args.join(" ")
+        "the worker did not ride out `kafka.sh restart {}`:\n{problems}\n\nbroker log:\n{}",
+        restart_args.join(" "),
+        broker_log(200)
+    );
+    assert!(
+        stderr.contains("librdkafka error"),
+        "the worker never lost the broker: the restart came after the query finished; give it more input"
     );
     // Shown only when the test fails.
     println!(
-        "restart {restart_args:?}: {}\n{stderr}",
+        "restart {restart_args:?}: {}\n{problems}",
         last_json_line(&out)
     );
     json_rows(&read_topic(&e.brokers, &format!("{name}-out"), true))
@@ -83,7 +95,7 @@ fn output_is_exactly_once_across_a_broker_restart_and_a_broker_crash() {
     let e = env();
     let topics = Topics::new("restart");
     let dir = tempfile::tempdir().unwrap();
-    produce_to_kafka(&topics, 9, 400_000, "0s");
+    produce_to_kafka(&topics, 9, 800_000, "0s");
     let reference = unique("restart-ref");
     run_ok(&mut query(&topics, &reference, &dir.path().join("ref")));
     let want = json_rows(&read_topic(&e.brokers, &format!("{reference}-out"), true));

@@ -392,6 +392,7 @@ fn run_attempt(
             epoch,
             restored_pending.as_ref(),
             source.consumer(),
+            &group,
             &source.positions(),
         )?;
         if summary.recovered_epoch {

@@ -42,9 +42,6 @@ pub struct CommitDelays {
 /// Prefix of the offset-commit metadata that names the committed epoch.
 const EPOCH_TAG: &str = "tickflow-epoch=";
 const TIMEOUT: Duration = Duration::from_secs(30);
-/// Timeout of each call in a commit: a slow one returns a retriable error
-/// and is retried (`COMMIT_ATTEMPTS`), well before the stall limit.
-const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Transactional calls abandoned as stuck whose thread has not returned yet
 /// (each holds a whole Kafka client), process-wide.
@@ -78,6 +75,10 @@ pub struct ProducerTuning {
     pub compression: String,
     pub linger_ms: u32,
     pub batch_bytes: u32,
+    /// Timeout of each call in a commit: a slow one returns a retriable
+    /// error and is resumed (up to `COMMIT_ATTEMPTS` tries), well before the
+    /// stall limit.
+    pub call_timeout: Duration,
     /// How long a transactional call may take before the producer counts as
     /// stuck (see [`KafkaSink::transactional_call`]). Above the 30 s that a
     /// commit's calls take at most when they keep their timeouts.
@@ -90,6 +91,7 @@ impl Default for ProducerTuning {
             compression: "lz4".into(),
             linger_ms: 5,
             batch_bytes: 1_000_000,
+            call_timeout: Duration::from_secs(10),
             stall_limit: Duration::from_secs(45),
         }
     }
@@ -109,7 +111,7 @@ pub struct KafkaSink {
     /// Shared with the thread of a transactional call (see
     /// [`KafkaSink::transactional_call`]).
     producer: Arc<BaseProducer<ClientErrors>>,
-    brokers: String,
+    config: KafkaConfig,
     outputs: Vec<OutputTopic>,
     dead_letter_topic: Option<String>,
     pending: Pending,
@@ -121,6 +123,7 @@ pub struct KafkaSink {
     /// commit, per row; the most recent [`MAX_DELAY_SAMPLES`].
     delays_ms: Vec<f64>,
     scratch: Scratch,
+    call_timeout: Duration,
     stall_limit: Duration,
     /// Fault injection (see [`KafkaSink::inject_stall`]).
     injected_stall: Option<InjectedStall>,
@@ -216,7 +219,7 @@ impl KafkaSink {
             .map_err(|e| anyhow::anyhow!("beginning a Kafka transaction: {e}"))?;
         Ok(Self {
             producer: Arc::new(producer),
-            brokers: config.brokers.clone(),
+            config: config.clone(),
             outputs,
             dead_letter_topic,
             pending: Pending::default(),
@@ -224,6 +227,7 @@ impl KafkaSink {
             emitted: Vec::new(),
             delays_ms: Vec::new(),
             scratch: Default::default(),
+            call_timeout: tuning.call_timeout,
             stall_limit: tuning.stall_limit,
             injected_stall: None,
         })
@@ -310,7 +314,7 @@ impl KafkaSink {
 
     fn send_last(&mut self) -> Result<(), KafkaSinkError> {
         let i = self.pending.values.len() - 1;
-        send(&self.producer, &self.pending, i, &self.brokers)
+        send(&self.producer, &self.pending, i, &self.config.brokers)
     }
 
     /// Waits until every record of the open transaction is acknowledged.
@@ -349,14 +353,21 @@ impl KafkaSink {
         // epoch's records again (they are all in `pending`) and retry. Fatal
         // (e.g. fenced by a newer instance): give up. Out of attempts, or
         // stalled: the caller fails over to the checkpoint with a new producer.
+        //
+        // A call that timed out is resumed by calling it again, and only it:
+        // once the offsets are in the transaction, a retry calls only
+        // commit_transaction (librdkafka refuses any other call meanwhile).
         let mut attempt = 0;
+        let mut offsets_added = false;
         loop {
             attempt += 1;
             self.wait_delivered();
             let group = consumer.group_metadata().ok_or_else(|| {
                 KafkaSinkError::Fatal("the consumer has no group metadata".into())
             })?;
-            let err = match self.send_offsets_and_commit(&offsets, group)? {
+            let (added, result) = self.send_offsets_and_commit(&offsets, group, offsets_added)?;
+            offsets_added = added;
+            let err = match result {
                 Ok(()) => break,
                 Err(e) => e,
             };
@@ -382,6 +393,7 @@ impl KafkaSink {
             std::thread::sleep(Duration::from_millis(500 * attempt as u64));
             if txn.txn_requires_abort() {
                 self.resend_in_new_transaction()?;
+                offsets_added = false;
             }
         }
         self.records_committed += self.pending.values.len() as u64;
@@ -401,15 +413,18 @@ impl KafkaSink {
         Ok(())
     }
 
-    /// Adds the offsets to the open transaction and commits it (see
-    /// [`Self::transactional_call`]).
+    /// Adds the offsets to the open transaction (unless `offsets_added`)
+    /// and commits it (see [`Self::transactional_call`]). Returns whether
+    /// the offsets are in the transaction now, and how the commit went.
     fn send_offsets_and_commit(
         &mut self,
         offsets: &TopicPartitionList,
         group: ConsumerGroupMetadata,
-    ) -> Result<Result<(), KafkaError>, KafkaSinkError> {
+        offsets_added: bool,
+    ) -> Result<(bool, Result<(), KafkaError>), KafkaSinkError> {
         let offsets = offsets.clone();
         let stall = self.injected_stall.take();
+        let timeout = self.call_timeout;
         let hang = || loop {
             std::thread::park();
         };
@@ -418,22 +433,23 @@ impl KafkaSink {
                 hang();
             }
             let t0 = Instant::now();
-            let result = producer
-                .send_offsets_to_transaction(&offsets, &group, TXN_CALL_TIMEOUT)
-                .and_then(|()| {
-                    let t1 = Instant::now();
-                    let r = producer.commit_transaction(TXN_CALL_TIMEOUT);
-                    tracing::debug!(
-                        offsets_ms = (t1 - t0).as_secs_f64() * 1e3,
-                        commit_ms = t1.elapsed().as_secs_f64() * 1e3,
-                        "transaction committed"
-                    );
-                    r
-                });
+            if !offsets_added
+                && let Err(e) = producer.send_offsets_to_transaction(&offsets, &group, timeout)
+            {
+                return (false, Err(e));
+            }
+            let t1 = Instant::now();
+            let result = producer.commit_transaction(timeout);
+            tracing::debug!(
+                offsets_ms = (t1 - t0).as_secs_f64() * 1e3,
+                commit_ms = t1.elapsed().as_secs_f64() * 1e3,
+                ok = result.is_ok(),
+                "commit call returned"
+            );
             if stall == Some(InjectedStall::AfterCommit) && result.is_ok() {
                 hang();
             }
-            result
+            (true, result)
         })
     }
 
@@ -529,7 +545,7 @@ impl KafkaSink {
             .begin_transaction()
             .map_err(|e| KafkaSinkError::Kafka(format!("beginning a transaction: {e}")))?;
         for i in 0..self.pending.values.len() {
-            send(&self.producer, &self.pending, i, &self.brokers)?;
+            send(&self.producer, &self.pending, i, &self.config.brokers)?;
         }
         self.producer
             .flush(TIMEOUT)
@@ -538,15 +554,17 @@ impl KafkaSink {
 
     /// After a restore from checkpoint `epoch`: if that epoch's transaction
     /// never committed, sends its records (`pending`) again and commits them
-    /// with its offsets. Returns whether it had to.
+    /// with its offsets. Returns whether it had to. `group_id` is the
+    /// consumer group the offsets are committed to.
     pub fn recover(
         &mut self,
         epoch: u64,
         pending: Option<&RecordBatch>,
         consumer: &BaseConsumer<ClientErrors>,
+        group_id: &str,
         positions: &BTreeMap<TopicPartition, i64>,
     ) -> Result<bool, KafkaSinkError> {
-        if let Some(committed) = committed_epoch(consumer, positions)?
+        if let Some(committed) = committed_epoch(&self.config, group_id, positions)?
             && committed >= epoch
         {
             return Ok(false);
@@ -554,7 +572,7 @@ impl KafkaSink {
         if let Some(batch) = pending {
             self.pending = batch_to_pending(batch)?;
             for i in 0..self.pending.values.len() {
-                send(&self.producer, &self.pending, i, &self.brokers)?;
+                send(&self.producer, &self.pending, i, &self.config.brokers)?;
             }
         }
         self.flush()?;
@@ -638,22 +656,53 @@ fn tagged_offsets(
 }
 
 /// The epoch of the offsets last committed for these partitions, if any.
+///
+/// Called after `init_transactions`, which completes or aborts any earlier
+/// transaction of this transactional id, so no offsets of ours can still be
+/// pending. The read therefore does not ask for stable offsets (librdkafka
+/// asks for them only under `read_committed`): a pending offset commit that
+/// is not ours to finish, such as one left behind by a zombie request after
+/// a broker restart, would make that read fail until it times out.
 fn committed_epoch(
-    consumer: &BaseConsumer<ClientErrors>,
+    config: &KafkaConfig,
+    group_id: &str,
     positions: &BTreeMap<TopicPartition, i64>,
 ) -> Result<Option<u64>, KafkaSinkError> {
+    let consumer: BaseConsumer<ClientErrors> = config
+        .client_config()
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_uncommitted")
+        .create_with_context(ClientErrors::default())
+        .map_err(|e| KafkaSinkError::Kafka(format!("creating a Kafka consumer: {e}")))?;
     let mut tpl = TopicPartitionList::new();
     for (topic, partition) in positions.keys() {
         tpl.add_partition(topic, *partition);
     }
-    let committed = consumer
-        .committed_offsets(tpl, TIMEOUT)
-        .map_err(|e| KafkaSinkError::Kafka(format!("reading committed offsets: {e}")))?;
-    Ok(committed
-        .elements()
-        .iter()
-        .filter_map(|e| e.metadata().strip_prefix(EPOCH_TAG)?.parse::<u64>().ok())
-        .max())
+    let committed = consumer.committed_offsets(tpl, TIMEOUT).map_err(|e| {
+        let e = consumer.context().explain(&config.brokers, &e);
+        KafkaSinkError::Kafka(format!(
+            "reading the offsets committed to consumer group {group_id}: {e}"
+        ))
+    })?;
+    let mut epoch = None;
+    for e in committed.elements() {
+        if let Err(err) = e.error() {
+            return Err(KafkaSinkError::Kafka(format!(
+                "reading the offset committed to consumer group {group_id} for {} [{}]: {err}",
+                e.topic(),
+                e.partition()
+            )));
+        }
+        if let Some(tag) = e
+            .metadata()
+            .strip_prefix(EPOCH_TAG)
+            .and_then(|t| t.parse::<u64>().ok())
+        {
+            epoch = epoch.max(Some(tag));
+        }
+    }
+    Ok(epoch)
 }
 
 fn pending_schema() -> SchemaRef {

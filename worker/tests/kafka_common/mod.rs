@@ -85,6 +85,16 @@ pub fn unique(prefix: &str) -> String {
 }
 
 /// The worker binary with the Kafka environment cleared (tests pass flags).
+/// The last `lines` of the test broker's log (for failure messages).
+pub fn broker_log(lines: usize) -> String {
+    Command::new("bash")
+        .arg(repo().join("tests/kafka/kafka.sh"))
+        .args(["logs", &lines.to_string()])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_else(|e| format!("(kafka.sh logs: {e})"))
+}
+
 pub fn worker() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_tickflow-worker"));
     for v in [
