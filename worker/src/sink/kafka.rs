@@ -80,8 +80,9 @@ pub struct ProducerTuning {
     /// stall limit.
     pub call_timeout: Duration,
     /// How long a transactional call may take before the producer counts as
-    /// stuck (see [`KafkaSink::transactional_call`]). Above the 30 s that a
-    /// commit's calls take at most when they keep their timeouts.
+    /// stuck (see [`KafkaSink::transactional_call`]). Above twice the call
+    /// timeout: what a try's two calls take at most when they keep their
+    /// timeouts.
     pub stall_limit: Duration,
 }
 
