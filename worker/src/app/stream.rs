@@ -647,7 +647,8 @@ fn crash_point(point: &str, nth: u64) {
 
 /// Fault injection for the failover tests: `TICKFLOW_STALL_AT=POINT:N`
 /// makes the commit of this process's N-th checkpoint hang, once: POINT
-/// `commit` before it reaches the broker, `after-commit` once it is done.
+/// `commit` before it reaches the broker, `after-commit` once it is done;
+/// `commit-timeout` makes its commit call time out instead.
 fn stall_point(nth: u64) -> Option<InjectedStall> {
     static FIRED: AtomicBool = AtomicBool::new(false);
     let at = std::env::var("TICKFLOW_STALL_AT").ok()?;
@@ -655,6 +656,7 @@ fn stall_point(nth: u64) -> Option<InjectedStall> {
     let stall = match point {
         "commit" => InjectedStall::BeforeCommit,
         "after-commit" => InjectedStall::AfterCommit,
+        "commit-timeout" => InjectedStall::CommitTimesOut,
         _ => return None,
     };
     (n.parse::<u64>().ok()? == nth && !FIRED.swap(true, Ordering::Relaxed)).then_some(stall)

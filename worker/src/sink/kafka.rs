@@ -59,6 +59,9 @@ pub enum InjectedStall {
     BeforeCommit,
     /// Commit, then hang: the commit landed but the worker never hears of it.
     AfterCommit,
+    /// The commit call times out once (it is given no time), as when the
+    /// broker is slow to answer: the retry must resume it.
+    CommitTimesOut,
 }
 
 /// One output: a stream (or its late rows) written to a topic.
@@ -440,7 +443,11 @@ impl KafkaSink {
                 return (false, Err(e));
             }
             let t1 = Instant::now();
-            let result = producer.commit_transaction(timeout);
+            let result = if stall == Some(InjectedStall::CommitTimesOut) {
+                producer.commit_transaction(Duration::ZERO)
+            } else {
+                producer.commit_transaction(timeout)
+            };
             tracing::debug!(
                 offsets_ms = (t1 - t0).as_secs_f64() * 1e3,
                 commit_ms = t1.elapsed().as_secs_f64() * 1e3,
