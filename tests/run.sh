@@ -23,11 +23,18 @@ if command -v rustup >/dev/null; then
 fi
 cargo --version
 
+# The worker's crash and stall points (TICKFLOW_CRASH_AT, TICKFLOW_STALL_AT)
+# are compiled in for the tests only.
+features=(--features tickflow-worker/fault-injection)
+
 step "cargo fmt --check"
 cargo fmt --all --check
 
+step "crate boundaries (engine and operator free of librdkafka, the TUI and the worker)"
+tests/crate_boundaries.sh
+
 step "cargo clippy (all targets, warnings are errors)"
-cargo clippy --release --workspace --all-targets -- -D warnings
+cargo clippy --release --workspace --all-targets "${features[@]}" -- -D warnings
 
 step "CRDs, chart, manifests and Argo CD health checks"
 python_bin="$(tests/python/setup.sh)"
@@ -49,7 +56,7 @@ tests/schema_registry/registry.sh start
 tests/k8s/controlplane.sh start
 
 step "cargo test"
-cargo test --release --workspace
+cargo test --release --workspace "${features[@]}"
 
 step "Python interop tests (confluent-kafka against the worker's messages)"
 export TICKFLOW_WORKER_BIN="$CARGO_TARGET_DIR/release/tickflow-worker"

@@ -6,6 +6,10 @@
 //! bad resource is rejected at `kubectl apply` time. Rules that need the
 //! worker's SQL planner are the operator's job (the `SqlValid` condition).
 //!
+//! Beside the resources: the worker's `/status` document ([`worker_status`]),
+//! the contract the operator reads back, and the Kafka security settings
+//! ([`kafka`]) both sides validate the same way.
+//!
 //! `tickflow-operator crdgen` prints the CRDs; `charts/tickflow/crds/` holds
 //! the same YAML and a test fails when it drifts from these types.
 
@@ -15,10 +19,23 @@ use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub mod kafka;
+#[cfg(feature = "telemetry")]
+pub mod telemetry;
+pub mod worker_status;
+
+pub use worker_status::{WorkerCheckpoint, WorkerState, WorkerStatus};
+
 /// API group of every tickflow custom resource.
 pub const API_GROUP: &str = "tickflow.io";
 /// Served and stored API version.
 pub const API_VERSION: &str = "v1alpha1";
+
+/// The simulator's default universe: what a MarketProducer without
+/// `symbols` simulates.
+pub const DEFAULT_SYMBOLS: [&str; 8] = [
+    "AAPL", "GOOGL", "MSFT", "AMZN", "TSLA", "NVDA", "META", "NFLX",
+];
 
 /// Condition types the operator sets.
 pub mod condition {

@@ -16,11 +16,11 @@ use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tickflow_crds::WorkerStatus;
 use tickflow_crds::{
     MarketProducer, MarketProducerStatus, Phase, RunState, StreamQuery, StreamQueryStatus,
     condition,
 };
-use tickflow_worker::runtime::Status as WorkerStatus;
 
 use crate::desired::{self, Defaults};
 use crate::metrics::Metrics;
@@ -648,9 +648,7 @@ async fn reconcile_producer_inner(p: &MarketProducer, ctx: &Context) -> Result<A
         ),
         ready_replicas: Some(rollout.ready),
         symbols: Some(if p.spec.symbols.is_empty() {
-            tickflow_worker::simulator::SimConfig::default()
-                .symbols
-                .len() as u32
+            tickflow_crds::DEFAULT_SYMBOLS.len() as u32
         } else {
             p.spec.symbols.len() as u32
         }),

@@ -858,12 +858,12 @@ spec:
                 };
                 let p = env("KAFKA_SECURITY_PROTOCOL");
                 assert!(
-                    tickflow_worker::kafka::SecurityProtocol::from_str(&p, false).is_ok(),
+                    tickflow_crds::kafka::SecurityProtocol::from_str(&p, false).is_ok(),
                     "{p}"
                 );
                 let m = env("KAFKA_SASL_MECHANISM");
                 assert!(
-                    tickflow_worker::kafka::SaslMechanism::from_str(&m, false).is_ok(),
+                    tickflow_crds::kafka::SaslMechanism::from_str(&m, false).is_ok(),
                     "{m}"
                 );
             }

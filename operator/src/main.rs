@@ -8,11 +8,11 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
+use tickflow_crds::telemetry::{LogFormat, init_logging};
 use tickflow_operator::controller::{self, Context};
 use tickflow_operator::desired::Defaults;
 use tickflow_operator::leader::Election;
 use tickflow_operator::metrics::Metrics;
-use tickflow_worker::runtime::telemetry::{LogFormat, init_logging};
 use tokio::sync::watch;
 
 #[derive(Parser)]

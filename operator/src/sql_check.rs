@@ -1,17 +1,11 @@
-//! SQL validation with the worker's own planner, before anything is created:
-//! a query the worker would reject gets `SqlValid=False` and no Deployment.
+//! SQL validation with the worker's own planner and catalog (the
+//! `tickflow-engine` crate), before anything is created: a query the worker
+//! would reject gets `SqlValid=False` and no Deployment.
 
 use std::collections::BTreeSet;
 
 use tickflow_crds::{Format, StreamQuerySpec};
-use tickflow_worker::engine::plan::{SourceDef, plan_sql};
-
-/// Source tables and the topics they are read from by default.
-pub const DEFAULT_SOURCES: [(&str, &str); 3] = [
-    ("market_ticks", "market-ticks"),
-    ("order_events", "order-events"),
-    ("book_updates", "book-updates"),
-];
+use tickflow_engine::{Catalog, SourceFormat, output_topic, plan_sql};
 
 /// What the planner says the query reads and writes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,16 +23,17 @@ pub struct CheckedQuery {
 /// Plans `sql` as the worker will and resolves sources and sinks.
 /// The error is the message to show in the SqlValid condition.
 pub fn check(spec: &StreamQuerySpec, sql: &str) -> Result<CheckedQuery, String> {
-    let builtin = SourceDef::builtin();
-    let plans = plan_sql(sql, &builtin).map_err(|e| e.to_string())?;
+    let catalog = Catalog::builtin();
+    let plans = plan_sql(sql, &catalog).map_err(|e| e.to_string())?;
     if plans.is_empty() {
         return Err("the SQL defines no stream (expected CREATE STREAM name AS SELECT …)".into());
     }
     for s in &spec.sources {
-        if !builtin.iter().any(|b| b.name == s.table) {
+        if catalog.get(&s.table).is_none() {
             return Err(format!(
-                "spec.sources: unknown table `{}` (known: market_ticks, order_events, book_updates)",
-                s.table
+                "spec.sources: unknown table `{}` (known: {})",
+                s.table,
+                catalog.names().join(", ")
             ));
         }
     }
@@ -59,12 +54,14 @@ pub fn check(spec: &StreamQuerySpec, sql: &str) -> Result<CheckedQuery, String> 
         let (topic, format) = match spec.sources.iter().find(|s| s.table == table) {
             Some(s) => (s.topic.clone(), s.format.unwrap_or_default()),
             None => {
-                let topic = DEFAULT_SOURCES
-                    .iter()
-                    .find(|(t, _)| *t == table)
-                    .map(|(_, topic)| topic.to_string())
+                let def = catalog
+                    .get(table)
                     .ok_or_else(|| format!("no topic for table `{table}`"))?;
-                (topic, Format::Avro)
+                let format = match def.format {
+                    SourceFormat::Avro => Format::Avro,
+                    SourceFormat::Json => Format::Json,
+                };
+                (def.topic.clone(), format)
             }
         };
         formats.insert(format.as_str());
@@ -85,7 +82,7 @@ pub fn check(spec: &StreamQuerySpec, sql: &str) -> Result<CheckedQuery, String> 
                 .iter()
                 .find(|k| &k.stream == s)
                 .map(|k| k.topic.clone())
-                .unwrap_or_else(|| s.replace('_', "-"));
+                .unwrap_or_else(|| output_topic(s));
             (s.clone(), topic)
         })
         .collect();

@@ -7,7 +7,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use tickflow_crds::{Phase, RunState, condition};
-use tickflow_worker::runtime::{Status as WorkerStatus, WorkerState};
+use tickflow_crds::{WorkerState, WorkerStatus};
 
 /// What a worker's own report says is wrong, if it is failing.
 pub fn worker_problem(w: &WorkerStatus) -> Option<String> {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use kube::{Api, Client};
-use tickflow_worker::runtime::Status as WorkerStatus;
+use tickflow_crds::WorkerStatus;
 
 use crate::desired::WORKER_PORT;
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use arrow::array::{
     ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
 };
-use tickflow_worker::codec::{AvroDecoder, AvroEncoder, SourceTable, confluent};
+use tickflow_worker::codec::{AvroDecoder, AvroEncoder, BuiltinAvroSchema, SourceTable, confluent};
 
 const RECORDS: usize = 1 << 20;
 const BATCH_ROWS: usize = 8192;

@@ -14,7 +14,7 @@ use datafusion::datasource::MemTable;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use tickflow_worker::checkpoint::{Checkpoint, CheckpointStore};
 use tickflow_worker::codec::SourceTable;
-use tickflow_worker::engine::{EngineConfig, Pipeline, SourceDef};
+use tickflow_worker::engine::{Catalog, EngineConfig, Pipeline};
 
 const OHLC_5S: &str = include_str!("../../sql/ohlc_5s.sql");
 const BATCH: usize = 8192;
@@ -80,7 +80,7 @@ fn best_of<T>(runs: usize, mut f: impl FnMut() -> T) -> (Duration, T) {
 }
 
 fn engine_run(batches: &[RecordBatch]) -> usize {
-    let mut p = Pipeline::new(OHLC_5S, &SourceDef::builtin(), &EngineConfig::default()).unwrap();
+    let mut p = Pipeline::new(OHLC_5S, &Catalog::builtin(), &EngineConfig::default()).unwrap();
     let mut out = Vec::new();
     let mut rows = 0;
     for b in batches {
@@ -136,7 +136,7 @@ fn main() {
     // Checkpoint and restore of 100 k keys: open 5-second windows of 100 k symbols.
     let keys = 100_000;
     let batches = ticks(keys * 3, keys);
-    let mut p = Pipeline::new(OHLC_5S, &SourceDef::builtin(), &EngineConfig::default()).unwrap();
+    let mut p = Pipeline::new(OHLC_5S, &Catalog::builtin(), &EngineConfig::default()).unwrap();
     let mut out = Vec::new();
     for b in &batches {
         p.push("market_ticks", 0, b, &mut out).unwrap();
@@ -162,7 +162,7 @@ fn main() {
     let (t_read, cp) = best_of(3, || store.latest().unwrap().unwrap());
     let (t_restore, _) = best_of(3, || {
         let mut fresh =
-            Pipeline::new(OHLC_5S, &SourceDef::builtin(), &EngineConfig::default()).unwrap();
+            Pipeline::new(OHLC_5S, &Catalog::builtin(), &EngineConfig::default()).unwrap();
         let snap = tickflow_worker::engine::EngineSnapshot {
             meta: cp.engine.meta.clone(),
             states: cp.engine.states.clone(),

@@ -20,10 +20,11 @@ use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
+use tickflow_worker::app::kafka_query::{KafkaQueryOptions, run_kafka_query};
 use tickflow_worker::app::produce::{self, KafkaTarget, ProduceOptions, ProduceTarget, RunLength};
-use tickflow_worker::app::stream::{KafkaQueryOptions, KafkaQuerySummary, run_kafka_query};
 use tickflow_worker::codec::records::ValueFormat;
 use tickflow_worker::kafka::{KafkaConfig, RegistryClient, RegistryConfig};
+use tickflow_worker::runner::RunSummary;
 use tickflow_worker::runtime::StatusHandle;
 use tickflow_worker::simulator::SimConfig;
 use tickflow_worker::sink::kafka::ProducerTuning;
@@ -160,7 +161,7 @@ fn main() {
             true,
             Arc::new(AtomicBool::new(false)),
         );
-        let s: KafkaQuerySummary = run_kafka_query(&opts).unwrap();
+        let s: RunSummary = run_kafka_query(&opts).unwrap();
         assert_eq!(s.records_in, TICKS);
         let q = TICKS as f64 / (s.processing_ms as f64 / 1000.0);
         let b = n as f64 / secs;

@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 
-use tickflow_worker::app::{self, demo, produce, query, stream};
+use tickflow_worker::app::{self, demo, kafka_query, produce, query};
 use tickflow_worker::codec::records::ValueFormat;
 use tickflow_worker::kafka::{
     KafkaConfig, RegistryClient, RegistryConfig, SaslMechanism, Secret, SecurityProtocol,
@@ -419,7 +419,7 @@ fn run_kafka_query(a: QueryArgs, sql: String) -> anyhow::Result<()> {
         let bound = http::serve(addr, status.clone())?;
         tracing::info!(%bound, "status endpoint listening");
     }
-    let opts = stream::KafkaQueryOptions {
+    let opts = kafka_query::KafkaQueryOptions {
         sql_origin: a.sql.display().to_string(),
         sql,
         registry: a.kafka.registry()?,
@@ -467,7 +467,7 @@ fn run_kafka_query(a: QueryArgs, sql: String) -> anyhow::Result<()> {
         kafka,
         name,
     };
-    match stream::run_kafka_query(&opts) {
+    match kafka_query::run_kafka_query(&opts) {
         Ok(s) => {
             println!("{}", serde_json::to_string(&s)?);
             Ok(())
@@ -477,7 +477,7 @@ fn run_kafka_query(a: QueryArgs, sql: String) -> anyhow::Result<()> {
                 s.state = WorkerState::Failed;
                 s.last_error = Some(format!("{e:#}"));
             });
-            Err(e)
+            Err(e.into())
         }
     }
 }

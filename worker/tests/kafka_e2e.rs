@@ -10,7 +10,7 @@ use kafka_common::*;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use tickflow_worker::codec::json::JsonLinesEncoder;
-use tickflow_worker::codec::{AvroDecoder, SourceTable, confluent};
+use tickflow_worker::codec::{AvroDecoder, BuiltinAvroSchema, SourceTable, confluent};
 use tickflow_worker::kafka::{RegistryClient, RegistryConfig};
 
 /// Asserts that the ohlc_5s rows committed to `topic` are those of a file

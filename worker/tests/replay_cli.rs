@@ -58,7 +58,7 @@ fn sql_dir() -> PathBuf {
 /// All built-in queries in one file.
 fn all_queries(dir: &Path) -> PathBuf {
     let path = dir.join("all.sql");
-    std::fs::write(&path, tickflow_worker::app::demo::builtin_sql()).unwrap();
+    std::fs::write(&path, tickflow_worker::queries::builtin_sql()).unwrap();
     path
 }
 

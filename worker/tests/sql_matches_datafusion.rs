@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use arrow::compute::concat_batches;
 use common::*;
-use tickflow_worker::app::demo::BUILTIN_QUERIES;
 use tickflow_worker::codec::SourceTable;
-use tickflow_worker::engine::{EngineConfig, Pipeline, SourceDef, StreamOutput};
+use tickflow_worker::engine::{Catalog, EngineConfig, Pipeline, StreamOutput};
+use tickflow_worker::queries::BUILTIN_QUERIES;
 
 /// Out-of-orderness of the data; the engine allows 1 s, so nothing is late.
 const JITTER_MS: i64 = 800;
@@ -20,7 +20,7 @@ fn every_builtin_query_matches_datafusion_batch() {
     // 2 × 150 s of event time at 1000 ticks/s: enough for 1-minute bars,
     // 100-second HOP windows and two sessions per symbol.
     let data = market_data(150_000, JITTER_MS);
-    let sources = SourceDef::builtin();
+    let sources = Catalog::builtin();
     let config = EngineConfig {
         allowed_lateness: Duration::from_secs(1),
         idle_timeout: None,
@@ -62,7 +62,7 @@ fn every_builtin_query_matches_datafusion_batch() {
 fn emit_changes_converges_to_the_final_window_result() {
     let data = market_data(20_000, JITTER_MS);
     let input = source_batch(&data, SourceTable::MarketTicks);
-    let sources = SourceDef::builtin();
+    let sources = Catalog::builtin();
     let config = EngineConfig::default();
     let run = |emit: &str| {
         let sql = format!(
@@ -98,7 +98,7 @@ fn emit_changes_converges_to_the_final_window_result() {
 
 #[test]
 fn late_events_are_counted_and_routed() {
-    let sources = SourceDef::builtin();
+    let sources = Catalog::builtin();
     let config = EngineConfig {
         allowed_lateness: Duration::from_millis(0),
         idle_timeout: None,

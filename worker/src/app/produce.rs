@@ -15,10 +15,10 @@ use arrow::array::RecordBatch;
 
 use std::collections::BTreeMap;
 
-use crate::codec::SourceTable;
 use crate::codec::json::JsonLinesEncoder;
 use crate::codec::ocf::OcfWriter;
 use crate::codec::records::{KeyExtractor, RowEncoder, ValueFormat};
+use crate::codec::{BuiltinAvroSchema, SourceTable};
 use crate::kafka::registry::value_subject;
 use crate::kafka::{KafkaConfig, RegistryClient};
 use crate::simulator::{SimConfig, Simulator};
@@ -143,7 +143,7 @@ impl Outputs {
                     topics.push(PublishTopic {
                         topic: topic.clone(),
                         encoder,
-                        keys: KeyExtractor::new(&table.arrow_schema(), &["symbol".to_string()]),
+                        keys: KeyExtractor::new(&table.arrow_schema(), &table.def().key_columns),
                     });
                 }
                 Ok(Self::Kafka(KafkaPublisher::open(

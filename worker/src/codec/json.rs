@@ -26,9 +26,9 @@ use arrow::util::display::{ArrayFormatter, FormatOptions};
 
 use super::CodecError;
 
-/// A line that could not be decoded.
+/// A line that could not be decoded (the caller turns it into a dead letter).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BadRecord {
+pub struct BadLine {
     /// Line number as given by the caller.
     pub line: u64,
     pub reason: String,
@@ -91,7 +91,7 @@ impl JsonLinesDecoder {
     /// Decodes `lines` (line number, text). Blank lines are skipped. Returns
     /// the rows of the good lines, in order (`None` if there are none), and
     /// the bad lines with the reason.
-    pub fn decode(&mut self, lines: &[(u64, &str)]) -> (Option<RecordBatch>, Vec<BadRecord>) {
+    pub fn decode(&mut self, lines: &[(u64, &str)]) -> (Option<RecordBatch>, Vec<BadLine>) {
         let records: Vec<(u64, &str)> = lines
             .iter()
             .copied()
@@ -146,7 +146,7 @@ impl JsonLinesDecoder {
         }
     }
 
-    fn decode_each(&mut self, records: &[(u64, &str)]) -> (Option<RecordBatch>, Vec<BadRecord>) {
+    fn decode_each(&mut self, records: &[(u64, &str)]) -> (Option<RecordBatch>, Vec<BadLine>) {
         let mut good = Vec::new();
         let mut bad = Vec::new();
         for &(line, text) in records {
@@ -162,19 +162,19 @@ impl JsonLinesDecoder {
             });
             match result {
                 Ok(Some(b)) if b.num_rows() == 1 => good.push(b),
-                Ok(Some(b)) => bad.push(BadRecord {
+                Ok(Some(b)) => bad.push(BadLine {
                     line,
                     reason: format!("expected one JSON object, found {} values", b.num_rows()),
                     raw: text.to_string(),
                 }),
-                Ok(None) => bad.push(BadRecord {
+                Ok(None) => bad.push(BadLine {
                     line,
                     reason: "no JSON object on the line".into(),
                     raw: text.to_string(),
                 }),
                 Err(e) => {
                     self.reset();
-                    bad.push(BadRecord {
+                    bad.push(BadLine {
                         line,
                         reason: e.to_string(),
                         raw: text.to_string(),
@@ -190,7 +190,7 @@ impl JsonLinesDecoder {
                     // Cannot happen: all batches share the schema. Report
                     // rather than drop.
                     for &(line, text) in records {
-                        bad.push(BadRecord {
+                        bad.push(BadLine {
                             line,
                             reason: format!("internal error: {e}"),
                             raw: text.to_string(),

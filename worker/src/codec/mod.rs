@@ -19,9 +19,9 @@ pub mod records;
 pub mod schema;
 
 pub use avro::{AvroDecoder, AvroEncoder};
-pub use json::{BadRecord, JsonLinesDecoder, JsonLinesEncoder};
+pub use json::{BadLine, JsonLinesDecoder, JsonLinesEncoder};
 pub use ocf::{OcfCodec, OcfReader, OcfWriter};
-pub use schema::{SourceTable, arrow_to_avro, avro_to_arrow};
+pub use schema::{BuiltinAvroSchema, SourceTable, arrow_to_avro, avro_to_arrow};
 
 /// Errors from building codecs, encoding records, or reading/writing container
 /// files. Errors of single wire records are [`DecodeError`]s.

@@ -474,8 +474,8 @@ impl<R: Read + Seek> OcfReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::SourceTable;
     use crate::codec::avro::tests::ticks;
+    use crate::codec::{BuiltinAvroSchema, SourceTable};
     use apache_avro::types::Value;
     use std::io::Cursor;
 

@@ -14,76 +14,24 @@ use serde_json::json;
 
 use super::CodecError;
 
-/// A source table of the SQL dialect, backed by one topic.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum SourceTable {
-    MarketTicks,
-    OrderEvents,
-    BookUpdates,
+pub use crate::engine::SourceTable;
+
+/// The parsed Avro schema of a built-in table (the catalog holds its text).
+pub trait BuiltinAvroSchema {
+    /// Parsed once; the embedded files are tested to parse.
+    fn avro_schema(self) -> &'static AvroSchema;
 }
 
-impl SourceTable {
-    pub const ALL: [SourceTable; 3] = [Self::MarketTicks, Self::OrderEvents, Self::BookUpdates];
-
-    /// Name used in SQL (`FROM market_ticks`).
-    pub fn table_name(self) -> &'static str {
-        match self {
-            Self::MarketTicks => "market_ticks",
-            Self::OrderEvents => "order_events",
-            Self::BookUpdates => "book_updates",
-        }
-    }
-
-    /// Default topic, also the base name of replay files (`market-ticks.jsonl`).
-    pub fn topic(self) -> &'static str {
-        match self {
-            Self::MarketTicks => "market-ticks",
-            Self::OrderEvents => "order-events",
-            Self::BookUpdates => "book-updates",
-        }
-    }
-
-    /// The embedded `.avsc` text.
-    pub fn avsc(self) -> &'static str {
-        match self {
-            Self::MarketTicks => include_str!("../../../schemas/market_tick.avsc"),
-            Self::OrderEvents => include_str!("../../../schemas/order_event.avsc"),
-            Self::BookUpdates => include_str!("../../../schemas/book_update.avsc"),
-        }
-    }
-
-    pub fn from_table_name(name: &str) -> Option<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|t| t.table_name().eq_ignore_ascii_case(name))
-    }
-
-    pub fn from_topic(topic: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|t| t.topic() == topic)
-    }
-
-    /// Parsed Avro schema (parsed once; the embedded files are tested to parse).
-    pub fn avro_schema(self) -> &'static AvroSchema {
+impl BuiltinAvroSchema for SourceTable {
+    fn avro_schema(self) -> &'static AvroSchema {
         static CACHE: OnceLock<Vec<AvroSchema>> = OnceLock::new();
         let all = CACHE.get_or_init(|| {
-            Self::ALL
+            SourceTable::ALL
                 .iter()
                 .map(|t| AvroSchema::parse_str(t.avsc()).expect("embedded .avsc parses"))
                 .collect()
         });
         &all[self as usize]
-    }
-
-    /// Arrow schema of the table, derived from the Avro schema.
-    pub fn arrow_schema(self) -> SchemaRef {
-        static CACHE: OnceLock<Vec<SchemaRef>> = OnceLock::new();
-        let all = CACHE.get_or_init(|| {
-            Self::ALL
-                .iter()
-                .map(|t| avro_to_arrow(t.avro_schema()).expect("embedded .avsc maps to Arrow"))
-                .collect()
-        });
-        all[self as usize].clone()
     }
 }
 
@@ -336,6 +284,9 @@ mod tests {
     fn embedded_schemas_map_to_arrow() {
         for t in SourceTable::ALL {
             let arrow = t.arrow_schema();
+            // The catalog's own reading of the .avsc (what SQL sees) and the
+            // codec's (what decoding produces) are the same schema.
+            assert_eq!(arrow, avro_to_arrow(t.avro_schema()).unwrap(), "{t:?}");
             let ts = arrow.field_with_name("ts").unwrap();
             assert_eq!(
                 ts.data_type(),

@@ -42,52 +42,7 @@ impl fmt::Debug for Secret {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum SecurityProtocol {
-    #[default]
-    Plaintext,
-    Ssl,
-    // Kafka's own spelling works too.
-    #[value(alias = "sasl_plaintext")]
-    SaslPlaintext,
-    #[value(alias = "sasl_ssl")]
-    SaslSsl,
-}
-
-impl SecurityProtocol {
-    fn as_librdkafka(self) -> &'static str {
-        match self {
-            Self::Plaintext => "plaintext",
-            Self::Ssl => "ssl",
-            Self::SaslPlaintext => "sasl_plaintext",
-            Self::SaslSsl => "sasl_ssl",
-        }
-    }
-
-    fn uses_sasl(self) -> bool {
-        matches!(self, Self::SaslPlaintext | Self::SaslSsl)
-    }
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum SaslMechanism {
-    Plain,
-    #[default]
-    #[value(name = "scram-sha-256")]
-    ScramSha256,
-    #[value(name = "scram-sha-512")]
-    ScramSha512,
-}
-
-impl SaslMechanism {
-    fn as_librdkafka(self) -> &'static str {
-        match self {
-            Self::Plain => "PLAIN",
-            Self::ScramSha256 => "SCRAM-SHA-256",
-            Self::ScramSha512 => "SCRAM-SHA-512",
-        }
-    }
-}
+pub use tickflow_crds::kafka::{SaslMechanism, SecurityProtocol};
 
 /// Where and how to connect.
 #[derive(Clone, Debug, Default)]

@@ -3,6 +3,6 @@
 
 pub mod http;
 pub mod status;
-pub mod telemetry;
+pub use tickflow_crds::telemetry;
 
 pub use status::{CheckpointStatus, Status, StatusHandle, WorkerState};

@@ -1,66 +1,14 @@
-//! What a running worker reports about itself: the `/status` document and
-//! the Prometheus metrics derived from it.
+//! What a running worker reports about itself: the `/status` document (its
+//! type is the contract in `tickflow_crds::worker_status`) and the
+//! Prometheus metrics derived from it.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::{Arc, Mutex};
 
-use serde::{Deserialize, Serialize};
-
-/// Life-cycle state of the worker.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum WorkerState {
-    #[default]
-    Starting,
-    Recovering,
-    Running,
-    /// Running, but something it depends on (e.g. the schema registry) is failing.
-    Degraded,
-    Stopping,
-    Stopped,
-    Failed,
-}
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct CheckpointStatus {
-    pub id: u64,
-    /// Milliseconds since the Unix epoch.
-    pub time_ms: i64,
-    pub bytes: u64,
-    pub duration_ms: u64,
-}
-
-/// The `/status` document (the operator reads it back).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Status {
-    pub state: WorkerState,
-    /// Query name or producer name.
-    pub name: String,
-    pub records_in: BTreeMap<String, u64>,
-    pub bytes_in: BTreeMap<String, u64>,
-    pub records_out: BTreeMap<String, u64>,
-    pub late_events: BTreeMap<String, u64>,
-    /// Dead letters by reason.
-    pub dead_letters: BTreeMap<String, u64>,
-    /// `topic/partition` → messages behind the high watermark.
-    pub lag: BTreeMap<String, i64>,
-    /// Source table → watermark (ms since the epoch).
-    pub watermarks: BTreeMap<String, i64>,
-    pub checkpoints: u64,
-    /// Restarts from the last checkpoint within this process.
-    pub failovers: u32,
-    pub last_checkpoint: Option<CheckpointStatus>,
-    pub last_error: Option<String>,
-    pub started_at_ms: i64,
-}
-
-impl Status {
-    pub fn total_lag(&self) -> i64 {
-        self.lag.values().sum()
-    }
-}
+pub use tickflow_crds::{
+    WorkerCheckpoint as CheckpointStatus, WorkerState, WorkerStatus as Status,
+};
 
 /// Shared, cheaply cloned handle the run loop updates and the HTTP endpoint reads.
 #[derive(Clone, Debug, Default)]
@@ -71,7 +19,7 @@ impl StatusHandle {
         let h = Self::default();
         h.update(|s| {
             s.name = name.to_string();
-            s.started_at_ms = crate::app::now_ms();
+            s.started_at_ms = crate::clock::now_ms();
         });
         h
     }

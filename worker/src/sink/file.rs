@@ -1,16 +1,26 @@
 //! File sinks: JSON lines (resumable from checkpoints) or Avro container files.
+//!
+//! [`FileOutputs`] is the run loop's [`Sink`] for file replay: one file per
+//! stream, optional files for late rows, and a dead-letter file. Its
+//! pre-commit flushes and fsyncs every file and checkpoints their lengths;
+//! a restore cuts each file back to its checkpointed length, so the files
+//! end up exactly as an uninterrupted run's.
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
-use arrow::datatypes::SchemaRef;
+use arrow::array::{RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde_json::json;
 
 use crate::codec::json::JsonLinesEncoder;
 use crate::codec::ocf::OcfWriter;
+use crate::runner::{
+    ConnectorError, DeadLetter, Positions, RestoredSink, RowKind, Sink, SinkCheckpoint,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -183,4 +193,181 @@ impl FileSink {
             }
         }
     }
+}
+
+/// What one output file receives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FileContent {
+    /// Rows of a stream (results or late source rows).
+    Stream { stream: String, kind: RowKind },
+    /// Malformed input records.
+    DeadLetters,
+}
+
+/// One output file of a replay.
+#[derive(Clone, Debug)]
+pub struct FileOutput {
+    pub content: FileContent,
+    pub path: PathBuf,
+    /// Columns of the rows written (the stream's, the source's for late
+    /// rows, [`dead_letter_schema`] for dead letters).
+    pub schema: SchemaRef,
+}
+
+impl FileOutput {
+    /// Key of the file's position in checkpoints.
+    fn key(&self) -> String {
+        match &self.content {
+            FileContent::Stream {
+                stream,
+                kind: RowKind::Results,
+            } => stream.clone(),
+            FileContent::Stream {
+                stream,
+                kind: RowKind::Late,
+            } => format!("late:{stream}"),
+            FileContent::DeadLetters => "dead-letter".into(),
+        }
+    }
+}
+
+/// The output files of a replay (see the module doc).
+pub struct FileOutputs {
+    outputs: Vec<FileOutput>,
+    /// Open files, in `outputs` order (after [`Sink::start`]).
+    files: Vec<FileSink>,
+    /// (stream, kind) → index into `files`.
+    routes: BTreeMap<(String, RowKind), usize>,
+    dead_letters: Option<usize>,
+}
+
+impl FileOutputs {
+    pub fn new(outputs: Vec<FileOutput>) -> Self {
+        let mut routes = BTreeMap::new();
+        let mut dead_letters = None;
+        for (i, o) in outputs.iter().enumerate() {
+            match &o.content {
+                FileContent::Stream { stream, kind } => {
+                    routes.insert((stream.clone(), *kind), i);
+                }
+                FileContent::DeadLetters => dead_letters = Some(i),
+            }
+        }
+        Self {
+            outputs,
+            files: Vec::new(),
+            routes,
+            dead_letters,
+        }
+    }
+}
+
+impl Sink for FileOutputs {
+    fn name(&self) -> &str {
+        "files"
+    }
+
+    fn start(
+        &mut self,
+        restored: Option<RestoredSink<'_>>,
+        _positions: &Positions,
+    ) -> Result<bool, ConnectorError> {
+        let positions = restored.and_then(|r| r.position);
+        for o in &self.outputs {
+            let resume = positions.and_then(|p| p.get(o.key()));
+            let name = match &o.content {
+                FileContent::Stream { stream, .. } => stream.as_str(),
+                FileContent::DeadLetters => "dead_letter",
+            };
+            let file = FileSink::open(&o.path, Arc::clone(&o.schema), name, resume)
+                .map_err(ConnectorError::fatal)?;
+            self.files.push(file);
+        }
+        Ok(false)
+    }
+
+    fn write(
+        &mut self,
+        stream: &str,
+        kind: RowKind,
+        rows: &RecordBatch,
+    ) -> Result<(), ConnectorError> {
+        // Allocation-free lookup would need a borrowed key type; output
+        // batches are few and large, so the String is noise.
+        if let Some(&i) = self.routes.get(&(stream.to_string(), kind)) {
+            self.files[i].write(rows).map_err(ConnectorError::fatal)?;
+        }
+        Ok(())
+    }
+
+    fn dead_letters(&mut self, bad: &[DeadLetter]) -> Result<(), ConnectorError> {
+        if let Some(i) = self.dead_letters
+            && !bad.is_empty()
+        {
+            self.files[i]
+                .write(&dead_letter_batch(bad))
+                .map_err(ConnectorError::fatal)?;
+        }
+        Ok(())
+    }
+
+    fn pre_commit(&mut self, _epoch: u64) -> Result<SinkCheckpoint, ConnectorError> {
+        // Output first: the checkpoint must never point past durable output.
+        let mut positions = serde_json::Map::new();
+        for (o, f) in self.outputs.iter().zip(&mut self.files) {
+            positions.insert(o.key(), f.commit().map_err(ConnectorError::fatal)?);
+        }
+        Ok(SinkCheckpoint {
+            position: serde_json::Value::Object(positions),
+            state: None,
+        })
+    }
+
+    fn commit(&mut self, _epoch: u64, _positions: &Positions) -> Result<(), ConnectorError> {
+        Ok(()) // the files were durable before the checkpoint was written
+    }
+
+    fn close(&mut self) -> Result<(), ConnectorError> {
+        for f in self.files.drain(..) {
+            f.close().map_err(ConnectorError::fatal)?;
+        }
+        Ok(())
+    }
+
+    fn records_out(&self) -> BTreeMap<String, u64> {
+        self.outputs
+            .iter()
+            .zip(&self.files)
+            .map(|(o, f)| (o.path.display().to_string(), f.rows_written()))
+            .collect()
+    }
+}
+
+/// Columns of the dead-letter file: the source table, where the record
+/// was, the reason code, the error and the record as read (lossy UTF-8).
+pub fn dead_letter_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("source", DataType::Utf8, false),
+        Field::new("location", DataType::Utf8, false),
+        Field::new("reason", DataType::Utf8, false),
+        Field::new("error", DataType::Utf8, false),
+        Field::new("raw", DataType::Utf8, false),
+    ]))
+}
+
+fn dead_letter_batch(bad: &[DeadLetter]) -> RecordBatch {
+    let col = |f: &dyn Fn(&DeadLetter) -> String| {
+        Arc::new(StringArray::from_iter_values(bad.iter().map(f))) as _
+    };
+    RecordBatch::try_new(
+        dead_letter_schema(),
+        vec![
+            col(&|b| b.table.clone()),
+            col(&|b| b.location.clone()),
+            col(&|b| b.reason.to_string()),
+            col(&|b| b.error.clone()),
+            col(&|b| String::from_utf8_lossy(&b.value).into_owned()),
+        ],
+    )
+    .expect("dead-letter columns match the schema")
 }

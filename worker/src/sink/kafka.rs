@@ -21,23 +21,22 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::codec::records::{KeyExtractor, RowEncoder};
-use crate::kafka::{ClientErrors, KafkaConfig};
-use crate::source::kafka::{BadMessage, TopicPartition};
+use crate::kafka::offsets::offsets_from_json;
+use crate::kafka::{ClientErrors, KafkaConfig, Offsets};
+use crate::runner::faults::{self, InjectedStall};
+use crate::runner::{
+    CommitDelays, ConnectorError, DeadLetter, Positions, RestoredSink, RowKind, Sink,
+    SinkCheckpoint,
+};
+
+/// Name of the Kafka source whose positions this sink commits.
+const KAFKA_SOURCE: &str = "kafka";
 
 /// Tries of a commit before the worker gives up (and restarts from its checkpoint).
 const COMMIT_ATTEMPTS: u32 = 8;
 
 /// Delay samples kept for [`KafkaSink::commit_delays`].
 const MAX_DELAY_SAMPLES: usize = 100_000;
-
-/// How long result rows waited between emission and commit.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct CommitDelays {
-    pub rows: usize,
-    pub p50_ms: f64,
-    pub p99_ms: f64,
-    pub max_ms: f64,
-}
 
 /// Prefix of the offset-commit metadata that names the committed epoch.
 const EPOCH_TAG: &str = "tickflow-epoch=";
@@ -52,20 +51,12 @@ pub fn stuck_calls() -> usize {
     STUCK_CALLS.load(Ordering::Relaxed)
 }
 
-/// A fault to inject into the next commit (tests of the failover).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum InjectedStall {
-    /// Hang before the commit, like librdkafka stuck in send_offsets.
-    BeforeCommit,
-    /// Commit, then hang: the commit landed but the worker never hears of it.
-    AfterCommit,
-    /// The commit call times out once (it is given no time), as when the
-    /// broker is slow to answer: the retry must resume it.
-    CommitTimesOut,
-}
-
 /// One output: a stream (or its late rows) written to a topic.
 pub struct OutputTopic {
+    /// The stream whose rows go here, and which of them.
+    pub stream: String,
+    pub kind: RowKind,
+    /// For messages (`ohlc_5s`, `ohlc_5s (late rows)`).
     pub name: String,
     pub topic: String,
     pub encoder: RowEncoder,
@@ -117,7 +108,17 @@ pub struct KafkaSink {
     producer: Arc<BaseProducer<ClientErrors>>,
     config: KafkaConfig,
     outputs: Vec<OutputTopic>,
+    /// (stream, kind) → index into `outputs`.
+    routes: BTreeMap<(String, RowKind), usize>,
     dead_letter_topic: Option<String>,
+    /// Consumer group the source offsets are committed to.
+    group_id: String,
+    /// A consumer of that group that never reads: it supplies the group
+    /// metadata a transactional offset commit needs (the source's consumer
+    /// only assigns partitions, so its metadata is the same).
+    group: BaseConsumer<ClientErrors>,
+    /// Records written per topic (this process).
+    records_out: BTreeMap<String, u64>,
     pending: Pending,
     /// Records sent in committed transactions (this process).
     pub records_committed: u64,
@@ -129,8 +130,6 @@ pub struct KafkaSink {
     scratch: Scratch,
     call_timeout: Duration,
     stall_limit: Duration,
-    /// Fault injection (see [`KafkaSink::inject_stall`]).
-    injected_stall: Option<InjectedStall>,
 }
 
 /// Reused encode buffers: values, value ends, keys, key ends.
@@ -165,7 +164,8 @@ impl KafkaSinkError {
 
 impl KafkaSink {
     /// Creates the transactional producer. `init_transactions` fences any
-    /// older producer with the same id and aborts its open transaction.
+    /// older producer with the same id and aborts its open transaction. The
+    /// transactional id is also the consumer group the offsets go to.
     pub fn open(
         config: &KafkaConfig,
         transactional_id: &str,
@@ -221,11 +221,26 @@ impl KafkaSink {
         producer
             .begin_transaction()
             .map_err(|e| anyhow::anyhow!("beginning a Kafka transaction: {e}"))?;
+        let group: BaseConsumer<ClientErrors> = config
+            .client_config()
+            .set("group.id", transactional_id)
+            .set("enable.auto.commit", "false")
+            .create_with_context(ClientErrors::default())
+            .map_err(|e| anyhow::anyhow!("creating the Kafka consumer for group metadata: {e}"))?;
+        let routes = outputs
+            .iter()
+            .enumerate()
+            .map(|(i, o)| ((o.stream.clone(), o.kind), i))
+            .collect();
         Ok(Self {
             producer: Arc::new(producer),
             config: config.clone(),
             outputs,
+            routes,
             dead_letter_topic,
+            group_id: transactional_id.to_string(),
+            group,
+            records_out: BTreeMap::new(),
             pending: Pending::default(),
             records_committed: 0,
             emitted: Vec::new(),
@@ -233,7 +248,6 @@ impl KafkaSink {
             scratch: Default::default(),
             call_timeout: tuning.call_timeout,
             stall_limit: tuning.stall_limit,
-            injected_stall: None,
         })
     }
 
@@ -249,6 +263,10 @@ impl KafkaSink {
     /// Sends every row of `batch` to output `index`.
     pub fn write(&mut self, index: usize, batch: &RecordBatch) -> Result<(), KafkaSinkError> {
         self.emitted.push((Instant::now(), batch.num_rows()));
+        *self
+            .records_out
+            .entry(self.outputs[index].topic.clone())
+            .or_default() += batch.num_rows() as u64;
         let mut scratch = std::mem::take(&mut self.scratch);
         let result = self.write_with(index, batch, &mut scratch);
         self.scratch = scratch;
@@ -297,18 +315,26 @@ impl KafkaSink {
 
     /// Sends a malformed input record to the dead-letter topic, with headers
     /// giving the reason and where it came from.
-    pub fn dead_letter(&mut self, bad: &BadMessage) -> Result<(), KafkaSinkError> {
+    pub fn dead_letter(&mut self, bad: &DeadLetter) -> Result<(), KafkaSinkError> {
         let Some(topic) = &self.dead_letter_topic else {
             return Ok(());
         };
-        let headers = serde_json::json!({
+        let mut headers = serde_json::json!({
             "tickflow.error.reason": bad.reason,
             "tickflow.error.message": bad.error,
-            "tickflow.source.topic": bad.topic,
-            "tickflow.source.partition": bad.partition.to_string(),
-            "tickflow.source.offset": bad.offset.to_string(),
-            "tickflow.source.timestamp": bad.timestamp_ms.map(|t| t.to_string()).unwrap_or_default(),
+            "tickflow.source.table": bad.table,
+            "tickflow.source.location": bad.location,
         });
+        if let Some(k) = &bad.kafka {
+            headers["tickflow.source.topic"] = k.topic.clone().into();
+            headers["tickflow.source.partition"] = k.partition.to_string().into();
+            headers["tickflow.source.offset"] = k.offset.to_string().into();
+            headers["tickflow.source.timestamp"] = k
+                .timestamp_ms
+                .map(|t| t.to_string())
+                .unwrap_or_default()
+                .into();
+        }
         self.pending.topics.push(topic.clone());
         self.pending.keys.push(bad.key.clone());
         self.pending.values.push(bad.value.clone());
@@ -345,11 +371,10 @@ impl KafkaSink {
 
     /// Commits the open transaction together with the source `positions`
     /// tagged with `epoch`, then opens the next one.
-    pub fn commit(
+    pub fn commit_offsets(
         &mut self,
         epoch: u64,
-        consumer: &BaseConsumer<ClientErrors>,
-        positions: &BTreeMap<TopicPartition, i64>,
+        positions: &Offsets,
     ) -> Result<(), KafkaSinkError> {
         let offsets = tagged_offsets(positions, epoch)?;
         // Broker restarts and leader moves surface here as retriable or
@@ -366,7 +391,7 @@ impl KafkaSink {
         loop {
             attempt += 1;
             self.wait_delivered();
-            let group = consumer.group_metadata().ok_or_else(|| {
+            let group = self.group.group_metadata().ok_or_else(|| {
                 KafkaSinkError::Fatal("the consumer has no group metadata".into())
             })?;
             let (added, result) = self.send_offsets_and_commit(&offsets, group, offsets_added)?;
@@ -427,7 +452,7 @@ impl KafkaSink {
         offsets_added: bool,
     ) -> Result<(bool, Result<(), KafkaError>), KafkaSinkError> {
         let offsets = offsets.clone();
-        let stall = self.injected_stall.take();
+        let stall = faults::take_stall();
         let timeout = self.call_timeout;
         let hang = || loop {
             std::thread::park();
@@ -527,12 +552,6 @@ impl KafkaSink {
         }
     }
 
-    /// Fault injection for the failover tests: the next commit never
-    /// returns, before or after it reached the broker.
-    pub fn inject_stall(&mut self, stall: InjectedStall) {
-        self.injected_stall = Some(stall);
-    }
-
     /// Serves delivery reports until nothing is in flight (or the timeout).
     /// rdkafka's own flush sleeps in 100 ms steps, which would add up to
     /// 100 ms to every commit; this polls at 1 ms.
@@ -562,17 +581,14 @@ impl KafkaSink {
 
     /// After a restore from checkpoint `epoch`: if that epoch's transaction
     /// never committed, sends its records (`pending`) again and commits them
-    /// with its offsets. Returns whether it had to. `group_id` is the
-    /// consumer group the offsets are committed to.
+    /// with its offsets. Returns whether it had to.
     pub fn recover(
         &mut self,
         epoch: u64,
         pending: Option<&RecordBatch>,
-        consumer: &BaseConsumer<ClientErrors>,
-        group_id: &str,
-        positions: &BTreeMap<TopicPartition, i64>,
+        positions: &Offsets,
     ) -> Result<bool, KafkaSinkError> {
-        if let Some(committed) = committed_epoch(&self.config, group_id, positions)?
+        if let Some(committed) = committed_epoch(&self.config, &self.group_id, positions)?
             && committed >= epoch
         {
             return Ok(false);
@@ -584,7 +600,7 @@ impl KafkaSink {
             }
         }
         self.flush()?;
-        self.commit(epoch, consumer, positions)?;
+        self.commit_offsets(epoch, positions)?;
         Ok(true)
     }
 
@@ -602,6 +618,94 @@ impl KafkaSink {
             p99_ms: q(0.99),
             max_ms: d[d.len() - 1],
         })
+    }
+}
+
+fn kafka_offsets(positions: &Positions) -> Result<Offsets, ConnectorError> {
+    match positions.get(KAFKA_SOURCE) {
+        Some(p) => offsets_from_json(p).map_err(ConnectorError::fatal),
+        None => Ok(Offsets::new()),
+    }
+}
+
+impl From<KafkaSinkError> for ConnectorError {
+    fn from(e: KafkaSinkError) -> Self {
+        if e.is_transient() {
+            ConnectorError::transient(e)
+        } else {
+            ConnectorError::fatal(e)
+        }
+    }
+}
+
+impl Sink for KafkaSink {
+    fn name(&self) -> &str {
+        "kafka"
+    }
+
+    fn start(
+        &mut self,
+        restored: Option<RestoredSink<'_>>,
+        positions: &Positions,
+    ) -> Result<bool, ConnectorError> {
+        let offsets = kafka_offsets(positions)?;
+        let epoch = restored.as_ref().map_or(0, |r| r.epoch);
+        if let Some(r) = restored
+            && self.recover(r.epoch, r.state.as_ref(), &offsets)?
+        {
+            tracing::warn!(
+                epoch,
+                "the restored epoch's output was not committed: sent it again"
+            );
+            return Ok(true);
+        }
+        // Re-commit the starting offsets (tagged with the restored epoch, or
+        // 0) in an empty transaction: it changes nothing, and the
+        // coordinator lookups it does are not paid for by the first window's
+        // rows.
+        self.commit_offsets(epoch, &offsets)?;
+        Ok(false)
+    }
+
+    fn write(
+        &mut self,
+        stream: &str,
+        kind: RowKind,
+        rows: &RecordBatch,
+    ) -> Result<(), ConnectorError> {
+        if let Some(&i) = self.routes.get(&(stream.to_string(), kind)) {
+            KafkaSink::write(self, i, rows)?;
+        }
+        Ok(())
+    }
+
+    fn dead_letters(&mut self, bad: &[DeadLetter]) -> Result<(), ConnectorError> {
+        for b in bad {
+            self.dead_letter(b)?;
+        }
+        Ok(())
+    }
+
+    fn pre_commit(&mut self, epoch: u64) -> Result<SinkCheckpoint, ConnectorError> {
+        // No flush: the epoch's records are in the checkpoint, and the
+        // commit waits for their delivery (or fails, and they are re-sent).
+        Ok(SinkCheckpoint {
+            position: serde_json::json!({ "epoch": epoch, "pending_records": self.pending_records() }),
+            state: Some(self.pending_batch()),
+        })
+    }
+
+    fn commit(&mut self, epoch: u64, positions: &Positions) -> Result<(), ConnectorError> {
+        let offsets = kafka_offsets(positions)?;
+        Ok(self.commit_offsets(epoch, &offsets)?)
+    }
+
+    fn records_out(&self) -> BTreeMap<String, u64> {
+        self.records_out.clone()
+    }
+
+    fn commit_delays(&self) -> Option<CommitDelays> {
+        KafkaSink::commit_delays(self)
     }
 }
 
@@ -649,10 +753,7 @@ fn send(
     }
 }
 
-fn tagged_offsets(
-    positions: &BTreeMap<TopicPartition, i64>,
-    epoch: u64,
-) -> Result<TopicPartitionList, KafkaSinkError> {
+fn tagged_offsets(positions: &Offsets, epoch: u64) -> Result<TopicPartitionList, KafkaSinkError> {
     let mut tpl = TopicPartitionList::new();
     for ((topic, partition), offset) in positions {
         let mut e = tpl.add_partition(topic, *partition);
@@ -674,7 +775,7 @@ fn tagged_offsets(
 fn committed_epoch(
     config: &KafkaConfig,
     group_id: &str,
-    positions: &BTreeMap<TopicPartition, i64>,
+    positions: &Offsets,
 ) -> Result<Option<u64>, KafkaSinkError> {
     let consumer: BaseConsumer<ClientErrors> = config
         .client_config()

@@ -1,9 +1,14 @@
 //! In-memory sink: keeps the latest rows of each stream (the demo's views,
 //! tests).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
 
 use arrow::array::RecordBatch;
+
+use crate::runner::{
+    ConnectorError, DeadLetter, Positions, RestoredSink, RowKind, Sink, SinkCheckpoint,
+};
 
 /// The most recent batches of one stream, bounded by row count.
 pub struct MemorySink {
@@ -40,5 +45,73 @@ impl MemorySink {
 
     pub fn total_rows(&self) -> u64 {
         self.total_rows
+    }
+}
+
+/// The latest rows of every stream, shared with whoever shows them: the
+/// demo's [`Sink`]. Nothing here is durable, so a restored run starts with
+/// empty views over restored state.
+#[derive(Clone, Default)]
+pub struct MemoryOutputs {
+    results: Arc<Mutex<BTreeMap<String, MemorySink>>>,
+    max_rows: usize,
+}
+
+impl MemoryOutputs {
+    /// Keeps the newest `max_rows` rows of each stream.
+    pub fn new(max_rows: usize) -> Self {
+        Self {
+            results: Arc::default(),
+            max_rows,
+        }
+    }
+
+    /// Reads the kept rows of every stream.
+    pub fn with<T>(&self, f: impl FnOnce(&BTreeMap<String, MemorySink>) -> T) -> T {
+        f(&self.results.lock().expect("not poisoned"))
+    }
+}
+
+impl Sink for MemoryOutputs {
+    fn name(&self) -> &str {
+        "memory"
+    }
+
+    fn start(
+        &mut self,
+        _restored: Option<RestoredSink<'_>>,
+        _positions: &Positions,
+    ) -> Result<bool, ConnectorError> {
+        Ok(false)
+    }
+
+    fn write(
+        &mut self,
+        stream: &str,
+        kind: RowKind,
+        rows: &RecordBatch,
+    ) -> Result<(), ConnectorError> {
+        if kind == RowKind::Results {
+            let max_rows = self.max_rows;
+            self.results
+                .lock()
+                .expect("not poisoned")
+                .entry(stream.to_string())
+                .or_insert_with(|| MemorySink::new(max_rows))
+                .write(rows.clone());
+        }
+        Ok(())
+    }
+
+    fn dead_letters(&mut self, _bad: &[DeadLetter]) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+
+    fn pre_commit(&mut self, _epoch: u64) -> Result<SinkCheckpoint, ConnectorError> {
+        Ok(SinkCheckpoint::default())
+    }
+
+    fn commit(&mut self, _epoch: u64, _positions: &Positions) -> Result<(), ConnectorError> {
+        Ok(())
     }
 }

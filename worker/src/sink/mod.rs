@@ -1,8 +1,16 @@
-//! Sinks: where result rows go.
+//! Sinks: where result rows go, behind the run loop's
+//! [`Sink`](crate::runner::Sink) trait.
 //!
-//! A sink's `commit` makes everything written so far durable and returns a
-//! position; a checkpoint records it, and a restore cuts the output back to it,
-//! so output written after the last checkpoint is neither lost nor duplicated.
+//! Each sink takes part in the epoch protocol: its pre-commit makes the
+//! epoch's output durable or recoverable and says what the checkpoint must
+//! hold, its commit makes the output visible with the source positions, and
+//! its start repairs whatever a crash between the two left behind, so output
+//! is neither lost nor duplicated.
+//!
+//! - [`file`]: JSON lines / Avro files of a replay.
+//! - [`kafka`]: transactional Kafka topics (exactly-once).
+//! - [`memory`]: the latest rows per stream, for the demo's views.
+//! - [`publisher`]: the producer's plain (non-transactional) Kafka output.
 
 pub mod file;
 pub mod kafka;

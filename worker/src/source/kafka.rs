@@ -6,7 +6,7 @@
 //! group only inside the sink's transaction, so the group's lag is visible
 //! with the usual Kafka tools. Avro values are decoded by schema id with a
 //! cached registry client; a record that cannot be decoded becomes a
-//! [`BadMessage`] for the dead-letter topic. When the registry is down the
+//! [`DeadLetter`] for the dead-letter topic. When the registry is down the
 //! partition is rewound to the undecoded record and retried later: nothing is
 //! skipped.
 
@@ -14,7 +14,6 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use apache_avro::Schema as AvroSchema;
-use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -24,7 +23,13 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::codec::json::JsonLinesDecoder;
 use crate::codec::records::ValueFormat;
 use crate::codec::{AvroDecoder, DecodeError, confluent};
-use crate::kafka::{ClientErrors, KafkaConfig, RegistryClient, RegistryError};
+use crate::kafka::offsets::{offsets_from_json, offsets_to_json};
+use crate::kafka::{
+    ClientErrors, KafkaConfig, Offsets, RegistryClient, RegistryError, TopicPartition,
+};
+use crate::runner::{
+    ConnectorError, DeadLetter, KafkaOrigin, Polled, Source, SourceFigures, TableBatch, Trouble,
+};
 
 /// One source table read from one topic.
 #[derive(Clone, Debug)]
@@ -43,45 +48,6 @@ pub enum StartFrom {
     #[default]
     Earliest,
     Latest,
-}
-
-/// A topic-partition.
-pub type TopicPartition = (String, i32);
-
-/// Decoded rows of one partition.
-pub struct PartitionBatch {
-    pub table: String,
-    pub partition: i32,
-    pub rows: RecordBatch,
-}
-
-/// A record that could not be decoded, with what the dead-letter topic needs.
-#[derive(Clone, Debug)]
-pub struct BadMessage {
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-    pub timestamp_ms: Option<i64>,
-    pub key: Option<Vec<u8>>,
-    pub value: Vec<u8>,
-    /// Stable short code (`bad-magic`, `unknown-schema-id`, `truncated`, …).
-    pub reason: &'static str,
-    pub error: String,
-}
-
-/// What one poll returned.
-#[derive(Default)]
-pub struct Polled {
-    pub batches: Vec<PartitionBatch>,
-    pub bad: Vec<BadMessage>,
-    pub records: usize,
-    /// Bytes of message values read.
-    pub bytes: usize,
-    /// The registry could not be reached; the affected partitions were
-    /// rewound and will be read again.
-    pub registry_unavailable: Option<String>,
-    /// The broker connection dropped (librdkafka reconnects by itself).
-    pub broker_unavailable: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -187,7 +153,7 @@ impl KafkaSource {
         group_id: &str,
         bindings: Vec<TopicBinding>,
         registry: Option<RegistryClient>,
-        positions: &BTreeMap<TopicPartition, i64>,
+        positions: &Offsets,
         start: StartFrom,
         bounded: bool,
     ) -> anyhow::Result<Self> {
@@ -327,17 +293,12 @@ impl KafkaSource {
     }
 
     /// Next offset to read per topic-partition: the position a checkpoint keeps.
-    pub fn positions(&self) -> BTreeMap<TopicPartition, i64> {
+    pub fn positions(&self) -> Offsets {
         self.bindings
             .iter()
             .zip(&self.state)
             .flat_map(|(b, st)| st.positions.iter().map(|(p, o)| ((b.topic.clone(), p), *o)))
             .collect()
-    }
-
-    /// The consumer, for the sink's transactional offset commit.
-    pub fn consumer(&self) -> &BaseConsumer<ClientErrors> {
-        &self.consumer
     }
 
     /// In a bounded run: partitions that reached their end offset, as (table, partition).
@@ -399,7 +360,7 @@ impl KafkaSource {
                 Err(KafkaError::PartitionEOF(_)) => continue,
                 Err(e) if is_transient(&e) => {
                     // librdkafka reconnects by itself; report and keep going.
-                    polled.broker_unavailable = Some(e.to_string());
+                    polled.trouble = Some(Trouble::Broker(e.to_string()));
                     break;
                 }
                 Err(e) => {
@@ -433,8 +394,8 @@ impl KafkaSource {
             match decode_value(binding, decoders, self.registry.as_ref(), meta, value) {
                 Ok(()) => {}
                 Err(DecodeFailure::Bad(reason, error)) => {
-                    polled.bad.push(meta().into_bad(
-                        topic,
+                    polled.dead_letters.push(meta().into_dead_letter(
+                        binding,
                         partition,
                         value.to_vec(),
                         reason,
@@ -452,7 +413,7 @@ impl KafkaSource {
                         .map_err(|e| {
                             KafkaSourceError::Kafka(format!("rewinding {topic}/{partition}: {e}"))
                         })?;
-                    polled.registry_unavailable = Some(e);
+                    polled.trouble = Some(Trouble::Registry(e));
                     // End the round here: messages of this partition that
                     // arrive after the seek are the re-read ones and must
                     // not be skipped.
@@ -460,7 +421,6 @@ impl KafkaSource {
                 }
             }
             polled.records += 1;
-            polled.bytes += value.len();
             st.records += 1;
             st.bytes += value.len() as u64;
             st.positions.insert(partition, offset + 1);
@@ -476,9 +436,9 @@ impl KafkaSource {
             for (partition, state) in st.decoders.iter_mut() {
                 for dec in state.avro.iter_mut().filter_map(|(_, r)| r.as_mut().ok()) {
                     if !dec.is_empty() {
-                        polled.batches.push(PartitionBatch {
+                        polled.batches.push(TableBatch {
                             table: binding.table.clone(),
-                            partition,
+                            partition: partition as usize,
                             rows: dec.finish(),
                         });
                     }
@@ -503,8 +463,8 @@ impl KafkaSource {
                         .find(|(m, _)| m.offset as u64 == b.line)
                         .map(|(m, _)| m.clone())
                         .expect("bad line comes from the input");
-                    polled.bad.push(meta.into_bad(
-                        &binding.topic,
+                    polled.dead_letters.push(meta.into_dead_letter(
+                        binding,
                         partition,
                         b.raw.into_bytes(),
                         "invalid-json",
@@ -513,9 +473,9 @@ impl KafkaSource {
                 }
                 state.json.clear();
                 if let Some(rows) = rows {
-                    polled.batches.push(PartitionBatch {
+                    polled.batches.push(TableBatch {
                         table: binding.table.clone(),
-                        partition,
+                        partition: partition as usize,
                         rows,
                     });
                 }
@@ -618,23 +578,27 @@ struct PendingMeta {
 }
 
 impl PendingMeta {
-    fn into_bad(
+    fn into_dead_letter(
         self,
-        topic: &str,
+        binding: &TopicBinding,
         partition: i32,
         value: Vec<u8>,
         reason: &'static str,
         error: String,
-    ) -> BadMessage {
-        BadMessage {
-            topic: topic.to_string(),
-            partition,
-            offset: self.offset,
-            timestamp_ms: self.timestamp_ms,
-            key: self.key,
-            value,
+    ) -> DeadLetter {
+        DeadLetter {
+            table: binding.table.clone(),
+            location: format!("{}/{partition}@{}", binding.topic, self.offset),
             reason,
             error,
+            key: self.key,
+            value,
+            kafka: Some(KafkaOrigin {
+                topic: binding.topic.clone(),
+                partition,
+                offset: self.offset,
+                timestamp_ms: self.timestamp_ms,
+            }),
         }
     }
 }
@@ -676,5 +640,112 @@ fn reader_name(s: &AvroSchema) -> String {
     match s {
         AvroSchema::Record(r) => r.name.fullname(None),
         _ => "the reader schema".into(),
+    }
+}
+
+/// The Kafka topics of a query as the run loop's [`Source`]: connects on
+/// [`Source::start`] at the checkpointed offsets (or `start` where there are
+/// none). Its position is the next offset of every partition.
+pub struct KafkaInput {
+    config: KafkaConfig,
+    group: String,
+    bindings: Vec<TopicBinding>,
+    registry: Option<RegistryClient>,
+    start: StartFrom,
+    bounded: bool,
+    source: Option<KafkaSource>,
+}
+
+impl KafkaInput {
+    /// Reads `bindings` as consumer group `group` (offsets are committed to
+    /// it by the Kafka sink only).
+    pub fn new(
+        config: KafkaConfig,
+        group: String,
+        bindings: Vec<TopicBinding>,
+        registry: Option<RegistryClient>,
+        start: StartFrom,
+        bounded: bool,
+    ) -> Self {
+        Self {
+            config,
+            group,
+            bindings,
+            registry,
+            start,
+            bounded,
+            source: None,
+        }
+    }
+
+    fn source(&self) -> &KafkaSource {
+        self.source.as_ref().expect("started")
+    }
+}
+
+impl Source for KafkaInput {
+    fn name(&self) -> &str {
+        "kafka"
+    }
+
+    fn start(&mut self, position: Option<&serde_json::Value>) -> Result<(), ConnectorError> {
+        let offsets = match position {
+            Some(p) => offsets_from_json(p).map_err(ConnectorError::fatal)?,
+            None => Offsets::new(),
+        };
+        self.source = Some(
+            KafkaSource::open(
+                &self.config,
+                &self.group,
+                self.bindings.clone(),
+                self.registry.clone(),
+                &offsets,
+                self.start,
+                self.bounded,
+            )
+            .map_err(ConnectorError::setup)?,
+        );
+        Ok(())
+    }
+
+    fn partitions(&self) -> Vec<(String, usize)> {
+        self.source()
+            .partition_counts()
+            .map(|(t, n)| (t.to_string(), n))
+            .collect()
+    }
+
+    fn poll(&mut self, max_records: usize, max_wait: Duration) -> Result<Polled, ConnectorError> {
+        let source = self.source.as_mut().expect("started");
+        let mut polled = source
+            .poll(max_records, max_wait)
+            .map_err(ConnectorError::fatal)?;
+        polled.finished = source
+            .finished_partitions()
+            .into_iter()
+            .map(|(t, p)| (t, p as usize))
+            .collect();
+        Ok(polled)
+    }
+
+    fn position(&self) -> serde_json::Value {
+        offsets_to_json(&self.source().positions())
+    }
+
+    fn is_done(&self) -> bool {
+        self.source.as_ref().is_some_and(KafkaSource::is_done)
+    }
+
+    fn figures(&self) -> SourceFigures {
+        let s = self.source();
+        SourceFigures {
+            records_in: s.records_read(),
+            bytes_in: s.bytes_read(),
+            lag: s
+                .lag()
+                .into_iter()
+                .map(|((t, p), l)| (format!("{t}/{p}"), l))
+                .collect(),
+        }
     }
 }

@@ -1,28 +1,11 @@
-//! Sources: where batches of source rows come from.
+//! Sources: where batches of source rows come from, behind the run loop's
+//! [`Source`](crate::runner::Source) trait.
 //!
-//! Every source has a position it can report and seek back to, so a
+//! Every source has a position it can report and start from again, so a
 //! checkpoint can resume it exactly where the checkpointed state left off.
+//! Malformed records become [`DeadLetter`](crate::runner::DeadLetter)s,
+//! never silent drops.
 
 pub mod file;
 pub mod kafka;
-pub mod memory;
-
-use arrow::array::RecordBatch;
-
-/// A record a source could not decode. It is reported and counted, never
-/// silently dropped.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BadRecord {
-    /// Where it came from (`market-ticks.jsonl:17`, `…avro@block 4096`).
-    pub location: String,
-    pub reason: String,
-    /// The raw record (lossy UTF-8 for binary input), for the dead-letter output.
-    pub raw: String,
-}
-
-/// One read from a source.
-#[derive(Debug, Default)]
-pub struct SourceBatch {
-    pub rows: Option<RecordBatch>,
-    pub bad: Vec<BadRecord>,
-}
+pub mod simulator;

@@ -1,13 +1,16 @@
-//! The streaming SQL engine.
+//! tickflow's streaming SQL engine.
 //!
-//! [`sql`] splits the dialect's statements, [`plan`] turns each into
+//! [`catalog`] says what a source table is, [`sql`] splits the dialect's statements, [`plan`] turns each into
 //! DataFusion expressions and accumulators, [`window`] and [`watermark`] hold
 //! the pure event-time logic, and the operators ([`aggregate`], [`session`],
 //! [`stateless`]) run batches through them. [`Pipeline`] routes source
 //! batches to every stream and drives watermarks. Nothing here knows where
-//! batches come from or where results go.
+//! batches come from or where results go: the crate depends on DataFusion
+//! and Arrow only (no Kafka, no codecs), so the operator can plan SQL with
+//! exactly the worker's planner.
 
 pub mod aggregate;
+pub mod catalog;
 pub mod keys;
 pub mod operator;
 pub mod plan;
@@ -25,8 +28,9 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::error::DataFusionError;
 
+pub use catalog::{Catalog, SourceDef, SourceFormat, SourceTable, output_topic};
 pub use operator::{OperatorMetrics, OperatorState, Output, StreamOperator};
-pub use plan::{SourceDef, StreamKind, StreamPlan, plan_sql};
+pub use plan::{StreamKind, StreamPlan, plan_sql};
 pub use sql::EmitMode;
 pub use watermark::{END_OF_INPUT, NO_WATERMARK, WatermarkTracker};
 
@@ -110,7 +114,8 @@ pub struct RunningStream {
     pub windowed: bool,
     pub window: Option<window::WindowSpec>,
     /// Output columns that identify a result row's group (the GROUP BY keys;
-    /// `symbol` for a stateless stream that has it), e.g. for message keys.
+    /// the source's key columns a stateless stream passes through), e.g. for
+    /// message keys.
     pub key_columns: Vec<String>,
     operator: Box<dyn StreamOperator>,
 }
@@ -143,27 +148,20 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Plans `sql` against `sources` and builds its operators.
-    pub fn new(
-        sql: &str,
-        sources: &[SourceDef],
-        config: &EngineConfig,
-    ) -> Result<Self, EngineError> {
-        let plans = plan_sql(sql, sources)?;
-        Self::from_plans(plans, sources, config)
+    pub fn new(sql: &str, catalog: &Catalog, config: &EngineConfig) -> Result<Self, EngineError> {
+        let plans = plan_sql(sql, catalog)?;
+        Self::from_plans(plans, catalog, config)
     }
 
     pub fn from_plans(
         plans: Vec<StreamPlan>,
-        sources: &[SourceDef],
+        catalog: &Catalog,
         config: &EngineConfig,
     ) -> Result<Self, EngineError> {
         let mut streams = Vec::new();
         let mut used = BTreeMap::new();
         for p in plans {
-            let def = sources
-                .iter()
-                .find(|s| s.name == p.source)
-                .expect("planner resolved the source");
+            let def = catalog.get(&p.source).expect("planner resolved the source");
             used.entry(p.source.clone())
                 .or_insert_with(|| SourceRuntime {
                     def: def.clone(),
@@ -171,7 +169,7 @@ impl Pipeline {
                     records_in: 0,
                 });
             let key_columns: Vec<String> = match &p.kind {
-                StreamKind::Stateless(_) => vec!["symbol".to_string()],
+                StreamKind::Stateless(_) => def.key_columns.clone(),
                 StreamKind::Windowed(w) => w.key_fields.iter().map(|f| f.name().clone()).collect(),
             }
             .into_iter()
@@ -230,6 +228,11 @@ impl Pipeline {
     /// Source tables the streams read, by name.
     pub fn source_names(&self) -> Vec<String> {
         self.sources.keys().cloned().collect()
+    }
+
+    /// The catalog entry of a source the streams read.
+    pub fn source(&self, name: &str) -> Option<&SourceDef> {
+        self.sources.get(name).map(|s| &s.def)
     }
 
     /// Current watermark of a source.

@@ -1,4 +1,5 @@
-//! Logging set-up shared by the worker and the operator binaries.
+//! Logging set-up shared by the worker and the operator binaries (feature
+//! `telemetry`), so both write the same plain or JSON lines.
 
 /// How log lines are written (to stderr).
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]

@@ -10,7 +10,7 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Paragraph, Row, Table};
 
-use super::demo::{DemoState, OHLC_COLUMNS, header};
+use super::view::{DemoState, OHLC_COLUMNS, header};
 
 pub struct Tui {
     terminal: DefaultTerminal,

@@ -30,6 +30,7 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 
 use super::EngineError;
+use super::catalog::{Catalog, SourceDef};
 use super::sql::{EmitMode, StreamDef};
 use super::window::WindowSpec;
 
@@ -37,37 +38,6 @@ use super::window::WindowSpec;
 pub const WINDOW_START: &str = "window_start";
 /// Name of the window-end column of every windowed output row.
 pub const WINDOW_END: &str = "window_end";
-
-/// A table queries can read from.
-#[derive(Clone, Debug)]
-pub struct SourceDef {
-    /// Name in SQL (`market_ticks`).
-    pub name: String,
-    pub schema: SchemaRef,
-    /// Event-time column (`ts`), a timestamp.
-    pub event_time: String,
-}
-
-impl SourceDef {
-    /// The built-in market-data tables, with schemas from the Avro files.
-    pub fn builtin() -> Vec<SourceDef> {
-        crate::codec::SourceTable::ALL
-            .iter()
-            .map(|t| SourceDef {
-                name: t.table_name().to_string(),
-                schema: t.arrow_schema(),
-                event_time: "ts".to_string(),
-            })
-            .collect()
-    }
-
-    /// Index of the event-time column.
-    pub fn event_time_index(&self) -> usize {
-        self.schema
-            .index_of(&self.event_time)
-            .expect("event-time column checked at construction")
-    }
-}
 
 /// Everything needed to run one stream.
 #[derive(Debug)]
@@ -136,13 +106,13 @@ pub struct WindowedPlan {
 }
 
 /// Plans every stream of a SQL file.
-pub fn plan_sql(sql: &str, sources: &[SourceDef]) -> Result<Vec<StreamPlan>, EngineError> {
+pub fn plan_sql(sql: &str, catalog: &Catalog) -> Result<Vec<StreamPlan>, EngineError> {
     let defs = super::sql::parse_streams(sql)?;
-    defs.iter().map(|d| plan_stream(d, sources)).collect()
+    defs.iter().map(|d| plan_stream(d, catalog)).collect()
 }
 
 /// Plans one stream.
-pub fn plan_stream(def: &StreamDef, sources: &[SourceDef]) -> Result<StreamPlan, EngineError> {
+pub fn plan_stream(def: &StreamDef, catalog: &Catalog) -> Result<StreamPlan, EngineError> {
     let ctx_err = |message: String| EngineError::Plan {
         stream: def.name.clone(),
         line: def.line,
@@ -159,7 +129,7 @@ pub fn plan_stream(def: &StreamDef, sources: &[SourceDef]) -> Result<StreamPlan,
     let Statement::Query(mut query) = statements.remove(0) else {
         return Err(ctx_err("expected a SELECT after `AS`".into()));
     };
-    let source = check_supported_shape(def, &query, sources)?;
+    let source = check_supported_shape(def, &query, catalog)?;
 
     // Take the window call out of GROUP BY, put the window columns in its place.
     let mut window = None;
@@ -221,7 +191,7 @@ pub fn plan_stream(def: &StreamDef, sources: &[SourceDef]) -> Result<StreamPlan,
 fn check_supported_shape<'a>(
     def: &StreamDef,
     query: &ast::Query,
-    sources: &'a [SourceDef],
+    catalog: &'a Catalog,
 ) -> Result<&'a SourceDef, EngineError> {
     if let Some(with) = &query.with {
         return Err(unsupported(
@@ -286,21 +256,18 @@ fn check_supported_shape<'a>(
             ));
         }
     }
-    sources
-        .iter()
-        .find(|s| s.name.eq_ignore_ascii_case(&table))
-        .ok_or_else(|| {
-            let known: Vec<_> = sources.iter().map(|s| s.name.as_str()).collect();
-            EngineError::Sql {
-                line: name.span().start.line as usize,
-                column: name.span().start.column as usize,
-                message: format!(
-                    "stream `{}`: unknown source table `{table}` (known: {})",
-                    def.name,
-                    known.join(", ")
-                ),
-            }
-        })
+    catalog.get(&table).ok_or_else(|| {
+        let known = catalog.names();
+        EngineError::Sql {
+            line: name.span().start.line as usize,
+            column: name.span().start.column as usize,
+            message: format!(
+                "stream `{}`: unknown source table `{table}` (known: {})",
+                def.name,
+                known.join(", ")
+            ),
+        }
+    })
 }
 
 fn unsupported(def: &StreamDef, node: &impl Spanned, what: &str) -> EngineError {
@@ -750,7 +717,7 @@ mod tests {
     use super::*;
 
     fn plan(sql: &str) -> Result<Vec<StreamPlan>, EngineError> {
-        plan_sql(sql, &SourceDef::builtin())
+        plan_sql(sql, &Catalog::builtin())
     }
 
     #[test]

@@ -1,0 +1,66 @@
+//! The worker's `/status` document: the JSON contract between a worker and
+//! the operator, which reads it back into the resource's status.
+//!
+//! It lives here, beside the resource types, so both sides depend on the
+//! contract and not on each other. Fields are additive: the document is read
+//! with `#[serde(default)]`, so an older worker and a newer operator (or the
+//! reverse) still understand each other.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Life-cycle state of the worker.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerState {
+    #[default]
+    Starting,
+    Recovering,
+    Running,
+    /// Running, but something it depends on (e.g. the schema registry) is failing.
+    Degraded,
+    Stopping,
+    Stopped,
+    Failed,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct WorkerCheckpoint {
+    pub id: u64,
+    /// Milliseconds since the Unix epoch.
+    pub time_ms: i64,
+    pub bytes: u64,
+    pub duration_ms: u64,
+}
+
+/// The `/status` document (the operator reads it back).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WorkerStatus {
+    pub state: WorkerState,
+    /// Query name or producer name.
+    pub name: String,
+    pub records_in: BTreeMap<String, u64>,
+    pub bytes_in: BTreeMap<String, u64>,
+    pub records_out: BTreeMap<String, u64>,
+    pub late_events: BTreeMap<String, u64>,
+    /// Dead letters by reason.
+    pub dead_letters: BTreeMap<String, u64>,
+    /// `topic/partition` → messages behind the high watermark.
+    pub lag: BTreeMap<String, i64>,
+    /// Source table → watermark (ms since the epoch).
+    pub watermarks: BTreeMap<String, i64>,
+    pub checkpoints: u64,
+    /// Restarts from the last checkpoint within this process.
+    pub failovers: u32,
+    pub last_checkpoint: Option<WorkerCheckpoint>,
+    pub last_error: Option<String>,
+    pub started_at_ms: i64,
+}
+
+impl WorkerStatus {
+    pub fn total_lag(&self) -> i64 {
+        self.lag.values().sum()
+    }
+}

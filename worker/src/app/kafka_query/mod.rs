@@ -1,0 +1,141 @@
+//! `tickflow-worker query` against Kafka: reads source topics, runs the SQL,
+//! writes each stream to its topic, exactly once.
+//!
+//! Wiring around the run loop: [`setup`] binds tables to topics and streams
+//! to output topics (encoders, registry subjects, topic creation); the
+//! [`Runner`] does restore → poll → engine → transactional sink → checkpoint
+//! → commit (docs/exactly-once.md); [`run_with_failover`] rebuilds
+//! everything from the last checkpoint when the Kafka client gets stuck or
+//! commits keep failing.
+
+mod setup;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use crate::checkpoint::CheckpointStore;
+use crate::codec::records::ValueFormat;
+use crate::engine::{Catalog, EngineConfig, Pipeline};
+use crate::kafka::{KafkaConfig, RegistryClient};
+use crate::runner::failover::{AttemptStart, FailoverPolicy, run_with_failover};
+use crate::runner::{Progress, RunError, RunOptions, RunSummary, Runner};
+use crate::runtime::StatusHandle;
+use crate::sink::kafka::{KafkaSink, ProducerTuning};
+use crate::source::kafka::{KafkaInput, StartFrom};
+
+/// Options of a Kafka query run.
+#[derive(Clone, Debug)]
+pub struct KafkaQueryOptions {
+    /// Query name: consumer group and transactional id are `tickflow-<name>`.
+    pub name: String,
+    pub sql: String,
+    pub sql_origin: String,
+    pub kafka: KafkaConfig,
+    pub registry: Option<RegistryClient>,
+    /// Source table → topic (default: the table's topic in the catalog).
+    pub inputs: BTreeMap<String, String>,
+    pub input_format: ValueFormat,
+    /// Stream → topic (default: the stream name with `_` → `-`).
+    pub outputs: BTreeMap<String, String>,
+    /// Stream → topic for late source rows.
+    pub late_outputs: BTreeMap<String, String>,
+    pub output_format: ValueFormat,
+    pub dead_letter_topic: Option<String>,
+    /// Partitions of output topics created by the worker.
+    pub output_partitions: i32,
+    pub replication: i32,
+    pub tuning: ProducerTuning,
+    pub start: StartFrom,
+    /// Stop at the partitions' end offsets as of start-up (a backfill).
+    pub bounded: bool,
+    pub checkpoint_dir: PathBuf,
+    pub checkpoint_interval: Duration,
+    /// Commit output this soon after it is produced (bounds result latency).
+    pub max_output_delay: Duration,
+    pub checkpoints_to_keep: usize,
+    pub start_fresh: bool,
+    /// Failovers in a row (without a committed checkpoint between them)
+    /// before the run gives up; 0: fail at the first error.
+    pub max_failovers: u32,
+    pub allowed_lateness: Duration,
+    pub idle_timeout: Duration,
+    pub max_batch_records: usize,
+    pub status: StatusHandle,
+    pub stop: Arc<AtomicBool>,
+}
+
+/// Abandoned (stuck) Kafka clients a process may hold and still fail over
+/// in-process; past this it exits and leaves the restart to its supervisor,
+/// so a client that never comes back cannot pile up.
+const MAX_STUCK_CLIENTS: usize = 2;
+
+/// Runs the query, failing over to the last checkpoint in-process when a
+/// new Kafka client may help (see [`run_with_failover`]).
+pub fn run_kafka_query(opts: &KafkaQueryOptions) -> Result<RunSummary, RunError> {
+    let clients_left = || crate::sink::kafka::stuck_calls() <= MAX_STUCK_CLIENTS;
+    let policy = FailoverPolicy {
+        max_failovers: opts.max_failovers,
+        clients_left: &clients_left,
+        stop: &opts.stop,
+        status: &opts.status,
+    };
+    run_with_failover(&policy, opts.start_fresh, |start, progress| {
+        run_attempt(opts, start, progress)
+    })
+}
+
+/// One attempt: everything built anew, as a restarted process would.
+fn run_attempt(
+    opts: &KafkaQueryOptions,
+    start: &AttemptStart,
+    progress: &mut Progress,
+) -> Result<RunSummary, RunError> {
+    opts.kafka
+        .check_connection(Duration::from_secs(15))
+        .map_err(RunError::Setup)?;
+    let catalog = Catalog::builtin();
+    let config = EngineConfig {
+        allowed_lateness: opts.allowed_lateness,
+        idle_timeout: Some(opts.idle_timeout),
+    };
+    let pipeline = Pipeline::new(&opts.sql, &catalog, &config).map_err(|e| {
+        RunError::Setup(anyhow::Error::new(e).context(format!("in {}", opts.sql_origin)))
+    })?;
+    let bindings = setup::bindings(opts, &catalog, &pipeline).map_err(RunError::Setup)?;
+    let outputs = setup::outputs(opts, &pipeline).map_err(RunError::Setup)?;
+    let group = format!("tickflow-{}", opts.name);
+    let sink = KafkaSink::open(
+        &opts.kafka,
+        &group,
+        outputs,
+        opts.dead_letter_topic.clone(),
+        &opts.tuning,
+    )
+    .map_err(RunError::Setup)?;
+    let source = KafkaInput::new(
+        opts.kafka.clone(),
+        group,
+        bindings,
+        opts.registry.clone(),
+        opts.start,
+        opts.bounded,
+    );
+    let store = CheckpointStore::open(&opts.checkpoint_dir, opts.checkpoints_to_keep)?;
+    let mut run_opts = RunOptions::new(Arc::clone(&opts.stop), opts.status.clone());
+    run_opts.checkpoint_interval = opts.checkpoint_interval;
+    run_opts.max_output_delay = Some(opts.max_output_delay);
+    run_opts.max_batch_records = opts.max_batch_records;
+    run_opts.start_fresh = start.start_fresh;
+    run_opts.start_positions = start.start_positions.clone();
+    let mut runner = Runner::new(
+        pipeline,
+        vec![Box::new(source)],
+        vec![Box::new(sink)],
+        Some(store),
+        run_opts,
+    );
+    runner.run(progress, None)
+}

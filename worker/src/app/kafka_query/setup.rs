@@ -1,0 +1,162 @@
+//! Binding a query to Kafka: source tables to topics (with their reader
+//! schemas from the catalog), streams and late rows to output topics (with
+//! encoders whose Avro schemas are registered), and the output topics
+//! created if missing.
+
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use apache_avro::Schema as AvroSchema;
+use arrow::datatypes::SchemaRef;
+
+use super::KafkaQueryOptions;
+use crate::codec::records::{KeyExtractor, RowEncoder, ValueFormat};
+use crate::codec::schema::{arrow_to_avro, parse_schema_text};
+use crate::engine::{Catalog, Pipeline, SourceDef, output_topic};
+use crate::kafka::RegistryClient;
+use crate::kafka::registry::value_subject;
+use crate::runner::RowKind;
+use crate::sink::kafka::OutputTopic;
+use crate::source::kafka::TopicBinding;
+
+/// Every table the streams read, bound to its topic (`--input TABLE=kafka:TOPIC`
+/// or the catalog's default).
+pub(super) fn bindings(
+    opts: &KafkaQueryOptions,
+    catalog: &Catalog,
+    pipeline: &Pipeline,
+) -> anyhow::Result<Vec<TopicBinding>> {
+    for table in opts.inputs.keys() {
+        if catalog.get(table).is_none() {
+            bail!(
+                "--input {table}=…: unknown source table `{table}` (known: {})",
+                catalog.names().join(", ")
+            );
+        }
+    }
+    pipeline
+        .source_names()
+        .into_iter()
+        .map(|table| {
+            let def = pipeline.source(&table).expect("the pipeline reads it");
+            Ok(TopicBinding {
+                topic: opts
+                    .inputs
+                    .get(&table)
+                    .cloned()
+                    .unwrap_or_else(|| def.topic.clone()),
+                format: opts.input_format,
+                arrow_schema: Arc::clone(&def.schema),
+                avro_schema: reader_schema(def)?,
+                table,
+            })
+        })
+        .collect()
+}
+
+/// The Avro schema rows of `def` are read (and late rows written) with:
+/// the catalog's, or one derived from the table's columns.
+fn reader_schema(def: &SourceDef) -> anyhow::Result<AvroSchema> {
+    match &def.avro_schema {
+        Some(text) => parse_schema_text(text)
+            .map_err(|e| anyhow::anyhow!("the Avro schema of table `{}`: {e}", def.name)),
+        None => Ok(arrow_to_avro(&def.schema, &def.name, "io.tickflow.tables")?),
+    }
+}
+
+/// One output topic per stream, plus the late-row topics asked for; creates
+/// the topics (and the dead-letter topic) if missing.
+pub(super) fn outputs(
+    opts: &KafkaQueryOptions,
+    pipeline: &Pipeline,
+) -> anyhow::Result<Vec<OutputTopic>> {
+    let streams = pipeline.streams();
+    for name in opts.outputs.keys().chain(opts.late_outputs.keys()) {
+        if !streams.iter().any(|s| &s.name == name) {
+            let known: Vec<_> = streams.iter().map(|s| s.name.as_str()).collect();
+            bail!(
+                "output for unknown stream `{name}` (the SQL defines: {})",
+                known.join(", ")
+            );
+        }
+    }
+    let mut outputs = Vec::new();
+    for s in streams {
+        let topic = opts
+            .outputs
+            .get(&s.name)
+            .cloned()
+            .unwrap_or_else(|| output_topic(&s.name));
+        outputs.push(OutputTopic {
+            stream: s.name.clone(),
+            kind: RowKind::Results,
+            name: s.name.clone(),
+            keys: KeyExtractor::new(&s.output_schema, &s.key_columns),
+            encoder: stream_encoder(opts, &topic, &s.output_schema, &s.name)?,
+            topic,
+        });
+        if let Some(topic) = opts.late_outputs.get(&s.name) {
+            let def = pipeline.source(&s.source).expect("the stream reads it");
+            outputs.push(OutputTopic {
+                stream: s.name.clone(),
+                kind: RowKind::Late,
+                name: format!("{} (late rows)", s.name),
+                keys: KeyExtractor::new(&def.schema, &def.key_columns),
+                encoder: late_row_encoder(opts, topic, def)?,
+                topic: topic.clone(),
+            });
+        }
+    }
+    let mut topics: Vec<String> = outputs.iter().map(|o| o.topic.clone()).collect();
+    topics.extend(opts.dead_letter_topic.clone());
+    crate::kafka::admin::ensure_topics(
+        &opts.kafka,
+        &topics,
+        opts.output_partitions,
+        opts.replication,
+    )?;
+    Ok(outputs)
+}
+
+fn registry(opts: &KafkaQueryOptions) -> anyhow::Result<&RegistryClient> {
+    opts.registry
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("Avro output needs a schema registry (--schema-registry or SCHEMA_REGISTRY_URL), or use --output-format json"))
+}
+
+/// Encoder of a stream's rows; for Avro, the schema is derived from the
+/// stream's columns and registered under the topic's subject.
+fn stream_encoder(
+    opts: &KafkaQueryOptions,
+    topic: &str,
+    schema: &SchemaRef,
+    stream: &str,
+) -> anyhow::Result<RowEncoder> {
+    Ok(match opts.output_format {
+        ValueFormat::Json => RowEncoder::json(),
+        ValueFormat::Avro => {
+            let avro = arrow_to_avro(schema, stream, "io.tickflow.streams")
+                .with_context(|| format!("deriving the Avro schema of stream `{stream}`"))?;
+            let id = registry(opts)?
+                .register(&value_subject(topic), &avro)
+                .with_context(|| format!("registering the schema of stream `{stream}`"))?;
+            RowEncoder::avro(Arc::clone(schema), &avro, id)?
+        }
+    })
+}
+
+/// Encoder of late source rows: the source's own record schema.
+fn late_row_encoder(
+    opts: &KafkaQueryOptions,
+    topic: &str,
+    def: &SourceDef,
+) -> anyhow::Result<RowEncoder> {
+    Ok(match opts.output_format {
+        ValueFormat::Json => RowEncoder::json(),
+        ValueFormat::Avro => {
+            let avro = reader_schema(def)?;
+            let id = registry(opts)?.register(&value_subject(topic), &avro)?;
+            RowEncoder::avro(Arc::clone(&def.schema), &avro, id)?
+        }
+    })
+}

@@ -1,0 +1,619 @@
+//! The one run loop every command uses: file replay, Kafka queries and the
+//! demo are wiring around it.
+//!
+//! A [`Runner`] owns a [`Pipeline`], its [`Source`]s and [`Sink`]s and the
+//! checkpoint store, and runs
+//!
+//! ```text
+//! restore ─▶ poll ─▶ engine ─▶ route by stream name ─▶ (epoch due?)
+//!              ▲                                            │
+//!              └── commit ◀─ checkpoint write ◀─ pre-commit ◀┘ snapshot
+//! ```
+//!
+//! Invariants (docs/exactly-once.md):
+//! - a checkpoint is written only after every sink's pre-commit, so it
+//!   never points past output that could be lost;
+//! - a sink's commit gets exactly the source positions of the checkpoint
+//!   just written, and the checkpoint's id is the epoch it closes;
+//! - on start, the engine state is restored before any source is opened or
+//!   any sink touched, so a checkpoint of another query changes nothing.
+//!
+//! Nothing here knows Kafka or files: sources and sinks hide that behind the
+//! traits in [`source`] and [`sink`]. Sources tag batches with table and
+//! partition, so one runner can feed several tables (joins), and several
+//! runners, each with its own partition subset, can run on threads of one
+//! process (everything a runner owns is `Send`).
+
+mod dead_letter;
+pub mod failover;
+pub mod faults;
+mod health;
+pub mod sink;
+pub mod source;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::checkpoint::{Checkpoint, CheckpointError, CheckpointInfo, CheckpointStore};
+use crate::engine::{EngineError, Pipeline, StreamOutput};
+use crate::runtime::{CheckpointStatus, StatusHandle, WorkerState};
+
+pub use dead_letter::{DeadLetter, KafkaOrigin};
+pub use sink::{CommitDelays, Positions, RestoredSink, RowKind, Sink, SinkCheckpoint};
+pub use source::{Polled, Source, SourceFigures, TableBatch, Trouble};
+
+/// A source or sink failed, and whether new clients and a restart from the
+/// last checkpoint may help: yes for a broker gone, retries used up or a
+/// stuck client; no for a fenced producer or a record the broker refuses;
+/// "depends" for failures to connect, which the failover judges by how far
+/// the run had got.
+#[derive(Debug, thiserror::Error)]
+#[error("{error:#}")]
+pub struct ConnectorError {
+    error: anyhow::Error,
+    retry: Retry,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retry {
+    Helps,
+    Useless,
+    Unknown,
+}
+
+impl ConnectorError {
+    /// Failing over would not help.
+    pub fn fatal(error: impl Into<anyhow::Error>) -> Self {
+        Self {
+            error: error.into(),
+            retry: Retry::Useless,
+        }
+    }
+
+    /// New clients may not have this problem.
+    pub fn transient(error: impl Into<anyhow::Error>) -> Self {
+        Self {
+            error: error.into(),
+            retry: Retry::Helps,
+        }
+    }
+
+    /// Setting up a client failed (connect, topics, registry).
+    pub fn setup(error: impl Into<anyhow::Error>) -> Self {
+        Self {
+            error: error.into(),
+            retry: Retry::Unknown,
+        }
+    }
+
+    pub fn retry(&self) -> Retry {
+        self.retry
+    }
+}
+
+/// Why a run stopped before its end.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The newest checkpoint was taken for a different query.
+    #[error("{0}")]
+    IncompatibleCheckpoint(String),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Connector(#[from] ConnectorError),
+    /// Building the run failed (bindings, topics, schemas).
+    #[error("{0:#}")]
+    Setup(anyhow::Error),
+    /// The view watching the run failed (the demo's terminal).
+    #[error("{0:#}")]
+    Observer(anyhow::Error),
+}
+
+impl RunError {
+    /// Whether new clients and a restart from the last checkpoint may help.
+    pub fn retry(&self) -> Retry {
+        match self {
+            Self::Connector(e) => e.retry(),
+            Self::Setup(_) => Retry::Unknown,
+            _ => Retry::Useless,
+        }
+    }
+}
+
+/// How a run checkpoints and paces itself.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Checkpoint (and commit) at least this often.
+    pub checkpoint_interval: Duration,
+    /// Once caught up with the input, commit output this soon after it is
+    /// produced (bounds result latency); `None`: on the interval only.
+    pub max_output_delay: Option<Duration>,
+    /// Records per poll of each source.
+    pub max_batch_records: usize,
+    /// How long a poll may wait for the first record.
+    pub poll_wait: Duration,
+    /// Ignore existing checkpoints.
+    pub start_fresh: bool,
+    /// Where to start when nothing is restored (a failover before the first
+    /// checkpoint starts where the first attempt did).
+    pub start_positions: Option<Positions>,
+    /// Set by SIGTERM: take a final checkpoint and stop.
+    pub stop: Arc<AtomicBool>,
+    pub status: StatusHandle,
+}
+
+impl RunOptions {
+    pub fn new(stop: Arc<AtomicBool>, status: StatusHandle) -> Self {
+        Self {
+            checkpoint_interval: Duration::from_secs(10),
+            max_output_delay: None,
+            max_batch_records: 8192,
+            poll_wait: Duration::from_millis(100),
+            start_fresh: false,
+            start_positions: None,
+            stop,
+            status,
+        }
+    }
+}
+
+/// How far a run got, for the failover decision.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Loading the checkpoint (a failure here repeats on every attempt).
+    pub restoring: bool,
+    pub running: bool,
+    /// A checkpoint is on disk whose output may be in doubt: from now on the
+    /// query must restore, never start over.
+    pub checkpoint_stored: bool,
+    pub checkpoint_committed: bool,
+    /// The sources' resolved start, when nothing was restored.
+    pub start_positions: Option<Positions>,
+}
+
+/// What a run did.
+#[derive(Debug, Default, Serialize)]
+pub struct RunSummary {
+    /// Records read from all sources, decodable or not.
+    pub records_in: u64,
+    /// Rows that reached the engine, per source table.
+    pub rows_in: BTreeMap<String, u64>,
+    pub rows_out: BTreeMap<String, u64>,
+    pub late_events: BTreeMap<String, u64>,
+    /// Malformed records (all went to the dead letters).
+    pub bad_records: u64,
+    /// Malformed records by reason.
+    pub dead_letters: BTreeMap<String, u64>,
+    pub checkpoints_written: u64,
+    /// The checkpoint this run restored; the counts above are since then.
+    pub restored_from: Option<u64>,
+    /// Restarts from the last checkpoint within this process.
+    pub failovers: u32,
+    /// The restored epoch's output had not been committed and was sent again.
+    pub recovered_epoch: bool,
+    /// Stopped by a signal (or the viewer) before the end of the input.
+    pub stopped: bool,
+    pub elapsed_ms: u64,
+    /// From the first record read to the end (start-up excluded).
+    pub processing_ms: u64,
+    /// Result rows' delay from emission to the commit that made them visible.
+    pub commit_delay: Option<CommitDelays>,
+}
+
+/// What an [`Observer`] sees after each step.
+pub struct RunView<'a> {
+    pub pipeline: &'a Pipeline,
+    pub summary: &'a RunSummary,
+    pub last_checkpoint: Option<&'a CheckpointInfo>,
+}
+
+/// Watches a run step by step (the demo's live view); may pace it.
+pub trait Observer {
+    /// Called after every step. Returns `true` to stop the run (with a
+    /// final checkpoint).
+    fn after_step(&mut self, view: &RunView<'_>) -> anyhow::Result<bool>;
+}
+
+/// Dead letters logged one by one; past this they are only counted.
+const MAX_LOGGED_DEAD_LETTERS: u64 = 100;
+/// How often idle partitions are re-evaluated.
+const TICK_INTERVAL: Duration = Duration::from_millis(500);
+/// How often `/status` figures are refreshed.
+const STATUS_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The run loop over one pipeline.
+pub struct Runner {
+    pipeline: Pipeline,
+    sources: Vec<Box<dyn Source>>,
+    sinks: Vec<Box<dyn Sink>>,
+    store: Option<CheckpointStore>,
+    opts: RunOptions,
+    summary: RunSummary,
+    last_checkpoint: Option<CheckpointInfo>,
+    next_epoch: u64,
+    /// Status counters as earlier attempts of this process left them.
+    base: Counters,
+}
+
+impl Runner {
+    /// A run of `pipeline` from `sources` into `sinks`; without a `store`
+    /// it never checkpoints (and restores nothing).
+    pub fn new(
+        pipeline: Pipeline,
+        sources: Vec<Box<dyn Source>>,
+        sinks: Vec<Box<dyn Sink>>,
+        store: Option<CheckpointStore>,
+        opts: RunOptions,
+    ) -> Self {
+        let base = Counters::of(&opts.status);
+        Self {
+            pipeline,
+            sources,
+            sinks,
+            store,
+            opts,
+            summary: RunSummary::default(),
+            last_checkpoint: None,
+            next_epoch: 0,
+            base,
+        }
+    }
+
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
+    }
+
+    /// Restores, then runs until the input ends, `stop` is set or the
+    /// observer asks to stop; a final checkpoint closes the run.
+    pub fn run(
+        &mut self,
+        progress: &mut Progress,
+        mut observer: Option<&mut dyn Observer>,
+    ) -> Result<RunSummary, RunError> {
+        let started = Instant::now();
+        self.start(progress)?;
+        let mut out: Vec<StreamOutput> = Vec::new();
+        let mut finished: BTreeSet<(String, usize)> = BTreeSet::new();
+        let mut health = health::Health::default();
+        let mut dead_logged = 0u64;
+        let mut last_checkpoint = Instant::now();
+        let mut last_tick = Instant::now();
+        let mut last_status = Instant::now();
+        let mut oldest_uncommitted: Option<Instant> = None;
+        let mut first_record: Option<Instant> = None;
+        loop {
+            if self.opts.stop.load(Ordering::Relaxed) {
+                tracing::info!("stop requested: taking a final checkpoint");
+                self.stopping();
+                break;
+            }
+            let mut records = 0;
+            for i in 0..self.sources.len() {
+                if self.sources[i].is_done() {
+                    continue;
+                }
+                let polled =
+                    self.sources[i].poll(self.opts.max_batch_records, self.opts.poll_wait)?;
+                records += polled.records;
+                if polled.records > 0 {
+                    first_record.get_or_insert_with(Instant::now);
+                }
+                if !polled.dead_letters.is_empty() {
+                    oldest_uncommitted.get_or_insert_with(Instant::now);
+                    self.dead_letters(&polled.dead_letters, &mut dead_logged)?;
+                }
+                self.summary.records_in += polled.records as u64;
+                for b in &polled.batches {
+                    self.pipeline
+                        .push(&b.table, b.partition, &b.rows, &mut out)?;
+                }
+                for part in polled.finished {
+                    if finished.insert(part.clone()) {
+                        self.pipeline.finish_partition(&part.0, part.1, &mut out)?;
+                    }
+                }
+                health.observe(polled.trouble.as_ref(), polled.records, &self.opts.status);
+            }
+            if last_tick.elapsed() >= TICK_INTERVAL {
+                self.pipeline.tick(&mut out)?;
+                last_tick = Instant::now();
+            }
+            if !out.is_empty() {
+                oldest_uncommitted.get_or_insert_with(Instant::now);
+                self.route(&mut out)?;
+            }
+            if self.sources.iter().all(|s| s.is_done()) {
+                break;
+            }
+            // Caught up with the input: commit results promptly (latency).
+            // With a backlog, commit on the checkpoint interval (throughput).
+            let caught_up = records < self.opts.max_batch_records;
+            let output_due = self.opts.max_output_delay.is_some_and(|delay| {
+                caught_up && oldest_uncommitted.is_some_and(|t| t.elapsed() >= delay)
+            });
+            if self.store.is_some()
+                && (output_due || last_checkpoint.elapsed() >= self.opts.checkpoint_interval)
+            {
+                self.checkpoint(progress)?;
+                last_checkpoint = Instant::now();
+                oldest_uncommitted = None;
+            }
+            if last_status.elapsed() >= STATUS_INTERVAL {
+                self.publish_status();
+                last_status = Instant::now();
+            }
+            if let Some(obs) = observer.as_deref_mut() {
+                let view = RunView {
+                    pipeline: &self.pipeline,
+                    summary: &self.summary,
+                    last_checkpoint: self.last_checkpoint.as_ref(),
+                };
+                if obs.after_step(&view).map_err(RunError::Observer)? {
+                    self.stopping();
+                    break;
+                }
+            }
+        }
+        if self.store.is_some() {
+            self.checkpoint(progress)?;
+        }
+        for sink in &mut self.sinks {
+            sink.close()?;
+        }
+        if dead_logged > MAX_LOGGED_DEAD_LETTERS {
+            tracing::warn!(
+                total = self.summary.bad_records,
+                "{} more malformed records were not logged one by one",
+                dead_logged - MAX_LOGGED_DEAD_LETTERS
+            );
+        }
+        self.publish_status();
+        self.opts.status.set_state(WorkerState::Stopped);
+        let mut summary = std::mem::take(&mut self.summary);
+        for s in self.pipeline.streams() {
+            let m = s.metrics();
+            summary.rows_out.insert(s.name.clone(), m.rows_out);
+            summary.late_events.insert(s.name.clone(), m.late_events);
+        }
+        for name in self.pipeline.source_names() {
+            let n = self.pipeline.records_in(&name);
+            summary.rows_in.insert(name, n);
+        }
+        summary.elapsed_ms = started.elapsed().as_millis() as u64;
+        summary.processing_ms = first_record.map_or(0, |t| t.elapsed().as_millis() as u64);
+        summary.commit_delay = self.sinks.iter().find_map(|s| s.commit_delays());
+        Ok(summary)
+    }
+
+    fn stopping(&mut self) {
+        self.summary.stopped = true;
+        self.opts.status.set_state(WorkerState::Stopping);
+    }
+
+    /// Restore: engine state first, then sources at their positions, then
+    /// sinks in line with the checkpoint.
+    fn start(&mut self, progress: &mut Progress) -> Result<(), RunError> {
+        let status = &self.opts.status;
+        status.set_state(WorkerState::Recovering);
+        progress.restoring = true;
+        let restored = match &self.store {
+            Some(store) if !self.opts.start_fresh => store.latest()?,
+            _ => None,
+        };
+        if let Some(store) = &self.store {
+            self.next_epoch = store.next_id()?;
+        }
+        let mut positions = self.opts.start_positions.clone().unwrap_or_default();
+        let mut restored_sinks = None;
+        if let Some(cp) = restored {
+            tracing::info!(id = cp.id, "restoring checkpoint");
+            self.summary.restored_from = Some(cp.id);
+            positions = cp.sources;
+            restored_sinks = Some((cp.id, cp.sinks, cp.sink_states));
+            self.pipeline.restore(cp.engine).map_err(|e| match e {
+                EngineError::IncompatibleState(_) => RunError::IncompatibleCheckpoint(format!(
+                    "{e}\nThe checkpoint in {} was taken for a different query. Start over with --start-fresh \
+                     (upgradeMode: stateless), or restore the previous SQL.",
+                    self.store.as_ref().map(|s| s.dir().display().to_string()).unwrap_or_default()
+                )),
+                e => RunError::Engine(e),
+            })?;
+        }
+        progress.restoring = false;
+        for source in &mut self.sources {
+            source.start(positions.get(source.name()))?;
+            for (table, partitions) in source.partitions() {
+                self.pipeline.declare_partitions(&table, partitions);
+            }
+        }
+        let positions = self.positions();
+        if self.summary.restored_from.is_none() {
+            progress.start_positions = Some(positions.clone());
+        }
+        for sink in &mut self.sinks {
+            let restored = restored_sinks
+                .as_mut()
+                .map(|(epoch, positions, states)| RestoredSink {
+                    epoch: *epoch,
+                    position: positions.get(sink.name()),
+                    state: states.remove(sink.name()),
+                });
+            self.summary.recovered_epoch |= sink.start(restored, &positions)?;
+        }
+        status.set_state(WorkerState::Running);
+        progress.running = true;
+        Ok(())
+    }
+
+    fn positions(&self) -> Positions {
+        self.sources
+            .iter()
+            .map(|s| (s.name().to_string(), s.position()))
+            .collect()
+    }
+
+    /// Sends the engine's output to the sinks by stream name.
+    fn route(&mut self, out: &mut Vec<StreamOutput>) -> Result<(), RunError> {
+        for o in out.drain(..) {
+            let stream = &self.pipeline.streams()[o.stream].name;
+            let kind = if o.late {
+                RowKind::Late
+            } else {
+                RowKind::Results
+            };
+            for sink in &mut self.sinks {
+                sink.write(stream, kind, &o.rows)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn dead_letters(&mut self, bad: &[DeadLetter], logged: &mut u64) -> Result<(), RunError> {
+        for b in bad {
+            self.summary.bad_records += 1;
+            *self
+                .summary
+                .dead_letters
+                .entry(b.reason.to_string())
+                .or_default() += 1;
+            *logged += 1;
+            if *logged <= MAX_LOGGED_DEAD_LETTERS {
+                tracing::warn!(table = %b.table, location = %b.location, reason = b.reason, "malformed record: {}", b.error);
+            }
+        }
+        for sink in &mut self.sinks {
+            sink.dead_letters(bad)?;
+        }
+        Ok(())
+    }
+
+    /// Closes an epoch: pre-commit every sink, write the checkpoint, commit
+    /// every sink with the checkpoint's source positions.
+    fn checkpoint(&mut self, progress: &mut Progress) -> Result<(), RunError> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let t0 = Instant::now();
+        let epoch = self.next_epoch;
+        let nth = self.summary.checkpoints_written + 1;
+        let mut sinks = BTreeMap::new();
+        let mut sink_states = BTreeMap::new();
+        for sink in &mut self.sinks {
+            let c = sink.pre_commit(epoch)?;
+            sinks.insert(sink.name().to_string(), c.position);
+            if let Some(state) = c.state {
+                sink_states.insert(sink.name().to_string(), state);
+            }
+        }
+        let positions = self.positions();
+        let cp = Checkpoint {
+            id: epoch,
+            created_at_ms: crate::clock::now_ms(),
+            sources: positions.clone(),
+            sinks,
+            sink_states,
+            engine: self.pipeline.snapshot()?,
+        };
+        faults::crash_point("before-checkpoint", nth);
+        let info = store.write(&cp)?;
+        progress.checkpoint_stored = true;
+        faults::crash_point("after-checkpoint", nth);
+        faults::arm_stall(nth);
+        for sink in &mut self.sinks {
+            sink.commit(epoch, &positions)?;
+        }
+        progress.checkpoint_committed = true;
+        faults::crash_point("after-commit", nth);
+        self.next_epoch += 1;
+        self.summary.checkpoints_written += 1;
+        tracing::debug!(
+            id = info.id,
+            bytes = info.bytes,
+            write_ms = info.duration.as_millis() as u64,
+            total_ms = t0.elapsed().as_millis() as u64,
+            "checkpoint committed"
+        );
+        self.opts.status.update(|s| {
+            s.checkpoints += 1;
+            s.last_checkpoint = Some(CheckpointStatus {
+                id: info.id,
+                time_ms: info.created_at_ms,
+                bytes: info.bytes,
+                duration_ms: info.duration.as_millis() as u64,
+            });
+        });
+        self.last_checkpoint = Some(info);
+        Ok(())
+    }
+
+    fn publish_status(&self) {
+        let mut figures = SourceFigures::default();
+        for s in &self.sources {
+            let f = s.figures();
+            figures.records_in.extend(f.records_in);
+            figures.bytes_in.extend(f.bytes_in);
+            figures.lag.extend(f.lag);
+        }
+        let mut records_out = BTreeMap::new();
+        for s in &self.sinks {
+            records_out.extend(s.records_out());
+        }
+        let base = &self.base;
+        self.opts.status.update(|s| {
+            s.records_in = plus(&base.records_in, &figures.records_in);
+            s.bytes_in = plus(&base.bytes_in, &figures.bytes_in);
+            s.records_out = plus(&base.records_out, &records_out);
+            s.dead_letters = plus(&base.dead_letters, &self.summary.dead_letters);
+            s.lag = figures.lag;
+            s.watermarks = self
+                .pipeline
+                .source_names()
+                .into_iter()
+                .filter_map(|n| Some((n.clone(), self.pipeline.watermark(&n)?)))
+                .collect();
+            s.late_events = self
+                .pipeline
+                .streams()
+                .iter()
+                .map(|st| (st.name.clone(), st.metrics().late_events))
+                .collect();
+        });
+    }
+}
+
+/// The status counters as the previous attempts left them: an attempt
+/// counts from zero, and `/status` and `/metrics` add these, so counters do
+/// not go back after a failover.
+#[derive(Debug, Default)]
+struct Counters {
+    records_in: BTreeMap<String, u64>,
+    bytes_in: BTreeMap<String, u64>,
+    records_out: BTreeMap<String, u64>,
+    dead_letters: BTreeMap<String, u64>,
+}
+
+impl Counters {
+    fn of(status: &StatusHandle) -> Self {
+        let s = status.get();
+        Self {
+            records_in: s.records_in,
+            bytes_in: s.bytes_in,
+            records_out: s.records_out,
+            dead_letters: s.dead_letters,
+        }
+    }
+}
+
+fn plus(base: &BTreeMap<String, u64>, now: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    let mut sum = base.clone();
+    for (k, v) in now {
+        *sum.entry(k.clone()).or_default() += v;
+    }
+    sum
+}

@@ -1,0 +1,100 @@
+//! What the run loop needs of a sink: rows routed by stream name, dead
+//! letters, and the two-step commit that makes output exactly-once.
+//!
+//! Per epoch the loop calls [`Sink::pre_commit`] (make the epoch's output
+//! durable or recoverable, say what the checkpoint must hold), writes the
+//! checkpoint, then calls [`Sink::commit`] with the source positions of that
+//! checkpoint. A crash between the two is repaired by [`Sink::start`] from
+//! the checkpoint: the output ends up exactly as if nothing had happened.
+
+use std::collections::BTreeMap;
+
+use arrow::array::RecordBatch;
+
+use super::{ConnectorError, DeadLetter};
+
+/// Source name → position, as checkpointed.
+pub type Positions = BTreeMap<String, serde_json::Value>;
+
+/// What a checkpoint holds for one sink.
+#[derive(Debug, Default)]
+pub struct SinkCheckpoint {
+    /// Small, JSON (e.g. committed file lengths).
+    pub position: serde_json::Value,
+    /// Bulk (e.g. the epoch's records, to send again if the commit is lost).
+    pub state: Option<RecordBatch>,
+}
+
+/// A sink's part of the checkpoint a run restored.
+#[derive(Debug)]
+pub struct RestoredSink<'a> {
+    /// The checkpoint's id, which is the epoch it closed.
+    pub epoch: u64,
+    pub position: Option<&'a serde_json::Value>,
+    pub state: Option<RecordBatch>,
+}
+
+/// How rows of a stream are meant: results, or late source rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RowKind {
+    Results,
+    Late,
+}
+
+/// A sink of stream output for the run loop.
+pub trait Sink: Send {
+    /// Key of its position and state in checkpoints.
+    fn name(&self) -> &str;
+
+    /// Brings the output in line with the restored checkpoint (cuts files
+    /// back, sends an epoch whose commit was lost again) or starts it empty.
+    /// `positions` are the sources' start positions. Returns whether the
+    /// restored epoch's output had to be sent again.
+    fn start(
+        &mut self,
+        restored: Option<RestoredSink<'_>>,
+        positions: &Positions,
+    ) -> Result<bool, ConnectorError>;
+
+    /// Writes rows of `stream`. A sink without an output for it ignores them.
+    fn write(
+        &mut self,
+        stream: &str,
+        kind: RowKind,
+        rows: &RecordBatch,
+    ) -> Result<(), ConnectorError>;
+
+    /// Writes malformed input records where dead letters go (if anywhere).
+    fn dead_letters(&mut self, bad: &[DeadLetter]) -> Result<(), ConnectorError>;
+
+    /// First step of closing epoch `epoch`: what its checkpoint must hold.
+    fn pre_commit(&mut self, epoch: u64) -> Result<SinkCheckpoint, ConnectorError>;
+
+    /// Second step, once the checkpoint is durable: makes the epoch's output
+    /// visible together with the sources' `positions`.
+    fn commit(&mut self, epoch: u64, positions: &Positions) -> Result<(), ConnectorError>;
+
+    /// Flushes and closes at the end of a run.
+    fn close(&mut self) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+
+    /// Rows written per output target (topic, file).
+    fn records_out(&self) -> BTreeMap<String, u64> {
+        BTreeMap::new()
+    }
+
+    /// Delay of result rows from emission to commit, if the sink measures it.
+    fn commit_delays(&self) -> Option<CommitDelays> {
+        None
+    }
+}
+
+/// How long result rows waited between emission and commit.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CommitDelays {
+    pub rows: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
