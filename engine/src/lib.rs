@@ -51,6 +51,8 @@ pub enum EngineError {
         line: usize,
         message: String,
     },
+    #[error("output for unknown stream `{name}` (the SQL defines: {defined})")]
+    UnknownStream { name: String, defined: String },
     #[error("checkpoint does not fit this query: {0}")]
     IncompatibleState(String),
     #[error(transparent)]
@@ -223,6 +225,29 @@ impl Pipeline {
 
     pub fn streams(&self) -> &[RunningStream] {
         &self.streams
+    }
+
+    /// Fails on the first of `names` that is no stream of this pipeline
+    /// (an output bound to a stream the SQL does not define).
+    pub fn check_stream_names<'a>(
+        &self,
+        names: impl IntoIterator<Item = &'a String>,
+    ) -> Result<(), EngineError> {
+        match names
+            .into_iter()
+            .find(|n| !self.streams.iter().any(|s| &s.name == *n))
+        {
+            Some(name) => Err(EngineError::UnknownStream {
+                name: name.clone(),
+                defined: self
+                    .streams
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Source tables the streams read, by name.

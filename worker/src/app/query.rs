@@ -136,16 +136,13 @@ fn inputs(
 
 /// One output file per stream, plus late-row and dead-letter files.
 fn outputs(opts: &QueryOptions, pipeline: &Pipeline) -> anyhow::Result<Vec<FileOutput>> {
+    pipeline.check_stream_names(
+        opts.outputs
+            .iter()
+            .chain(&opts.late_outputs)
+            .map(|(n, _)| n),
+    )?;
     let streams = pipeline.streams();
-    for (name, _) in opts.outputs.iter().chain(&opts.late_outputs) {
-        if !streams.iter().any(|s| &s.name == name) {
-            let known: Vec<_> = streams.iter().map(|s| s.name.as_str()).collect();
-            bail!(
-                "output for unknown stream `{name}` (the SQL defines: {})",
-                known.join(", ")
-            );
-        }
-    }
     let mut outputs = Vec::new();
     for s in streams {
         let path = match opts.outputs.iter().find(|(n, _)| n == &s.name) {

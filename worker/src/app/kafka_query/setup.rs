@@ -70,16 +70,8 @@ pub(super) fn outputs(
     opts: &KafkaQueryOptions,
     pipeline: &Pipeline,
 ) -> anyhow::Result<Vec<OutputTopic>> {
+    pipeline.check_stream_names(opts.outputs.keys().chain(opts.late_outputs.keys()))?;
     let streams = pipeline.streams();
-    for name in opts.outputs.keys().chain(opts.late_outputs.keys()) {
-        if !streams.iter().any(|s| &s.name == name) {
-            let known: Vec<_> = streams.iter().map(|s| s.name.as_str()).collect();
-            bail!(
-                "output for unknown stream `{name}` (the SQL defines: {})",
-                known.join(", ")
-            );
-        }
-    }
     let mut outputs = Vec::new();
     for s in streams {
         let topic = opts
