@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 
 use tickflow_worker::app::{self, demo, kafka_query, produce, query};
 use tickflow_worker::codec::records::ValueFormat;
+use tickflow_worker::engine::SourceTable;
 use tickflow_worker::kafka::{
     KafkaConfig, RegistryClient, RegistryConfig, SaslMechanism, Secret, SecurityProtocol,
 };
@@ -231,11 +232,11 @@ struct ProduceArgs {
     /// Files: jsonl (default) or avro (container files). Kafka: avro (default) or json.
     #[arg(long, env = "TICKFLOW_FORMAT")]
     format: Option<String>,
-    #[arg(long, env = "TICKFLOW_TICKS_TOPIC", default_value = "market-ticks")]
+    #[arg(long, env = "TICKFLOW_TICKS_TOPIC", default_value = SourceTable::MarketTicks.topic())]
     ticks_topic: String,
-    #[arg(long, env = "TICKFLOW_ORDERS_TOPIC", default_value = "order-events")]
+    #[arg(long, env = "TICKFLOW_ORDERS_TOPIC", default_value = SourceTable::OrderEvents.topic())]
     orders_topic: String,
-    #[arg(long, env = "TICKFLOW_BOOKS_TOPIC", default_value = "book-updates")]
+    #[arg(long, env = "TICKFLOW_BOOKS_TOPIC", default_value = SourceTable::BookUpdates.topic())]
     books_topic: String,
     #[command(flatten)]
     kafka: KafkaArgs,

@@ -287,6 +287,10 @@ impl Runner {
         let mut last_status = Instant::now();
         let mut oldest_uncommitted: Option<Instant> = None;
         let mut first_record: Option<Instant> = None;
+        // Every source is polled at least once, so one that is at its end
+        // from the start (a bounded run resumed at the end) still reports
+        // its partitions finished and the final windows close.
+        let mut first_step = true;
         loop {
             if self.opts.stop.load(Ordering::Relaxed) {
                 tracing::info!("stop requested: taking a final checkpoint");
@@ -295,7 +299,7 @@ impl Runner {
             }
             let mut records = 0;
             for i in 0..self.sources.len() {
-                if self.sources[i].is_done() {
+                if self.sources[i].is_done() && !first_step {
                     continue;
                 }
                 let polled =
@@ -320,6 +324,7 @@ impl Runner {
                 }
                 health.observe(polled.trouble.as_ref(), polled.records, &self.opts.status);
             }
+            first_step = false;
             if last_tick.elapsed() >= TICK_INTERVAL {
                 self.pipeline.tick(&mut out)?;
                 last_tick = Instant::now();
@@ -413,6 +418,7 @@ impl Runner {
         let mut restored_sinks = None;
         if let Some(cp) = restored {
             tracing::info!(id = cp.id, "restoring checkpoint");
+            self.check_layout(&cp, store_dir(&self.store))?;
             self.summary.restored_from = Some(cp.id);
             positions = cp.sources;
             restored_sinks = Some((cp.id, cp.sinks, cp.sink_states));
@@ -420,7 +426,7 @@ impl Runner {
                 EngineError::IncompatibleState(_) => RunError::IncompatibleCheckpoint(format!(
                     "{e}\nThe checkpoint in {} was taken for a different query. Start over with --start-fresh \
                      (upgradeMode: stateless), or restore the previous SQL.",
-                    self.store.as_ref().map(|s| s.dir().display().to_string()).unwrap_or_default()
+                    store_dir(&self.store)
                 )),
                 e => RunError::Engine(e),
             })?;
@@ -449,6 +455,29 @@ impl Runner {
         status.set_state(WorkerState::Running);
         progress.running = true;
         Ok(())
+    }
+
+    /// A checkpoint names a position for every source and sink of this
+    /// run; one that does not (another query's, or an older layout) would
+    /// restore the engine but start the input over, so it is refused.
+    fn check_layout(&self, cp: &Checkpoint, dir: String) -> Result<(), RunError> {
+        let missing = self
+            .sources
+            .iter()
+            .map(|s| ("source", s.name(), cp.sources.contains_key(s.name())))
+            .chain(
+                self.sinks
+                    .iter()
+                    .map(|s| ("sink", s.name(), cp.sinks.contains_key(s.name()))),
+            )
+            .find(|(_, _, present)| !present);
+        match missing {
+            Some((what, name, _)) => Err(RunError::IncompatibleCheckpoint(format!(
+                "checkpoint {} in {dir} holds no position for the {what} `{name}` (it was written by                  another kind of run or an older tickflow). Start over with --start-fresh.",
+                cp.id
+            ))),
+            None => Ok(()),
+        }
     }
 
     fn positions(&self) -> Positions {
@@ -587,6 +616,13 @@ impl Runner {
     }
 }
 
+fn store_dir(store: &Option<CheckpointStore>) -> String {
+    store
+        .as_ref()
+        .map(|s| s.dir().display().to_string())
+        .unwrap_or_default()
+}
+
 /// The status counters as the previous attempts left them: an attempt
 /// counts from zero, and `/status` and `/metrics` add these, so counters do
 /// not go back after a failover.
@@ -616,4 +652,192 @@ fn plus(base: &BTreeMap<String, u64>, now: &BTreeMap<String, u64>) -> BTreeMap<S
         *sum.entry(k.clone()).or_default() += v;
     }
     sum
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use arrow::array::{
+        Float64Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
+    };
+
+    use super::*;
+    use crate::engine::{Catalog, EngineConfig, SourceTable};
+
+    const SQL: &str = "CREATE STREAM n AS SELECT symbol, COUNT(*) AS c FROM market_ticks \
+                       GROUP BY symbol, TUMBLE(ts, INTERVAL '1' SECOND);";
+
+    /// Ticks of one symbol at the given event times.
+    fn ticks(ts: &[i64]) -> RecordBatch {
+        let schema = SourceTable::MarketTicks.arrow_schema();
+        let n = ts.len();
+        let cols: Vec<arrow::array::ArrayRef> = schema
+            .fields()
+            .iter()
+            .map(|f| -> arrow::array::ArrayRef {
+                match f.name().as_str() {
+                    "ts" => Arc::new(TimestampMillisecondArray::from(ts.to_vec())),
+                    "symbol" | "exchange" | "side" => Arc::new(StringArray::from(vec!["AAPL"; n])),
+                    _ if f.data_type() == &arrow::datatypes::DataType::Float64 => {
+                        Arc::new(Float64Array::from(vec![1.0; n]))
+                    }
+                    _ => Arc::new(Int64Array::from(vec![1; n])),
+                }
+            })
+            .collect();
+        RecordBatch::try_new(schema, cols).unwrap()
+    }
+
+    /// Batches of `market_ticks`; the position is how many were read.
+    /// Unbounded input never ends (the run stops from outside).
+    struct Batches {
+        name: &'static str,
+        batches: Vec<RecordBatch>,
+        bounded: bool,
+        next: usize,
+        finished_reported: bool,
+    }
+
+    impl Source for Batches {
+        fn name(&self) -> &str {
+            self.name
+        }
+        fn start(&mut self, position: Option<&serde_json::Value>) -> Result<(), ConnectorError> {
+            self.next = position.and_then(|p| p.as_u64()).unwrap_or(0) as usize;
+            Ok(())
+        }
+        fn partitions(&self) -> Vec<(String, usize)> {
+            vec![("market_ticks".into(), 1)]
+        }
+        fn poll(&mut self, _: usize, _: Duration) -> Result<Polled, ConnectorError> {
+            let mut p = Polled::default();
+            if let Some(b) = self.batches.get(self.next) {
+                self.next += 1;
+                p.records = b.num_rows();
+                p.batches.push(TableBatch {
+                    table: "market_ticks".into(),
+                    partition: 0,
+                    rows: b.clone(),
+                });
+            } else if self.bounded && !self.finished_reported {
+                self.finished_reported = true;
+                p.finished.push(("market_ticks".into(), 0));
+            }
+            Ok(p)
+        }
+        fn position(&self) -> serde_json::Value {
+            serde_json::json!(self.next)
+        }
+        fn is_done(&self) -> bool {
+            self.bounded && self.next >= self.batches.len()
+        }
+    }
+
+    /// Rows per stream, shared with the test.
+    #[derive(Clone, Default)]
+    struct Rows(Arc<Mutex<u64>>);
+
+    impl Sink for Rows {
+        fn name(&self) -> &str {
+            "rows"
+        }
+        fn start(
+            &mut self,
+            _: Option<RestoredSink<'_>>,
+            _: &Positions,
+        ) -> Result<bool, ConnectorError> {
+            Ok(false)
+        }
+        fn write(&mut self, _: &str, _: RowKind, rows: &RecordBatch) -> Result<(), ConnectorError> {
+            *self.0.lock().unwrap() += rows.num_rows() as u64;
+            Ok(())
+        }
+        fn dead_letters(&mut self, _: &[DeadLetter]) -> Result<(), ConnectorError> {
+            Ok(())
+        }
+        fn pre_commit(&mut self, _: u64) -> Result<SinkCheckpoint, ConnectorError> {
+            Ok(SinkCheckpoint::default())
+        }
+        fn commit(&mut self, _: u64, _: &Positions) -> Result<(), ConnectorError> {
+            Ok(())
+        }
+    }
+
+    /// Stops the run once `records` records were read.
+    struct StopAfter(u64);
+
+    impl Observer for StopAfter {
+        fn after_step(&mut self, view: &RunView<'_>) -> anyhow::Result<bool> {
+            Ok(view.summary.records_in >= self.0)
+        }
+    }
+
+    fn runner(
+        name: &'static str,
+        batches: Vec<RecordBatch>,
+        bounded: bool,
+        rows: &Rows,
+        dir: &std::path::Path,
+    ) -> Runner {
+        let pipeline = Pipeline::new(SQL, &Catalog::builtin(), &EngineConfig::default()).unwrap();
+        let source = Batches {
+            name,
+            batches,
+            bounded,
+            next: 0,
+            finished_reported: false,
+        };
+        let opts = RunOptions::new(Arc::new(AtomicBool::new(false)), StatusHandle::new("t"));
+        Runner::new(
+            pipeline,
+            vec![Box::new(source)],
+            vec![Box::new(rows.clone())],
+            Some(CheckpointStore::open(dir, 3).unwrap()),
+            opts,
+        )
+    }
+
+    #[test]
+    fn a_source_at_its_end_from_the_start_still_closes_the_windows() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = vec![ticks(&[0, 100, 1500])];
+        // An unbounded run reads everything and is stopped: the watermark
+        // (1500 - 1 s) has closed no window yet.
+        let first = Rows::default();
+        let s = runner("src", input.clone(), false, &first, dir.path())
+            .run(&mut Progress::default(), Some(&mut StopAfter(3)))
+            .unwrap();
+        assert!(s.stopped);
+        assert_eq!(*first.0.lock().unwrap(), 0);
+        // A bounded run from its checkpoint has nothing left to read; the end
+        // of input must still be seen and close both windows.
+        let second = Rows::default();
+        let s = runner("src", input, true, &second, dir.path())
+            .run(&mut Progress::default(), None)
+            .unwrap();
+        assert!(s.restored_from.is_some());
+        assert_eq!(
+            *second.0.lock().unwrap(),
+            2,
+            "both windows close at the end"
+        );
+    }
+
+    #[test]
+    fn a_checkpoint_without_this_runs_source_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows = Rows::default();
+        runner("files", vec![ticks(&[0])], true, &rows, dir.path())
+            .run(&mut Progress::default(), None)
+            .unwrap();
+        let err = runner("kafka", vec![ticks(&[0])], true, &rows, dir.path())
+            .run(&mut Progress::default(), None)
+            .unwrap_err();
+        assert!(
+            matches!(&err, RunError::IncompatibleCheckpoint(m) if m.contains("source `kafka`")),
+            "{err}"
+        );
+        assert_eq!(err.retry(), Retry::Useless);
+    }
 }

@@ -622,10 +622,14 @@ impl KafkaSink {
 }
 
 fn kafka_offsets(positions: &Positions) -> Result<Offsets, ConnectorError> {
-    match positions.get(KAFKA_SOURCE) {
-        Some(p) => offsets_from_json(p).map_err(ConnectorError::fatal),
-        None => Ok(Offsets::new()),
-    }
+    // Without the source's offsets the transaction would commit no epoch
+    // tag, and every restart would send the restored epoch again.
+    let p = positions.get(KAFKA_SOURCE).ok_or_else(|| {
+        ConnectorError::fatal(anyhow::anyhow!(
+            "the Kafka sink commits the offsets of the `{KAFKA_SOURCE}` source, and this run has none"
+        ))
+    })?;
+    offsets_from_json(p).map_err(ConnectorError::fatal)
 }
 
 impl From<KafkaSinkError> for ConnectorError {
@@ -638,7 +642,46 @@ impl From<KafkaSinkError> for ConnectorError {
     }
 }
 
-impl Sink for KafkaSink {
+/// The transactional output of a query as the run loop's [`Sink`]. The
+/// producer is created on [`Sink::start`], after the checkpoint is loaded:
+/// `init_transactions` fences an older instance only once this one is sure
+/// to run, and the committed epoch is read after that (docs/exactly-once.md).
+pub struct KafkaOutput {
+    config: KafkaConfig,
+    transactional_id: String,
+    outputs: Option<Vec<OutputTopic>>,
+    dead_letter_topic: Option<String>,
+    tuning: ProducerTuning,
+    sink: Option<KafkaSink>,
+}
+
+impl KafkaOutput {
+    /// Writes `outputs` (and dead letters) in transactions of
+    /// `transactional_id`, which is also the consumer group the source
+    /// offsets are committed to.
+    pub fn new(
+        config: KafkaConfig,
+        transactional_id: String,
+        outputs: Vec<OutputTopic>,
+        dead_letter_topic: Option<String>,
+        tuning: ProducerTuning,
+    ) -> Self {
+        Self {
+            config,
+            transactional_id,
+            outputs: Some(outputs),
+            dead_letter_topic,
+            tuning,
+            sink: None,
+        }
+    }
+
+    fn sink(&mut self) -> &mut KafkaSink {
+        self.sink.as_mut().expect("started")
+    }
+}
+
+impl Sink for KafkaOutput {
     fn name(&self) -> &str {
         "kafka"
     }
@@ -648,10 +691,19 @@ impl Sink for KafkaSink {
         restored: Option<RestoredSink<'_>>,
         positions: &Positions,
     ) -> Result<bool, ConnectorError> {
+        let sink = KafkaSink::open(
+            &self.config,
+            &self.transactional_id,
+            self.outputs.take().expect("started once"),
+            self.dead_letter_topic.clone(),
+            &self.tuning,
+        )
+        .map_err(ConnectorError::setup)?;
+        let sink = self.sink.insert(sink);
         let offsets = kafka_offsets(positions)?;
         let epoch = restored.as_ref().map_or(0, |r| r.epoch);
         if let Some(r) = restored
-            && self.recover(r.epoch, r.state.as_ref(), &offsets)?
+            && sink.recover(r.epoch, r.state.as_ref(), &offsets)?
         {
             tracing::warn!(
                 epoch,
@@ -663,7 +715,7 @@ impl Sink for KafkaSink {
         // 0) in an empty transaction: it changes nothing, and the
         // coordinator lookups it does are not paid for by the first window's
         // rows.
-        self.commit_offsets(epoch, &offsets)?;
+        sink.commit_offsets(epoch, &offsets)?;
         Ok(false)
     }
 
@@ -673,15 +725,17 @@ impl Sink for KafkaSink {
         kind: RowKind,
         rows: &RecordBatch,
     ) -> Result<(), ConnectorError> {
-        if let Some(&i) = self.routes.get(&(stream.to_string(), kind)) {
-            KafkaSink::write(self, i, rows)?;
+        let sink = self.sink();
+        if let Some(&i) = sink.routes.get(&(stream.to_string(), kind)) {
+            sink.write(i, rows)?;
         }
         Ok(())
     }
 
     fn dead_letters(&mut self, bad: &[DeadLetter]) -> Result<(), ConnectorError> {
+        let sink = self.sink();
         for b in bad {
-            self.dead_letter(b)?;
+            sink.dead_letter(b)?;
         }
         Ok(())
     }
@@ -689,23 +743,27 @@ impl Sink for KafkaSink {
     fn pre_commit(&mut self, epoch: u64) -> Result<SinkCheckpoint, ConnectorError> {
         // No flush: the epoch's records are in the checkpoint, and the
         // commit waits for their delivery (or fails, and they are re-sent).
+        let sink = self.sink();
         Ok(SinkCheckpoint {
-            position: serde_json::json!({ "epoch": epoch, "pending_records": self.pending_records() }),
-            state: Some(self.pending_batch()),
+            position: serde_json::json!({ "epoch": epoch, "pending_records": sink.pending_records() }),
+            state: Some(sink.pending_batch()),
         })
     }
 
     fn commit(&mut self, epoch: u64, positions: &Positions) -> Result<(), ConnectorError> {
         let offsets = kafka_offsets(positions)?;
-        Ok(self.commit_offsets(epoch, &offsets)?)
+        Ok(self.sink().commit_offsets(epoch, &offsets)?)
     }
 
     fn records_out(&self) -> BTreeMap<String, u64> {
-        self.records_out.clone()
+        self.sink
+            .as_ref()
+            .map(|s| s.records_out.clone())
+            .unwrap_or_default()
     }
 
     fn commit_delays(&self) -> Option<CommitDelays> {
-        KafkaSink::commit_delays(self)
+        self.sink.as_ref().and_then(KafkaSink::commit_delays)
     }
 }
 

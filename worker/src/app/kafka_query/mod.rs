@@ -23,7 +23,7 @@ use crate::kafka::{KafkaConfig, RegistryClient};
 use crate::runner::failover::{AttemptStart, FailoverPolicy, run_with_failover};
 use crate::runner::{Progress, RunError, RunOptions, RunSummary, Runner};
 use crate::runtime::StatusHandle;
-use crate::sink::kafka::{KafkaSink, ProducerTuning};
+use crate::sink::kafka::{KafkaOutput, ProducerTuning};
 use crate::source::kafka::{KafkaInput, StartFrom};
 
 /// Options of a Kafka query run.
@@ -107,14 +107,13 @@ fn run_attempt(
     let bindings = setup::bindings(opts, &catalog, &pipeline).map_err(RunError::Setup)?;
     let outputs = setup::outputs(opts, &pipeline).map_err(RunError::Setup)?;
     let group = format!("tickflow-{}", opts.name);
-    let sink = KafkaSink::open(
-        &opts.kafka,
-        &group,
+    let sink = KafkaOutput::new(
+        opts.kafka.clone(),
+        group.clone(),
         outputs,
         opts.dead_letter_topic.clone(),
-        &opts.tuning,
-    )
-    .map_err(RunError::Setup)?;
+        opts.tuning.clone(),
+    );
     let source = KafkaInput::new(
         opts.kafka.clone(),
         group,
