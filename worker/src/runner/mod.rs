@@ -227,6 +227,42 @@ const TICK_INTERVAL: Duration = Duration::from_millis(500);
 /// How often `/status` figures are refreshed.
 const STATUS_INTERVAL: Duration = Duration::from_secs(2);
 
+/// What the loop carries from one step to the next.
+struct StepState {
+    out: Vec<StreamOutput>,
+    /// Partitions already finished in the engine.
+    finished: BTreeSet<(String, usize)>,
+    health: health::Health,
+    dead_logged: u64,
+    last_checkpoint: Instant,
+    last_tick: Instant,
+    last_status: Instant,
+    oldest_uncommitted: Option<Instant>,
+    first_record: Option<Instant>,
+    /// Every source is polled at least once, so one that is at its end
+    /// from the start (a bounded run resumed at the end) still reports its
+    /// partitions finished and the final windows close.
+    polled_once: bool,
+}
+
+impl Default for StepState {
+    fn default() -> Self {
+        let now = Instant::now();
+        Self {
+            out: Vec::new(),
+            finished: BTreeSet::new(),
+            health: health::Health::default(),
+            dead_logged: 0,
+            last_checkpoint: now,
+            last_tick: now,
+            last_status: now,
+            oldest_uncommitted: None,
+            first_record: None,
+            polled_once: false,
+        }
+    }
+}
+
 /// The run loop over one pipeline.
 pub struct Runner {
     pipeline: Pipeline,
@@ -278,80 +314,33 @@ impl Runner {
     ) -> Result<RunSummary, RunError> {
         let started = Instant::now();
         self.start(progress)?;
-        let mut out: Vec<StreamOutput> = Vec::new();
-        let mut finished: BTreeSet<(String, usize)> = BTreeSet::new();
-        let mut health = health::Health::default();
-        let mut dead_logged = 0u64;
-        let mut last_checkpoint = Instant::now();
-        let mut last_tick = Instant::now();
-        let mut last_status = Instant::now();
-        let mut oldest_uncommitted: Option<Instant> = None;
-        let mut first_record: Option<Instant> = None;
-        // Every source is polled at least once, so one that is at its end
-        // from the start (a bounded run resumed at the end) still reports
-        // its partitions finished and the final windows close.
-        let mut first_step = true;
+        let mut step = StepState::default();
         loop {
             if self.opts.stop.load(Ordering::Relaxed) {
                 tracing::info!("stop requested: taking a final checkpoint");
                 self.stopping();
                 break;
             }
-            let mut records = 0;
-            for i in 0..self.sources.len() {
-                if self.sources[i].is_done() && !first_step {
-                    continue;
-                }
-                let polled =
-                    self.sources[i].poll(self.opts.max_batch_records, self.opts.poll_wait)?;
-                records += polled.records;
-                if polled.records > 0 {
-                    first_record.get_or_insert_with(Instant::now);
-                }
-                if !polled.dead_letters.is_empty() {
-                    oldest_uncommitted.get_or_insert_with(Instant::now);
-                    self.dead_letters(&polled.dead_letters, &mut dead_logged)?;
-                }
-                self.summary.records_in += polled.records as u64;
-                for b in &polled.batches {
-                    self.pipeline
-                        .push(&b.table, b.partition, &b.rows, &mut out)?;
-                }
-                for part in polled.finished {
-                    if finished.insert(part.clone()) {
-                        self.pipeline.finish_partition(&part.0, part.1, &mut out)?;
-                    }
-                }
-                health.observe(polled.trouble.as_ref(), polled.records, &self.opts.status);
+            let records = self.poll_sources(&mut step)?;
+            if step.last_tick.elapsed() >= TICK_INTERVAL {
+                self.pipeline.tick(&mut step.out)?;
+                step.last_tick = Instant::now();
             }
-            first_step = false;
-            if last_tick.elapsed() >= TICK_INTERVAL {
-                self.pipeline.tick(&mut out)?;
-                last_tick = Instant::now();
-            }
-            if !out.is_empty() {
-                oldest_uncommitted.get_or_insert_with(Instant::now);
-                self.route(&mut out)?;
+            if !step.out.is_empty() {
+                step.oldest_uncommitted.get_or_insert_with(Instant::now);
+                self.route(&mut step.out)?;
             }
             if self.sources.iter().all(|s| s.is_done()) {
                 break;
             }
-            // Caught up with the input: commit results promptly (latency).
-            // With a backlog, commit on the checkpoint interval (throughput).
-            let caught_up = records < self.opts.max_batch_records;
-            let output_due = self.opts.max_output_delay.is_some_and(|delay| {
-                caught_up && oldest_uncommitted.is_some_and(|t| t.elapsed() >= delay)
-            });
-            if self.store.is_some()
-                && (output_due || last_checkpoint.elapsed() >= self.opts.checkpoint_interval)
-            {
+            if self.epoch_due(&step, records) {
                 self.checkpoint(progress)?;
-                last_checkpoint = Instant::now();
-                oldest_uncommitted = None;
+                step.last_checkpoint = Instant::now();
+                step.oldest_uncommitted = None;
             }
-            if last_status.elapsed() >= STATUS_INTERVAL {
+            if step.last_status.elapsed() >= STATUS_INTERVAL {
                 self.publish_status();
-                last_status = Instant::now();
+                step.last_status = Instant::now();
             }
             if let Some(obs) = observer.as_deref_mut() {
                 let view = RunView {
@@ -365,17 +354,78 @@ impl Runner {
                 }
             }
         }
+        self.finish(progress, &step, started)
+    }
+
+    /// One poll of every source (of every source not at its end, after the
+    /// first step) into the engine. Returns the records read.
+    fn poll_sources(&mut self, step: &mut StepState) -> Result<usize, RunError> {
+        let mut records = 0;
+        for i in 0..self.sources.len() {
+            if self.sources[i].is_done() && step.polled_once {
+                continue;
+            }
+            let polled = self.sources[i].poll(self.opts.max_batch_records, self.opts.poll_wait)?;
+            records += polled.records;
+            if polled.records > 0 {
+                step.first_record.get_or_insert_with(Instant::now);
+            }
+            if !polled.dead_letters.is_empty() {
+                step.oldest_uncommitted.get_or_insert_with(Instant::now);
+                self.dead_letters(&polled.dead_letters, &mut step.dead_logged)?;
+            }
+            self.summary.records_in += polled.records as u64;
+            for b in &polled.batches {
+                self.pipeline
+                    .push(&b.table, b.partition, &b.rows, &mut step.out)?;
+            }
+            for part in polled.finished {
+                if step.finished.insert(part.clone()) {
+                    self.pipeline
+                        .finish_partition(&part.0, part.1, &mut step.out)?;
+                }
+            }
+            step.health
+                .observe(polled.trouble.as_ref(), polled.records, &self.opts.status);
+        }
+        step.polled_once = true;
+        Ok(records)
+    }
+
+    /// Whether to close the epoch now: on the interval, or, caught up with
+    /// the input (fewer than a full batch read), as soon as output has
+    /// waited `max_output_delay` (latency); with a backlog only on the
+    /// interval (throughput).
+    fn epoch_due(&self, step: &StepState, records: usize) -> bool {
+        let caught_up = records < self.opts.max_batch_records;
+        let output_due = self.opts.max_output_delay.is_some_and(|delay| {
+            caught_up
+                && step
+                    .oldest_uncommitted
+                    .is_some_and(|t| t.elapsed() >= delay)
+        });
+        self.store.is_some()
+            && (output_due || step.last_checkpoint.elapsed() >= self.opts.checkpoint_interval)
+    }
+
+    /// The final checkpoint, sinks closed, the summary.
+    fn finish(
+        &mut self,
+        progress: &mut Progress,
+        step: &StepState,
+        started: Instant,
+    ) -> Result<RunSummary, RunError> {
         if self.store.is_some() {
             self.checkpoint(progress)?;
         }
         for sink in &mut self.sinks {
             sink.close()?;
         }
-        if dead_logged > MAX_LOGGED_DEAD_LETTERS {
+        if step.dead_logged > MAX_LOGGED_DEAD_LETTERS {
             tracing::warn!(
                 total = self.summary.bad_records,
                 "{} more malformed records were not logged one by one",
-                dead_logged - MAX_LOGGED_DEAD_LETTERS
+                step.dead_logged - MAX_LOGGED_DEAD_LETTERS
             );
         }
         self.publish_status();
@@ -391,7 +441,9 @@ impl Runner {
             summary.rows_in.insert(name, n);
         }
         summary.elapsed_ms = started.elapsed().as_millis() as u64;
-        summary.processing_ms = first_record.map_or(0, |t| t.elapsed().as_millis() as u64);
+        summary.processing_ms = step
+            .first_record
+            .map_or(0, |t| t.elapsed().as_millis() as u64);
         summary.commit_delay = self.sinks.iter().find_map(|s| s.commit_delays());
         Ok(summary)
     }
