@@ -43,7 +43,7 @@ use crate::engine::{EngineError, Pipeline, StreamOutput};
 use crate::runtime::{CheckpointStatus, StatusHandle, WorkerState};
 
 pub use dead_letter::{DeadLetter, KafkaOrigin};
-pub use sink::{CommitDelays, Positions, RestoredSink, RowKind, Sink, SinkCheckpoint};
+pub use sink::{CommitDelays, Positions, RestoredSink, Routes, RowKind, Sink, SinkCheckpoint};
 pub use source::{Polled, Source, SourceFigures, TableBatch, Trouble};
 
 /// A source or sink failed, and whether new clients and a restart from the

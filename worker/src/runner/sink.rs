@@ -41,6 +41,25 @@ pub enum RowKind {
     Late,
 }
 
+/// Which output of a sink takes the rows of a stream (results or late
+/// rows): the routing by stream name every sink with several outputs needs.
+#[derive(Debug, Default)]
+pub struct Routes(BTreeMap<(String, RowKind), usize>);
+
+impl FromIterator<((String, RowKind), usize)> for Routes {
+    fn from_iter<I: IntoIterator<Item = ((String, RowKind), usize)>>(iter: I) -> Self {
+        Self(iter.into_iter().collect())
+    }
+}
+
+impl Routes {
+    /// Index of the output for `stream`'s rows of `kind`, if the sink has one.
+    pub fn get(&self, stream: &str, kind: RowKind) -> Option<usize> {
+        // Output batches are few and large: the key's String is noise.
+        self.0.get(&(stream.to_string(), kind)).copied()
+    }
+}
+
 /// A sink of stream output for the run loop.
 pub trait Sink: Send {
     /// Key of its position and state in checkpoints.

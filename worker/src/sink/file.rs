@@ -19,7 +19,7 @@ use serde_json::json;
 use crate::codec::json::JsonLinesEncoder;
 use crate::codec::ocf::OcfWriter;
 use crate::runner::{
-    ConnectorError, DeadLetter, Positions, RestoredSink, RowKind, Sink, SinkCheckpoint,
+    ConnectorError, DeadLetter, Positions, RestoredSink, Routes, RowKind, Sink, SinkCheckpoint,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -237,22 +237,23 @@ pub struct FileOutputs {
     /// Open files, in `outputs` order (after [`Sink::start`]).
     files: Vec<FileSink>,
     /// (stream, kind) → index into `files`.
-    routes: BTreeMap<(String, RowKind), usize>,
+    routes: Routes,
     dead_letters: Option<usize>,
 }
 
 impl FileOutputs {
     pub fn new(outputs: Vec<FileOutput>) -> Self {
-        let mut routes = BTreeMap::new();
-        let mut dead_letters = None;
-        for (i, o) in outputs.iter().enumerate() {
-            match &o.content {
-                FileContent::Stream { stream, kind } => {
-                    routes.insert((stream.clone(), *kind), i);
-                }
-                FileContent::DeadLetters => dead_letters = Some(i),
-            }
-        }
+        let routes = outputs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, o)| match &o.content {
+                FileContent::Stream { stream, kind } => Some(((stream.clone(), *kind), i)),
+                FileContent::DeadLetters => None,
+            })
+            .collect();
+        let dead_letters = outputs
+            .iter()
+            .position(|o| o.content == FileContent::DeadLetters);
         Self {
             outputs,
             files: Vec::new(),
@@ -292,9 +293,7 @@ impl Sink for FileOutputs {
         kind: RowKind,
         rows: &RecordBatch,
     ) -> Result<(), ConnectorError> {
-        // Allocation-free lookup would need a borrowed key type; output
-        // batches are few and large, so the String is noise.
-        if let Some(&i) = self.routes.get(&(stream.to_string(), kind)) {
+        if let Some(i) = self.routes.get(stream, kind) {
             self.files[i].write(rows).map_err(ConnectorError::fatal)?;
         }
         Ok(())

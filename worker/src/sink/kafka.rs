@@ -25,7 +25,7 @@ use crate::kafka::offsets::offsets_from_json;
 use crate::kafka::{ClientErrors, KafkaConfig, Offsets};
 use crate::runner::faults::{self, InjectedStall};
 use crate::runner::{
-    CommitDelays, ConnectorError, DeadLetter, Positions, RestoredSink, RowKind, Sink,
+    CommitDelays, ConnectorError, DeadLetter, Positions, RestoredSink, Routes, RowKind, Sink,
     SinkCheckpoint,
 };
 
@@ -109,7 +109,7 @@ pub struct KafkaSink {
     config: KafkaConfig,
     outputs: Vec<OutputTopic>,
     /// (stream, kind) → index into `outputs`.
-    routes: BTreeMap<(String, RowKind), usize>,
+    routes: Routes,
     dead_letter_topic: Option<String>,
     /// Consumer group the source offsets are committed to.
     group_id: String,
@@ -249,10 +249,6 @@ impl KafkaSink {
             call_timeout: tuning.call_timeout,
             stall_limit: tuning.stall_limit,
         })
-    }
-
-    pub fn outputs(&self) -> &[OutputTopic] {
-        &self.outputs
     }
 
     /// Records sent in the open transaction.
@@ -726,7 +722,7 @@ impl Sink for KafkaOutput {
         rows: &RecordBatch,
     ) -> Result<(), ConnectorError> {
         let sink = self.sink();
-        if let Some(&i) = sink.routes.get(&(stream.to_string(), kind)) {
+        if let Some(i) = sink.routes.get(stream, kind) {
             sink.write(i, rows)?;
         }
         Ok(())
