@@ -18,7 +18,7 @@ use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use super::keys::GroupKeys;
 use super::operator::{
     BatchInputs, OperatorMetrics, OperatorState, Output, StreamOperator, Subset, apply_filter,
-    event_times, finish_rows, new_groups_accumulator, split_by, state_schema, state_widths,
+    evaluate_rows, event_times, finish_rows, new_groups_accumulator, split_by, state_schema, state_widths,
 };
 use super::plan::WindowedPlan;
 use super::sql::EmitMode;
@@ -126,7 +126,7 @@ impl WindowAggregate {
         let mut accs = self.new_accumulators()?;
         let mut wanted: Vec<usize> = Vec::new();
         let mut idx = Vec::new();
-        for (&pane_start, pane) in self.panes.range_mut(start..start + size) {
+        for (&pane_start, pane) in self.panes.range_mut(start..start.saturating_add(size)) {
             let states = pane_states(pane, aggregates)?;
             let key_cols = pane.keys.key_columns()?;
             keys.intern(&key_cols, pane.keys.len(), &mut idx)?;
@@ -238,20 +238,19 @@ fn freeze(pane: &mut Pane) -> Result<()> {
     Ok(())
 }
 
-impl StreamOperator for WindowAggregate {
-    fn on_batch(&mut self, batch: &RecordBatch, out: &mut Output) -> Result<()> {
+impl WindowAggregate {
+    /// Folds filtered, evaluated rows into their panes; late rows go to
+    /// `out.late`.
+    fn absorb(&mut self, batch: RecordBatch, inputs: BatchInputs, out: &mut Output) -> Result<()> {
         let plan = Arc::clone(&self.plan);
         let wp = &plan.plan;
-        let batch = apply_filter(wp.filter.as_ref(), batch)?;
-        if batch.num_rows() == 0 {
-            return Ok(());
-        }
         self.metrics.rows_in += batch.num_rows() as u64;
         let (mut ts, nulls) = event_times(&batch, wp.event_time_index)?;
         let window = wp.window;
 
         // Late rows: their earliest window has already been emitted.
         let mut batch = batch;
+        let mut inputs = inputs;
         let min_ts = ts.iter().copied().min().unwrap_or(i64::MAX);
         if nulls > 0 || window.earliest_end(min_ts) <= self.emitted_up_to {
             let valid = batch.column(wp.event_time_index).logical_nulls();
@@ -269,6 +268,10 @@ impl StreamOperator for WindowAggregate {
             self.metrics.late_events += late.num_rows() as u64;
             out.late.push(late);
             batch = filter_record_batch(&batch, &on_time)?;
+            let kept: Vec<u32> = (0..on_time.len() as u32)
+                .filter(|&i| on_time.value(i as usize))
+                .collect();
+            inputs = inputs.select(&Subset::Indices(UInt32Array::from(kept)))?;
             ts = ts
                 .iter()
                 .zip(on_time.values().iter())
@@ -280,7 +283,6 @@ impl StreamOperator for WindowAggregate {
             }
         }
 
-        let inputs = BatchInputs::evaluate(wp, &batch)?;
         let panes: Vec<i64> = ts.iter().map(|&t| window.pane_start(t)).collect();
         let splits = split_by(&panes);
         let mut touched: Vec<(i64, Vec<usize>)> = Vec::new();
@@ -316,6 +318,27 @@ impl StreamOperator for WindowAggregate {
             }
         }
         self.metrics.open_windows = self.panes.len() as u64;
+        Ok(())
+    }
+}
+
+impl StreamOperator for WindowAggregate {
+    fn on_batch(&mut self, batch: &RecordBatch, out: &mut Output) -> Result<()> {
+        let plan = Arc::clone(&self.plan);
+        let eval = |batch: &RecordBatch| -> Result<Option<(RecordBatch, BatchInputs)>> {
+            let batch = apply_filter(plan.plan.filter.as_ref(), batch)?;
+            if batch.num_rows() == 0 {
+                return Ok(None);
+            }
+            let inputs = BatchInputs::evaluate(&plan.plan, &batch)?;
+            Ok(Some((batch, inputs)))
+        };
+        let rejected_before = out.rejected.len();
+        evaluate_rows(batch, out, &eval, &mut |_, evaluated, out| match evaluated {
+            Some((rows, inputs)) => self.absorb(rows, inputs, out),
+            None => Ok(()),
+        })?;
+        self.metrics.rejected_rows += (out.rejected.len() - rejected_before) as u64;
         Ok(())
     }
 

@@ -13,6 +13,7 @@ use datafusion::error::Result;
 
 /// Dense numbering of distinct key tuples, in first-seen order.
 pub struct GroupKeys {
+    fields: Vec<FieldRef>,
     /// `None` when there are no key columns: every row is group 0.
     converter: Option<RowConverter>,
     map: HashMap<Box<[u8]>, usize, ahash::RandomState>,
@@ -34,8 +35,11 @@ impl GroupKeys {
         };
         let rows = converter.as_ref().map(|c| c.empty_rows(0, 0));
         Ok(Self {
+            fields: fields.to_vec(),
             converter,
-            map: HashMap::with_hasher(ahash::RandomState::with_seeds(1, 2, 3, 4)),
+            // Seeded per process: keys come from input, and fixed seeds
+            // let crafted keys collide. Output never depends on hash order.
+            map: HashMap::with_hasher(ahash::RandomState::new()),
             rows,
             groups: 0,
         })
@@ -83,6 +87,30 @@ impl GroupKeys {
         Ok(())
     }
 
+    /// The key columns of the given groups, in the order given.
+    pub fn key_columns_of(&self, groups: &[usize]) -> Result<Vec<ArrayRef>> {
+        match (&self.converter, &self.rows) {
+            (Some(c), Some(rows)) => Ok(c.convert_rows(groups.iter().map(|&g| rows.row(g)))?),
+            _ => Ok(vec![]),
+        }
+    }
+
+    /// A numbering of only the `keep` groups (e.g. keys with open state), so
+    /// keys never seen again stop costing memory. Returns it with each kept
+    /// group's new index, in `keep` order.
+    pub fn retain(&self, keep: &[usize]) -> Result<(GroupKeys, Vec<usize>)> {
+        let mut fresh = GroupKeys::new(&self.fields)?;
+        let mut new_index = Vec::with_capacity(keep.len());
+        if self.converter.is_none() {
+            fresh.groups = usize::from(!keep.is_empty());
+            new_index.resize(keep.len(), 0);
+            return Ok((fresh, new_index));
+        }
+        let columns = self.key_columns_of(keep)?;
+        fresh.intern(&columns, keep.len(), &mut new_index)?;
+        Ok((fresh, new_index))
+    }
+
     /// The key columns of all groups, in group-index order.
     pub fn key_columns(&self) -> Result<Vec<ArrayRef>> {
         match (&self.converter, &self.rows) {
@@ -122,6 +150,27 @@ mod tests {
             back[1].as_ref(),
             &Int64Array::from(vec![Some(1), None, Some(2)]) as &dyn arrow::array::Array
         );
+    }
+
+    #[test]
+    fn retain_keeps_only_live_keys() {
+        let fields: Vec<FieldRef> = vec![Arc::new(Field::new("s", DataType::Utf8, false))];
+        let mut keys = GroupKeys::new(&fields).unwrap();
+        let cols: Vec<ArrayRef> = vec![Arc::new(StringArray::from(vec!["a", "b", "c", "d"]))];
+        let mut idx = Vec::new();
+        keys.intern(&cols, 4, &mut idx).unwrap();
+        let (fresh, new_idx) = keys.retain(&[3, 1]).unwrap();
+        assert_eq!(fresh.len(), 2);
+        assert_eq!(new_idx, vec![0, 1]);
+        assert_eq!(
+            fresh.key_columns().unwrap()[0].as_ref(),
+            &StringArray::from(vec!["d", "b"]) as &dyn arrow::array::Array
+        );
+        // A retained key keeps its identity in the new numbering.
+        let mut fresh = fresh;
+        let again: Vec<ArrayRef> = vec![Arc::new(StringArray::from(vec!["b", "e"]))];
+        fresh.intern(&again, 2, &mut idx).unwrap();
+        assert_eq!(idx, vec![1, 2]);
     }
 
     #[test]

@@ -12,6 +12,7 @@
 pub mod aggregate;
 pub mod catalog;
 pub mod keys;
+pub mod limits;
 pub mod operator;
 pub mod plan;
 pub mod session;
@@ -22,14 +23,14 @@ pub mod window;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::error::DataFusionError;
 
 pub use catalog::{Catalog, SourceDef, SourceFormat, SourceTable, output_topic};
-pub use operator::{OperatorMetrics, OperatorState, Output, StreamOperator};
+pub use operator::{OperatorMetrics, OperatorState, Output, RejectedRows, StreamOperator};
 pub use plan::{StreamKind, StreamPlan, plan_sql};
 pub use sql::EmitMode;
 pub use watermark::{END_OF_INPUT, NO_WATERMARK, WatermarkTracker};
@@ -85,6 +86,9 @@ pub struct EngineConfig {
     pub allowed_lateness: Duration,
     /// A partition silent for this long stops holding the watermark back.
     pub idle_timeout: Option<Duration>,
+    /// Event times accepted at all; rows outside are rejected before they
+    /// touch a watermark or a window.
+    pub event_time_bounds: EventTimeBounds,
 }
 
 impl Default for EngineConfig {
@@ -92,8 +96,68 @@ impl Default for EngineConfig {
         Self {
             allowed_lateness: Duration::from_secs(1),
             idle_timeout: Some(Duration::from_secs(30)),
+            event_time_bounds: EventTimeBounds::default(),
         }
     }
+}
+
+/// The range of sane event times. A row far in the future would move the
+/// watermark forward for good (every later row "late"); one near the ends
+/// of `i64` would break window arithmetic. Both are rejected instead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventTimeBounds {
+    /// Earliest accepted event time, ms since the Unix epoch (default: the
+    /// epoch itself; earlier times are almost always a unit error).
+    pub min_ms: i64,
+    /// How far an event may lie ahead of the later of the wall clock and the
+    /// source's newest accepted event (default: 1 hour). Measured from the
+    /// newest event too, so replaying history, or data from a simulator
+    /// running faster than real time, is not affected.
+    pub max_ahead: Duration,
+}
+
+impl Default for EventTimeBounds {
+    fn default() -> Self {
+        Self {
+            min_ms: 0,
+            max_ahead: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Why the engine refused source rows. Each rejected row goes to the dead
+/// letters with this reason; nothing else in the pipeline sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RejectReason {
+    /// Event time before [`EventTimeBounds::min_ms`].
+    EventTimeTooEarly,
+    /// Event time beyond [`EventTimeBounds::max_ahead`].
+    EventTimeTooFarAhead,
+    /// An expression of a stream failed on the row.
+    Evaluation,
+}
+
+impl RejectReason {
+    /// Stable short code for counters and dead-letter headers.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::EventTimeTooEarly => "event-time-too-early",
+            Self::EventTimeTooFarAhead => "event-time-too-far-ahead",
+            Self::Evaluation => "evaluation-error",
+        }
+    }
+}
+
+/// Source rows the engine refused, waiting for [`Pipeline::take_rejected`].
+#[derive(Debug)]
+pub struct Rejected {
+    /// The source table the rows came from.
+    pub source: String,
+    /// The stream whose expression failed (`None` when refused for all).
+    pub stream: Option<String>,
+    pub reason: RejectReason,
+    pub error: String,
+    pub rows: RecordBatch,
 }
 
 /// Output of one stream.
@@ -132,6 +196,7 @@ struct SourceRuntime {
     def: SourceDef,
     watermark: WatermarkTracker,
     records_in: u64,
+    rejected: u64,
 }
 
 /// Engine state of a checkpoint.
@@ -146,6 +211,9 @@ pub struct EngineSnapshot {
 pub struct Pipeline {
     streams: Vec<RunningStream>,
     sources: BTreeMap<String, SourceRuntime>,
+    bounds: EventTimeBounds,
+    /// Refused rows not yet taken by the run loop.
+    rejected: Vec<Rejected>,
 }
 
 impl Pipeline {
@@ -169,6 +237,7 @@ impl Pipeline {
                     def: def.clone(),
                     watermark: WatermarkTracker::new(config.allowed_lateness, config.idle_timeout),
                     records_in: 0,
+                    rejected: 0,
                 });
             let key_columns: Vec<String> = match &p.kind {
                 StreamKind::Stateless(_) => def.key_columns.clone(),
@@ -220,6 +289,8 @@ impl Pipeline {
         Ok(Self {
             streams,
             sources: used,
+            bounds: config.event_time_bounds,
+            rejected: Vec::new(),
         })
     }
 
@@ -300,8 +371,21 @@ impl Pipeline {
             return Ok(());
         }
         src.records_in += batch.num_rows() as u64;
-        let (ts, _) = operator::event_times(batch, src.def.event_time_index())?;
-        let max_ts = ts.iter().copied().max().unwrap_or(NO_WATERMARK);
+        let (batch, max_ts) = match screen_event_times(src, batch, self.bounds)? {
+            Screened::AllGood(max_ts) => (batch.clone(), max_ts),
+            Screened::Some {
+                good,
+                max_ts,
+                rejected,
+            } => {
+                src.rejected += rejected.iter().map(|r| r.rows.num_rows() as u64).sum::<u64>();
+                self.rejected.extend(rejected);
+                (good, max_ts)
+            }
+        };
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
         for (i, s) in self
             .streams
             .iter_mut()
@@ -309,11 +393,31 @@ impl Pipeline {
             .filter(|(_, s)| s.source == source)
         {
             let mut o = Output::default();
-            s.operator.on_batch(batch, &mut o)?;
+            s.operator.on_batch(&batch, &mut o)?;
+            self.rejected
+                .extend(o.rejected.drain(..).map(|r| Rejected {
+                    source: source.to_string(),
+                    stream: Some(s.name.clone()),
+                    reason: RejectReason::Evaluation,
+                    error: r.error,
+                    rows: r.rows,
+                }));
             collect(i, o, out);
         }
         let wm = src.watermark.observe(partition, max_ts, Instant::now());
         self.advance(source, wm, out)
+    }
+
+    /// Source rows refused since the last call: out of the event-time
+    /// bounds, or failing a stream's expression. The run loop takes them
+    /// after every push and sends them to the dead letters.
+    pub fn take_rejected(&mut self) -> Vec<Rejected> {
+        std::mem::take(&mut self.rejected)
+    }
+
+    /// Rows of `source` refused so far for their event time.
+    pub fn rejected_rows(&self, source: &str) -> u64 {
+        self.sources.get(source).map_or(0, |s| s.rejected)
     }
 
     /// A partition of `source` reached its end (bounded input).
@@ -433,6 +537,113 @@ impl Pipeline {
         }
         Ok(())
     }
+}
+
+/// A batch after the event-time bounds.
+enum Screened {
+    /// Every row is in range; the batch's highest event time.
+    AllGood(i64),
+    Some {
+        good: RecordBatch,
+        max_ts: i64,
+        rejected: Vec<Rejected>,
+    },
+}
+
+/// Splits off rows whose event time is outside `bounds`. Null event times
+/// pass (the operators treat them as late).
+fn screen_event_times(
+    src: &SourceRuntime,
+    batch: &RecordBatch,
+    bounds: EventTimeBounds,
+) -> Result<Screened, EngineError> {
+    let index = src.def.event_time_index();
+    let (ts, nulls) = operator::event_times(batch, index)?;
+    let valid = batch.column(index).logical_nulls();
+    let is_valid = |i: usize| nulls == 0 || valid.as_ref().is_none_or(|v| v.is_valid(i));
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let ahead_ms = i64::try_from(bounds.max_ahead.as_millis()).unwrap_or(i64::MAX);
+    let ceiling = now_ms
+        .max(src.watermark.max_event_time())
+        .saturating_add(ahead_ms);
+    let verdict = |i: usize, t: i64| -> Option<RejectReason> {
+        if !is_valid(i) {
+            None
+        } else if t < bounds.min_ms {
+            Some(RejectReason::EventTimeTooEarly)
+        } else if t > ceiling {
+            Some(RejectReason::EventTimeTooFarAhead)
+        } else {
+            None
+        }
+    };
+    let max_valid = |keep: &dyn Fn(usize) -> bool| {
+        ts.iter()
+            .enumerate()
+            .filter(|&(i, _)| is_valid(i) && keep(i))
+            .map(|(_, &t)| t)
+            .max()
+            .unwrap_or(NO_WATERMARK)
+    };
+    if ts.iter().enumerate().all(|(i, &t)| verdict(i, t).is_none()) {
+        return Ok(Screened::AllGood(max_valid(&|_| true)));
+    }
+    let reasons: Vec<Option<RejectReason>> =
+        ts.iter().enumerate().map(|(i, &t)| verdict(i, t)).collect();
+    let select = |want: Option<RejectReason>| -> Result<RecordBatch, EngineError> {
+        let mask: arrow::array::BooleanArray = reasons.iter().map(|r| Some(*r == want)).collect();
+        Ok(arrow::compute::filter_record_batch(batch, &mask)?)
+    };
+    let mut rejected = Vec::new();
+    for (reason, error) in [
+        (
+            RejectReason::EventTimeTooEarly,
+            format!(
+                "event time is before the earliest accepted, {} (the minimum event time setting)",
+                format_ms(bounds.min_ms)
+            ),
+        ),
+        (
+            RejectReason::EventTimeTooFarAhead,
+            format!(
+                "event time is more than {} ahead of {} (the later of the wall clock and the newest accepted event; the maximum event-time skew setting)",
+                humantime::format_duration(bounds.max_ahead),
+                format_ms(ceiling.saturating_sub(ahead_ms))
+            ),
+        ),
+    ] {
+        let rows = select(Some(reason))?;
+        if rows.num_rows() > 0 {
+            rejected.push(Rejected {
+                source: src.def.name.clone(),
+                stream: None,
+                reason,
+                error,
+                rows,
+            });
+        }
+    }
+    Ok(Screened::Some {
+        good: select(None)?,
+        max_ts: max_valid(&|i| reasons[i].is_none()),
+        rejected,
+    })
+}
+
+/// An event time for messages: RFC 3339 where it is representable.
+fn format_ms(ms: i64) -> String {
+    // humantime refuses years after 9999 (its Display would panic).
+    const YEAR_10000_MS: u64 = 253_402_300_800_000;
+    u64::try_from(ms)
+        .ok()
+        .filter(|&ms| ms < YEAR_10000_MS)
+        .and_then(|ms| UNIX_EPOCH.checked_add(Duration::from_millis(ms)))
+        .map_or_else(
+            || format!("{ms} ms since the Unix epoch"),
+            |t| humantime::format_rfc3339_millis(t).to_string(),
+        )
 }
 
 fn collect(stream: usize, o: Output, out: &mut Vec<StreamOutput>) {

@@ -23,6 +23,17 @@ pub struct Output {
     pub rows: Vec<RecordBatch>,
     /// Source rows that arrived after their window closed.
     pub late: Vec<RecordBatch>,
+    /// Source rows an expression of the stream could not be evaluated on.
+    pub rejected: Vec<RejectedRows>,
+}
+
+/// Source rows a stream's expressions failed on (division by zero, an
+/// overflow, a failed CAST), with the error. They go to the dead letters; the
+/// rest of their batch is processed.
+#[derive(Debug)]
+pub struct RejectedRows {
+    pub rows: RecordBatch,
+    pub error: String,
 }
 
 /// Serialized operator state, part of a checkpoint.
@@ -39,6 +50,9 @@ pub struct OperatorMetrics {
     pub rows_in: u64,
     pub rows_out: u64,
     pub late_events: u64,
+    /// Rows an expression failed on (sent to the dead letters).
+    #[serde(default)]
+    pub rejected_rows: u64,
     /// Windows (or sessions) currently holding state.
     pub open_windows: u64,
 }
@@ -81,6 +95,44 @@ fn evaluate_mask(e: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> Result<Boole
     a.as_boolean_opt().cloned().ok_or_else(|| {
         DataFusionError::Execution(format!("filter is {}, not boolean", a.data_type()))
     })
+}
+
+/// Runs the pure evaluation `eval` (WHERE, projections, aggregate inputs)
+/// over `batch` and hands each evaluated run of rows to `apply`. Where `eval`
+/// fails, the batch is bisected until the rows it fails on are isolated: each
+/// goes to `out.rejected` with its error, and every other row is still
+/// applied, in order. Failing rows cost O(log n) evaluations each; a batch
+/// without errors is evaluated once.
+///
+/// `eval` must not change state: it may run several times on the same rows.
+pub fn evaluate_rows<T>(
+    batch: &RecordBatch,
+    out: &mut Output,
+    eval: &impl Fn(&RecordBatch) -> Result<T>,
+    apply: &mut impl FnMut(&RecordBatch, T, &mut Output) -> Result<()>,
+) -> Result<()> {
+    match eval(batch) {
+        Ok(v) => apply(batch, v, out),
+        Err(e) if batch.num_rows() <= 1 => {
+            if batch.num_rows() == 1 {
+                out.rejected.push(RejectedRows {
+                    rows: batch.clone(),
+                    error: e.to_string(),
+                });
+            }
+            Ok(())
+        }
+        Err(_) => {
+            let half = batch.num_rows() / 2;
+            evaluate_rows(&batch.slice(0, half), out, eval, apply)?;
+            evaluate_rows(
+                &batch.slice(half, batch.num_rows() - half),
+                out,
+                eval,
+                apply,
+            )
+        }
+    }
 }
 
 /// Applies a WHERE clause.

@@ -30,6 +30,7 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 
 use super::EngineError;
+use super::limits;
 use super::catalog::{Catalog, SourceDef};
 use super::sql::{EmitMode, StreamDef};
 use super::window::WindowSpec;
@@ -106,9 +107,16 @@ pub struct WindowedPlan {
 }
 
 /// Plans every stream of a SQL file.
+///
+/// Size and nesting are bounded first ([`limits`](super::limits)), so no
+/// input can overflow the planner's stack.
 pub fn plan_sql(sql: &str, catalog: &Catalog) -> Result<Vec<StreamPlan>, EngineError> {
+    limits::check_sql_size(sql)?;
     let defs = super::sql::parse_streams(sql)?;
-    defs.iter().map(|d| plan_stream(d, catalog)).collect()
+    for d in &defs {
+        limits::check_statement(&d.name, &d.query)?;
+    }
+    limits::on_planner_stack(|| defs.iter().map(|d| plan_stream(d, catalog)).collect())
 }
 
 /// Plans one stream.
@@ -172,7 +180,7 @@ pub fn plan_stream(def: &StreamDef, catalog: &Catalog) -> Result<StreamPlan, Eng
         (_, Some(mode)) => mode,
         (_, None) => EmitMode::OnWindowClose,
     };
-    let fingerprint = fingerprint(def, &logical, window, emit);
+    let fingerprint = fingerprint(def, window, emit);
     let (kind, output_schema) = match window {
         None => decompose_stateless(def, &state, &logical)?,
         Some(w) => decompose_windowed(def, &state, &logical, w, source)?,
@@ -360,7 +368,20 @@ fn window_call(
                     "HOP slide (second argument) must not exceed the window size (third argument)",
                 ));
             }
-            WindowSpec::Hop { slide_ms, size_ms }
+            let hop = WindowSpec::Hop { slide_ms, size_ms };
+            let panes = size_ms / hop.pane_ms().expect("time window");
+            if panes > limits::MAX_PANES_PER_WINDOW {
+                return Err(unsupported(
+                    def,
+                    e,
+                    &format!(
+                        "HOP size and slide make each window {panes} slices (of their greatest common divisor); \
+                         at most {} are supported: make the slide longer or a divisor of the size",
+                        limits::MAX_PANES_PER_WINDOW
+                    ),
+                ));
+            }
+            hop
         }
     }))
 }
@@ -410,8 +431,14 @@ fn interval_ms(e: &ast::Expr) -> Result<i64, String> {
         _ => return Err(format!("unsupported interval unit '{unit}'")),
     };
     let ms = amount * unit_ms;
-    if ms.fract() != 0.0 {
+    if !ms.is_finite() || ms.fract() != 0.0 {
         return Err("interval must be a whole number of milliseconds".into());
+    }
+    if ms > limits::MAX_WINDOW_MS as f64 {
+        return Err(format!(
+            "window intervals are at most {} days",
+            limits::MAX_WINDOW_MS / 86_400_000
+        ));
     }
     Ok(ms as i64)
 }
@@ -440,18 +467,27 @@ fn clean_df_error(msg: &str) -> String {
     msg.to_string()
 }
 
-fn fingerprint(
-    def: &StreamDef,
-    plan: &LogicalPlan,
-    window: Option<WindowSpec>,
-    emit: EmitMode,
-) -> String {
+/// Identifies a stream's state across restarts: a checkpoint restores only
+/// into a stream with the same fingerprint. Built from a canonical form of
+/// the query text (tokens without whitespace or comments, unquoted words in
+/// lower case), not from DataFusion's plan text, so a release that prints
+/// plans differently keeps every checkpoint usable. The `v2` prefix changes
+/// only if this form does (a test pins a value).
+fn fingerprint(def: &StreamDef, window: Option<WindowSpec>, emit: EmitMode) -> String {
+    let window = match window {
+        None => "none".to_string(),
+        Some(WindowSpec::Tumble { size_ms }) => format!("tumble:{size_ms}"),
+        Some(WindowSpec::Hop { slide_ms, size_ms }) => format!("hop:{slide_ms}:{size_ms}"),
+        Some(WindowSpec::Session { gap_ms }) => format!("session:{gap_ms}"),
+    };
+    let emit = match emit {
+        EmitMode::OnWindowClose => "on-window-close",
+        EmitMode::Changes => "changes",
+    };
     let text = format!(
-        "v1|{}|{:?}|{:?}|{}",
+        "v2|{}|{window}|{emit}|{}",
         def.name.to_ascii_lowercase(),
-        window,
-        emit,
-        plan.display_indent_schema()
+        canonical_query(&def.query)
     );
     // FNV-1a: stable across Rust versions and platforms, unlike std's hasher.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -460,6 +496,28 @@ fn fingerprint(
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     format!("{h:016x}")
+}
+
+/// The query's tokens, whitespace and comments dropped, unquoted words in
+/// lower case, joined by single spaces.
+fn canonical_query(query: &str) -> String {
+    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+    let dialect = GenericDialect {};
+    // The planner tokenized this text already (limits), so this succeeds.
+    let tokens = Tokenizer::new(&dialect, query).tokenize().unwrap_or_default();
+    let mut out = String::with_capacity(query.len());
+    for t in tokens {
+        let text = match t {
+            Token::Whitespace(_) | Token::EOF => continue,
+            Token::Word(w) if w.quote_style.is_none() => w.value.to_lowercase(),
+            t => t.to_string(),
+        };
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 /// Peels `Filter` nodes (and no-op aliases) off a plan.
@@ -828,5 +886,52 @@ mod tests {
         let c = plan("CREATE STREAM x AS SELECT symbol, COUNT(*) AS c FROM market_ticks GROUP BY symbol, TUMBLE(ts, INTERVAL '10' SECOND);").unwrap();
         assert_eq!(a[0].fingerprint, b[0].fingerprint);
         assert_ne!(a[0].fingerprint, c[0].fingerprint);
+    }
+
+    /// Checkpoints restore only into streams with the same fingerprint: if
+    /// this value changes, every `last-state` upgrade starts over. Change it
+    /// only on purpose (and say so in the release notes).
+    #[test]
+    fn fingerprint_is_pinned_and_ignores_layout() {
+        let pinned = plan("CREATE STREAM x AS SELECT symbol, COUNT(*) AS c FROM market_ticks GROUP BY symbol, TUMBLE(ts, INTERVAL '5' SECOND);").unwrap();
+        let relaid = plan("create stream x as\n  -- per symbol\n  select SYMBOL,   count(*) as C\n  from MARKET_TICKS\n  group by symbol, tumble(ts, interval '5' second)\n;").unwrap();
+        assert_eq!(pinned[0].fingerprint, "b541c7de613ae7b7");
+        assert_eq!(relaid[0].fingerprint, pinned[0].fingerprint);
+        let quoted = plan("CREATE STREAM x AS SELECT \"symbol\", COUNT(*) AS c FROM market_ticks GROUP BY symbol, TUMBLE(ts, INTERVAL '5' SECOND);").unwrap();
+        assert_ne!(quoted[0].fingerprint, pinned[0].fingerprint);
+    }
+
+    #[test]
+    fn hop_and_interval_bounds() {
+        let hop = |slide: &str, size: &str| {
+            plan(&format!(
+                "CREATE STREAM x AS SELECT symbol, COUNT(*) AS c FROM market_ticks \
+                 GROUP BY symbol, HOP(ts, INTERVAL {slide}, INTERVAL {size});"
+            ))
+        };
+        let e = hop("'1' MILLISECOND", "'1' DAY").unwrap_err().to_string();
+        assert!(e.contains("86400000 slices"), "{e}");
+        // 7 s slide over 1 day: panes of gcd(7 s, 1 day) = 1 s, 86 400 per window.
+        assert!(hop("'7' SECOND", "'1' DAY").is_err());
+        hop("'1' MINUTE", "'1' DAY").expect("1 440 panes are fine");
+        let e = hop("'1' DAY", "'400' DAY").unwrap_err().to_string();
+        assert!(e.contains("at most 366 days"), "{e}");
+        assert!(hop("'inf' SECOND", "'1' DAY").is_err());
+    }
+
+    #[test]
+    fn deep_sql_is_refused_before_planning() {
+        let sql = format!(
+            "CREATE STREAM x AS SELECT symbol, 1{} AS n FROM market_ticks;",
+            "+1".repeat(50_000)
+        );
+        let e = plan(&sql).unwrap_err().to_string();
+        assert!(e.contains("too complex to plan"), "{e}");
+        // Just under the bound still plans, on the planner's own stack.
+        let sql = format!(
+            "CREATE STREAM x AS SELECT symbol, 1{} AS n FROM market_ticks;",
+            "+1".repeat(limits::MAX_EXPRESSION_DEPTH - 10)
+        );
+        plan(&sql).expect("plans");
     }
 }

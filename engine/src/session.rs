@@ -18,11 +18,14 @@ use datafusion::logical_expr::Accumulator;
 use super::keys::GroupKeys;
 use super::operator::{
     BatchInputs, OperatorMetrics, OperatorState, Output, StreamOperator, Subset, apply_filter,
-    conform, event_times, finish_rows, state_schema, state_widths,
+    conform, evaluate_rows, event_times, finish_rows, state_schema, state_widths,
 };
 use super::plan::WindowedPlan;
 use super::sql::EmitMode;
 use super::watermark::NO_WATERMARK;
+
+/// Below this many interned keys, closed ones are not worth forgetting.
+const MIN_KEYS_TO_COMPACT: usize = 1024;
 
 struct Session {
     start: i64,
@@ -71,6 +74,30 @@ impl SessionAggregate {
             .collect()
     }
 
+    /// Renumbers the keys once most of them have no open session, so keys
+    /// never seen again stop costing memory (amortised: each renumbering at
+    /// least halves the key table).
+    fn forget_closed_keys(&mut self) -> Result<()> {
+        if self.keys.len() < MIN_KEYS_TO_COMPACT || self.sessions.len() * 2 > self.keys.len() {
+            return Ok(());
+        }
+        let mut live: Vec<usize> = self.sessions.keys().copied().collect();
+        live.sort_unstable();
+        let (keys, new_index) = self.keys.retain(&live)?;
+        let mut sessions = HashMap::with_capacity(live.len());
+        for (old, new) in live.into_iter().zip(new_index) {
+            sessions.insert(new, self.sessions.remove(&old).expect("live key"));
+        }
+        self.keys = keys;
+        self.sessions = sessions;
+        Ok(())
+    }
+
+    /// Number of interned keys (open or not), for tests.
+    pub fn interned_keys(&self) -> usize {
+        self.keys.len()
+    }
+
     fn open_sessions(&self) -> u64 {
         self.sessions.values().map(|v| v.len() as u64).sum()
     }
@@ -106,16 +133,11 @@ impl SessionAggregate {
                 };
                 values[i].push(v);
             }
-            key_idx.push(key as u32);
+            key_idx.push(key);
             starts.push(s.start);
             ends.push(s.end);
         }
-        let all_keys = self.keys.key_columns()?;
-        let sel = UInt32Array::from(key_idx);
-        let keys = all_keys
-            .iter()
-            .map(|k| Ok(take(k.as_ref(), &sel, None)?))
-            .collect::<Result<Vec<_>>>()?;
+        let keys = self.keys.key_columns_of(&key_idx)?;
         let results = values
             .into_iter()
             .map(ScalarValue::iter_to_array)
@@ -131,16 +153,13 @@ impl SessionAggregate {
     }
 }
 
-impl StreamOperator for SessionAggregate {
-    fn on_batch(&mut self, batch: &RecordBatch, out: &mut Output) -> Result<()> {
-        let batch = apply_filter(self.plan.filter.as_ref(), batch)?;
-        if batch.num_rows() == 0 {
-            return Ok(());
-        }
+impl SessionAggregate {
+    /// Folds filtered, evaluated rows into their keys' sessions; late rows
+    /// go to `out.late`.
+    fn absorb(&mut self, batch: RecordBatch, inputs: BatchInputs, out: &mut Output) -> Result<()> {
         self.metrics.rows_in += batch.num_rows() as u64;
         let (ts, _) = event_times(&batch, self.plan.event_time_index)?;
         let valid = batch.column(self.plan.event_time_index).logical_nulls();
-        let inputs = BatchInputs::evaluate(&self.plan, &batch)?;
         let mut key_idx = Vec::new();
         self.keys
             .intern(&inputs.keys, batch.num_rows(), &mut key_idx)?;
@@ -158,7 +177,7 @@ impl StreamOperator for SessionAggregate {
         for i in 1..=order.len() {
             let boundary = i == order.len() || {
                 let (a, b) = (order[i - 1] as usize, order[i] as usize);
-                key_idx[a] != key_idx[b] || ts[b] - ts[a] >= self.gap
+                key_idx[a] != key_idx[b] || ts[b].saturating_sub(ts[a]) >= self.gap
             };
             if !boundary {
                 continue;
@@ -168,7 +187,7 @@ impl StreamOperator for SessionAggregate {
             let key = key_idx[run[0] as usize];
             let first = ts[run[0] as usize];
             let last = ts[run[run.len() - 1] as usize];
-            let (start, end) = (first, last + self.gap);
+            let (start, end) = (first, last.saturating_add(self.gap));
             let list = self.sessions.entry(key).or_default();
             let overlapping: Vec<usize> = (0..list.len())
                 .filter(|&j| list[j].start < end && start < list[j].end)
@@ -256,6 +275,31 @@ impl StreamOperator for SessionAggregate {
         self.metrics.open_windows = self.open_sessions();
         Ok(())
     }
+}
+
+impl StreamOperator for SessionAggregate {
+    fn on_batch(&mut self, batch: &RecordBatch, out: &mut Output) -> Result<()> {
+        let plan = &self.plan;
+        let eval = |batch: &RecordBatch| -> Result<Option<(RecordBatch, BatchInputs)>> {
+            let batch = apply_filter(plan.filter.as_ref(), batch)?;
+            if batch.num_rows() == 0 {
+                return Ok(None);
+            }
+            let inputs = BatchInputs::evaluate(plan, &batch)?;
+            Ok(Some((batch, inputs)))
+        };
+        let rejected_before = out.rejected.len();
+        let mut evaluated = Vec::new();
+        evaluate_rows(batch, out, &eval, &mut |_, e, _| {
+            evaluated.extend(e);
+            Ok(())
+        })?;
+        self.metrics.rejected_rows += (out.rejected.len() - rejected_before) as u64;
+        for (rows, inputs) in evaluated {
+            self.absorb(rows, inputs, out)?;
+        }
+        Ok(())
+    }
 
     fn on_watermark(&mut self, watermark: i64, out: &mut Output) -> Result<()> {
         if watermark <= self.emitted_up_to {
@@ -282,6 +326,7 @@ impl StreamOperator for SessionAggregate {
             list.retain(|s| s.end > watermark);
         }
         self.sessions.retain(|_, l| !l.is_empty());
+        self.forget_closed_keys()?;
         self.emitted_up_to = watermark;
         self.metrics.open_windows = self.open_sessions();
         Ok(())
@@ -306,7 +351,7 @@ impl StreamOperator for SessionAggregate {
                 let s = list.iter_mut().find(|s| s.start == start).expect("listed");
                 starts.push(s.start);
                 ends.push(s.end);
-                key_idx.push(k as u32);
+                key_idx.push(k);
                 let mut c = 0;
                 for (acc, w) in s.accs.iter_mut().zip(&widths) {
                     for (j, v) in acc.state()?.into_iter().enumerate().take(*w) {
@@ -315,14 +360,11 @@ impl StreamOperator for SessionAggregate {
                     c += w;
                 }
             }
-            let sel = UInt32Array::from(key_idx);
             let mut columns: Vec<ArrayRef> = vec![
                 Arc::new(Int64Array::from(starts)),
                 Arc::new(Int64Array::from(ends)),
             ];
-            for k in self.keys.key_columns()? {
-                columns.push(take(k.as_ref(), &sel, None)?);
-            }
+            columns.extend(self.keys.key_columns_of(&key_idx)?);
             for st in states {
                 columns.push(ScalarValue::iter_to_array(st)?);
             }

@@ -1,11 +1,14 @@
 //! Stateless streams: `SELECT … FROM source WHERE …`, row by row.
 
+use std::sync::Arc;
+
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::error::Result;
 
 use super::operator::{
     OperatorMetrics, OperatorState, Output, StreamOperator, apply_filter, conform, evaluate,
+    evaluate_rows,
 };
 use super::plan::StatelessPlan;
 
@@ -28,20 +31,31 @@ impl FilterProject {
 impl StreamOperator for FilterProject {
     fn on_batch(&mut self, batch: &RecordBatch, out: &mut Output) -> Result<()> {
         self.metrics.rows_in += batch.num_rows() as u64;
-        let batch = apply_filter(self.plan.filter.as_ref(), batch)?;
-        if batch.num_rows() == 0 {
-            return Ok(());
-        }
-        let columns = self
-            .plan
-            .projection
-            .iter()
-            .map(|e| evaluate(e, &batch))
-            .collect::<Result<Vec<_>>>()?;
-        let columns = conform(&self.output_schema, columns)?;
-        let rows = RecordBatch::try_new(self.output_schema.clone(), columns)?;
-        self.metrics.rows_out += rows.num_rows() as u64;
-        out.rows.push(rows);
+        let (plan, schema) = (&self.plan, &self.output_schema);
+        let eval = |batch: &RecordBatch| -> Result<Option<RecordBatch>> {
+            let batch = apply_filter(plan.filter.as_ref(), batch)?;
+            if batch.num_rows() == 0 {
+                return Ok(None);
+            }
+            let columns = plan
+                .projection
+                .iter()
+                .map(|e| evaluate(e, &batch))
+                .collect::<Result<Vec<_>>>()?;
+            let columns = conform(schema, columns)?;
+            Ok(Some(RecordBatch::try_new(Arc::clone(schema), columns)?))
+        };
+        let metrics = &mut self.metrics;
+        let mut apply = |_: &RecordBatch, rows: Option<RecordBatch>, out: &mut Output| {
+            if let Some(rows) = rows {
+                metrics.rows_out += rows.num_rows() as u64;
+                out.rows.push(rows);
+            }
+            Ok(())
+        };
+        let rejected_before = out.rejected.len();
+        evaluate_rows(batch, out, &eval, &mut apply)?;
+        self.metrics.rejected_rows += (out.rejected.len() - rejected_before) as u64;
         Ok(())
     }
 

@@ -31,7 +31,7 @@ impl WindowSpec {
     /// Start of the pane containing `ts`.
     pub fn pane_start(&self, ts: i64) -> i64 {
         let pane = self.pane_ms().expect("pane of a session window");
-        ts.div_euclid(pane) * pane
+        ts.div_euclid(pane).saturating_mul(pane)
     }
 
     /// (slide, size) of the time-aligned windows.
@@ -43,28 +43,34 @@ impl WindowSpec {
         }
     }
 
-    /// Starts of all windows containing `ts`, ascending.
+    /// Starts of all windows containing `ts`, ascending. Computed in `i128`
+    /// so no event time overflows; windows whose start or end does not fit
+    /// an `i64` are left out (only possible at the ends of time, which the
+    /// engine's event-time bounds keep away).
     pub fn window_starts(&self, ts: i64) -> impl Iterator<Item = i64> {
         let (slide, size) = self.slide_size();
+        let (ts, slide, size) = (ts as i128, slide as i128, size as i128);
         let last = ts.div_euclid(slide) * slide;
         let first = last - ((size - 1) / slide) * slide;
         (0..)
-            .map(move |k| first + k * slide)
+            .map(move |k: i128| first + k * slide)
             .take_while(move |&s| s <= last)
             .filter(move |&s| s + size > ts)
+            .filter(move |&s| s >= i64::MIN as i128 && s + size <= i64::MAX as i128)
+            .map(|s| s as i64)
     }
 
     /// End of the earliest-closing window that contains `ts`: once the
-    /// watermark has passed it, an event at `ts` is late.
+    /// watermark has passed it, an event at `ts` is late. Saturates at
+    /// [`i64::MAX`].
     pub fn earliest_end(&self, ts: i64) -> i64 {
         match *self {
-            Self::Session { gap_ms } => ts + gap_ms,
+            Self::Session { gap_ms } => ts.saturating_add(gap_ms),
             _ => {
                 let (_, size) = self.slide_size();
                 self.window_starts(ts)
                     .next()
-                    .expect("every ts has a window")
-                    + size
+                    .map_or(i64::MAX, |s| s + size)
             }
         }
     }
@@ -101,8 +107,7 @@ impl WindowSpec {
         let (_, size) = self.slide_size();
         self.window_starts(pane_start)
             .last()
-            .expect("pane has a window")
-            + size
+            .map_or(i64::MAX, |s| s + size)
     }
 
     /// Short description for status output and fingerprints.
