@@ -439,3 +439,79 @@ impl StreamOperator for SessionAggregate {
         self.metrics
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{StreamKind, plan_sql};
+    use crate::{Catalog, operator::StreamOperator};
+    use arrow::array::{Float64Array, StringArray, TimestampMillisecondArray};
+    use arrow::datatypes::{DataType, TimeUnit};
+
+    /// Market ticks, one per `(symbol, ts)`.
+    fn ticks(rows: &[(String, i64)]) -> RecordBatch {
+        let def = Catalog::builtin().get("market_ticks").unwrap().clone();
+        let columns: Vec<ArrayRef> = def
+            .schema
+            .fields()
+            .iter()
+            .map(|f| -> ArrayRef {
+                match (f.name().as_str(), f.data_type()) {
+                    ("symbol", _) => Arc::new(StringArray::from_iter_values(
+                        rows.iter().map(|(s, _)| s.as_str()),
+                    )),
+                    (_, DataType::Utf8) => {
+                        Arc::new(StringArray::from_iter_values(rows.iter().map(|_| "x")))
+                    }
+                    (_, DataType::Float64) => Arc::new(Float64Array::from(vec![1.0; rows.len()])),
+                    (_, DataType::Int64) => Arc::new(Int64Array::from(vec![1; rows.len()])),
+                    (_, DataType::Timestamp(TimeUnit::Millisecond, _)) => Arc::new(
+                        TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.1)),
+                    ),
+                    (n, t) => panic!("no test value for {n}: {t}"),
+                }
+            })
+            .collect();
+        RecordBatch::try_new(def.schema.clone(), columns).unwrap()
+    }
+
+    #[test]
+    fn keys_of_closed_sessions_are_forgotten() {
+        let sql = "CREATE STREAM s AS SELECT symbol, COUNT(*) AS n FROM market_ticks \
+                   GROUP BY symbol, SESSION(ts, INTERVAL '1' SECOND);";
+        let plan = plan_sql(sql, &Catalog::builtin()).unwrap().remove(0);
+        let StreamKind::Windowed(w) = plan.kind else {
+            panic!("windowed")
+        };
+        let mut op =
+            SessionAggregate::new(w, plan.output_schema, EmitMode::OnWindowClose).unwrap();
+        let mut out = Output::default();
+        // 20 000 symbols, each seen once, 10 ms apart: a stream of one-off keys.
+        for chunk in 0..20 {
+            let rows: Vec<(String, i64)> = (0..1000)
+                .map(|i| {
+                    let n = chunk * 1000 + i;
+                    (format!("S{n}"), n * 10)
+                })
+                .collect();
+            op.on_batch(&ticks(&rows), &mut out).unwrap();
+            let watermark = (chunk + 1) * 10_000 - 2_000;
+            op.on_watermark(watermark, &mut out).unwrap();
+            assert!(
+                op.interned_keys() <= 2 * (MIN_KEYS_TO_COMPACT + op.open_sessions() as usize),
+                "after chunk {chunk}: {} keys interned, {} sessions open",
+                op.interned_keys(),
+                op.open_sessions()
+            );
+        }
+        op.on_watermark(i64::MAX, &mut out).unwrap();
+        let emitted: usize = out.rows.iter().map(|b| b.num_rows()).sum();
+        assert_eq!(emitted, 20_000, "every session was emitted once");
+        // A forgotten key seen again at the end of time is late, not an
+        // overflow.
+        let mut more = Output::default();
+        op.on_batch(&ticks(&[("S0".into(), i64::MAX - 10)]), &mut more)
+            .unwrap();
+        assert_eq!(more.late.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+    }
+}

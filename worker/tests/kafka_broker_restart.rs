@@ -6,7 +6,7 @@
 mod kafka_common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kafka_common::*;
@@ -36,22 +36,20 @@ fn rows_through_a_restart(
     let e = env();
     let name = unique("restart-run");
     let chk = dir.join(&name);
-    let mut child = query(topics, &name, &chk)
-        // librdkafka's connection errors, to tell that the outage hit the run.
-        .env("RUST_LOG", "info,tickflow_worker::kafka::config=debug")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut child = spawn_drained(
+        query(topics, &name, &chk)
+            // librdkafka's connection errors, to tell that the outage hit the run.
+            .env("RUST_LOG", "info,tickflow_worker::kafka::config=debug"),
+    );
+    let deadline = Instant::now() + HANG_GUARD;
     while !chk.read_dir().is_ok_and(|mut d| {
         d.any(|e| e.is_ok_and(|e| !e.file_name().to_string_lossy().ends_with(".tmp")))
     }) {
-        assert!(Instant::now() < deadline, "no checkpoint within a minute");
+        assert!(Instant::now() < deadline, "no checkpoint within {HANG_GUARD:?}");
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(
-        child.try_wait().unwrap().is_none(),
+        child.try_wait().is_none(),
         "the query finished before the broker restart; give it more input"
     );
     let restart = Command::new("bash")
@@ -65,7 +63,7 @@ fn rows_through_a_restart(
         "{}",
         String::from_utf8_lossy(&restart.stderr)
     );
-    let out = child.wait_with_output().unwrap();
+    let out = child.wait_with_output();
     let stderr = String::from_utf8_lossy(&out.stderr);
     let problems: String = stderr
         .lines()

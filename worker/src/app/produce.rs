@@ -293,6 +293,7 @@ fn report(opts: &ProduceOptions, summary: &ProduceSummary) {
         ProduceTarget::Files { .. } => SourceTable::ALL.map(|t| t.table_name().to_string()),
     };
     let counts = [summary.ticks, summary.orders, summary.books];
+    status.beat();
     status.update(|s| {
         for (name, n) in names.iter().zip(counts) {
             s.records_out.insert(name.clone(), n);

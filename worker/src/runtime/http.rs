@@ -1,5 +1,5 @@
 //! The worker's HTTP endpoint: `/metrics` (Prometheus), `/healthz` (the
-//! process is alive), `/readyz` (it is processing) and `/status` (JSON, for
+//! process is alive and its run loop makes progress), `/readyz` (it is processing) and `/status` (JSON, for
 //! the operator and for humans).
 
 use std::net::SocketAddr;
@@ -38,11 +38,20 @@ fn respond(url: &str, status: &StatusHandle) -> (u16, &'static str, String) {
     let path = url.split('?').next().unwrap_or(url);
     match path {
         "/metrics" => (200, "text/plain; version=0.0.4", render_metrics(&s)),
-        "/healthz" => match s.state {
-            WorkerState::Failed => (
+        "/healthz" => match (s.state, status.stalled()) {
+            (WorkerState::Failed, _) => (
                 503,
                 "text/plain",
                 format!("failed: {}\n", s.last_error.unwrap_or_default()),
+            ),
+            (_, Some(silent)) => (
+                503,
+                "text/plain",
+                format!(
+                    "stalled: the run loop made no progress for {} s (limit {} s)\n",
+                    silent.as_secs(),
+                    status.stall_limit().as_secs()
+                ),
             ),
             _ => (200, "text/plain", "ok\n".into()),
         },
@@ -60,5 +69,29 @@ fn respond(url: &str, status: &StatusHandle) -> (u16, &'static str, String) {
             "text/plain",
             "not found: try /status, /metrics, /healthz, /readyz\n".into(),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn healthz_fails_when_the_running_loop_stops_making_steps() {
+        let status = StatusHandle::new("q");
+        status.set_stall_limit(Duration::from_millis(50));
+        status.set_state(WorkerState::Running);
+        assert_eq!(respond("/healthz", &status).0, 200);
+        std::thread::sleep(Duration::from_millis(120));
+        let (code, _, body) = respond("/healthz", &status);
+        assert_eq!(code, 503, "{body}");
+        assert!(body.starts_with("stalled"), "{body}");
+        status.beat();
+        assert_eq!(respond("/healthz", &status).0, 200);
+        // Silence is expected when the loop is not running (recovering, stopped).
+        status.set_state(WorkerState::Stopped);
+        std::thread::sleep(Duration::from_millis(120));
+        assert_eq!(respond("/healthz", &status).0, 200);
     }
 }

@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 pub use tickflow_crds::{
     WorkerCheckpoint as CheckpointStatus, WorkerState, WorkerStatus as Status,
@@ -12,7 +14,34 @@ pub use tickflow_crds::{
 
 /// Shared, cheaply cloned handle the run loop updates and the HTTP endpoint reads.
 #[derive(Clone, Debug, Default)]
-pub struct StatusHandle(Arc<Mutex<Status>>);
+pub struct StatusHandle {
+    status: Arc<Mutex<Status>>,
+    heartbeat: Arc<Heartbeat>,
+}
+
+/// When the run loop last made a step, for `/healthz`: a loop stuck in a
+/// call that never returns leaves the state `Running`, so liveness has to
+/// look at progress, not only at the state.
+#[derive(Debug)]
+struct Heartbeat {
+    origin: Instant,
+    last_beat_ms: AtomicU64,
+    /// A running loop silent this long is reported stalled.
+    stall_limit_ms: AtomicU64,
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Self {
+            origin: Instant::now(),
+            last_beat_ms: AtomicU64::new(0),
+            stall_limit_ms: AtomicU64::new(DEFAULT_STALL_LIMIT.as_millis() as u64),
+        }
+    }
+}
+
+/// Default of [`StatusHandle::set_stall_limit`].
+pub const DEFAULT_STALL_LIMIT: Duration = Duration::from_secs(300);
 
 impl StatusHandle {
     pub fn new(name: &str) -> Self {
@@ -25,15 +54,45 @@ impl StatusHandle {
     }
 
     pub fn update(&self, f: impl FnOnce(&mut Status)) {
-        f(&mut self.0.lock().expect("not poisoned"));
+        f(&mut self.status.lock().expect("not poisoned"));
     }
 
     pub fn get(&self) -> Status {
-        self.0.lock().expect("not poisoned").clone()
+        self.status.lock().expect("not poisoned").clone()
     }
 
     pub fn set_state(&self, state: WorkerState) {
+        self.beat();
         self.update(|s| s.state = state);
+    }
+
+    /// The run loop made a step.
+    pub fn beat(&self) {
+        let ms = self.heartbeat.origin.elapsed().as_millis() as u64;
+        self.heartbeat.last_beat_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// How long a running loop may go without a step before `/healthz`
+    /// fails (longer than any call the loop legitimately waits for).
+    pub fn set_stall_limit(&self, limit: Duration) {
+        self.heartbeat
+            .stall_limit_ms
+            .store(limit.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// `Some(silence)` when the loop is running but has made no step for
+    /// longer than the stall limit.
+    pub fn stalled(&self) -> Option<Duration> {
+        let h = &self.heartbeat;
+        let silent = (h.origin.elapsed().as_millis() as u64)
+            .saturating_sub(h.last_beat_ms.load(Ordering::Relaxed));
+        let running = matches!(self.get().state, WorkerState::Running | WorkerState::Degraded);
+        (running && silent > h.stall_limit_ms.load(Ordering::Relaxed))
+            .then(|| Duration::from_millis(silent))
+    }
+
+    pub fn stall_limit(&self) -> Duration {
+        Duration::from_millis(self.heartbeat.stall_limit_ms.load(Ordering::Relaxed))
     }
 }
 
