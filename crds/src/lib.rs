@@ -47,6 +47,9 @@ pub mod condition {
     pub const PROGRESSING: &str = "Progressing";
     /// The worker reports an error or keeps failing.
     pub const DEGRADED: &str = "Degraded";
+    /// The checkpoint PVC matches the spec (size) and its ownership
+    /// (`retainOnDelete`); False says which change the API server refused.
+    pub const CHECKPOINT_VOLUME: &str = "CheckpointVolume";
 }
 
 /// Lifecycle phase shown in `status.phase`.
@@ -263,6 +266,9 @@ pub struct CheckpointSpec {
     /// Keep the checkpoint PVC when the StreamQuery is deleted.
     #[serde(default)]
     pub retain_on_delete: bool,
+    /// Access mode of a new checkpoint PVC (see `AccessMode`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_mode: Option<AccessMode>,
 }
 
 impl Default for CheckpointSpec {
@@ -272,6 +278,28 @@ impl Default for CheckpointSpec {
             storage_size: default_storage_size(),
             storage_class_name: None,
             retain_on_delete: false,
+            access_mode: None,
+        }
+    }
+}
+
+/// Access mode of a new checkpoint PVC: ReadWriteOncePod (one pod only,
+/// Kubernetes >= 1.29) or ReadWriteOnce. Unset: the operator's default
+/// (ReadWriteOncePod where the cluster supports it). An existing PVC keeps
+/// its mode (access modes are immutable).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum AccessMode {
+    /// Mountable read-write by one node.
+    ReadWriteOnce,
+    /// Mountable read-write by one pod (GA in Kubernetes 1.29).
+    ReadWriteOncePod,
+}
+
+impl AccessMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessMode::ReadWriteOnce => "ReadWriteOnce",
+            AccessMode::ReadWriteOncePod => "ReadWriteOncePod",
         }
     }
 }

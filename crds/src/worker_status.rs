@@ -34,6 +34,24 @@ pub struct WorkerCheckpoint {
     pub duration_ms: u64,
 }
 
+/// The checkpoint a run restored.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WorkerRestore {
+    pub id: u64,
+    /// Newer checkpoints that did not read back (corrupt, checksum
+    /// mismatch) and were skipped, newest first: non-empty means the worker
+    /// fell back to an older checkpoint.
+    pub skipped: Vec<SkippedCheckpoint>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SkippedCheckpoint {
+    pub id: u64,
+    pub reason: String,
+}
+
 /// The `/status` document (the operator reads it back).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -47,6 +65,12 @@ pub struct WorkerStatus {
     pub late_events: BTreeMap<String, u64>,
     /// Dead letters by reason.
     pub dead_letters: BTreeMap<String, u64>,
+    /// Records read that on purpose became neither rows nor dead letters,
+    /// by reason (`tombstone`).
+    pub skipped: BTreeMap<String, u64>,
+    /// Out-of-range positions moved by the out-of-range policy, per
+    /// `topic/partition`.
+    pub offset_resets: BTreeMap<String, u64>,
     /// `topic/partition` → messages behind the high watermark.
     pub lag: BTreeMap<String, i64>,
     /// Source table → watermark (ms since the epoch).
@@ -55,6 +79,11 @@ pub struct WorkerStatus {
     /// Restarts from the last checkpoint within this process.
     pub failovers: u32,
     pub last_checkpoint: Option<WorkerCheckpoint>,
+    /// The checkpoint this process last restored (and any it skipped).
+    pub restored_checkpoint: Option<WorkerRestore>,
+    /// Checkpoint writes that found the disk full (each pruned an older
+    /// checkpoint and tried again, or put the epoch off).
+    pub checkpoint_disk_full: u64,
     pub last_error: Option<String>,
     pub started_at_ms: i64,
 }

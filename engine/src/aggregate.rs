@@ -18,7 +18,8 @@ use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use super::keys::GroupKeys;
 use super::operator::{
     BatchInputs, OperatorMetrics, OperatorState, Output, StreamOperator, Subset, apply_filter,
-    evaluate_rows, event_times, finish_rows, new_groups_accumulator, split_by, state_schema, state_widths,
+    evaluate_rows, event_times, finish_rows, new_groups_accumulator, split_by, state_schema,
+    state_widths,
 };
 use super::plan::WindowedPlan;
 use super::sql::EmitMode;
@@ -334,10 +335,15 @@ impl StreamOperator for WindowAggregate {
             Ok(Some((batch, inputs)))
         };
         let rejected_before = out.rejected.len();
-        evaluate_rows(batch, out, &eval, &mut |_, evaluated, out| match evaluated {
-            Some((rows, inputs)) => self.absorb(rows, inputs, out),
-            None => Ok(()),
-        })?;
+        evaluate_rows(
+            batch,
+            out,
+            &eval,
+            &mut |_, evaluated, out| match evaluated {
+                Some((rows, inputs)) => self.absorb(rows, inputs, out),
+                None => Ok(()),
+            },
+        )?;
         self.metrics.rejected_rows += (out.rejected.len() - rejected_before) as u64;
         Ok(())
     }

@@ -378,7 +378,10 @@ impl Pipeline {
                 max_ts,
                 rejected,
             } => {
-                src.rejected += rejected.iter().map(|r| r.rows.num_rows() as u64).sum::<u64>();
+                src.rejected += rejected
+                    .iter()
+                    .map(|r| r.rows.num_rows() as u64)
+                    .sum::<u64>();
                 self.rejected.extend(rejected);
                 (good, max_ts)
             }
@@ -394,14 +397,13 @@ impl Pipeline {
         {
             let mut o = Output::default();
             s.operator.on_batch(&batch, &mut o)?;
-            self.rejected
-                .extend(o.rejected.drain(..).map(|r| Rejected {
-                    source: source.to_string(),
-                    stream: Some(s.name.clone()),
-                    reason: RejectReason::Evaluation,
-                    error: r.error,
-                    rows: r.rows,
-                }));
+            self.rejected.extend(o.rejected.drain(..).map(|r| Rejected {
+                source: source.to_string(),
+                stream: Some(s.name.clone()),
+                reason: RejectReason::Evaluation,
+                error: r.error,
+                rows: r.rows,
+            }));
             collect(i, o, out);
         }
         let wm = src.watermark.observe(partition, max_ts, Instant::now());

@@ -82,19 +82,18 @@ pub fn check_statement(stream: &str, query: &str) -> Result<(), EngineError> {
         }
         match &t.token {
             Token::LParen => groups.push((0, 0)),
-            Token::RParen => {
-                if groups.len() > 1 {
-                    let (ops, deepest) = groups.pop().expect("more than one");
-                    let depth = ops + deepest + 1;
-                    let parent = groups.last_mut().expect("root stays");
-                    parent.1 = parent.1.max(depth);
-                }
+            // An unmatched `)` is the parser's to report.
+            Token::RParen if groups.len() > 1 => {
+                let (ops, deepest) = groups.pop().expect("more than one");
+                let depth = ops + deepest + 1;
+                let parent = groups.last_mut().expect("root stays");
+                parent.1 = parent.1.max(depth);
             }
             tok if is_operator(tok) => groups.last_mut().expect("root stays").0 += 1,
             _ => {}
         }
-        let depth: usize = groups.iter().map(|(ops, _)| ops + 1).sum::<usize>()
-            + groups.last().map_or(0, |g| g.1);
+        let depth: usize =
+            groups.iter().map(|(ops, _)| ops + 1).sum::<usize>() + groups.last().map_or(0, |g| g.1);
         if depth > MAX_EXPRESSION_DEPTH {
             return Err(too_complex(
                 t,
@@ -215,7 +214,10 @@ mod tests {
     fn deep_parentheses_and_token_floods_are_refused() {
         let sql = format!("SELECT {}1{}", "(".repeat(600), ")".repeat(600));
         assert!(depth_error(&sql).expect("refused").contains("nest deeper"));
-        let many = format!("SELECT symbol FROM t WHERE symbol IN ({})", "'a',".repeat(60_000));
+        let many = format!(
+            "SELECT symbol FROM t WHERE symbol IN ({})",
+            "'a',".repeat(60_000)
+        );
         assert!(depth_error(&many).expect("refused").contains("tokens"));
         let big = "x".repeat(MAX_SQL_BYTES + 1);
         assert!(check_sql_size(&big).is_err());

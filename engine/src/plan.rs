@@ -30,8 +30,8 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 
 use super::EngineError;
-use super::limits;
 use super::catalog::{Catalog, SourceDef};
+use super::limits;
 use super::sql::{EmitMode, StreamDef};
 use super::window::WindowSpec;
 
@@ -504,7 +504,9 @@ fn canonical_query(query: &str) -> String {
     use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
     let dialect = GenericDialect {};
     // The planner tokenized this text already (limits), so this succeeds.
-    let tokens = Tokenizer::new(&dialect, query).tokenize().unwrap_or_default();
+    let tokens = Tokenizer::new(&dialect, query)
+        .tokenize()
+        .unwrap_or_default();
     let mut out = String::with_capacity(query.len());
     for t in tokens {
         let text = match t {

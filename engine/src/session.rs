@@ -483,8 +483,7 @@ mod tests {
         let StreamKind::Windowed(w) = plan.kind else {
             panic!("windowed")
         };
-        let mut op =
-            SessionAggregate::new(w, plan.output_schema, EmitMode::OnWindowClose).unwrap();
+        let mut op = SessionAggregate::new(w, plan.output_schema, EmitMode::OnWindowClose).unwrap();
         let mut out = Output::default();
         // 20 000 symbols, each seen once, 10 ms apart: a stream of one-off keys.
         for chunk in 0..20 {

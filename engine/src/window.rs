@@ -68,9 +68,7 @@ impl WindowSpec {
             Self::Session { gap_ms } => ts.saturating_add(gap_ms),
             _ => {
                 let (_, size) = self.slide_size();
-                self.window_starts(ts)
-                    .next()
-                    .map_or(i64::MAX, |s| s + size)
+                self.window_starts(ts).next().map_or(i64::MAX, |s| s + size)
             }
         }
     }

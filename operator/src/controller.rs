@@ -8,10 +8,14 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::controller::{
+    Action, Config as ControllerConfig, Controller, Error as ControllerError,
+};
 use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -25,11 +29,14 @@ use tickflow_crds::{
 use crate::desired::{self, Defaults};
 use crate::metrics::Metrics;
 use crate::sql_check;
-use crate::status::{self, Rollout};
+use crate::status::{self, Health, Rollout, VolumeReport};
 use crate::worker_status;
 
 /// Field manager of everything the operator writes.
 pub const MANAGER: &str = "tickflow-operator";
+/// Field manager of the checkpoint PVC's owner reference, changed apart
+/// from the PVC's spec (see [`desired::pvc_ownership_patch`]).
+pub const OWNERSHIP_MANAGER: &str = "tickflow-operator-ownership";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -70,6 +77,32 @@ impl Context {
             refresh,
         }
     }
+
+    /// Drops what is remembered about a deleted object.
+    pub fn forget(&self, key: &str) {
+        self.failures.lock().unwrap().remove(key);
+        self.applied.lock().unwrap().remove(key);
+        self.count_remembered();
+    }
+
+    /// Entries remembered per object: (applied, failures).
+    pub fn remembered(&self) -> (usize, usize) {
+        (
+            self.applied.lock().unwrap().len(),
+            self.failures.lock().unwrap().len(),
+        )
+    }
+
+    fn count_remembered(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (applied, failures) = self.remembered();
+        self.metrics
+            .remembered_applies
+            .store(applied as u64, Relaxed);
+        self.metrics
+            .remembered_failures
+            .store(failures as u64, Relaxed);
+    }
 }
 
 /// Exponential backoff after failures: 2 s, 4 s, … up to 5 minutes.
@@ -78,12 +111,15 @@ pub fn backoff(failures: u32) -> Duration {
 }
 
 fn key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
-    format!(
-        "{}/{}/{}",
-        K::kind(&()),
-        obj.meta().namespace.clone().unwrap_or_default(),
-        obj.meta().name.clone().unwrap_or_default()
+    key_of(
+        &K::kind(&()),
+        obj.meta().namespace.as_deref().unwrap_or_default(),
+        obj.meta().name.as_deref().unwrap_or_default(),
     )
+}
+
+fn key_of(kind: &str, namespace: &str, name: &str) -> String {
+    format!("{kind}/{namespace}/{name}")
 }
 
 fn error_policy<K>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action
@@ -96,6 +132,7 @@ where
         *n += 1;
         *n
     };
+    ctx.count_remembered();
     let wait = backoff(n);
     tracing::warn!(
         object = %key(obj.as_ref()),
@@ -136,20 +173,29 @@ fn fingerprint(objects: &[serde_json::Value]) -> String {
     digest.iter().take(12).map(|b| format!("{b:02x}")).collect()
 }
 
+/// What `apply_all` did: the live Deployment, what else it has to report,
+/// and whether it is settled (remembered, so not repeated for a while).
+struct Applied<T> {
+    deployment: Deployment,
+    report: T,
+    settled: bool,
+}
+
 /// The workload's live Deployment, after making sure its owned objects are
-/// applied: `apply_all` runs (and is remembered) unless this process applied
-/// the same `objects` recently and the live Deployment still matches.
-async fn ensure_applied<F, Fut>(
+/// applied: `apply_all` runs (and is remembered when settled) unless this
+/// process applied the same `objects` recently and the live Deployment still
+/// matches; its report is None when it did not run.
+async fn ensure_applied<T, F, Fut>(
     ctx: &Context,
     key: String,
     objects: &[serde_json::Value],
     deployments: &Api<Deployment>,
     desired: &Deployment,
     apply_all: F,
-) -> Result<Deployment, Error>
+) -> Result<(Deployment, Option<T>), Error>
 where
     F: FnOnce() -> Fut,
-    Fut: std::future::Future<Output = Result<Deployment, Error>>,
+    Fut: std::future::Future<Output = Result<Applied<T>, Error>>,
 {
     let print = fingerprint(objects);
     let recent = ctx
@@ -159,14 +205,19 @@ where
         .get(&key)
         .is_some_and(|(f, at)| *f == print && at.elapsed() < REAPPLY_EVERY);
     if recent && let Some(live) = unchanged_deployment(deployments, desired).await? {
-        return Ok(live);
+        return Ok((live, None));
     }
-    let live = apply_all().await?;
-    ctx.applied
-        .lock()
-        .unwrap()
-        .insert(key, (print, Instant::now()));
-    Ok(live)
+    let applied = apply_all().await?;
+    if applied.settled {
+        ctx.applied
+            .lock()
+            .unwrap()
+            .insert(key, (print, Instant::now()));
+    } else {
+        ctx.applied.lock().unwrap().remove(&key);
+    }
+    ctx.count_remembered();
+    Ok((applied.deployment, Some(applied.report)))
 }
 
 /// The Ready condition's message (for events).
@@ -243,7 +294,7 @@ async fn publish<K: Resource<DynamicType = ()>>(
     let ev = Event {
         type_,
         reason: reason.into(),
-        note: Some(truncate_bytes(note, 1000)),
+        note: Some(status::truncate_bytes(note, 1000)),
         action: "Reconcile".into(),
         secondary: None,
     };
@@ -282,19 +333,6 @@ fn keep_report_time_if_unchanged<S: ReportTime + Clone + PartialEq>(
     if &candidate == prev {
         *status = candidate;
     }
-}
-
-/// `s` cut to at most `max` bytes at a character boundary (the API limits
-/// event notes to 1 KiB).
-fn truncate_bytes(mut s: String, max: usize) -> String {
-    if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-    }
-    s
 }
 
 /// Events for phase changes (and the first invalid SQL).
@@ -352,7 +390,7 @@ fn apply_worker_figures(s: &mut StreamQueryStatus, w: &WorkerStatus, now: Timest
     s.late_events = Some(sum(&w.late_events) as u64);
     s.dead_letters = Some(sum(&w.dead_letters) as u64);
     s.lag = Some(w.total_lag());
-    s.last_error = w.last_error.clone();
+    s.last_error = w.last_error.as_deref().map(status::bounded_error);
     s.worker_state = Some(
         serde_json::to_value(w.state)
             .ok()
@@ -424,13 +462,89 @@ fn previous_problem(worker_state: Option<&str>, last_error: Option<&String>) -> 
     })
 }
 
+/// Conditions of a resource the operator refuses to run (stamped), with a
+/// Warning event the first time.
+async fn refused<K: Resource<DynamicType = ()>>(
+    ctx: &Context,
+    obj: &K,
+    previous: &[Condition],
+    health: Health,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Vec<Condition> {
+    let degraded = health
+        .conditions
+        .iter()
+        .find(|c| c.type_ == condition::DEGRADED)
+        .cloned();
+    if let Some(d) = degraded
+        && !previous
+            .iter()
+            .any(|p| p.type_ == d.type_ && p.reason == d.reason && p.message == d.message)
+    {
+        publish(ctx, obj, EventType::Warning, &d.reason, d.message.clone()).await;
+    }
+    status::stamp(health.conditions, previous, generation, now)
+}
+
+/// Applies the checkpoint PVC's spec, then, as a separate change, its
+/// ownership: a refused resize (most PVC fields are immutable) must neither
+/// stop the query nor keep a PVC owned that `retainOnDelete` should keep.
+async fn apply_pvc(
+    ctx: &Context,
+    q: &StreamQuery,
+    desired_pvc: &PersistentVolumeClaim,
+) -> Result<VolumeReport, Error> {
+    let pvcs: Api<PersistentVolumeClaim> =
+        Api::namespaced(ctx.client.clone(), &q.namespace().unwrap_or_default());
+    let name = desired_pvc.name_any();
+    let live = pvcs.get_opt(&name).await?;
+    let mut pvc = desired_pvc.clone();
+    desired::keep_live_access_modes(q, &mut pvc, live.as_ref());
+    let mut report = VolumeReport {
+        retained: q.spec.checkpoint.retain_on_delete,
+        ..VolumeReport::default()
+    };
+    let live = match apply(&pvcs, &pvc, &ctx.metrics).await {
+        Ok(applied) => Some(applied),
+        // 422: an immutable field (access modes; any size while unbound);
+        // 403: the resize admission check (the StorageClass cannot expand).
+        Err(kube::Error::Api(s)) if s.code == 422 || s.code == 403 => {
+            report.spec_refused = Some(s.message.clone());
+            live
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(patch) = live
+        .as_ref()
+        .and_then(|l| desired::pvc_ownership_patch(q, l))
+    {
+        let params = PatchParams {
+            field_manager: Some(OWNERSHIP_MANAGER.into()),
+            ..PatchParams::default()
+        };
+        if let Err(e) = pvcs.patch(&name, &params, &Patch::Strategic(&patch)).await {
+            tracing::warn!(pvc = %name, "updating the owner reference: {e}");
+            report.ownership_failed = Some(e.to_string());
+        }
+    }
+    Ok(report)
+}
+
 pub async fn reconcile_query(q: Arc<StreamQuery>, ctx: Arc<Context>) -> Result<Action, Error> {
     let t0 = Instant::now();
     let result = reconcile_query_inner(&q, &ctx).await;
     ctx.metrics
         .reconciled("StreamQuery", result.is_ok(), t0.elapsed());
-    if result.is_ok() {
-        ctx.failures.lock().unwrap().remove(&key(q.as_ref()));
+    if result.is_ok()
+        && ctx
+            .failures
+            .lock()
+            .unwrap()
+            .remove(&key(q.as_ref()))
+            .is_some()
+    {
+        ctx.count_remembered();
     }
     result
 }
@@ -443,6 +557,18 @@ async fn reconcile_query_inner(q: &StreamQuery, ctx: &Context) -> Result<Action,
     let previous = q.status.clone();
     let prev = previous.clone().unwrap_or_default();
     let now = Timestamp::now();
+
+    if let Err(message) = desired::check_image(q.spec.image.as_deref(), &ctx.defaults) {
+        // Nothing is created or updated (an existing Deployment keeps the
+        // image it was last allowed to run).
+        let health = status::image_not_allowed_health(&message);
+        let mut st = prev.clone();
+        st.phase = Some(health.phase);
+        st.observed_generation = q.metadata.generation;
+        st.conditions = refused(ctx, q, &prev.conditions, health, q.metadata.generation, now).await;
+        write_status(&api, q, &st, previous.as_ref(), &ctx.metrics).await?;
+        return Ok(Action::requeue(Duration::from_secs(300)));
+    }
 
     let checked = match resolve_sql(q, client).await? {
         Ok(sql) => match sql_check::check(&q.spec, &sql) {
@@ -493,7 +619,7 @@ async fn reconcile_query_inner(q: &StreamQuery, ctx: &Context) -> Result<Action,
         serde_json::to_value(&objs.deployment).expect("serializable"),
         serde_json::to_value(&objs.service).expect("serializable"),
     ];
-    let deployment = ensure_applied(
+    let (deployment, volume) = ensure_applied(
         ctx,
         key(q),
         &objects,
@@ -506,16 +632,7 @@ async fn reconcile_query_inner(q: &StreamQuery, ctx: &Context) -> Result<Action,
                 &ctx.metrics,
             )
             .await?;
-            let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
-            if let Err(e) = apply(&pvcs, &objs.pvc, &ctx.metrics).await {
-                // Most PVC fields are immutable; a refused resize must not stop the query.
-                match &e {
-                    kube::Error::Api(s) if s.code == 422 => {
-                        publish(ctx, q, EventType::Warning, "PvcUnchanged", format!("{e}")).await;
-                    }
-                    _ => return Err(e.into()),
-                }
-            }
+            let volume = apply_pvc(ctx, q, &objs.pvc).await?;
             let d = apply(&deployments, &objs.deployment, &ctx.metrics).await?;
             apply(
                 &Api::<Service>::namespaced(client.clone(), &ns),
@@ -523,7 +640,13 @@ async fn reconcile_query_inner(q: &StreamQuery, ctx: &Context) -> Result<Action,
                 &ctx.metrics,
             )
             .await?;
-            Ok(d)
+            // A failed ownership change is retried on the next pass.
+            let settled = volume.ownership_failed.is_none();
+            Ok(Applied {
+                deployment: d,
+                report: volume,
+                settled,
+            })
         },
     )
     .await?;
@@ -544,6 +667,25 @@ async fn reconcile_query_inner(q: &StreamQuery, ctx: &Context) -> Result<Action,
     let health = status::workload_health(q.spec.state, rollout, problem.as_deref());
     let mut conditions = vec![status::sql_valid(&checked.streams)];
     conditions.extend(health.conditions);
+    let volume_condition = match &volume {
+        Some(report) => Some(status::checkpoint_volume(report)),
+        // Not applied this pass: what the last apply found still holds.
+        None => prev
+            .conditions
+            .iter()
+            .find(|c| c.type_ == condition::CHECKPOINT_VOLUME)
+            .cloned(),
+    };
+    if let Some(c) = volume_condition {
+        let known = prev
+            .conditions
+            .iter()
+            .any(|p| p.type_ == c.type_ && p.status == c.status && p.reason == c.reason);
+        if c.status == "False" && !known {
+            publish(ctx, q, EventType::Warning, &c.reason, c.message.clone()).await;
+        }
+        conditions.push(c);
+    }
     let mut st = prev.clone();
     st.phase = Some(health.phase);
     st.observed_generation = q.metadata.generation;
@@ -583,8 +725,15 @@ pub async fn reconcile_producer(
     let result = reconcile_producer_inner(&p, &ctx).await;
     ctx.metrics
         .reconciled("MarketProducer", result.is_ok(), t0.elapsed());
-    if result.is_ok() {
-        ctx.failures.lock().unwrap().remove(&key(p.as_ref()));
+    if result.is_ok()
+        && ctx
+            .failures
+            .lock()
+            .unwrap()
+            .remove(&key(p.as_ref()))
+            .is_some()
+    {
+        ctx.count_remembered();
     }
     result
 }
@@ -598,13 +747,23 @@ async fn reconcile_producer_inner(p: &MarketProducer, ctx: &Context) -> Result<A
     let prev = previous.clone().unwrap_or_default();
     let now = Timestamp::now();
 
+    if let Err(message) = desired::check_image(p.spec.image.as_deref(), &ctx.defaults) {
+        let health = status::image_not_allowed_health(&message);
+        let mut st = prev.clone();
+        st.phase = Some(health.phase);
+        st.observed_generation = p.metadata.generation;
+        st.conditions = refused(ctx, p, &prev.conditions, health, p.metadata.generation, now).await;
+        write_status(&api, p, &st, previous.as_ref(), &ctx.metrics).await?;
+        return Ok(Action::requeue(Duration::from_secs(300)));
+    }
+
     let objs = desired::market_producer(p, &ctx.defaults);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     let objects = [
         serde_json::to_value(&objs.deployment).expect("serializable"),
         serde_json::to_value(&objs.service).expect("serializable"),
     ];
-    let deployment = ensure_applied(
+    let (deployment, _) = ensure_applied(
         ctx,
         key(p),
         &objects,
@@ -618,7 +777,11 @@ async fn reconcile_producer_inner(p: &MarketProducer, ctx: &Context) -> Result<A
                 &ctx.metrics,
             )
             .await?;
-            Ok(d)
+            Ok(Applied {
+                deployment: d,
+                report: (),
+                settled: true,
+            })
         },
     )
     .await?;
@@ -656,9 +819,9 @@ async fn reconcile_producer_inner(p: &MarketProducer, ctx: &Context) -> Result<A
             .as_ref()
             .map(|w| sum(&w.records_out) as u64)
             .or(prev.records_out),
-        last_error: worker
-            .as_ref()
-            .map_or(prev.last_error.clone(), |w| w.last_error.clone()),
+        last_error: worker.as_ref().map_or(prev.last_error.clone(), |w| {
+            w.last_error.as_deref().map(status::bounded_error)
+        }),
         worker_state: worker
             .as_ref()
             .and_then(|w| serde_json::to_value(w.state).ok())
@@ -688,53 +851,96 @@ where
     }
 }
 
-/// Runs both controllers until `shutdown` resolves.
-/// Runs both controllers until the shutdown futures resolve (one per
-/// controller: each waits for its reconciles in flight to finish).
-pub async fn run(
+/// What a controller's output says: a scheduled object that no longer
+/// exists (deleted) is forgotten; other errors are logged.
+fn after_reconcile<K>(
+    ctx: &Context,
+    kind: &str,
+    r: Result<(ObjectRef<K>, Action), ControllerError<Error, watcher::Error>>,
+) where
+    K: Resource<DynamicType = ()>,
+{
+    match r {
+        Ok(_) => {}
+        Err(ControllerError::ObjectNotFound(obj)) => ctx.forget(&key_of(
+            kind,
+            obj.namespace.as_deref().unwrap_or_default(),
+            &obj.name,
+        )),
+        Err(e) => tracing::debug!("{kind} controller: {e}"),
+    }
+}
+
+fn owned(component: &str) -> watcher::Config {
+    watcher::Config::default().labels(&format!(
+        "app.kubernetes.io/managed-by=tickflow-operator,app.kubernetes.io/component={component}"
+    ))
+}
+
+/// The StreamQuery controller over one namespace (or all).
+async fn run_queries(
     ctx: Arc<Context>,
-    namespace: Option<String>,
-    concurrency: u16,
-    shutdown: [tokio::sync::oneshot::Receiver<()>; 2],
+    ns: Option<String>,
+    config: ControllerConfig,
+    stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let [stop_queries, stop_producers] = shutdown.map(|rx| async move {
-        let _ = rx.await;
-    });
     let client = ctx.client.clone();
-    let ns = namespace.as_deref();
-    let owned = |component: &str| {
-        watcher::Config::default().labels(&format!(
-            "app.kubernetes.io/managed-by=tickflow-operator,app.kubernetes.io/component={component}"
-        ))
-    };
-    let config = ControllerConfig::default().concurrency(concurrency);
-    let queries = Controller::new(
+    let ns = ns.as_deref();
+    let controller = Controller::new(
         scoped::<StreamQuery>(&client, ns),
         watcher::Config::default(),
-    )
-    .owns(
-        scoped::<Deployment>(&client, ns),
-        owned(desired::QUERY_COMPONENT),
-    )
-    // A deleted or edited owned object wakes the query (re-applied within
-    // REAPPLY_EVERY).
-    .owns(
-        scoped::<ConfigMap>(&client, ns),
-        owned(desired::QUERY_COMPONENT),
-    )
-    .owns(
-        scoped::<Service>(&client, ns),
-        owned(desired::QUERY_COMPONENT),
-    )
-    .with_config(config.clone())
-    .graceful_shutdown_on(stop_queries)
-    .run(reconcile_query, error_policy, ctx.clone())
-    .for_each(|r| async move {
-        if let Err(e) = r {
-            tracing::debug!("StreamQuery controller: {e}");
-        }
-    });
-    let producers = Controller::new(
+    );
+    let queries = controller.store();
+    controller
+        .owns(
+            scoped::<Deployment>(&client, ns),
+            owned(desired::QUERY_COMPONENT),
+        )
+        // A deleted or edited owned object wakes the query (re-applied within
+        // REAPPLY_EVERY).
+        .owns(
+            scoped::<ConfigMap>(&client, ns),
+            owned(desired::QUERY_COMPONENT),
+        )
+        .owns(
+            scoped::<Service>(&client, ns),
+            owned(desired::QUERY_COMPONENT),
+        )
+        // A ConfigMap named by spec.sqlConfigMap: an edit (or its creation)
+        // reaches the queries that read it at once.
+        .watches(
+            scoped::<ConfigMap>(&client, ns),
+            watcher::Config::default(),
+            move |cm: ConfigMap| {
+                let (cm_ns, cm_name) = (cm.namespace().unwrap_or_default(), cm.name_any());
+                queries
+                    .state()
+                    .into_iter()
+                    .filter(|q| desired::references_config_map(q, &cm_ns, &cm_name))
+                    .map(|q| ObjectRef::from_obj(q.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .with_config(config)
+        .graceful_shutdown_on(stop)
+        .run(reconcile_query, error_policy, ctx.clone())
+        .for_each(|r| {
+            after_reconcile(&ctx, "StreamQuery", r);
+            std::future::ready(())
+        })
+        .await;
+}
+
+/// The MarketProducer controller over one namespace (or all).
+async fn run_producers(
+    ctx: Arc<Context>,
+    ns: Option<String>,
+    config: ControllerConfig,
+    stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let ns = ns.as_deref();
+    Controller::new(
         scoped::<MarketProducer>(&client, ns),
         watcher::Config::default(),
     )
@@ -747,14 +953,47 @@ pub async fn run(
         owned(desired::PRODUCER_COMPONENT),
     )
     .with_config(config)
-    .graceful_shutdown_on(stop_producers)
+    .graceful_shutdown_on(stop)
     .run(reconcile_producer, error_policy, ctx.clone())
-    .for_each(|r| async move {
-        if let Err(e) = r {
-            tracing::debug!("MarketProducer controller: {e}");
-        }
-    });
-    futures::join!(queries, producers);
+    .for_each(|r| {
+        after_reconcile(&ctx, "MarketProducer", r);
+        std::future::ready(())
+    })
+    .await;
+}
+
+/// Runs both controllers, over each of `namespaces` (empty: all namespaces,
+/// with cluster-wide watches), until the shutdown futures resolve (one per
+/// kind: each controller waits for its reconciles in flight to finish).
+pub async fn run(
+    ctx: Arc<Context>,
+    namespaces: Vec<String>,
+    concurrency: u16,
+    shutdown: [tokio::sync::oneshot::Receiver<()>; 2],
+) {
+    use futures::FutureExt;
+    let [stop_queries, stop_producers] = shutdown.map(|rx| rx.map(|_| ()).shared());
+    let scopes: Vec<Option<String>> = if namespaces.is_empty() {
+        vec![None]
+    } else {
+        namespaces.into_iter().map(Some).collect()
+    };
+    let config = ControllerConfig::default().concurrency(concurrency);
+    let mut controllers = Vec::new();
+    for ns in scopes {
+        controllers.push(
+            run_queries(
+                ctx.clone(),
+                ns.clone(),
+                config.clone(),
+                stop_queries.clone(),
+            )
+            .boxed(),
+        );
+        controllers
+            .push(run_producers(ctx.clone(), ns, config.clone(), stop_producers.clone()).boxed());
+    }
+    futures::future::join_all(controllers).await;
 }
 
 #[cfg(test)]
@@ -763,9 +1002,23 @@ mod tests {
 
     #[test]
     fn event_notes_are_cut_at_a_character_boundary() {
-        let s = truncate_bytes("é".repeat(600), 1000);
+        let s = status::truncate_bytes("é".repeat(600), 1000);
         assert_eq!(s.len(), 1000);
-        assert_eq!(truncate_bytes("short".into(), 1000), "short");
+        assert_eq!(status::truncate_bytes("short".into(), 1000), "short");
+    }
+
+    #[test]
+    fn a_huge_worker_error_is_cut_before_it_reaches_the_status() {
+        let w = WorkerStatus {
+            state: tickflow_crds::WorkerState::Failed,
+            last_error: Some("e".repeat(1 << 20)),
+            ..WorkerStatus::default()
+        };
+        let mut s = StreamQueryStatus::default();
+        apply_worker_figures(&mut s, &w, Timestamp::UNIX_EPOCH);
+        let e = s.last_error.unwrap();
+        assert!(e.len() <= 4096, "lastError of {} bytes", e.len());
+        assert!(e.starts_with("eee"));
     }
 
     #[test]

@@ -17,7 +17,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
-use tickflow_crds::{Format, KafkaConnection, MarketProducer, RunState, StreamQuery, UpgradeMode};
+use tickflow_crds::{
+    AccessMode, Format, KafkaConnection, MarketProducer, RunState, StreamQuery, UpgradeMode,
+};
 
 use crate::sql_check::CheckedQuery;
 
@@ -40,6 +42,104 @@ pub struct Defaults {
     pub worker_image: String,
     pub kafka_brokers: String,
     pub schema_registry_url: String,
+    /// Image repositories a resource's `spec.image` may name (`repo` exactly,
+    /// or `prefix/*` for everything under a prefix). Empty: only the
+    /// repository of `worker_image`.
+    pub allowed_image_repositories: Vec<String>,
+    /// Access mode of new checkpoint PVCs whose spec does not name one.
+    pub checkpoint_access_mode: AccessMode,
+}
+
+/// The repository of an image reference: without `@digest` and `:tag`
+/// (`host:port/a/b:1.0@sha256:…` → `host:port/a/b`).
+pub fn image_repository(image: &str) -> &str {
+    let no_digest = image.split_once('@').map_or(image, |(r, _)| r);
+    match no_digest.rfind(':') {
+        Some(i) if !no_digest[i..].contains('/') => &no_digest[..i],
+        _ => no_digest,
+    }
+}
+
+/// Whether a resource may run `image` (its `spec.image`; None is the
+/// operator's own worker image): Err says why not.
+pub fn check_image(image: Option<&str>, defaults: &Defaults) -> Result<(), String> {
+    let Some(image) = image else { return Ok(()) };
+    let repo = image_repository(image);
+    let own = [image_repository(&defaults.worker_image).to_string()];
+    let allowed: &[String] = if defaults.allowed_image_repositories.is_empty() {
+        &own
+    } else {
+        &defaults.allowed_image_repositories
+    };
+    let ok = !repo.is_empty()
+        && allowed.iter().any(|a| match a.strip_suffix('*') {
+            Some(prefix) if prefix.ends_with('/') => repo.starts_with(prefix),
+            _ => a == repo,
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "image {image:?} is not allowed: its repository {repo:?} is not in the operator's \
+             allow-list ({}); ask the cluster admin to add it to the chart's \
+             workerImage.allowedRepositories, or leave spec.image out",
+            allowed.join(", ")
+        ))
+    }
+}
+
+/// Whether query `q` takes its SQL from ConfigMap `namespace/name`.
+pub fn references_config_map(q: &StreamQuery, namespace: &str, name: &str) -> bool {
+    q.metadata.namespace.as_deref() == Some(namespace)
+        && q.spec
+            .sql_config_map
+            .as_ref()
+            .is_some_and(|r| r.name == name)
+}
+
+/// The access modes the checkpoint PVC gets: an existing PVC keeps its own
+/// (they are immutable) unless the spec names one explicitly.
+pub fn keep_live_access_modes(
+    q: &StreamQuery,
+    desired: &mut PersistentVolumeClaim,
+    live: Option<&PersistentVolumeClaim>,
+) {
+    if q.spec.checkpoint.access_mode.is_some() {
+        return;
+    }
+    let Some(modes) = live
+        .and_then(|l| l.spec.as_ref())
+        .and_then(|s| s.access_modes.clone())
+    else {
+        return;
+    };
+    if let Some(spec) = desired.spec.as_mut() {
+        spec.access_modes = Some(modes);
+    }
+}
+
+/// The strategic-merge patch that brings the live PVC's owner references in
+/// line with `retainOnDelete` (applied apart from the PVC's spec, so that a
+/// refused resize cannot keep a retained PVC owned); None when they already
+/// are.
+pub fn pvc_ownership_patch(
+    q: &StreamQuery,
+    live: &PersistentVolumeClaim,
+) -> Option<serde_json::Value> {
+    let owner = q.controller_owner_ref(&())?;
+    let owned = live
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.uid == owner.uid);
+    match (q.spec.checkpoint.retain_on_delete, owned) {
+        (true, true) => Some(serde_json::json!({"metadata": {"ownerReferences": [
+            {"$patch": "delete", "uid": owner.uid}
+        ]}})),
+        (false, false) => Some(serde_json::json!({"metadata": {"ownerReferences": [owner]}})),
+        _ => None,
+    }
 }
 
 /// Objects of one StreamQuery.
@@ -417,7 +517,13 @@ pub fn stream_query(
     let pvc = PersistentVolumeClaim {
         metadata: meta(pvc_name(&name), ns.clone(), &labels, pvc_owner),
         spec: Some(PersistentVolumeClaimSpec {
-            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            access_modes: Some(vec![
+                spec.checkpoint
+                    .access_mode
+                    .unwrap_or(defaults.checkpoint_access_mode)
+                    .as_str()
+                    .into(),
+            ]),
             storage_class_name: spec.checkpoint.storage_class_name.clone(),
             resources: Some(VolumeResourceRequirements {
                 requests: Some(BTreeMap::from([(
@@ -476,6 +582,13 @@ pub fn stream_query(
     ]);
     if let Some(t) = &spec.dead_letter_topic {
         envs.push(env("TICKFLOW_DEAD_LETTER_TOPIC", t.clone()));
+    }
+    if spec.upgrade_mode == UpgradeMode::Stateless {
+        // Each revision starts in an empty directory although the consumer
+        // group holds the previous revision's offsets: that is the point of
+        // a stateless upgrade, not a lost checkpoint (which the worker
+        // refuses otherwise).
+        envs.push(env("TICKFLOW_START_FRESH_IF_NO_CHECKPOINT", "true"));
     }
     volumes.extend([
         Volume {
@@ -652,7 +765,81 @@ mod tests {
             worker_image: "tickflow-worker:test".into(),
             kafka_brokers: "kafka:9093".into(),
             schema_registry_url: "http://registry:8081".into(),
+            allowed_image_repositories: vec![],
+            checkpoint_access_mode: AccessMode::ReadWriteOncePod,
         }
+    }
+
+    #[test]
+    fn image_repositories_are_parsed_and_allow_listed() {
+        assert_eq!(image_repository("a/b:1.0"), "a/b");
+        assert_eq!(image_repository("reg:5000/a/b"), "reg:5000/a/b");
+        assert_eq!(image_repository("reg:5000/a/b:1@sha256:00"), "reg:5000/a/b");
+        assert_eq!(image_repository("a@sha256:00"), "a");
+        let mut d = defaults();
+        // Default list: the operator's own worker repository only.
+        assert!(check_image(None, &d).is_ok());
+        assert!(check_image(Some("tickflow-worker:other-tag"), &d).is_ok());
+        let e = check_image(Some("evil.example.com/miner:latest"), &d).unwrap_err();
+        assert!(e.contains("evil.example.com/miner"), "{e}");
+        // A tag cannot smuggle in another repository.
+        assert!(check_image(Some("tickflow-worker-evil:1"), &d).is_err());
+        d.allowed_image_repositories = vec!["registry.corp/tickflow/*".into(), "x/y".into()];
+        assert!(check_image(Some("registry.corp/tickflow/worker:2"), &d).is_ok());
+        assert!(check_image(Some("registry.corp/tickflowx/worker:2"), &d).is_err());
+        assert!(check_image(Some("x/y@sha256:00"), &d).is_ok());
+        assert!(check_image(Some("x/yz"), &d).is_err());
+        // An explicit list replaces the default one.
+        assert!(check_image(Some("tickflow-worker:test"), &d).is_err());
+    }
+
+    #[test]
+    fn pvc_access_mode_defaults_and_existing_pvcs_keep_theirs() {
+        let mut q = query(OHLC);
+        let modes = |o: &PersistentVolumeClaim| o.spec.as_ref().unwrap().access_modes.clone();
+        assert_eq!(
+            modes(&objects(&q).pvc),
+            Some(vec!["ReadWriteOncePod".into()])
+        );
+        let mut live = objects(&q).pvc;
+        live.spec.as_mut().unwrap().access_modes = Some(vec!["ReadWriteOnce".into()]);
+        let mut pvc = objects(&q).pvc;
+        keep_live_access_modes(&q, &mut pvc, Some(&live));
+        assert_eq!(modes(&pvc), Some(vec!["ReadWriteOnce".into()]));
+        q.spec.checkpoint.access_mode = Some(AccessMode::ReadWriteOnce);
+        assert_eq!(modes(&objects(&q).pvc), Some(vec!["ReadWriteOnce".into()]));
+    }
+
+    #[test]
+    fn pvc_ownership_follows_retain_on_delete() {
+        let mut q = query(OHLC);
+        let owned = objects(&q).pvc;
+        assert!(pvc_ownership_patch(&q, &owned).is_none());
+        q.spec.checkpoint.retain_on_delete = true;
+        let p = pvc_ownership_patch(&q, &owned).unwrap();
+        assert_eq!(
+            p["metadata"]["ownerReferences"][0],
+            serde_json::json!({"$patch": "delete", "uid": "uid-1"})
+        );
+        let free = objects(&q).pvc;
+        assert!(pvc_ownership_patch(&q, &free).is_none());
+        q.spec.checkpoint.retain_on_delete = false;
+        let p = pvc_ownership_patch(&q, &free).unwrap();
+        assert_eq!(p["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+        assert_eq!(p["metadata"]["ownerReferences"][0]["controller"], true);
+    }
+
+    #[test]
+    fn config_map_references_are_by_namespace_and_name() {
+        let mut q = query(OHLC);
+        assert!(!references_config_map(&q, "ns", "queries"));
+        q.spec.sql_config_map = Some(tickflow_crds::KeyRef {
+            name: "queries".into(),
+            key: "a.sql".into(),
+        });
+        assert!(references_config_map(&q, "ns", "queries"));
+        assert!(!references_config_map(&q, "other", "queries"));
+        assert!(!references_config_map(&q, "ns", "queries2"));
     }
 
     const OHLC: &str = r#"
@@ -770,7 +957,21 @@ spec:
             args[args.iter().position(|a| a == "--checkpoint-dir").unwrap() + 1].clone()
         };
         assert_eq!(dir(&q), CHECKPOINT_DIR);
+        let start_fresh = |q: &StreamQuery| {
+            let o = objects(q);
+            o.deployment.spec.unwrap().template.spec.unwrap().containers[0]
+                .env
+                .clone()
+                .unwrap()
+                .iter()
+                .any(|e| {
+                    e.name == "TICKFLOW_START_FRESH_IF_NO_CHECKPOINT"
+                        && e.value.as_deref() == Some("true")
+                })
+        };
+        assert!(!start_fresh(&q), "last-state never starts over by itself");
         q.spec.upgrade_mode = UpgradeMode::Stateless;
+        assert!(start_fresh(&q), "each stateless revision starts empty");
         let first = dir(&q);
         assert!(first.starts_with(&format!("{CHECKPOINT_DIR}/rev-")));
         q.spec.restart_nonce = Some("again".into());

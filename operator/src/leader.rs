@@ -1,8 +1,9 @@
 //! Leader election on a coordination.k8s.io Lease, so that two or more
 //! operator replicas are safe: only the holder reconciles.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::watch;
@@ -65,7 +66,7 @@ impl Election {
     ) {
         let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
             kube::Api::namespaced(client, &namespace);
-        let mut confirmed = std::time::Instant::now();
+        let mut dog = Watchdog::new(duration, Instant::now());
         loop {
             tokio::time::sleep(duration / 4).await;
             match leases.get(&name).await {
@@ -75,15 +76,13 @@ impl Election {
                         tracing::error!(holder = ?spec.holder_identity, "the Lease has another holder");
                         return;
                     }
-                    let renewed = spec.renew_time.map(|t| t.0);
-                    let now = k8s_openapi::jiff::Timestamp::now();
-                    if renewed.is_some_and(|r| now.duration_since(r).unsigned_abs() < duration) {
-                        confirmed = std::time::Instant::now();
+                    if let Some(renewed) = spec.renew_time {
+                        dog.renewed(renewed.0, Timestamp::now(), Instant::now());
                     }
                 }
                 Err(e) => tracing::warn!("reading the Lease: {e}"),
             }
-            if confirmed.elapsed() >= duration {
+            if dog.expired(Instant::now()) {
                 tracing::error!("the Lease was not renewed for {duration:?}");
                 return;
             }
@@ -98,5 +97,78 @@ impl Election {
             Ok(Err(e)) => tracing::warn!("releasing the leader Lease: {e}"),
             Err(e) => tracing::warn!("leader election task: {e}"),
         }
+    }
+}
+
+/// The watchdog's clock: when the Lease was last renewed, on the monotonic
+/// clock. A renewal counts from its `renewTime` (written by this process,
+/// so by this clock), not from when it was read: a Lease read just before
+/// it would expire leaves only what remains of its duration.
+#[derive(Clone, Debug)]
+pub struct Watchdog {
+    duration: Duration,
+    last_renewal: Instant,
+}
+
+impl Watchdog {
+    /// Starts as if renewed at `now` (the Lease was just acquired).
+    pub fn new(duration: Duration, now: Instant) -> Self {
+        Self {
+            duration,
+            last_renewal: now,
+        }
+    }
+
+    /// A read of the Lease at wall-clock `read_at` (monotonic `read_instant`)
+    /// found it renewed at `renew_time`.
+    pub fn renewed(&mut self, renew_time: Timestamp, read_at: Timestamp, read_instant: Instant) {
+        let age = read_at
+            .duration_since(renew_time)
+            .try_into()
+            .unwrap_or(Duration::ZERO);
+        let at = read_instant.checked_sub(age).unwrap_or(read_instant);
+        self.last_renewal = self.last_renewal.max(at);
+    }
+
+    /// No renewal for a whole lease duration by `now`.
+    pub fn expired(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.last_renewal) >= self.duration
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watchdog_counts_from_the_renewal_not_the_read() {
+        let d = Duration::from_secs(15);
+        let start = Instant::now();
+        let wall = Timestamp::from_second(1_000_000).unwrap();
+        let mut dog = Watchdog::new(d, start);
+        // At 14 s the Lease is read: renewed 13 s ago (at 1 s).
+        let read = start + Duration::from_secs(14);
+        dog.renewed(
+            wall + Duration::from_secs(1),
+            wall + Duration::from_secs(14),
+            read,
+        );
+        assert!(!dog.expired(read));
+        // No further renewal: the Lease is at risk 15 s after the renewal
+        // (at 16 s), not 15 s after the read (29 s).
+        assert!(!dog.expired(start + Duration::from_millis(15_900)));
+        assert!(dog.expired(start + Duration::from_secs(16)));
+        // An older renewal seen later never moves the clock back.
+        dog.renewed(wall, wall + Duration::from_secs(15), read);
+        assert!(dog.expired(start + Duration::from_secs(16)));
+        // A fresh renewal does move it forward; a renew time "in the
+        // future" (clock step) counts as now.
+        dog.renewed(
+            wall + Duration::from_secs(20),
+            wall + Duration::from_secs(17),
+            start + Duration::from_secs(17),
+        );
+        assert!(!dog.expired(start + Duration::from_secs(31)));
+        assert!(dog.expired(start + Duration::from_secs(32)));
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
+use tickflow_crds::AccessMode;
 use tickflow_crds::telemetry::{LogFormat, init_logging};
 use tickflow_operator::controller::{self, Context};
 use tickflow_operator::desired::Defaults;
@@ -56,6 +57,10 @@ struct RunArgs {
     /// Watch only this namespace (default: all).
     #[arg(long, env = "TICKFLOW_WATCH_NAMESPACE")]
     watch_namespace: Option<String>,
+    /// Watch only these namespaces, comma-separated (with --watch-namespace:
+    /// both; default: all).
+    #[arg(long, env = "TICKFLOW_WATCH_NAMESPACES", value_delimiter = ',')]
+    watch_namespaces: Vec<String>,
     /// Worker image for resources that do not name one.
     #[arg(
         long,
@@ -63,6 +68,21 @@ struct RunArgs {
         default_value = "ghcr.io/tickflow/tickflow-worker:0.1.0"
     )]
     worker_image: String,
+    /// Image repositories a resource's spec.image may name, comma-separated:
+    /// `registry/repo` exactly, or `registry/prefix/*`. Default: only the
+    /// repository of --worker-image. A resource naming another image gets
+    /// Degraded (reason ImageNotAllowed) and no Deployment.
+    #[arg(
+        long,
+        env = "TICKFLOW_ALLOWED_IMAGE_REPOSITORIES",
+        value_delimiter = ','
+    )]
+    allowed_image_repositories: Vec<String>,
+    /// Access mode of new checkpoint PVCs whose StreamQuery names none:
+    /// ReadWriteOncePod, ReadWriteOnce, or auto (ReadWriteOncePod on
+    /// Kubernetes >= 1.29).
+    #[arg(long, env = "TICKFLOW_CHECKPOINT_ACCESS_MODE", default_value = "auto")]
+    checkpoint_access_mode: String,
     /// Kafka bootstrap servers for resources that do not name them.
     #[arg(
         long,
@@ -130,10 +150,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let client = Client::try_default()
         .await
         .map_err(|e| anyhow::anyhow!("connecting to the Kubernetes API: {e}"))?;
-    client
+    let version = client
         .apiserver_version()
         .await
         .map_err(|e| anyhow::anyhow!("the Kubernetes API does not answer: {e}"))?;
+    let access_mode = checkpoint_access_mode(&args.checkpoint_access_mode, &version)?;
     metrics.ready.store(true, Ordering::Relaxed);
     let id = identity(&args);
     let mut shutdown = shutdown_flag();
@@ -172,7 +193,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         worker_image: args.worker_image.clone(),
         kafka_brokers: args.default_kafka_brokers.clone(),
         schema_registry_url: args.default_schema_registry_url.clone(),
+        allowed_image_repositories: args
+            .allowed_image_repositories
+            .iter()
+            .map(|r| r.trim().to_string())
+            .filter(|r| !r.is_empty())
+            .collect(),
+        checkpoint_access_mode: access_mode,
     };
+    tracing::info!(
+        worker_image = %defaults.worker_image,
+        allowed = ?defaults.allowed_image_repositories,
+        access_mode = defaults.checkpoint_access_mode.as_str(),
+        "defaults"
+    );
     let ctx_client = client.clone();
     let ctx = Arc::new(Context::new(
         client,
@@ -189,12 +223,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let _ = tx_q.send(());
         let _ = tx_p.send(());
     });
-    let controllers = controller::run(
-        ctx,
-        args.watch_namespace.clone(),
-        args.concurrency,
-        [rx_q, rx_p],
-    );
+    let mut namespaces: Vec<String> = args
+        .watch_namespaces
+        .iter()
+        .chain(&args.watch_namespace)
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())
+        .collect();
+    namespaces.sort();
+    namespaces.dedup();
+    let controllers = controller::run(ctx, namespaces, args.concurrency, [rx_q, rx_p]);
     match election {
         Some(mut e) => {
             tokio::select! {
@@ -240,6 +278,33 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The checkpoint access mode from --checkpoint-access-mode and the API
+/// server's version.
+fn checkpoint_access_mode(
+    arg: &str,
+    version: &k8s_openapi::apimachinery::pkg::version::Info,
+) -> anyhow::Result<AccessMode> {
+    Ok(match arg {
+        "ReadWriteOncePod" => AccessMode::ReadWriteOncePod,
+        "ReadWriteOnce" => AccessMode::ReadWriteOnce,
+        "auto" => {
+            let minor: u32 = version
+                .minor
+                .trim_end_matches(|c: char| !c.is_ascii_digit())
+                .parse()
+                .unwrap_or(0);
+            if version.major == "1" && minor < 29 {
+                AccessMode::ReadWriteOnce
+            } else {
+                AccessMode::ReadWriteOncePod
+            }
+        }
+        other => anyhow::bail!(
+            "--checkpoint-access-mode {other:?}: expected auto, ReadWriteOncePod or ReadWriteOnce"
+        ),
+    })
 }
 
 fn crdgen(out_dir: Option<std::path::PathBuf>) -> anyhow::Result<()> {

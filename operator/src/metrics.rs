@@ -31,6 +31,10 @@ pub struct Metrics {
     pub leader: AtomicBool,
     /// The API server answered once: the process is usable.
     pub ready: AtomicBool,
+    /// Entries in the controllers' per-object memory (last applies,
+    /// failure counts): must fall back when objects are deleted.
+    pub remembered_applies: AtomicU64,
+    pub remembered_failures: AtomicU64,
 }
 
 impl Metrics {
@@ -117,6 +121,15 @@ impl Metrics {
             "1 while this process holds the leader Lease.",
             "gauge",
             self.leader.load(Ordering::Relaxed) as u64,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP tickflow_operator_remembered_objects Objects the controllers keep per-object state for.\n\
+             # TYPE tickflow_operator_remembered_objects gauge\n\
+             tickflow_operator_remembered_objects{{map=\"applied\"}} {}\n\
+             tickflow_operator_remembered_objects{{map=\"failures\"}} {}",
+            self.remembered_applies.load(Ordering::Relaxed),
+            self.remembered_failures.load(Ordering::Relaxed),
         );
         out
     }

@@ -9,11 +9,40 @@ use k8s_openapi::jiff::Timestamp;
 use tickflow_crds::{Phase, RunState, condition};
 use tickflow_crds::{WorkerState, WorkerStatus};
 
+/// Longest worker error kept in a status (`lastError`, condition messages):
+/// a worker's report is not trusted to be small.
+pub const MAX_ERROR_BYTES: usize = 4096;
+
+/// `s` cut to at most `max` bytes at a character boundary.
+pub fn truncate_bytes(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+/// A worker's error as the status keeps it: at most [`MAX_ERROR_BYTES`],
+/// marked when cut.
+pub fn bounded_error(e: &str) -> String {
+    const MARK: &str = " … (truncated)";
+    if e.len() <= MAX_ERROR_BYTES {
+        return e.to_string();
+    }
+    let mut s = truncate_bytes(e.to_string(), MAX_ERROR_BYTES - MARK.len());
+    s.push_str(MARK);
+    s
+}
+
 /// What a worker's own report says is wrong, if it is failing.
 pub fn worker_problem(w: &WorkerStatus) -> Option<String> {
     matches!(w.state, WorkerState::Failed | WorkerState::Degraded).then(|| {
         w.last_error
-            .clone()
+            .as_deref()
+            .map(bounded_error)
             .unwrap_or_else(|| format!("worker state {:?}", w.state).to_lowercase())
     })
 }
@@ -200,6 +229,77 @@ pub fn invalid_query_health(reason: &str, message: &str) -> Health {
     }
 }
 
+/// Phase and conditions when the resource names an image outside the
+/// operator's allow-list: Failed, and nothing is created or updated.
+pub fn image_not_allowed_health(message: &str) -> Health {
+    const REASON: &str = "ImageNotAllowed";
+    Health {
+        phase: Phase::Failed,
+        conditions: vec![
+            cond(
+                condition::READY,
+                false,
+                REASON,
+                "not started: the image is not allowed",
+            ),
+            cond(
+                condition::PROGRESSING,
+                false,
+                REASON,
+                "not started: the image is not allowed",
+            ),
+            cond(condition::DEGRADED, true, REASON, message),
+        ],
+    }
+}
+
+/// What applying the checkpoint PVC came to: its spec (a refused resize or
+/// access-mode change) and, separately, its ownership (`retainOnDelete`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VolumeReport {
+    /// The API server's refusal of the PVC's spec, if any.
+    pub spec_refused: Option<String>,
+    /// Why the ownership change failed, if it did.
+    pub ownership_failed: Option<String>,
+    /// The PVC is (now) free of the resource's owner reference.
+    pub retained: bool,
+}
+
+/// The CheckpointVolume condition.
+pub fn checkpoint_volume(r: &VolumeReport) -> Condition {
+    match (&r.ownership_failed, &r.spec_refused) {
+        (Some(e), _) => cond(
+            condition::CHECKPOINT_VOLUME,
+            false,
+            "OwnershipNotUpdated",
+            format!("the PVC's owner reference could not be updated: {e}"),
+        ),
+        (None, Some(e)) => cond(
+            condition::CHECKPOINT_VOLUME,
+            false,
+            "PvcChangeRefused",
+            format!(
+                "the API server refused the PVC change (the volume keeps its current size and mode{}): {e}",
+                if r.retained {
+                    "; retainOnDelete is in effect"
+                } else {
+                    ""
+                }
+            ),
+        ),
+        (None, None) => cond(
+            condition::CHECKPOINT_VOLUME,
+            true,
+            "Applied",
+            if r.retained {
+                "applied; retained when the StreamQuery is deleted"
+            } else {
+                "applied; deleted with the StreamQuery"
+            },
+        ),
+    }
+}
+
 /// The SqlValid=True condition.
 pub fn sql_valid(streams: &[String]) -> Condition {
     cond(
@@ -303,6 +403,39 @@ mod tests {
             Some("container worker CrashLoopBackOff"),
         );
         assert_eq!(h.phase, Phase::Degraded);
+    }
+
+    #[test]
+    fn huge_worker_errors_are_cut_for_the_status() {
+        let w = WorkerStatus {
+            state: WorkerState::Failed,
+            last_error: Some("é".repeat(100_000)),
+            ..WorkerStatus::default()
+        };
+        let p = worker_problem(&w).unwrap();
+        assert!(p.len() <= MAX_ERROR_BYTES, "{}", p.len());
+        assert!(p.ends_with("(truncated)"));
+        assert_eq!(bounded_error("short"), "short");
+    }
+
+    #[test]
+    fn volume_condition_names_what_was_refused() {
+        let ok = checkpoint_volume(&VolumeReport::default());
+        assert_eq!(ok.status, "True");
+        let refused = checkpoint_volume(&VolumeReport {
+            spec_refused: Some("spec: Forbidden".into()),
+            ownership_failed: None,
+            retained: true,
+        });
+        assert_eq!(refused.status, "False");
+        assert_eq!(refused.reason, "PvcChangeRefused");
+        assert!(refused.message.contains("retainOnDelete is in effect"));
+        let owner = checkpoint_volume(&VolumeReport {
+            spec_refused: Some("x".into()),
+            ownership_failed: Some("timeout".into()),
+            retained: false,
+        });
+        assert_eq!(owner.reason, "OwnershipNotUpdated");
     }
 
     #[test]

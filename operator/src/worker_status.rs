@@ -83,18 +83,43 @@ pub fn summarize(pods: &[Pod]) -> Pods {
     out
 }
 
+/// Largest /status answer read from a worker: a larger one is ignored (a
+/// worker image is not trusted to answer with a small document).
+pub const MAX_STATUS_BYTES: u64 = 1024 * 1024;
+
 /// The first /status document one of `ips` answers with; None when none
 /// answers (the pod is starting, or the network does not reach it).
 pub async fn fetch(ips: Vec<String>) -> Option<WorkerStatus> {
+    fetch_urls(
+        ips.iter()
+            .map(|ip| format!("http://{ip}:{WORKER_PORT}/status"))
+            .collect(),
+    )
+    .await
+}
+
+/// The first of `urls` that answers with a /status document of at most
+/// [`MAX_STATUS_BYTES`].
+pub async fn fetch_urls(urls: Vec<String>) -> Option<WorkerStatus> {
     tokio::task::spawn_blocking(move || {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_millis(1500)))
             .build()
             .into();
-        ips.iter().find_map(|ip| {
-            let url = format!("http://{ip}:{WORKER_PORT}/status");
-            let mut resp = agent.get(&url).call().ok()?;
-            let body = resp.body_mut().read_to_string().ok()?;
+        urls.iter().find_map(|url| {
+            let mut resp = agent.get(url).call().ok()?;
+            let body = match resp
+                .body_mut()
+                .with_config()
+                .limit(MAX_STATUS_BYTES)
+                .read_to_string()
+            {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(%url, "worker /status not read: {e}");
+                    return None;
+                }
+            };
             serde_json::from_str::<WorkerStatus>(&body).ok()
         })
     })
@@ -106,6 +131,31 @@ pub async fn fetch(ips: Vec<String>) -> Option<WorkerStatus> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Serves `body` as /status once per request on a free local port.
+    fn serve(body: String, requests: usize) -> String {
+        let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/status", server.server_addr());
+        std::thread::spawn(move || {
+            for req in server.incoming_requests().take(requests) {
+                let _ = req.respond(tiny_http::Response::from_string(body.clone()));
+            }
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn status_answers_over_the_size_cap_are_ignored() {
+        let small = serde_json::json!({"state": "failed", "last_error": "boom"}).to_string();
+        let w = fetch_urls(vec![serve(small, 1)])
+            .await
+            .expect("small answer read");
+        assert_eq!(w.last_error.as_deref(), Some("boom"));
+        // 2 MiB of error text: valid JSON, but more than the operator reads.
+        let huge =
+            serde_json::json!({"state": "failed", "last_error": "x".repeat(2 << 20)}).to_string();
+        assert!(fetch_urls(vec![serve(huge, 1)]).await.is_none());
+    }
 
     #[test]
     fn terminating_pods_count_and_crash_loops_are_reported() {

@@ -10,11 +10,27 @@ and PROTOBUF schemas are stored as given (no compatibility checks).
 Usage:
     python3 tests/schema_registry/server.py [--host 127.0.0.1] [--port 8081]
                                             [--basic-auth user:password]
+                                            [--tls-cert FILE --tls-key FILE]
+                                            [--test-faults]
 
 --port 0 picks a free port. The first line on stdout is always the URL the
 server listens on, e.g. `http://127.0.0.1:8081`. --basic-auth (or the
 SCHEMA_REGISTRY_BASIC_AUTH environment variable) makes every request need that
-HTTP basic-auth user:password; others get 401.
+HTTP basic-auth user:password; others get 401. --tls-cert/--tls-key (PEM)
+serve HTTPS instead (the printed URL is then https://...).
+
+--test-faults (tests only; never on by default, not part of the Confluent
+API) adds two endpoints so a test can make this registry misbehave:
+    PUT /__test__/faults  body: a JSON list of faults, each
+        {"path": "/schemas/ids/", "count": 3, "status": 401,
+         "error_code": 401, "retry_after": 1, "delay": 0.5}
+        The next `count` requests whose path starts with `path` get `status`
+        (with {"error_code", "message"} and Retry-After when given) after
+        sleeping `delay` seconds (a delay without a status, then the normal
+        answer: a slow registry). Faults are used up in list order.
+    DELETE /__test__/faults  clears them.
+    GET /__test__/requests  {"path": count} of every other request so far.
+These two need no credentials.
 
 Endpoints: GET / ; GET /schemas/types ; GET /schemas/ids/{id}[/schema|/versions|/subjects] ;
 GET /subjects ; GET|POST|DELETE /subjects/{s} ; GET|POST /subjects/{s}/versions ;
@@ -836,6 +852,7 @@ class Handler(BaseHTTPRequestHandler):
     registry: Registry = None  # set on the server class
     basic_auth: str | None = None
     quiet = True
+    faults = None  # --test-faults: {"lock", "queue", "requests"}
 
     def log_message(self, fmt, *args):  # noqa: D401 - keep stderr quiet
         if not self.quiet:
@@ -881,6 +898,55 @@ class Handler(BaseHTTPRequestHandler):
         except ValueError as e:
             raise ApiError(400, 400, f"Unexpected character in request body: {e}") from None
 
+    def test_faults(self, path):
+        """--test-faults: the control endpoints, or the fault for this
+        request. Returns True when the request was answered here."""
+        state = self.faults
+        if path.startswith("/__test__/"):
+            if path == "/__test__/faults" and self.command == "PUT":
+                faults = json.loads(self._raw or b"[]")
+                with state["lock"]:
+                    state["queue"] = [dict(f) for f in faults]
+                self.send_json(200, {"faults": len(faults)})
+            elif path == "/__test__/faults" and self.command == "DELETE":
+                with state["lock"]:
+                    state["queue"] = []
+                self.send_json(200, {})
+            elif path == "/__test__/requests":
+                with state["lock"]:
+                    self.send_json(200, dict(state["requests"]))
+            else:
+                self.send_error_json(404, 404, "HTTP 404 Not Found")
+            return True
+        fault = None
+        with state["lock"]:
+            state["requests"][path] = state["requests"].get(path, 0) + 1
+            for f in state["queue"]:
+                if f.get("count", 1) > 0 and path.startswith(f.get("path", "/")):
+                    f["count"] = f.get("count", 1) - 1
+                    fault = f
+                    break
+        if fault is None:
+            return False
+        if fault.get("delay"):
+            import time
+            time.sleep(float(fault["delay"]))
+        status = fault.get("status")
+        if not status:
+            return False
+        data = json.dumps({
+            "error_code": fault.get("error_code", status),
+            "message": fault.get("message", f"injected HTTP {status}"),
+        }).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", CONTENT_TYPE)
+        self.send_header("Content-Length", str(len(data)))
+        if fault.get("retry_after") is not None:
+            self.send_header("Retry-After", str(fault["retry_after"]))
+        self.end_headers()
+        self.wfile.write(data)
+        return True
+
     def handle_any(self):
         try:
             # Always consume the body so a kept-alive connection stays in sync.
@@ -889,6 +955,8 @@ class Handler(BaseHTTPRequestHandler):
             except ValueError:
                 length = 0
             self._raw = self.rfile.read(length) if length > 0 else b""
+            if self.faults is not None and self.test_faults(urlsplit(self.path).path):
+                return
             if not self.authorized():
                 self.send_error_json(401, 401, "Unauthorized")
                 return
@@ -1100,15 +1168,22 @@ class Handler(BaseHTTPRequestHandler):
         return level.upper()
 
 
-def make_server(host="127.0.0.1", port=0, basic_auth=None, quiet=True):
+def make_server(host="127.0.0.1", port=0, basic_auth=None, quiet=True,
+                tls_cert=None, tls_key=None, test_faults=False):
     """A ready-to-serve ThreadingHTTPServer (call serve_forever); for embedding."""
     handler = type("RegistryHandler", (Handler,), {
         "registry": Registry(),
         "basic_auth": basic_auth,
         "quiet": quiet,
+        "faults": {"lock": threading.Lock(), "queue": [], "requests": {}} if test_faults else None,
     })
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
+    if tls_cert:
+        import ssl
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(tls_cert, tls_key)
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
     return server
 
 
@@ -1123,12 +1198,24 @@ def main(argv=None):
         help="require HTTP basic auth (default: $SCHEMA_REGISTRY_BASIC_AUTH)",
     )
     ap.add_argument("--verbose", action="store_true", help="log every request to stderr")
+    ap.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate (chain)")
+    ap.add_argument("--tls-key", metavar="PEM", help="the key of --tls-cert")
+    ap.add_argument(
+        "--test-faults",
+        action="store_true",
+        help="tests only: enable the /__test__/ endpoints that inject error answers",
+    )
     args = ap.parse_args(argv)
     if args.basic_auth is not None and ":" not in args.basic_auth:
         ap.error("--basic-auth must be USER:PASSWORD")
-    server = make_server(args.host, args.port, args.basic_auth, quiet=not args.verbose)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        ap.error("--tls-cert and --tls-key go together")
+    server = make_server(args.host, args.port, args.basic_auth, quiet=not args.verbose,
+                         tls_cert=args.tls_cert, tls_key=args.tls_key,
+                         test_faults=args.test_faults)
     host, port = server.server_address[:2]
-    print(f"http://{host}:{port}", flush=True)
+    scheme = "https" if args.tls_cert else "http"
+    print(f"{scheme}://{host}:{port}", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

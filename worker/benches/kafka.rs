@@ -120,18 +120,23 @@ fn query_options(
         replication: 1,
         tuning: ProducerTuning::default(),
         start: StartFrom::Earliest,
+        on_out_of_range: Default::default(),
         bounded,
         checkpoint_dir: dir.path().to_path_buf(),
         checkpoint_interval: Duration::from_secs(10),
         max_output_delay: Duration::ZERO,
         checkpoints_to_keep: 3,
         start_fresh: false,
+        start_fresh_if_no_checkpoint: false,
         max_failovers: 0,
         allowed_lateness: Duration::from_secs(1),
+        event_time_bounds: Default::default(),
         // 8 symbols over 3 partitions can leave one partition empty; it stops
         // holding the watermark back after this long.
         idle_timeout: Duration::from_secs(1),
         max_batch_records: 8192,
+        buffers: tickflow_worker::memory::MemoryBudget(tickflow_worker::memory::DEFAULT_BUDGET)
+            .split(),
         status: StatusHandle::new(&name),
         stop,
         name,

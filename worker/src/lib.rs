@@ -13,6 +13,7 @@ pub mod clock;
 pub mod codec;
 pub use tickflow_engine as engine;
 pub mod kafka;
+pub mod memory;
 pub mod queries;
 pub mod runner;
 pub mod runtime;

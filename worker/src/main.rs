@@ -16,11 +16,12 @@ use tickflow_worker::engine::SourceTable;
 use tickflow_worker::kafka::{
     KafkaConfig, RegistryClient, RegistryConfig, SaslMechanism, Secret, SecurityProtocol,
 };
+use tickflow_worker::memory::MemoryBudget;
 use tickflow_worker::runtime::telemetry::{LogFormat, init_logging};
 use tickflow_worker::runtime::{StatusHandle, WorkerState, http};
 use tickflow_worker::simulator::{BurstConfig, SimConfig};
 use tickflow_worker::sink::kafka::ProducerTuning;
-use tickflow_worker::source::kafka::StartFrom;
+use tickflow_worker::source::kafka::{OnOutOfRange, StartFrom};
 
 #[derive(Parser)]
 #[command(
@@ -132,7 +133,7 @@ struct KafkaArgs {
     /// PEM client key (its password, if any, from KAFKA_SSL_KEY_PASSWORD).
     #[arg(long, env = "KAFKA_SSL_KEY_LOCATION")]
     ssl_key_location: Option<PathBuf>,
-    /// Confluent-compatible schema registry URL (http://…).
+    /// Confluent-compatible schema registry URL (https://… or http://…).
     #[arg(long, env = "SCHEMA_REGISTRY_URL")]
     schema_registry: Option<String>,
     /// Registry basic-auth user (password from SCHEMA_REGISTRY_PASSWORD or --schema-registry-password-file).
@@ -140,6 +141,21 @@ struct KafkaArgs {
     schema_registry_username: Option<String>,
     #[arg(long, env = "SCHEMA_REGISTRY_PASSWORD_FILE")]
     schema_registry_password_file: Option<PathBuf>,
+    /// PEM CA bundle an https:// registry is verified with (default: the
+    /// system's trust store).
+    #[arg(long, env = "SCHEMA_REGISTRY_CA_LOCATION")]
+    schema_registry_ca_location: Option<PathBuf>,
+    /// Send the registry user and password over plain http:// (only when the
+    /// connection is protected otherwise: loopback, a sidecar, a mesh).
+    #[arg(long, env = "SCHEMA_REGISTRY_ALLOW_INSECURE_AUTH")]
+    schema_registry_allow_insecure_auth: bool,
+    /// Timeout of one registry request.
+    #[arg(long, env = "SCHEMA_REGISTRY_TIMEOUT", value_parser = humantime::parse_duration, default_value = "5s")]
+    schema_registry_timeout: Duration,
+    /// How long the registry's "unknown schema id" is believed before the
+    /// id is looked up again (records with it go to the dead letters).
+    #[arg(long, env = "SCHEMA_REGISTRY_UNKNOWN_ID_TTL", value_parser = humantime::parse_duration, default_value = "60s")]
+    schema_registry_unknown_id_ttl: Duration,
     /// Compression of produced batches: lz4, zstd, gzip, snappy or none.
     #[arg(long, env = "TICKFLOW_COMPRESSION", default_value = "lz4", value_parser = ["lz4", "zstd", "gzip", "snappy", "none"])]
     compression: String,
@@ -189,18 +205,17 @@ impl KafkaArgs {
         let Some(url) = &self.schema_registry else {
             return Ok(None);
         };
-        if !url.starts_with("http://") {
-            anyhow::bail!(
-                "schema registry URL {url}: only http:// is supported (put TLS in front with a sidecar or service mesh)"
-            );
-        }
         let mut c = RegistryConfig::new(url.clone());
         c.username = self.schema_registry_username.clone();
         c.password = Self::secret(
             "SCHEMA_REGISTRY_PASSWORD",
             &self.schema_registry_password_file,
         )?;
-        Ok(Some(RegistryClient::new(c)))
+        c.ca_file = self.schema_registry_ca_location.clone();
+        c.allow_insecure_auth = self.schema_registry_allow_insecure_auth;
+        c.timeout = self.schema_registry_timeout;
+        c.unknown_id_ttl = self.schema_registry_unknown_id_ttl;
+        Ok(Some(RegistryClient::try_new(c)?))
     }
 
     fn tuning(&self) -> ProducerTuning {
@@ -277,12 +292,30 @@ struct QueryArgs {
     checkpoint_dir: Option<PathBuf>,
     #[arg(long, env = "TICKFLOW_CHECKPOINT_INTERVAL", value_parser = humantime::parse_duration, default_value = "10s")]
     checkpoint_interval: Duration,
-    /// Ignore existing checkpoints (needed after an incompatible query change).
+    /// Ignore existing checkpoints (needed after an incompatible query
+    /// change). For a Kafka query: delete them, start a new checkpoint
+    /// lineage, and start even though the consumer group holds offsets
+    /// committed by the old one.
     #[arg(long)]
     start_fresh: bool,
+    /// Kafka query: when the checkpoint directory holds no checkpoint, start
+    /// from --start-from even if the consumer group holds offsets committed
+    /// by another checkpoint directory (stateless upgrades: each revision
+    /// starts empty). Without it that is refused: the checkpoints were lost.
+    #[arg(long, env = "TICKFLOW_START_FRESH_IF_NO_CHECKPOINT")]
+    start_fresh_if_no_checkpoint: bool,
     /// Allowed out-of-orderness of event time.
     #[arg(long, env = "TICKFLOW_ALLOWED_LATENESS", value_parser = humantime::parse_duration, default_value = "1s")]
     allowed_lateness: Duration,
+    /// Earliest accepted event time (RFC 3339); earlier rows go to the dead
+    /// letters (reason `event-time-too-early`).
+    #[arg(long, env = "TICKFLOW_MIN_EVENT_TIME", value_parser = parse_event_time, default_value = "1970-01-01T00:00:00Z")]
+    min_event_time: i64,
+    /// How far an event may lie ahead of the later of the wall clock and the
+    /// newest accepted event; rows further ahead go to the dead letters
+    /// (reason `event-time-too-far-ahead`) instead of moving the watermark.
+    #[arg(long, env = "TICKFLOW_MAX_EVENT_TIME_AHEAD", value_parser = humantime::parse_duration, default_value = "1h")]
+    max_event_time_ahead: Duration,
     /// Records per batch for JSON-lines inputs (per poll for Kafka).
     #[arg(long, default_value_t = 8192)]
     batch_size: usize,
@@ -317,6 +350,16 @@ struct QueryArgs {
         default_value = "earliest"
     )]
     start_from: StartFrom,
+    /// A position outside its partition's offsets (a checkpoint older than
+    /// the topic's retention, a recreated topic): continue at the earliest
+    /// record still there, at the end, or fail. Always logged and counted.
+    #[arg(
+        long,
+        env = "TICKFLOW_ON_OFFSET_OUT_OF_RANGE",
+        value_enum,
+        default_value = "earliest"
+    )]
+    on_offset_out_of_range: OnOutOfRange,
     /// Read the topics up to their end as of start-up, then stop (a backfill).
     #[arg(long)]
     bounded: bool,
@@ -343,6 +386,32 @@ struct QueryArgs {
     /// Serve /metrics, /healthz, /readyz and /status here (e.g. 0.0.0.0:8080).
     #[arg(long, env = "TICKFLOW_HTTP_ADDR")]
     http_addr: Option<SocketAddr>,
+    /// Memory for the buffers that grow with a backlog (consumer prefetch,
+    /// producer queue, the open epoch's output), e.g. 512MiB. Default: half
+    /// the container's memory limit, or 512 MiB without one.
+    #[arg(long, env = "TICKFLOW_MEMORY_BUDGET", value_parser = tickflow_worker::memory::parse_bytes)]
+    memory_budget: Option<u64>,
+    /// /healthz fails once the running query's loop has made no step for
+    /// this long (at least twice the transaction stall timeout, the longest
+    /// it legitimately waits), so a kubelet restarts a stuck worker.
+    #[arg(long, env = "TICKFLOW_LIVENESS_TIMEOUT", value_parser = humantime::parse_duration, default_value = "5m")]
+    liveness_timeout: Duration,
+}
+
+impl QueryArgs {
+    fn event_time_bounds(&self) -> tickflow_worker::engine::EventTimeBounds {
+        tickflow_worker::engine::EventTimeBounds {
+            min_ms: self.min_event_time,
+            max_ahead: self.max_event_time_ahead,
+        }
+    }
+}
+
+/// An RFC 3339 time as ms since the Unix epoch.
+fn parse_event_time(s: &str) -> Result<i64, String> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.timestamp_millis())
+        .map_err(|e| format!("expected an RFC 3339 time such as 2026-01-05T14:30:00Z: {e}"))
 }
 
 #[derive(Args)]
@@ -392,6 +461,18 @@ fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
 }
 
 fn run_kafka_query(a: QueryArgs, sql: String) -> anyhow::Result<()> {
+    let event_time_bounds = a.event_time_bounds();
+    let limit = tickflow_worker::memory::container_limit();
+    let budget = a
+        .memory_budget
+        .map_or_else(|| MemoryBudget::for_limit(limit), MemoryBudget);
+    let buffers = budget.split();
+    tracing::info!(
+        budget_mib = budget.0 >> 20,
+        container_limit_mib = limit.map(|l| l >> 20),
+        pending_output_mib = buffers.pending_output_bytes >> 20,
+        "memory budget for backlog buffers"
+    );
     let Some(kafka) = a.kafka.config()? else {
         anyhow::bail!(
             "no inputs: give --input TABLE=PATH for a replay, or --brokers HOST:PORT (KAFKA_BROKERS) to read Kafka"
@@ -416,6 +497,7 @@ fn run_kafka_query(a: QueryArgs, sql: String) -> anyhow::Result<()> {
             .map_or("query".into(), |s| s.to_string_lossy().replace('_', "-"))
     });
     let status = StatusHandle::new(&name);
+    status.set_stall_limit(a.liveness_timeout.max(a.transaction_stall_timeout * 2));
     if let Some(addr) = a.http_addr {
         let bound = http::serve(addr, status.clone())?;
         tracing::info!(%bound, "status endpoint listening");
@@ -450,17 +532,22 @@ fn run_kafka_query(a: QueryArgs, sql: String) -> anyhow::Result<()> {
         tuning: ProducerTuning {
             stall_limit: a.transaction_stall_timeout,
             call_timeout: a.transaction_call_timeout,
+            queue_kbytes: buffers.producer_queue_kbytes,
             ..a.kafka.tuning()
         },
+        buffers,
         start: a.start_from,
+        on_out_of_range: a.on_offset_out_of_range,
         bounded: a.bounded,
         checkpoint_dir,
         checkpoint_interval: a.checkpoint_interval,
         max_output_delay: a.max_output_delay,
         checkpoints_to_keep: 3,
         start_fresh: a.start_fresh,
+        start_fresh_if_no_checkpoint: a.start_fresh_if_no_checkpoint,
         max_failovers: a.max_failovers,
         allowed_lateness: a.allowed_lateness,
+        event_time_bounds,
         idle_timeout: a.idle_timeout,
         max_batch_records: a.batch_size.max(1),
         status: status.clone(),
@@ -545,6 +632,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&s)?);
         }
         Command::Query(a) => {
+            let event_time_bounds = a.event_time_bounds();
             let sql = std::fs::read_to_string(&a.sql)
                 .with_context(|| format!("reading {}", a.sql.display()))?;
             let is_kafka = |p: &PathBuf| p.to_string_lossy().starts_with("kafka:");
@@ -571,6 +659,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             opts.checkpoint_interval = a.checkpoint_interval;
             opts.start_fresh = a.start_fresh;
             opts.allowed_lateness = a.allowed_lateness;
+            opts.event_time_bounds = event_time_bounds;
             opts.batch_size = a.batch_size;
             opts.stop = stop_flag()?;
             let s = query::run_query(&opts)?;

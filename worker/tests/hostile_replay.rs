@@ -94,7 +94,11 @@ fn bad_event_times_and_failing_rows_go_to_the_dead_letters_and_the_rest_is_outpu
         .unwrap();
     let s = summary(&out);
 
-    assert_eq!(json_lines(&ratio).len(), good, "every evaluable row is output");
+    assert_eq!(
+        json_lines(&ratio).len(),
+        good,
+        "every evaluable row is output"
+    );
     let counted: i64 = json_lines(&bars)
         .iter()
         .map(|r| r["n"].as_i64().unwrap())
@@ -104,7 +108,10 @@ fn bad_event_times_and_failing_rows_go_to_the_dead_letters_and_the_rest_is_outpu
         json_lines(&bars).iter().all(|r| r["symbol"] == "AAPL"),
         "no window was opened for an out-of-range row"
     );
-    assert_eq!(s["late_events"]["bars"], 0, "the far-future row moved no watermark");
+    assert_eq!(
+        s["late_events"]["bars"], 0,
+        "the far-future row moved no watermark"
+    );
 
     let dead_rows = json_lines(&dead);
     let by_reason = |reason: &str| {
@@ -116,12 +123,20 @@ fn bad_event_times_and_failing_rows_go_to_the_dead_letters_and_the_rest_is_outpu
     assert_eq!(by_reason("event-time-too-far-ahead").len(), 2);
     assert_eq!(by_reason("event-time-too-early").len(), 2);
     let eval = by_reason("evaluation-error");
-    assert_eq!(eval.len(), failing, "each failing row once, from its stream");
+    assert_eq!(
+        eval.len(),
+        failing,
+        "each failing row once, from its stream"
+    );
     assert!(eval.iter().all(|r| r["location"] == "stream ratio"
         && r["error"].as_str().unwrap().contains("Divide by zero")));
     let raw: serde_json::Value =
         serde_json::from_str(eval[0]["raw"].as_str().expect("the row as JSON")).unwrap();
-    assert_eq!(raw["volume"].as_i64().unwrap() % 7, 0, "the raw row is kept");
+    assert_eq!(
+        raw["volume"].as_i64().unwrap() % 7,
+        0,
+        "the raw row is kept"
+    );
     assert_eq!(s["bad_records"], 4 + failing as u64);
     assert_eq!(s["dead_letters"]["evaluation-error"], failing as u64);
 }
@@ -133,7 +148,10 @@ fn sql_that_would_overflow_the_planner_is_refused_with_a_clear_error() {
     std::fs::write(&input, tick("AAPL", 1, START) + "\n").unwrap();
     for (what, expr) in [
         ("a long chain", format!("1{}", "+1".repeat(100_000))),
-        ("deep parentheses", format!("{}1{}", "(".repeat(20_000), ")".repeat(20_000))),
+        (
+            "deep parentheses",
+            format!("{}1{}", "(".repeat(20_000), ")".repeat(20_000)),
+        ),
     ] {
         let sql = tmp.path().join("deep.sql");
         std::fs::write(

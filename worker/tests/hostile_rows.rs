@@ -85,7 +85,14 @@ fn event_times_at_the_ends_of_time_are_refused_and_the_rest_is_exact() {
     let far_future = tickflow_worker::clock::now_ms() + 10 * 365 * 86_400_000;
     let hostile = with_ts(
         &input.slice(0, 6),
-        &[i64::MAX, i64::MAX - 1, far_future, -5, i64::MIN, i64::MIN + 1],
+        &[
+            i64::MAX,
+            i64::MAX - 1,
+            far_future,
+            -5,
+            i64::MIN,
+            i64::MIN + 1,
+        ],
     );
     // Hostile rows in the middle of the stream, where a far-future one
     // used to move the watermark on for good.
@@ -94,7 +101,10 @@ fn event_times_at_the_ends_of_time_are_refused_and_the_rest_is_exact() {
     let (actual, late, rejected) = run(sql, &chunks);
 
     assert_eq!(late, 0, "no good row became late");
-    assert_eq!(rejected_rows(&rejected, RejectReason::EventTimeTooFarAhead), 3);
+    assert_eq!(
+        rejected_rows(&rejected, RejectReason::EventTimeTooFarAhead),
+        3
+    );
     assert_eq!(rejected_rows(&rejected, RejectReason::EventTimeTooEarly), 3);
     assert!(rejected.iter().all(|r| r.stream.is_none()));
     assert!(
@@ -147,7 +157,11 @@ fn a_tighter_bound_refuses_more_and_a_looser_one_admits_what_it_allows() {
     let ahead_n = rejected_rows(&r, RejectReason::EventTimeTooFarAhead);
     assert_eq!(ahead_n, 1);
     let kept: usize = out.iter().map(|o| o.rows.num_rows()).sum();
-    assert_eq!(kept + early, input.num_rows(), "every row is a result or refused");
+    assert_eq!(
+        kept + early,
+        input.num_rows(),
+        "every row is a result or refused"
+    );
     assert_eq!(p.rejected_rows("market_ticks"), (early + ahead_n) as u64);
 }
 
@@ -171,9 +185,12 @@ fn rows_an_expression_fails_on_are_refused_and_the_rest_is_exact() {
     let input = ticks();
     let (good_input, bad) = failing_rows(&input);
     assert!(bad > 100, "the data has rows that fail ({bad})");
-    let expr = "volume / (volume % 7) + CAST(CASE WHEN volume % 13 = 0 THEN 'x' ELSE '1' END AS BIGINT)";
+    let expr =
+        "volume / (volume % 7) + CAST(CASE WHEN volume % 13 = 0 THEN 'x' ELSE '1' END AS BIGINT)";
     for sql in [
-        format!("CREATE STREAM s AS SELECT symbol, {expr} AS r, ts FROM market_ticks WHERE price > 0;"),
+        format!(
+            "CREATE STREAM s AS SELECT symbol, {expr} AS r, ts FROM market_ticks WHERE price > 0;"
+        ),
         format!(
             "CREATE STREAM s AS SELECT symbol, SUM({expr}) AS r, COUNT(*) AS n FROM market_ticks \
              GROUP BY symbol, TUMBLE(ts, INTERVAL '5' SECOND);"

@@ -45,7 +45,10 @@ fn rows_through_a_restart(
     while !chk.read_dir().is_ok_and(|mut d| {
         d.any(|e| e.is_ok_and(|e| !e.file_name().to_string_lossy().ends_with(".tmp")))
     }) {
-        assert!(Instant::now() < deadline, "no checkpoint within {HANG_GUARD:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint within {HANG_GUARD:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(

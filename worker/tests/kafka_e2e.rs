@@ -305,7 +305,10 @@ fn sasl_scram_accepts_the_right_password_and_refuses_a_wrong_one_clearly() {
     let bad = run("not-the-password");
     let stderr = String::from_utf8_lossy(&bad.stderr);
     assert!(!bad.status.success());
-    assert!(started.elapsed() < Duration::from_secs(60));
+    assert!(
+        started.elapsed() < HANG_GUARD,
+        "a refused login ends the run"
+    );
     assert!(stderr.contains("authentication failed"), "{stderr}");
     assert!(
         !stderr.contains("not-the-password"),
@@ -430,31 +433,30 @@ fn a_running_query_reports_status_and_metrics_and_checkpoints_on_sigterm() {
     let addr = format!("127.0.0.1:{port}");
     let name = unique("status-q");
     // Not bounded: it runs until stopped, like a Deployment.
-    let child = worker()
-        .args(["query", "--sql"])
-        .arg(repo().join("sql/ohlc_5s.sql"))
-        .args(["--brokers", &e.brokers, "--schema-registry", &e.registry])
-        .args(["--input", &format!("market_ticks=kafka:{}", topics.ticks)])
-        .args(["--output", &format!("ohlc_5s=kafka:{name}-out")])
-        .args([
-            "--name",
-            &name,
-            "--http-addr",
-            &addr,
-            "--checkpoint-interval",
-            "1h",
-        ])
-        .arg("--checkpoint-dir")
-        .arg(dir.path().join("chk"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let child = spawn_drained(
+        worker()
+            .args(["query", "--sql"])
+            .arg(repo().join("sql/ohlc_5s.sql"))
+            .args(["--brokers", &e.brokers, "--schema-registry", &e.registry])
+            .args(["--input", &format!("market_ticks=kafka:{}", topics.ticks)])
+            .args(["--output", &format!("ohlc_5s=kafka:{name}-out")])
+            .args([
+                "--name",
+                &name,
+                "--http-addr",
+                &addr,
+                "--checkpoint-interval",
+                "1h",
+            ])
+            .arg("--checkpoint-dir")
+            .arg(dir.path().join("chk")),
+    );
+    // A guard against hangs, not a speed target: a busy machine is slow.
+    let deadline = Instant::now() + HANG_GUARD;
     let status = loop {
         assert!(
             Instant::now() < deadline,
-            "the query did not read its input within a minute"
+            "the query did not read its input within {HANG_GUARD:?}"
         );
         std::thread::sleep(Duration::from_millis(200));
         if std::net::TcpStream::connect(&addr).is_err() {
@@ -500,7 +502,7 @@ fn a_running_query_reports_status_and_metrics_and_checkpoints_on_sigterm() {
             .unwrap()
             .success()
     );
-    let out = child.wait_with_output().unwrap();
+    let out = child.wait_with_output();
     assert!(
         out.status.success(),
         "{}",
@@ -547,6 +549,8 @@ fn the_registry_client_sends_basic_auth_and_reports_a_refusal() {
         let mut c = RegistryConfig::new(url.clone());
         c.username = Some("ops".into());
         c.password = Some(tickflow_worker::kafka::Secret::new(password));
+        // Plain HTTP on loopback: credentials allowed explicitly.
+        c.allow_insecure_auth = true;
         RegistryClient::new(c)
     };
     let schema = SourceTable::MarketTicks.avro_schema();

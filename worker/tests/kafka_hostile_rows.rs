@@ -42,7 +42,7 @@ fn refused_rows_reach_the_dead_letter_topic_and_the_rest_is_committed_once() {
     let topic = unique("hostile-rows");
     tickflow_worker::kafka::admin::ensure_topics(
         &tickflow_worker::kafka::KafkaConfig::plaintext(&e.brokers),
-        &[topic.clone()],
+        std::slice::from_ref(&topic),
         1,
         1,
     )

@@ -24,6 +24,7 @@ fn every_builtin_query_matches_datafusion_batch() {
     let config = EngineConfig {
         allowed_lateness: Duration::from_secs(1),
         idle_timeout: None,
+        ..EngineConfig::default()
     };
     for (name, sql) in BUILTIN_QUERIES {
         let mut pipeline =
@@ -102,6 +103,7 @@ fn late_events_are_counted_and_routed() {
     let config = EngineConfig {
         allowed_lateness: Duration::from_millis(0),
         idle_timeout: None,
+        ..EngineConfig::default()
     };
     let sql = "CREATE STREAM c AS SELECT symbol, COUNT(*) AS n FROM market_ticks GROUP BY symbol, TUMBLE(ts, INTERVAL '1' SECOND);";
     let mut p = Pipeline::new(sql, &sources, &config).unwrap();

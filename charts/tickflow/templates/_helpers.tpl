@@ -107,6 +107,9 @@ of the release namespace.
 Checks that a schema cannot express (fail with a clear message).
 */}}
 {{- define "tickflow.validate" -}}
+{{- if and .Values.watchNamespace .Values.watchNamespaces }}
+{{- fail "set watchNamespace or watchNamespaces, not both (put every namespace in watchNamespaces)" }}
+{{- end }}
 {{- if and (gt (int .Values.replicaCount) 1) (not .Values.leaderElection.enabled) }}
 {{- fail "replicaCount > 1 needs leaderElection.enabled=true: without a Lease every replica would reconcile the same resources" }}
 {{- end }}
@@ -118,4 +121,37 @@ condition of the dependency in Chart.yaml), else "".
 */}}
 {{- define "tickflow.redpandaEnabled" -}}
 {{- if and (kindIs "map" .Values.redpanda) (eq (toString .Values.redpanda.enabled) "true") }}true{{ end }}
+{{- end }}
+
+{{/*
+The operator's RBAC rules (ClusterRole, or a Role per watchNamespaces entry).
+*/}}
+{{- define "tickflow.operatorRules" -}}
+# The custom resources: watched, never created or deleted by the operator.
+- apiGroups: ["tickflow.io"]
+  resources: ["streamqueries", "marketproducers"]
+  verbs: ["get", "list", "watch"]
+# Status written back (phase, conditions, checkpoint, lag, ...).
+- apiGroups: ["tickflow.io"]
+  resources: ["streamqueries/status", "marketproducers/status"]
+  verbs: ["get", "patch", "update"]
+# Per-resource worker objects, server-side applied; owned by the resource,
+# so the garbage collector (not the operator) deletes them.
+- apiGroups: [""]
+  resources: ["configmaps", "services", "persistentvolumeclaims"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+# Worker pods: the operator reads each pod's /status endpoint by pod IP.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch"]
+# Events on transitions (both APIs: core/v1 and events.k8s.io/v1).
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
 {{- end }}

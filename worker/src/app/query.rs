@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::bail;
 
 use crate::checkpoint::CheckpointStore;
-use crate::engine::{Catalog, EngineConfig, Pipeline};
+use crate::engine::{Catalog, EngineConfig, EventTimeBounds, Pipeline};
 use crate::runner::{Progress, RowKind, RunError, RunOptions, RunSummary, Runner};
 use crate::runtime::StatusHandle;
 use crate::sink::file::{FileContent, FileOutput, FileOutputs, dead_letter_schema};
@@ -46,6 +46,7 @@ pub struct QueryOptions {
     /// Records per batch (JSON lines); Avro files batch by container block.
     pub batch_size: usize,
     pub allowed_lateness: Duration,
+    pub event_time_bounds: EventTimeBounds,
     /// Set by SIGTERM: take a final checkpoint and stop.
     pub stop: Arc<AtomicBool>,
 }
@@ -66,6 +67,7 @@ impl QueryOptions {
             start_fresh: false,
             batch_size: 8192,
             allowed_lateness: Duration::from_secs(1),
+            event_time_bounds: EventTimeBounds::default(),
             stop: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -77,6 +79,7 @@ pub fn run_query(opts: &QueryOptions) -> Result<RunSummary, RunError> {
     let config = EngineConfig {
         allowed_lateness: opts.allowed_lateness,
         idle_timeout: None,
+        event_time_bounds: opts.event_time_bounds,
     };
     let pipeline = Pipeline::new(&opts.sql, &catalog, &config).map_err(|e| {
         RunError::Setup(anyhow::Error::new(e).context(format!("in {}", opts.sql_origin)))

@@ -41,6 +41,7 @@ use serde::Serialize;
 use crate::checkpoint::{Checkpoint, CheckpointError, CheckpointInfo, CheckpointStore};
 use crate::engine::{EngineError, Pipeline, StreamOutput};
 use crate::runtime::{CheckpointStatus, StatusHandle, WorkerState};
+use tickflow_crds::worker_status::{SkippedCheckpoint, WorkerRestore};
 
 pub use dead_letter::{DeadLetter, KafkaOrigin};
 pub use sink::{CommitDelays, Positions, RestoredSink, Routes, RowKind, Sink, SinkCheckpoint};
@@ -136,6 +137,10 @@ pub struct RunOptions {
     pub max_output_delay: Option<Duration>,
     /// Records per poll of each source.
     pub max_batch_records: usize,
+    /// Close the epoch early once the sinks hold this much uncommitted
+    /// output, so a backlog cannot grow it without bound (see
+    /// `crate::memory`).
+    pub max_pending_bytes: u64,
     /// How long a poll may wait for the first record.
     pub poll_wait: Duration,
     /// Ignore existing checkpoints.
@@ -154,6 +159,9 @@ impl RunOptions {
             checkpoint_interval: Duration::from_secs(10),
             max_output_delay: None,
             max_batch_records: 8192,
+            max_pending_bytes: crate::memory::MemoryBudget(crate::memory::DEFAULT_BUDGET)
+                .split()
+                .pending_output_bytes,
             poll_wait: Duration::from_millis(100),
             start_fresh: false,
             start_positions: None,
@@ -190,6 +198,13 @@ pub struct RunSummary {
     pub bad_records: u64,
     /// Malformed records by reason.
     pub dead_letters: BTreeMap<String, u64>,
+    /// Records read that on purpose became neither rows nor dead letters,
+    /// by reason (`tombstone`): records_in = rows_in + bad_records + these.
+    pub skipped: BTreeMap<String, u64>,
+    /// Out-of-range positions moved, per `topic/partition`.
+    pub offset_resets: BTreeMap<String, u64>,
+    /// Records those moves jumped over (never read).
+    pub offset_reset_skipped_records: u64,
     pub checkpoints_written: u64,
     /// The checkpoint this run restored; the counts above are since then.
     pub restored_from: Option<u64>,
@@ -197,6 +212,8 @@ pub struct RunSummary {
     pub failovers: u32,
     /// The restored epoch's output had not been committed and was sent again.
     pub recovered_epoch: bool,
+    /// Newer checkpoints that did not read back and were skipped on restore.
+    pub skipped_checkpoints: Vec<u64>,
     /// Stopped by a signal (or the viewer) before the end of the input.
     pub stopped: bool,
     pub elapsed_ms: u64,
@@ -316,6 +333,7 @@ impl Runner {
         self.start(progress)?;
         let mut step = StepState::default();
         loop {
+            self.opts.status.beat();
             if self.opts.stop.load(Ordering::Relaxed) {
                 tracing::info!("stop requested: taking a final checkpoint");
                 self.stopping();
@@ -334,7 +352,7 @@ impl Runner {
                 break;
             }
             if self.epoch_due(&step, records) {
-                self.checkpoint(progress)?;
+                self.checkpoint(progress, true)?;
                 step.last_checkpoint = Instant::now();
                 step.oldest_uncommitted = None;
             }
@@ -375,9 +393,26 @@ impl Runner {
                 self.dead_letters(&polled.dead_letters, &mut step.dead_logged)?;
             }
             self.summary.records_in += polled.records as u64;
+            for (reason, n) in &polled.skipped {
+                *self.summary.skipped.entry(reason.to_string()).or_default() += n;
+            }
+            for reset in &polled.offset_resets {
+                *self
+                    .summary
+                    .offset_resets
+                    .entry(reset.partition.clone())
+                    .or_default() += 1;
+                self.summary.offset_reset_skipped_records += reset.skipped;
+            }
             for b in &polled.batches {
                 self.pipeline
                     .push(&b.table, b.partition, &b.rows, &mut step.out)?;
+            }
+            let rejected = self.pipeline.take_rejected();
+            if !rejected.is_empty() {
+                step.oldest_uncommitted.get_or_insert_with(Instant::now);
+                let letters = dead_letter::from_rejected(rejected)?;
+                self.dead_letters(&letters, &mut step.dead_logged)?;
             }
             for part in polled.finished {
                 if step.finished.insert(part.clone()) {
@@ -394,8 +429,8 @@ impl Runner {
 
     /// Whether to close the epoch now: on the interval, or, caught up with
     /// the input (fewer than a full batch read), as soon as output has
-    /// waited `max_output_delay` (latency); with a backlog only on the
-    /// interval (throughput).
+    /// waited `max_output_delay` (latency); with a backlog on the interval
+    /// (throughput) or once the pending output reaches its memory share.
     fn epoch_due(&self, step: &StepState, records: usize) -> bool {
         let caught_up = records < self.opts.max_batch_records;
         let output_due = self.opts.max_output_delay.is_some_and(|delay| {
@@ -404,8 +439,11 @@ impl Runner {
                     .oldest_uncommitted
                     .is_some_and(|t| t.elapsed() >= delay)
         });
+        let pending: u64 = self.sinks.iter().map(|s| s.pending_bytes()).sum();
         self.store.is_some()
-            && (output_due || step.last_checkpoint.elapsed() >= self.opts.checkpoint_interval)
+            && (output_due
+                || pending >= self.opts.max_pending_bytes
+                || step.last_checkpoint.elapsed() >= self.opts.checkpoint_interval)
     }
 
     /// The final checkpoint, sinks closed, the summary.
@@ -416,7 +454,7 @@ impl Runner {
         started: Instant,
     ) -> Result<RunSummary, RunError> {
         if self.store.is_some() {
-            self.checkpoint(progress)?;
+            self.checkpoint(progress, false)?;
         }
         for sink in &mut self.sinks {
             sink.close()?;
@@ -460,7 +498,27 @@ impl Runner {
         status.set_state(WorkerState::Recovering);
         progress.restoring = true;
         let restored = match &self.store {
-            Some(store) if !self.opts.start_fresh => store.latest()?,
+            Some(store) if !self.opts.start_fresh => {
+                // Unreadable newer checkpoints are skipped (and set aside);
+                // whether restoring an older one is safe is the sinks' call
+                // (the Kafka sink refuses if a skipped epoch was committed).
+                let (cp, skipped) = store.latest_readable()?;
+                self.summary.skipped_checkpoints = skipped.iter().map(|s| s.id).collect();
+                if let Some(cp) = &cp {
+                    let restore = WorkerRestore {
+                        id: cp.id,
+                        skipped: skipped
+                            .into_iter()
+                            .map(|s| SkippedCheckpoint {
+                                id: s.id,
+                                reason: s.reason,
+                            })
+                            .collect(),
+                    };
+                    status.update(|s| s.restored_checkpoint = Some(restore));
+                }
+                cp
+            }
             _ => None,
         };
         if let Some(store) = &self.store {
@@ -575,8 +633,11 @@ impl Runner {
     }
 
     /// Closes an epoch: pre-commit every sink, write the checkpoint, commit
-    /// every sink with the checkpoint's source positions.
-    fn checkpoint(&mut self, progress: &mut Progress) -> Result<(), RunError> {
+    /// every sink with the checkpoint's source positions. With `may_defer`,
+    /// a disk too full for the checkpoint (after pruning older ones) puts
+    /// the epoch off to the next try instead of failing: nothing is
+    /// committed without its checkpoint, and the open epoch just grows.
+    fn checkpoint(&mut self, progress: &mut Progress, may_defer: bool) -> Result<(), RunError> {
         let Some(store) = &self.store else {
             return Ok(());
         };
@@ -602,7 +663,23 @@ impl Runner {
             engine: self.pipeline.snapshot()?,
         };
         faults::crash_point("before-checkpoint", nth);
-        let info = store.write(&cp)?;
+        let info = match store.write(&cp) {
+            Ok(info) => info,
+            Err(e) if may_defer && e.is_disk_full() => {
+                tracing::warn!("{e}; the epoch stays open and the checkpoint is tried again");
+                self.opts.status.update(|s| {
+                    s.checkpoint_disk_full += 1;
+                    s.last_error = Some(e.to_string());
+                });
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if !info.pruned_for_space.is_empty() {
+            self.opts
+                .status
+                .update(|s| s.checkpoint_disk_full += info.pruned_for_space.len() as u64);
+        }
         progress.checkpoint_stored = true;
         faults::crash_point("after-checkpoint", nth);
         faults::arm_stall(nth);
@@ -651,6 +728,8 @@ impl Runner {
             s.bytes_in = plus(&base.bytes_in, &figures.bytes_in);
             s.records_out = plus(&base.records_out, &records_out);
             s.dead_letters = plus(&base.dead_letters, &self.summary.dead_letters);
+            s.skipped = plus(&base.skipped, &self.summary.skipped);
+            s.offset_resets = plus(&base.offset_resets, &self.summary.offset_resets);
             s.lag = figures.lag;
             s.watermarks = self
                 .pipeline
@@ -684,6 +763,8 @@ struct Counters {
     bytes_in: BTreeMap<String, u64>,
     records_out: BTreeMap<String, u64>,
     dead_letters: BTreeMap<String, u64>,
+    skipped: BTreeMap<String, u64>,
+    offset_resets: BTreeMap<String, u64>,
 }
 
 impl Counters {
@@ -694,6 +775,8 @@ impl Counters {
             bytes_in: s.bytes_in,
             records_out: s.records_out,
             dead_letters: s.dead_letters,
+            skipped: s.skipped,
+            offset_resets: s.offset_resets,
         }
     }
 }
@@ -874,6 +957,33 @@ mod tests {
             2,
             "both windows close at the end"
         );
+    }
+
+    #[test]
+    fn an_unreadable_newest_checkpoint_is_skipped_and_the_status_says_which_was_restored() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows = Rows::default();
+        for _ in 0..2 {
+            runner("src", vec![ticks(&[0, 100])], false, &rows, dir.path())
+                .run(&mut Progress::default(), Some(&mut StopAfter(0)))
+                .unwrap();
+        }
+        std::fs::write(dir.path().join("chk-0000000002/meta.json"), b"{").unwrap();
+        let mut r = runner("src", vec![ticks(&[0, 100])], false, &rows, dir.path());
+        let s = r
+            .run(&mut Progress::default(), Some(&mut StopAfter(0)))
+            .unwrap();
+        assert_eq!(s.restored_from, Some(1));
+        assert_eq!(s.skipped_checkpoints, vec![2]);
+        let restored = r.opts.status.get().restored_checkpoint.unwrap();
+        assert_eq!(restored.id, 1);
+        assert_eq!(restored.skipped[0].id, 2);
+        assert!(
+            restored.skipped[0].reason.contains("checksum mismatch"),
+            "{}",
+            restored.skipped[0].reason
+        );
+        assert!(dir.path().join("chk-0000000002.unreadable").exists());
     }
 
     #[test]

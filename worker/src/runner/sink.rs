@@ -107,6 +107,13 @@ pub trait Sink: Send {
     fn commit_delays(&self) -> Option<CommitDelays> {
         None
     }
+
+    /// Bytes of output held until the open epoch commits (what a sink
+    /// keeps to re-send after a failure); the run loop closes the epoch
+    /// early once all sinks together hold `RunOptions::max_pending_bytes`.
+    fn pending_bytes(&self) -> u64 {
+        0
+    }
 }
 
 /// How long result rows waited between emission and commit.

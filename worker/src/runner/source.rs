@@ -38,6 +38,29 @@ pub struct Polled {
     /// reported once).
     pub finished: Vec<(String, usize)>,
     pub trouble: Option<Trouble>,
+    /// Records read that on purpose became neither rows nor dead letters,
+    /// by reason (`tombstone`: a Kafka record with a null value). Counted in
+    /// `records`. The run loop should add these to the run summary
+    /// (`skipped`, like `dead_letters`) and to `/status` and `/metrics`.
+    pub skipped: BTreeMap<&'static str, u64>,
+    /// Positions that were out of the partition's range (retention deleted
+    /// them, or the topic was recreated) and were moved by the source's
+    /// out-of-range policy; each is also logged once by the source.
+    pub offset_resets: Vec<OffsetReset>,
+}
+
+/// A partition's position moved because it was out of range.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OffsetReset {
+    /// `topic/partition` (or the file's name).
+    pub partition: String,
+    /// The position that was out of range.
+    pub from: i64,
+    /// Where reading continues.
+    pub to: i64,
+    /// Records between the two that will never be read (0 when unknown or
+    /// when the reset went backwards).
+    pub skipped: u64,
 }
 
 /// Figures a source reports for `/status` and `/metrics`.
@@ -48,6 +71,11 @@ pub struct SourceFigures {
     pub bytes_in: BTreeMap<String, u64>,
     /// `topic/partition` → records behind the end.
     pub lag: BTreeMap<String, i64>,
+    /// Records read that became neither rows nor dead letters, by reason
+    /// (this process), as in [`Polled::skipped`].
+    pub skipped: BTreeMap<String, u64>,
+    /// Out-of-range positions moved, per `topic/partition` (this process).
+    pub offset_resets: BTreeMap<String, u64>,
 }
 
 /// A source of table rows for the run loop.

@@ -86,7 +86,10 @@ impl StatusHandle {
         let h = &self.heartbeat;
         let silent = (h.origin.elapsed().as_millis() as u64)
             .saturating_sub(h.last_beat_ms.load(Ordering::Relaxed));
-        let running = matches!(self.get().state, WorkerState::Running | WorkerState::Degraded);
+        let running = matches!(
+            self.get().state,
+            WorkerState::Running | WorkerState::Degraded
+        );
         (running && silent > h.stall_limit_ms.load(Ordering::Relaxed))
             .then(|| Duration::from_millis(silent))
     }
@@ -139,6 +142,18 @@ pub fn render_metrics(s: &Status) -> String {
         "counter",
         "Malformed input records sent to the dead-letter output, per reason.",
         &by("reason", &s.dead_letters),
+    );
+    family(
+        "tickflow_skipped_records_total",
+        "counter",
+        "Records read that are on purpose neither rows nor dead letters (tombstones), per reason.",
+        &by("reason", &s.skipped),
+    );
+    family(
+        "tickflow_offset_resets_total",
+        "counter",
+        "Out-of-range positions moved by the out-of-range policy, per topic/partition.",
+        &by("partition", &s.offset_resets),
     );
     let lag: Vec<(String, f64)> = s
         .lag
@@ -231,6 +246,7 @@ mod tests {
         assert!(text.contains("# TYPE tickflow_records_in_total counter"));
         assert!(text.contains("tickflow_records_in_total{topic=\"market-ticks\"} 10"));
         assert!(text.contains("tickflow_dead_letters_total{reason=\"bad-magic\"} 2"));
+        assert!(text.contains("# TYPE tickflow_skipped_records_total counter"));
         assert!(text.contains("tickflow_consumer_lag{topic=\"market-ticks\",partition=\"3\"} 7"));
     }
 }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{Array, BinaryArray, RecordBatch, StringArray};
+use arrow::array::{Array, LargeBinaryArray, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerGroupMetadata};
 use rdkafka::error::KafkaError;
@@ -38,8 +38,19 @@ const COMMIT_ATTEMPTS: u32 = 8;
 /// Delay samples kept for [`KafkaSink::commit_delays`].
 const MAX_DELAY_SAMPLES: usize = 100_000;
 
-/// Prefix of the offset-commit metadata that names the committed epoch.
+/// Prefix of the offset-commit metadata that names the committed epoch:
+/// `tickflow-epoch=<N>;lineage=<id>` (older workers wrote no lineage).
 const EPOCH_TAG: &str = "tickflow-epoch=";
+const LINEAGE_TAG: &str = ";lineage=";
+
+/// A dead letter's value is cut to this many bytes (and its key and error
+/// message to the two below), so that it always fits the producer's
+/// `message.max.bytes` (1,000,000 by default) and the broker's
+/// `max.message.bytes`: a record too large for them is fatal to the
+/// transaction. The original sizes go into headers.
+const DEAD_LETTER_MAX_VALUE: usize = 256 * 1024;
+const DEAD_LETTER_MAX_KEY: usize = 16 * 1024;
+const DEAD_LETTER_MAX_MESSAGE: usize = 4 * 1024;
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Transactional calls abandoned as stuck whose thread has not returned yet
@@ -78,6 +89,9 @@ pub struct ProducerTuning {
     /// timeout: what a try's two calls take at most when they keep their
     /// timeouts.
     pub stall_limit: Duration,
+    /// `queue.buffering.max.kbytes`: the producer's send queue (a share of
+    /// the memory budget, `crate::memory`).
+    pub queue_kbytes: u64,
 }
 
 impl Default for ProducerTuning {
@@ -88,6 +102,9 @@ impl Default for ProducerTuning {
             batch_bytes: 1_000_000,
             call_timeout: Duration::from_secs(10),
             stall_limit: Duration::from_secs(45),
+            queue_kbytes: crate::memory::MemoryBudget(crate::memory::DEFAULT_BUDGET)
+                .split()
+                .producer_queue_kbytes,
         }
     }
 }
@@ -100,6 +117,27 @@ struct Pending {
     values: Vec<Vec<u8>>,
     /// Headers as a JSON object of strings (dead letters only).
     headers: Vec<Option<String>>,
+    /// Bytes held, for the epoch's memory share.
+    bytes: u64,
+}
+
+impl Pending {
+    fn push(
+        &mut self,
+        topic: String,
+        key: Option<Vec<u8>>,
+        value: Vec<u8>,
+        headers: Option<String>,
+    ) {
+        self.bytes += (topic.len()
+            + key.as_ref().map_or(0, Vec::len)
+            + value.len()
+            + headers.as_ref().map_or(0, String::len)) as u64;
+        self.topics.push(topic);
+        self.keys.push(key);
+        self.values.push(value);
+        self.headers.push(headers);
+    }
 }
 
 pub struct KafkaSink {
@@ -130,6 +168,8 @@ pub struct KafkaSink {
     scratch: Scratch,
     call_timeout: Duration,
     stall_limit: Duration,
+    /// The checkpoint directory's lineage, tagged on every offset commit.
+    lineage: String,
 }
 
 /// Reused encode buffers: values, value ends, keys, key ends.
@@ -145,6 +185,11 @@ pub enum KafkaSinkError {
     /// and is abandoned.
     #[error("{0}")]
     Stalled(String),
+    /// The group's committed offsets and the restored checkpoint disagree
+    /// in a way no restart repairs (docs/exactly-once.md): starting would
+    /// write output twice or lose it.
+    #[error("{0}")]
+    Refused(String),
     /// Failing over would not help: a fatal producer error (above all,
     /// fenced by a newer instance with the same transactional id, which a
     /// failover would fight), a record the broker refuses, or checkpointed
@@ -172,6 +217,7 @@ impl KafkaSink {
         outputs: Vec<OutputTopic>,
         dead_letter_topic: Option<String>,
         tuning: &ProducerTuning,
+        lineage: &str,
     ) -> anyhow::Result<Self> {
         let producer: BaseProducer<ClientErrors> = config
             .client_config()
@@ -188,6 +234,11 @@ impl KafkaSink {
             .set("retry.backoff.ms", "5")
             .set("retry.backoff.max.ms", "100")
             .set("queue.buffering.max.messages", "1000000")
+            // librdkafka's default queue is 1 GiB: sized from the budget.
+            .set(
+                "queue.buffering.max.kbytes",
+                tuning.queue_kbytes.to_string(),
+            )
             .create_with_context(ClientErrors::default())
             .map_err(|e| anyhow::anyhow!("creating the Kafka producer: {e}"))?;
         producer
@@ -248,10 +299,16 @@ impl KafkaSink {
             scratch: Default::default(),
             call_timeout: tuning.call_timeout,
             stall_limit: tuning.stall_limit,
+            lineage: lineage.to_string(),
         })
     }
 
     /// Records sent in the open transaction.
+    /// Bytes of the open transaction's records (kept until its commit).
+    pub fn pending_bytes(&self) -> u64 {
+        self.pending.bytes
+    }
+
     pub fn pending_records(&self) -> usize {
         self.pending.values.len()
     }
@@ -300,10 +357,7 @@ impl KafkaSink {
             });
             let value = values[vs..ve].to_vec();
             vs = ve;
-            self.pending.topics.push(topic.clone());
-            self.pending.keys.push(key);
-            self.pending.values.push(value);
-            self.pending.headers.push(None);
+            self.pending.push(topic.clone(), key, value, None);
             self.send_last()?;
         }
         Ok(())
@@ -315,12 +369,35 @@ impl KafkaSink {
         let Some(topic) = &self.dead_letter_topic else {
             return Ok(());
         };
+        let (value, value_cut) = cap(&bad.value, DEAD_LETTER_MAX_VALUE);
+        let key = bad.key.as_ref().map(|k| cap(k, DEAD_LETTER_MAX_KEY));
+        let key_cut = key.as_ref().is_some_and(|(_, cut)| *cut);
+        let mut message = bad.error.clone();
+        if message.len() > DEAD_LETTER_MAX_MESSAGE {
+            let mut end = DEAD_LETTER_MAX_MESSAGE;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+            message.push('…');
+        }
         let mut headers = serde_json::json!({
             "tickflow.error.reason": bad.reason,
-            "tickflow.error.message": bad.error,
+            "tickflow.error.message": message,
             "tickflow.source.table": bad.table,
             "tickflow.source.location": bad.location,
+            "tickflow.source.value.size": bad.value.len().to_string(),
         });
+        if let Some(k) = &bad.key {
+            headers["tickflow.source.key.size"] = k.len().to_string().into();
+        }
+        let cut: Vec<&str> = [(key_cut, "key"), (value_cut, "value")]
+            .into_iter()
+            .filter_map(|(c, what)| c.then_some(what))
+            .collect();
+        if !cut.is_empty() {
+            headers["tickflow.dead-letter.truncated"] = cut.join(",").into();
+        }
         if let Some(k) = &bad.kafka {
             headers["tickflow.source.topic"] = k.topic.clone().into();
             headers["tickflow.source.partition"] = k.partition.to_string().into();
@@ -331,10 +408,12 @@ impl KafkaSink {
                 .unwrap_or_default()
                 .into();
         }
-        self.pending.topics.push(topic.clone());
-        self.pending.keys.push(bad.key.clone());
-        self.pending.values.push(bad.value.clone());
-        self.pending.headers.push(Some(headers.to_string()));
+        self.pending.push(
+            topic.clone(),
+            key.map(|(k, _)| k),
+            value,
+            Some(headers.to_string()),
+        );
         self.send_last()
     }
 
@@ -372,7 +451,7 @@ impl KafkaSink {
         epoch: u64,
         positions: &Offsets,
     ) -> Result<(), KafkaSinkError> {
-        let offsets = tagged_offsets(positions, epoch)?;
+        let offsets = tagged_offsets(positions, epoch, &self.lineage)?;
         // Broker restarts and leader moves surface here as retriable or
         // abortable errors. Retriable: try again. Abortable: abort, send the
         // epoch's records again (they are all in `pending`) and retry. Fatal
@@ -575,20 +654,42 @@ impl KafkaSink {
             .map_err(|e| KafkaSinkError::Kafka(format!("flushing output: {e}")))
     }
 
-    /// After a restore from checkpoint `epoch`: if that epoch's transaction
-    /// never committed, sends its records (`pending`) again and commits them
-    /// with its offsets. Returns whether it had to.
+    /// Brings the output in line with the restored checkpoint `restored`
+    /// (`None`: nothing restored), judged by the epoch and lineage the
+    /// group's offsets were last committed with (see [`recovery`]). If the
+    /// restored epoch's transaction never committed, sends its records
+    /// (`pending`) again and commits them with its offsets. Returns whether
+    /// it had to.
     pub fn recover(
         &mut self,
-        epoch: u64,
+        restored: Option<u64>,
         pending: Option<&RecordBatch>,
         positions: &Offsets,
+        fresh_start_allowed: bool,
     ) -> Result<bool, KafkaSinkError> {
-        if let Some(committed) = committed_epoch(&self.config, &self.group_id, positions)?
-            && committed >= epoch
+        let committed = committed_epoch(&self.config, &self.group_id, positions)?;
+        let what = recovery(
+            restored,
+            committed.as_ref(),
+            &self.lineage,
+            fresh_start_allowed,
+        )
+        .map_err(|why| {
+            KafkaSinkError::Refused(format!("consumer group {}: {why}", self.group_id))
+        })?;
+        if let (None, Some(c)) = (restored, &committed)
+            && c.epoch > 0
         {
-            return Ok(false);
+            tracing::warn!(
+                group = %self.group_id,
+                "starting fresh although the group's offsets were committed by {}: the input \
+                 is read again from --start-from",
+                c.describe()
+            );
         }
+        let Some(epoch) = restored.filter(|_| what == Recovery::Resend) else {
+            return Ok(false);
+        };
         if let Some(batch) = pending {
             self.pending = batch_to_pending(batch)?;
             for i in 0..self.pending.values.len() {
@@ -648,19 +749,26 @@ pub struct KafkaOutput {
     outputs: Option<Vec<OutputTopic>>,
     dead_letter_topic: Option<String>,
     tuning: ProducerTuning,
+    lineage: String,
+    fresh_start_allowed: bool,
     sink: Option<KafkaSink>,
 }
 
 impl KafkaOutput {
     /// Writes `outputs` (and dead letters) in transactions of
     /// `transactional_id`, which is also the consumer group the source
-    /// offsets are committed to.
+    /// offsets are committed to, tagged with the checkpoint directory's
+    /// `lineage`. With `fresh_start_allowed`, a run that restored nothing
+    /// starts even though the group holds offsets of another history
+    /// (`--start-fresh`); otherwise that is refused.
     pub fn new(
         config: KafkaConfig,
         transactional_id: String,
         outputs: Vec<OutputTopic>,
         dead_letter_topic: Option<String>,
         tuning: ProducerTuning,
+        lineage: String,
+        fresh_start_allowed: bool,
     ) -> Self {
         Self {
             config,
@@ -668,6 +776,8 @@ impl KafkaOutput {
             outputs: Some(outputs),
             dead_letter_topic,
             tuning,
+            lineage,
+            fresh_start_allowed,
             sink: None,
         }
     }
@@ -693,14 +803,19 @@ impl Sink for KafkaOutput {
             self.outputs.take().expect("started once"),
             self.dead_letter_topic.clone(),
             &self.tuning,
+            &self.lineage,
         )
         .map_err(ConnectorError::setup)?;
         let sink = self.sink.insert(sink);
         let offsets = kafka_offsets(positions)?;
         let epoch = restored.as_ref().map_or(0, |r| r.epoch);
-        if let Some(r) = restored
-            && sink.recover(r.epoch, r.state.as_ref(), &offsets)?
-        {
+        let state = restored.and_then(|r| r.state);
+        if sink.recover(
+            (epoch > 0).then_some(epoch),
+            state.as_ref(),
+            &offsets,
+            self.fresh_start_allowed,
+        )? {
             tracing::warn!(
                 epoch,
                 "the restored epoch's output was not committed: sent it again"
@@ -761,6 +876,10 @@ impl Sink for KafkaOutput {
     fn commit_delays(&self) -> Option<CommitDelays> {
         self.sink.as_ref().and_then(KafkaSink::commit_delays)
     }
+
+    fn pending_bytes(&self) -> u64 {
+        self.sink.as_ref().map_or(0, KafkaSink::pending_bytes)
+    }
 }
 
 fn send(
@@ -807,15 +926,139 @@ fn send(
     }
 }
 
-fn tagged_offsets(positions: &Offsets, epoch: u64) -> Result<TopicPartitionList, KafkaSinkError> {
+fn tagged_offsets(
+    positions: &Offsets,
+    epoch: u64,
+    lineage: &str,
+) -> Result<TopicPartitionList, KafkaSinkError> {
     let mut tpl = TopicPartitionList::new();
     for ((topic, partition), offset) in positions {
         let mut e = tpl.add_partition(topic, *partition);
         e.set_offset(Offset::Offset(*offset))
             .map_err(|e| KafkaSinkError::Fatal(e.to_string()))?;
-        e.set_metadata(format!("{EPOCH_TAG}{epoch}"));
+        e.set_metadata(format!("{EPOCH_TAG}{epoch}{LINEAGE_TAG}{lineage}"));
     }
     Ok(tpl)
+}
+
+/// The first `max` bytes of `bytes`, and whether that cut anything.
+fn cap(bytes: &[u8], max: usize) -> (Vec<u8>, bool) {
+    (bytes[..bytes.len().min(max)].to_vec(), bytes.len() > max)
+}
+
+/// The epoch (and lineage) the group's offsets were last committed with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Committed {
+    pub epoch: u64,
+    /// `None` for offsets committed by a worker that wrote no lineage.
+    pub lineage: Option<String>,
+}
+
+impl Committed {
+    fn parse(metadata: &str) -> Option<Self> {
+        let rest = metadata.strip_prefix(EPOCH_TAG)?;
+        let (epoch, lineage) = match rest.split_once(LINEAGE_TAG) {
+            Some((e, l)) => (e, Some(l.to_string())),
+            None => (rest, None),
+        };
+        Some(Self {
+            epoch: epoch.parse().ok()?,
+            lineage,
+        })
+    }
+
+    fn describe(&self) -> String {
+        match &self.lineage {
+            Some(l) => format!("epoch {} of checkpoint lineage {l}", self.epoch),
+            None => format!("epoch {}", self.epoch),
+        }
+    }
+}
+
+/// What a restart does about the restored epoch's output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recovery {
+    /// Its transaction committed (or nothing was restored): carry on.
+    Continue,
+    /// The checkpoint was written but its transaction never committed: send
+    /// its records again and commit them.
+    Resend,
+}
+
+/// The one decision of a restart (docs/exactly-once.md), from the restored
+/// checkpoint's epoch (`None`: nothing restored), what the group last
+/// committed, and this directory's lineage. Anything but "committed the
+/// restored epoch or the one before it, from this directory" is refused:
+///
+/// - committed *ahead* of the restored epoch: that epoch's output is in
+///   Kafka already and restoring the older state would write it again (a
+///   second worker on the directory, or a newer checkpoint that did not read
+///   back and whose epoch had committed);
+/// - committed by another lineage: the directory is stale (a reverted
+///   stateless revision, a copied volume) and the output has moved on;
+/// - nothing restored while the group holds offsets of an epoch: the
+///   checkpoints were lost (PVC lost, resource re-created under the same
+///   name); starting would re-read from `--start-from`. Allowed with
+///   `fresh_start_allowed` (`--start-fresh`), and for this directory's own
+///   first start (epoch 0 of its lineage, nothing written yet).
+pub fn recovery(
+    restored: Option<u64>,
+    committed: Option<&Committed>,
+    lineage: &str,
+    fresh_start_allowed: bool,
+) -> Result<Recovery, String> {
+    let ours = |c: &Committed| c.lineage.as_deref().is_none_or(|l| l == lineage);
+    let Some(restored) = restored else {
+        return match committed {
+            None => Ok(Recovery::Continue),
+            // Epoch 0 is the empty transaction of a start: nothing was written.
+            Some(c) if c.epoch == 0 => Ok(Recovery::Continue),
+            Some(_) if fresh_start_allowed => Ok(Recovery::Continue),
+            Some(c) => Err(format!(
+                "its offsets were committed by {}, but the checkpoint directory holds no \
+                 checkpoint (a lost volume, or the query re-created under the same name). \
+                 Starting here would read the input again from --start-from and write its \
+                 output twice (or skip some). Restore the checkpoint directory, or start over \
+                 on purpose with --start-fresh",
+                c.describe()
+            )),
+        };
+    };
+    let Some(c) = committed else {
+        return Err(format!(
+            "it holds no committed offsets, so whether epoch {restored} of the restored \
+             checkpoint was committed cannot be told (the offsets expired after the broker's \
+             offsets.retention.minutes, or were deleted). Refusing rather than risk writing that \
+             epoch twice or not at all; start over with --start-fresh"
+        ));
+    };
+    if !ours(c) {
+        return Err(format!(
+            "its offsets were committed by {}, not by this checkpoint directory (lineage \
+             {lineage}, restored epoch {restored}): the directory is stale (a reverted \
+             stateless revision, or a copy) and the output has moved past it. Remove the \
+             directory or start over with --start-fresh",
+            c.describe()
+        ));
+    }
+    match c.epoch {
+        e if e == restored => Ok(Recovery::Continue),
+        e if e + 1 == restored => Ok(Recovery::Resend),
+        e if e > restored => Err(format!(
+            "its offsets were committed by {}, after the restored checkpoint {restored}: that \
+             output is in Kafka already and restoring the older state would write it again. \
+             Either a newer checkpoint did not read back (see the warnings above; it was set \
+             aside as chk-<id>.unreadable) or another worker wrote to this group. Restore the \
+             newer checkpoint, or start over with --start-fresh",
+            c.describe()
+        )),
+        _ => Err(format!(
+            "its offsets were committed by {}, more than one epoch before the restored \
+             checkpoint {restored}: the checkpoint does not belong to this group's history. \
+             Start over with --start-fresh",
+            c.describe()
+        )),
+    }
 }
 
 /// The epoch of the offsets last committed for these partitions, if any.
@@ -830,7 +1073,7 @@ fn committed_epoch(
     config: &KafkaConfig,
     group_id: &str,
     positions: &Offsets,
-) -> Result<Option<u64>, KafkaSinkError> {
+) -> Result<Option<Committed>, KafkaSinkError> {
     let consumer: BaseConsumer<ClientErrors> = config
         .client_config()
         .set("group.id", group_id)
@@ -848,7 +1091,7 @@ fn committed_epoch(
             "reading the offsets committed to consumer group {group_id}: {e}"
         ))
     })?;
-    let mut epoch = None;
+    let mut last: Option<Committed> = None;
     for e in committed.elements() {
         if let Err(err) = e.error() {
             return Err(KafkaSinkError::Kafka(format!(
@@ -857,22 +1100,21 @@ fn committed_epoch(
                 e.partition()
             )));
         }
-        if let Some(tag) = e
-            .metadata()
-            .strip_prefix(EPOCH_TAG)
-            .and_then(|t| t.parse::<u64>().ok())
+        if let Some(tag) = Committed::parse(e.metadata())
+            && last.as_ref().is_none_or(|l| tag.epoch > l.epoch)
         {
-            epoch = epoch.max(Some(tag));
+            last = Some(tag);
         }
     }
-    Ok(epoch)
+    Ok(last)
 }
 
 fn pending_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("topic", DataType::Utf8, false),
-        Field::new("key", DataType::Binary, true),
-        Field::new("value", DataType::Binary, false),
+        // 64-bit offsets: an epoch's output may exceed 2 GiB.
+        Field::new("key", DataType::LargeBinary, true),
+        Field::new("value", DataType::LargeBinary, false),
         Field::new("headers", DataType::Utf8, true),
     ]))
 }
@@ -882,8 +1124,10 @@ fn pending_to_batch(p: &Pending) -> RecordBatch {
         pending_schema(),
         vec![
             Arc::new(StringArray::from_iter_values(&p.topics)),
-            Arc::new(BinaryArray::from_iter(p.keys.iter().map(|k| k.as_deref()))),
-            Arc::new(BinaryArray::from_iter_values(p.values.iter())),
+            Arc::new(LargeBinaryArray::from_iter(
+                p.keys.iter().map(|k| k.as_deref()),
+            )),
+            Arc::new(LargeBinaryArray::from_iter_values(p.values.iter())),
             Arc::new(StringArray::from_iter(
                 p.headers.iter().map(|h| h.as_deref()),
             )),
@@ -899,15 +1143,16 @@ fn batch_to_pending(b: &RecordBatch) -> Result<Pending, KafkaSinkError> {
         .as_any()
         .downcast_ref::<StringArray>()
         .ok_or_else(bad)?;
-    let keys = b
-        .column(1)
+    // Checkpoints before 64-bit offsets hold `Binary`: cast, never refuse.
+    let large = |i: usize| arrow::compute::cast(b.column(i), &DataType::LargeBinary).ok();
+    let (keys, values) = (large(1).ok_or_else(bad)?, large(2).ok_or_else(bad)?);
+    let keys = keys
         .as_any()
-        .downcast_ref::<BinaryArray>()
+        .downcast_ref::<LargeBinaryArray>()
         .ok_or_else(bad)?;
-    let values = b
-        .column(2)
+    let values = values
         .as_any()
-        .downcast_ref::<BinaryArray>()
+        .downcast_ref::<LargeBinaryArray>()
         .ok_or_else(bad)?;
     let headers = b
         .column(3)
@@ -916,12 +1161,12 @@ fn batch_to_pending(b: &RecordBatch) -> Result<Pending, KafkaSinkError> {
         .ok_or_else(bad)?;
     let mut p = Pending::default();
     for i in 0..b.num_rows() {
-        p.topics.push(topics.value(i).to_string());
-        p.keys
-            .push(keys.is_valid(i).then(|| keys.value(i).to_vec()));
-        p.values.push(values.value(i).to_vec());
-        p.headers
-            .push(headers.is_valid(i).then(|| headers.value(i).to_string()));
+        p.push(
+            topics.value(i).to_string(),
+            keys.is_valid(i).then(|| keys.value(i).to_vec()),
+            values.value(i).to_vec(),
+            headers.is_valid(i).then(|| headers.value(i).to_string()),
+        );
     }
     Ok(p)
 }
@@ -932,19 +1177,127 @@ mod tests {
 
     #[test]
     fn pending_records_survive_the_checkpoint_format() {
-        let p = Pending {
-            topics: vec!["a".into(), "dlq".into()],
-            keys: vec![Some(b"AAPL".to_vec()), None],
-            values: vec![vec![0, 0, 0, 0, 1, 2], b"junk".to_vec()],
-            headers: vec![
-                None,
-                Some(r#"{"tickflow.error.reason":"bad-magic"}"#.into()),
-            ],
-        };
+        use arrow::array::BinaryArray;
+        let mut p = Pending::default();
+        p.push(
+            "a".into(),
+            Some(b"AAPL".to_vec()),
+            vec![0, 0, 0, 0, 1, 2],
+            None,
+        );
+        let dlq_headers = r#"{"tickflow.error.reason":"bad-magic"}"#.to_string();
+        p.push(
+            "dlq".into(),
+            None,
+            b"junk".to_vec(),
+            Some(dlq_headers.clone()),
+        );
+        assert_eq!(p.bytes, (1 + 4 + 6 + 3 + 4 + dlq_headers.len()) as u64);
         let back = batch_to_pending(&pending_to_batch(&p)).unwrap();
         assert_eq!(back.topics, p.topics);
         assert_eq!(back.keys, p.keys);
         assert_eq!(back.values, p.values);
         assert_eq!(back.headers, p.headers);
+        assert_eq!(back.bytes, p.bytes);
+
+        // A checkpoint written before 64-bit offsets still reads back.
+        let old = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("topic", DataType::Utf8, false),
+                Field::new("key", DataType::Binary, true),
+                Field::new("value", DataType::Binary, false),
+                Field::new("headers", DataType::Utf8, true),
+            ])),
+            vec![
+                Arc::new(StringArray::from(vec!["a"])),
+                Arc::new(BinaryArray::from(vec![Some(&b"k"[..])])),
+                Arc::new(BinaryArray::from(vec![&b"v"[..]])),
+                Arc::new(StringArray::from(vec![None::<&str>])),
+            ],
+        )
+        .unwrap();
+        let back = batch_to_pending(&old).unwrap();
+        assert_eq!(back.values, vec![b"v".to_vec()]);
+    }
+
+    #[test]
+    fn the_epoch_tag_carries_the_lineage_and_old_tags_still_parse() {
+        let tpl = tagged_offsets(&Offsets::from([(("t".into(), 0), 5)]), 7, "abc").unwrap();
+        let md = tpl.elements()[0].metadata().to_string();
+        assert_eq!(
+            Committed::parse(&md),
+            Some(Committed {
+                epoch: 7,
+                lineage: Some("abc".into())
+            })
+        );
+        assert_eq!(
+            Committed::parse("tickflow-epoch=3"),
+            Some(Committed {
+                epoch: 3,
+                lineage: None
+            })
+        );
+        assert_eq!(Committed::parse("something else"), None);
+    }
+
+    #[test]
+    fn a_restart_accepts_only_the_restored_epoch_or_the_one_before_from_its_own_lineage() {
+        let c = |epoch, lineage: Option<&str>| Committed {
+            epoch,
+            lineage: lineage.map(str::to_string),
+        };
+        let ours = Some("L");
+        // The normal cases.
+        assert_eq!(
+            recovery(Some(5), Some(&c(5, ours)), "L", false),
+            Ok(Recovery::Continue)
+        );
+        assert_eq!(
+            recovery(Some(5), Some(&c(4, ours)), "L", false),
+            Ok(Recovery::Resend)
+        );
+        assert_eq!(
+            recovery(Some(5), Some(&c(4, None)), "L", false),
+            Ok(Recovery::Resend)
+        );
+        assert_eq!(recovery(None, None, "L", false), Ok(Recovery::Continue));
+        assert_eq!(
+            recovery(None, Some(&c(0, Some("M"))), "L", false),
+            Ok(Recovery::Continue)
+        );
+        // Committed ahead (a second worker, a newer checkpoint unreadable).
+        let e = recovery(Some(5), Some(&c(6, ours)), "L", false).unwrap_err();
+        assert!(e.contains("after the restored checkpoint 5"), "{e}");
+        assert!(recovery(Some(5), Some(&c(6, ours)), "L", true).is_err());
+        // Behind by more than one, another lineage, nothing committed.
+        assert!(recovery(Some(5), Some(&c(3, ours)), "L", false).is_err());
+        let e = recovery(Some(5), Some(&c(5, Some("M"))), "L", false).unwrap_err();
+        assert!(e.contains("stale"), "{e}");
+        assert!(recovery(Some(5), None, "L", false).is_err());
+        // No checkpoint while the group holds an epoch: refused unless fresh.
+        let e = recovery(None, Some(&c(9, Some("M"))), "L", false).unwrap_err();
+        assert!(e.contains("--start-fresh"), "{e}");
+        assert!(recovery(None, Some(&c(9, ours)), "L", false).is_err());
+        assert_eq!(
+            recovery(None, Some(&c(9, Some("M"))), "L", true),
+            Ok(Recovery::Continue)
+        );
+    }
+
+    #[test]
+    fn dead_letter_values_keys_and_messages_are_capped() {
+        let (v, cut) = cap(&vec![7u8; DEAD_LETTER_MAX_VALUE + 1], DEAD_LETTER_MAX_VALUE);
+        assert!(cut);
+        assert_eq!(v.len(), DEAD_LETTER_MAX_VALUE);
+        let (v, cut) = cap(b"small", DEAD_LETTER_MAX_VALUE);
+        assert!(!cut);
+        assert_eq!(v, b"small");
+        // Value + key + headers stay well under librdkafka's default 1 MB.
+        const {
+            assert!(
+                DEAD_LETTER_MAX_VALUE + DEAD_LETTER_MAX_KEY + 4 * DEAD_LETTER_MAX_MESSAGE < 500_000
+            )
+        };
     }
 }

@@ -8,7 +8,18 @@
 //! cached registry client; a record that cannot be decoded becomes a
 //! [`DeadLetter`] for the dead-letter topic. When the registry is down the
 //! partition is rewound to the undecoded record and retried later: nothing is
-//! skipped.
+//! skipped. Only the registry's "unknown id" (and a schema that is not valid
+//! Avro) make a record bad; a refusal (401/403), throttling (408/429), a
+//! timeout or any other answer is the registry's trouble and rewinds too.
+//!
+//! Every record read becomes a row, a dead letter, or, for a tombstone (a
+//! null value: a delete marker of a compacted topic, which an append-only
+//! table has no row for), a count in [`Polled::skipped`]. An empty value
+//! (zero bytes, or only white space in JSON) is a dead letter
+//! (`empty-value`). A position outside its partition's range (retention
+//! deleted the records, the topic was recreated) is moved by the
+//! [`OnOutOfRange`] policy, logged and counted; librdkafka never resets one
+//! by itself (`auto.offset.reset=error`).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -27,6 +38,8 @@ use crate::kafka::offsets::{offsets_from_json, offsets_to_json};
 use crate::kafka::{
     ClientErrors, KafkaConfig, Offsets, RegistryClient, RegistryError, TopicPartition,
 };
+use crate::memory::{BufferSizes, MemoryBudget};
+use crate::runner::source::OffsetReset;
 use crate::runner::{
     ConnectorError, DeadLetter, KafkaOrigin, Polled, Source, SourceFigures, TableBatch, Trouble,
 };
@@ -50,12 +63,47 @@ pub enum StartFrom {
     Latest,
 }
 
+/// What to do with a position (checkpointed, or reached while reading)
+/// that is outside its partition's offsets: records not yet read were
+/// deleted by retention, or the topic was recreated.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOutOfRange {
+    /// Continue at the oldest record still there (loses only what is gone).
+    #[default]
+    Earliest,
+    /// Continue at the end of the partition (skips what is still there too).
+    Latest,
+    /// Stop the query with an error.
+    Fail,
+}
+
+impl OnOutOfRange {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Earliest => "earliest",
+            Self::Latest => "latest",
+            Self::Fail => "fail",
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaSourceError {
     #[error("topic `{0}` does not exist")]
     MissingTopic(String),
     #[error("Kafka consumer: {0}")]
     Kafka(String),
+    #[error(
+        "{partition}: offset {position} is out of range (the partition holds {low}..{high}): \
+         records not read yet were deleted by retention, or the topic was recreated; \
+         --on-offset-out-of-range earliest|latest chooses where to continue"
+    )]
+    OutOfRange {
+        partition: String,
+        position: i64,
+        low: i64,
+        high: i64,
+    },
 }
 
 /// Reads the bound topics.
@@ -68,6 +116,13 @@ pub struct KafkaSource {
     state: Vec<BindingState>,
     /// A bounded run stops at the end offsets taken at start-up.
     bounded: bool,
+    on_out_of_range: OnOutOfRange,
+    /// Resets made at open, reported with the first poll.
+    pending_resets: Vec<OffsetReset>,
+    /// Records skipped on purpose, by reason (this process).
+    skipped: BTreeMap<&'static str, u64>,
+    /// Out-of-range resets per `topic/partition` (this process).
+    resets: BTreeMap<String, u64>,
 }
 
 /// Hot-path state of one bound topic, kept free of per-message allocation.
@@ -147,7 +202,9 @@ impl BindingState {
 
 impl KafkaSource {
     /// Connects, assigns every partition of the bound topics and seeks them to
-    /// `positions` (or `start` where a partition has none).
+    /// `positions` (or `start` where a partition has none; `on_out_of_range`
+    /// where one is outside its partition).
+    #[allow(clippy::too_many_arguments)]
     pub fn open(
         config: &KafkaConfig,
         group_id: &str,
@@ -155,7 +212,9 @@ impl KafkaSource {
         registry: Option<RegistryClient>,
         positions: &Offsets,
         start: StartFrom,
+        on_out_of_range: OnOutOfRange,
         bounded: bool,
+        buffers: &BufferSizes,
     ) -> anyhow::Result<Self> {
         let consumer: BaseConsumer<ClientErrors> = config
             .client_config()
@@ -164,24 +223,25 @@ impl KafkaSource {
             .set("enable.auto.offset.store", "false")
             // Only committed input: the upstream may be transactional too.
             .set("isolation.level", "read_committed")
+            // Never move a position silently: an out-of-range fetch comes
+            // back as an error and `on_out_of_range` decides.
+            .set("auto.offset.reset", "error")
+            // Prefetch sized from the memory budget (crate::memory).
+            .set("fetch.max.bytes", buffers.fetch_max_bytes.to_string())
             .set(
-                "auto.offset.reset",
-                match start {
-                    StartFrom::Earliest => "earliest",
-                    StartFrom::Latest => "latest",
-                },
+                "queued.max.messages.kbytes",
+                buffers.consumer_queue_kbytes.to_string(),
             )
-            .set("fetch.max.bytes", "52428800")
             // librdkafka pauses fetching for 1 s by default once a partition's
             // local queue is full; at full speed that stalls the pipeline.
             .set("fetch.queue.backoff.ms", "5")
-            .set("queued.max.messages.kbytes", "262144")
             .create_with_context(ClientErrors::default())
             .map_err(|e| anyhow::anyhow!("creating the Kafka consumer: {e}"))?;
         let timeout = Duration::from_secs(15);
         let mut assignment = TopicPartitionList::new();
         let mut all_positions = BTreeMap::new();
         let mut partition_counts = Vec::new();
+        let mut pending_resets = Vec::new();
         for b in &bindings {
             if b.format == ValueFormat::Avro && registry.is_none() {
                 anyhow::bail!(
@@ -202,7 +262,19 @@ impl KafkaSource {
             for p in t.partitions() {
                 let tp = (b.topic.clone(), p.id());
                 let offset = match positions.get(&tp) {
-                    Some(&o) => Offset::Offset(o),
+                    Some(&o) => {
+                        let (low, high) = consumer
+                            .fetch_watermarks(&b.topic, p.id(), timeout)
+                            .map_err(|e| consumer.context().explain(&config.brokers, &e))?;
+                        match out_of_range(&b.topic, p.id(), o, low, high, on_out_of_range)? {
+                            Some(reset) => {
+                                let to = reset.to;
+                                pending_resets.push(reset);
+                                Offset::Offset(to)
+                            }
+                            None => Offset::Offset(o),
+                        }
+                    }
                     None => match start {
                         StartFrom::Earliest => Offset::Beginning,
                         StartFrom::Latest => Offset::End,
@@ -252,6 +324,10 @@ impl KafkaSource {
                 state[bi].end_offsets.insert(partition, high);
             }
         }
+        let resets = pending_resets
+            .iter()
+            .map(|r| (r.partition.clone(), 1))
+            .collect();
         Ok(Self {
             consumer,
             brokers: config.brokers.clone(),
@@ -259,6 +335,10 @@ impl KafkaSource {
             registry,
             state,
             bounded,
+            on_out_of_range,
+            pending_resets,
+            skipped: BTreeMap::new(),
+            resets,
         })
     }
 
@@ -344,7 +424,10 @@ impl KafkaSource {
         max_wait: Duration,
     ) -> Result<Polled, KafkaSourceError> {
         let deadline = Instant::now() + max_wait;
-        let mut polled = Polled::default();
+        let mut polled = Polled {
+            offset_resets: std::mem::take(&mut self.pending_resets),
+            ..Polled::default()
+        };
         while polled.records < max_records {
             let now = Instant::now();
             let wait = if polled.records == 0 {
@@ -358,6 +441,11 @@ impl KafkaSource {
             let msg = match msg {
                 Ok(m) => m,
                 Err(KafkaError::PartitionEOF(_)) => continue,
+                Err(e) if is_out_of_range(&e) => {
+                    // The error does not say which partition: check them all.
+                    self.reset_out_of_range(&mut polled)?;
+                    continue;
+                }
                 Err(e) if is_transient(&e) => {
                     // librdkafka reconnects by itself; report and keep going.
                     polled.trouble = Some(Trouble::Broker(e.to_string()));
@@ -382,7 +470,15 @@ impl KafkaSource {
             {
                 continue; // past the end of a bounded run
             }
-            let value = msg.payload().unwrap_or_default();
+            let Some(value) = msg.payload() else {
+                // A tombstone: nothing to make a row of (see the module doc).
+                *polled.skipped.entry("tombstone").or_default() += 1;
+                *self.skipped.entry("tombstone").or_default() += 1;
+                polled.records += 1;
+                st.records += 1;
+                st.positions.insert(partition, offset + 1);
+                continue;
+            };
             let binding = &self.bindings[bi];
             // Key and timestamp are copied only where they may be needed later.
             let meta = || PendingMeta {
@@ -427,6 +523,60 @@ impl KafkaSource {
         }
         self.finish_batches(&mut polled);
         Ok(polled)
+    }
+
+    /// After an out-of-range error: moves every position outside its
+    /// partition's offsets by the policy (or fails).
+    fn reset_out_of_range(&mut self, polled: &mut Polled) -> Result<(), KafkaSourceError> {
+        let timeout = Duration::from_secs(10);
+        let before = polled.offset_resets.len();
+        for (b, st) in self.bindings.iter().zip(self.state.iter_mut()) {
+            let parts: Vec<(i32, i64)> = st.positions.iter().map(|(p, o)| (p, *o)).collect();
+            for (p, pos) in parts {
+                let (low, high) = self
+                    .consumer
+                    .fetch_watermarks(&b.topic, p, timeout)
+                    .map_err(|e| {
+                        KafkaSourceError::Kafka(
+                            self.consumer
+                                .context()
+                                .explain(&self.brokers, &e)
+                                .to_string(),
+                        )
+                    })?;
+                let Some(reset) = out_of_range(&b.topic, p, pos, low, high, self.on_out_of_range)?
+                else {
+                    continue;
+                };
+                self.consumer
+                    .seek(&b.topic, p, Offset::Offset(reset.to), timeout)
+                    .map_err(|e| {
+                        KafkaSourceError::Kafka(format!("seeking {}/{p}: {e}", b.topic))
+                    })?;
+                st.positions.insert(p, reset.to);
+                *self.resets.entry(reset.partition.clone()).or_default() += 1;
+                polled.offset_resets.push(reset);
+            }
+        }
+        if polled.offset_resets.len() == before {
+            tracing::warn!(
+                "Kafka reported an out-of-range offset, but every position is in range now"
+            );
+        }
+        Ok(())
+    }
+
+    /// Records skipped on purpose, by reason (this process).
+    pub fn skipped(&self) -> BTreeMap<String, u64> {
+        self.skipped
+            .iter()
+            .map(|(r, n)| (r.to_string(), *n))
+            .collect()
+    }
+
+    /// Out-of-range resets per `topic/partition` (this process).
+    pub fn offset_resets(&self) -> &BTreeMap<String, u64> {
+        &self.resets
     }
 
     /// Turns what the decoders hold into batches (and JSON errors into bad messages).
@@ -496,10 +646,16 @@ fn decode_value(
         ValueFormat::Json => {
             let text = std::str::from_utf8(value)
                 .map_err(|e| DecodeFailure::Bad("invalid-utf8", e.to_string()))?;
+            if text.trim().is_empty() {
+                return Err(empty_value());
+            }
             state.json.push((meta(), text.to_string()));
             Ok(())
         }
         ValueFormat::Avro => {
+            if value.is_empty() {
+                return Err(empty_value());
+            }
             let (id, body) = confluent::unframe(value).map_err(bad)?;
             let index = match state.avro.iter().position(|(i, _)| *i == id) {
                 Some(index) => index,
@@ -507,13 +663,16 @@ fn decode_value(
                     let registry = registry.expect("checked at open");
                     let decoder = match registry.schema_by_id(id) {
                         Ok(writer) => decoder_for(&writer, &binding.avro_schema),
+                        // Not cached here: the client remembers unknown ids
+                        // for a while, and a schema registered later is used.
                         Err(RegistryError::UnknownId(_)) => {
                             return Err(bad(DecodeError::UnknownSchemaId(id)));
                         }
-                        Err(e) if e.is_transient() => {
-                            return Err(DecodeFailure::RegistryDown(e.to_string()));
-                        }
-                        Err(e) => Err(e.to_string()),
+                        // About the schema itself: every record with it is bad.
+                        Err(e @ RegistryError::InvalidSchema { .. }) => Err(e.to_string()),
+                        // Down, refusing, throttling, misconfigured: not the
+                        // record's fault; read it again later.
+                        Err(e) => return Err(DecodeFailure::RegistryDown(e.to_string())),
                     };
                     state.avro.push((id, decoder));
                     state.avro.len() - 1
@@ -548,6 +707,59 @@ fn cached_high_watermark(
     };
     (err == rdkafka_sys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
         .then_some(high)
+}
+
+/// A fetch position outside the partition (with `auto.offset.reset=error`).
+fn is_out_of_range(e: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(C::AutoOffsetReset | C::OffsetOutOfRange)
+    )
+}
+
+/// Where `position` of `topic/partition` moves when it is outside
+/// `low..=high` (`None`: it is inside), logged; an error for `Fail`.
+fn out_of_range(
+    topic: &str,
+    partition: i32,
+    position: i64,
+    low: i64,
+    high: i64,
+    policy: OnOutOfRange,
+) -> Result<Option<OffsetReset>, KafkaSourceError> {
+    if (low..=high).contains(&position) {
+        return Ok(None);
+    }
+    let name = format!("{topic}/{partition}");
+    let to = match policy {
+        OnOutOfRange::Earliest => low,
+        OnOutOfRange::Latest => high,
+        OnOutOfRange::Fail => {
+            tracing::error!(
+                "{name}: offset {position} is out of range ({low}..{high}); stopping (--on-offset-out-of-range fail)"
+            );
+            return Err(KafkaSourceError::OutOfRange {
+                partition: name,
+                position,
+                low,
+                high,
+            });
+        }
+    };
+    let skipped = u64::try_from(to - position).unwrap_or(0);
+    tracing::warn!(
+        "{name}: offset {position} is out of range (the partition holds {low}..{high}: \
+         retention deleted unread records, or the topic was recreated); continuing at {to} \
+         (--on-offset-out-of-range {}), {skipped} records skipped",
+        policy.name()
+    );
+    Ok(Some(OffsetReset {
+        partition: name,
+        from: position,
+        to,
+        skipped,
+    }))
 }
 
 /// Connection-level errors librdkafka recovers from on its own.
@@ -617,6 +829,13 @@ enum DecodeFailure {
     RegistryDown(String),
 }
 
+fn empty_value() -> DecodeFailure {
+    DecodeFailure::Bad(
+        "empty-value",
+        "the record's value is empty (a tombstone would have a null value)".into(),
+    )
+}
+
 fn bad(e: DecodeError) -> DecodeFailure {
     DecodeFailure::Bad(e.reason(), e.to_string())
 }
@@ -652,7 +871,9 @@ pub struct KafkaInput {
     bindings: Vec<TopicBinding>,
     registry: Option<RegistryClient>,
     start: StartFrom,
+    on_out_of_range: OnOutOfRange,
     bounded: bool,
+    buffers: BufferSizes,
     source: Option<KafkaSource>,
 }
 
@@ -665,6 +886,7 @@ impl KafkaInput {
         bindings: Vec<TopicBinding>,
         registry: Option<RegistryClient>,
         start: StartFrom,
+        on_out_of_range: OnOutOfRange,
         bounded: bool,
     ) -> Self {
         Self {
@@ -673,9 +895,18 @@ impl KafkaInput {
             bindings,
             registry,
             start,
+            on_out_of_range,
             bounded,
+            buffers: MemoryBudget(crate::memory::DEFAULT_BUDGET).split(),
             source: None,
         }
+    }
+
+    /// Sizes the consumer's prefetch from a memory budget's split (default:
+    /// [`crate::memory::DEFAULT_BUDGET`]).
+    pub fn with_buffers(mut self, buffers: BufferSizes) -> Self {
+        self.buffers = buffers;
+        self
     }
 
     fn source(&self) -> &KafkaSource {
@@ -701,7 +932,9 @@ impl Source for KafkaInput {
                 self.registry.clone(),
                 &offsets,
                 self.start,
+                self.on_out_of_range,
                 self.bounded,
+                &self.buffers,
             )
             .map_err(ConnectorError::setup)?,
         );
@@ -746,6 +979,8 @@ impl Source for KafkaInput {
                 .into_iter()
                 .map(|((t, p), l)| (format!("{t}/{p}"), l))
                 .collect(),
+            skipped: s.skipped(),
+            offset_resets: s.offset_resets().clone(),
         }
     }
 }

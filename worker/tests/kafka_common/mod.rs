@@ -112,6 +112,63 @@ pub fn worker() -> Command {
     c
 }
 
+/// How long a test waits for something that should take seconds: a guard
+/// against hangs, not a speed target (CI may share the machine with other
+/// work, and the broker is a JVM that a busy machine starves first).
+pub const HANG_GUARD: Duration = Duration::from_secs(300);
+
+/// A worker started in the background whose stdout and stderr are read as
+/// they come: a test that waits on the worker (for a checkpoint, a status)
+/// must never leave it blocked on a full pipe, which a busy machine's
+/// warnings (slow broker, retries) can fill.
+pub struct Drained {
+    pub child: std::process::Child,
+    stdout: std::thread::JoinHandle<Vec<u8>>,
+    stderr: std::thread::JoinHandle<Vec<u8>>,
+}
+
+pub fn spawn_drained(cmd: &mut Command) -> Drained {
+    use std::io::Read;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("worker starts");
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().expect("piped")));
+    let stderr = drain(Box::new(child.stderr.take().expect("piped")));
+    Drained {
+        child,
+        stdout,
+        stderr,
+    }
+}
+
+impl Drained {
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("wait on the worker")
+    }
+
+    pub fn wait_with_output(mut self) -> Output {
+        let status = self.child.wait().expect("wait on the worker");
+        Output {
+            status,
+            stdout: self.stdout.join().expect("stdout reader"),
+            stderr: self.stderr.join().expect("stderr reader"),
+        }
+    }
+}
+
 pub fn run_ok(cmd: &mut Command) -> serde_json::Value {
     let out = cmd.output().expect("worker runs");
     assert!(
@@ -302,10 +359,10 @@ pub fn read_topic(brokers: &str, topic: &str, read_committed: bool) -> Vec<Recor
     out
 }
 
-/// Retries a metadata or offsets query for up to 30 s: right after a broker
-/// restart they fail with "not leader" until the partitions are loaded.
+/// Retries a metadata or offsets query (up to [`HANG_GUARD`]): right after a
+/// broker restart they fail with "not leader" until the partitions are loaded.
 fn retry_after_restart<T>(mut query: impl FnMut() -> KafkaResult<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + HANG_GUARD;
     loop {
         match query() {
             Ok(v) => return v,

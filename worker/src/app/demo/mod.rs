@@ -52,6 +52,7 @@ pub fn run_demo(opts: DemoOptions) -> Result<(), RunError> {
     let config = EngineConfig {
         allowed_lateness: opts.allowed_lateness,
         idle_timeout: None,
+        event_time_bounds: Default::default(),
     };
     let pipeline = Pipeline::new(&builtin_sql(), &Catalog::builtin(), &config)?;
     let source = SimulatorSource::new(opts.sim.clone(), opts.speed).map_err(RunError::Setup)?;

@@ -18,13 +18,14 @@ use std::time::Duration;
 
 use crate::checkpoint::CheckpointStore;
 use crate::codec::records::ValueFormat;
-use crate::engine::{Catalog, EngineConfig, Pipeline};
+use crate::engine::{Catalog, EngineConfig, EventTimeBounds, Pipeline};
 use crate::kafka::{KafkaConfig, RegistryClient};
+use crate::memory::BufferSizes;
 use crate::runner::failover::{AttemptStart, FailoverPolicy, run_with_failover};
 use crate::runner::{Progress, RunError, RunOptions, RunSummary, Runner};
 use crate::runtime::StatusHandle;
 use crate::sink::kafka::{KafkaOutput, ProducerTuning};
-use crate::source::kafka::{KafkaInput, StartFrom};
+use crate::source::kafka::{KafkaInput, OnOutOfRange, StartFrom};
 
 /// Options of a Kafka query run.
 #[derive(Clone, Debug)]
@@ -49,6 +50,8 @@ pub struct KafkaQueryOptions {
     pub replication: i32,
     pub tuning: ProducerTuning,
     pub start: StartFrom,
+    /// What to do with a position outside its partition's offsets.
+    pub on_out_of_range: OnOutOfRange,
     /// Stop at the partitions' end offsets as of start-up (a backfill).
     pub bounded: bool,
     pub checkpoint_dir: PathBuf,
@@ -56,13 +59,24 @@ pub struct KafkaQueryOptions {
     /// Commit output this soon after it is produced (bounds result latency).
     pub max_output_delay: Duration,
     pub checkpoints_to_keep: usize,
+    /// Delete the checkpoints and start a new lineage; also start when the
+    /// group holds offsets committed by another history.
     pub start_fresh: bool,
+    /// Start from `start` when the directory holds no checkpoint, even if
+    /// the group holds offsets of another history (the operator's stateless
+    /// upgrade mode: each revision starts empty). Without it that is
+    /// refused (docs/exactly-once.md).
+    pub start_fresh_if_no_checkpoint: bool,
     /// Failovers in a row (without a committed checkpoint between them)
     /// before the run gives up; 0: fail at the first error.
     pub max_failovers: u32,
     pub allowed_lateness: Duration,
+    pub event_time_bounds: EventTimeBounds,
     pub idle_timeout: Duration,
     pub max_batch_records: usize,
+    /// Consumer prefetch, producer queue and the epoch's pending output, all
+    /// from one memory budget (`crate::memory`).
+    pub buffers: BufferSizes,
     pub status: StatusHandle,
     pub stop: Arc<AtomicBool>,
 }
@@ -100,6 +114,7 @@ fn run_attempt(
     let config = EngineConfig {
         allowed_lateness: opts.allowed_lateness,
         idle_timeout: Some(opts.idle_timeout),
+        event_time_bounds: opts.event_time_bounds,
     };
     let pipeline = Pipeline::new(&opts.sql, &catalog, &config).map_err(|e| {
         RunError::Setup(anyhow::Error::new(e).context(format!("in {}", opts.sql_origin)))
@@ -107,12 +122,24 @@ fn run_attempt(
     let bindings = setup::bindings(opts, &catalog, &pipeline).map_err(RunError::Setup)?;
     let outputs = setup::outputs(opts, &pipeline).map_err(RunError::Setup)?;
     let group = format!("tickflow-{}", opts.name);
+    // The directory's lock first: a second worker stops here.
+    let mut store = CheckpointStore::open(&opts.checkpoint_dir, opts.checkpoints_to_keep)?;
+    if start.start_fresh {
+        let removed = store.start_over()?;
+        tracing::warn!(
+            removed,
+            lineage = store.lineage(),
+            "starting fresh: checkpoints deleted, new lineage"
+        );
+    }
     let sink = KafkaOutput::new(
         opts.kafka.clone(),
         group.clone(),
         outputs,
         opts.dead_letter_topic.clone(),
         opts.tuning.clone(),
+        store.lineage().to_string(),
+        start.start_fresh || opts.start_fresh_if_no_checkpoint,
     );
     let source = KafkaInput::new(
         opts.kafka.clone(),
@@ -120,10 +147,12 @@ fn run_attempt(
         bindings,
         opts.registry.clone(),
         opts.start,
+        opts.on_out_of_range,
         opts.bounded,
-    );
-    let store = CheckpointStore::open(&opts.checkpoint_dir, opts.checkpoints_to_keep)?;
+    )
+    .with_buffers(opts.buffers);
     let mut run_opts = RunOptions::new(Arc::clone(&opts.stop), opts.status.clone());
+    run_opts.max_pending_bytes = opts.buffers.pending_output_bytes;
     run_opts.checkpoint_interval = opts.checkpoint_interval;
     run_opts.max_output_delay = Some(opts.max_output_delay);
     run_opts.max_batch_records = opts.max_batch_records;
