@@ -568,7 +568,7 @@ fn screen_event_times(
         .map_or(0, |d| d.as_millis() as i64);
     let ahead_ms = i64::try_from(bounds.max_ahead.as_millis()).unwrap_or(i64::MAX);
     let ceiling = now_ms
-        .max(src.watermark.max_event_time())
+        .max(src.watermark.newest_known())
         .saturating_add(ahead_ms);
     let verdict = |i: usize, t: i64| -> Option<RejectReason> {
         if !is_valid(i) {

@@ -22,6 +22,10 @@ use super::EngineError;
 
 /// Largest SQL text accepted (a ConfigMap holds at most 1 MiB).
 pub const MAX_SQL_BYTES: usize = 1 << 20;
+/// Most statements in one SQL file.
+pub const MAX_STATEMENTS: usize = 256;
+/// Most bytes of all statements' position-padded queries together.
+pub const MAX_PADDED_BYTES: usize = 64 << 20;
 /// Most tokens in one statement.
 pub const MAX_STATEMENT_TOKENS: usize = 50_000;
 /// Deepest expression nesting accepted, as estimated above.
@@ -51,20 +55,60 @@ pub fn check_sql_size(sql: &str) -> Result<(), EngineError> {
     Ok(())
 }
 
+/// Fails if the file has more statements than [`MAX_STATEMENTS`], or if
+/// their queries, each blank-padded to its position in the file, add up to
+/// more than [`MAX_PADDED_BYTES`] (the parser reads the padding: many
+/// statements deep into a large file would cost quadratic time).
+pub fn check_statements<'a>(
+    sql: &str,
+    queries: impl ExactSizeIterator<Item = &'a str>,
+) -> Result<(), EngineError> {
+    let count = queries.len();
+    if count > MAX_STATEMENTS {
+        return Err(EngineError::sql_at(
+            sql,
+            0,
+            &format!("the SQL has {count} statements; at most {MAX_STATEMENTS} are accepted"),
+        ));
+    }
+    let padded: usize = queries.map(str::len).sum();
+    if padded > MAX_PADDED_BYTES {
+        return Err(EngineError::sql_at(
+            sql,
+            0,
+            &format!(
+                "the SQL is too large for its {count} statements: split it into several files"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Fails with a positioned error if one statement's `query` (blank-padded
 /// to its position in the file) has too many tokens or nests too deep.
 pub fn check_statement(stream: &str, query: &str) -> Result<(), EngineError> {
+    // Tokenize from the first non-blank: the padding only keeps positions.
+    let start = query.len() - query.trim_start().len();
+    let (line_offset, column_offset) = {
+        let prefix = &query[..start];
+        let lines = prefix.matches('\n').count();
+        let column = prefix.len() - prefix.rfind('\n').map_or(0, |p| p + 1);
+        (lines, column)
+    };
     let dialect = GenericDialect {};
-    let tokens = Tokenizer::new(&dialect, query)
+    let tokens = Tokenizer::new(&dialect, &query[start..])
         .tokenize_with_location()
         .map_err(|e| EngineError::Parse {
             stream: stream.to_string(),
             message: e.to_string(),
         })?;
-    let too_complex = |at: &sqlparser::tokenizer::TokenWithSpan, what: String| EngineError::Sql {
-        line: at.span.start.line as usize,
-        column: at.span.start.column as usize,
-        message: format!("stream `{stream}` is too complex to plan: {what}"),
+    let too_complex = |at: &sqlparser::tokenizer::TokenWithSpan, what: String| {
+        let line = at.span.start.line as usize;
+        EngineError::Sql {
+            line: line + line_offset,
+            column: at.span.start.column as usize + if line == 1 { column_offset } else { 0 },
+            message: format!("stream `{stream}` is too complex to plan: {what}"),
+        }
     };
     let mut counted = 0usize;
     // One frame per open parenthesis: (operators in it, deepest child).
@@ -221,6 +265,26 @@ mod tests {
         assert!(depth_error(&many).expect("refused").contains("tokens"));
         let big = "x".repeat(MAX_SQL_BYTES + 1);
         assert!(check_sql_size(&big).is_err());
+    }
+
+    #[test]
+    fn errors_point_into_the_file_past_the_padding() {
+        let padded = format!("{}\n  SELECT 1{}", " ".repeat(40), "+1".repeat(600));
+        let e = check_statement("s", &padded).unwrap_err();
+        let EngineError::Sql { line, column, .. } = e else {
+            panic!("{e}")
+        };
+        assert_eq!(line, 2);
+        assert!(column > 2, "column {column} counts the indentation");
+    }
+
+    #[test]
+    fn many_statements_deep_in_a_large_file_are_refused_cheaply() {
+        let many: Vec<String> = (0..300).map(|_| "SELECT 1".to_string()).collect();
+        assert!(check_statements("", many.iter().map(String::as_str)).is_err());
+        let deep: Vec<String> = (0..100).map(|_| " ".repeat(1 << 20)).collect();
+        let e = check_statements("", deep.iter().map(String::as_str)).unwrap_err();
+        assert!(e.to_string().contains("split it"), "{e}");
     }
 
     #[test]

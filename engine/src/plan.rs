@@ -113,6 +113,7 @@ pub struct WindowedPlan {
 pub fn plan_sql(sql: &str, catalog: &Catalog) -> Result<Vec<StreamPlan>, EngineError> {
     limits::check_sql_size(sql)?;
     let defs = super::sql::parse_streams(sql)?;
+    limits::check_statements(sql, defs.iter().map(|d| d.query.as_str()))?;
     for d in &defs {
         limits::check_statement(&d.name, &d.query)?;
     }
@@ -504,7 +505,7 @@ fn canonical_query(query: &str) -> String {
     use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
     let dialect = GenericDialect {};
     // The planner tokenized this text already (limits), so this succeeds.
-    let tokens = Tokenizer::new(&dialect, query)
+    let tokens = Tokenizer::new(&dialect, query.trim_start())
         .tokenize()
         .unwrap_or_default();
     let mut out = String::with_capacity(query.len());

@@ -53,6 +53,17 @@ impl WatermarkTracker {
             .unwrap_or(NO_WATERMARK)
     }
 
+    /// The newest event time known to have been accepted, also right after
+    /// a restore (when no partition has delivered yet): the watermark plus
+    /// the allowed lateness is a lower bound of it.
+    pub fn newest_known(&self) -> i64 {
+        let from_watermark = match self.current {
+            NO_WATERMARK => NO_WATERMARK,
+            wm => wm.saturating_add(self.allowed_lateness_ms),
+        };
+        self.max_event_time().max(from_watermark)
+    }
+
     fn partition(&mut self, idx: usize) -> &mut Partition {
         if self.partitions.len() <= idx {
             self.partitions.resize(
@@ -150,6 +161,16 @@ mod tests {
         assert_eq!(w.observe(1, 10_000, t1), 10_000);
         // Partition 0 delivers again: it cannot pull the watermark back.
         assert_eq!(w.observe(0, 2_000, t1), 10_000);
+    }
+
+    #[test]
+    fn the_newest_event_is_known_after_a_restore() {
+        let mut w = WatermarkTracker::new(Duration::from_secs(1), None);
+        assert_eq!(w.newest_known(), NO_WATERMARK);
+        w.restore(9_000);
+        assert_eq!(w.newest_known(), 10_000);
+        w.observe(0, 12_000, Instant::now());
+        assert_eq!(w.newest_known(), 12_000);
     }
 
     #[test]

@@ -43,7 +43,14 @@ fn rows_through_a_restart(
     );
     let deadline = Instant::now() + HANG_GUARD;
     while !chk.read_dir().is_ok_and(|mut d| {
-        d.any(|e| e.is_ok_and(|e| !e.file_name().to_string_lossy().ends_with(".tmp")))
+        // A finished checkpoint (`chk-N`), not the lock, the lineage file
+        // or a `.tmp` being written.
+        d.any(|e| {
+            e.is_ok_and(|e| {
+                let name = e.file_name().to_string_lossy().to_string();
+                name.starts_with("chk-") && !name.ends_with(".tmp")
+            })
+        })
     }) {
         assert!(
             Instant::now() < deadline,

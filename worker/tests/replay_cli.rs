@@ -217,7 +217,10 @@ fn checkpoints(dir: &Path) -> usize {
     std::fs::read_dir(dir)
         .map(|d| {
             d.flatten()
-                .filter(|e| !e.file_name().to_string_lossy().ends_with(".tmp"))
+                .filter(|e| {
+                    let name = e.file_name().to_string_lossy().to_string();
+                    name.starts_with("chk-") && !name.ends_with(".tmp")
+                })
                 .count()
         })
         .unwrap_or(0)

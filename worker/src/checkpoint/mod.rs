@@ -54,6 +54,12 @@ pub enum CheckpointError {
     #[error("checkpoint {path} is unreadable: {reason}")]
     Corrupt { path: PathBuf, reason: String },
     #[error(
+        "checkpoint {path} has format version {found}; this worker reads version {FORMAT_VERSION} \
+         (it was written by another tickflow release: run that release, or start over with \
+         --start-fresh)"
+    )]
+    Format { path: PathBuf, found: u32 },
+    #[error(
         "checkpoint directory {dir} is in use by another worker ({holder}): two workers on one \
          checkpoint directory would restore and commit the same epochs twice. Stop the other \
          worker first (an evicted pod may still be writing its final checkpoint)"
@@ -431,7 +437,9 @@ impl CheckpointStore {
                     }
                     return Ok((Some(cp), skipped));
                 }
-                Err(e) => {
+                // Only damage is skipped: an I/O error may pass, and a good
+                // checkpoint set aside would be lost to the next restart.
+                Err(e @ CheckpointError::Corrupt { .. }) => {
                     tracing::warn!(
                         id,
                         "checkpoint {id} is unreadable, trying the previous one: {e}"
@@ -442,6 +450,7 @@ impl CheckpointStore {
                     });
                     first_error.get_or_insert(e);
                 }
+                Err(e) => return Err(e),
             }
         }
         match first_error {
@@ -491,10 +500,12 @@ impl CheckpointStore {
         let meta: Meta =
             serde_json::from_slice(&text).map_err(|e| corrupt(format!("meta.json: {e}")))?;
         if meta.version != FORMAT_VERSION {
-            return Err(corrupt(format!(
-                "format version {} (this worker reads {FORMAT_VERSION})",
-                meta.version
-            )));
+            // Not corrupt: written by another release (a rollback). Never
+            // skipped over, which would set a good checkpoint aside.
+            return Err(CheckpointError::Format {
+                path: path.clone(),
+                found: meta.version,
+            });
         }
         if meta_sum.is_none() && !meta.checksums.is_empty() {
             return Err(corrupt(format!("{META_SUM} is missing")));
@@ -798,6 +809,28 @@ mod tests {
         // Nothing readable: the newest one's error.
         fs::write(dir.path().join("chk-0000000001/state-0.arrow"), b"junk").unwrap();
         assert!(store.latest_readable().is_err());
+    }
+
+    #[test]
+    fn a_checkpoint_of_another_release_is_an_error_and_is_never_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path(), 3).unwrap();
+        for id in 1..=2 {
+            store.write(&cp(id)).unwrap();
+        }
+        // A rollback: checkpoint 2 was written by a release with format 2,
+        // intact (its checksum matches).
+        let chk = dir.path().join("chk-0000000002");
+        let meta = fs::read_to_string(chk.join("meta.json")).unwrap();
+        let newer = meta.replacen("\"version\": 1", "\"version\": 2", 1);
+        assert_ne!(meta, newer, "the manifest names its version");
+        fs::write(chk.join("meta.json"), &newer).unwrap();
+        fs::write(chk.join(META_SUM), sha256_hex(newer.as_bytes())).unwrap();
+        let Err(e) = store.latest_readable() else {
+            panic!("a checkpoint of another release was read")
+        };
+        assert!(matches!(e, CheckpointError::Format { found: 2, .. }), "{e}");
+        assert_eq!(store.list().unwrap(), vec![1, 2], "nothing set aside");
     }
 
     #[test]

@@ -290,6 +290,10 @@ pub struct Runner {
     summary: RunSummary,
     last_checkpoint: Option<CheckpointInfo>,
     next_epoch: u64,
+    /// A checkpoint the disk had no room for: when, and how often in a row.
+    /// Retried with a growing pause, and the sources are not read while the
+    /// open epoch holds its full memory share (nothing can be committed).
+    deferred: Option<Deferred>,
     /// Status counters as earlier attempts of this process left them.
     base: Counters,
 }
@@ -314,6 +318,7 @@ impl Runner {
             summary: RunSummary::default(),
             last_checkpoint: None,
             next_epoch: 0,
+            deferred: None,
             base,
         }
     }
@@ -339,7 +344,12 @@ impl Runner {
                 self.stopping();
                 break;
             }
-            let records = self.poll_sources(&mut step)?;
+            let records = if self.held_back() {
+                std::thread::sleep(self.opts.poll_wait);
+                0
+            } else {
+                self.poll_sources(&mut step)?
+            };
             if step.last_tick.elapsed() >= TICK_INTERVAL {
                 self.pipeline.tick(&mut step.out)?;
                 step.last_tick = Instant::now();
@@ -431,7 +441,22 @@ impl Runner {
     /// the input (fewer than a full batch read), as soon as output has
     /// waited `max_output_delay` (latency); with a backlog on the interval
     /// (throughput) or once the pending output reaches its memory share.
+    fn pending_bytes(&self) -> u64 {
+        self.sinks.iter().map(|s| s.pending_bytes()).sum()
+    }
+
+    /// Whether reading must wait: a deferred checkpoint and an open epoch
+    /// at its memory share.
+    fn held_back(&self) -> bool {
+        self.deferred.is_some() && self.pending_bytes() >= self.opts.max_pending_bytes
+    }
+
     fn epoch_due(&self, step: &StepState, records: usize) -> bool {
+        if let Some(d) = &self.deferred
+            && d.since.elapsed() < d.pause(self.opts.checkpoint_interval)
+        {
+            return false;
+        }
         let caught_up = records < self.opts.max_batch_records;
         let output_due = self.opts.max_output_delay.is_some_and(|delay| {
             caught_up
@@ -439,7 +464,7 @@ impl Runner {
                     .oldest_uncommitted
                     .is_some_and(|t| t.elapsed() >= delay)
         });
-        let pending: u64 = self.sinks.iter().map(|s| s.pending_bytes()).sum();
+        let pending = self.pending_bytes();
         self.store.is_some()
             && (output_due
                 || pending >= self.opts.max_pending_bytes
@@ -666,7 +691,15 @@ impl Runner {
         let info = match store.write(&cp) {
             Ok(info) => info,
             Err(e) if may_defer && e.is_disk_full() => {
-                tracing::warn!("{e}; the epoch stays open and the checkpoint is tried again");
+                let tries = self.deferred.as_ref().map_or(0, |d| d.tries) + 1;
+                self.deferred = Some(Deferred {
+                    since: Instant::now(),
+                    tries,
+                });
+                tracing::warn!(
+                    tries,
+                    "{e}; the epoch stays open and the checkpoint is tried again"
+                );
                 self.opts.status.update(|s| {
                     s.checkpoint_disk_full += 1;
                     s.last_error = Some(e.to_string());
@@ -680,6 +713,7 @@ impl Runner {
                 .status
                 .update(|s| s.checkpoint_disk_full += info.pruned_for_space.len() as u64);
         }
+        self.deferred = None;
         progress.checkpoint_stored = true;
         faults::crash_point("after-checkpoint", nth);
         faults::arm_stall(nth);
@@ -744,6 +778,21 @@ impl Runner {
                 .map(|st| (st.name.clone(), st.metrics().late_events))
                 .collect();
         });
+    }
+}
+
+/// A checkpoint put off for lack of disk space.
+#[derive(Debug)]
+struct Deferred {
+    since: Instant,
+    tries: u32,
+}
+
+impl Deferred {
+    /// 1 s, 2 s, 4 s, … up to the checkpoint interval.
+    fn pause(&self, interval: Duration) -> Duration {
+        let secs = 1u64 << self.tries.saturating_sub(1).min(16);
+        Duration::from_secs(secs).min(interval.max(Duration::from_secs(1)))
     }
 }
 

@@ -665,7 +665,7 @@ impl KafkaSink {
         restored: Option<u64>,
         pending: Option<&RecordBatch>,
         positions: &Offsets,
-        fresh_start_allowed: bool,
+        fresh_start_allowed: FreshStart,
     ) -> Result<bool, KafkaSinkError> {
         let committed = committed_epoch(&self.config, &self.group_id, positions)?;
         let what = recovery(
@@ -750,7 +750,7 @@ pub struct KafkaOutput {
     dead_letter_topic: Option<String>,
     tuning: ProducerTuning,
     lineage: String,
-    fresh_start_allowed: bool,
+    fresh_start_allowed: FreshStart,
     sink: Option<KafkaSink>,
 }
 
@@ -768,7 +768,7 @@ impl KafkaOutput {
         dead_letter_topic: Option<String>,
         tuning: ProducerTuning,
         lineage: String,
-        fresh_start_allowed: bool,
+        fresh_start_allowed: FreshStart,
     ) -> Self {
         Self {
             config,
@@ -1005,15 +1005,24 @@ pub fn recovery(
     restored: Option<u64>,
     committed: Option<&Committed>,
     lineage: &str,
-    fresh_start_allowed: bool,
+    fresh_start_allowed: impl Into<FreshStart>,
 ) -> Result<Recovery, String> {
+    let fresh = fresh_start_allowed.into();
     let ours = |c: &Committed| c.lineage.as_deref().is_none_or(|l| l == lineage);
     let Some(restored) = restored else {
         return match committed {
             None => Ok(Recovery::Continue),
             // Epoch 0 is the empty transaction of a start: nothing was written.
             Some(c) if c.epoch == 0 => Ok(Recovery::Continue),
-            Some(_) if fresh_start_allowed => Ok(Recovery::Continue),
+            Some(_) if fresh == FreshStart::Always => Ok(Recovery::Continue),
+            // A new stateless revision after the previous one's epochs; but
+            // epochs of this very directory mean its checkpoints were lost.
+            Some(c)
+                if fresh == FreshStart::IfAnotherLineage
+                    && c.lineage.as_deref() != Some(lineage) =>
+            {
+                Ok(Recovery::Continue)
+            }
             Some(c) => Err(format!(
                 "its offsets were committed by {}, but the checkpoint directory holds no \
                  checkpoint (a lost volume, or the query re-created under the same name). \
@@ -1058,6 +1067,26 @@ pub fn recovery(
              Start over with --start-fresh",
             c.describe()
         )),
+    }
+}
+
+/// When a run that restored nothing may start although the group holds
+/// committed offsets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FreshStart {
+    /// Never: the checkpoints were lost.
+    Never,
+    /// When the offsets were committed by another checkpoint directory
+    /// (`--start-fresh-if-no-checkpoint`: a stateless upgrade's new
+    /// revision), never after this directory's own epochs.
+    IfAnotherLineage,
+    /// Always (`--start-fresh`).
+    Always,
+}
+
+impl From<bool> for FreshStart {
+    fn from(always: bool) -> Self {
+        if always { Self::Always } else { Self::Never }
     }
 }
 
@@ -1283,6 +1312,19 @@ mod tests {
             recovery(None, Some(&c(9, Some("M"))), "L", true),
             Ok(Recovery::Continue)
         );
+        // A stateless revision starts over another directory's epochs, never
+        // over its own: those mean its checkpoints were lost.
+        let if_other = FreshStart::IfAnotherLineage;
+        assert_eq!(
+            recovery(None, Some(&c(9, Some("M"))), "L", if_other),
+            Ok(Recovery::Continue)
+        );
+        assert_eq!(
+            recovery(None, Some(&c(9, None)), "L", if_other),
+            Ok(Recovery::Continue),
+            "an untagged (older release's) epoch is another history"
+        );
+        assert!(recovery(None, Some(&c(9, ours)), "L", if_other).is_err());
     }
 
     #[test]

@@ -93,6 +93,10 @@ pub enum KafkaSourceError {
     MissingTopic(String),
     #[error("Kafka consumer: {0}")]
     Kafka(String),
+    /// The broker cannot answer yet (restarting, electing leaders): new
+    /// clients after a failover may succeed.
+    #[error("Kafka consumer: {0}")]
+    Unavailable(String),
     #[error(
         "{partition}: offset {position} is out of range (the partition holds {low}..{high}): \
          records not read yet were deleted by retention, or the topic was recreated; \
@@ -249,8 +253,7 @@ impl KafkaSource {
                     b.topic
                 );
             }
-            let md = consumer
-                .fetch_metadata(Some(&b.topic), timeout)
+            let md = retry_while_unavailable(|| consumer.fetch_metadata(Some(&b.topic), timeout))
                 .map_err(|e| consumer.context().explain(&config.brokers, &e))?;
             let t = md
                 .topics()
@@ -263,9 +266,10 @@ impl KafkaSource {
                 let tp = (b.topic.clone(), p.id());
                 let offset = match positions.get(&tp) {
                     Some(&o) => {
-                        let (low, high) = consumer
-                            .fetch_watermarks(&b.topic, p.id(), timeout)
-                            .map_err(|e| consumer.context().explain(&config.brokers, &e))?;
+                        let (low, high) = retry_while_unavailable(|| {
+                            consumer.fetch_watermarks(&b.topic, p.id(), timeout)
+                        })
+                        .map_err(|e| consumer.context().explain(&config.brokers, &e))?;
                         match out_of_range(&b.topic, p.id(), o, low, high, on_out_of_range)? {
                             Some(reset) => {
                                 let to = reset.to;
@@ -288,9 +292,10 @@ impl KafkaSource {
                 let concrete = match offset {
                     Offset::Offset(o) => o,
                     _ => {
-                        let (low, high) = consumer
-                            .fetch_watermarks(&b.topic, p.id(), timeout)
-                            .map_err(|e| consumer.context().explain(&config.brokers, &e))?;
+                        let (low, high) = retry_while_unavailable(|| {
+                            consumer.fetch_watermarks(&b.topic, p.id(), timeout)
+                        })
+                        .map_err(|e| consumer.context().explain(&config.brokers, &e))?;
                         if start == StartFrom::Earliest {
                             low
                         } else {
@@ -533,17 +538,30 @@ impl KafkaSource {
         for (b, st) in self.bindings.iter().zip(self.state.iter_mut()) {
             let parts: Vec<(i32, i64)> = st.positions.iter().map(|(p, o)| (p, *o)).collect();
             for (p, pos) in parts {
-                let (low, high) = self
-                    .consumer
-                    .fetch_watermarks(&b.topic, p, timeout)
-                    .map_err(|e| {
-                        KafkaSourceError::Kafka(
-                            self.consumer
+                // Right after a broker restart the range is not known yet (or
+                // a position briefly looks out of range): ask until two
+                // answers a moment apart agree before moving anything.
+                let watermarks = || -> Result<(i64, i64), KafkaSourceError> {
+                    retry_while_unavailable(|| self.consumer.fetch_watermarks(&b.topic, p, timeout))
+                        .map_err(|e| {
+                            let explained = self
+                                .consumer
                                 .context()
                                 .explain(&self.brokers, &e)
-                                .to_string(),
-                        )
-                    })?;
+                                .to_string();
+                            if is_transient(&e) {
+                                KafkaSourceError::Unavailable(explained)
+                            } else {
+                                KafkaSourceError::Kafka(explained)
+                            }
+                        })
+                };
+                let (low, high) = watermarks()?;
+                if (low..=high).contains(&pos) {
+                    continue;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+                let (low, high) = watermarks()?;
                 let Some(reset) = out_of_range(&b.topic, p, pos, low, high, self.on_out_of_range)?
                 else {
                     continue;
@@ -763,6 +781,22 @@ fn out_of_range(
 }
 
 /// Connection-level errors librdkafka recovers from on its own.
+/// Calls `f` until it succeeds or fails with a non-transient error, for up
+/// to 30 s (a restarting broker elects its partitions' leaders first).
+fn retry_while_unavailable<T>(
+    mut f: impl FnMut() -> Result<T, KafkaError>,
+) -> Result<T, KafkaError> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match f() {
+            Err(e) if is_transient(&e) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            other => return other,
+        }
+    }
+}
+
 fn is_transient(e: &KafkaError) -> bool {
     use rdkafka::types::RDKafkaErrorCode as C;
     matches!(
@@ -950,9 +984,10 @@ impl Source for KafkaInput {
 
     fn poll(&mut self, max_records: usize, max_wait: Duration) -> Result<Polled, ConnectorError> {
         let source = self.source.as_mut().expect("started");
-        let mut polled = source
-            .poll(max_records, max_wait)
-            .map_err(ConnectorError::fatal)?;
+        let mut polled = source.poll(max_records, max_wait).map_err(|e| match e {
+            KafkaSourceError::Unavailable(_) => ConnectorError::transient(e),
+            e => ConnectorError::fatal(e),
+        })?;
         polled.finished = source
             .finished_partitions()
             .into_iter()

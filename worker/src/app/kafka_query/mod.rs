@@ -24,7 +24,7 @@ use crate::memory::BufferSizes;
 use crate::runner::failover::{AttemptStart, FailoverPolicy, run_with_failover};
 use crate::runner::{Progress, RunError, RunOptions, RunSummary, Runner};
 use crate::runtime::StatusHandle;
-use crate::sink::kafka::{KafkaOutput, ProducerTuning};
+use crate::sink::kafka::{FreshStart, KafkaOutput, ProducerTuning};
 use crate::source::kafka::{KafkaInput, OnOutOfRange, StartFrom};
 
 /// Options of a Kafka query run.
@@ -139,7 +139,13 @@ fn run_attempt(
         opts.dead_letter_topic.clone(),
         opts.tuning.clone(),
         store.lineage().to_string(),
-        start.start_fresh || opts.start_fresh_if_no_checkpoint,
+        if start.start_fresh {
+            FreshStart::Always
+        } else if opts.start_fresh_if_no_checkpoint {
+            FreshStart::IfAnotherLineage
+        } else {
+            FreshStart::Never
+        },
     );
     let source = KafkaInput::new(
         opts.kafka.clone(),
