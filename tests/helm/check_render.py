@@ -9,6 +9,11 @@ default: `helm template tickflow CHART -n tickflow` with the chart's values
 options: `helm template tickflow CHART -n tickflow-system -f values-options.yaml
           --api-versions monitoring.coreos.com/v1/ServiceMonitor`.
 norbac:  defaults plus --set rbac.create=false.
+tenancy: defaults plus watchNamespaces={desk-a,desk-b}, networkPolicy.enabled
+          and workerImage.allowedRepositories={registry.example.com/team/*}:
+          no cluster-wide grant, the operator's rules as a Role in each
+          watched namespace, a worker NetworkPolicy there, and the operator
+          told both lists.
 bundled: the chart with lint.sh's stand-in Redpanda subchart and
           --set redpanda.enabled=true --set redpanda.statefulset.replicas=1:
           the tickflow objects exactly as in `default`, plus the stand-in's
@@ -267,6 +272,43 @@ def check_norbac(docs):
           f"kinds with rbac.create=false: {sorted(kinds)}")
 
 
+# Labels the operator puts on every worker pod (operator/src/desired.rs).
+WORKER_POD_LABELS = {"app.kubernetes.io/name": "tickflow-worker",
+                     "app.kubernetes.io/managed-by": "tickflow-operator"}
+
+
+def check_tenancy(docs):
+    watched = {"desk-a", "desk-b"}
+    kinds = by_kind(docs)
+    check(not CLUSTER_SCOPED & set(kinds), f"no cluster-wide grant with watchNamespaces: {sorted(kinds)}")
+    roles = {r["metadata"]["namespace"]: r for r in kinds.get("Role", [])}
+    for ns in watched:
+        check(ns in roles and flatten_rules(roles[ns]["rules"]) == CLUSTER_RULES,
+              f"the operator's rules as a Role in {ns}")
+        bindings = [b for b in kinds.get("RoleBinding", []) if b["metadata"]["namespace"] == ns]
+        check(len(bindings) == 1 and bindings[0]["roleRef"]["kind"] == "Role",
+              f"one RoleBinding of the Role in {ns}")
+        if bindings:
+            binding_subject(bindings[0], "tickflow-operator", "tickflow")
+    policies = {p["metadata"]["namespace"]: p for p in kinds.get("NetworkPolicy", [])}
+    check(set(policies) == watched, f"worker NetworkPolicies in {sorted(policies)}")
+    for ns, p in policies.items():
+        spec = p["spec"]
+        labels = spec["podSelector"]["matchLabels"]
+        check(labels.items() <= WORKER_POD_LABELS.items() and labels,
+              f"{ns}: the policy selects worker pods by the operator's labels: {labels}")
+        check(set(spec["policyTypes"]) == {"Ingress", "Egress"}, f"{ns}: both directions restricted")
+        ports = {port["port"] for rule in spec["ingress"] for port in rule.get("ports", [])}
+        check(ports == {8080}, f"{ns}: ingress only to the worker port, not {ports}")
+        egress_ports = {port["port"] for rule in spec["egress"] for port in rule.get("ports", [])}
+        check(53 in egress_ports and 9092 in egress_ports, f"{ns}: DNS and Kafka egress {egress_ports}")
+    dep = one(kinds, "Deployment")
+    env = env_of(dep["spec"]["template"]["spec"]["containers"][0])
+    check(env.get("TICKFLOW_WATCH_NAMESPACES") == "desk-a,desk-b", f"operator watches {env.get('TICKFLOW_WATCH_NAMESPACES')}")
+    check(env.get("TICKFLOW_ALLOWED_IMAGE_REPOSITORIES") == "registry.example.com/team/*",
+          f"allowed images {env.get('TICKFLOW_ALLOWED_IMAGE_REPOSITORIES')}")
+
+
 def check_bundled(docs):
     ours = [d for d in docs if (d.get("metadata", {}).get("labels") or {}).get("app.kubernetes.io/part-of") == "tickflow"]
     theirs = [d for d in docs if d not in ours]
@@ -288,7 +330,7 @@ def main():
     with open(path, encoding="utf-8") as f:
         docs = [d for d in yaml.safe_load_all(f) if d]
     {"default": check_default, "options": check_options, "norbac": check_norbac,
-     "bundled": check_bundled}[mode](docs)
+     "tenancy": check_tenancy, "bundled": check_bundled}[mode](docs)
     if failures:
         for m in failures:
             print(f"FAIL ({mode}): {m}", file=sys.stderr)

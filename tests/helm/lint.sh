@@ -113,6 +113,12 @@ step "helm template (values-options.yaml, ServiceMonitor API available)"
   --api-versions monitoring.coreos.com/v1/ServiceMonitor >"$work/options.yaml"
 "$PYTHON" "$here/check_render.py" options "$work/options.yaml"
 
+step "helm template (watchNamespaces, networkPolicy, allowed worker images)"
+"$HELM" template tickflow "$chart" -n tickflow --set 'watchNamespaces={desk-a,desk-b}' \
+  --set networkPolicy.enabled=true \
+  --set 'workerImage.allowedRepositories={registry.example.com/team/*}' >"$work/tenancy.yaml"
+"$PYTHON" "$here/check_render.py" tenancy "$work/tenancy.yaml"
+
 step "helm template (rbac.create=false)"
 "$HELM" template tickflow "$chart" -n tickflow --set rbac.create=false >"$work/norbac.yaml"
 "$PYTHON" "$here/check_render.py" norbac "$work/norbac.yaml"
