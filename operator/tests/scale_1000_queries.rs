@@ -73,7 +73,10 @@ fn a_thousand_stream_queries_are_reconciled_and_in_sync() {
             .collect::<Vec<()>>()
             .await;
         let created_in = t0.elapsed();
-        let deadline = t0 + Duration::from_secs(180);
+        // A guard against hangs, not the target: the time to sync is
+        // printed and recorded in docs/benchmarks.md (target: a minute on
+        // an idle machine); CI may share the machine with other work.
+        let deadline = t0 + Duration::from_secs(900);
         loop {
             let list = api.list(&ListParams::default()).await.unwrap();
             let synced = list
@@ -89,7 +92,7 @@ fn a_thousand_stream_queries_are_reconciled_and_in_sync() {
             if synced == QUERIES {
                 break (created_in, t0.elapsed());
             }
-            assert!(Instant::now() < deadline, "only {synced} of {QUERIES} in sync after 3 minutes");
+            assert!(Instant::now() < deadline, "only {synced} of {QUERIES} in sync after 15 minutes");
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     });
