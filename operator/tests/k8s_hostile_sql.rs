@@ -5,8 +5,6 @@
 
 mod k8s_common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use k8s_common::*;
@@ -14,22 +12,7 @@ use k8s_common::*;
 /// `kubectl create` (not apply: apply keeps a copy of the object in an
 /// annotation, which is limited to 256 KiB).
 fn create(namespace: &str, yaml: &str) {
-    let c = cluster();
-    let mut child = Command::new(&c.vars["KUBECTL"])
-        .envs(&c.vars)
-        .args(["create", "-n", namespace, "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(yaml.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = kubectl_stdin("create", namespace, yaml);
     assert!(
         out.status.success(),
         "kubectl create: {}",

@@ -125,10 +125,16 @@ pub fn kc(args: &[&str]) -> String {
 
 /// `kubectl apply` of a YAML document.
 pub fn apply(namespace: &str, yaml: &str) -> Output {
+    kubectl_stdin("apply", namespace, yaml)
+}
+
+/// `kubectl VERB -n NAMESPACE -f -` with `yaml` on stdin (`apply`, or
+/// `create` for objects over the 256 KiB last-applied annotation limit).
+pub fn kubectl_stdin(verb: &str, namespace: &str, yaml: &str) -> Output {
     let c = cluster();
     let mut child = Command::new(&c.vars["KUBECTL"])
         .envs(&c.vars)
-        .args(["apply", "-n", namespace, "-f", "-"])
+        .args([verb, "-n", namespace, "-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
