@@ -533,6 +533,7 @@ fn run_kafka_query(a: QueryArgs, sql: String) -> anyhow::Result<()> {
             stall_limit: a.transaction_stall_timeout,
             call_timeout: a.transaction_call_timeout,
             queue_kbytes: buffers.producer_queue_kbytes,
+            queue_messages: buffers.producer_queue_messages,
             ..a.kafka.tuning()
         },
         buffers,

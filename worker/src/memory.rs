@@ -28,17 +28,32 @@ const SHARE_OF_LIMIT_PERCENT: u64 = 50;
 /// Smallest budget that holds the process itself plus useful buffers.
 pub const MIN_BUDGET: u64 = 192 << 20;
 
+/// What librdkafka holds per queued message besides its payload: the
+/// producer's message struct, the consumer's op (measured with heaptrack:
+/// 200-260 bytes). For small records it outweighs the payload, which is all
+/// librdkafka's byte limits count, so the queues are bounded in messages
+/// too.
+pub const PER_MESSAGE_BYTES: u64 = 256;
+
 /// Buffer sizes derived from a budget.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BufferSizes {
-    /// The open epoch closes once its pending output holds this much.
+    /// The open epoch closes once its pending output holds this much
+    /// (counted exactly: `crate::sink::pending`).
     pub pending_output_bytes: u64,
-    /// librdkafka `queue.buffering.max.kbytes` of the producer.
+    /// librdkafka `queue.buffering.max.kbytes` of the producer (payload).
     pub producer_queue_kbytes: u64,
+    /// librdkafka `queue.buffering.max.messages`.
+    pub producer_queue_messages: u64,
     /// librdkafka `queued.max.messages.kbytes`: the consumer's prefetch
-    /// (one queue for all partitions with the consumer-poll API we use).
+    /// (payload).
     pub consumer_queue_kbytes: u64,
-    /// librdkafka `fetch.max.bytes`: one fetch response.
+    /// librdkafka `queued.min.messages`. Per partition in name, but with the
+    /// consumer-poll API every partition's fetch queue forwards into one
+    /// queue, whose length librdkafka compares: a bound on all of them.
+    pub consumer_queue_messages: u64,
+    /// librdkafka `fetch.max.bytes` (and `max.partition.fetch.bytes`): one
+    /// fetch response. The broker still returns a larger first batch whole.
     pub fetch_max_bytes: u64,
 }
 
@@ -55,22 +70,28 @@ impl MemoryBudget {
         }
     }
 
-    /// Splits the budget. The buffers get a sixteenth each (one fetch a
-    /// thirty-second) because each costs about three times its nominal size
-    /// at its peak: pending output is held once as records, once in the
-    /// producer's queue until delivered, and copied again while the
-    /// checkpoint is written; prefetched records are decoded into batches.
-    /// The rest is the process itself (about 60-80 MiB: code, DataFusion,
-    /// the allocator) and the query's state. Measured in
-    /// docs/benchmarks.md ("Memory under a backlog").
+    /// Splits the budget. Pending output gets an eighth (it decides how
+    /// often an epoch commits, which costs a few broker round trips), the
+    /// producer's queue and the consumer's prefetch a sixteenth each (half
+    /// in payload, half in per-message overhead); a fetch response is a
+    /// sixteenth of a queue, because it arrives compressed.
+    /// The rest is the process itself (about 60-80 MiB under load: code,
+    /// DataFusion, the allocator, batches being decoded and evaluated) and
+    /// the query's state. Measured in docs/benchmarks.md ("Memory under a
+    /// backlog").
     pub fn split(self) -> BufferSizes {
         let b = self.0.max(MIN_BUDGET);
+        let queue = b / 16;
         BufferSizes {
-            pending_output_bytes: b / 16,
-            producer_queue_kbytes: (b / 16 / 1024).clamp(1024, 2_147_483_647),
+            pending_output_bytes: b / 8,
+            producer_queue_kbytes: (queue / 2 / 1024).clamp(1024, i32::MAX as u64),
+            producer_queue_messages: (queue / 2 / PER_MESSAGE_BYTES).clamp(1000, i32::MAX as u64),
             // librdkafka caps this at 2 GiB.
-            consumer_queue_kbytes: (b / 16 / 1024).clamp(1024, 2_097_151),
-            fetch_max_bytes: (b / 32).clamp(1 << 20, 50 << 20),
+            consumer_queue_kbytes: (queue / 2 / 1024).clamp(1024, 2_097_151),
+            consumer_queue_messages: (queue / 2 / PER_MESSAGE_BYTES).clamp(1000, 10_000_000),
+            // Compressed: a response decompresses to several times its
+            // size, and each of its records costs PER_MESSAGE_BYTES more.
+            fetch_max_bytes: (queue / 16).clamp(64 << 10, 50 << 20),
         }
     }
 }
@@ -144,12 +165,13 @@ mod tests {
             MemoryBudget(MIN_BUDGET)
         );
         let s = b.split();
+        let queue = |kbytes: u64, messages: u64| kbytes * 1024 + messages * PER_MESSAGE_BYTES;
         let total = s.pending_output_bytes
-            + s.producer_queue_kbytes * 1024
-            + s.consumer_queue_kbytes * 1024
+            + queue(s.producer_queue_kbytes, s.producer_queue_messages)
+            + queue(s.consumer_queue_kbytes, s.consumer_queue_messages)
             + s.fetch_max_bytes;
-        // A third of the budget nominally: about all of it at the peak.
-        assert!(3 * total <= b.0, "{s:?} exceeds {b:?}");
+        // At most half the budget: the rest is the process itself.
+        assert!(2 * total <= b.0, "{s:?} exceeds {b:?}");
         // librdkafka's own defaults: a 1 GiB producer queue, 64 MiB prefetch.
         assert!(s.producer_queue_kbytes * 1024 < 1 << 30);
     }

@@ -230,3 +230,66 @@ fn a_stuck_commit_fails_over_to_the_checkpoint_and_output_stays_exactly_once() {
     let got = json_rows(&read_topic(&e.brokers, &format!("{name}-out"), true));
     assert_same_rows("large_trades after a restart", got, want);
 }
+
+/// A backlog whose output is larger than the epoch's memory share (an
+/// eighth of `--memory-budget`): epochs close on that share, not on the
+/// (hour-long) interval, and an epoch of many chunks that crashed between
+/// its checkpoint and its commit is sent again from the checkpoint, whole
+/// and once.
+#[test]
+fn epochs_close_at_the_memory_share_and_a_crashed_large_epoch_is_sent_again_once() {
+    let e = env();
+    let topics = Topics::new("eos-budget");
+    let dir = tempfile::tempdir().unwrap();
+    let ticks = 300_000;
+    produce_to_kafka(&topics, 5, ticks, "0s");
+    let sql = dir.path().join("pass.sql");
+    std::fs::write(
+        &sql,
+        "CREATE STREAM ticks_out AS SELECT * FROM market_ticks;",
+    )
+    .unwrap();
+    let passthrough = |name: &str, checkpoints: &Path| {
+        let mut c = worker();
+        c.args(["query", "--sql"])
+            .arg(&sql)
+            .args(["--brokers", &e.brokers, "--schema-registry", &e.registry])
+            .args(["--input", &format!("market_ticks=kafka:{}", topics.ticks)])
+            .args(["--output", &format!("ticks_out=kafka:{name}-out")])
+            .args(["--output-format", "json", "--bounded", "--name", name])
+            // Only the memory share can close an epoch before the end.
+            .args(["--checkpoint-interval", "1h", "--memory-budget", "192MiB"])
+            .arg("--checkpoint-dir")
+            .arg(checkpoints);
+        c
+    };
+
+    let reference = unique("eos-budget-ref");
+    let summary = run_ok(&mut passthrough(&reference, &dir.path().join("ref-chk")));
+    assert_eq!(summary["rows_out"]["ticks_out"], ticks);
+    let epochs = summary["checkpoints_written"].as_u64().unwrap();
+    eprintln!("{epochs} checkpoints");
+    assert!(
+        epochs >= 3,
+        "{ticks} rows of JSON output (about 90 MiB pending) against a 24 MiB share \
+         close epochs early: {epochs} checkpoints"
+    );
+
+    // Crash right after the first checkpoint: its epoch (about 24 MiB, a
+    // few dozen chunks) is in the checkpoint but not committed.
+    let name = unique("eos-budget-crash");
+    let chk = dir.path().join("crash-chk");
+    let out = passthrough(&name, &chk)
+        .env("TICKFLOW_CRASH_AT", "after-checkpoint:1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the crash point was reached");
+    let last = run_ok(&mut passthrough(&name, &chk));
+    assert_eq!(last["restored_from"], 1);
+    assert_eq!(last["recovered_epoch"], true, "epoch 1 was sent again");
+
+    let want = json_rows(&read_topic(&e.brokers, &format!("{reference}-out"), true));
+    let got = json_rows(&read_topic(&e.brokers, &format!("{name}-out"), true));
+    assert_eq!(want.len() as u64, ticks);
+    assert_same_rows("ticks_out", got, want);
+}

@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
+use arrow::datatypes::Schema;
 use arrow::error::ArrowError;
 use arrow::ipc::reader::FileReader;
 use arrow::ipc::writer::FileWriter;
@@ -116,8 +117,9 @@ pub struct Checkpoint {
     /// Sink name → position (format owned by the sink).
     pub sinks: BTreeMap<String, serde_json::Value>,
     /// Bulk sink state per sink name (e.g. a transactional sink's output of
-    /// the epoch this checkpoint closes, re-sent if its commit was lost).
-    pub sink_states: BTreeMap<String, RecordBatch>,
+    /// the epoch this checkpoint closes, re-sent if its commit was lost),
+    /// in chunks: written one at a time, so the write never copies it whole.
+    pub sink_states: BTreeMap<String, Vec<RecordBatch>>,
     pub engine: EngineSnapshot,
 }
 
@@ -334,15 +336,18 @@ impl CheckpointStore {
         let mut state_files = BTreeMap::new();
         for (i, (stream, batch)) in cp.engine.states.iter().enumerate() {
             let file_name = format!("state-{i}.arrow");
-            let (n, sum) = write_ipc(&tmp.join(&file_name), batch)?;
+            let (n, sum) = write_ipc(&tmp.join(&file_name), &batch.schema(), [batch])?;
             bytes += n;
             checksums.insert(file_name.clone(), sum);
             state_files.insert(stream.clone(), file_name);
         }
         let mut sink_files = BTreeMap::new();
-        for (i, (sink, batch)) in cp.sink_states.iter().enumerate() {
+        for (i, (sink, chunks)) in cp.sink_states.iter().enumerate() {
+            let Some(first) = chunks.first() else {
+                continue;
+            };
             let file_name = format!("sink-{i}.arrow");
-            let (n, sum) = write_ipc(&tmp.join(&file_name), batch)?;
+            let (n, sum) = write_ipc(&tmp.join(&file_name), &first.schema(), chunks)?;
             bytes += n;
             checksums.insert(file_name.clone(), sum);
             sink_files.insert(sink.clone(), file_name);
@@ -524,17 +529,27 @@ impl CheckpointStore {
                     }
                     _ => {}
                 }
-                let mut reader = FileReader::try_new(std::io::Cursor::new(bytes), None)
+                let reader = FileReader::try_new(std::io::Cursor::new(bytes), None)
                     .map_err(|e| corrupt(format!("{file}: {e}")))?;
-                let batch = reader
-                    .next()
-                    .ok_or_else(|| corrupt(format!("{file}: empty")))?
+                let batches = reader
+                    .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| corrupt(format!("{file}: {e}")))?;
-                out.insert(name.clone(), batch);
+                if batches.is_empty() {
+                    return Err(corrupt(format!("{file}: empty")));
+                }
+                out.insert(name.clone(), batches);
             }
             Ok::<_, CheckpointError>(out)
         };
-        let states = read_files(&meta.state_files)?;
+        // An engine state is one batch.
+        let mut states = BTreeMap::new();
+        for (stream, mut batches) in read_files(&meta.state_files)? {
+            if batches.len() != 1 {
+                let file = &meta.state_files[&stream];
+                return Err(corrupt(format!("{file}: {} batches, not 1", batches.len())));
+            }
+            states.insert(stream, batches.remove(0));
+        }
         let sink_states = read_files(&meta.sink_files)?;
         Ok(Checkpoint {
             id: meta.id,
@@ -639,8 +654,14 @@ impl<W: Write> Write for Hashing<W> {
     }
 }
 
-/// Writes `batch` as an Arrow IPC file, fsynced; its size and SHA-256.
-fn write_ipc(path: &Path, batch: &RecordBatch) -> Result<(u64, String), CheckpointError> {
+/// Writes `batches` as an Arrow IPC file, fsynced; its size and SHA-256.
+/// Each batch is encoded (copied) on its own, so the transient copy is one
+/// batch, not the file.
+fn write_ipc<'a>(
+    path: &Path,
+    schema: &Schema,
+    batches: impl IntoIterator<Item = &'a RecordBatch>,
+) -> Result<(u64, String), CheckpointError> {
     let f = File::create(path).map_err(io(path))?;
     let arrow_err = |e: ArrowError| CheckpointError::Io {
         path: path.to_path_buf(),
@@ -653,8 +674,10 @@ fn write_ipc(path: &Path, batch: &RecordBatch) -> Result<(u64, String), Checkpoi
         inner: f,
         hasher: Sha256::new(),
     };
-    let mut w = FileWriter::try_new(hashing, &batch.schema()).map_err(arrow_err)?;
-    w.write(batch).map_err(arrow_err)?;
+    let mut w = FileWriter::try_new(hashing, schema).map_err(arrow_err)?;
+    for batch in batches {
+        w.write(batch).map_err(arrow_err)?;
+    }
     w.finish().map_err(arrow_err)?;
     let Hashing { inner: f, hasher } = w.into_inner().map_err(arrow_err)?;
     f.sync_all().map_err(io(path))?;

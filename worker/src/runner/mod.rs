@@ -583,7 +583,7 @@ impl Runner {
                 .map(|(epoch, positions, states)| RestoredSink {
                     epoch: *epoch,
                     position: positions.get(sink.name()),
-                    state: states.remove(sink.name()),
+                    state: states.remove(sink.name()).unwrap_or_default(),
                 });
             self.summary.recovered_epoch |= sink.start(restored, &positions)?;
         }
@@ -674,8 +674,8 @@ impl Runner {
         for sink in &mut self.sinks {
             let c = sink.pre_commit(epoch)?;
             sinks.insert(sink.name().to_string(), c.position);
-            if let Some(state) = c.state {
-                sink_states.insert(sink.name().to_string(), state);
+            if !c.state.is_empty() {
+                sink_states.insert(sink.name().to_string(), c.state);
             }
         }
         let positions = self.positions();

@@ -21,8 +21,9 @@ pub type Positions = BTreeMap<String, serde_json::Value>;
 pub struct SinkCheckpoint {
     /// Small, JSON (e.g. committed file lengths).
     pub position: serde_json::Value,
-    /// Bulk (e.g. the epoch's records, to send again if the commit is lost).
-    pub state: Option<RecordBatch>,
+    /// Bulk, in chunks (e.g. the epoch's records, to send again if the
+    /// commit is lost); empty: none.
+    pub state: Vec<RecordBatch>,
 }
 
 /// A sink's part of the checkpoint a run restored.
@@ -31,7 +32,7 @@ pub struct RestoredSink<'a> {
     /// The checkpoint's id, which is the epoch it closed.
     pub epoch: u64,
     pub position: Option<&'a serde_json::Value>,
-    pub state: Option<RecordBatch>,
+    pub state: Vec<RecordBatch>,
 }
 
 /// How rows of a stream are meant: results, or late source rows.

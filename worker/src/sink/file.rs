@@ -318,7 +318,7 @@ impl Sink for FileOutputs {
         }
         Ok(SinkCheckpoint {
             position: serde_json::Value::Object(positions),
-            state: None,
+            state: Vec::new(),
         })
     }
 

@@ -11,8 +11,7 @@ use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{Array, LargeBinaryArray, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::array::RecordBatch;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerGroupMetadata};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -28,6 +27,7 @@ use crate::runner::{
     CommitDelays, ConnectorError, DeadLetter, Positions, RestoredSink, Routes, RowKind, Sink,
     SinkCheckpoint,
 };
+use crate::sink::pending::{Pending, PendingRecord};
 
 /// Name of the Kafka source whose positions this sink commits.
 const KAFKA_SOURCE: &str = "kafka";
@@ -90,8 +90,14 @@ pub struct ProducerTuning {
     /// timeouts.
     pub stall_limit: Duration,
     /// `queue.buffering.max.kbytes`: the producer's send queue (a share of
-    /// the memory budget, `crate::memory`).
+    /// the memory budget, `crate::memory`), in payload...
     pub queue_kbytes: u64,
+    /// ...and `queue.buffering.max.messages`.
+    pub queue_messages: u64,
+}
+
+fn default_buffers() -> crate::memory::BufferSizes {
+    crate::memory::MemoryBudget(crate::memory::DEFAULT_BUDGET).split()
 }
 
 impl Default for ProducerTuning {
@@ -102,41 +108,9 @@ impl Default for ProducerTuning {
             batch_bytes: 1_000_000,
             call_timeout: Duration::from_secs(10),
             stall_limit: Duration::from_secs(45),
-            queue_kbytes: crate::memory::MemoryBudget(crate::memory::DEFAULT_BUDGET)
-                .split()
-                .producer_queue_kbytes,
+            queue_kbytes: default_buffers().producer_queue_kbytes,
+            queue_messages: default_buffers().producer_queue_messages,
         }
-    }
-}
-
-/// The records of the open transaction, in send order.
-#[derive(Default)]
-struct Pending {
-    topics: Vec<String>,
-    keys: Vec<Option<Vec<u8>>>,
-    values: Vec<Vec<u8>>,
-    /// Headers as a JSON object of strings (dead letters only).
-    headers: Vec<Option<String>>,
-    /// Bytes held, for the epoch's memory share.
-    bytes: u64,
-}
-
-impl Pending {
-    fn push(
-        &mut self,
-        topic: String,
-        key: Option<Vec<u8>>,
-        value: Vec<u8>,
-        headers: Option<String>,
-    ) {
-        self.bytes += (topic.len()
-            + key.as_ref().map_or(0, Vec::len)
-            + value.len()
-            + headers.as_ref().map_or(0, String::len)) as u64;
-        self.topics.push(topic);
-        self.keys.push(key);
-        self.values.push(value);
-        self.headers.push(headers);
     }
 }
 
@@ -233,8 +207,11 @@ impl KafkaSink {
             // 100 ms would add that to every window's latency.
             .set("retry.backoff.ms", "5")
             .set("retry.backoff.max.ms", "100")
-            .set("queue.buffering.max.messages", "1000000")
             // librdkafka's default queue is 1 GiB: sized from the budget.
+            .set(
+                "queue.buffering.max.messages",
+                tuning.queue_messages.to_string(),
+            )
             .set(
                 "queue.buffering.max.kbytes",
                 tuning.queue_kbytes.to_string(),
@@ -306,11 +283,11 @@ impl KafkaSink {
     /// Records sent in the open transaction.
     /// Bytes of the open transaction's records (kept until its commit).
     pub fn pending_bytes(&self) -> u64 {
-        self.pending.bytes
+        self.pending.bytes()
     }
 
     pub fn pending_records(&self) -> usize {
-        self.pending.values.len()
+        self.pending.len()
     }
 
     /// Sends every row of `batch` to output `index`.
@@ -347,18 +324,22 @@ impl KafkaSink {
         if keyed {
             out.keys.keys(batch, keys, key_ends);
         }
-        let topic = out.topic.clone();
         let (mut vs, mut ks) = (0, 0);
         for (row, &ve) in value_ends.iter().enumerate() {
             let key = keyed.then(|| {
-                let k = keys[ks..key_ends[row]].to_vec();
+                let k = &keys[ks..key_ends[row]];
                 ks = key_ends[row];
                 k
             });
-            let value = values[vs..ve].to_vec();
+            let record = PendingRecord {
+                topic: &out.topic,
+                key,
+                value: &values[vs..ve],
+                headers: None,
+            };
             vs = ve;
-            self.pending.push(topic.clone(), key, value, None);
-            self.send_last()?;
+            self.pending.push(record);
+            send(&self.producer, record, &self.config.brokers)?;
         }
         Ok(())
     }
@@ -408,18 +389,15 @@ impl KafkaSink {
                 .unwrap_or_default()
                 .into();
         }
-        self.pending.push(
-            topic.clone(),
-            key.map(|(k, _)| k),
-            value,
-            Some(headers.to_string()),
-        );
-        self.send_last()
-    }
-
-    fn send_last(&mut self) -> Result<(), KafkaSinkError> {
-        let i = self.pending.values.len() - 1;
-        send(&self.producer, &self.pending, i, &self.config.brokers)
+        let headers = headers.to_string();
+        let record = PendingRecord {
+            topic,
+            key: key.as_ref().map(|(k, _)| &k[..]),
+            value: &value,
+            headers: Some(&headers),
+        };
+        self.pending.push(record);
+        send(&self.producer, record, &self.config.brokers)
     }
 
     /// Waits until every record of the open transaction is acknowledged.
@@ -439,9 +417,10 @@ impl KafkaSink {
         Ok(())
     }
 
-    /// The open transaction's records, for the checkpoint.
-    pub fn pending_batch(&self) -> RecordBatch {
-        pending_to_batch(&self.pending)
+    /// The open transaction's records, for the checkpoint (shared, not
+    /// copied).
+    pub fn pending_chunks(&mut self) -> Vec<RecordBatch> {
+        self.pending.chunks()
     }
 
     /// Commits the open transaction together with the source `positions`
@@ -500,12 +479,14 @@ impl KafkaSink {
                 offsets_added = false;
             }
         }
-        self.records_committed += self.pending.values.len() as u64;
+        self.records_committed += self.pending.len() as u64;
         self.pending = Pending::default();
         let now = Instant::now();
         for (t, rows) in self.emitted.drain(..) {
             let ms = now.duration_since(t).as_secs_f64() * 1000.0;
-            self.delays_ms.extend(std::iter::repeat_n(ms, rows));
+            // Only the most recent samples are kept: never grow past them.
+            self.delays_ms
+                .extend(std::iter::repeat_n(ms, rows.min(MAX_DELAY_SAMPLES)));
         }
         if self.delays_ms.len() > MAX_DELAY_SAMPLES {
             let excess = self.delays_ms.len() - MAX_DELAY_SAMPLES;
@@ -646,8 +627,8 @@ impl KafkaSink {
         self.producer
             .begin_transaction()
             .map_err(|e| KafkaSinkError::Kafka(format!("beginning a transaction: {e}")))?;
-        for i in 0..self.pending.values.len() {
-            send(&self.producer, &self.pending, i, &self.config.brokers)?;
+        for r in self.pending.records() {
+            send(&self.producer, r, &self.config.brokers)?;
         }
         self.producer
             .flush(TIMEOUT)
@@ -663,7 +644,7 @@ impl KafkaSink {
     pub fn recover(
         &mut self,
         restored: Option<u64>,
-        pending: Option<&RecordBatch>,
+        pending: Vec<RecordBatch>,
         positions: &Offsets,
         fresh_start_allowed: FreshStart,
     ) -> Result<bool, KafkaSinkError> {
@@ -690,11 +671,11 @@ impl KafkaSink {
         let Some(epoch) = restored.filter(|_| what == Recovery::Resend) else {
             return Ok(false);
         };
-        if let Some(batch) = pending {
-            self.pending = batch_to_pending(batch)?;
-            for i in 0..self.pending.values.len() {
-                send(&self.producer, &self.pending, i, &self.config.brokers)?;
-            }
+        self.pending = Pending::from_checkpoint(pending).map_err(|e| {
+            KafkaSinkError::Fatal(format!("checkpointed output has an unexpected layout: {e}"))
+        })?;
+        for r in self.pending.records() {
+            send(&self.producer, r, &self.config.brokers)?;
         }
         self.flush()?;
         self.commit_offsets(epoch, positions)?;
@@ -809,10 +790,10 @@ impl Sink for KafkaOutput {
         let sink = self.sink.insert(sink);
         let offsets = kafka_offsets(positions)?;
         let epoch = restored.as_ref().map_or(0, |r| r.epoch);
-        let state = restored.and_then(|r| r.state);
+        let state = restored.map(|r| r.state).unwrap_or_default();
         if sink.recover(
             (epoch > 0).then_some(epoch),
-            state.as_ref(),
+            state,
             &offsets,
             self.fresh_start_allowed,
         )? {
@@ -857,7 +838,7 @@ impl Sink for KafkaOutput {
         let sink = self.sink();
         Ok(SinkCheckpoint {
             position: serde_json::json!({ "epoch": epoch, "pending_records": sink.pending_records() }),
-            state: Some(sink.pending_batch()),
+            state: sink.pending_chunks(),
         })
     }
 
@@ -884,11 +865,10 @@ impl Sink for KafkaOutput {
 
 fn send(
     producer: &BaseProducer<ClientErrors>,
-    pending: &Pending,
-    i: usize,
+    r: PendingRecord<'_>,
     brokers: &str,
 ) -> Result<(), KafkaSinkError> {
-    let headers = pending.headers[i].as_ref().map(|json| {
+    let headers = r.headers.map(|json| {
         let map: BTreeMap<String, String> = serde_json::from_str(json).unwrap_or_default();
         map.iter().fold(OwnedHeaders::new(), |h, (k, v)| {
             h.insert(Header {
@@ -898,10 +878,9 @@ fn send(
         })
     });
     loop {
-        let mut record: BaseRecord<'_, [u8], [u8]> =
-            BaseRecord::to(&pending.topics[i]).payload(&pending.values[i][..]);
-        if let Some(k) = &pending.keys[i] {
-            record = record.key(&k[..]);
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(r.topic).payload(r.value);
+        if let Some(k) = r.key {
+            record = record.key(k);
         }
         if let Some(h) = &headers {
             record = record.headers(h.clone());
@@ -912,7 +891,7 @@ fn send(
                 producer.poll(Duration::from_millis(50));
             }
             Err((e, _)) => {
-                let message = format!("sending to {} at {brokers}: {e}", pending.topics[i]);
+                let message = format!("sending to {} at {brokers}: {e}", r.topic);
                 // A record too large is refused again after any failover.
                 return Err(
                     if e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) {
@@ -1138,116 +1117,9 @@ fn committed_epoch(
     Ok(last)
 }
 
-fn pending_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("topic", DataType::Utf8, false),
-        // 64-bit offsets: an epoch's output may exceed 2 GiB.
-        Field::new("key", DataType::LargeBinary, true),
-        Field::new("value", DataType::LargeBinary, false),
-        Field::new("headers", DataType::Utf8, true),
-    ]))
-}
-
-fn pending_to_batch(p: &Pending) -> RecordBatch {
-    RecordBatch::try_new(
-        pending_schema(),
-        vec![
-            Arc::new(StringArray::from_iter_values(&p.topics)),
-            Arc::new(LargeBinaryArray::from_iter(
-                p.keys.iter().map(|k| k.as_deref()),
-            )),
-            Arc::new(LargeBinaryArray::from_iter_values(p.values.iter())),
-            Arc::new(StringArray::from_iter(
-                p.headers.iter().map(|h| h.as_deref()),
-            )),
-        ],
-    )
-    .expect("columns match the schema")
-}
-
-fn batch_to_pending(b: &RecordBatch) -> Result<Pending, KafkaSinkError> {
-    let bad = || KafkaSinkError::Fatal("checkpointed output has an unexpected layout".into());
-    let topics = b
-        .column(0)
-        .as_any()
-        .downcast_ref::<StringArray>()
-        .ok_or_else(bad)?;
-    // Checkpoints before 64-bit offsets hold `Binary`: cast, never refuse.
-    let large = |i: usize| arrow::compute::cast(b.column(i), &DataType::LargeBinary).ok();
-    let (keys, values) = (large(1).ok_or_else(bad)?, large(2).ok_or_else(bad)?);
-    let keys = keys
-        .as_any()
-        .downcast_ref::<LargeBinaryArray>()
-        .ok_or_else(bad)?;
-    let values = values
-        .as_any()
-        .downcast_ref::<LargeBinaryArray>()
-        .ok_or_else(bad)?;
-    let headers = b
-        .column(3)
-        .as_any()
-        .downcast_ref::<StringArray>()
-        .ok_or_else(bad)?;
-    let mut p = Pending::default();
-    for i in 0..b.num_rows() {
-        p.push(
-            topics.value(i).to_string(),
-            keys.is_valid(i).then(|| keys.value(i).to_vec()),
-            values.value(i).to_vec(),
-            headers.is_valid(i).then(|| headers.value(i).to_string()),
-        );
-    }
-    Ok(p)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pending_records_survive_the_checkpoint_format() {
-        use arrow::array::BinaryArray;
-        let mut p = Pending::default();
-        p.push(
-            "a".into(),
-            Some(b"AAPL".to_vec()),
-            vec![0, 0, 0, 0, 1, 2],
-            None,
-        );
-        let dlq_headers = r#"{"tickflow.error.reason":"bad-magic"}"#.to_string();
-        p.push(
-            "dlq".into(),
-            None,
-            b"junk".to_vec(),
-            Some(dlq_headers.clone()),
-        );
-        assert_eq!(p.bytes, (1 + 4 + 6 + 3 + 4 + dlq_headers.len()) as u64);
-        let back = batch_to_pending(&pending_to_batch(&p)).unwrap();
-        assert_eq!(back.topics, p.topics);
-        assert_eq!(back.keys, p.keys);
-        assert_eq!(back.values, p.values);
-        assert_eq!(back.headers, p.headers);
-        assert_eq!(back.bytes, p.bytes);
-
-        // A checkpoint written before 64-bit offsets still reads back.
-        let old = RecordBatch::try_new(
-            Arc::new(Schema::new(vec![
-                Field::new("topic", DataType::Utf8, false),
-                Field::new("key", DataType::Binary, true),
-                Field::new("value", DataType::Binary, false),
-                Field::new("headers", DataType::Utf8, true),
-            ])),
-            vec![
-                Arc::new(StringArray::from(vec!["a"])),
-                Arc::new(BinaryArray::from(vec![Some(&b"k"[..])])),
-                Arc::new(BinaryArray::from(vec![&b"v"[..]])),
-                Arc::new(StringArray::from(vec![None::<&str>])),
-            ],
-        )
-        .unwrap();
-        let back = batch_to_pending(&old).unwrap();
-        assert_eq!(back.values, vec![b"v".to_vec()]);
-    }
 
     #[test]
     fn the_epoch_tag_carries_the_lineage_and_old_tags_still_parse() {

@@ -10,9 +10,11 @@
 //! - [`file`]: JSON lines / Avro files of a replay.
 //! - [`kafka`]: transactional Kafka topics (exactly-once).
 //! - [`memory`]: the latest rows per stream, for the demo's views.
+//! - [`pending`]: the records of an open Kafka transaction, as Arrow chunks.
 //! - [`publisher`]: the producer's plain (non-transactional) Kafka output.
 
 pub mod file;
 pub mod kafka;
 pub mod memory;
+pub mod pending;
 pub mod publisher;

@@ -233,8 +233,22 @@ impl KafkaSource {
             // Prefetch sized from the memory budget (crate::memory).
             .set("fetch.max.bytes", buffers.fetch_max_bytes.to_string())
             .set(
+                "max.partition.fetch.bytes",
+                buffers.fetch_max_bytes.to_string(),
+            )
+            // Only bounds what this consumer sends; librdkafka refuses a
+            // fetch.max.bytes below it.
+            .set(
+                "message.max.bytes",
+                buffers.fetch_max_bytes.min(1_000_000).to_string(),
+            )
+            .set(
                 "queued.max.messages.kbytes",
                 buffers.consumer_queue_kbytes.to_string(),
+            )
+            .set(
+                "queued.min.messages",
+                buffers.consumer_queue_messages.to_string(),
             )
             // librdkafka pauses fetching for 1 s by default once a partition's
             // local queue is full; at full speed that stalls the pipeline.
