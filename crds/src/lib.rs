@@ -199,10 +199,32 @@ pub struct KafkaSecurity {
     pub ca_secret_ref: Option<KeyRef>,
 }
 
+/// Schema registry credentials and CA. Secrets are referenced and mounted
+/// as files, as for Kafka.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.username) == has(self.passwordSecretRef)").message("username and passwordSecretRef go together"))]
+pub struct RegistrySecurity {
+    /// Basic-auth user name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub username: Option<String>,
+    /// Secret key holding the basic-auth password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret_ref: Option<KeyRef>,
+    /// Secret key holding a PEM CA bundle that signs the registry's
+    /// certificate (https:// only; default: the system's roots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<KeyRef>,
+}
+
 /// Where the Kafka cluster and schema registry are. Unset fields fall back to
 /// the operator's defaults (the Helm chart's `kafka.*` values).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "!has(self.schemaRegistrySecurity) || !has(self.schemaRegistrySecurity.username) || !has(self.schemaRegistryUrl) || self.schemaRegistryUrl.startsWith('https://')"
+).message("schema registry credentials are only sent over https://: use an https:// schemaRegistryUrl"))]
 pub struct KafkaConnection {
     /// Comma-separated bootstrap servers, host:port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -211,11 +233,14 @@ pub struct KafkaConnection {
         regex(pattern = r"^[A-Za-z0-9.-]+:[0-9]{1,5}(,[A-Za-z0-9.-]+:[0-9]{1,5})*$")
     )]
     pub bootstrap_servers: Option<String>,
-    /// Confluent-compatible schema registry URL (http://…).
+    /// Confluent-compatible schema registry URL (http://… or https://…).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 2048))]
-    #[x_kube(validation = Rule::new("self.startsWith('http://')").message("schemaRegistryUrl must be an http:// URL"))]
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("schemaRegistryUrl must be an http:// or https:// URL"))]
     pub schema_registry_url: Option<String>,
+    /// Schema registry credentials and CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_registry_security: Option<RegistrySecurity>,
     /// TLS and SASL settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security: Option<KafkaSecurity>,
@@ -334,6 +359,30 @@ pub enum StartFrom {
     Latest,
 }
 
+/// What the worker does with a position outside its partition's offsets
+/// (records deleted by retention before they were read, a recreated topic).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OnOffsetOutOfRange {
+    /// Continue at the oldest record still there (loses only what is gone).
+    #[default]
+    Earliest,
+    /// Continue at the end of the partition.
+    Latest,
+    /// Stop the query with an error.
+    Fail,
+}
+
+impl OnOffsetOutOfRange {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Earliest => "earliest",
+            Self::Latest => "latest",
+            Self::Fail => "fail",
+        }
+    }
+}
+
 /// A continuous SQL query over market-data topics, run by a worker
 /// Deployment with checkpoints on a PVC and exactly-once output.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
@@ -409,6 +458,11 @@ pub struct StreamQuerySpec {
     /// Where partitions without a checkpointed offset start: earliest or latest.
     #[serde(default)]
     pub start_from: StartFrom,
+    /// A position outside its partition's offsets (records deleted before
+    /// they were read): earliest, latest or fail. Skipped records are
+    /// counted in status.
+    #[serde(default)]
+    pub on_offset_out_of_range: OnOffsetOutOfRange,
     /// Worker image (default: the operator's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]

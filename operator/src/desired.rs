@@ -33,6 +33,8 @@ const SQL_DIR: &str = "/etc/tickflow/sql";
 const CHECKPOINT_DIR: &str = "/var/lib/tickflow/checkpoints";
 const SASL_DIR: &str = "/etc/tickflow/kafka-sasl";
 const CA_DIR: &str = "/etc/tickflow/kafka-ca";
+const REGISTRY_AUTH_DIR: &str = "/etc/tickflow/registry-auth";
+const REGISTRY_CA_DIR: &str = "/etc/tickflow/registry-ca";
 /// Non-root user of the worker image (distroless `nonroot`).
 const WORKER_UID: i64 = 65532;
 
@@ -252,6 +254,48 @@ fn kafka_env(
         envs.push(env("SCHEMA_REGISTRY_URL", registry));
     }
     let (mut volumes, mut mounts) = (Vec::new(), Vec::new());
+    // Secrets are mounted as files: never in the pod spec, never in env.
+    let mut secret_file = |name: &str, dir: &str, r: &tickflow_crds::KeyRef, file: &str| {
+        volumes.push(Volume {
+            name: name.into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(r.name.clone()),
+                items: Some(vec![k8s_openapi::api::core::v1::KeyToPath {
+                    key: r.key.clone(),
+                    path: file.into(),
+                    ..Default::default()
+                }]),
+                default_mode: Some(0o440),
+                ..Default::default()
+            }),
+            ..Volume::default()
+        });
+        mounts.push(VolumeMount {
+            name: name.into(),
+            mount_path: dir.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    };
+    if let Some(sec) = kafka.and_then(|k| k.schema_registry_security.as_ref()) {
+        if let Some(u) = &sec.username {
+            envs.push(env("SCHEMA_REGISTRY_USERNAME", u.clone()));
+        }
+        if let Some(r) = &sec.password_secret_ref {
+            secret_file("registry-auth", REGISTRY_AUTH_DIR, r, "password");
+            envs.push(env(
+                "SCHEMA_REGISTRY_PASSWORD_FILE",
+                format!("{REGISTRY_AUTH_DIR}/password"),
+            ));
+        }
+        if let Some(r) = &sec.ca_secret_ref {
+            secret_file("registry-ca", REGISTRY_CA_DIR, r, "ca.crt");
+            envs.push(env(
+                "SCHEMA_REGISTRY_CA_LOCATION",
+                format!("{REGISTRY_CA_DIR}/ca.crt"),
+            ));
+        }
+    }
     if let Some(sec) = kafka.and_then(|k| k.security.as_ref()) {
         envs.push(env(
             "KAFKA_SECURITY_PROTOCOL",
@@ -263,29 +307,6 @@ fn kafka_env(
         if let Some(u) = &sec.username {
             envs.push(env("KAFKA_SASL_USERNAME", u.clone()));
         }
-        // Secrets are mounted as files: never in the pod spec, never in env.
-        let mut secret_file = |name: &str, dir: &str, r: &tickflow_crds::KeyRef, file: &str| {
-            volumes.push(Volume {
-                name: name.into(),
-                secret: Some(SecretVolumeSource {
-                    secret_name: Some(r.name.clone()),
-                    items: Some(vec![k8s_openapi::api::core::v1::KeyToPath {
-                        key: r.key.clone(),
-                        path: file.into(),
-                        ..Default::default()
-                    }]),
-                    default_mode: Some(0o440),
-                    ..Default::default()
-                }),
-                ..Volume::default()
-            });
-            mounts.push(VolumeMount {
-                name: name.into(),
-                mount_path: dir.into(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            });
-        };
         if let Some(r) = &sec.password_secret_ref {
             secret_file("kafka-sasl", SASL_DIR, r, "password");
             envs.push(env(
@@ -578,6 +599,10 @@ pub fn stream_query(
                 tickflow_crds::StartFrom::Earliest => "earliest",
                 tickflow_crds::StartFrom::Latest => "latest",
             },
+        ),
+        env(
+            "TICKFLOW_ON_OFFSET_OUT_OF_RANGE",
+            spec.on_offset_out_of_range.as_str(),
         ),
     ]);
     if let Some(t) = &spec.dead_letter_topic {
@@ -1015,6 +1040,73 @@ spec:
             vol.secret.unwrap().secret_name.as_deref(),
             Some("kafka-creds")
         );
+    }
+
+    #[test]
+    fn registry_credentials_and_ca_are_mounted_files_and_the_out_of_range_policy_is_passed_on() {
+        let q = query(
+            r#"
+apiVersion: tickflow.io/v1alpha1
+kind: StreamQuery
+metadata: {name: reg}
+spec:
+  sql: "CREATE STREAM x AS SELECT symbol FROM market_ticks;"
+  onOffsetOutOfRange: fail
+  kafka:
+    schemaRegistryUrl: "https://registry:8081"
+    schemaRegistrySecurity:
+      username: bob
+      passwordSecretRef: {name: reg-creds, key: pw}
+      caSecretRef: {name: reg-ca, key: ca.pem}
+"#,
+        );
+        let pod = objects(&q).deployment.spec.unwrap().template.spec.unwrap();
+        let c = &pod.containers[0];
+        let env = |name: &str| {
+            c.env
+                .as_ref()
+                .unwrap()
+                .iter()
+                .find(|e| e.name == name)
+                .and_then(|e| e.value.clone())
+        };
+        assert_eq!(env("SCHEMA_REGISTRY_URL").unwrap(), "https://registry:8081");
+        assert_eq!(env("SCHEMA_REGISTRY_USERNAME").unwrap(), "bob");
+        assert_eq!(env("SCHEMA_REGISTRY_PASSWORD"), None, "never a value");
+        assert_eq!(env("TICKFLOW_ON_OFFSET_OUT_OF_RANGE").unwrap(), "fail");
+        let password = env("SCHEMA_REGISTRY_PASSWORD_FILE").unwrap();
+        let ca = env("SCHEMA_REGISTRY_CA_LOCATION").unwrap();
+        let volumes = pod.volumes.unwrap();
+        for (volume, secret, key, file) in [
+            ("registry-auth", "reg-creds", "pw", &password),
+            ("registry-ca", "reg-ca", "ca.pem", &ca),
+        ] {
+            let v = volumes.iter().find(|v| v.name == volume).unwrap();
+            let source = v.secret.as_ref().unwrap();
+            assert_eq!(source.secret_name.as_deref(), Some(secret));
+            let item = &source.items.as_ref().unwrap()[0];
+            assert_eq!(item.key, key);
+            let mount = c
+                .volume_mounts
+                .as_ref()
+                .unwrap()
+                .iter()
+                .find(|m| m.name == volume)
+                .unwrap();
+            assert_eq!(mount.read_only, Some(true));
+            assert_eq!(*file, format!("{}/{}", mount.mount_path, item.path));
+        }
+        // The default policy is passed on too (the worker's own default).
+        let pod = objects(&query(OHLC))
+            .deployment
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
+        assert!(pod.containers[0].env.as_ref().unwrap().iter().any(|e| {
+            e.name == "TICKFLOW_ON_OFFSET_OUT_OF_RANGE" && e.value.as_deref() == Some("earliest")
+        }));
     }
 
     #[test]

@@ -453,6 +453,26 @@ fn invalid_sql_gets_no_deployment_and_field_rules_are_enforced_at_apply() {
             "  kafka: {security: {protocol: sasl_ssl, username: u}}\n",
             "SASL needs username and passwordSecretRef",
         ),
+        (
+            "registry credentials over plain http",
+            "  kafka:\n    schemaRegistryUrl: http://registry:8081\n    schemaRegistrySecurity: {username: u, passwordSecretRef: {name: s, key: k}}\n",
+            "schema registry credentials are only sent over https://",
+        ),
+        (
+            "registry user without a password",
+            "  kafka: {schemaRegistrySecurity: {username: u}}\n",
+            "username and passwordSecretRef go together",
+        ),
+        (
+            "registry URL of another scheme",
+            "  kafka: {schemaRegistryUrl: \"ftp://registry\"}\n",
+            "schemaRegistryUrl must be an http:// or https:// URL",
+        ),
+        (
+            "unknown out-of-range policy",
+            "  onOffsetOutOfRange: rewind\n",
+            "Unsupported value: \"rewind\"",
+        ),
     ];
     for (what, extra, expected) in cases {
         let out = apply(
