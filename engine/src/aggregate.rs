@@ -18,8 +18,8 @@ use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use super::keys::GroupKeys;
 use super::operator::{
     BatchInputs, OperatorMetrics, OperatorState, Output, StreamOperator, Subset, apply_filter,
-    evaluate_rows, event_times, finish_rows, new_groups_accumulator, split_by, state_schema,
-    state_widths,
+    check_state_layout, evaluate_rows, event_times, finish_rows, new_groups_accumulator, split_by,
+    state_schema, state_widths,
 };
 use super::plan::WindowedPlan;
 use super::sql::EmitMode;
@@ -449,10 +449,7 @@ impl StreamOperator for WindowAggregate {
         };
         let plan = Arc::clone(&self.plan);
         let wp = &plan.plan;
-        let expected = state_schema(wp, &["pane"])?;
-        if batch.schema().fields().len() != expected.fields().len() {
-            return Err(bad("state columns do not match the query"));
-        }
+        check_state_layout(&batch, &*state_schema(wp, &["pane"])?)?;
         let pane_col = batch
             .column(0)
             .as_primitive_opt::<Int64Type>()

@@ -37,6 +37,7 @@ pub struct RejectedRows {
 }
 
 /// Serialized operator state, part of a checkpoint.
+#[derive(Clone)]
 pub struct OperatorState {
     /// Small scalar state (positions in event time, counters).
     pub meta: serde_json::Value,
@@ -363,6 +364,34 @@ pub fn state_schema(plan: &WindowedPlan, bounds: &[&str]) -> Result<SchemaRef> {
         }
     }
     Ok(Arc::new(Schema::new(fields)))
+}
+
+/// Checks a restored state batch against the schema the query needs now:
+/// same number of columns, same types. A checkpoint written by a release
+/// whose accumulators kept other types (or by another query that slipped
+/// past the fingerprint) is refused with the column that differs, never
+/// read with the wrong layout.
+pub fn check_state_layout(batch: &RecordBatch, expected: &Schema) -> Result<()> {
+    let bad =
+        |what: String| DataFusionError::Execution(format!("checkpoint state is malformed: {what}"));
+    if batch.num_columns() != expected.fields().len() {
+        return Err(bad(format!(
+            "{} state columns, the query needs {}",
+            batch.num_columns(),
+            expected.fields().len()
+        )));
+    }
+    for (column, field) in batch.columns().iter().zip(expected.fields()) {
+        if column.data_type() != field.data_type() {
+            return Err(bad(format!(
+                "state column {} is {}, the query needs {}",
+                field.name(),
+                column.data_type(),
+                field.data_type()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Number of state columns of each aggregate.

@@ -18,7 +18,8 @@ use datafusion::logical_expr::Accumulator;
 use super::keys::GroupKeys;
 use super::operator::{
     BatchInputs, OperatorMetrics, OperatorState, Output, StreamOperator, Subset, apply_filter,
-    conform, evaluate_rows, event_times, finish_rows, state_schema, state_widths,
+    check_state_layout, conform, evaluate_rows, event_times, finish_rows, state_schema,
+    state_widths,
 };
 use super::plan::WindowedPlan;
 use super::sql::EmitMode;
@@ -391,11 +392,9 @@ impl StreamOperator for SessionAggregate {
         let Some(batch) = state.batch else {
             return Ok(());
         };
+        check_state_layout(&batch, &*state_schema(&self.plan, &["start", "end"])?)?;
         let nkeys = self.plan.key_fields.len();
         let widths = state_widths(&self.plan.aggregates)?;
-        if batch.num_columns() != 2 + nkeys + widths.iter().sum::<usize>() {
-            return Err(bad("state columns do not match the query"));
-        }
         let starts = batch
             .column(0)
             .as_primitive_opt::<Int64Type>()
@@ -512,5 +511,41 @@ mod tests {
         op.on_batch(&ticks(&[("S0".into(), i64::MAX - 10)]), &mut more)
             .unwrap();
         assert_eq!(more.late.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+    }
+
+    #[test]
+    fn a_state_with_other_column_types_is_refused_not_misread() {
+        let sql = "CREATE STREAM s AS SELECT symbol, SUM(price) AS p FROM market_ticks \
+                   GROUP BY symbol, SESSION(ts, INTERVAL '1' SECOND);";
+        let new = || {
+            let plan = plan_sql(sql, &Catalog::builtin()).unwrap().remove(0);
+            let StreamKind::Windowed(w) = plan.kind else {
+                panic!("windowed")
+            };
+            SessionAggregate::new(w, plan.output_schema, EmitMode::OnWindowClose).unwrap()
+        };
+        let mut op = new();
+        op.on_batch(&ticks(&[("AAPL".into(), 1_000)]), &mut Output::default())
+            .unwrap();
+        let state = op.snapshot().unwrap();
+        let batch = state.batch.clone().unwrap();
+        // The same checkpoint restores...
+        new().restore(state.clone()).unwrap();
+        // ...but not with the sum kept as text (another release's layout).
+        let last = batch.num_columns() - 1;
+        let mut columns = batch.columns().to_vec();
+        columns[last] = arrow::compute::cast(&columns[last], &DataType::Utf8).unwrap();
+        let mut fields: Vec<_> = batch.schema().fields().iter().cloned().collect();
+        fields[last] = Arc::new(fields[last].as_ref().clone().with_data_type(DataType::Utf8));
+        let retyped =
+            RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), columns).unwrap();
+        let err = new()
+            .restore(OperatorState {
+                meta: state.meta,
+                batch: Some(retyped),
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is Utf8, the query needs Float64"), "{err}");
     }
 }
