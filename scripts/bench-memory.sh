@@ -5,11 +5,12 @@
 #
 # Usage: scripts/bench-memory.sh [TICKS] [BUDGET...]
 #   TICKS   market ticks in the backlog (default 32000000: with the order
-#           events and book updates they come with, about 5 GiB in the
-#           topics, ten times the largest default budget)
+#           events and book updates they come with, 94 M records and about
+#           2.2 GB in the topics, eleven times the smallest budget)
 #   BUDGET  --memory-budget values (default: 192MiB 512MiB)
 # Needs the test broker and registry (started if missing), GNU time, and
 # about 2 × the backlog in free disk. Takes about 15 minutes at the default.
+# For ten times the 512 MiB budget, about 75000000 ticks (40 minutes).
 # The query passes all three streams through (`SELECT *`): its output is as
 # large as its input, the worst case for the open epoch's buffers.
 set -euo pipefail
@@ -37,10 +38,11 @@ trap 'drop_topics "$t-.*"; rm -rf "$work"' EXIT
   --ticks-topic "$t-ticks" --orders-topic "$t-orders" --books-topic "$t-books" \
   --partitions 3 2>&1 >/dev/null | tee "$work/produce.log" | grep -v INFO >&2 || true
 records=$(grep -o 'produced ticks=[0-9]* orders=[0-9]* books=[0-9]*' "$work/produce.log" |
-  grep -o '[0-9]*' | awk '{s += $1} END {print s}')
+  grep -o '[0-9]*' | awk '{s += $1} END {printf "%d", s}')
 [ -n "$records" ] || { echo "the simulator did not say what it produced" >&2; exit 1; }
-backlog_bytes=$(du -sb "$(cat "${TMPDIR:-/tmp}/tickflow-kafka.19092/rundir")"/data/"$t"-{ticks,orders,books}-* |
-  awk '{s += $1} END {print s}')
+# The record batches as stored (lz4), not the preallocated index files.
+backlog_bytes=$(find "$(cat "${TMPDIR:-/tmp}/tickflow-kafka.19092/rundir")"/data/ \
+  -path "*/$t-[tob]*-[0-9]*/*.log" -printf '%s\n' | awk '{s += $1} END {printf "%d", s}')
 cat >"$work/pass.sql" <<'SQL'
 CREATE STREAM ticks_out AS SELECT * FROM market_ticks;
 CREATE STREAM orders_out AS SELECT * FROM order_events;

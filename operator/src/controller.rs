@@ -532,18 +532,27 @@ async fn apply_pvc(
 }
 
 pub async fn reconcile_query(q: Arc<StreamQuery>, ctx: Arc<Context>) -> Result<Action, Error> {
+    timed(
+        "StreamQuery",
+        q.as_ref(),
+        &ctx,
+        reconcile_query_inner(&q, &ctx),
+    )
+    .await
+}
+
+/// Runs one reconcile of `obj`, counts it in the metrics and, once it
+/// succeeds, forgets the failures remembered for `obj`'s back-off.
+async fn timed<K: Resource<DynamicType = ()>>(
+    kind: &'static str,
+    obj: &K,
+    ctx: &Context,
+    reconcile: impl std::future::Future<Output = Result<Action, Error>>,
+) -> Result<Action, Error> {
     let t0 = Instant::now();
-    let result = reconcile_query_inner(&q, &ctx).await;
-    ctx.metrics
-        .reconciled("StreamQuery", result.is_ok(), t0.elapsed());
-    if result.is_ok()
-        && ctx
-            .failures
-            .lock()
-            .unwrap()
-            .remove(&key(q.as_ref()))
-            .is_some()
-    {
+    let result = reconcile.await;
+    ctx.metrics.reconciled(kind, result.is_ok(), t0.elapsed());
+    if result.is_ok() && ctx.failures.lock().unwrap().remove(&key(obj)).is_some() {
         ctx.count_remembered();
     }
     result
@@ -721,21 +730,13 @@ pub async fn reconcile_producer(
     p: Arc<MarketProducer>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
-    let t0 = Instant::now();
-    let result = reconcile_producer_inner(&p, &ctx).await;
-    ctx.metrics
-        .reconciled("MarketProducer", result.is_ok(), t0.elapsed());
-    if result.is_ok()
-        && ctx
-            .failures
-            .lock()
-            .unwrap()
-            .remove(&key(p.as_ref()))
-            .is_some()
-    {
-        ctx.count_remembered();
-    }
-    result
+    timed(
+        "MarketProducer",
+        p.as_ref(),
+        &ctx,
+        reconcile_producer_inner(&p, &ctx),
+    )
+    .await
 }
 
 async fn reconcile_producer_inner(p: &MarketProducer, ctx: &Context) -> Result<Action, Error> {

@@ -90,29 +90,6 @@ impl Drop for Registry {
     }
 }
 
-/// The ohlc_5s rows committed to `topic` are those of a file replay of
-/// `dir/market-ticks.jsonl`.
-fn assert_ohlc_matches_replay(topic: &str, dir: &Path) {
-    let replay = dir.join("replay.jsonl");
-    run_ok(
-        worker()
-            .args(["query", "--sql"])
-            .arg(repo().join("sql/ohlc_5s.sql"))
-            .arg("--input")
-            .arg(format!(
-                "market_ticks={}",
-                dir.join("market-ticks.jsonl").display()
-            ))
-            .arg("--output")
-            .arg(format!("ohlc_5s={}", replay.display())),
-    );
-    assert_same_rows(
-        "ohlc_5s",
-        json_rows(&read_topic(&env().brokers, topic, true)),
-        file_rows(&replay),
-    );
-}
-
 fn producer() -> BaseProducer {
     ClientConfig::new()
         .set("bootstrap.servers", &env().brokers)
@@ -133,15 +110,6 @@ fn send(topic: &str, partition: i32, values: &[Option<Vec<u8>>]) {
         p.send(r).map_err(|(e, _)| e).unwrap();
     }
     p.flush(Duration::from_secs(10)).unwrap();
-}
-
-fn dead_letter_total(summary: &serde_json::Value) -> u64 {
-    summary["dead_letters"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|v| v.as_u64().unwrap())
-        .sum()
 }
 
 fn reasons(letters: &[Record]) -> BTreeMap<String, usize> {

@@ -1,8 +1,9 @@
-//! Topic administration: create the topics a worker writes if they are missing.
+//! Topic administration: create the topics a worker writes if they are
+//! missing, and read the limits of one it writes.
 
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::types::RDKafkaErrorCode;
 
 use super::config::{ClientErrors, KafkaConfig};
@@ -37,4 +38,28 @@ pub fn ensure_topics(
         }
     }
     Ok(())
+}
+
+/// The largest record batch `topic` accepts (its effective
+/// `max.message.bytes`, the broker's default unless the topic overrides it).
+pub fn max_message_bytes(config: &KafkaConfig, topic: &str) -> anyhow::Result<usize> {
+    let admin: AdminClient<ClientErrors> = config
+        .client_config()
+        .create_with_context(ClientErrors::default())
+        .map_err(|e| anyhow::anyhow!("creating the Kafka admin client: {e}"))?;
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(15)));
+    let results = futures::executor::block_on(
+        admin.describe_configs(&[ResourceSpecifier::Topic(topic)], &opts),
+    )
+    .map_err(|e| admin.inner().context().explain(&config.brokers, &e))?;
+    let resource = results
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("describing topic {topic}: no answer"))?
+        .map_err(|e| anyhow::anyhow!("describing topic {topic}: {e}"))?;
+    resource
+        .get("max.message.bytes")
+        .and_then(|entry| entry.value.as_deref())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("topic {topic} has no max.message.bytes"))
 }

@@ -9,7 +9,8 @@
 //! - `TICKFLOW_STALL_AT=POINT:N` makes the commit of the N-th checkpoint
 //!   misbehave, once: `commit` hangs before it reaches the broker,
 //!   `after-commit` hangs once it is done, `commit-timeout` makes its
-//!   commit call time out.
+//!   commit call time out (given no time, it usually does; when librdkafka
+//!   answers within that instant anyway, the next commit tries again).
 
 /// A fault a sink's commit should act out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,10 +70,14 @@ mod enabled {
     pub fn take_stall() -> Option<InjectedStall> {
         ARMED.lock().expect("not poisoned").take()
     }
+
+    pub fn arm_again(stall: InjectedStall) {
+        *ARMED.lock().expect("not poisoned") = Some(stall);
+    }
 }
 
 #[cfg(feature = "fault-injection")]
-pub use enabled::{arm_stall, crash_point, take_stall};
+pub use enabled::{arm_again, arm_stall, crash_point, take_stall};
 
 /// Aborts the process here if `TICKFLOW_CRASH_AT` names this point.
 #[cfg(not(feature = "fault-injection"))]
@@ -90,3 +95,8 @@ pub fn arm_stall(_nth: u64) {}
 pub fn take_stall() -> Option<InjectedStall> {
     None
 }
+
+/// Arms `stall` for the next commit, when it did not take effect on this one.
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn arm_again(_stall: InjectedStall) {}

@@ -43,14 +43,56 @@ const MAX_DELAY_SAMPLES: usize = 100_000;
 const EPOCH_TAG: &str = "tickflow-epoch=";
 const LINEAGE_TAG: &str = ";lineage=";
 
-/// A dead letter's value is cut to this many bytes (and its key and error
-/// message to the two below), so that it always fits the producer's
-/// `message.max.bytes` (1,000,000 by default) and the broker's
-/// `max.message.bytes`: a record too large for them is fatal to the
-/// transaction. The original sizes go into headers.
-const DEAD_LETTER_MAX_VALUE: usize = 256 * 1024;
-const DEAD_LETTER_MAX_KEY: usize = 16 * 1024;
-const DEAD_LETTER_MAX_MESSAGE: usize = 4 * 1024;
+/// A dead letter's value, key and error message are cut (original sizes
+/// and a truncated marker go into headers) so that it always fits the
+/// producer's `message.max.bytes` (1,000,000 by default) and the topic's
+/// `max.message.bytes`: a record too large for either is fatal to the
+/// transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct DeadLetterCaps {
+    value: usize,
+    key: usize,
+    message: usize,
+}
+
+/// Room a dead letter needs besides value, key and message: its other
+/// headers (reason, source topic, location, sizes) and record framing.
+const DEAD_LETTER_FRAMING: usize = 4 * 1024;
+
+impl DeadLetterCaps {
+    const DEFAULT: Self = Self {
+        value: 256 * 1024,
+        key: 16 * 1024,
+        message: 4 * 1024,
+    };
+
+    /// The cuts for a dead-letter topic whose records may take at most
+    /// `max_message_bytes`: the defaults where they fit, else shares of what
+    /// the topic takes. A topic too small for any dead letter is an error.
+    fn for_topic_limit(topic: &str, max_message_bytes: usize) -> Result<Self, String> {
+        let d = Self::DEFAULT;
+        let room = max_message_bytes.saturating_sub(DEAD_LETTER_FRAMING);
+        if room >= d.value + d.key + d.message {
+            return Ok(d);
+        }
+        if room < 4 * 1024 {
+            return Err(format!(
+                "dead-letter topic {topic} takes records of at most {max_message_bytes} bytes \
+                 (max.message.bytes): too small for a dead letter and its headers; raise it \
+                 to at least {} bytes",
+                8 * 1024 + DEAD_LETTER_FRAMING
+            ));
+        }
+        let message = (room / 8).min(d.message);
+        let key = (room / 8).min(d.key);
+        Ok(Self {
+            value: room - message - key,
+            key,
+            message,
+        })
+    }
+}
+
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Transactional calls abandoned as stuck whose thread has not returned yet
@@ -123,6 +165,7 @@ pub struct KafkaSink {
     /// (stream, kind) → index into `outputs`.
     routes: Routes,
     dead_letter_topic: Option<String>,
+    dead_letter_caps: DeadLetterCaps,
     /// Consumer group the source offsets are committed to.
     group_id: String,
     /// A consumer of that group that never reads: it supplies the group
@@ -260,12 +303,17 @@ impl KafkaSink {
             .enumerate()
             .map(|(i, o)| ((o.stream.clone(), o.kind), i))
             .collect();
+        let dead_letter_caps = match &dead_letter_topic {
+            Some(t) => dead_letter_caps(config, t)?,
+            None => DeadLetterCaps::DEFAULT,
+        };
         Ok(Self {
             producer: Arc::new(producer),
             config: config.clone(),
             outputs,
             routes,
             dead_letter_topic,
+            dead_letter_caps,
             group_id: transactional_id.to_string(),
             group,
             records_out: BTreeMap::new(),
@@ -350,12 +398,13 @@ impl KafkaSink {
         let Some(topic) = &self.dead_letter_topic else {
             return Ok(());
         };
-        let (value, value_cut) = cap(&bad.value, DEAD_LETTER_MAX_VALUE);
-        let key = bad.key.as_ref().map(|k| cap(k, DEAD_LETTER_MAX_KEY));
+        let caps = self.dead_letter_caps;
+        let (value, value_cut) = cap(&bad.value, caps.value);
+        let key = bad.key.as_ref().map(|k| cap(k, caps.key));
         let key_cut = key.as_ref().is_some_and(|(_, cut)| *cut);
         let mut message = bad.error.clone();
-        if message.len() > DEAD_LETTER_MAX_MESSAGE {
-            let mut end = DEAD_LETTER_MAX_MESSAGE;
+        if message.len() > caps.message {
+            let mut end = caps.message;
             while !message.is_char_boundary(end) {
                 end -= 1;
             }
@@ -521,6 +570,9 @@ impl KafkaSink {
             if !offsets_added
                 && let Err(e) = producer.send_offsets_to_transaction(&offsets, &group, timeout)
             {
+                if stall == Some(InjectedStall::CommitTimesOut) {
+                    faults::arm_again(InjectedStall::CommitTimesOut);
+                }
                 return (false, Err(e));
             }
             let t1 = Instant::now();
@@ -537,6 +589,11 @@ impl KafkaSink {
             );
             if stall == Some(InjectedStall::AfterCommit) && result.is_ok() {
                 hang();
+            }
+            if stall == Some(InjectedStall::CommitTimesOut) && result.is_ok() {
+                // The commit won the race against no time at all (a loaded
+                // machine): the timeout has not been acted out yet.
+                faults::arm_again(InjectedStall::CommitTimesOut);
             }
             (true, result)
         })
@@ -905,6 +962,21 @@ fn send(
     }
 }
 
+/// The cuts for `topic`'s own limit. If it cannot be read (no
+/// DescribeConfigs permission), the defaults, which fit the broker's.
+fn dead_letter_caps(config: &KafkaConfig, topic: &str) -> anyhow::Result<DeadLetterCaps> {
+    match crate::kafka::admin::max_message_bytes(config, topic) {
+        Ok(limit) => DeadLetterCaps::for_topic_limit(topic, limit).map_err(anyhow::Error::msg),
+        Err(e) => {
+            tracing::warn!(
+                "could not read the limits of dead-letter topic {topic} ({e:#}); assuming \
+                 the broker's default max.message.bytes"
+            );
+            Ok(DeadLetterCaps::DEFAULT)
+        }
+    }
+}
+
 fn tagged_offsets(
     positions: &Offsets,
     epoch: u64,
@@ -1077,6 +1149,11 @@ impl From<bool> for FreshStart {
 /// asks for them only under `read_committed`): a pending offset commit that
 /// is not ours to finish, such as one left behind by a zombie request after
 /// a broker restart, would make that read fail until it times out.
+///
+/// Every commit carries the positions of all partitions read, in one
+/// transaction, so their tags agree; a partition without a tag (added to
+/// the topic since) is passed over. Taking the highest epoch is then the
+/// same as taking any.
 fn committed_epoch(
     config: &KafkaConfig,
     group_id: &str,
@@ -1200,18 +1277,32 @@ mod tests {
     }
 
     #[test]
-    fn dead_letter_values_keys_and_messages_are_capped() {
-        let (v, cut) = cap(&vec![7u8; DEAD_LETTER_MAX_VALUE + 1], DEAD_LETTER_MAX_VALUE);
+    fn dead_letter_values_keys_and_messages_are_capped_to_fit_the_topic() {
+        let d = DeadLetterCaps::DEFAULT;
+        let (v, cut) = cap(&vec![7u8; d.value + 1], d.value);
         assert!(cut);
-        assert_eq!(v.len(), DEAD_LETTER_MAX_VALUE);
-        let (v, cut) = cap(b"small", DEAD_LETTER_MAX_VALUE);
+        assert_eq!(v.len(), d.value);
+        let (v, cut) = cap(b"small", d.value);
         assert!(!cut);
         assert_eq!(v, b"small");
-        // Value + key + headers stay well under librdkafka's default 1 MB.
-        const {
+        let total = |c: DeadLetterCaps| c.value + c.key + c.message + DEAD_LETTER_FRAMING;
+        // Within librdkafka's default 1 MB and the broker's default topic limit.
+        assert!(total(d) < 1_000_000);
+        assert_eq!(DeadLetterCaps::for_topic_limit("t", 1_048_588), Ok(d));
+        // A topic that takes less: everything is cut to fit it.
+        for limit in [300_000, 64_000, 9_000] {
+            let c = DeadLetterCaps::for_topic_limit("t", limit).unwrap();
+            assert!(total(c) <= limit, "{limit}: {c:?}");
+            let room = limit - DEAD_LETTER_FRAMING;
             assert!(
-                DEAD_LETTER_MAX_VALUE + DEAD_LETTER_MAX_KEY + 4 * DEAD_LETTER_MAX_MESSAGE < 500_000
-            )
-        };
+                c.value >= room / 2,
+                "{limit}: most of the room for the value"
+            );
+        }
+        let err = DeadLetterCaps::for_topic_limit("dlq", 2_000).unwrap_err();
+        assert!(
+            err.contains("dlq") && err.contains("max.message.bytes"),
+            "{err}"
+        );
     }
 }

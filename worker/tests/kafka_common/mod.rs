@@ -431,3 +431,36 @@ pub fn assert_same_rows(
         }
     }
 }
+
+/// The ohlc_5s rows committed to `topic` are those of a file replay of
+/// `dir/market-ticks.jsonl`.
+pub fn assert_ohlc_matches_replay(topic: &str, dir: &Path) {
+    let replay = dir.join("replay.jsonl");
+    run_ok(
+        worker()
+            .args(["query", "--sql"])
+            .arg(repo().join("sql/ohlc_5s.sql"))
+            .arg("--input")
+            .arg(format!(
+                "market_ticks={}",
+                dir.join("market-ticks.jsonl").display()
+            ))
+            .arg("--output")
+            .arg(format!("ohlc_5s={}", replay.display())),
+    );
+    assert_same_rows(
+        "ohlc_5s",
+        json_rows(&read_topic(&env().brokers, topic, true)),
+        file_rows(&replay),
+    );
+}
+
+/// Dead letters of a run summary, all reasons together.
+pub fn dead_letter_total(summary: &serde_json::Value) -> u64 {
+    summary["dead_letters"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum()
+}
