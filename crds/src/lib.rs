@@ -223,8 +223,8 @@ pub struct RegistrySecurity {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new(
-    "!has(self.schemaRegistrySecurity) || !has(self.schemaRegistrySecurity.username) || !has(self.schemaRegistryUrl) || self.schemaRegistryUrl.startsWith('https://')"
-).message("schema registry credentials are only sent over https://: use an https:// schemaRegistryUrl"))]
+    "!has(self.schemaRegistrySecurity) || !has(self.schemaRegistrySecurity.username) || (has(self.schemaRegistryUrl) && self.schemaRegistryUrl.startsWith('https://'))"
+).message("schema registry credentials are only sent over https://: set an https:// schemaRegistryUrl beside them"))]
 pub struct KafkaConnection {
     /// Comma-separated bootstrap servers, host:port.
     #[serde(default, skip_serializing_if = "Option::is_none")]

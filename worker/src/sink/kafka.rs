@@ -80,7 +80,7 @@ impl DeadLetterCaps {
                 "dead-letter topic {topic} takes records of at most {max_message_bytes} bytes \
                  (max.message.bytes): too small for a dead letter and its headers; raise it \
                  to at least {} bytes",
-                8 * 1024 + DEAD_LETTER_FRAMING
+                4 * 1024 + DEAD_LETTER_FRAMING
             ));
         }
         let message = (room / 8).min(d.message);
@@ -236,6 +236,20 @@ impl KafkaSink {
         tuning: &ProducerTuning,
         lineage: &str,
     ) -> anyhow::Result<Self> {
+        // The broker checks a topic's max.message.bytes against a whole
+        // batch: one batch may not exceed what the dead-letter topic takes.
+        let dead_letter_limit = dead_letter_topic
+            .as_deref()
+            .and_then(|t| dead_letter_limit(config, t));
+        let dead_letter_caps = match (&dead_letter_topic, dead_letter_limit) {
+            (Some(t), Some(limit)) => {
+                DeadLetterCaps::for_topic_limit(t, limit).map_err(anyhow::Error::msg)?
+            }
+            _ => DeadLetterCaps::DEFAULT,
+        };
+        let batch_bytes = dead_letter_limit.map_or(tuning.batch_bytes as usize, |limit| {
+            (tuning.batch_bytes as usize).min(limit - DEAD_LETTER_FRAMING)
+        });
         let producer: BaseProducer<ClientErrors> = config
             .client_config()
             .set("transactional.id", transactional_id)
@@ -243,7 +257,7 @@ impl KafkaSink {
             .set("acks", "all")
             .set("compression.type", &tuning.compression)
             .set("linger.ms", tuning.linger_ms.to_string())
-            .set("batch.size", tuning.batch_bytes.to_string())
+            .set("batch.size", batch_bytes.to_string())
             .set("transaction.timeout.ms", "120000")
             // Right after a commit the broker answers CONCURRENT_TRANSACTIONS
             // until its markers are written; retrying after the default
@@ -303,10 +317,6 @@ impl KafkaSink {
             .enumerate()
             .map(|(i, o)| ((o.stream.clone(), o.kind), i))
             .collect();
-        let dead_letter_caps = match &dead_letter_topic {
-            Some(t) => dead_letter_caps(config, t)?,
-            None => DeadLetterCaps::DEFAULT,
-        };
         Ok(Self {
             producer: Arc::new(producer),
             config: config.clone(),
@@ -962,19 +972,17 @@ fn send(
     }
 }
 
-/// The cuts for `topic`'s own limit. If it cannot be read (no
-/// DescribeConfigs permission), the defaults, which fit the broker's.
-fn dead_letter_caps(config: &KafkaConfig, topic: &str) -> anyhow::Result<DeadLetterCaps> {
-    match crate::kafka::admin::max_message_bytes(config, topic) {
-        Ok(limit) => DeadLetterCaps::for_topic_limit(topic, limit).map_err(anyhow::Error::msg),
-        Err(e) => {
+/// `topic`'s `max.message.bytes`. If it cannot be read (no DescribeConfigs
+/// permission), `None`: the defaults, which fit the broker's own default.
+fn dead_letter_limit(config: &KafkaConfig, topic: &str) -> Option<usize> {
+    crate::kafka::admin::max_message_bytes(config, topic)
+        .inspect_err(|e| {
             tracing::warn!(
                 "could not read the limits of dead-letter topic {topic} ({e:#}); assuming \
                  the broker's default max.message.bytes"
-            );
-            Ok(DeadLetterCaps::DEFAULT)
-        }
-    }
+            )
+        })
+        .ok()
 }
 
 fn tagged_offsets(

@@ -1,7 +1,7 @@
 //! The records of an open Kafka transaction, kept until it commits.
 //!
 //! They are stored the way the checkpoint writes them: Arrow chunks of at
-//! most [`CHUNK_VALUE_BYTES`] / [`CHUNK_ROWS`] (topic, key, value, headers).
+//! most [`CHUNK_BYTES`] / [`CHUNK_ROWS`] (topic, key, value, headers).
 //! So a record costs its bytes plus an offset, not three heap allocations;
 //! [`Pending::bytes`] is the memory actually held (buffer capacities), which
 //! the run loop compares with the epoch's memory share; and the checkpoint
@@ -19,8 +19,9 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
-/// A chunk is sealed once its values would exceed this many bytes...
-pub const CHUNK_VALUE_BYTES: usize = 1 << 20;
+/// A chunk is sealed once its data (topics, keys, values, headers) would
+/// exceed this many bytes...
+pub const CHUNK_BYTES: usize = 1 << 20;
 /// ...or it holds this many records.
 pub const CHUNK_ROWS: usize = 16 * 1024;
 /// Initial room for a chunk's topic names and keys.
@@ -57,7 +58,7 @@ impl OpenChunk {
         Self {
             topic: LargeStringBuilder::with_capacity(CHUNK_ROWS, CHUNK_SHORT_BYTES),
             key: LargeBinaryBuilder::with_capacity(CHUNK_ROWS, CHUNK_SHORT_BYTES),
-            value: LargeBinaryBuilder::with_capacity(CHUNK_ROWS, CHUNK_VALUE_BYTES),
+            value: LargeBinaryBuilder::with_capacity(CHUNK_ROWS, CHUNK_BYTES),
             // Dead letters only: most chunks hold nulls here.
             headers: LargeStringBuilder::with_capacity(CHUNK_ROWS, 0),
         }
@@ -67,12 +68,21 @@ impl OpenChunk {
         self.value.len()
     }
 
+    /// Data bytes held (what the chunk limit counts).
+    fn data_len(&self) -> usize {
+        self.topic.values_slice().len()
+            + self.key.values_slice().len()
+            + self.value.values_slice().len()
+            + self.headers.values_slice().len()
+    }
+
     fn bytes(&self) -> u64 {
+        // validity_capacity() is in bytes already.
         let string = |b: &LargeStringBuilder| {
-            b.values_capacity() + b.offsets_capacity() * 8 + b.validity_capacity() / 8
+            b.values_capacity() + b.offsets_capacity() * 8 + b.validity_capacity()
         };
         let binary = |b: &LargeBinaryBuilder| {
-            b.values_capacity() + b.offsets_capacity() * 8 + b.validity_capacity() / 8
+            b.values_capacity() + b.offsets_capacity() * 8 + b.validity_capacity()
         };
         (string(&self.topic) + binary(&self.key) + binary(&self.value) + string(&self.headers))
             as u64
@@ -101,10 +111,14 @@ pub fn schema() -> SchemaRef {
 
 impl Pending {
     pub fn push(&mut self, r: PendingRecord<'_>) {
-        let full = self.open.as_ref().is_some_and(|c| {
-            c.rows() >= CHUNK_ROWS
-                || c.value.values_slice().len() + r.value.len() > CHUNK_VALUE_BYTES
-        });
+        let record_len = r.topic.len()
+            + r.key.map_or(0, <[u8]>::len)
+            + r.value.len()
+            + r.headers.map_or(0, str::len);
+        let full = self
+            .open
+            .as_ref()
+            .is_some_and(|c| c.rows() >= CHUNK_ROWS || c.data_len() + record_len > CHUNK_BYTES);
         if full {
             self.seal_open();
         }
@@ -155,7 +169,8 @@ impl Pending {
     }
 
     /// The records a checkpoint holds. Older checkpoints wrote 32-bit
-    /// offsets (`Utf8`, `Binary`): they are cast, never refused.
+    /// offsets (`Utf8`, `Binary`): they are cast. Any other layout is
+    /// refused, never reinterpreted.
     pub fn from_checkpoint(batches: Vec<RecordBatch>) -> Result<Self, String> {
         let mut p = Pending::default();
         for b in batches {
@@ -163,7 +178,27 @@ impl Pending {
                 return Err(format!("{} columns instead of 4", b.num_columns()));
             }
             let mut columns = Vec::with_capacity(4);
-            for (column, field) in b.columns().iter().zip(schema().fields()) {
+            for ((column, found), field) in b
+                .columns()
+                .iter()
+                .zip(b.schema().fields())
+                .zip(schema().fields())
+            {
+                let narrow = match field.data_type() {
+                    DataType::LargeUtf8 => DataType::Utf8,
+                    _ => DataType::Binary,
+                };
+                if found.name() != field.name()
+                    || (column.data_type() != field.data_type() && *column.data_type() != narrow)
+                {
+                    return Err(format!(
+                        "column {} {} where {} {} belongs",
+                        found.name(),
+                        column.data_type(),
+                        field.name(),
+                        field.data_type()
+                    ));
+                }
                 let cast = arrow::compute::cast(column, field.data_type())
                     .map_err(|e| format!("column {}: {e}", field.name()))?;
                 if !field.is_nullable() && cast.null_count() > 0 {
@@ -173,7 +208,7 @@ impl Pending {
             }
             let batch = RecordBatch::try_new(schema(), columns).map_err(|e| e.to_string())?;
             p.len += batch.num_rows();
-            p.sealed_bytes += batch.get_array_memory_size() as u64;
+            p.sealed_bytes += held_bytes(&batch);
             p.sealed.push(batch);
         }
         Ok(p)
@@ -186,6 +221,21 @@ impl Pending {
             self.sealed.push(batch);
         }
     }
+}
+
+/// Bytes a batch read from a file holds: its buffers' lengths. (They are
+/// slices of the file's one block, whose whole capacity
+/// `get_array_memory_size` would count once per buffer.)
+fn held_bytes(batch: &RecordBatch) -> u64 {
+    batch
+        .columns()
+        .iter()
+        .map(|c| {
+            let data = c.to_data();
+            let buffers: usize = data.buffers().iter().map(|b| b.len()).sum();
+            buffers + data.nulls().map_or(0, |n| n.buffer().len())
+        })
+        .sum::<usize>() as u64
 }
 
 fn downcast<T: 'static>(a: &ArrayRef) -> &T {
@@ -240,15 +290,15 @@ mod tests {
     fn bytes_are_what_the_buffers_hold_and_large_values_seal_the_chunk() {
         let mut p = Pending::default();
         assert_eq!(p.bytes(), 0);
-        let big = vec![7u8; CHUNK_VALUE_BYTES / 2 + 1];
+        let big = vec![7u8; CHUNK_BYTES / 2 + 1];
         p.push(record("t", &big));
         let one = p.bytes();
         // The pre-sized chunk: at least a chunk of values and its offsets.
-        assert!(one >= (CHUNK_VALUE_BYTES + CHUNK_ROWS * 8) as u64, "{one}");
+        assert!(one >= (CHUNK_BYTES + CHUNK_ROWS * 8) as u64, "{one}");
         p.push(record("t", &big));
         assert_eq!(p.chunks().len(), 2, "two halves do not fit one chunk");
         // A value larger than a chunk gets a chunk of its own, counted.
-        let huge = vec![1u8; 3 * CHUNK_VALUE_BYTES];
+        let huge = vec![1u8; 3 * CHUNK_BYTES];
         p.push(record("t", &huge));
         assert!(p.bytes() >= 2 * one + huge.len() as u64);
         assert_eq!(p.records().nth(2).unwrap().value.len(), huge.len());
@@ -275,5 +325,37 @@ mod tests {
         let r = back.records().next().unwrap();
         assert_eq!((r.topic, r.key, r.value), ("a", Some(&b"k"[..]), &b"v"[..]));
         assert!(Pending::from_checkpoint(vec![old.project(&[0, 1]).unwrap()]).is_err());
+        // Columns in another order, or of other types, are not cast into
+        // records to send.
+        let swapped = old.project(&[0, 2, 1, 3]).unwrap();
+        assert!(Pending::from_checkpoint(vec![swapped]).is_err());
+        let mut columns = old.columns().to_vec();
+        columns[0] = Arc::new(arrow::array::Int64Array::from(vec![1234]));
+        let mut fields: Vec<_> = old.schema().fields().iter().cloned().collect();
+        fields[0] = Arc::new(Field::new("topic", DataType::Int64, false));
+        let numeric = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
+        let err = Pending::from_checkpoint(vec![numeric]).err().unwrap();
+        assert!(err.contains("Int64"), "{err}");
+    }
+
+    #[test]
+    fn keys_and_headers_count_toward_the_chunk_too() {
+        let mut p = Pending::default();
+        let key = vec![1u8; 8 * 1024];
+        for _ in 0..(4 * CHUNK_BYTES / key.len()) {
+            p.push(PendingRecord {
+                topic: "dlq",
+                key: Some(&key),
+                value: b"",
+                headers: None,
+            });
+        }
+        // Four chunks' worth of keys: at least four chunks, none oversized.
+        let chunks = p.chunks();
+        assert!(chunks.len() >= 4, "{} chunks", chunks.len());
+        for c in &chunks {
+            let keys = downcast::<LargeBinaryArray>(c.column(1));
+            assert!(keys.value_data().len() <= CHUNK_BYTES);
+        }
     }
 }
