@@ -255,44 +255,51 @@ fn kafka_env(
     }
     let (mut volumes, mut mounts) = (Vec::new(), Vec::new());
     // Secrets are mounted as files: never in the pod spec, never in env.
-    let mut secret_file = |name: &str, dir: &str, r: &tickflow_crds::KeyRef, file: &str| {
-        volumes.push(Volume {
-            name: name.into(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(r.name.clone()),
-                items: Some(vec![k8s_openapi::api::core::v1::KeyToPath {
-                    key: r.key.clone(),
-                    path: file.into(),
+    // Mounts key `r` as `dir/file`; the variable `var` names the file.
+    let mut secret_file =
+        |var: &str, name: &str, dir: &str, r: &tickflow_crds::KeyRef, file: &str| {
+            volumes.push(Volume {
+                name: name.into(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(r.name.clone()),
+                    items: Some(vec![k8s_openapi::api::core::v1::KeyToPath {
+                        key: r.key.clone(),
+                        path: file.into(),
+                        ..Default::default()
+                    }]),
+                    default_mode: Some(0o440),
                     ..Default::default()
-                }]),
-                default_mode: Some(0o440),
-                ..Default::default()
-            }),
-            ..Volume::default()
-        });
-        mounts.push(VolumeMount {
-            name: name.into(),
-            mount_path: dir.into(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        });
-    };
+                }),
+                ..Volume::default()
+            });
+            mounts.push(VolumeMount {
+                name: name.into(),
+                mount_path: dir.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            });
+            env(var, format!("{dir}/{file}"))
+        };
     if let Some(sec) = kafka.and_then(|k| k.schema_registry_security.as_ref()) {
         if let Some(u) = &sec.username {
             envs.push(env("SCHEMA_REGISTRY_USERNAME", u.clone()));
         }
         if let Some(r) = &sec.password_secret_ref {
-            secret_file("registry-auth", REGISTRY_AUTH_DIR, r, "password");
-            envs.push(env(
+            envs.push(secret_file(
                 "SCHEMA_REGISTRY_PASSWORD_FILE",
-                format!("{REGISTRY_AUTH_DIR}/password"),
+                "registry-auth",
+                REGISTRY_AUTH_DIR,
+                r,
+                "password",
             ));
         }
         if let Some(r) = &sec.ca_secret_ref {
-            secret_file("registry-ca", REGISTRY_CA_DIR, r, "ca.crt");
-            envs.push(env(
+            envs.push(secret_file(
                 "SCHEMA_REGISTRY_CA_LOCATION",
-                format!("{REGISTRY_CA_DIR}/ca.crt"),
+                "registry-ca",
+                REGISTRY_CA_DIR,
+                r,
+                "ca.crt",
             ));
         }
     }
@@ -308,15 +315,22 @@ fn kafka_env(
             envs.push(env("KAFKA_SASL_USERNAME", u.clone()));
         }
         if let Some(r) = &sec.password_secret_ref {
-            secret_file("kafka-sasl", SASL_DIR, r, "password");
-            envs.push(env(
+            envs.push(secret_file(
                 "KAFKA_SASL_PASSWORD_FILE",
-                format!("{SASL_DIR}/password"),
+                "kafka-sasl",
+                SASL_DIR,
+                r,
+                "password",
             ));
         }
         if let Some(r) = &sec.ca_secret_ref {
-            secret_file("kafka-ca", CA_DIR, r, "ca.crt");
-            envs.push(env("KAFKA_SSL_CA_LOCATION", format!("{CA_DIR}/ca.crt")));
+            envs.push(secret_file(
+                "KAFKA_SSL_CA_LOCATION",
+                "kafka-ca",
+                CA_DIR,
+                r,
+                "ca.crt",
+            ));
         }
     }
     (envs, volumes, mounts)
