@@ -374,7 +374,10 @@ start() {
   if all_running; then
     return 0
   fi
-  any_running && stop # a partial control plane left over: start afresh
+  # A partial control plane, or pid files of components that died without
+  # `stop` (a killed session): clear both, or wait_for would take a stale
+  # pid file for a component that exited during this start.
+  stop
   command -v openssl >/dev/null || die "openssl not found"
   command -v curl >/dev/null || die "curl not found"
   kubectl_bin >/dev/null
