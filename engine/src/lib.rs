@@ -11,9 +11,11 @@
 
 pub mod aggregate;
 pub mod catalog;
+pub mod ddl;
 pub mod keys;
 pub mod limits;
 pub mod operator;
+pub mod over;
 pub mod plan;
 pub mod session;
 pub mod sql;
@@ -31,7 +33,7 @@ use datafusion::error::DataFusionError;
 
 pub use catalog::{Catalog, SourceDef, SourceFormat, SourceTable, output_topic};
 pub use operator::{OperatorMetrics, OperatorState, Output, RejectedRows, StreamOperator};
-pub use plan::{StreamKind, StreamPlan, plan_sql};
+pub use plan::{PlannedSql, StreamKind, StreamPlan, plan_sql};
 pub use sql::EmitMode;
 pub use watermark::{END_OF_INPUT, NO_WATERMARK, WatermarkTracker};
 
@@ -209,6 +211,8 @@ pub struct EngineSnapshot {
 
 /// All streams of a SQL file, fed by their sources.
 pub struct Pipeline {
+    /// The catalog the SQL was planned against, with its declarations.
+    catalog: Catalog,
     streams: Vec<RunningStream>,
     sources: BTreeMap<String, SourceRuntime>,
     bounds: EventTimeBounds,
@@ -218,16 +222,17 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Plans `sql` against `sources` and builds its operators.
+    /// Plans `sql` against `catalog` (plus the file's own `CREATE TABLE`
+    /// declarations) and builds its operators.
     pub fn new(sql: &str, catalog: &Catalog, config: &EngineConfig) -> Result<Self, EngineError> {
-        let plans = plan_sql(sql, catalog)?;
-        Self::from_plans(plans, catalog, config)
+        Self::from_plans(plan_sql(sql, catalog)?, config)
     }
 
-    pub fn from_plans(
-        plans: Vec<StreamPlan>,
-        catalog: &Catalog,
-        config: &EngineConfig,
-    ) -> Result<Self, EngineError> {
+    pub fn from_plans(planned: PlannedSql, config: &EngineConfig) -> Result<Self, EngineError> {
+        let PlannedSql {
+            catalog,
+            streams: plans,
+        } = planned;
         let mut streams = Vec::new();
         let mut used = BTreeMap::new();
         for p in plans {
@@ -235,12 +240,15 @@ impl Pipeline {
             used.entry(p.source.clone())
                 .or_insert_with(|| SourceRuntime {
                     def: def.clone(),
-                    watermark: WatermarkTracker::new(config.allowed_lateness, config.idle_timeout),
+                    watermark: WatermarkTracker::new(
+                        def.watermark_delay.unwrap_or(config.allowed_lateness),
+                        config.idle_timeout,
+                    ),
                     records_in: 0,
                     rejected: 0,
                 });
             let key_columns: Vec<String> = match &p.kind {
-                StreamKind::Stateless(_) => def.key_columns.clone(),
+                StreamKind::Stateless(_) | StreamKind::Over(_) => def.key_columns.clone(),
                 StreamKind::Windowed(w) => w.key_fields.iter().map(|f| f.name().clone()).collect(),
             }
             .into_iter()
@@ -252,6 +260,15 @@ impl Pipeline {
                         s,
                         Arc::clone(&p.output_schema),
                     )),
+                    false,
+                    None,
+                ),
+                StreamKind::Over(o) => (
+                    Box::new(over::OverOperator::new(
+                        *o,
+                        &def.schema,
+                        Arc::clone(&p.output_schema),
+                    )?),
                     false,
                     None,
                 ),
@@ -287,11 +304,18 @@ impl Pipeline {
             });
         }
         Ok(Self {
+            catalog,
             streams,
             sources: used,
             bounds: config.event_time_bounds,
             rejected: Vec::new(),
         })
+    }
+
+    /// Every table the SQL can read: the built-in ones and its own
+    /// `CREATE TABLE` declarations.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
     }
 
     pub fn streams(&self) -> &[RunningStream] {

@@ -478,7 +478,10 @@ mod tests {
     fn keys_of_closed_sessions_are_forgotten() {
         let sql = "CREATE STREAM s AS SELECT symbol, COUNT(*) AS n FROM market_ticks \
                    GROUP BY symbol, SESSION(ts, INTERVAL '1' SECOND);";
-        let plan = plan_sql(sql, &Catalog::builtin()).unwrap().remove(0);
+        let plan = plan_sql(sql, &Catalog::builtin())
+            .unwrap()
+            .streams
+            .remove(0);
         let StreamKind::Windowed(w) = plan.kind else {
             panic!("windowed")
         };
@@ -518,7 +521,10 @@ mod tests {
         let sql = "CREATE STREAM s AS SELECT symbol, SUM(price) AS p FROM market_ticks \
                    GROUP BY symbol, SESSION(ts, INTERVAL '1' SECOND);";
         let new = || {
-            let plan = plan_sql(sql, &Catalog::builtin()).unwrap().remove(0);
+            let plan = plan_sql(sql, &Catalog::builtin())
+                .unwrap()
+                .streams
+                .remove(0);
             let StreamKind::Windowed(w) = plan.kind else {
                 panic!("windowed")
             };

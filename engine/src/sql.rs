@@ -1,10 +1,12 @@
-//! The streaming dialect's outer layer: `CREATE STREAM name AS <query> [EMIT …];`.
+//! The streaming dialect's outer layer: a SQL file is `CREATE TABLE …;`
+//! source declarations and `CREATE STREAM name AS <query> [EMIT …];`
+//! definitions.
 //!
-//! Splits a SQL file into stream definitions and strips the non-standard parts
+//! Splits a SQL file into statements and strips the non-standard parts
 //! (`CREATE STREAM … AS`, `EMIT …`), so the query itself goes to DataFusion's
-//! parser. The query text keeps its original line and column positions (the
-//! stripped parts are blanked, not removed), so parser errors point into the
-//! user's file.
+//! parser; table declarations go whole to [`ddl`](super::ddl). Every text
+//! handed on keeps its original line and column positions (the parts before
+//! it are blanked, not removed), so parser errors point into the user's file.
 
 use super::EngineError;
 
@@ -29,59 +31,118 @@ pub struct StreamDef {
     pub line: usize,
 }
 
-/// Splits `sql` into its `CREATE STREAM` statements.
-pub fn parse_streams(sql: &str) -> Result<Vec<StreamDef>, EngineError> {
-    let mut defs = Vec::new();
+/// One `CREATE TABLE` statement (a user-defined source).
+#[derive(Clone, Debug)]
+pub struct TableDecl {
+    pub name: String,
+    /// The whole statement, blank-padded so its positions match the file.
+    pub text: String,
+    /// 1-based line of the `CREATE TABLE` keyword.
+    pub line: usize,
+}
+
+/// The statements of a SQL file, in file order per kind.
+#[derive(Clone, Debug, Default)]
+pub struct Script {
+    pub tables: Vec<TableDecl>,
+    pub streams: Vec<StreamDef>,
+}
+
+/// Splits `sql` into its `CREATE TABLE` and `CREATE STREAM` statements.
+/// Names are unique across both (case-insensitive), and at least one
+/// stream is defined.
+pub fn parse_script(sql: &str) -> Result<Script, EngineError> {
+    let mut script = Script::default();
     for (start, end) in split_statements(sql) {
         let text = &sql[start..end];
         if text.trim().is_empty() || is_only_comments(text) {
             continue;
         }
-        defs.push(parse_statement(sql, start, end)?);
+        match parse_statement(sql, start, end)? {
+            Statement::Table(t) => script.tables.push(t),
+            Statement::Stream(s) => script.streams.push(s),
+        }
     }
-    if defs.is_empty() {
+    if script.streams.is_empty() {
         return Err(EngineError::sql_at(
             sql,
-            0,
-            "no statement found: expected `CREATE STREAM <name> AS SELECT …;`",
+            sql.len(),
+            "no stream defined: expected `CREATE STREAM <name> AS SELECT …;`",
         ));
     }
-    let mut seen = std::collections::HashSet::new();
-    for d in &defs {
-        if !seen.insert(d.name.to_ascii_lowercase()) {
+    let mut seen = std::collections::HashMap::new();
+    let named = script
+        .tables
+        .iter()
+        .map(|t| (t.name.as_str(), t.line, "table"))
+        .chain(
+            script
+                .streams
+                .iter()
+                .map(|s| (s.name.as_str(), s.line, "stream")),
+        );
+    for (name, line, kind) in named {
+        if let Some(first) = seen.insert(name.to_ascii_lowercase(), kind) {
             return Err(EngineError::Sql {
-                line: d.line,
+                line,
                 column: 1,
-                message: format!("stream `{}` is defined twice", d.name),
+                message: if first == kind {
+                    format!("{kind} `{name}` is defined twice")
+                } else {
+                    format!("`{name}` names both a table and a stream")
+                },
             });
         }
     }
-    Ok(defs)
+    Ok(script)
 }
 
-fn parse_statement(sql: &str, start: usize, end: usize) -> Result<StreamDef, EngineError> {
+enum Statement {
+    Table(TableDecl),
+    Stream(StreamDef),
+}
+
+/// The text from `from` on, with everything before it blanked (newlines
+/// kept), so positions in it are positions in `sql`.
+fn blank_before(sql: &str, from: usize, to: usize) -> String {
+    let mut out = String::with_capacity(to);
+    for c in sql[..from].chars() {
+        out.push(if c == '\n' { '\n' } else { ' ' });
+    }
+    out.push_str(&sql[from..to]);
+    out
+}
+
+fn parse_statement(sql: &str, start: usize, end: usize) -> Result<Statement, EngineError> {
     let text = &sql[start..end];
     let words = Words::new(text);
     let toks: Vec<(usize, &str)> = words.take(4).collect();
     let kw = |i: usize, w: &str| toks.get(i).is_some_and(|(_, t)| t.eq_ignore_ascii_case(w));
+    if kw(0, "CREATE") && kw(1, "TABLE") {
+        let Some(&(name_off, name)) = toks.get(2) else {
+            return Err(EngineError::sql_at(
+                sql,
+                start + toks[1].0,
+                "expected a table name after `CREATE TABLE`",
+            ));
+        };
+        check_name(sql, start + name_off, name, "table")?;
+        return Ok(Statement::Table(TableDecl {
+            name: name.to_string(),
+            text: blank_before(sql, start + toks[0].0, end),
+            line: line_of(sql, start + toks[0].0),
+        }));
+    }
     if !(kw(0, "CREATE") && kw(1, "STREAM") && kw(3, "AS")) {
         let at = toks.first().map_or(0, |(o, _)| *o);
         return Err(EngineError::sql_at(
             sql,
             start + at,
-            "expected `CREATE STREAM <name> AS SELECT …`",
+            "expected `CREATE TABLE <name> (…) WITH (…)` or `CREATE STREAM <name> AS SELECT …`",
         ));
     }
     let (name_off, name) = toks[2];
-    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        || name.starts_with(|c: char| c.is_ascii_digit())
-    {
-        return Err(EngineError::sql_at(
-            sql,
-            start + name_off,
-            &format!("invalid stream name `{name}`: use letters, digits and `_`"),
-        ));
-    }
+    check_name(sql, start + name_off, name, "stream")?;
     let body_start = toks[3].0 + 2;
 
     // Optional trailing EMIT clause.
@@ -109,18 +170,27 @@ fn parse_statement(sql: &str, start: usize, end: usize) -> Result<StreamDef, Eng
         ));
     }
 
-    // Blank everything outside the query body, keeping newlines.
-    let mut query = String::with_capacity(start + body_end);
-    for c in sql[..start + body_start].chars() {
-        query.push(if c == '\n' { '\n' } else { ' ' });
-    }
-    query.push_str(&sql[start + body_start..start + body_end]);
-    Ok(StreamDef {
+    Ok(Statement::Stream(StreamDef {
         name: name.to_string(),
-        query,
+        query: blank_before(sql, start + body_start, start + body_end),
         emit,
         line: line_of(sql, start + toks[0].0),
-    })
+    }))
+}
+
+/// Table and stream names are plain identifiers: they become topic and
+/// file names.
+fn check_name(sql: &str, offset: usize, name: &str, kind: &str) -> Result<(), EngineError> {
+    if name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+    {
+        return Ok(());
+    }
+    Err(EngineError::sql_at(
+        sql,
+        offset,
+        &format!("invalid {kind} name `{name}`: use letters, digits and `_`"),
+    ))
 }
 
 /// 1-based line number of a byte offset.
@@ -236,7 +306,7 @@ mod tests {
     #[test]
     fn splits_streams_and_emit_clauses() {
         let sql = "-- header; with a semicolon\nCREATE STREAM a AS\nSELECT 'x;y' AS s FROM t\nEMIT ON WINDOW CLOSE;\n\ncreate stream b as select * from t emit changes;\nCREATE STREAM c AS SELECT 1 FROM t; -- done";
-        let defs = parse_streams(sql).unwrap();
+        let defs = parse_script(sql).unwrap().streams;
         assert_eq!(defs.len(), 3);
         assert_eq!(defs[0].name, "a");
         assert_eq!(defs[0].emit, Some(EmitMode::OnWindowClose));
@@ -253,16 +323,39 @@ mod tests {
 
     #[test]
     fn rejects_other_statements_with_position() {
-        let err = parse_streams("\n  SELECT 1;").unwrap_err().to_string();
+        let err = parse_script("\n  SELECT 1;").unwrap_err().to_string();
         assert!(err.contains("line 2, column 3"), "{err}");
         assert!(err.contains("CREATE STREAM"), "{err}");
-        let err = parse_streams("CREATE STREAM a AS SELECT 1 EMIT SOMETIMES;")
+        let err = parse_script("CREATE STREAM a AS SELECT 1 EMIT SOMETIMES;")
             .unwrap_err()
             .to_string();
         assert!(err.contains("unsupported EMIT"), "{err}");
-        let err = parse_streams("CREATE STREAM a AS SELECT 1; CREATE STREAM A AS SELECT 2;")
+        let err = parse_script("CREATE STREAM a AS SELECT 1; CREATE STREAM A AS SELECT 2;")
             .unwrap_err()
             .to_string();
         assert!(err.contains("defined twice"), "{err}");
+    }
+
+    #[test]
+    fn table_declarations_keep_their_positions_and_share_the_namespace() {
+        let sql = "-- sources\nCREATE TABLE fills (id BIGINT) WITH ('format' = 'json');\nCREATE STREAM s AS SELECT id FROM fills;";
+        let script = parse_script(sql).unwrap();
+        assert_eq!(script.tables.len(), 1);
+        let t = &script.tables[0];
+        assert_eq!((t.name.as_str(), t.line), ("fills", 2));
+        assert_eq!(t.text.find("CREATE"), sql.find("CREATE"), "{:?}", t.text);
+        assert_eq!(script.streams[0].name, "s");
+        let err = parse_script("CREATE TABLE s (id INT); CREATE STREAM s AS SELECT 1;")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("names both a table and a stream"), "{err}");
+        let err = parse_script("CREATE TABLE t (id INT);")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no stream defined"), "{err}");
+        let err = parse_script("CREATE TABLE `x-y` (id INT);")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("invalid table name"), "{err}");
     }
 }

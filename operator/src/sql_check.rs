@@ -23,8 +23,8 @@ pub struct CheckedQuery {
 /// Plans `sql` as the worker will and resolves sources and sinks.
 /// The error is the message to show in the SqlValid condition.
 pub fn check(spec: &StreamQuerySpec, sql: &str) -> Result<CheckedQuery, String> {
-    let catalog = Catalog::builtin();
-    let plans = plan_sql(sql, &catalog).map_err(|e| e.to_string())?;
+    let planned = plan_sql(sql, &Catalog::builtin()).map_err(|e| e.to_string())?;
+    let (catalog, plans) = (&planned.catalog, &planned.streams);
     if plans.is_empty() {
         return Err("the SQL defines no stream (expected CREATE STREAM name AS SELECT …)".into());
     }
@@ -51,12 +51,12 @@ pub fn check(spec: &StreamQuerySpec, sql: &str) -> Result<CheckedQuery, String> 
     let mut inputs = Vec::new();
     let mut formats = BTreeSet::new();
     for table in used {
+        let def = catalog
+            .get(table)
+            .ok_or_else(|| format!("no topic for table `{table}`"))?;
         let (topic, format) = match spec.sources.iter().find(|s| s.table == table) {
             Some(s) => (s.topic.clone(), s.format.unwrap_or_default()),
             None => {
-                let def = catalog
-                    .get(table)
-                    .ok_or_else(|| format!("no topic for table `{table}`"))?;
                 let format = match def.format {
                     SourceFormat::Avro => Format::Avro,
                     SourceFormat::Json => Format::Json,
@@ -64,11 +64,15 @@ pub fn check(spec: &StreamQuerySpec, sql: &str) -> Result<CheckedQuery, String> 
                 (def.topic.clone(), format)
             }
         };
-        formats.insert(format.as_str());
+        // A table the SQL declares carries its format to the worker in the
+        // SQL; `--input-format` is for the built-in tables only.
+        if def.declared_at.is_none() {
+            formats.insert(format.as_str());
+        }
         inputs.push((table.to_string(), topic));
     }
     if formats.len() > 1 {
-        return Err("spec.sources: all sources of one query must use the same format".into());
+        return Err("spec.sources: all built-in source tables of one query must use the same format (declare a table with CREATE TABLE … WITH ('format' = …) to give it its own)".into());
     }
     let input_format = match formats.into_iter().next() {
         Some("json") => Format::Json,
@@ -161,5 +165,34 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("unknown table `trades`"), "{e}");
+    }
+
+    #[test]
+    fn declared_tables_bring_their_own_topic_and_format() {
+        let sql = "CREATE TABLE fills (trader VARCHAR, qty BIGINT, ts TIMESTAMP,\n  WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)\n  WITH ('topic' = 'desk-fills', 'format' = 'json');\n\
+                   CREATE STREAM big_fills AS SELECT trader, qty FROM fills WHERE qty > 100;\n\
+                   CREATE STREAM big_trades AS SELECT symbol FROM market_ticks WHERE volume > 100;";
+        let q = check(&spec("{}"), sql).unwrap();
+        assert_eq!(
+            q.inputs,
+            vec![
+                ("fills".into(), "desk-fills".into()),
+                ("market_ticks".into(), "market-ticks".into())
+            ]
+        );
+        // The built-in table keeps the default format; the declared one
+        // reaches the worker in the SQL.
+        assert_eq!(q.input_format, Format::Avro);
+        let s = spec(r#"{"sources":[{"table":"fills","topic":"fills-eu"}]}"#);
+        assert_eq!(check(&s, sql).unwrap().inputs[0].1, "fills-eu");
+        let e = check(
+            &spec("{}"),
+            "CREATE TABLE fills (qty BIGINT, ts TIMESTAMP)\n  WITH ('format' = 'json');\nCREATE STREAM x AS SELECT qty FROM fills;",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("line 2") && e.contains("needs an event time"),
+            "{e}"
+        );
     }
 }

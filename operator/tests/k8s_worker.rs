@@ -115,6 +115,26 @@ fn start_like_the_pod(
         .unwrap()
 }
 
+/// Starts a StreamQuery's worker like its pod: the ConfigMap's SQL and a
+/// directory under `dir` standing in for the volumes.
+fn start_query_pod(ns: &str, name: &str, pod_ip: &str, dir: &std::path::Path) -> Worker {
+    let cm = get(ns, "configmap", &format!("{name}-sql")).unwrap();
+    let sql_file = dir.join("query.sql");
+    std::fs::write(&sql_file, cm["data"]["query.sql"].as_str().unwrap()).unwrap();
+    let checkpoints = dir.join("checkpoints");
+    let mounts = [
+        (
+            "/etc/tickflow/sql/query.sql",
+            sql_file.to_str().unwrap().to_string(),
+        ),
+        (
+            "/var/lib/tickflow/checkpoints",
+            checkpoints.to_str().unwrap().to_string(),
+        ),
+    ];
+    start_like_the_pod(ns, name, pod_ip, &mounts, &dir.join("worker.log"))
+}
+
 fn pod_ip(ns: &str, instance: &str) -> String {
     wait_for("a Running pod with an IP", Duration::from_secs(30), || {
         let ip = kc(&[
@@ -220,24 +240,8 @@ fn worker_started_from_the_deployment_reports_into_the_status() {
         env.iter()
             .any(|e| e["name"] == "KAFKA_BROKERS" && e["value"] == brokers.as_str())
     );
-    // Volumes: the ConfigMap's SQL, and a temp dir as the PVC.
     let dir = tempfile::tempdir().unwrap();
-    let cm = get(&ns, "configmap", "ohlc-sql").unwrap();
-    let sql_file = dir.path().join("query.sql");
-    std::fs::write(&sql_file, cm["data"]["query.sql"].as_str().unwrap()).unwrap();
-    let checkpoints = dir.path().join("checkpoints");
-    let mounts = [
-        (
-            "/etc/tickflow/sql/query.sql",
-            sql_file.to_str().unwrap().to_string(),
-        ),
-        (
-            "/var/lib/tickflow/checkpoints",
-            checkpoints.to_str().unwrap().to_string(),
-        ),
-    ];
-    let log = dir.path().join("worker.log");
-    let mut child = start_like_the_pod(&ns, "ohlc", &pod_ip, &mounts, &log);
+    let mut child = start_query_pod(&ns, "ohlc", &pod_ip, dir.path());
 
     let sq = wait_for(
         "the worker's figures in the status",
@@ -276,4 +280,84 @@ fn worker_started_from_the_deployment_reports_into_the_status() {
     );
 
     child.stop();
+}
+
+#[test]
+fn a_stream_query_reads_the_topic_its_sql_declares() {
+    let brokers = server_env("tests/kafka/kafka.sh")["KAFKA_BROKERS"].clone();
+    let ns = create_namespace("sq-declared");
+    let _op = Operator::start(OperatorOptions {
+        namespace: &ns,
+        leader_election: false,
+        lease_name: "unused",
+        identity: "declared-test",
+        extra_env: vec![],
+    });
+    // JSON quotes on a topic no built-in table knows.
+    let quotes = format!("{ns}-quotes");
+    let count = 5_000;
+    let produced = Command::new(worker_bin())
+        .args([
+            "produce",
+            "--count",
+            &count.to_string(),
+            "--brokers",
+            &brokers,
+        ])
+        .args(["--format", "json", "--ticks-topic", &quotes])
+        .args(["--orders-topic", &format!("{ns}-orders")])
+        .args(["--books-topic", &format!("{ns}-books")])
+        .output()
+        .unwrap();
+    assert!(
+        produced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&produced.stderr)
+    );
+    let table = format!(
+        "CREATE TABLE quotes (symbol VARCHAR, price DOUBLE, volume BIGINT, ts TIMESTAMP(3),\n      WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)\n      WITH ('topic' = '{quotes}', 'format' = 'json', 'key' = 'symbol');\n"
+    );
+    let stream = "CREATE STREAM quote_bars AS SELECT symbol, COUNT(*) AS n, MAX(price) AS high\n      FROM quotes GROUP BY symbol, TUMBLE(ts, INTERVAL '5' SECOND);\n";
+    // No spec.sources: the declaration names the topic and format.
+    let extra = format!(
+        "  kafka: {{bootstrapServers: \"{brokers}\"}}\n  outputFormat: json\n  checkpoint: {{interval: 500ms}}\n"
+    );
+    apply_ok(
+        &ns,
+        &stream_query_yaml("bars", &format!("{table}{stream}"), &extra),
+    );
+    let pod_ip = pod_ip(&ns, "bars");
+    let d = get(&ns, "deployment", "bars").unwrap();
+    let args = d["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    assert!(args.contains(&format!("quotes=kafka:{quotes}")), "{args}");
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = start_query_pod(&ns, "bars", &pod_ip, dir.path());
+    let sq = wait_for("the declared topic read", Duration::from_secs(60), || {
+        child.assert_running();
+        let o = get(&ns, "streamquery", "bars")?;
+        (o["status"]["recordsIn"] == count).then_some(o)
+    });
+    let s = &sq["status"];
+    assert_eq!(s["workerState"], "running", "{s}");
+    assert!(s["lastError"].is_null(), "{s}");
+    assert_eq!(s["deadLetters"].as_u64().unwrap_or(0), 0, "{s}");
+    child.stop();
+
+    // A broken declaration: SqlValid=False with the position, no Deployment.
+    let bad = "CREATE TABLE quotes (symbol VARCHAR, ts TIMESTAMP)\n      WITH ('format' = 'json');\nCREATE STREAM s AS SELECT symbol FROM quotes;\n";
+    apply_ok(&ns, &stream_query_yaml("broken", bad, &extra));
+    let message = wait_for("SqlValid=False", Duration::from_secs(30), || {
+        let o = get(&ns, "streamquery", "broken")?;
+        let c = o["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "SqlValid" && c["status"] == "False")?
+            .clone();
+        Some(c["message"].as_str().unwrap_or_default().to_string())
+    });
+    assert!(
+        message.contains("line 2") && message.contains("needs an event time"),
+        "{message}"
+    );
+    assert!(get(&ns, "deployment", "broken").is_none());
 }

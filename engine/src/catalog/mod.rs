@@ -7,7 +7,8 @@
 //! topics, keys or columns. The planner resolves `FROM` against a
 //! [`Catalog`], the worker binds sources by catalog entry, and the operator
 //! checks SQL with the same catalog. User-defined sources (`CREATE TABLE …
-//! WITH (…)`) become entries through [`Catalog::register`].
+//! WITH (…)`, read by [`ddl`](crate::ddl)) become entries through
+//! [`Catalog::register`].
 //!
 //! Invariant: every entry's event-time column exists and is a timestamp, and
 //! its key columns exist ([`Catalog::register`] checks both).
@@ -16,6 +17,7 @@ mod avsc;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use arrow::datatypes::{DataType, SchemaRef};
 
@@ -47,6 +49,13 @@ pub struct SourceDef {
     /// The Avro schema (JSON) records are written with, when the catalog
     /// knows it (built-in tables); otherwise the registry supplies it.
     pub avro_schema: Option<Arc<str>>,
+    /// How far the watermark trails the newest event time (`WATERMARK FOR
+    /// ts AS ts - INTERVAL …`); `None`: the engine's default lateness.
+    pub watermark_delay: Option<Duration>,
+    /// Line of the `CREATE TABLE` that declared it; `None` for a built-in
+    /// table. A declared table's format is its own; a built-in table's may
+    /// be overridden where it is bound (`--input-format`).
+    pub declared_at: Option<usize>,
 }
 
 impl SourceDef {
@@ -218,6 +227,8 @@ impl SourceTable {
             topic: self.topic().to_string(),
             format: SourceFormat::Avro,
             avro_schema: Some(Arc::from(self.avsc())),
+            watermark_delay: None,
+            declared_at: None,
         }
     }
 }
@@ -266,6 +277,8 @@ mod tests {
             topic: "my-ticks".into(),
             format: SourceFormat::Json,
             avro_schema: None,
+            watermark_delay: None,
+            declared_at: Some(1),
         };
         let mut c = Catalog::builtin();
         assert!(matches!(

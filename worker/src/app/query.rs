@@ -84,7 +84,7 @@ pub fn run_query(opts: &QueryOptions) -> Result<RunSummary, RunError> {
     let pipeline = Pipeline::new(&opts.sql, &catalog, &config).map_err(|e| {
         RunError::Setup(anyhow::Error::new(e).context(format!("in {}", opts.sql_origin)))
     })?;
-    let inputs = inputs(opts, &catalog, &pipeline).map_err(RunError::Setup)?;
+    let inputs = inputs(opts, &pipeline).map_err(RunError::Setup)?;
     let outputs = outputs(opts, &pipeline).map_err(RunError::Setup)?;
     let store = match &opts.checkpoint_dir {
         Some(dir) => Some(CheckpointStore::open(dir, opts.checkpoints_to_keep)?),
@@ -104,12 +104,10 @@ pub fn run_query(opts: &QueryOptions) -> Result<RunSummary, RunError> {
     runner.run(&mut Progress::default(), None)
 }
 
-/// Every table a stream reads needs an `--input`; no input may be unknown.
-fn inputs(
-    opts: &QueryOptions,
-    catalog: &Catalog,
-    pipeline: &Pipeline,
-) -> anyhow::Result<FileInputs> {
+/// Every table a stream reads needs an `--input`; no input may be unknown
+/// (built-in tables and the SQL's own `CREATE TABLE`s are known).
+fn inputs(opts: &QueryOptions, pipeline: &Pipeline) -> anyhow::Result<FileInputs> {
+    let catalog = pipeline.catalog();
     for (table, path) in &opts.inputs {
         if catalog.get(table).is_none() {
             bail!(

@@ -342,6 +342,31 @@ impl RegistryClient {
         Ok(schema)
     }
 
+    /// The newest schema registered under `subject` (id and schema);
+    /// `None` when the subject does not exist (yet).
+    pub fn latest_schema(&self, subject: &str) -> Result<Option<(u32, Schema)>, RegistryError> {
+        let path = format!("/subjects/{subject}/versions/latest");
+        let v = match self.request("GET", &path, None, "the latest schema of a subject") {
+            // 40401: subject not found; 40402: version not found.
+            Err(RegistryError::Rejected {
+                status: 404,
+                code: 40401 | 40402,
+                ..
+            }) => return Ok(None),
+            other => other?,
+        };
+        let id = v["id"]
+            .as_u64()
+            .and_then(|i| u32::try_from(i).ok())
+            .unwrap_or(0);
+        let text = v["schema"].as_str().unwrap_or_default();
+        let schema = Schema::parse_str(text).map_err(|e| RegistryError::InvalidSchema {
+            id,
+            message: e.to_string(),
+        })?;
+        Ok(Some((id, schema)))
+    }
+
     fn request(
         &self,
         method: &str,

@@ -889,7 +889,7 @@ fn bad(e: DecodeError) -> DecodeFailure {
 }
 
 /// A decoder from `writer` to `reader`: the fast path when they are the same schema.
-fn decoder_for(writer: &AvroSchema, reader: &AvroSchema) -> Result<AvroDecoder, String> {
+pub(crate) fn decoder_for(writer: &AvroSchema, reader: &AvroSchema) -> Result<AvroDecoder, String> {
     if writer.canonical_form() == reader.canonical_form() {
         AvroDecoder::new(reader)
     } else {

@@ -119,7 +119,8 @@ fn run_attempt(
     let pipeline = Pipeline::new(&opts.sql, &catalog, &config).map_err(|e| {
         RunError::Setup(anyhow::Error::new(e).context(format!("in {}", opts.sql_origin)))
     })?;
-    let bindings = setup::bindings(opts, &catalog, &pipeline).map_err(RunError::Setup)?;
+    let bindings = setup::bindings(opts, &pipeline).map_err(RunError::Setup)?;
+    setup::check_declared_avro_tables(opts, &pipeline, &bindings).map_err(RunError::Setup)?;
     let outputs = setup::outputs(opts, &pipeline).map_err(RunError::Setup)?;
     let group = format!("tickflow-{}", opts.name);
     // The directory's lock first: a second worker stops here.

@@ -12,7 +12,7 @@ use arrow::datatypes::SchemaRef;
 use super::KafkaQueryOptions;
 use crate::codec::records::{KeyExtractor, RowEncoder, ValueFormat};
 use crate::codec::schema::{arrow_to_avro, parse_schema_text};
-use crate::engine::{Catalog, Pipeline, SourceDef, output_topic};
+use crate::engine::{Pipeline, SourceDef, SourceFormat, output_topic};
 use crate::kafka::RegistryClient;
 use crate::kafka::registry::value_subject;
 use crate::runner::RowKind;
@@ -20,12 +20,13 @@ use crate::sink::kafka::OutputTopic;
 use crate::source::kafka::TopicBinding;
 
 /// Every table the streams read, bound to its topic (`--input TABLE=kafka:TOPIC`
-/// or the catalog's default).
+/// or the catalog's default) and value format (a declared table's own; a
+/// built-in table's is `--input-format`).
 pub(super) fn bindings(
     opts: &KafkaQueryOptions,
-    catalog: &Catalog,
     pipeline: &Pipeline,
 ) -> anyhow::Result<Vec<TopicBinding>> {
+    let catalog = pipeline.catalog();
     for table in opts.inputs.keys() {
         if catalog.get(table).is_none() {
             bail!(
@@ -45,13 +46,66 @@ pub(super) fn bindings(
                     .get(&table)
                     .cloned()
                     .unwrap_or_else(|| def.topic.clone()),
-                format: opts.input_format,
+                format: match (def.declared_at, def.format) {
+                    (None, _) => opts.input_format,
+                    (Some(_), SourceFormat::Json) => ValueFormat::Json,
+                    (Some(_), SourceFormat::Avro) => ValueFormat::Avro,
+                },
                 arrow_schema: Arc::clone(&def.schema),
                 avro_schema: reader_schema(def)?,
                 table,
             })
         })
         .collect()
+}
+
+/// A declared Avro table is checked against the newest schema of its
+/// topic's subject: a table whose columns that schema cannot be read as
+/// fails at start, not record by record. A subject not registered yet, or
+/// a registry that does not answer now, leaves the check to each record
+/// (an unreadable one is a dead letter, a registry outage a retry).
+pub(super) fn check_declared_avro_tables(
+    opts: &KafkaQueryOptions,
+    pipeline: &Pipeline,
+    bindings: &[TopicBinding],
+) -> anyhow::Result<()> {
+    // Without a registry the source refuses Avro input when it opens.
+    let Some(registry) = opts.registry.as_ref() else {
+        return Ok(());
+    };
+    for b in bindings {
+        let def = pipeline.source(&b.table).expect("bound from the pipeline");
+        if def.declared_at.is_none() || b.format != ValueFormat::Avro {
+            continue;
+        }
+        let subject = value_subject(&b.topic);
+        match registry.latest_schema(&subject) {
+            Ok(Some((id, writer))) => {
+                crate::source::kafka::decoder_for(&writer, &b.avro_schema).map_err(|e| {
+                    anyhow::anyhow!(
+                        "table `{}` (declared at line {}) does not match the schema registered under `{subject}` (id {id}): {e}",
+                        b.table,
+                        def.declared_at.unwrap_or_default()
+                    )
+                })?;
+                tracing::info!(table = %b.table, %subject, id, "declared columns match the registered schema");
+            }
+            Ok(None) => tracing::info!(
+                table = %b.table,
+                %subject,
+                "no schema registered yet; each record's schema is checked as it arrives"
+            ),
+            Err(e) if e.is_transient() => tracing::warn!(
+                table = %b.table,
+                %subject,
+                "could not check the declared columns against the registry now ({e}); each record's schema is checked as it arrives"
+            ),
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!("checking table `{}`", b.table)));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The Avro schema rows of `def` are read (and late rows written) with:

@@ -35,6 +35,8 @@ use super::limits;
 use super::sql::{EmitMode, StreamDef};
 use super::window::WindowSpec;
 
+mod over;
+
 /// Name of the window-start column of every windowed output row.
 pub const WINDOW_START: &str = "window_start";
 /// Name of the window-end column of every windowed output row.
@@ -54,11 +56,12 @@ pub struct StreamPlan {
     pub kind: StreamKind,
 }
 
-/// Stateless filter/projection or windowed aggregation.
+/// Stateless filter/projection, windowed aggregation, or OVER windows.
 #[derive(Debug)]
 pub enum StreamKind {
     Stateless(StatelessPlan),
     Windowed(Box<WindowedPlan>),
+    Over(Box<crate::over::OverPlan>),
 }
 
 #[derive(Debug)]
@@ -106,18 +109,52 @@ pub struct WindowedPlan {
     pub projection: Vec<Arc<dyn PhysicalExpr>>,
 }
 
-/// Plans every stream of a SQL file.
+/// A planned SQL file: the catalog its streams were planned against (the
+/// given one plus the file's `CREATE TABLE` declarations) and the streams.
+#[derive(Debug)]
+pub struct PlannedSql {
+    pub catalog: Catalog,
+    pub streams: Vec<StreamPlan>,
+}
+
+/// Plans every stream of a SQL file, after adding its table declarations
+/// to `catalog` (a declaration may replace a built-in table).
 ///
 /// Size and nesting are bounded first ([`limits`](super::limits)), so no
 /// input can overflow the planner's stack.
-pub fn plan_sql(sql: &str, catalog: &Catalog) -> Result<Vec<StreamPlan>, EngineError> {
+pub fn plan_sql(sql: &str, catalog: &Catalog) -> Result<PlannedSql, EngineError> {
     limits::check_sql_size(sql)?;
-    let defs = super::sql::parse_streams(sql)?;
-    limits::check_statements(sql, defs.iter().map(|d| d.query.as_str()))?;
-    for d in &defs {
+    let script = super::sql::parse_script(sql)?;
+    let texts = script
+        .tables
+        .iter()
+        .map(|t| t.text.as_str())
+        .chain(script.streams.iter().map(|d| d.query.as_str()))
+        .collect::<Vec<_>>();
+    limits::check_statements(sql, texts.into_iter())?;
+    for t in &script.tables {
+        limits::check_statement(&t.name, &t.text)?;
+    }
+    for d in &script.streams {
         limits::check_statement(&d.name, &d.query)?;
     }
-    limits::on_planner_stack(|| defs.iter().map(|d| plan_stream(d, catalog)).collect())
+    limits::on_planner_stack(|| {
+        let mut catalog = catalog.clone();
+        for t in &script.tables {
+            let def = super::ddl::source_def(t)?;
+            catalog.register(def).map_err(|e| EngineError::Sql {
+                line: t.line,
+                column: 1,
+                message: e.to_string(),
+            })?;
+        }
+        let streams = script
+            .streams
+            .iter()
+            .map(|d| plan_stream(d, &catalog))
+            .collect::<Result<_, _>>()?;
+        Ok(PlannedSql { catalog, streams })
+    })
 }
 
 /// Plans one stream.
@@ -183,6 +220,7 @@ pub fn plan_stream(def: &StreamDef, catalog: &Catalog) -> Result<StreamPlan, Eng
     };
     let fingerprint = fingerprint(def, window, emit);
     let (kind, output_schema) = match window {
+        None if has_window_node(&logical) => over::decompose_over(def, &state, &logical, source)?,
         None => decompose_stateless(def, &state, &logical)?,
         Some(w) => decompose_windowed(def, &state, &logical, w, source)?,
     };
@@ -252,17 +290,21 @@ fn check_supported_shape<'a>(
         ));
     };
     let table = name.to_string();
+    let grouped = !matches!(&select.group_by, GroupByExpr::Expressions(e, _) if e.is_empty());
     for item in &select.projection {
         if let ast::SelectItem::UnnamedExpr(e) | ast::SelectItem::ExprWithAlias { expr: e, .. } =
             item
-            && let ast::Expr::Function(f) = e
-            && f.over.is_some()
+            && grouped
+            && let Some(at) = first_over(e)
         {
-            return Err(unsupported(
-                def,
-                e,
-                "window functions (OVER) are not supported yet",
-            ));
+            return Err(EngineError::Sql {
+                line: at.line as usize,
+                column: at.column as usize,
+                message: format!(
+                    "stream `{}`: window functions (OVER) in a GROUP BY query are not supported yet",
+                    def.name
+                ),
+            });
         }
     }
     catalog.get(&table).ok_or_else(|| {
@@ -277,6 +319,27 @@ fn check_supported_shape<'a>(
             ),
         }
     })
+}
+
+/// Where the first window-function call (`… OVER (…)`) in `e` starts.
+fn first_over(e: &ast::Expr) -> Option<datafusion::sql::sqlparser::tokenizer::Location> {
+    use std::ops::ControlFlow;
+    let found = ast::visit_expressions(e, |x: &ast::Expr| match x {
+        ast::Expr::Function(f) if f.over.is_some() => ControlFlow::Break(x.span().start),
+        _ => ControlFlow::Continue(()),
+    });
+    match found {
+        ControlFlow::Break(at) => Some(at),
+        ControlFlow::Continue(()) => None,
+    }
+}
+
+/// Whether DataFusion planned a `Window` step (an OVER clause).
+fn has_window_node(plan: &LogicalPlan) -> bool {
+    match plan {
+        LogicalPlan::Window(_) => true,
+        other => other.inputs().into_iter().any(has_window_node),
+    }
 }
 
 fn unsupported(def: &StreamDef, node: &impl Spanned, what: &str) -> EngineError {
@@ -388,7 +451,7 @@ fn window_call(
 }
 
 /// Milliseconds of `INTERVAL '5' SECOND` or `INTERVAL '5 seconds'`.
-fn interval_ms(e: &ast::Expr) -> Result<i64, String> {
+pub(crate) fn interval_ms(e: &ast::Expr) -> Result<i64, String> {
     let ast::Expr::Interval(iv) = e else {
         return Err("expected an INTERVAL, e.g. INTERVAL '5' SECOND".into());
     };
@@ -778,7 +841,7 @@ mod tests {
     use super::*;
 
     fn plan(sql: &str) -> Result<Vec<StreamPlan>, EngineError> {
-        plan_sql(sql, &Catalog::builtin())
+        plan_sql(sql, &Catalog::builtin()).map(|p| p.streams)
     }
 
     #[test]
@@ -861,10 +924,43 @@ mod tests {
         assert!(e.contains("JOIN is not supported yet"), "{e}");
         let e = err("CREATE STREAM x AS WITH t AS (SELECT * FROM market_ticks) SELECT * FROM t;");
         assert!(e.contains("WITH"), "{e}");
+        for (sql, why) in [
+            (
+                "SUM(volume) OVER (PARTITION BY symbol ORDER BY ts)",
+                "UNBOUNDED PRECEDING grows without end",
+            ),
+            (
+                "LAG(price) OVER (PARTITION BY symbol ORDER BY price)",
+                "OVER needs `ORDER BY ts`",
+            ),
+            (
+                "LAG(price) OVER (PARTITION BY symbol)",
+                "OVER needs `ORDER BY ts`",
+            ),
+            ("ROW_NUMBER() OVER (ORDER BY ts)", "never ends"),
+            (
+                "AVG(price) OVER (ORDER BY ts ROWS BETWEEN 2 PRECEDING AND UNBOUNDED FOLLOWING)",
+                "waits for the end of the stream",
+            ),
+            (
+                "AVG(price) OVER (ORDER BY ts RANGE BETWEEN CURRENT ROW AND INTERVAL '1' SECOND FOLLOWING)",
+                "RANGE … FOLLOWING",
+            ),
+            (
+                "LAG(price) OVER (PARTITION BY symbol ORDER BY ts), LAG(price) OVER (PARTITION BY exchange ORDER BY ts) AS b",
+                "same PARTITION BY",
+            ),
+            ("LAG(price, volume) OVER (ORDER BY ts)", "integer literal"),
+        ] {
+            let e = err(&format!(
+                "CREATE STREAM x AS SELECT symbol, {sql} FROM market_ticks;"
+            ));
+            assert!(e.contains(why), "{sql}: {e}");
+        }
         let e = err(
-            "CREATE STREAM x AS SELECT symbol, LAG(price) OVER (ORDER BY ts) FROM market_ticks;",
+            "CREATE STREAM x AS SELECT symbol, COUNT(*), LAG(symbol) OVER (ORDER BY ts) FROM market_ticks GROUP BY symbol, TUMBLE(ts, INTERVAL '1' SECOND);",
         );
-        assert!(e.contains("OVER"), "{e}");
+        assert!(e.contains("OVER") && e.contains("column 45"), "{e}");
         let e =
             err("CREATE STREAM x AS SELECT symbol, COUNT(*) FROM market_ticks GROUP BY symbol;");
         assert!(e.contains("needs a window"), "{e}");
