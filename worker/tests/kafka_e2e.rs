@@ -99,11 +99,19 @@ fn kafka_query_gives_the_rows_of_a_file_replay_for_every_query() {
     let dir = tempfile::tempdir().unwrap();
     // Out of order within the allowed lateness (1 s).
     produce_both(&topics, 5, 60_000, "400ms", dir.path());
-    let sql = all_sql();
+    // The nine queries of sql/, and an OVER stream (LAG and a 20-row
+    // average per symbol: Kafka keeps each symbol's order, so the rows
+    // and values equal the replay's).
+    let sql = all_sql()
+        + "\nCREATE STREAM tick_change AS
+SELECT symbol, ts, price,
+       (price - LAG(price) OVER (PARTITION BY symbol ORDER BY ts)) / LAG(price) OVER (PARTITION BY symbol ORDER BY ts) * 100 AS change_pct,
+       AVG(volume) OVER (PARTITION BY symbol ORDER BY ts ROWS BETWEEN 20 PRECEDING AND 1 PRECEDING) AS avg_prev_20
+FROM market_ticks;\n";
     let sql_path = dir.path().join("all.sql");
     std::fs::write(&sql_path, &sql).unwrap();
     let streams = stream_names(&sql);
-    assert_eq!(streams.len(), 9);
+    assert_eq!(streams.len(), 10);
 
     let out_prefix = unique("replay-out");
     let mut cmd = worker();

@@ -55,6 +55,52 @@ fn sql_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../sql")
 }
 
+/// Stateful OVER streams for the kill -9 test.
+const OVER_STREAMS: &str = "
+CREATE STREAM tick_moves AS
+SELECT symbol, ts, price,
+       price - LAG(price, 2) OVER (PARTITION BY symbol ORDER BY ts) AS move2,
+       LEAD(price) OVER (PARTITION BY symbol ORDER BY ts) AS next_price,
+       AVG(volume) OVER (PARTITION BY symbol ORDER BY ts ROWS BETWEEN 20 PRECEDING AND 1 PRECEDING) AS avg_prev_20
+FROM market_ticks;
+
+CREATE STREAM order_rate AS
+SELECT trader_id, ts, COUNT(*) OVER (PARTITION BY trader_id ORDER BY ts
+         RANGE BETWEEN INTERVAL '3' SECOND PRECEDING AND CURRENT ROW) AS orders_3s
+FROM order_events;
+";
+
+/// Their output files. An OVER stream emits each partition's rows in event
+/// time order; how partitions interleave depends on when the watermark
+/// moved, which batch sizes and restarts change.
+const OVER_OUTPUTS: [(&str, &str); 2] = [
+    ("tick_moves.jsonl", "symbol"),
+    ("order_rate.jsonl", "trader_id"),
+];
+
+/// The same rows, and per partition key (column `key`) in the same order.
+fn same_rows_per_key(name: &str, key: &str, got: &str, want: &str) {
+    let by_key = |text: &str| {
+        let mut keys: std::collections::BTreeMap<String, String> = Default::default();
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let lines = keys.entry(v[key].to_string()).or_default();
+            lines.push_str(line);
+            lines.push('\n');
+        }
+        keys
+    };
+    let (got, want) = (by_key(got), by_key(want));
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "{name}: partition keys"
+    );
+    for (key, g) in &got {
+        same_rows_in_order(&format!("{name} [{key}]"), g, &want[key]);
+    }
+}
+
 /// All built-in queries in one file.
 fn all_queries(dir: &Path) -> PathBuf {
     let path = dir.join("all.sql");
@@ -100,7 +146,13 @@ fn killed_replay_resumes_from_checkpoint_with_identical_output() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     produce(&data, 400_000, "jsonl");
+    // The built-in queries, and OVER streams (rows buffered until the
+    // watermark passes them, LEAD rows waiting for their followers, frame
+    // history): all of it must survive the kills.
     let sql = all_queries(tmp.path());
+    let mut text = std::fs::read_to_string(&sql).unwrap();
+    text.push_str(OVER_STREAMS);
+    std::fs::write(&sql, text).unwrap();
 
     // Reference: one uninterrupted run.
     let reference = tmp.path().join("reference");
@@ -108,7 +160,7 @@ fn killed_replay_resumes_from_checkpoint_with_identical_output() {
         .output()
         .unwrap());
     let expected = read_outputs(&reference);
-    assert_eq!(expected.len(), 9);
+    assert_eq!(expected.len(), 9 + 2);
     assert!(
         expected.iter().all(|(_, text)| !text.is_empty()),
         "every stream has output"
@@ -165,7 +217,11 @@ fn killed_replay_resumes_from_checkpoint_with_identical_output() {
             e.lines().count(),
             "{name}: row count after {kills} kills"
         );
-        same_rows_in_order(name, a, e);
+        if let Some((_, key)) = OVER_OUTPUTS.iter().find(|(f, _)| f == name) {
+            same_rows_per_key(name, key, a, e);
+        } else {
+            same_rows_in_order(name, a, e);
+        }
     }
 
     // Running again after completion restores the final checkpoint and adds nothing.
@@ -175,7 +231,11 @@ fn killed_replay_resumes_from_checkpoint_with_identical_output() {
         .output()
         .unwrap());
     for ((name, a), (_, e)) in read_outputs(&out).iter().zip(&expected) {
-        same_rows_in_order(name, a, e);
+        if let Some((_, key)) = OVER_OUTPUTS.iter().find(|(f, _)| f == name) {
+            same_rows_per_key(name, key, a, e);
+        } else {
+            same_rows_in_order(name, a, e);
+        }
     }
 }
 
