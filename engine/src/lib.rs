@@ -1,9 +1,11 @@
 //! tickflow's streaming SQL engine.
 //!
-//! [`catalog`] says what a source table is, [`sql`] splits the dialect's statements, [`plan`] turns each into
-//! DataFusion expressions and accumulators, [`window`] and [`watermark`] hold
-//! the pure event-time logic, and the operators ([`aggregate`], [`session`],
-//! [`stateless`]) run batches through them. [`Pipeline`] routes source
+//! [`catalog`] says what a source table is, [`sql`] splits the dialect's
+//! statements, [`ddl`] reads `CREATE TABLE` declarations into catalog
+//! entries, [`plan`] turns each stream into DataFusion expressions and
+//! accumulators, [`window`] and [`watermark`] hold the pure event-time
+//! logic, and the operators ([`aggregate`], [`session`], [`stateless`],
+//! [`over`]) run batches through them. [`Pipeline`] routes source
 //! batches to every stream and drives watermarks. Nothing here knows where
 //! batches come from or where results go: the crate depends on DataFusion
 //! and Arrow only (no Kafka, no codecs), so the operator can plan SQL with

@@ -4,30 +4,36 @@
 //!
 //! A source row waits in `pending` until the watermark passes it; then no
 //! row with an earlier event time can still arrive, so its frame is final.
-//! Final rows join their partition's buffer (sorted by event time, equal
-//! times in arrival order), and DataFusion's own window expressions are
-//! evaluated over that buffer: the values of the rows not yet emitted are
-//! what a batch engine computes over the whole partition. A row whose value
-//! needs following rows (`LEAD`) waits for them, or for the end of input.
-//! After each step a buffer keeps only what a frame can still reach: the
-//! last `preceding_rows` emitted rows and those within `preceding_ms`.
+//! Released rows join `buffer`, one batch of all partitions sorted by
+//! (partition key, event time, arrival), and DataFusion's own window
+//! expressions are evaluated over each partition's range of it: the values
+//! of the rows not yet emitted are what a batch engine computes over the
+//! whole partition. A row whose value needs following rows (`LEAD`) waits
+//! for them, or for the end of input. After each step the buffer keeps only
+//! what a frame can still reach: per partition the last `preceding_rows`
+//! emitted rows and those within `preceding_ms`, and the waiting rows.
 //!
-//! Invariants: every on-time row is emitted exactly once; a row arriving
-//! with an event time the watermark has already passed is late (never
-//! emitted, reported as late); output order is deterministic (partitions in
-//! key order), so a restored run writes what an uninterrupted one would.
+//! Work is done in steps over all partitions at once (a few array
+//! operations over the buffer, one evaluation per touched partition), not
+//! per row or per partition and batch.
+//!
+//! Invariants: every on-time row is emitted exactly once, each partition's
+//! rows in event-time order; a row arriving with an event time the
+//! watermark has already passed is late (never emitted, reported as late);
+//! a restored operator emits what an uninterrupted one would.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, UInt32Array, UInt64Array};
-use arrow::compute::{SortColumn, concat_batches, filter_record_batch, lexsort_to_indices, take};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use arrow::row::{OwnedRow, RowConverter, SortField};
-use datafusion::error::Result;
+use arrow::compute::{
+    SortColumn, concat_batches, filter_record_batch, lexsort_to_indices, partition, take,
+};
+use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
+use datafusion::error::{DataFusionError, Result};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::window::WindowExpr;
 
+use super::keys::GroupKeys;
 use super::operator::{
     OperatorMetrics, OperatorState, Output, RejectedRows, StreamOperator, apply_filter,
     check_state_layout, conform, evaluate, evaluate_rows, event_times,
@@ -63,26 +69,40 @@ pub struct OverPlan {
     pub window_schema: SchemaRef,
 }
 
-/// One partition's final rows: `emitted` rows of history, then rows
-/// waiting for following rows. Sorted by (event time, arrival).
-struct Partition {
-    rows: RecordBatch,
-    emitted: usize,
-}
+/// Released rows are evaluated in steps: when this much event time has
+/// passed since the last step, or [`RELEASE_ROWS`] rows are waiting. A step
+/// costs a few passes over the buffer plus one evaluation per partition it
+/// touches, so fewer, larger steps cost less per row; a step adds at most
+/// this much event time of delay.
+const RELEASE_EVERY_MS: i64 = 200;
+const RELEASE_ROWS: usize = 65_536;
 
 pub struct OverOperator {
     plan: OverPlan,
     output_schema: SchemaRef,
     /// Source schema plus the arrival column.
     buffer_schema: SchemaRef,
-    keys: Option<RowConverter>,
+    /// Released rows of all partitions, sorted by (key, event time,
+    /// arrival); `emitted[i]` tells whether row `i` was emitted already.
+    buffer: RecordBatch,
+    emitted: BooleanArray,
     pending: Vec<RecordBatch>,
-    partitions: BTreeMap<OwnedRow, Partition>,
-    /// Rows before this event time have been released; later arrivals
-    /// before it are late.
+    pending_rows: usize,
+    /// The newest watermark: a row arriving before it is late.
+    watermark: i64,
+    /// Rows before this event time are in the buffer.
     released_before: i64,
     next_seq: u64,
     metrics: OperatorMetrics,
+}
+
+/// What one step emits: row indices into the sorted rows and, per window
+/// function, the values of those rows (one piece per partition).
+#[derive(Default)]
+struct StepOutput {
+    rows: Vec<u32>,
+    values: Vec<Vec<ArrayRef>>,
+    rejected: Vec<RejectedRows>,
 }
 
 impl OverOperator {
@@ -93,23 +113,16 @@ impl OverOperator {
             .map(|f| f.as_ref().clone())
             .collect();
         fields.push(Field::new(SEQ, DataType::UInt64, false));
-        let keys = if plan.partition_by.is_empty() {
-            None
-        } else {
-            let types = plan
-                .partition_by
-                .iter()
-                .map(|e| Ok(SortField::new(e.data_type(source_schema)?)))
-                .collect::<Result<Vec<_>>>()?;
-            Some(RowConverter::new(types)?)
-        };
+        let buffer_schema = Arc::new(Schema::new(fields));
         Ok(Self {
             plan,
             output_schema,
-            buffer_schema: Arc::new(Schema::new(fields)),
-            keys,
+            buffer: RecordBatch::new_empty(Arc::clone(&buffer_schema)),
+            emitted: BooleanArray::from(Vec::<bool>::new()),
+            buffer_schema,
             pending: Vec::new(),
-            partitions: BTreeMap::new(),
+            pending_rows: 0,
+            watermark: NO_WATERMARK,
             released_before: NO_WATERMARK,
             next_seq: 0,
             metrics: OperatorMetrics::default(),
@@ -129,119 +142,199 @@ impl OverOperator {
         )?)
     }
 
-    /// The partition key of every row.
-    fn partition_keys(&self, rows: &RecordBatch) -> Result<Vec<OwnedRow>> {
-        let Some(converter) = &self.keys else {
-            return Ok(vec![empty_key(); rows.num_rows()]);
+    /// Whether the rows before `watermark` are worth a step now.
+    fn due(&self, watermark: i64) -> bool {
+        watermark == END_OF_INPUT
+            || watermark.saturating_sub(self.released_before) >= RELEASE_EVERY_MS
+            || self.pending_rows >= RELEASE_ROWS
+    }
+
+    /// Splits the pending rows into those before `before` (returned) and
+    /// the rest (kept pending).
+    fn take_pending_before(&mut self, before: i64) -> Result<RecordBatch> {
+        let pending = std::mem::take(&mut self.pending);
+        self.pending_rows = 0;
+        if pending.is_empty() {
+            return Ok(RecordBatch::new_empty(Arc::clone(&self.buffer_schema)));
+        }
+        let all = concat_batches(&self.buffer_schema, &pending)?;
+        let (ts, _) = event_times(&all, self.plan.event_time_index)?;
+        let is_final: BooleanArray = ts.iter().map(|&t| Some(t < before)).collect();
+        let rest = filter_record_batch(&all, &arrow::compute::not(&is_final)?)?;
+        if rest.num_rows() > 0 {
+            self.pending_rows = rest.num_rows();
+            self.pending.push(rest);
+        }
+        Ok(filter_record_batch(&all, &is_final)?)
+    }
+
+    /// One step: releases the pending rows before the watermark, emits
+    /// every row whose frame is complete, trims the buffer.
+    fn release(&mut self, watermark: i64, out: &mut Output) -> Result<()> {
+        self.watermark = self.watermark.max(watermark);
+        if self.watermark <= self.released_before || !self.due(self.watermark) {
+            return Ok(());
+        }
+        let watermark = self.watermark;
+        let ready = self.take_pending_before(watermark)?;
+        self.released_before = watermark;
+        if ready.num_rows() == 0 && !self.has_waiting_rows(watermark) {
+            return Ok(());
+        }
+        // Buffer and released rows together, sorted.
+        let rows = concat_batches(&self.buffer_schema, [&self.buffer, &ready])?;
+        let flags: BooleanArray = self
+            .emitted
+            .iter()
+            .chain(std::iter::repeat_n(Some(false), ready.num_rows()))
+            .collect();
+        let ids = self.partition_ids(&rows)?;
+        let order = sort_indices(&ids, &rows, self.plan.event_time_index)?;
+        let rows = take_rows(&rows, &order)?;
+        let flags = take(&flags, &order, None)?.as_boolean().clone();
+        let ids = take(&ids, &order, None)?;
+        let ranges = partition(&[ids])?.ranges();
+
+        let source = drop_seq(&rows);
+        let (ts, _) = event_times(&rows, self.plan.event_time_index)?;
+        let end_of_input = watermark == END_OF_INPUT;
+        let mut step = StepOutput {
+            values: vec![Vec::new(); self.plan.functions.len()],
+            ..StepOutput::default()
         };
-        let columns = self
+        let mut keep: Vec<u32> = Vec::new();
+        let mut now_emitted: Vec<bool> = flags.values().iter().collect();
+        for range in ranges {
+            let first_new = range.start
+                + flags
+                    .values()
+                    .slice(range.start, range.len())
+                    .count_set_bits();
+            let upto = if end_of_input {
+                range.end
+            } else {
+                range
+                    .end
+                    .saturating_sub(self.plan.following_rows)
+                    .max(range.start)
+            };
+            if upto > first_new {
+                self.evaluate_partition(&source, range.clone(), first_new..upto, &mut step);
+                now_emitted[first_new..upto].fill(true);
+            }
+            // What the frames can still reach, and the waiting rows.
+            let next_emitted = upto.max(first_new);
+            let by_rows = next_emitted
+                .saturating_sub(self.plan.preceding_rows)
+                .max(range.start);
+            let by_range = if self.plan.preceding_ms > 0 {
+                let next = ts
+                    .get(next_emitted)
+                    .copied()
+                    .filter(|_| next_emitted < range.end);
+                let reach = next
+                    .unwrap_or(watermark)
+                    .saturating_sub(self.plan.preceding_ms);
+                range.start + ts[range.start..next_emitted].partition_point(|&t| t < reach)
+            } else {
+                next_emitted
+            };
+            keep.extend(by_rows.min(by_range) as u32..range.end as u32);
+        }
+        let now_emitted = BooleanArray::from(now_emitted);
+        let keep = UInt32Array::from(keep);
+        self.buffer = take_rows(&rows, &keep)?;
+        self.emitted = take(&now_emitted, &keep, None)?.as_boolean().clone();
+        self.metrics.open_windows = self.buffer.num_rows() as u64;
+        self.finish_step(&source, step, out)
+    }
+
+    /// A dense number per distinct partition key (hashed, so sorting and
+    /// splitting compare integers, not keys), numbered afresh each step.
+    fn partition_ids(&self, rows: &RecordBatch) -> Result<ArrayRef> {
+        let keys = self
             .plan
             .partition_by
             .iter()
             .map(|e| evaluate(e, rows))
             .collect::<Result<Vec<_>>>()?;
-        let encoded = converter.convert_columns(&columns)?;
-        Ok(encoded.iter().map(|r| r.owned()).collect())
+        let fields: Vec<FieldRef> = keys
+            .iter()
+            .map(|k| Arc::new(Field::new("key", k.data_type().clone(), true)))
+            .collect();
+        let mut ids = Vec::new();
+        GroupKeys::new(&fields)?.intern(&keys, rows.num_rows(), &mut ids)?;
+        Ok(Arc::new(UInt32Array::from_iter_values(
+            ids.into_iter().map(|i| i as u32),
+        )))
     }
 
-    /// Moves the pending rows before `watermark` into their partitions and
-    /// emits every row whose frame is complete.
-    fn release(&mut self, watermark: i64, out: &mut Output) -> Result<()> {
-        if watermark <= self.released_before {
-            return Ok(());
-        }
-        let pending = std::mem::take(&mut self.pending);
-        if !pending.is_empty() {
-            let all = concat_batches(&self.buffer_schema, &pending)?;
-            let (ts, _) = event_times(&all, self.plan.event_time_index)?;
-            let is_final: BooleanArray = ts.iter().map(|&t| Some(t < watermark)).collect();
-            let rest = filter_record_batch(&all, &arrow::compute::not(&is_final)?)?;
-            if rest.num_rows() > 0 {
-                self.pending.push(rest);
-            }
-            let ready = filter_record_batch(&all, &is_final)?;
-            self.add_final_rows(ready)?;
-        }
-        self.released_before = watermark;
-        self.emit_ready(watermark == END_OF_INPUT, watermark, out)
+    /// Whether the buffer holds rows waiting for following rows that the
+    /// end of input releases.
+    fn has_waiting_rows(&self, watermark: i64) -> bool {
+        watermark == END_OF_INPUT && self.emitted.false_count() > 0
     }
 
-    /// Appends final rows to their partitions, each in (event time,
-    /// arrival) order.
-    fn add_final_rows(&mut self, ready: RecordBatch) -> Result<()> {
-        if ready.num_rows() == 0 {
-            return Ok(());
-        }
-        let keys = self.partition_keys(&ready)?;
-        let mut by_key: BTreeMap<OwnedRow, Vec<u32>> = BTreeMap::new();
-        for (i, k) in keys.into_iter().enumerate() {
-            by_key.entry(k).or_default().push(i as u32);
-        }
-        for (key, indices) in by_key {
-            let rows = take_rows(&ready, &UInt32Array::from(indices))?;
-            let rows = sort_by_time(&rows, self.plan.event_time_index)?;
-            let partition = self.partitions.entry(key).or_insert_with(|| Partition {
-                rows: RecordBatch::new_empty(Arc::clone(&self.buffer_schema)),
-                emitted: 0,
-            });
-            partition.rows = concat_batches(&self.buffer_schema, [&partition.rows, &rows])?;
-        }
-        Ok(())
-    }
-
-    /// Evaluates each partition that has unemitted rows, emits those whose
-    /// following rows are known (all at the end of input), and trims the
-    /// history to what the frames reach.
-    fn emit_ready(&mut self, end_of_input: bool, watermark: i64, out: &mut Output) -> Result<()> {
-        let following = self.plan.following_rows;
-        let mut emitted_batches = Vec::new();
-        let mut rejected = Vec::new();
-        for p in self.partitions.values_mut() {
-            let total = p.rows.num_rows();
-            let upto = if end_of_input {
-                total
-            } else {
-                total.saturating_sub(following)
-            };
-            if upto > p.emitted {
-                let source = drop_seq(&p.rows)?;
-                match evaluate_functions(&self.plan, &source) {
-                    Ok(values) => {
-                        let n = upto - p.emitted;
-                        let mut columns: Vec<ArrayRef> = source
-                            .columns()
-                            .iter()
-                            .map(|c| c.slice(p.emitted, n))
-                            .collect();
-                        columns.extend(values.iter().map(|v| v.slice(p.emitted, n)));
-                        emitted_batches.push(RecordBatch::try_new(
-                            Arc::clone(&self.plan.window_schema),
-                            conform(&self.plan.window_schema, columns)?,
-                        )?);
-                    }
-                    // A function failed on this partition's rows (e.g. an
-                    // overflowing SUM): they become dead letters, the
-                    // other partitions carry on.
-                    Err(e) => rejected.push(RejectedRows {
-                        rows: source.slice(p.emitted, upto - p.emitted),
-                        error: e.to_string(),
-                    }),
+    /// Evaluates the window functions over one partition's `range` of the
+    /// sorted rows and keeps the values of the rows in `emit`.
+    fn evaluate_partition(
+        &self,
+        source: &RecordBatch,
+        range: std::ops::Range<usize>,
+        emit: std::ops::Range<usize>,
+        step: &mut StepOutput,
+    ) {
+        let partition = source.slice(range.start, range.len());
+        let values: Result<Vec<ArrayRef>> = self
+            .plan
+            .functions
+            .iter()
+            .map(|f| f.evaluate(&partition))
+            .collect();
+        let offset = emit.start - range.start;
+        match values {
+            Ok(values) => {
+                for (all, v) in step.values.iter_mut().zip(values) {
+                    all.push(v.slice(offset, emit.len()));
                 }
-                p.emitted = upto;
+                step.rows.extend(emit.start as u32..emit.end as u32);
             }
-            trim_history(&self.plan, p, watermark)?;
+            // A function failed on this partition's rows (e.g. an
+            // overflowing SUM): they become dead letters, the other
+            // partitions carry on.
+            Err(e) => step.rejected.push(RejectedRows {
+                rows: source.slice(emit.start, emit.len()),
+                error: e.to_string(),
+            }),
         }
-        self.partitions.retain(|_, p| p.rows.num_rows() > 0);
-        self.metrics.rejected_rows += rejected
+    }
+
+    /// Builds the emitted rows (source columns and function values) and
+    /// projects them; failed partitions go to the dead letters.
+    fn finish_step(
+        &mut self,
+        source: &RecordBatch,
+        step: StepOutput,
+        out: &mut Output,
+    ) -> Result<()> {
+        self.metrics.rejected_rows += step
+            .rejected
             .iter()
             .map(|r| r.rows.num_rows() as u64)
             .sum::<u64>();
-        out.rejected.extend(rejected);
-        for rows in emitted_batches {
-            self.project(&rows, out)?;
+        out.rejected.extend(step.rejected);
+        if step.rows.is_empty() {
+            return Ok(());
         }
-        self.metrics.open_windows = self.partitions.len() as u64;
-        Ok(())
+        let indices = UInt32Array::from(step.rows);
+        let mut columns = take_rows(source, &indices)?.columns().to_vec();
+        for pieces in &step.values {
+            let refs: Vec<&dyn Array> = pieces.iter().map(|a| a.as_ref()).collect();
+            columns.push(arrow::compute::concat(&refs)?);
+        }
+        let schema = &self.plan.window_schema;
+        let rows = RecordBatch::try_new(Arc::clone(schema), conform(schema, columns)?)?;
+        self.project(&rows, out)
     }
 
     /// The SELECT list over emitted rows; rows it fails on are rejected.
@@ -271,17 +364,21 @@ impl OverOperator {
     }
 }
 
-fn empty_key() -> OwnedRow {
-    static EMPTY: std::sync::OnceLock<OwnedRow> = std::sync::OnceLock::new();
-    EMPTY
-        .get_or_init(|| {
-            let c = RowConverter::new(vec![SortField::new(DataType::Boolean)]).expect("boolean");
-            let rows = c
-                .convert_columns(&[Arc::new(BooleanArray::from(vec![true])) as ArrayRef])
-                .expect("one boolean");
-            rows.row(0).owned()
+/// Row order of a step: partition, event time, arrival.
+fn sort_indices(
+    ids: &ArrayRef,
+    rows: &RecordBatch,
+    event_time_index: usize,
+) -> Result<UInt32Array> {
+    let seq = rows.num_columns() - 1;
+    let columns: Vec<SortColumn> = [ids, rows.column(event_time_index), rows.column(seq)]
+        .into_iter()
+        .map(|values| SortColumn {
+            values: Arc::clone(values),
+            options: None,
         })
-        .clone()
+        .collect();
+    Ok(lexsort_to_indices(&columns, None)?)
 }
 
 fn take_rows(batch: &RecordBatch, indices: &UInt32Array) -> Result<RecordBatch> {
@@ -293,60 +390,11 @@ fn take_rows(batch: &RecordBatch, indices: &UInt32Array) -> Result<RecordBatch> 
     Ok(RecordBatch::try_new(batch.schema(), columns)?)
 }
 
-/// Rows in (event time, arrival) order.
-fn sort_by_time(rows: &RecordBatch, event_time_index: usize) -> Result<RecordBatch> {
-    let seq = rows.num_columns() - 1;
-    let indices = lexsort_to_indices(
-        &[
-            SortColumn {
-                values: Arc::clone(rows.column(event_time_index)),
-                options: None,
-            },
-            SortColumn {
-                values: Arc::clone(rows.column(seq)),
-                options: None,
-            },
-        ],
-        None,
-    )?;
-    take_rows(rows, &indices)
-}
-
 /// The source columns of buffered rows (without the arrival column).
-fn drop_seq(rows: &RecordBatch) -> Result<RecordBatch> {
+fn drop_seq(rows: &RecordBatch) -> RecordBatch {
     let mut rows = rows.clone();
     rows.remove_column(rows.num_columns() - 1);
-    Ok(rows)
-}
-
-fn evaluate_functions(plan: &OverPlan, partition: &RecordBatch) -> Result<Vec<ArrayRef>> {
-    plan.functions
-        .iter()
-        .map(|f| f.evaluate(partition))
-        .collect()
-}
-
-/// Drops emitted rows no frame can reach any more: keeps the last
-/// `preceding_rows` emitted rows, and those within `preceding_ms` of the
-/// first row still to come.
-fn trim_history(plan: &OverPlan, p: &mut Partition, watermark: i64) -> Result<()> {
-    let by_rows = p.emitted.saturating_sub(plan.preceding_rows);
-    let by_range = if plan.preceding_ms > 0 {
-        let (ts, _) = event_times(&p.rows, plan.event_time_index)?;
-        // The next row to be emitted is either waiting here or not final
-        // yet, i.e. at or after the watermark.
-        let next = ts.get(p.emitted).copied().unwrap_or(watermark);
-        let reach = next.saturating_sub(plan.preceding_ms);
-        ts[..p.emitted].partition_point(|&t| t < reach)
-    } else {
-        p.emitted
-    };
-    let cut = by_rows.min(by_range);
-    if cut > 0 {
-        p.rows = p.rows.slice(cut, p.rows.num_rows() - cut);
-        p.emitted -= cut;
-    }
-    Ok(())
+    rows
 }
 
 impl StreamOperator for OverOperator {
@@ -370,14 +418,14 @@ impl StreamOperator for OverOperator {
             if rows.num_rows() == 0 {
                 continue;
             }
-            // Late: before what has been released (or without event time).
+            // Late: before the watermark (or without event time).
             let (ts, _) = event_times(&rows, self.plan.event_time_index)?;
             let valid = rows.column(self.plan.event_time_index).logical_nulls();
             let on_time: BooleanArray = ts
                 .iter()
                 .enumerate()
                 .map(|(i, &t)| {
-                    Some(valid.as_ref().is_none_or(|v| v.is_valid(i)) && t >= self.released_before)
+                    Some(valid.as_ref().is_none_or(|v| v.is_valid(i)) && t >= self.watermark)
                 })
                 .collect();
             let late = filter_record_batch(&rows, &arrow::compute::not(&on_time)?)?;
@@ -388,6 +436,7 @@ impl StreamOperator for OverOperator {
             let rows = filter_record_batch(&rows, &on_time)?;
             if rows.num_rows() > 0 {
                 let rows = self.with_seq(&rows)?;
+                self.pending_rows += rows.num_rows();
                 self.pending.push(rows);
             }
         }
@@ -399,24 +448,23 @@ impl StreamOperator for OverOperator {
     }
 
     fn snapshot(&mut self) -> Result<OperatorState> {
-        let mut batches = Vec::new();
-        let mut flags: Vec<bool> = Vec::new();
-        for p in self.partitions.values() {
-            batches.push(p.rows.clone());
-            flags.extend((0..p.rows.num_rows()).map(|i| i < p.emitted));
-        }
-        for b in &self.pending {
-            batches.push(b.clone());
-            flags.extend(std::iter::repeat_n(false, b.num_rows()));
-        }
+        let mut batches = vec![self.buffer.clone()];
+        batches.extend(self.pending.iter().cloned());
         let rows = concat_batches(&self.buffer_schema, &batches)?;
+        let flags: BooleanArray = self
+            .emitted
+            .iter()
+            .chain(std::iter::repeat_n(Some(false), self.pending_rows))
+            .collect();
         let mut columns = rows.columns().to_vec();
-        columns.push(Arc::new(BooleanArray::from(flags)));
+        columns.push(Arc::new(flags));
         Ok(OperatorState {
             meta: serde_json::json!({
                 "metrics": self.metrics,
+                "watermark": self.watermark,
                 "released_before": self.released_before,
                 "next_seq": self.next_seq,
+                "buffered_rows": self.buffer.num_rows(),
             }),
             batch: Some(RecordBatch::try_new(self.state_schema(), columns)?),
         })
@@ -427,37 +475,39 @@ impl StreamOperator for OverOperator {
         if let Ok(m) = serde_json::from_value(meta["metrics"].clone()) {
             self.metrics = m;
         }
-        self.released_before = meta["released_before"].as_i64().unwrap_or(NO_WATERMARK);
+        let number = |key: &str| meta[key].as_i64().unwrap_or(NO_WATERMARK);
+        self.watermark = number("watermark");
+        self.released_before = number("released_before");
         self.next_seq = meta["next_seq"].as_u64().unwrap_or(0);
+        self.buffer = RecordBatch::new_empty(Arc::clone(&self.buffer_schema));
+        self.emitted = BooleanArray::from(Vec::<bool>::new());
         self.pending.clear();
-        self.partitions.clear();
+        self.pending_rows = 0;
         let Some(batch) = state.batch else {
             return Ok(());
         };
         check_state_layout(&batch, &self.state_schema())?;
+        let buffered = meta["buffered_rows"].as_u64().unwrap_or(0) as usize;
+        if buffered > batch.num_rows() {
+            return Err(DataFusionError::Execution(format!(
+                "OVER state: {buffered} buffered rows recorded, {} in the batch",
+                batch.num_rows()
+            )));
+        }
         let flag_index = batch.num_columns() - 1;
-        let emitted = batch.column(flag_index).as_boolean().clone();
+        let flags = batch.column(flag_index).as_boolean().clone();
         let mut rows = batch;
         rows.remove_column(flag_index);
         let rows = RecordBatch::try_new(Arc::clone(&self.buffer_schema), rows.columns().to_vec())?;
-        // History back into its partitions, in order; every other row is
-        // pending again and is released by the next watermark.
-        let history = filter_record_batch(&rows, &emitted)?;
-        self.add_final_rows(history)?;
-        for p in self.partitions.values_mut() {
-            p.emitted = p.rows.num_rows();
-        }
-        // Rows released but waiting for following rows go back behind
-        // the history; the rest is pending until the next watermark.
-        let unemitted = filter_record_batch(&rows, &arrow::compute::not(&emitted)?)?;
-        let (ts, _) = event_times(&unemitted, self.plan.event_time_index)?;
-        let released: BooleanArray = ts.iter().map(|&t| Some(t < self.released_before)).collect();
-        let pending = filter_record_batch(&unemitted, &arrow::compute::not(&released)?)?;
-        self.add_final_rows(filter_record_batch(&unemitted, &released)?)?;
+        // The buffer as it was (sorted), then the pending rows.
+        self.buffer = rows.slice(0, buffered);
+        self.emitted = flags.slice(0, buffered);
+        let pending = rows.slice(buffered, rows.num_rows() - buffered);
         if pending.num_rows() > 0 {
+            self.pending_rows = pending.num_rows();
             self.pending.push(pending);
         }
-        self.metrics.open_windows = self.partitions.len() as u64;
+        self.metrics.open_windows = self.buffer.num_rows() as u64;
         Ok(())
     }
 

@@ -1,7 +1,8 @@
 //! Engine throughput: the ohlc_5s query over in-memory batches, next to
 //! DataFusion running the same aggregation as a batch query on the same data
-//! (one partition, so both use one core). Also checkpoint write and restore
-//! of 100 k keys.
+//! (one partition, so both use one core); an OVER query (LAG and a 20-row
+//! moving average) the same way. Also checkpoint write and restore of 100 k
+//! keys.
 //!
 //! Run: `cargo bench -p tickflow-worker --bench engine`
 
@@ -108,10 +109,71 @@ fn datafusion_run(rt: &tokio::runtime::Runtime, batches: &[RecordBatch]) -> usiz
     })
 }
 
+/// The OVER query of the benchmark: LAG and a 20-row average per symbol.
+const OVER_SQL: &str = "SELECT symbol, ts, price, \
+    (price - LAG(price) OVER (PARTITION BY symbol ORDER BY ts)) / LAG(price) OVER (PARTITION BY symbol ORDER BY ts) * 100 AS change_pct, \
+    AVG(volume) OVER (PARTITION BY symbol ORDER BY ts ROWS BETWEEN 20 PRECEDING AND 1 PRECEDING) AS avg_prev_20 \
+    FROM market_ticks";
+
+fn over_engine_run(batches: &[RecordBatch]) -> usize {
+    let sql = format!("CREATE STREAM price_change AS {OVER_SQL};");
+    let mut p = Pipeline::new(&sql, &Catalog::builtin(), &EngineConfig::default()).unwrap();
+    let mut out = Vec::new();
+    let mut rows = 0;
+    for b in batches {
+        p.push("market_ticks", 0, b, &mut out).unwrap();
+        rows += out.drain(..).map(|o| o.rows.num_rows()).sum::<usize>();
+    }
+    p.finish_partition("market_ticks", 0, &mut out).unwrap();
+    rows + out.drain(..).map(|o| o.rows.num_rows()).sum::<usize>()
+}
+
+fn datafusion_sql_run(rt: &tokio::runtime::Runtime, batches: &[RecordBatch], sql: &str) -> usize {
+    rt.block_on(async {
+        let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
+        let schema = batches[0].schema();
+        let table = MemTable::try_new(schema, vec![batches.to_vec()]).unwrap();
+        ctx.register_table("market_ticks", Arc::new(table)).unwrap();
+        let out = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+        out.iter().map(|b| b.num_rows()).sum()
+    })
+}
+
+/// OVER: every tick in, every tick out with its LAG and moving average.
+fn over_benchmark(rt: &tokio::runtime::Runtime) {
+    println!(
+        "\nOVER (LAG + 20-row AVG per symbol): tickflow streaming engine vs DataFusion batch (1 core each, best of 3)"
+    );
+    println!(
+        "{:<10} {:>10} {:>16} {:>16} {:>8} {:>8}",
+        "symbols", "events", "engine ev/s", "datafusion ev/s", "ratio", "rows"
+    );
+    for symbols in [8, 1000] {
+        let n = 2_000_000;
+        let batches = ticks(n, symbols);
+        let (t_engine, rows_engine) = best_of(3, || over_engine_run(&batches));
+        let (t_df, rows_df) = best_of(3, || datafusion_sql_run(rt, &batches, OVER_SQL));
+        assert_eq!(rows_engine, rows_df, "both compute a row per tick");
+        let e = n as f64 / t_engine.as_secs_f64();
+        let d = n as f64 / t_df.as_secs_f64();
+        println!(
+            "{symbols:<10} {n:>10} {:>16.0} {:>16.0} {:>8.2} {rows_engine:>8}",
+            e,
+            d,
+            e / d
+        );
+    }
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
+    // `TICKFLOW_BENCH=over` runs only the OVER part (for profiling).
+    if std::env::var("TICKFLOW_BENCH").is_ok_and(|b| b == "over") {
+        over_benchmark(&rt);
+        return;
+    }
     println!("ohlc_5s: tickflow streaming engine vs DataFusion batch (1 core each, best of 5)");
     println!(
         "{:<10} {:>10} {:>16} {:>16} {:>8} {:>8}",
@@ -132,6 +194,8 @@ fn main() {
             e / d
         );
     }
+
+    over_benchmark(&rt);
 
     // Checkpoint and restore of 100 k keys: open 5-second windows of 100 k symbols.
     let keys = 100_000;
