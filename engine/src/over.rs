@@ -38,6 +38,7 @@ use super::operator::{
     OperatorMetrics, OperatorState, Output, RejectedRows, StreamOperator, apply_filter,
     check_state_layout, conform, evaluate, evaluate_rows, event_times,
 };
+use super::plan::{RowStep, apply_steps};
 use super::watermark::{END_OF_INPUT, NO_WATERMARK};
 
 /// Arrival order of a row (ties in event time keep it).
@@ -63,8 +64,10 @@ pub struct OverPlan {
     pub preceding_ms: i64,
     /// Rows after a row its value needs (LEAD, `… FOLLOWING`).
     pub following_rows: usize,
-    /// Output columns, on source columns followed by the function values.
-    pub projection: Vec<Arc<dyn PhysicalExpr>>,
+    /// The SELECT list and what encloses the window (filters and
+    /// projections of subqueries and CTEs), on source columns followed by
+    /// the function values.
+    pub post: Vec<RowStep>,
     /// Schema of source columns followed by the function values.
     pub window_schema: SchemaRef,
 }
@@ -340,21 +343,13 @@ impl OverOperator {
     /// The SELECT list over emitted rows; rows it fails on are rejected.
     fn project(&mut self, rows: &RecordBatch, out: &mut Output) -> Result<()> {
         let (plan, schema) = (&self.plan, &self.output_schema);
-        let eval = |batch: &RecordBatch| -> Result<RecordBatch> {
-            let columns = plan
-                .projection
-                .iter()
-                .map(|e| evaluate(e, batch))
-                .collect::<Result<Vec<_>>>()?;
-            Ok(RecordBatch::try_new(
-                Arc::clone(schema),
-                conform(schema, columns)?,
-            )?)
-        };
+        let eval = |batch: &RecordBatch| apply_steps(&plan.post, batch, schema);
         let metrics = &mut self.metrics;
         let mut apply = |_: &RecordBatch, rows: RecordBatch, out: &mut Output| {
-            metrics.rows_out += rows.num_rows() as u64;
-            out.rows.push(rows);
+            if rows.num_rows() > 0 {
+                metrics.rows_out += rows.num_rows() as u64;
+                out.rows.push(rows);
+            }
             Ok(())
         };
         let before = out.rejected.len();

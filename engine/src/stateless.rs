@@ -1,16 +1,12 @@
-//! Stateless streams: `SELECT … FROM source WHERE …`, row by row.
-
-use std::sync::Arc;
+//! Stateless streams: `SELECT … FROM source WHERE …` (also through
+//! subqueries and CTEs), row by row.
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::error::Result;
 
-use super::operator::{
-    OperatorMetrics, OperatorState, Output, StreamOperator, apply_filter, conform, evaluate,
-    evaluate_rows,
-};
-use super::plan::StatelessPlan;
+use super::operator::{OperatorMetrics, OperatorState, Output, StreamOperator, evaluate_rows};
+use super::plan::{StatelessPlan, apply_steps};
 
 pub struct FilterProject {
     plan: StatelessPlan,
@@ -33,17 +29,8 @@ impl StreamOperator for FilterProject {
         self.metrics.rows_in += batch.num_rows() as u64;
         let (plan, schema) = (&self.plan, &self.output_schema);
         let eval = |batch: &RecordBatch| -> Result<Option<RecordBatch>> {
-            let batch = apply_filter(plan.filter.as_ref(), batch)?;
-            if batch.num_rows() == 0 {
-                return Ok(None);
-            }
-            let columns = plan
-                .projection
-                .iter()
-                .map(|e| evaluate(e, &batch))
-                .collect::<Result<Vec<_>>>()?;
-            let columns = conform(schema, columns)?;
-            Ok(Some(RecordBatch::try_new(Arc::clone(schema), columns)?))
+            let rows = apply_steps(&plan.steps, batch, schema)?;
+            Ok((rows.num_rows() > 0).then_some(rows))
         };
         let metrics = &mut self.metrics;
         let mut apply = |_: &RecordBatch, rows: Option<RecordBatch>, out: &mut Output| {

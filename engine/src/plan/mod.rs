@@ -36,6 +36,9 @@ use super::sql::{EmitMode, StreamDef};
 use super::window::WindowSpec;
 
 mod over;
+mod steps;
+
+pub use steps::{RowStep, apply_steps};
 
 /// Name of the window-start column of every windowed output row.
 pub const WINDOW_START: &str = "window_start";
@@ -64,10 +67,11 @@ pub enum StreamKind {
     Over(Box<crate::over::OverPlan>),
 }
 
+/// Row-wise steps over source rows: WHERE, projections, and those of
+/// subqueries and CTEs.
 #[derive(Debug)]
 pub struct StatelessPlan {
-    pub filter: Option<Arc<dyn PhysicalExpr>>,
-    pub projection: Vec<Arc<dyn PhysicalExpr>>,
+    pub steps: Vec<RowStep>,
 }
 
 /// Where each GROUP BY column of the aggregate output comes from.
@@ -240,13 +244,6 @@ fn check_supported_shape<'a>(
     query: &ast::Query,
     catalog: &'a Catalog,
 ) -> Result<&'a SourceDef, EngineError> {
-    if let Some(with) = &query.with {
-        return Err(unsupported(
-            def,
-            with,
-            "WITH (common table expressions) is not supported yet",
-        ));
-    }
     if let Some(order_by) = &query.order_by {
         return Err(unsupported(
             def,
@@ -282,13 +279,17 @@ fn check_supported_shape<'a>(
     if let Some(join) = from.joins.first() {
         return Err(unsupported(def, join, "JOIN is not supported yet"));
     }
-    let TableFactor::Table { name, .. } = &from.relation else {
+    if !matches!(
+        &from.relation,
+        TableFactor::Table { .. } | TableFactor::Derived { .. }
+    ) {
         return Err(unsupported(
             def,
             &from.relation,
-            "FROM must name a source table",
+            "FROM must name a source table, a CTE or a subquery",
         ));
-    };
+    }
+    let name = source_table(def, query)?;
     let table = name.to_string();
     let grouped = !matches!(&select.group_by, GroupByExpr::Expressions(e, _) if e.is_empty());
     for item in &select.projection {
@@ -319,6 +320,45 @@ fn check_supported_shape<'a>(
             ),
         }
     })
+}
+
+/// The one source table a query reads, through its CTEs and subqueries.
+fn source_table(def: &StreamDef, query: &ast::Query) -> Result<ast::ObjectName, EngineError> {
+    use std::ops::ControlFlow;
+    let mut ctes = std::collections::HashSet::new();
+    collect_cte_names(query, &mut ctes);
+    let mut tables: Vec<ast::ObjectName> = Vec::new();
+    let _ = ast::visit_relations(query, |name: &ast::ObjectName| {
+        let lower = name.to_string().to_ascii_lowercase();
+        if !ctes.contains(&lower)
+            && !tables
+                .iter()
+                .any(|t| t.to_string().eq_ignore_ascii_case(&lower))
+        {
+            tables.push(name.clone());
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    let mut tables = tables.into_iter();
+    match (tables.next(), tables.next()) {
+        (Some(one), None) => Ok(one),
+        (None, _) => Err(unsupported(def, query, "the query reads no source table")),
+        (Some(_), Some(second)) => Err(unsupported(
+            def,
+            &second,
+            "a stream reads from exactly one source table (joins are not supported yet)",
+        )),
+    }
+}
+
+/// Names of the CTEs defined anywhere in `query`, in lower case.
+fn collect_cte_names(query: &ast::Query, out: &mut std::collections::HashSet<String>) {
+    if let Some(with) = &query.with {
+        for cte in &with.cte_tables {
+            out.insert(cte.alias.name.value.to_ascii_lowercase());
+            collect_cte_names(&cte.query, out);
+        }
+    }
 }
 
 /// Where the first window-function call (`… OVER (…)`) in `e` starts.
@@ -644,10 +684,7 @@ fn decompose_stateless(
     state: &SessionState,
     plan: &LogicalPlan,
 ) -> Result<(StreamKind, SchemaRef), EngineError> {
-    let LogicalPlan::Projection(proj) = plan else {
-        return Err(unsupported_node(def, plan));
-    };
-    let (filter, below) = peel_filter(&proj.input);
+    let (steps, below) = steps::peel_row_steps(def, state, plan)?;
     if let LogicalPlan::Aggregate(_) = below {
         return Err(EngineError::Plan {
             stream: def.name.clone(),
@@ -655,22 +692,9 @@ fn decompose_stateless(
             message: "aggregation needs a window in GROUP BY: TUMBLE(ts, …), HOP(ts, …, …) or SESSION(ts, …)".into(),
         });
     }
-    let scan = expect_scan(def, below)?;
-    let scan_schema = scan.schema();
-    let filter = filter
-        .map(|f| physical(state, f, scan_schema, def))
-        .transpose()?;
-    let in_schema = proj.input.schema();
-    let projection = proj
-        .expr
-        .iter()
-        .map(|e| physical(state, e, in_schema, def))
-        .collect::<Result<Vec<_>, _>>()?;
-    let output = nullable(proj.schema.as_arrow());
-    Ok((
-        StreamKind::Stateless(StatelessPlan { filter, projection }),
-        output,
-    ))
+    expect_scan(def, below)?;
+    let output = nullable(plan.schema().as_arrow());
+    Ok((StreamKind::Stateless(StatelessPlan { steps }), output))
 }
 
 fn decompose_windowed(
@@ -922,8 +946,21 @@ mod tests {
             "CREATE STREAM x AS SELECT a.symbol FROM market_ticks a JOIN book_updates b ON a.symbol = b.symbol;",
         );
         assert!(e.contains("JOIN is not supported yet"), "{e}");
-        let e = err("CREATE STREAM x AS WITH t AS (SELECT * FROM market_ticks) SELECT * FROM t;");
-        assert!(e.contains("WITH"), "{e}");
+        let e = err(
+            "CREATE STREAM x AS WITH t AS (SELECT * FROM market_ticks) SELECT t.symbol FROM t, book_updates;",
+        );
+        assert!(e.contains("exactly one source table"), "{e}");
+        let e = err(
+            "CREATE STREAM x AS WITH t AS (SELECT * FROM order_events)\nSELECT * FROM t WHERE symbol IN (SELECT symbol FROM market_ticks);",
+        );
+        assert!(
+            e.contains("exactly one source table") && e.contains("line 2"),
+            "{e}"
+        );
+        let e = err(
+            "CREATE STREAM x AS SELECT symbol, n FROM (SELECT symbol, COUNT(*) AS n FROM market_ticks GROUP BY symbol) AS c;",
+        );
+        assert!(e.contains("needs a window"), "{e}");
         for (sql, why) in [
             (
                 "SUM(volume) OVER (PARTITION BY symbol ORDER BY ts)",
@@ -976,6 +1013,36 @@ mod tests {
         assert!(e.contains("slide"), "{e}");
         let e = err("CREATE STREAM x AS SELEC symbol FROM market_ticks;");
         assert!(e.contains("Line: 1"), "{e}");
+    }
+
+    #[test]
+    fn ctes_and_subqueries_become_row_steps() {
+        let p = plan(
+            "CREATE STREAM s AS WITH q AS (SELECT symbol, ask - bid AS spread FROM market_ticks)\n\
+             SELECT symbol, spread FROM (SELECT * FROM q WHERE spread > 0.01) AS w WHERE symbol <> 'X';",
+        )
+        .unwrap();
+        assert_eq!(p[0].source, "market_ticks");
+        let StreamKind::Stateless(s) = &p[0].kind else {
+            panic!("a row-by-row stream")
+        };
+        let kinds: Vec<&str> = s
+            .steps
+            .iter()
+            .map(|s| match s {
+                RowStep::Filter(_) => "filter",
+                RowStep::Project(_) => "project",
+            })
+            .collect();
+        // Both WHEREs apply, inner first; projections as DataFusion plans them.
+        assert_eq!(kinds.iter().filter(|k| **k == "filter").count(), 2);
+        assert_eq!(kinds.first(), Some(&"project"), "{kinds:?}");
+        assert_eq!(kinds.last(), Some(&"project"), "{kinds:?}");
+        let p = plan(
+            "CREATE STREAM s AS SELECT * FROM (SELECT symbol, ts, LAG(price) OVER (PARTITION BY symbol ORDER BY ts) AS prev FROM market_ticks) WHERE prev > 0;",
+        )
+        .unwrap();
+        assert!(matches!(p[0].kind, StreamKind::Over(_)));
     }
 
     #[test]

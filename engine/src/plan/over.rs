@@ -56,15 +56,9 @@ pub(super) fn decompose_over(
         line: def.line,
         message,
     };
-    let LogicalPlan::Projection(proj) = plan else {
-        return Err(unsupported_node(def, plan));
-    };
-    let (outer_filter, below) = peel_filter(&proj.input);
-    if outer_filter.is_some() {
-        return Err(plan_err(
-            "a filter on OVER results needs a subquery, which is not supported yet".into(),
-        ));
-    }
+    // Above the window: projections and filters, also those of subqueries
+    // and CTEs (`… WHERE volume > 3 * avg_volume`).
+    let (post, below) = super::steps::peel_row_steps(def, state, plan)?;
     let LogicalPlan::Window(window) = below else {
         return Err(unsupported_node(def, below));
     };
@@ -113,12 +107,7 @@ pub(super) fn decompose_over(
         .map(|f| physical(state, f, scan.schema(), def))
         .transpose()?;
     let window_schema = window.schema.as_ref();
-    let projection = proj
-        .expr
-        .iter()
-        .map(|e| physical(state, e, window_schema, def))
-        .collect::<Result<Vec<_>, _>>()?;
-    let output = nullable(proj.schema.as_arrow());
+    let output = nullable(plan.schema().as_arrow());
     let plan = OverPlan {
         event_time_index: source.event_time_index(),
         filter,
@@ -127,7 +116,7 @@ pub(super) fn decompose_over(
         preceding_rows: reach.preceding_rows,
         preceding_ms: reach.preceding_ms,
         following_rows: reach.following_rows,
-        projection,
+        post,
         window_schema: nullable(window_schema.as_arrow()),
     };
     Ok((StreamKind::Over(Box::new(plan)), output))
