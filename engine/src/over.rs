@@ -395,19 +395,26 @@ fn drop_seq(rows: &RecordBatch) -> RecordBatch {
 impl StreamOperator for OverOperator {
     fn on_batch(&mut self, batch: &RecordBatch, out: &mut Output) -> Result<()> {
         self.metrics.rows_in += batch.num_rows() as u64;
-        let filter = self.plan.filter.clone();
+        let plan = &self.plan;
+        // WHERE, and a trial of the partition key and the functions'
+        // arguments: a row they fail on (a CAST, a division by zero) is a
+        // dead letter now, instead of failing its partition's evaluation
+        // at every step it stays in the frame history.
+        let screen = |b: &RecordBatch| -> Result<RecordBatch> {
+            let rows = apply_filter(plan.filter.as_ref(), b)?;
+            let arguments = plan.functions.iter().flat_map(|f| f.expressions());
+            for e in plan.partition_by.iter().cloned().chain(arguments) {
+                evaluate(&e, &rows)?;
+            }
+            Ok(rows)
+        };
         let mut kept = Vec::new();
         let mut apply = |_: &RecordBatch, rows: RecordBatch, _: &mut Output| {
             kept.push(rows);
             Ok(())
         };
         let before = out.rejected.len();
-        evaluate_rows(
-            batch,
-            out,
-            &|b: &RecordBatch| apply_filter(filter.as_ref(), b),
-            &mut apply,
-        )?;
+        evaluate_rows(batch, out, &screen, &mut apply)?;
         self.metrics.rejected_rows += (out.rejected.len() - before) as u64;
         for rows in kept {
             if rows.num_rows() == 0 {

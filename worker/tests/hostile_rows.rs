@@ -203,6 +203,11 @@ fn rows_an_expression_fails_on_are_refused_and_the_rest_is_exact() {
             "CREATE STREAM s AS SELECT symbol, MAX({expr}) AS r, COUNT(*) AS n FROM market_ticks \
              GROUP BY symbol, SESSION(ts, INTERVAL '10' SECOND);"
         ),
+        // OVER: refused at arrival, so the frames hold only good rows.
+        format!(
+            "CREATE STREAM s AS SELECT symbol, ts, SUM({expr}) OVER (PARTITION BY symbol ORDER BY ts \
+             RANGE BETWEEN INTERVAL '1' SECOND PRECEDING AND CURRENT ROW) AS r FROM market_ticks;"
+        ),
     ] {
         let (actual, late, rejected) = run(&sql, &chunks(&input, 4096));
         assert_eq!(late, 0, "{sql}");

@@ -165,6 +165,85 @@ FROM market_ticks;\n";
     }
 }
 
+/// A `CREATE TABLE … WITH ('format' = 'avro')` over a topic the simulator
+/// wrote: its columns are checked against the subject's newest schema at
+/// start (a mismatch is one clear error naming both), and a matching
+/// declaration reads the records by schema id, with the rows of a replay.
+#[test]
+fn a_declared_avro_table_is_checked_against_the_registry_and_read() {
+    let e = env();
+    let topics = Topics::new("declared");
+    let dir = tempfile::tempdir().unwrap();
+    let produced = produce_both(&topics, 9, 10_000, "300ms", dir.path());
+    let declare = |extra_column: &str| {
+        format!(
+            "CREATE TABLE quotes (symbol VARCHAR, price DOUBLE, volume BIGINT,{extra_column} ts TIMESTAMP(3),
+               WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
+             WITH ('topic' = '{}', 'format' = 'avro', 'key' = 'symbol');
+             CREATE STREAM quote_bars AS SELECT symbol, COUNT(*) AS n, SUM(volume) AS v, MAX(price) AS hi
+             FROM quotes GROUP BY symbol, TUMBLE(ts, INTERVAL '5' SECOND);",
+            topics.ticks
+        )
+    };
+    let query = |sql: &str, name: &str| {
+        let path = dir.path().join(format!("{name}.sql"));
+        std::fs::write(&path, sql).unwrap();
+        let mut cmd = worker();
+        cmd.args(["query", "--sql"])
+            .arg(&path)
+            .args(["--brokers", &e.brokers, "--schema-registry", &e.registry])
+            .args(["--output-format", "json", "--bounded", "--name", name])
+            .args(["--output", &format!("quote_bars=kafka:{name}-bars")])
+            .arg("--checkpoint-dir")
+            .arg(dir.path().join(name));
+        cmd
+    };
+
+    // A column the registered schema lacks, without a default: refused at start.
+    let name = unique("declared-bad");
+    let out = query(&declare(" spread DOUBLE NOT NULL,"), &name)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "table `quotes` (declared at line 1) does not match the schema registered under"
+        ) && stderr.contains(&format!("{}-value", topics.ticks))
+            && stderr.contains("spread"),
+        "{stderr}"
+    );
+
+    let name = unique("declared-ok");
+    let sql = declare("");
+    let summary = run_ok(&mut query(&sql, &name));
+    assert_eq!(summary["rows_in"]["quotes"], produced["ticks"], "{summary}");
+    assert_eq!(summary["dead_letters"], serde_json::json!({}));
+    // The same declaration replayed from the JSON file of the same seed.
+    let replay = dir.path().join("replay.jsonl");
+    let sql_path = dir.path().join("replay.sql");
+    std::fs::write(&sql_path, &sql).unwrap();
+    run_ok(
+        worker()
+            .args(["query", "--sql"])
+            .arg(&sql_path)
+            .arg("--input")
+            .arg(format!(
+                "quotes={}",
+                dir.path().join("market-ticks.jsonl").display()
+            ))
+            .arg("--output")
+            .arg(format!("quote_bars={}", replay.display())),
+    );
+    let want = file_rows(&replay);
+    assert!(want.len() > 10, "{} bars", want.len());
+    assert_same_rows(
+        "quote_bars",
+        json_rows(&read_topic(&e.brokers, &format!("{name}-bars"), true)),
+        want,
+    );
+}
+
 #[test]
 fn malformed_records_go_to_the_dead_letter_topic_with_reasons_and_the_rest_is_processed() {
     let e = env();
