@@ -7,14 +7,17 @@ use std::sync::Arc;
 use arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, RecordBatch, TimestampMillisecondArray, UInt32Array,
 };
-use arrow::compute::{cast, filter_record_batch, take};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit, TimestampMillisecondType};
+use arrow::compute::{SortColumn, cast, filter_record_batch, lexsort_to_indices, partition, take};
+use arrow::datatypes::{
+    DataType, Field, FieldRef, Schema, SchemaRef, TimeUnit, TimestampMillisecondType,
+};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::GroupsAccumulator;
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr};
 
-use super::plan::{AggregateSpec, GroupSlot, WindowedPlan};
+use super::keys::GroupKeys;
+use super::plan::{AggregateSpec, GroupSlot, RankStage, WindowedPlan, apply_steps};
 
 /// What a batch or a watermark step produced.
 #[derive(Default, Debug)]
@@ -317,6 +320,15 @@ pub fn finish_rows(
             return Ok(None);
         }
     }
+    if let Some(rank) = &plan.rank {
+        let rows = apply_steps(&rank.pre, &batch, &rank.ranked_schema)?;
+        if rows.num_rows() == 0 {
+            return Ok(None);
+        }
+        let ranked = rank_rows(rank, &rows)?;
+        let rows = apply_steps(&rank.post, &ranked, output_schema)?;
+        return Ok((rows.num_rows() > 0).then_some(rows));
+    }
     let projected = plan
         .projection
         .iter()
@@ -327,6 +339,67 @@ pub fn finish_rows(
         Arc::clone(output_schema),
         projected,
     )?))
+}
+
+/// Ranks one window's aggregate rows: sorted by the ranking's partition
+/// and ORDER BY, each function evaluated per partition, its values
+/// appended as columns.
+fn rank_rows(rank: &RankStage, batch: &RecordBatch) -> Result<RecordBatch> {
+    let first = &rank.functions[0];
+    let keys = first
+        .partition_by()
+        .iter()
+        .map(|e| evaluate(e, batch))
+        .collect::<Result<Vec<_>>>()?;
+    let fields: Vec<FieldRef> = keys
+        .iter()
+        .map(|k| Arc::new(Field::new("key", k.data_type().clone(), true)))
+        .collect();
+    let mut ids = Vec::new();
+    GroupKeys::new(&fields)?.intern(&keys, batch.num_rows(), &mut ids)?;
+    let ids: ArrayRef = Arc::new(UInt32Array::from_iter_values(
+        ids.into_iter().map(|i| i as u32),
+    ));
+    let mut sort = vec![SortColumn {
+        values: Arc::clone(&ids),
+        options: None,
+    }];
+    for o in first.order_by() {
+        sort.push(o.evaluate_to_sort_column(batch)?);
+    }
+    let order = lexsort_to_indices(&sort, None)?;
+    let columns = batch
+        .columns()
+        .iter()
+        .map(|c| take(c.as_ref(), &order, None))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let sorted = RecordBatch::try_new(batch.schema(), columns)?;
+    let ranges = partition(&[take(ids.as_ref(), &order, None)?])?.ranges();
+    let mut columns = sorted.columns().to_vec();
+    let mut fields: Vec<Field> = sorted
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    for (i, f) in rank.functions.iter().enumerate() {
+        let pieces = ranges
+            .iter()
+            .map(|r| f.evaluate(&sorted.slice(r.start, r.len())))
+            .collect::<Result<Vec<_>>>()?;
+        let refs: Vec<&dyn Array> = pieces.iter().map(|a| a.as_ref()).collect();
+        let values = arrow::compute::concat(&refs)?;
+        fields.push(Field::new(
+            format!("rank{i}"),
+            values.data_type().clone(),
+            true,
+        ));
+        columns.push(values);
+    }
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
 }
 
 /// Casts columns whose type differs only in representation from the schema

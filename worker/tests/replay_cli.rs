@@ -55,7 +55,8 @@ fn sql_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../sql")
 }
 
-/// Stateful OVER streams for the kill -9 test.
+/// Stateful streams for the kill -9 test: OVER windows (LAG, LEAD, ROWS
+/// and RANGE frames) and a window top-N over a CTE.
 const OVER_STREAMS: &str = "
 CREATE STREAM tick_moves AS
 SELECT symbol, ts, price,
@@ -63,6 +64,17 @@ SELECT symbol, ts, price,
        LEAD(price) OVER (PARTITION BY symbol ORDER BY ts) AS next_price,
        AVG(volume) OVER (PARTITION BY symbol ORDER BY ts ROWS BETWEEN 20 PRECEDING AND 1 PRECEDING) AS avg_prev_20
 FROM market_ticks;
+
+CREATE STREAM top_traders AS
+WITH per_trader AS (
+  SELECT trader_id, window_start, window_end, SUM(quantity) AS quantity
+  FROM order_events GROUP BY trader_id, TUMBLE(ts, INTERVAL '10' SECOND)
+)
+SELECT * FROM (
+  SELECT trader_id, window_start, window_end, quantity,
+         ROW_NUMBER() OVER (PARTITION BY window_start, window_end ORDER BY quantity DESC, trader_id) AS rn
+  FROM per_trader
+) WHERE rn <= 3;
 
 CREATE STREAM order_rate AS
 SELECT trader_id, ts, COUNT(*) OVER (PARTITION BY trader_id ORDER BY ts
@@ -160,7 +172,7 @@ fn killed_replay_resumes_from_checkpoint_with_identical_output() {
         .output()
         .unwrap());
     let expected = read_outputs(&reference);
-    assert_eq!(expected.len(), 9 + 2);
+    assert_eq!(expected.len(), 9 + 3);
     assert!(
         expected.iter().all(|(_, text)| !text.is_empty()),
         "every stream has output"

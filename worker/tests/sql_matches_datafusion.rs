@@ -316,3 +316,71 @@ fn over_and_subquery_streams_match_datafusion_batch() {
         eprintln!("{name}: {} rows match", actual.num_rows());
     }
 }
+
+/// Window top-N: the three symbols with the most volume per 5-second
+/// window (ROW_NUMBER), and every rank of a 10-second HOP (RANK and
+/// DENSE_RANK with ties on the tick count), each against DataFusion over
+/// the same rows with the same window assignment.
+#[test]
+fn window_top_n_matches_datafusion_batch() {
+    let data = market_data(60_000, JITTER_MS);
+    let input = source_batch(&data, SourceTable::MarketTicks);
+    let queries = [
+        (
+            "top_volume",
+            "CREATE STREAM top_volume AS
+SELECT symbol, window_start, window_end, volume, rn FROM (
+  SELECT symbol, window_start, window_end, SUM(volume) AS volume,
+         ROW_NUMBER() OVER (PARTITION BY window_start, window_end ORDER BY SUM(volume) DESC, symbol) AS rn
+  FROM market_ticks
+  GROUP BY symbol, TUMBLE(ts, INTERVAL '5' SECOND)
+) WHERE rn <= 3;",
+            RefWindow::Tumble(5_000),
+        ),
+        (
+            "busiest",
+            "CREATE STREAM busiest AS
+WITH counts AS (
+  SELECT symbol, exchange, window_start, window_end, COUNT(*) AS ticks
+  FROM market_ticks
+  GROUP BY symbol, exchange, HOP(ts, INTERVAL '5' SECOND, INTERVAL '10' SECOND)
+), ranked AS (
+  SELECT symbol, exchange, window_start, window_end, ticks,
+         RANK() OVER (PARTITION BY window_start, window_end, exchange ORDER BY ticks DESC) AS r,
+         DENSE_RANK() OVER (PARTITION BY window_start, window_end, exchange ORDER BY ticks DESC) AS dr
+  FROM counts
+)
+SELECT * FROM ranked WHERE dr <= 2;",
+            RefWindow::Hop {
+                slide: 5_000,
+                size: 10_000,
+            },
+        ),
+    ];
+    for (name, sql, window) in queries {
+        let actual = run_over(sql, &input, 4096, None);
+        let windows = assign_windows(&input, window, "symbol");
+        // The query after its `CREATE STREAM … AS` line, windows as columns.
+        let reference = sql[sql.find('\n').unwrap() + 1..]
+            .trim()
+            .trim_end_matches(';')
+            .replace(
+                "TUMBLE(ts, INTERVAL '5' SECOND)",
+                "window_start, window_end",
+            )
+            .replace(
+                "HOP(ts, INTERVAL '5' SECOND, INTERVAL '10' SECOND)",
+                "window_start, window_end",
+            );
+        let expected = datafusion_batch("market_ticks", windows, &reference);
+        assert!(
+            expected.num_rows() > 50,
+            "{name}: {} rows",
+            expected.num_rows()
+        );
+        assert_same_rows(name, &actual, &expected, 1e-9);
+        let restarted = run_over(sql, &input, 4096, Some(5));
+        assert_same_rows(&format!("{name} (restored)"), &restarted, &actual, 0.0);
+        eprintln!("{name}: {} rows match", actual.num_rows());
+    }
+}

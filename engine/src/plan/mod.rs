@@ -111,6 +111,26 @@ pub struct WindowedPlan {
     pub having: Option<Arc<dyn PhysicalExpr>>,
     /// Output columns, on `aggregate_schema` rows.
     pub projection: Vec<Arc<dyn PhysicalExpr>>,
+    /// Window top-N: ranking over each closed window's rows, then the
+    /// enclosing query's steps (`WHERE rn <= 3`). The projection is then
+    /// the identity.
+    pub rank: Option<RankStage>,
+}
+
+/// `ROW_NUMBER()`/`RANK()`/`DENSE_RANK() OVER (PARTITION BY window_start,
+/// window_end[, …] ORDER BY …)` over a windowed aggregation's rows.
+#[derive(Debug)]
+pub struct RankStage {
+    /// HAVING and what a CTE or subquery does to the aggregate rows before
+    /// they are ranked; the result has `ranked_schema`.
+    pub pre: Vec<RowStep>,
+    pub ranked_schema: SchemaRef,
+    /// The ranking functions, on `ranked_schema` rows of one partition
+    /// sorted by their ORDER BY.
+    pub functions: Vec<Arc<dyn datafusion::physical_expr::window::WindowExpr>>,
+    /// What encloses the ranking (projections, the filter on the rank), on
+    /// `ranked_schema` columns followed by the ranks.
+    pub post: Vec<RowStep>,
 }
 
 /// A planned SQL file: the catalog its streams were planned against (the
@@ -182,26 +202,10 @@ pub fn plan_stream(def: &StreamDef, catalog: &Catalog) -> Result<StreamPlan, Eng
     let source = check_supported_shape(def, &query, catalog)?;
 
     // Take the window call out of GROUP BY, put the window columns in its place.
+    // Take the window call out of GROUP BY (of the query, or of the
+    // subquery or CTE a top-N ranks), put the window columns in its place.
     let mut window = None;
-    if let SetExpr::Select(select) = query.body.as_mut()
-        && let GroupByExpr::Expressions(exprs, _) = &mut select.group_by
-    {
-        let mut rewritten = Vec::with_capacity(exprs.len() + 1);
-        for e in exprs.drain(..) {
-            match window_call(def, &e, source)? {
-                Some(spec) => {
-                    if window.is_some() {
-                        return Err(unsupported(def, &e, "more than one window in GROUP BY"));
-                    }
-                    window = Some(spec);
-                    rewritten.push(ast::Expr::Identifier(Ident::new(WINDOW_START)));
-                    rewritten.push(ast::Expr::Identifier(Ident::new(WINDOW_END)));
-                }
-                None => rewritten.push(e),
-            }
-        }
-        *exprs = rewritten;
-    }
+    rewrite_window_calls(def, &mut query, source, &mut window)?;
 
     let state = planning_state(source, window.is_some())?;
     let logical = futures::executor::block_on(
@@ -223,6 +227,11 @@ pub fn plan_stream(def: &StreamDef, catalog: &Catalog) -> Result<StreamPlan, Eng
         (_, None) => EmitMode::OnWindowClose,
     };
     let fingerprint = fingerprint(def, window, emit);
+    if emit == EmitMode::Changes && has_window_node(&logical) {
+        return Err(ctx_err(
+            "a window top-N ranks each window once it is complete: use EMIT ON WINDOW CLOSE".into(),
+        ));
+    }
     let (kind, output_schema) = match window {
         None if has_window_node(&logical) => over::decompose_over(def, &state, &logical, source)?,
         None => decompose_stateless(def, &state, &logical)?,
@@ -236,6 +245,49 @@ pub fn plan_stream(def: &StreamDef, catalog: &Catalog) -> Result<StreamPlan, Eng
         fingerprint,
         kind,
     })
+}
+
+/// Replaces `TUMBLE(…)`/`HOP(…)`/`SESSION(…)` in the GROUP BY of `query`
+/// and of the subqueries and CTEs it reads by `window_start, window_end`;
+/// at most one window in the whole query.
+fn rewrite_window_calls(
+    def: &StreamDef,
+    query: &mut ast::Query,
+    source: &SourceDef,
+    window: &mut Option<WindowSpec>,
+) -> Result<(), EngineError> {
+    if let Some(with) = &mut query.with {
+        for cte in &mut with.cte_tables {
+            rewrite_window_calls(def, &mut cte.query, source, window)?;
+        }
+    }
+    let SetExpr::Select(select) = query.body.as_mut() else {
+        return Ok(());
+    };
+    for from in &mut select.from {
+        if let TableFactor::Derived { subquery, .. } = &mut from.relation {
+            rewrite_window_calls(def, subquery, source, window)?;
+        }
+    }
+    let GroupByExpr::Expressions(exprs, _) = &mut select.group_by else {
+        return Ok(());
+    };
+    let mut rewritten = Vec::with_capacity(exprs.len() + 1);
+    for e in exprs.drain(..) {
+        match window_call(def, &e, source)? {
+            Some(spec) => {
+                if window.is_some() {
+                    return Err(unsupported(def, &e, "more than one window in the query"));
+                }
+                *window = Some(spec);
+                rewritten.push(ast::Expr::Identifier(Ident::new(WINDOW_START)));
+                rewritten.push(ast::Expr::Identifier(Ident::new(WINDOW_END)));
+            }
+            None => rewritten.push(e),
+        }
+    }
+    *exprs = rewritten;
+    Ok(())
 }
 
 /// Rejects SQL the streaming engine cannot run yet, with its position.
@@ -302,7 +354,7 @@ fn check_supported_shape<'a>(
                 line: at.line as usize,
                 column: at.column as usize,
                 message: format!(
-                    "stream `{}`: window functions (OVER) in a GROUP BY query are not supported yet",
+                    "stream `{}`: window functions (OVER) in a GROUP BY query are not supported yet, apart from ROW_NUMBER/RANK/DENSE_RANK per window (top-N)",
                     def.name
                 ),
             });
@@ -361,11 +413,19 @@ fn collect_cte_names(query: &ast::Query, out: &mut std::collections::HashSet<Str
     }
 }
 
-/// Where the first window-function call (`… OVER (…)`) in `e` starts.
+/// Where the first window-function call (`… OVER (…)`) in `e` starts,
+/// other than the rankings of a window top-N.
 fn first_over(e: &ast::Expr) -> Option<datafusion::sql::sqlparser::tokenizer::Location> {
     use std::ops::ControlFlow;
     let found = ast::visit_expressions(e, |x: &ast::Expr| match x {
-        ast::Expr::Function(f) if f.over.is_some() => ControlFlow::Break(x.span().start),
+        ast::Expr::Function(f)
+            if f.over.is_some()
+                && !["ROW_NUMBER", "RANK", "DENSE_RANK"]
+                    .iter()
+                    .any(|r| f.name.to_string().eq_ignore_ascii_case(r)) =>
+        {
+            ControlFlow::Break(x.span().start)
+        }
         _ => ControlFlow::Continue(()),
     });
     match found {
@@ -709,10 +769,24 @@ fn decompose_windowed(
         line: def.line,
         message,
     };
-    let LogicalPlan::Projection(proj) = plan else {
-        return Err(unsupported_node(def, plan));
+    // Window top-N: the enclosing query's steps, a ranking Window, then
+    // [HAVING] → Aggregate. Otherwise Projection → [HAVING] → Aggregate.
+    let (top_steps, top_below) = steps::peel_row_steps(def, state, plan)?;
+    let (proj, ranking, having, below) = match top_below {
+        LogicalPlan::Window(w) => {
+            // HAVING, and the SELECT list of a CTE or subquery between the
+            // aggregation and the ranking, become steps before it.
+            let (pre, below) = steps::peel_row_steps(def, state, &w.input)?;
+            (None, Some((pre, top_steps, w)), None, below)
+        }
+        _ => {
+            let LogicalPlan::Projection(proj) = plan else {
+                return Err(unsupported_node(def, plan));
+            };
+            let (having, below) = peel_filter(&proj.input);
+            (Some(proj), None, having, below)
+        }
     };
-    let (having, below) = peel_filter(&proj.input);
     let LogicalPlan::Aggregate(agg) = below else {
         return Err(unsupported_node(def, below));
     };
@@ -796,6 +870,31 @@ fn decompose_windowed(
     let having = having
         .map(|h| physical(state, h, agg_schema, def))
         .transpose()?;
+    if let Some((pre, post, window_node)) = ranking {
+        let rank = rank_stage(def, state, window_node, pre, post)?;
+        // The ranking sees the aggregate rows as they are.
+        let projection = agg_schema
+            .columns()
+            .iter()
+            .map(|c| physical(state, &Expr::Column(c.clone()), agg_schema, def))
+            .collect::<Result<Vec<_>, _>>()?;
+        let plan_out = nullable(plan.schema().as_arrow());
+        let windowed = WindowedPlan {
+            window,
+            event_time_index: source.event_time_index(),
+            filter,
+            keys,
+            key_fields,
+            group_layout,
+            aggregates,
+            aggregate_schema: nullable(agg.schema.as_arrow()),
+            having,
+            projection,
+            rank: Some(rank),
+        };
+        return Ok((StreamKind::Windowed(Box::new(windowed)), plan_out));
+    }
+    let proj = proj.expect("a projection when there is no ranking");
     let proj_in = proj.input.schema();
     let mut projection = proj
         .expr
@@ -840,8 +939,70 @@ fn decompose_windowed(
         aggregate_schema: nullable(agg.schema.as_arrow()),
         having,
         projection,
+        rank: None,
     };
     Ok((StreamKind::Windowed(Box::new(plan)), output))
+}
+
+/// The ranking of a window top-N: ROW_NUMBER, RANK or DENSE_RANK,
+/// partitioned by the window (`window_start, window_end`, and more).
+fn rank_stage(
+    def: &StreamDef,
+    state: &SessionState,
+    window: &datafusion::logical_expr::logical_plan::Window,
+    pre: Vec<RowStep>,
+    post: Vec<RowStep>,
+) -> Result<RankStage, EngineError> {
+    let plan_err = |message: String| EngineError::Plan {
+        stream: def.name.clone(),
+        line: def.line,
+        message,
+    };
+    let mut functions = Vec::new();
+    for e in &window.window_expr {
+        let mut inner = e;
+        while let Expr::Alias(a) = inner {
+            inner = &a.expr;
+        }
+        let Expr::WindowFunction(wf) = inner else {
+            return Err(plan_err(format!("unexpected window expression {e}")));
+        };
+        let name = wf.fun.name().to_ascii_lowercase();
+        if !matches!(name.as_str(), "row_number" | "rank" | "dense_rank") {
+            return Err(plan_err(format!(
+                "{}: over a windowed aggregation only ROW_NUMBER, RANK and DENSE_RANK (top-N) are supported",
+                name.to_ascii_uppercase()
+            )));
+        }
+        let by_window = [WINDOW_START, WINDOW_END].iter().all(|bound| {
+            wf.params
+                .partition_by
+                .iter()
+                .any(|p| matches!(p, Expr::Column(c) if c.name == *bound))
+        });
+        if !by_window {
+            return Err(plan_err(format!(
+                "{}: a top-N ranks within each window: PARTITION BY window_start, window_end[, …]",
+                name.to_ascii_uppercase()
+            )));
+        }
+        let planning = PhysicalPlanningContext::default();
+        functions.push(
+            datafusion::physical_planner::create_window_expr(
+                e,
+                window.input.schema(),
+                state.execution_props(),
+                &planning,
+            )
+            .map_err(|err| plan_err(clean_df_error(&err.to_string())))?,
+        );
+    }
+    Ok(RankStage {
+        pre,
+        ranked_schema: nullable(window.input.schema().as_arrow()),
+        functions,
+        post,
+    })
 }
 
 /// Adds `ORDER BY <event time>` to FIRST_VALUE/LAST_VALUE calls that have none.
@@ -993,6 +1154,32 @@ mod tests {
                 "CREATE STREAM x AS SELECT symbol, {sql} FROM market_ticks;"
             ));
             assert!(e.contains(why), "{sql}: {e}");
+        }
+        let top_n = |rank: &str, emit: &str| {
+            format!(
+                "CREATE STREAM x AS SELECT * FROM (SELECT symbol, window_start, window_end, COUNT(*) AS n, \
+                 {rank} AS rn FROM market_ticks GROUP BY symbol, TUMBLE(ts, INTERVAL '1' SECOND)) WHERE rn <= 3 {emit};"
+            )
+        };
+        for (rank, emit, why) in [
+            (
+                "ROW_NUMBER() OVER (PARTITION BY window_start, window_end ORDER BY COUNT(*) DESC)",
+                "EMIT CHANGES",
+                "EMIT ON WINDOW CLOSE",
+            ),
+            (
+                "ROW_NUMBER() OVER (ORDER BY COUNT(*) DESC)",
+                "",
+                "PARTITION BY window_start, window_end",
+            ),
+            (
+                "NTILE(4) OVER (PARTITION BY window_start, window_end ORDER BY COUNT(*))",
+                "",
+                "only ROW_NUMBER, RANK and DENSE_RANK",
+            ),
+        ] {
+            let e = err(&top_n(rank, emit));
+            assert!(e.contains(why), "{rank} {emit}: {e}");
         }
         let e = err(
             "CREATE STREAM x AS SELECT symbol, COUNT(*), LAG(symbol) OVER (ORDER BY ts) FROM market_ticks GROUP BY symbol, TUMBLE(ts, INTERVAL '1' SECOND);",
