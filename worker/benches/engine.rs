@@ -1,7 +1,7 @@
 //! Engine throughput: the ohlc_5s query over in-memory batches, next to
 //! DataFusion running the same aggregation as a batch query on the same data
 //! (one partition, so both use one core); an OVER query (LAG and a 20-row
-//! moving average) the same way. Also checkpoint write and restore of 100 k
+//! moving average) and a window top-N the same way. Also checkpoint write and restore of 100 k
 //! keys.
 //!
 //! Run: `cargo bench -p tickflow-worker --bench engine`
@@ -139,6 +139,58 @@ fn datafusion_sql_run(rt: &tokio::runtime::Runtime, batches: &[RecordBatch], sql
     })
 }
 
+/// The top-N chain of the benchmark: volume per symbol and 5-second
+/// window, the three largest per window.
+const TOP_N_STREAM: &str = "CREATE STREAM top_volume AS SELECT * FROM (
+  SELECT symbol, window_start, window_end, SUM(volume) AS volume,
+         ROW_NUMBER() OVER (PARTITION BY window_start, window_end ORDER BY SUM(volume) DESC, symbol) AS rn
+  FROM market_ticks GROUP BY symbol, TUMBLE(ts, INTERVAL '5' SECOND)) WHERE rn <= 3;";
+
+const TOP_N_BATCH: &str = "SELECT * FROM (
+  SELECT symbol, date_bin(INTERVAL '5 seconds', ts, TIMESTAMP '1970-01-01T00:00:00') AS window_start,
+         SUM(volume) AS volume,
+         ROW_NUMBER() OVER (PARTITION BY date_bin(INTERVAL '5 seconds', ts, TIMESTAMP '1970-01-01T00:00:00')
+                            ORDER BY SUM(volume) DESC, symbol) AS rn
+  FROM market_ticks GROUP BY symbol, date_bin(INTERVAL '5 seconds', ts, TIMESTAMP '1970-01-01T00:00:00')) WHERE rn <= 3";
+
+fn stream_run(sql: &str, batches: &[RecordBatch]) -> usize {
+    let mut p = Pipeline::new(sql, &Catalog::builtin(), &EngineConfig::default()).unwrap();
+    let mut out = Vec::new();
+    let mut rows = 0;
+    for b in batches {
+        p.push("market_ticks", 0, b, &mut out).unwrap();
+        rows += out.drain(..).map(|o| o.rows.num_rows()).sum::<usize>();
+    }
+    p.finish_partition("market_ticks", 0, &mut out).unwrap();
+    rows + out.drain(..).map(|o| o.rows.num_rows()).sum::<usize>()
+}
+
+/// Top-N: 4 M ticks in, three rows per window out.
+fn top_n_benchmark(rt: &tokio::runtime::Runtime) {
+    println!(
+        "\ntop-N (volume per symbol and 5 s window, top 3): tickflow streaming engine vs DataFusion batch (1 core each, best of 3)"
+    );
+    println!(
+        "{:<10} {:>10} {:>16} {:>16} {:>8} {:>8}",
+        "symbols", "events", "engine ev/s", "datafusion ev/s", "ratio", "rows"
+    );
+    for symbols in [8, 1000] {
+        let n = 4_000_000;
+        let batches = ticks(n, symbols);
+        let (t_engine, rows_engine) = best_of(3, || stream_run(TOP_N_STREAM, &batches));
+        let (t_df, rows_df) = best_of(3, || datafusion_sql_run(rt, &batches, TOP_N_BATCH));
+        assert_eq!(rows_engine, rows_df, "both keep three rows per window");
+        let e = n as f64 / t_engine.as_secs_f64();
+        let d = n as f64 / t_df.as_secs_f64();
+        println!(
+            "{symbols:<10} {n:>10} {:>16.0} {:>16.0} {:>8.2} {rows_engine:>8}",
+            e,
+            d,
+            e / d
+        );
+    }
+}
+
 /// OVER: every tick in, every tick out with its LAG and moving average.
 fn over_benchmark(rt: &tokio::runtime::Runtime) {
     println!(
@@ -169,10 +221,11 @@ fn main() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    // `TICKFLOW_BENCH=over` runs only the OVER part (for profiling).
-    if std::env::var("TICKFLOW_BENCH").is_ok_and(|b| b == "over") {
-        over_benchmark(&rt);
-        return;
+    // `TICKFLOW_BENCH=over` (or `top-n`) runs only that part (for profiling).
+    match std::env::var("TICKFLOW_BENCH").as_deref() {
+        Ok("over") => return over_benchmark(&rt),
+        Ok("top-n") => return top_n_benchmark(&rt),
+        _ => {}
     }
     println!("ohlc_5s: tickflow streaming engine vs DataFusion batch (1 core each, best of 5)");
     println!(
@@ -196,6 +249,7 @@ fn main() {
     }
 
     over_benchmark(&rt);
+    top_n_benchmark(&rt);
 
     // Checkpoint and restore of 100 k keys: open 5-second windows of 100 k symbols.
     let keys = 100_000;
