@@ -6,10 +6,13 @@
 
 use std::collections::HashMap;
 
-use arrow::array::ArrayRef;
-use arrow::datatypes::FieldRef;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, RecordBatch, UInt32Array};
+use arrow::datatypes::{Field, FieldRef};
 use arrow::row::{RowConverter, Rows, SortField};
 use datafusion::error::Result;
+use datafusion::physical_expr::PhysicalExpr;
 
 /// Dense numbering of distinct key tuples, in first-seen order.
 pub struct GroupKeys {
@@ -118,6 +121,25 @@ impl GroupKeys {
             _ => Ok(vec![]),
         }
     }
+}
+
+/// A dense number per distinct value of `exprs` over `batch` (hashed, so
+/// sorting and splitting by it compare integers, not keys), numbered in
+/// first-seen order; all zeros without expressions.
+pub fn dense_ids(exprs: &[Arc<dyn PhysicalExpr>], batch: &RecordBatch) -> Result<ArrayRef> {
+    let keys = exprs
+        .iter()
+        .map(|e| e.evaluate(batch)?.into_array(batch.num_rows()))
+        .collect::<Result<Vec<_>>>()?;
+    let fields: Vec<FieldRef> = keys
+        .iter()
+        .map(|k| Arc::new(Field::new("key", k.data_type().clone(), true)))
+        .collect();
+    let mut ids = Vec::new();
+    GroupKeys::new(&fields)?.intern(&keys, batch.num_rows(), &mut ids)?;
+    Ok(Arc::new(UInt32Array::from_iter_values(
+        ids.into_iter().map(|i| i as u32),
+    )))
 }
 
 #[cfg(test)]

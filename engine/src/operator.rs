@@ -8,15 +8,13 @@ use arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, RecordBatch, TimestampMillisecondArray, UInt32Array,
 };
 use arrow::compute::{SortColumn, cast, filter_record_batch, lexsort_to_indices, partition, take};
-use arrow::datatypes::{
-    DataType, Field, FieldRef, Schema, SchemaRef, TimeUnit, TimestampMillisecondType,
-};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit, TimestampMillisecondType};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::GroupsAccumulator;
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr};
 
-use super::keys::GroupKeys;
+use super::keys::dense_ids;
 use super::plan::{AggregateSpec, GroupSlot, RankStage, WindowedPlan, apply_steps};
 
 /// What a batch or a watermark step produced.
@@ -346,20 +344,7 @@ pub fn finish_rows(
 /// appended as columns.
 fn rank_rows(rank: &RankStage, batch: &RecordBatch) -> Result<RecordBatch> {
     let first = &rank.functions[0];
-    let keys = first
-        .partition_by()
-        .iter()
-        .map(|e| evaluate(e, batch))
-        .collect::<Result<Vec<_>>>()?;
-    let fields: Vec<FieldRef> = keys
-        .iter()
-        .map(|k| Arc::new(Field::new("key", k.data_type().clone(), true)))
-        .collect();
-    let mut ids = Vec::new();
-    GroupKeys::new(&fields)?.intern(&keys, batch.num_rows(), &mut ids)?;
-    let ids: ArrayRef = Arc::new(UInt32Array::from_iter_values(
-        ids.into_iter().map(|i| i as u32),
-    ));
+    let ids = dense_ids(first.partition_by(), batch)?;
     let mut sort = vec![SortColumn {
         values: Arc::clone(&ids),
         options: None,

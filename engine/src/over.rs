@@ -28,12 +28,12 @@ use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, UInt32Ar
 use arrow::compute::{
     SortColumn, concat_batches, filter_record_batch, lexsort_to_indices, partition, take,
 };
-use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::window::WindowExpr;
 
-use super::keys::GroupKeys;
+use super::keys::dense_ids;
 use super::operator::{
     OperatorMetrics, OperatorState, Output, RejectedRows, StreamOperator, apply_filter,
     check_state_layout, conform, evaluate, evaluate_rows, event_times,
@@ -191,7 +191,7 @@ impl OverOperator {
             .iter()
             .chain(std::iter::repeat_n(Some(false), ready.num_rows()))
             .collect();
-        let ids = self.partition_ids(&rows)?;
+        let ids = dense_ids(&self.plan.partition_by, &rows)?;
         let order = sort_indices(&ids, &rows, self.plan.event_time_index)?;
         let rows = take_rows(&rows, &order)?;
         let flags = take(&flags, &order, None)?.as_boolean().clone();
@@ -250,26 +250,6 @@ impl OverOperator {
         self.emitted = take(&now_emitted, &keep, None)?.as_boolean().clone();
         self.metrics.open_windows = self.buffer.num_rows() as u64;
         self.finish_step(&source, step, out)
-    }
-
-    /// A dense number per distinct partition key (hashed, so sorting and
-    /// splitting compare integers, not keys), numbered afresh each step.
-    fn partition_ids(&self, rows: &RecordBatch) -> Result<ArrayRef> {
-        let keys = self
-            .plan
-            .partition_by
-            .iter()
-            .map(|e| evaluate(e, rows))
-            .collect::<Result<Vec<_>>>()?;
-        let fields: Vec<FieldRef> = keys
-            .iter()
-            .map(|k| Arc::new(Field::new("key", k.data_type().clone(), true)))
-            .collect();
-        let mut ids = Vec::new();
-        GroupKeys::new(&fields)?.intern(&keys, rows.num_rows(), &mut ids)?;
-        Ok(Arc::new(UInt32Array::from_iter_values(
-            ids.into_iter().map(|i| i as u32),
-        )))
     }
 
     /// Whether the buffer holds rows waiting for following rows that the

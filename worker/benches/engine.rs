@@ -81,15 +81,7 @@ fn best_of<T>(runs: usize, mut f: impl FnMut() -> T) -> (Duration, T) {
 }
 
 fn engine_run(batches: &[RecordBatch]) -> usize {
-    let mut p = Pipeline::new(OHLC_5S, &Catalog::builtin(), &EngineConfig::default()).unwrap();
-    let mut out = Vec::new();
-    let mut rows = 0;
-    for b in batches {
-        p.push("market_ticks", 0, b, &mut out).unwrap();
-        rows += out.drain(..).map(|o| o.rows.num_rows()).sum::<usize>();
-    }
-    p.finish_partition("market_ticks", 0, &mut out).unwrap();
-    rows + out.drain(..).map(|o| o.rows.num_rows()).sum::<usize>()
+    stream_run(OHLC_5S, batches)
 }
 
 const BATCH_SQL: &str = "SELECT symbol, date_bin(INTERVAL '5 seconds', ts, TIMESTAMP '1970-01-01T00:00:00') AS window_start, \
@@ -99,14 +91,7 @@ const BATCH_SQL: &str = "SELECT symbol, date_bin(INTERVAL '5 seconds', ts, TIMES
     FROM market_ticks GROUP BY symbol, window_start";
 
 fn datafusion_run(rt: &tokio::runtime::Runtime, batches: &[RecordBatch]) -> usize {
-    rt.block_on(async {
-        let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
-        let schema = batches[0].schema();
-        let table = MemTable::try_new(schema, vec![batches.to_vec()]).unwrap();
-        ctx.register_table("market_ticks", Arc::new(table)).unwrap();
-        let out = ctx.sql(BATCH_SQL).await.unwrap().collect().await.unwrap();
-        out.iter().map(|b| b.num_rows()).sum()
-    })
+    datafusion_sql_run(rt, batches, BATCH_SQL)
 }
 
 /// The OVER query of the benchmark: LAG and a 20-row average per symbol.
@@ -116,16 +101,10 @@ const OVER_SQL: &str = "SELECT symbol, ts, price, \
     FROM market_ticks";
 
 fn over_engine_run(batches: &[RecordBatch]) -> usize {
-    let sql = format!("CREATE STREAM price_change AS {OVER_SQL};");
-    let mut p = Pipeline::new(&sql, &Catalog::builtin(), &EngineConfig::default()).unwrap();
-    let mut out = Vec::new();
-    let mut rows = 0;
-    for b in batches {
-        p.push("market_ticks", 0, b, &mut out).unwrap();
-        rows += out.drain(..).map(|o| o.rows.num_rows()).sum::<usize>();
-    }
-    p.finish_partition("market_ticks", 0, &mut out).unwrap();
-    rows + out.drain(..).map(|o| o.rows.num_rows()).sum::<usize>()
+    stream_run(
+        &format!("CREATE STREAM price_change AS {OVER_SQL};"),
+        batches,
+    )
 }
 
 fn datafusion_sql_run(rt: &tokio::runtime::Runtime, batches: &[RecordBatch], sql: &str) -> usize {

@@ -870,31 +870,51 @@ fn decompose_windowed(
     let having = having
         .map(|h| physical(state, h, agg_schema, def))
         .transpose()?;
-    if let Some((pre, post, window_node)) = ranking {
-        let rank = rank_stage(def, state, window_node, pre, post)?;
-        // The ranking sees the aggregate rows as they are.
-        let projection = agg_schema
-            .columns()
-            .iter()
-            .map(|c| physical(state, &Expr::Column(c.clone()), agg_schema, def))
-            .collect::<Result<Vec<_>, _>>()?;
-        let plan_out = nullable(plan.schema().as_arrow());
-        let windowed = WindowedPlan {
-            window,
-            event_time_index: source.event_time_index(),
-            filter,
-            keys,
-            key_fields,
-            group_layout,
-            aggregates,
-            aggregate_schema: nullable(agg.schema.as_arrow()),
-            having,
-            projection,
-            rank: Some(rank),
-        };
-        return Ok((StreamKind::Windowed(Box::new(windowed)), plan_out));
-    }
-    let proj = proj.expect("a projection when there is no ranking");
+    let (projection, output, rank) = match ranking {
+        Some((pre, post, window_node)) => {
+            // The ranking sees the aggregate rows as they are.
+            let identity = agg_schema
+                .columns()
+                .iter()
+                .map(|c| physical(state, &Expr::Column(c.clone()), agg_schema, def))
+                .collect::<Result<Vec<_>, _>>()?;
+            let rank = rank_stage(def, state, window_node, pre, post)?;
+            (identity, nullable(plan.schema().as_arrow()), Some(rank))
+        }
+        None => {
+            let proj = proj.expect("a projection when there is no ranking");
+            let (projection, output) = windowed_projection(def, state, proj)?;
+            (projection, output, None)
+        }
+    };
+    let plan = WindowedPlan {
+        window,
+        event_time_index: source.event_time_index(),
+        filter,
+        keys,
+        key_fields,
+        group_layout,
+        aggregates,
+        aggregate_schema: nullable(agg.schema.as_arrow()),
+        having,
+        projection,
+        rank,
+    };
+    Ok((StreamKind::Windowed(Box::new(plan)), output))
+}
+
+/// The SELECT list of a windowed aggregation, on aggregate rows; every
+/// windowed row carries its window bounds, added when not selected.
+fn windowed_projection(
+    def: &StreamDef,
+    state: &SessionState,
+    proj: &datafusion::logical_expr::logical_plan::Projection,
+) -> Result<(Vec<Arc<dyn PhysicalExpr>>, SchemaRef), EngineError> {
+    let plan_err = |message: String| EngineError::Plan {
+        stream: def.name.clone(),
+        line: def.line,
+        message,
+    };
     let proj_in = proj.input.schema();
     let mut projection = proj
         .expr
@@ -907,7 +927,6 @@ fn decompose_windowed(
         .iter()
         .map(|f| f.as_ref().clone())
         .collect();
-    // Every windowed row carries its window bounds.
     for name in [WINDOW_START, WINDOW_END] {
         if !out_fields.iter().any(|f| f.name() == name) {
             let col = Expr::Column(Column::new_unqualified(name));
@@ -927,21 +946,7 @@ fn decompose_windowed(
             )));
         }
     }
-    let output = nullable(&Schema::new(out_fields));
-    let plan = WindowedPlan {
-        window,
-        event_time_index: source.event_time_index(),
-        filter,
-        keys,
-        key_fields,
-        group_layout,
-        aggregates,
-        aggregate_schema: nullable(agg.schema.as_arrow()),
-        having,
-        projection,
-        rank: None,
-    };
-    Ok((StreamKind::Windowed(Box::new(plan)), output))
+    Ok((projection, nullable(&Schema::new(out_fields))))
 }
 
 /// The ranking of a window top-N: ROW_NUMBER, RANK or DENSE_RANK,
