@@ -80,32 +80,17 @@ fn best_of<T>(runs: usize, mut f: impl FnMut() -> T) -> (Duration, T) {
     (best, last.unwrap())
 }
 
-fn engine_run(batches: &[RecordBatch]) -> usize {
-    stream_run(OHLC_5S, batches)
-}
-
 const BATCH_SQL: &str = "SELECT symbol, date_bin(INTERVAL '5 seconds', ts, TIMESTAMP '1970-01-01T00:00:00') AS window_start, \
     first_value(price ORDER BY ts) AS open, max(price) AS high, min(price) AS low, \
     last_value(price ORDER BY ts) AS close, sum(volume) AS volume, \
     sum(price * volume) / sum(volume) AS vwap, count(*) AS tick_count \
     FROM market_ticks GROUP BY symbol, window_start";
 
-fn datafusion_run(rt: &tokio::runtime::Runtime, batches: &[RecordBatch]) -> usize {
-    datafusion_sql_run(rt, batches, BATCH_SQL)
-}
-
 /// The OVER query of the benchmark: LAG and a 20-row average per symbol.
 const OVER_SQL: &str = "SELECT symbol, ts, price, \
     (price - LAG(price) OVER (PARTITION BY symbol ORDER BY ts)) / LAG(price) OVER (PARTITION BY symbol ORDER BY ts) * 100 AS change_pct, \
     AVG(volume) OVER (PARTITION BY symbol ORDER BY ts ROWS BETWEEN 20 PRECEDING AND 1 PRECEDING) AS avg_prev_20 \
     FROM market_ticks";
-
-fn over_engine_run(batches: &[RecordBatch]) -> usize {
-    stream_run(
-        &format!("CREATE STREAM price_change AS {OVER_SQL};"),
-        batches,
-    )
-}
 
 fn datafusion_sql_run(rt: &tokio::runtime::Runtime, batches: &[RecordBatch], sql: &str) -> usize {
     rt.block_on(async {
@@ -144,25 +129,33 @@ fn stream_run(sql: &str, batches: &[RecordBatch]) -> usize {
     rows + out.drain(..).map(|o| o.rows.num_rows()).sum::<usize>()
 }
 
-/// Top-N: 4 M ticks in, three rows per window out.
-fn top_n_benchmark(rt: &tokio::runtime::Runtime) {
+/// One comparison table: `stream_sql` through the streaming pipeline and
+/// `batch_sql` in DataFusion over the same `events` ticks, for 8 and 1000
+/// symbols, best of `runs`; both must produce the same number of rows.
+fn compare(
+    rt: &tokio::runtime::Runtime,
+    title: &str,
+    events: usize,
+    runs: usize,
+    stream_sql: &str,
+    batch_sql: &str,
+) {
     println!(
-        "\ntop-N (volume per symbol and 5 s window, top 3): tickflow streaming engine vs DataFusion batch (1 core each, best of 3)"
+        "\n{title}: tickflow streaming engine vs DataFusion batch (1 core each, best of {runs})"
     );
     println!(
         "{:<10} {:>10} {:>16} {:>16} {:>8} {:>8}",
         "symbols", "events", "engine ev/s", "datafusion ev/s", "ratio", "rows"
     );
     for symbols in [8, 1000] {
-        let n = 4_000_000;
-        let batches = ticks(n, symbols);
-        let (t_engine, rows_engine) = best_of(3, || stream_run(TOP_N_STREAM, &batches));
-        let (t_df, rows_df) = best_of(3, || datafusion_sql_run(rt, &batches, TOP_N_BATCH));
-        assert_eq!(rows_engine, rows_df, "both keep three rows per window");
-        let e = n as f64 / t_engine.as_secs_f64();
-        let d = n as f64 / t_df.as_secs_f64();
+        let batches = ticks(events, symbols);
+        let (t_engine, rows_engine) = best_of(runs, || stream_run(stream_sql, &batches));
+        let (t_df, rows_df) = best_of(runs, || datafusion_sql_run(rt, &batches, batch_sql));
+        assert_eq!(rows_engine, rows_df, "{title}: both produce the same rows");
+        let e = events as f64 / t_engine.as_secs_f64();
+        let d = events as f64 / t_df.as_secs_f64();
         println!(
-            "{symbols:<10} {n:>10} {:>16.0} {:>16.0} {:>8.2} {rows_engine:>8}",
+            "{symbols:<10} {events:>10} {:>16.0} {:>16.0} {:>8.2} {rows_engine:>8}",
             e,
             d,
             e / d
@@ -170,30 +163,17 @@ fn top_n_benchmark(rt: &tokio::runtime::Runtime) {
     }
 }
 
+/// Top-N: 4 M ticks in, three rows per window out.
+fn top_n_benchmark(rt: &tokio::runtime::Runtime) {
+    let title = "top-N (volume per symbol and 5 s window, top 3)";
+    compare(rt, title, 4_000_000, 3, TOP_N_STREAM, TOP_N_BATCH);
+}
+
 /// OVER: every tick in, every tick out with its LAG and moving average.
 fn over_benchmark(rt: &tokio::runtime::Runtime) {
-    println!(
-        "\nOVER (LAG + 20-row AVG per symbol): tickflow streaming engine vs DataFusion batch (1 core each, best of 3)"
-    );
-    println!(
-        "{:<10} {:>10} {:>16} {:>16} {:>8} {:>8}",
-        "symbols", "events", "engine ev/s", "datafusion ev/s", "ratio", "rows"
-    );
-    for symbols in [8, 1000] {
-        let n = 2_000_000;
-        let batches = ticks(n, symbols);
-        let (t_engine, rows_engine) = best_of(3, || over_engine_run(&batches));
-        let (t_df, rows_df) = best_of(3, || datafusion_sql_run(rt, &batches, OVER_SQL));
-        assert_eq!(rows_engine, rows_df, "both compute a row per tick");
-        let e = n as f64 / t_engine.as_secs_f64();
-        let d = n as f64 / t_df.as_secs_f64();
-        println!(
-            "{symbols:<10} {n:>10} {:>16.0} {:>16.0} {:>8.2} {rows_engine:>8}",
-            e,
-            d,
-            e / d
-        );
-    }
+    let title = "OVER (LAG + 20-row AVG per symbol)";
+    let stream = format!("CREATE STREAM price_change AS {OVER_SQL};");
+    compare(rt, title, 2_000_000, 3, &stream, OVER_SQL);
 }
 
 fn main() {
@@ -206,27 +186,7 @@ fn main() {
         Ok("top-n") => return top_n_benchmark(&rt),
         _ => {}
     }
-    println!("ohlc_5s: tickflow streaming engine vs DataFusion batch (1 core each, best of 5)");
-    println!(
-        "{:<10} {:>10} {:>16} {:>16} {:>8} {:>8}",
-        "symbols", "events", "engine ev/s", "datafusion ev/s", "ratio", "rows"
-    );
-    for symbols in [8, 1000] {
-        let n = 4_000_000;
-        let batches = ticks(n, symbols);
-        let (t_engine, rows_engine) = best_of(5, || engine_run(&batches));
-        let (t_df, rows_df) = best_of(5, || datafusion_run(&rt, &batches));
-        assert_eq!(rows_engine, rows_df, "both compute the same bars");
-        let e = n as f64 / t_engine.as_secs_f64();
-        let d = n as f64 / t_df.as_secs_f64();
-        println!(
-            "{symbols:<10} {n:>10} {:>16.0} {:>16.0} {:>8.2} {rows_engine:>8}",
-            e,
-            d,
-            e / d
-        );
-    }
-
+    compare(&rt, "ohlc_5s", 4_000_000, 5, OHLC_5S, BATCH_SQL);
     over_benchmark(&rt);
     top_n_benchmark(&rt);
 
