@@ -166,7 +166,15 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 random_cluster_id() {
   # A Kafka Uuid: 16 random bytes, URL-safe base64 without padding (22 chars).
-  head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n'
+  # One id in 64 starts with '-', which kafka-storage's argument parser reads
+  # as an option ("--cluster-id: expected one argument"); Kafka's own
+  # Uuid.randomUuid() draws again in that case, and so do we.
+  local id
+  while :; do
+    id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
+    [[ "$id" == -* ]] || break
+  done
+  printf '%s' "$id"
 }
 
 # ---------------------------------------------------------------- start / stop
