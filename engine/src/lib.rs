@@ -177,7 +177,11 @@ pub struct StreamOutput {
 /// A running stream: its plan summary and operator.
 pub struct RunningStream {
     pub name: String,
-    pub source: String,
+    /// Source tables or earlier streams it reads (several for UNION ALL).
+    pub inputs: Vec<String>,
+    /// Whether a later stream reads it. Its rows then feed that stream and
+    /// reach an output only where one is bound to it by name.
+    pub intermediate: bool,
     pub emit: EmitMode,
     pub output_schema: SchemaRef,
     pub fingerprint: String,
@@ -188,11 +192,23 @@ pub struct RunningStream {
     /// message keys.
     pub key_columns: Vec<String>,
     operator: Box<dyn StreamOperator>,
+    /// The newest watermark of each input; the stream's own is their
+    /// minimum, so a UNION ALL never runs ahead of its slowest input.
+    input_watermarks: Vec<i64>,
 }
 
 impl RunningStream {
     pub fn metrics(&self) -> OperatorMetrics {
         self.operator.metrics()
+    }
+
+    /// The stream's watermark: the minimum of its inputs'.
+    pub fn watermark(&self) -> i64 {
+        self.input_watermarks
+            .iter()
+            .copied()
+            .min()
+            .unwrap_or(NO_WATERMARK)
     }
 }
 
@@ -211,12 +227,20 @@ pub struct EngineSnapshot {
     pub states: BTreeMap<String, RecordBatch>,
 }
 
-/// All streams of a SQL file, fed by their sources.
+/// All streams of a SQL file, fed by their sources and by each other: a
+/// DAG in file order (a stream reads only tables and earlier streams).
+///
+/// Rows a stream emits go at once to the streams that read it, before any
+/// watermark moves on; a watermark reaches a stream after its inputs have
+/// emitted what that watermark completes. So a later stream sees its
+/// input's rows exactly as if they came from a table with that watermark.
 pub struct Pipeline {
     /// The catalog the SQL was planned against, with its declarations.
     catalog: Catalog,
     streams: Vec<RunningStream>,
     sources: BTreeMap<String, SourceRuntime>,
+    /// Streams read by later streams, as inputs.
+    derived: BTreeMap<String, SourceDef>,
     bounds: EventTimeBounds,
     /// Refused rows not yet taken by the run loop.
     rejected: Vec<Rejected>,
@@ -235,12 +259,20 @@ impl Pipeline {
             catalog,
             streams: plans,
         } = planned;
-        let mut streams = Vec::new();
+        let mut streams: Vec<RunningStream> = Vec::new();
         let mut used = BTreeMap::new();
+        let mut derived: BTreeMap<String, SourceDef> = BTreeMap::new();
+        let read: std::collections::BTreeSet<String> = plans
+            .iter()
+            .flat_map(|p| p.inputs.iter().map(|i| i.to_ascii_lowercase()))
+            .collect();
         for p in plans {
-            let def = catalog.get(&p.source).expect("planner resolved the source");
-            used.entry(p.source.clone())
-                .or_insert_with(|| SourceRuntime {
+            for input in &p.inputs {
+                if derived.contains_key(&input.to_ascii_lowercase()) {
+                    continue;
+                }
+                let def = catalog.get(input).expect("planner resolved the input");
+                used.entry(input.clone()).or_insert_with(|| SourceRuntime {
                     def: def.clone(),
                     watermark: WatermarkTracker::new(
                         def.watermark_delay.unwrap_or(config.allowed_lateness),
@@ -249,13 +281,17 @@ impl Pipeline {
                     records_in: 0,
                     rejected: 0,
                 });
-            let key_columns: Vec<String> = match &p.kind {
-                StreamKind::Stateless(_) | StreamKind::Over(_) => def.key_columns.clone(),
-                StreamKind::Windowed(w) => w.key_fields.iter().map(|f| f.name().clone()).collect(),
             }
-            .into_iter()
-            .filter(|c| p.output_schema.index_of(c).is_ok())
-            .collect();
+            let first = &p.inputs[0];
+            let def = derived
+                .get(&first.to_ascii_lowercase())
+                .or_else(|| catalog.get(first))
+                .expect("planner resolved the input")
+                .clone();
+            let intermediate = read.contains(&p.name.to_ascii_lowercase());
+            if intermediate && let Ok(input) = &p.as_input {
+                derived.insert(p.name.to_ascii_lowercase(), input.clone());
+            }
             let (operator, windowed, window): (Box<dyn StreamOperator>, bool, _) = match p.kind {
                 StreamKind::Stateless(s) => (
                     Box::new(stateless::FilterProject::new(
@@ -295,13 +331,15 @@ impl Pipeline {
             };
             streams.push(RunningStream {
                 name: p.name,
-                source: p.source,
+                input_watermarks: vec![NO_WATERMARK; p.inputs.len()],
+                inputs: p.inputs,
+                intermediate,
                 emit: p.emit,
                 output_schema: p.output_schema,
                 fingerprint: p.fingerprint,
                 windowed,
                 window,
-                key_columns,
+                key_columns: p.key_columns,
                 operator,
             });
         }
@@ -309,6 +347,7 @@ impl Pipeline {
             catalog,
             streams,
             sources: used,
+            derived,
             bounds: config.event_time_bounds,
             rejected: Vec::new(),
         })
@@ -355,6 +394,15 @@ impl Pipeline {
     /// The catalog entry of a source the streams read.
     pub fn source(&self, name: &str) -> Option<&SourceDef> {
         self.sources.get(name).map(|s| &s.def)
+    }
+
+    /// What a stream's first input is: a source table or an earlier stream
+    /// (late rows of the stream have its columns).
+    pub fn input_def(&self, stream: &RunningStream) -> &SourceDef {
+        let first = &stream.inputs[0];
+        self.source(first)
+            .or_else(|| self.derived.get(&first.to_ascii_lowercase()))
+            .expect("every input is a source or an earlier stream")
     }
 
     /// Current watermark of a source.
@@ -415,25 +463,59 @@ impl Pipeline {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        for (i, s) in self
-            .streams
-            .iter_mut()
-            .enumerate()
-            .filter(|(_, s)| s.source == source)
-        {
-            let mut o = Output::default();
-            s.operator.on_batch(&batch, &mut o)?;
-            self.rejected.extend(o.rejected.drain(..).map(|r| Rejected {
-                source: source.to_string(),
-                stream: Some(s.name.clone()),
-                reason: RejectReason::Evaluation,
-                error: r.error,
-                rows: r.rows,
-            }));
-            collect(i, o, out);
-        }
         let wm = src.watermark.observe(partition, max_ts, Instant::now());
+        self.feed(source, &batch, out)?;
         self.advance(source, wm, out)
+    }
+
+    /// Hands `batch`, rows of table or stream `input`, to every stream that
+    /// reads it, and what those emit to the streams that read them.
+    fn feed(
+        &mut self,
+        input: &str,
+        batch: &RecordBatch,
+        out: &mut Vec<StreamOutput>,
+    ) -> Result<(), EngineError> {
+        for i in 0..self.streams.len() {
+            for k in 0..self.streams[i].inputs.len() {
+                if self.streams[i].inputs[k] != input {
+                    continue;
+                }
+                let s = &mut self.streams[i];
+                let mut o = Output::default();
+                s.operator.on_input_batch(k, batch, &mut o)?;
+                self.rejected.extend(o.rejected.drain(..).map(|r| Rejected {
+                    source: input.to_string(),
+                    stream: Some(s.name.clone()),
+                    reason: RejectReason::Evaluation,
+                    error: r.error,
+                    rows: r.rows,
+                }));
+                self.emit(i, o, out)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Passes a stream's output on: to the run loop, and to the streams
+    /// that read it.
+    fn emit(
+        &mut self,
+        stream: usize,
+        o: Output,
+        out: &mut Vec<StreamOutput>,
+    ) -> Result<(), EngineError> {
+        let downstream = if self.streams[stream].intermediate {
+            o.rows.clone()
+        } else {
+            Vec::new()
+        };
+        collect(stream, o, out);
+        let name = self.streams[stream].name.clone();
+        for rows in downstream {
+            self.feed(&name, &rows, out)?;
+        }
+        Ok(())
     }
 
     /// Source rows refused since the last call: out of the event-time
@@ -476,21 +558,35 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Moves the watermark of table or stream `input` to `watermark`, and
+    /// with it those of the streams that read it (each the minimum of its
+    /// inputs'), each after its inputs have emitted what it completes.
     fn advance(
         &mut self,
-        source: &str,
+        input: &str,
         watermark: i64,
         out: &mut Vec<StreamOutput>,
     ) -> Result<(), EngineError> {
-        for (i, s) in self
-            .streams
-            .iter_mut()
-            .enumerate()
-            .filter(|(_, s)| s.source == source)
-        {
+        for i in 0..self.streams.len() {
+            let s = &mut self.streams[i];
+            let mut reads = false;
+            for (name, wm) in s.inputs.iter().zip(s.input_watermarks.iter_mut()) {
+                if name == input {
+                    *wm = (*wm).max(watermark);
+                    reads = true;
+                }
+            }
+            if !reads {
+                continue;
+            }
+            let own = s.watermark();
             let mut o = Output::default();
-            s.operator.on_watermark(watermark, &mut o)?;
-            collect(i, o, out);
+            s.operator.on_watermark(own, &mut o)?;
+            self.emit(i, o, out)?;
+            if self.streams[i].intermediate {
+                let name = self.streams[i].name.clone();
+                self.advance(&name, own, out)?;
+            }
         }
         Ok(())
     }
@@ -503,7 +599,11 @@ impl Pipeline {
             let st = s.operator.snapshot()?;
             streams.insert(
                 s.name.clone(),
-                serde_json::json!({ "fingerprint": s.fingerprint, "operator": st.meta }),
+                serde_json::json!({
+                    "fingerprint": s.fingerprint,
+                    "operator": st.meta,
+                    "input_watermarks": s.input_watermarks,
+                }),
             );
             if let Some(b) = st.batch {
                 states.insert(s.name.clone(), b);
@@ -552,6 +652,15 @@ impl Pipeline {
                     meta: st["operator"].clone(),
                     batch: snapshot.states.remove(&s.name),
                 })?;
+                // Checkpoints before UNION ALL lack these; a stream with one
+                // input gets its watermark from the source's on the next step.
+                if let Some(marks) = st["input_watermarks"].as_array()
+                    && marks.len() == s.input_watermarks.len()
+                {
+                    for (wm, saved) in s.input_watermarks.iter_mut().zip(marks) {
+                        *wm = saved.as_i64().unwrap_or(NO_WATERMARK);
+                    }
+                }
             }
         }
         if let Some(sources) = snapshot.meta["sources"].as_object() {

@@ -63,6 +63,17 @@ pub struct OperatorMetrics {
 pub trait StreamOperator: Send {
     /// Consumes one batch of source rows.
     fn on_batch(&mut self, batch: &RecordBatch, out: &mut Output) -> Result<()>;
+    /// Consumes one batch of the stream's input number `input` (a UNION ALL
+    /// reads several); streams with one input take it in [`on_batch`](Self::on_batch).
+    fn on_input_batch(
+        &mut self,
+        input: usize,
+        batch: &RecordBatch,
+        out: &mut Output,
+    ) -> Result<()> {
+        debug_assert_eq!(input, 0, "a stream with one input");
+        self.on_batch(batch, out)
+    }
     /// The source watermark moved to `watermark`: emit what it completes.
     fn on_watermark(&mut self, watermark: i64, out: &mut Output) -> Result<()>;
     /// A copy of the state; the operator carries on unchanged.

@@ -1,5 +1,5 @@
 //! Stateless streams: `SELECT … FROM source WHERE …` (also through
-//! subqueries and CTEs), row by row.
+//! subqueries and CTEs) and UNION ALL of such SELECTs, row by row.
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
@@ -26,10 +26,19 @@ impl FilterProject {
 
 impl StreamOperator for FilterProject {
     fn on_batch(&mut self, batch: &RecordBatch, out: &mut Output) -> Result<()> {
+        self.on_input_batch(0, batch, out)
+    }
+
+    fn on_input_batch(
+        &mut self,
+        input: usize,
+        batch: &RecordBatch,
+        out: &mut Output,
+    ) -> Result<()> {
         self.metrics.rows_in += batch.num_rows() as u64;
-        let (plan, schema) = (&self.plan, &self.output_schema);
+        let (steps, schema) = (&self.plan.branches[input], &self.output_schema);
         let eval = |batch: &RecordBatch| -> Result<Option<RecordBatch>> {
-            let rows = apply_steps(&plan.steps, batch, schema)?;
+            let rows = apply_steps(steps, batch, schema)?;
             Ok((rows.num_rows() > 0).then_some(rows))
         };
         let metrics = &mut self.metrics;

@@ -47,7 +47,7 @@ pub fn check(spec: &StreamQuerySpec, sql: &str) -> Result<CheckedQuery, String> 
             ));
         }
     }
-    let used: BTreeSet<&str> = plans.iter().map(|p| p.source.as_str()).collect();
+    let used: BTreeSet<&str> = planned.tables_read();
     let mut inputs = Vec::new();
     let mut formats = BTreeSet::new();
     for table in used {
@@ -78,16 +78,17 @@ pub fn check(spec: &StreamQuerySpec, sql: &str) -> Result<CheckedQuery, String> 
         Some("json") => Format::Json,
         _ => Format::Avro,
     };
+    // A stream other streams read (an intermediate one) writes a topic
+    // only when a sink names it.
     let outputs = streams
         .iter()
-        .map(|s| {
-            let topic = spec
-                .sinks
-                .iter()
-                .find(|k| &k.stream == s)
-                .map(|k| k.topic.clone())
-                .unwrap_or_else(|| output_topic(s));
-            (s.clone(), topic)
+        .filter_map(|s| {
+            match spec.sinks.iter().find(|k| &k.stream == s) {
+                Some(k) => Some(k.topic.clone()),
+                None if planned.is_read_by_streams(s) => None,
+                None => Some(output_topic(s)),
+            }
+            .map(|topic| (s.clone(), topic))
         })
         .collect();
     Ok(CheckedQuery {

@@ -9,6 +9,7 @@
 //! logical plan is taken apart into filter → keys + aggregates → HAVING →
 //! projection.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef, TimeUnit};
@@ -37,6 +38,7 @@ use super::window::WindowSpec;
 
 mod over;
 mod steps;
+mod union;
 
 pub use steps::{RowStep, apply_steps};
 
@@ -49,11 +51,19 @@ pub const WINDOW_END: &str = "window_end";
 #[derive(Debug)]
 pub struct StreamPlan {
     pub name: String,
-    /// Source table this stream reads.
-    pub source: String,
+    /// What the stream reads: source tables or earlier streams of the same
+    /// file, by catalog name. One, except for a UNION ALL (one per branch,
+    /// in branch order; a name may repeat).
+    pub inputs: Vec<String>,
     pub emit: EmitMode,
     /// Schema of the rows the stream emits.
     pub output_schema: SchemaRef,
+    /// Output columns that identify a result row's group (the GROUP BY
+    /// keys; the input's key columns a stateless stream passes through).
+    pub key_columns: Vec<String>,
+    /// The stream's rows as an input of later streams, or why later
+    /// streams cannot read them.
+    pub as_input: Result<SourceDef, String>,
     /// Changes whenever the state layout or semantics change.
     pub fingerprint: String,
     pub kind: StreamKind,
@@ -67,11 +77,12 @@ pub enum StreamKind {
     Over(Box<crate::over::OverPlan>),
 }
 
-/// Row-wise steps over source rows: WHERE, projections, and those of
-/// subqueries and CTEs.
+/// Row-wise steps over input rows: WHERE, projections, and those of
+/// subqueries and CTEs. One list per input (UNION ALL branches), each
+/// ending in the stream's output columns.
 #[derive(Debug)]
 pub struct StatelessPlan {
-    pub steps: Vec<RowStep>,
+    pub branches: Vec<Vec<RowStep>>,
 }
 
 /// Where each GROUP BY column of the aggregate output comes from.
@@ -134,11 +145,48 @@ pub struct RankStage {
 }
 
 /// A planned SQL file: the catalog its streams were planned against (the
-/// given one plus the file's `CREATE TABLE` declarations) and the streams.
+/// given one plus the file's `CREATE TABLE` declarations) and the streams,
+/// in file order (a stream reads only tables and earlier streams).
 #[derive(Debug)]
 pub struct PlannedSql {
     pub catalog: Catalog,
     pub streams: Vec<StreamPlan>,
+}
+
+impl PlannedSql {
+    /// The source tables the streams read (not the streams they read).
+    pub fn tables_read(&self) -> std::collections::BTreeSet<&str> {
+        self.streams
+            .iter()
+            .flat_map(|p| &p.inputs)
+            .filter(|i| !self.streams.iter().any(|s| s.name.eq_ignore_ascii_case(i)))
+            .map(String::as_str)
+            .collect()
+    }
+
+    /// Whether a later stream reads stream `name` (an intermediate stream
+    /// gets an output only where one is bound to it).
+    pub fn is_read_by_streams(&self, name: &str) -> bool {
+        self.streams
+            .iter()
+            .flat_map(|p| &p.inputs)
+            .any(|i| i.eq_ignore_ascii_case(name))
+            && self
+                .streams
+                .iter()
+                .any(|s| s.name.eq_ignore_ascii_case(name))
+    }
+}
+
+/// What a stream can read while it is planned: the tables, the earlier
+/// streams later ones can read, and why the others cannot be read.
+struct Scope<'a> {
+    /// Tables and readable earlier streams.
+    inputs: Catalog,
+    /// Earlier streams that cannot be read, with the reason.
+    unreadable: BTreeMap<String, String>,
+    /// Every stream of the file, in lower case (to say "defined later").
+    all_streams: &'a [String],
 }
 
 /// Plans every stream of a SQL file, after adding its table declarations
@@ -172,17 +220,48 @@ pub fn plan_sql(sql: &str, catalog: &Catalog) -> Result<PlannedSql, EngineError>
                 message: e.to_string(),
             })?;
         }
-        let streams = script
+        let all_streams: Vec<String> = script
             .streams
             .iter()
-            .map(|d| plan_stream(d, &catalog))
-            .collect::<Result<_, _>>()?;
+            .map(|d| d.name.to_ascii_lowercase())
+            .collect();
+        let mut scope = Scope {
+            inputs: catalog.clone(),
+            unreadable: BTreeMap::new(),
+            all_streams: &all_streams,
+        };
+        let mut streams = Vec::new();
+        for d in &script.streams {
+            if catalog.get(&d.name).is_some() {
+                return Err(EngineError::Sql {
+                    line: d.line,
+                    column: 1,
+                    message: format!(
+                        "stream `{}` has the name of a source table; name it differently",
+                        d.name
+                    ),
+                });
+            }
+            let plan = plan_stream(d, &scope)?;
+            match &plan.as_input {
+                Ok(input) => scope
+                    .inputs
+                    .register(input.clone())
+                    .expect("a stream's event-time column is checked when planned"),
+                Err(why) => {
+                    scope
+                        .unreadable
+                        .insert(plan.name.to_ascii_lowercase(), why.clone());
+                }
+            }
+            streams.push(plan);
+        }
         Ok(PlannedSql { catalog, streams })
     })
 }
 
-/// Plans one stream.
-pub fn plan_stream(def: &StreamDef, catalog: &Catalog) -> Result<StreamPlan, EngineError> {
+/// Plans one stream against what it can read.
+fn plan_stream(def: &StreamDef, scope: &Scope) -> Result<StreamPlan, EngineError> {
     let ctx_err = |message: String| EngineError::Plan {
         stream: def.name.clone(),
         line: def.line,
@@ -199,15 +278,16 @@ pub fn plan_stream(def: &StreamDef, catalog: &Catalog) -> Result<StreamPlan, Eng
     let Statement::Query(mut query) = statements.remove(0) else {
         return Err(ctx_err("expected a SELECT after `AS`".into()));
     };
-    let source = check_supported_shape(def, &query, catalog)?;
+    let sources = check_supported_shape(def, &query, scope)?;
+    let source = sources[0];
+    let is_union = matches!(query.body.as_ref(), SetExpr::SetOperation { .. });
 
-    // Take the window call out of GROUP BY, put the window columns in its place.
     // Take the window call out of GROUP BY (of the query, or of the
     // subquery or CTE a top-N ranks), put the window columns in its place.
     let mut window = None;
     rewrite_window_calls(def, &mut query, source, &mut window)?;
 
-    let state = planning_state(source, window.is_some())?;
+    let state = planning_state(&sources, window.is_some())?;
     let logical = futures::executor::block_on(
         state.statement_to_plan(DfStatement::Statement(Box::new(Statement::Query(query)))),
     )
@@ -232,18 +312,92 @@ pub fn plan_stream(def: &StreamDef, catalog: &Catalog) -> Result<StreamPlan, Eng
             "a window top-N ranks each window once it is complete: use EMIT ON WINDOW CLOSE".into(),
         ));
     }
-    let (kind, output_schema) = match window {
-        None if has_window_node(&logical) => over::decompose_over(def, &state, &logical, source)?,
-        None => decompose_stateless(def, &state, &logical)?,
-        Some(w) => decompose_windowed(def, &state, &logical, w, source)?,
+    let (kind, output_schema, inputs) = match window {
+        _ if is_union || matches!(query_body(&logical), LogicalPlan::Union(_)) => {
+            union::decompose_union(def, &state, &logical, &sources)?
+        }
+        None if has_window_node(&logical) => {
+            let (kind, schema) = over::decompose_over(def, &state, &logical, source)?;
+            (kind, schema, vec![source.name.clone()])
+        }
+        None => {
+            let (kind, schema) = decompose_stateless(def, &state, &logical)?;
+            (kind, schema, vec![source.name.clone()])
+        }
+        Some(w) => {
+            let (kind, schema) = decompose_windowed(def, &state, &logical, w, source)?;
+            (kind, schema, vec![source.name.clone()])
+        }
     };
+    let key_columns: Vec<String> = match &kind {
+        StreamKind::Stateless(_) | StreamKind::Over(_) => source.key_columns.clone(),
+        StreamKind::Windowed(w) => w.key_fields.iter().map(|f| f.name().clone()).collect(),
+    }
+    .into_iter()
+    .filter(|c| output_schema.index_of(c).is_ok())
+    .collect();
+    let as_input = as_input(def, &kind, emit, source, &output_schema, &key_columns);
     Ok(StreamPlan {
         name: def.name.clone(),
-        source: source.name.clone(),
+        inputs,
         emit,
         output_schema,
+        key_columns,
+        as_input,
         fingerprint,
         kind,
+    })
+}
+
+/// The plan below the projections, filters and aliases at its top.
+fn query_body(plan: &LogicalPlan) -> &LogicalPlan {
+    match plan {
+        LogicalPlan::Projection(p) => query_body(&p.input),
+        LogicalPlan::Filter(f) => query_body(&f.input),
+        LogicalPlan::SubqueryAlias(a) => query_body(&a.input),
+        other => other,
+    }
+}
+
+/// A stream's rows as the input of later streams. Their event time is the
+/// input's event-time column, kept under its name; for a windowed stream,
+/// `window_end` (rows are emitted when the watermark passes it, so it is
+/// never behind the watermark later streams see).
+fn as_input(
+    def: &StreamDef,
+    kind: &StreamKind,
+    emit: EmitMode,
+    source: &SourceDef,
+    output: &SchemaRef,
+    key_columns: &[String],
+) -> Result<SourceDef, String> {
+    let event_time = match kind {
+        StreamKind::Windowed(_) if emit == EmitMode::Changes => {
+            return Err(
+                "it emits changes (EMIT CHANGES), and later streams read only final rows".into(),
+            );
+        }
+        StreamKind::Windowed(_) => WINDOW_END.to_string(),
+        StreamKind::Stateless(_) | StreamKind::Over(_) => source.event_time.clone(),
+    };
+    match output.field_with_name(&event_time) {
+        Ok(f) if matches!(f.data_type(), DataType::Timestamp(..)) => {}
+        _ => {
+            return Err(format!(
+                "its rows do not carry the event-time column `{event_time}`; select it to read the stream"
+            ));
+        }
+    }
+    Ok(SourceDef {
+        name: def.name.clone(),
+        schema: Arc::clone(output),
+        event_time,
+        key_columns: key_columns.to_vec(),
+        topic: super::catalog::output_topic(&def.name),
+        format: super::catalog::SourceFormat::Json,
+        avro_schema: None,
+        watermark_delay: None,
+        declared_at: Some(def.line),
     })
 }
 
@@ -291,11 +445,13 @@ fn rewrite_window_calls(
 }
 
 /// Rejects SQL the streaming engine cannot run yet, with its position.
+/// Returns what the query reads: one table or stream, or one per UNION ALL
+/// branch (distinct).
 fn check_supported_shape<'a>(
     def: &StreamDef,
     query: &ast::Query,
-    catalog: &'a Catalog,
-) -> Result<&'a SourceDef, EngineError> {
+    scope: &'a Scope,
+) -> Result<Vec<&'a SourceDef>, EngineError> {
     if let Some(order_by) = &query.order_by {
         return Err(unsupported(
             def,
@@ -310,20 +466,112 @@ fn check_supported_shape<'a>(
             "LIMIT on an unbounded stream is not supported",
         ));
     }
-    let select = match query.body.as_ref() {
-        SetExpr::Select(s) => s,
+    let mut selects = Vec::new();
+    union_all_branches(def, query.body.as_ref(), &mut selects)?;
+    for select in &selects {
+        check_select(def, select)?;
+        if selects.len() > 1
+            && !matches!(&select.group_by, GroupByExpr::Expressions(e, _) if e.is_empty())
+        {
+            return Err(unsupported(
+                def,
+                *select,
+                "a UNION ALL branch must filter or project one table or stream; aggregate in a stream of its own and union the streams",
+            ));
+        }
+    }
+    let names = source_tables(def, query, selects.len() > 1)?;
+    names
+        .iter()
+        .map(|name| resolve_input(def, name, scope))
+        .collect()
+}
+
+/// The SELECTs of `body`: itself, or the branches of a UNION ALL.
+fn union_all_branches<'q>(
+    def: &StreamDef,
+    body: &'q SetExpr,
+    out: &mut Vec<&'q ast::Select>,
+) -> Result<(), EngineError> {
+    match body {
+        SetExpr::Select(s) => out.push(s),
+        SetExpr::Query(q)
+            if q.order_by.is_none() && q.limit_clause.is_none() && q.with.is_none() =>
+        {
+            union_all_branches(def, q.body.as_ref(), out)?
+        }
+        SetExpr::SetOperation {
+            op: ast::SetOperator::Union,
+            set_quantifier: ast::SetQuantifier::All,
+            left,
+            right,
+        } => {
+            union_all_branches(def, left, out)?;
+            union_all_branches(def, right, out)?;
+        }
+        SetExpr::SetOperation {
+            op: ast::SetOperator::Union,
+            ..
+        } => {
+            return Err(unsupported(
+                def,
+                body,
+                "UNION without ALL would keep every row seen to drop duplicates; use UNION ALL",
+            ));
+        }
         other => {
             return Err(unsupported(
                 def,
                 other,
-                "only a single SELECT is supported (UNION, INTERSECT, EXCEPT and VALUES are not supported yet)",
+                "only SELECT and UNION ALL are supported (INTERSECT, EXCEPT and VALUES are not)",
             ));
         }
+    }
+    Ok(())
+}
+
+/// The catalog entry of an input, or why it cannot be read.
+fn resolve_input<'a>(
+    def: &StreamDef,
+    name: &ast::ObjectName,
+    scope: &'a Scope,
+) -> Result<&'a SourceDef, EngineError> {
+    let table = name.to_string();
+    let lower = table.to_ascii_lowercase();
+    let at = |message: String| EngineError::Sql {
+        line: name.span().start.line as usize,
+        column: name.span().start.column as usize,
+        message,
     };
+    if let Some(def) = scope.inputs.get(&table) {
+        return Ok(def);
+    }
+    if let Some(why) = scope.unreadable.get(&lower) {
+        return Err(at(format!(
+            "stream `{}` cannot read stream `{table}`: {why}",
+            def.name
+        )));
+    }
+    if scope.all_streams.contains(&lower) {
+        return Err(at(format!(
+            "stream `{}` reads stream `{table}`, which is defined after it (or is itself); a stream reads only streams defined before it",
+            def.name
+        )));
+    }
+    Err(at(format!(
+        "stream `{}`: unknown source table `{table}` (known: {})",
+        def.name,
+        scope.inputs.names().join(", ")
+    )))
+}
+
+/// One SELECT of a stream: one FROM item, no JOIN, no OVER next to GROUP BY
+/// (other than a window top-N's ranking).
+fn check_select(def: &StreamDef, select: &ast::Select) -> Result<(), EngineError> {
     if select.from.len() != 1 {
         return Err(unsupported(
             def,
-            select.as_ref(),
+            select,
             "a stream reads from exactly one source table",
         ));
     }
@@ -341,8 +589,6 @@ fn check_supported_shape<'a>(
             "FROM must name a source table, a CTE or a subquery",
         ));
     }
-    let name = source_table(def, query)?;
-    let table = name.to_string();
     let grouped = !matches!(&select.group_by, GroupByExpr::Expressions(e, _) if e.is_empty());
     for item in &select.projection {
         if let ast::SelectItem::UnnamedExpr(e) | ast::SelectItem::ExprWithAlias { expr: e, .. } =
@@ -360,22 +606,16 @@ fn check_supported_shape<'a>(
             });
         }
     }
-    catalog.get(&table).ok_or_else(|| {
-        let known = catalog.names();
-        EngineError::Sql {
-            line: name.span().start.line as usize,
-            column: name.span().start.column as usize,
-            message: format!(
-                "stream `{}`: unknown source table `{table}` (known: {})",
-                def.name,
-                known.join(", ")
-            ),
-        }
-    })
+    Ok(())
 }
 
-/// The one source table a query reads, through its CTEs and subqueries.
-fn source_table(def: &StreamDef, query: &ast::Query) -> Result<ast::ObjectName, EngineError> {
+/// The tables and streams a query reads, through its CTEs and subqueries:
+/// exactly one, or (a UNION ALL, `several`) one or more.
+fn source_tables(
+    def: &StreamDef,
+    query: &ast::Query,
+    several: bool,
+) -> Result<Vec<ast::ObjectName>, EngineError> {
     use std::ops::ControlFlow;
     let mut ctes = std::collections::HashSet::new();
     collect_cte_names(query, &mut ctes);
@@ -391,15 +631,14 @@ fn source_table(def: &StreamDef, query: &ast::Query) -> Result<ast::ObjectName, 
         }
         ControlFlow::<()>::Continue(())
     });
-    let mut tables = tables.into_iter();
-    match (tables.next(), tables.next()) {
-        (Some(one), None) => Ok(one),
-        (None, _) => Err(unsupported(def, query, "the query reads no source table")),
-        (Some(_), Some(second)) => Err(unsupported(
+    match tables.as_slice() {
+        [] => Err(unsupported(def, query, "the query reads no source table")),
+        [_, second, ..] if !several => Err(unsupported(
             def,
-            &second,
-            "a stream reads from exactly one source table (joins are not supported yet)",
+            second,
+            "a stream reads from exactly one source table or stream (joins are not supported yet; UNION ALL merges streams)",
         )),
+        _ => Ok(tables),
     }
 }
 
@@ -607,18 +846,21 @@ pub(crate) fn interval_ms(e: &ast::Expr) -> Result<i64, String> {
     Ok(ms as i64)
 }
 
-/// A DataFusion session that knows the source table (plus window columns).
-fn planning_state(source: &SourceDef, windowed: bool) -> Result<SessionState, EngineError> {
-    let mut fields: Vec<FieldRef> = source.schema.fields().iter().cloned().collect();
-    if windowed {
-        let ts = DataType::Timestamp(TimeUnit::Millisecond, None);
-        fields.push(Arc::new(Field::new(WINDOW_START, ts.clone(), false)));
-        fields.push(Arc::new(Field::new(WINDOW_END, ts, false)));
-    }
-    let schema = Arc::new(Schema::new(fields));
+/// A DataFusion session that knows the inputs (plus, for a windowed
+/// stream, the window columns).
+fn planning_state(sources: &[&SourceDef], windowed: bool) -> Result<SessionState, EngineError> {
     let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
-    let table = MemTable::try_new(schema, vec![vec![]])?;
-    ctx.register_table(source.name.as_str(), Arc::new(table))?;
+    for source in sources {
+        let mut fields: Vec<FieldRef> = source.schema.fields().iter().cloned().collect();
+        if windowed {
+            let ts = DataType::Timestamp(TimeUnit::Millisecond, None);
+            fields.push(Arc::new(Field::new(WINDOW_START, ts.clone(), false)));
+            fields.push(Arc::new(Field::new(WINDOW_END, ts, false)));
+        }
+        let schema = Arc::new(Schema::new(fields));
+        let table = MemTable::try_new(schema, vec![vec![]])?;
+        ctx.register_table(source.name.as_str(), Arc::new(table))?;
+    }
     Ok(ctx.state())
 }
 
@@ -754,7 +996,12 @@ fn decompose_stateless(
     }
     expect_scan(def, below)?;
     let output = nullable(plan.schema().as_arrow());
-    Ok((StreamKind::Stateless(StatelessPlan { steps }), output))
+    Ok((
+        StreamKind::Stateless(StatelessPlan {
+            branches: vec![steps],
+        }),
+        output,
+    ))
 }
 
 fn decompose_windowed(
@@ -1208,18 +1455,104 @@ mod tests {
     }
 
     #[test]
+    fn streams_read_earlier_streams() {
+        let p = plan(
+            "CREATE STREAM moves AS SELECT symbol, ts, price FROM market_ticks WHERE price > 0;\n\
+             CREATE STREAM bars AS SELECT symbol, MAX(price) AS high FROM moves \
+             GROUP BY symbol, TUMBLE(ts, INTERVAL '1' SECOND);\n\
+             CREATE STREAM wide AS SELECT symbol, high FROM bars WHERE high > 100;",
+        )
+        .unwrap();
+        assert_eq!(p[1].inputs, ["moves"]);
+        assert_eq!(p[2].inputs, ["bars"]);
+        let moves = p[0].as_input.as_ref().unwrap();
+        assert_eq!(
+            (moves.event_time.as_str(), moves.key_columns.as_slice()),
+            ("ts", &["symbol".to_string()][..])
+        );
+        // A windowed stream's rows are timed by their window's end.
+        assert_eq!(p[1].as_input.as_ref().unwrap().event_time, "window_end");
+        // `wide` drops `window_end`, its event time: nothing can read it,
+        // which is only an error for a stream that tries.
+        assert!(p[2].as_input.is_err());
+    }
+
+    #[test]
+    fn union_all_merges_tables_and_streams() {
+        let p = plan(
+            "CREATE STREAM big AS SELECT symbol, ts, CAST(volume AS INT) AS size FROM market_ticks WHERE volume > 900;\n\
+             CREATE STREAM merged AS SELECT symbol, ts, size FROM big \
+             UNION ALL SELECT symbol, ts, quantity AS size FROM order_events WHERE quantity > 100 \
+             UNION ALL SELECT symbol, ts, CAST(volume AS INT) FROM market_ticks WHERE volume < 2;",
+        )
+        .unwrap();
+        assert_eq!(p[1].inputs, ["big", "order_events", "market_ticks"]);
+        let StreamKind::Stateless(s) = &p[1].kind else {
+            panic!("a row-by-row stream")
+        };
+        assert_eq!(s.branches.len(), 3);
+        // Names come from the first branch; INT and BIGINT coerce to BIGINT.
+        let size = p[1].output_schema.field_with_name("size").unwrap();
+        assert_eq!(size.data_type(), &DataType::Int64);
+        assert_eq!(p[1].as_input.as_ref().unwrap().event_time, "ts");
+    }
+
+    #[test]
+    fn clear_errors_for_streams_that_cannot_be_read() {
+        let err = |sql: &str| plan(sql).unwrap_err().to_string();
+        let e = err(
+            "CREATE STREAM a AS SELECT * FROM b;\nCREATE STREAM b AS SELECT * FROM market_ticks;",
+        );
+        assert!(
+            e.contains("defined after it") && e.contains("line 1"),
+            "{e}"
+        );
+        let e = err(
+            "CREATE STREAM a AS SELECT symbol, COUNT(*) AS n FROM market_ticks \
+             GROUP BY symbol, TUMBLE(ts, INTERVAL '1' SECOND) EMIT CHANGES;\n\
+             CREATE STREAM b AS SELECT * FROM a;",
+        );
+        assert!(
+            e.contains("cannot read stream `a`") && e.contains("EMIT CHANGES"),
+            "{e}"
+        );
+        let e = err(
+            "CREATE STREAM a AS SELECT symbol, price FROM market_ticks;\n\
+             CREATE STREAM b AS SELECT symbol, COUNT(*) AS n FROM a GROUP BY symbol, TUMBLE(ts, INTERVAL '1' SECOND);",
+        );
+        assert!(
+            e.contains("event-time column `ts`") && e.contains("line 2"),
+            "{e}"
+        );
+        let e = err("CREATE STREAM market_ticks AS SELECT * FROM order_events;");
+        assert!(e.contains("name of a source table"), "{e}");
+        let e = err(
+            "CREATE STREAM u AS SELECT symbol FROM market_ticks UNION SELECT symbol FROM order_events;",
+        );
+        assert!(e.contains("use UNION ALL"), "{e}");
+        let e = err(
+            "CREATE STREAM u AS SELECT symbol, COUNT(*) AS n FROM market_ticks GROUP BY symbol, TUMBLE(ts, INTERVAL '1' SECOND) \
+             UNION ALL SELECT symbol, quantity FROM order_events;",
+        );
+        assert!(e.contains("UNION ALL branch"), "{e}");
+        let e = err(
+            "CREATE STREAM u AS SELECT symbol, price FROM market_ticks UNION ALL SELECT symbol FROM order_events;",
+        );
+        assert!(e.contains("u"), "{e}");
+    }
+
+    #[test]
     fn ctes_and_subqueries_become_row_steps() {
         let p = plan(
             "CREATE STREAM s AS WITH q AS (SELECT symbol, ask - bid AS spread FROM market_ticks)\n\
              SELECT symbol, spread FROM (SELECT * FROM q WHERE spread > 0.01) AS w WHERE symbol <> 'X';",
         )
         .unwrap();
-        assert_eq!(p[0].source, "market_ticks");
+        assert_eq!(p[0].inputs, ["market_ticks"]);
         let StreamKind::Stateless(s) = &p[0].kind else {
             panic!("a row-by-row stream")
         };
-        let kinds: Vec<&str> = s
-            .steps
+        let kinds: Vec<&str> = s.branches[0]
             .iter()
             .map(|s| match s {
                 RowStep::Filter(_) => "filter",

@@ -22,7 +22,7 @@ use crate::operator::{apply_filter, conform, evaluate};
 use crate::sql::StreamDef;
 
 /// One row-wise step.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum RowStep {
     /// Keeps the rows the predicate is true for.
     Filter(Arc<dyn PhysicalExpr>),

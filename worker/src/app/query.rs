@@ -148,6 +148,8 @@ fn outputs(opts: &QueryOptions, pipeline: &Pipeline) -> anyhow::Result<Vec<FileO
     for s in streams {
         let path = match opts.outputs.iter().find(|(n, _)| n == &s.name) {
             Some((_, p)) => p.clone(),
+            // A stream other streams read gets a file only where bound.
+            None if s.intermediate => continue,
             None => match &opts.output_dir {
                 Some(dir) => dir.join(format!("{}.jsonl", s.name)),
                 None => bail!(
@@ -170,9 +172,7 @@ fn outputs(opts: &QueryOptions, pipeline: &Pipeline) -> anyhow::Result<Vec<FileO
             .iter()
             .find(|s| &s.name == name)
             .expect("checked above");
-        let def = pipeline
-            .source(&stream.source)
-            .expect("the stream reads it");
+        let def = pipeline.input_def(stream);
         outputs.push(FileOutput {
             content: FileContent::Stream {
                 stream: name.clone(),

@@ -213,17 +213,24 @@ pub fn assign_windows(batch: &RecordBatch, window: RefWindow, key: &str) -> Reco
 
 /// Runs `sql` in DataFusion (batch, one partition) over `table`.
 pub fn datafusion_batch(table_name: &str, table: RecordBatch, sql: &str) -> RecordBatch {
+    datafusion_batch_over(vec![(table_name, table)], sql)
+}
+
+/// Runs `sql` in DataFusion (batch, one partition) over named tables.
+pub fn datafusion_batch_over(tables: Vec<(&str, RecordBatch)>, sql: &str) -> RecordBatch {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
     rt.block_on(async {
         let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
-        let schema = table.schema();
-        ctx.register_table(
-            table_name,
-            Arc::new(MemTable::try_new(schema.clone(), vec![vec![table]]).unwrap()),
-        )
-        .unwrap();
+        for (table_name, table) in tables {
+            let schema = table.schema();
+            ctx.register_table(
+                table_name,
+                Arc::new(MemTable::try_new(schema.clone(), vec![vec![table]]).unwrap()),
+            )
+            .unwrap();
+        }
         let df = ctx
             .sql(sql)
             .await
@@ -354,6 +361,21 @@ pub fn source_batch(data: &SimOutput, table: SourceTable) -> RecordBatch {
         SourceTable::OrderEvents => o,
         SourceTable::BookUpdates => b,
     }
+}
+
+/// `batch` with a `seq` column numbering its rows (DataFusion breaks ties
+/// in event time by it, as the engine does by arrival).
+pub fn with_seq(batch: &RecordBatch) -> RecordBatch {
+    let mut columns = batch.columns().to_vec();
+    columns.push(int64((0..batch.num_rows() as i64).collect()));
+    let mut fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new("seq", DataType::Int64, false));
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap()
 }
 
 pub fn int64(values: Vec<i64>) -> ArrayRef {

@@ -128,21 +128,24 @@ pub(super) fn outputs(
     let streams = pipeline.streams();
     let mut outputs = Vec::new();
     for s in streams {
-        let topic = opts
-            .outputs
-            .get(&s.name)
-            .cloned()
-            .unwrap_or_else(|| output_topic(&s.name));
-        outputs.push(OutputTopic {
-            stream: s.name.clone(),
-            kind: RowKind::Results,
-            name: s.name.clone(),
-            keys: KeyExtractor::new(&s.output_schema, &s.key_columns),
-            encoder: stream_encoder(opts, &topic, &s.output_schema, &s.name)?,
-            topic,
-        });
+        // A stream other streams read writes a topic only where bound.
+        let topic = match opts.outputs.get(&s.name) {
+            Some(topic) => Some(topic.clone()),
+            None if s.intermediate => None,
+            None => Some(output_topic(&s.name)),
+        };
+        if let Some(topic) = topic {
+            outputs.push(OutputTopic {
+                stream: s.name.clone(),
+                kind: RowKind::Results,
+                name: s.name.clone(),
+                keys: KeyExtractor::new(&s.output_schema, &s.key_columns),
+                encoder: stream_encoder(opts, &topic, &s.output_schema, &s.name)?,
+                topic,
+            });
+        }
         if let Some(topic) = opts.late_outputs.get(&s.name) {
-            let def = pipeline.source(&s.source).expect("the stream reads it");
+            let def = pipeline.input_def(s);
             outputs.push(OutputTopic {
                 stream: s.name.clone(),
                 kind: RowKind::Late,
