@@ -147,6 +147,7 @@ pub fn source_def(decl: &TableDecl) -> Result<SourceDef, EngineError> {
         avro_schema: None,
         watermark_delay: Some(watermark.delay),
         declared_at: Some(decl.line),
+        changelog: false,
     })
 }
 

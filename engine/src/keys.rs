@@ -90,6 +90,19 @@ impl GroupKeys {
         Ok(())
     }
 
+    /// The group index of every row of `columns`, `None` for keys never
+    /// interned (nothing is added).
+    pub fn find(&self, columns: &[ArrayRef], num_rows: usize) -> Result<Vec<Option<usize>>> {
+        let Some(converter) = &self.converter else {
+            return Ok(vec![(self.groups > 0).then_some(0); num_rows]);
+        };
+        let rows = converter.convert_columns(columns)?;
+        Ok(rows
+            .iter()
+            .map(|row| self.map.get(row.as_ref()).copied())
+            .collect())
+    }
+
     /// The key columns of the given groups, in the order given.
     pub fn key_columns_of(&self, groups: &[usize]) -> Result<Vec<ArrayRef>> {
         match (&self.converter, &self.rows) {

@@ -22,6 +22,7 @@ pub mod plan;
 pub mod session;
 pub mod sql;
 pub mod stateless;
+pub mod updating;
 pub mod watermark;
 pub mod window;
 
@@ -170,8 +171,18 @@ pub struct StreamOutput {
     /// Index into [`Pipeline::streams`].
     pub stream: usize,
     pub rows: RecordBatch,
-    /// `true` for late source rows rather than results.
-    pub late: bool,
+    pub kind: OutputKind,
+}
+
+/// What the rows of a [`StreamOutput`] are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputKind {
+    /// Results; for an updating stream, the new row of each key (upserts).
+    Rows,
+    /// Keys an updating stream deleted (only the key columns are set).
+    Deletes,
+    /// Input rows that arrived after their window closed.
+    Late,
 }
 
 /// A running stream: its plan summary and operator.
@@ -182,6 +193,9 @@ pub struct RunningStream {
     /// Whether a later stream reads it. Its rows then feed that stream and
     /// reach an output only where one is bound to it by name.
     pub intermediate: bool,
+    /// A GROUP BY without a window: its output is upserts and deletions by
+    /// `key_columns`.
+    pub updating: bool,
     pub emit: EmitMode,
     pub output_schema: SchemaRef,
     pub fingerprint: String,
@@ -292,7 +306,16 @@ impl Pipeline {
             if intermediate && let Ok(input) = &p.as_input {
                 derived.insert(p.name.to_ascii_lowercase(), input.clone());
             }
+            let updating = matches!(p.kind, StreamKind::Updating(_));
             let (operator, windowed, window): (Box<dyn StreamOperator>, bool, _) = match p.kind {
+                StreamKind::Updating(u) => (
+                    Box::new(updating::UpdatingAggregate::new(
+                        *u,
+                        Arc::clone(&p.output_schema),
+                    )?),
+                    false,
+                    None,
+                ),
                 StreamKind::Stateless(s) => (
                     Box::new(stateless::FilterProject::new(
                         s,
@@ -334,6 +357,7 @@ impl Pipeline {
                 input_watermarks: vec![NO_WATERMARK; p.inputs.len()],
                 inputs: p.inputs,
                 intermediate,
+                updating,
                 emit: p.emit,
                 output_schema: p.output_schema,
                 fingerprint: p.fingerprint,
@@ -505,15 +529,40 @@ impl Pipeline {
         o: Output,
         out: &mut Vec<StreamOutput>,
     ) -> Result<(), EngineError> {
-        let downstream = if self.streams[stream].intermediate {
-            o.rows.clone()
+        let (rows, deletes) = if self.streams[stream].intermediate {
+            (o.rows.clone(), o.deletes.clone())
         } else {
-            Vec::new()
+            (Vec::new(), Vec::new())
         };
         collect(stream, o, out);
         let name = self.streams[stream].name.clone();
-        for rows in downstream {
+        // An updating stream's changes, in the order they were made: the
+        // deletions and upserts of one step are of different keys.
+        for keys in deletes {
+            self.feed_deletes(&name, &keys, out)?;
+        }
+        for rows in rows {
             self.feed(&name, &rows, out)?;
+        }
+        Ok(())
+    }
+
+    /// Hands keys updating stream `input` deleted to the streams reading it.
+    fn feed_deletes(
+        &mut self,
+        input: &str,
+        keys: &RecordBatch,
+        out: &mut Vec<StreamOutput>,
+    ) -> Result<(), EngineError> {
+        for i in 0..self.streams.len() {
+            for k in 0..self.streams[i].inputs.len() {
+                if self.streams[i].inputs[k] != input {
+                    continue;
+                }
+                let mut o = Output::default();
+                self.streams[i].operator.on_input_deletes(k, keys, &mut o)?;
+                self.emit(i, o, out)?;
+            }
         }
         Ok(())
     }
@@ -784,19 +833,15 @@ fn format_ms(ms: i64) -> String {
 }
 
 fn collect(stream: usize, o: Output, out: &mut Vec<StreamOutput>) {
-    out.extend(o.rows.into_iter().map(|rows| StreamOutput {
-        stream,
-        rows,
-        late: false,
-    }));
+    let batches = o
+        .deletes
+        .into_iter()
+        .map(|rows| (rows, OutputKind::Deletes))
+        .chain(o.rows.into_iter().map(|rows| (rows, OutputKind::Rows)))
+        .chain(o.late.into_iter().map(|rows| (rows, OutputKind::Late)));
     out.extend(
-        o.late
-            .into_iter()
-            .filter(|b| b.num_rows() > 0)
-            .map(|rows| StreamOutput {
-                stream,
-                rows,
-                late: true,
-            }),
+        batches
+            .filter(|(rows, _)| rows.num_rows() > 0)
+            .map(|(rows, kind)| StreamOutput { stream, rows, kind }),
     );
 }

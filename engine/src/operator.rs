@@ -20,8 +20,12 @@ use super::plan::{AggregateSpec, GroupSlot, RankStage, WindowedPlan, apply_steps
 /// What a batch or a watermark step produced.
 #[derive(Default, Debug)]
 pub struct Output {
-    /// Result rows, in the stream's output schema.
+    /// Result rows, in the stream's output schema. For an updating stream,
+    /// each is the new row of its key (an upsert).
     pub rows: Vec<RecordBatch>,
+    /// Keys an updating stream deleted: rows in the output schema with only
+    /// the key columns set.
+    pub deletes: Vec<RecordBatch>,
     /// Source rows that arrived after their window closed.
     pub late: Vec<RecordBatch>,
     /// Source rows an expression of the stream could not be evaluated on.
@@ -74,6 +78,18 @@ pub trait StreamOperator: Send {
         debug_assert_eq!(input, 0, "a stream with one input");
         self.on_batch(batch, out)
     }
+    /// Keys an updating input stream deleted (rows with its key columns
+    /// set). Only streams the planner lets read an updating stream get any.
+    fn on_input_deletes(
+        &mut self,
+        _input: usize,
+        _keys: &RecordBatch,
+        _out: &mut Output,
+    ) -> Result<()> {
+        Err(DataFusionError::Internal(
+            "this stream cannot read deletions; the planner should have refused it".into(),
+        ))
+    }
     /// The source watermark moved to `watermark`: emit what it completes.
     fn on_watermark(&mut self, watermark: i64, out: &mut Output) -> Result<()>;
     /// A copy of the state; the operator carries on unchanged.
@@ -103,7 +119,10 @@ pub fn evaluate(e: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> Result<ArrayR
     e.evaluate(batch)?.into_array(batch.num_rows())
 }
 
-fn evaluate_mask(e: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> Result<BooleanArray> {
+pub(crate) fn evaluate_mask(
+    e: &Arc<dyn PhysicalExpr>,
+    batch: &RecordBatch,
+) -> Result<BooleanArray> {
     let a = evaluate(e, batch)?;
     a.as_boolean_opt().cloned().ok_or_else(|| {
         DataFusionError::Execution(format!("filter is {}, not boolean", a.data_type()))

@@ -29,6 +29,9 @@ pub struct StreamDef {
     pub emit: Option<EmitMode>,
     /// 1-based line of the `CREATE STREAM` keyword.
     pub line: usize,
+    /// `WITH ('state.ttl' = '1 day')`: keys of a GROUP BY without a window
+    /// that see no row for this long (event time) are dropped.
+    pub state_ttl_ms: Option<i64>,
 }
 
 /// One `CREATE TABLE` statement (a user-defined source).
@@ -133,17 +136,26 @@ fn parse_statement(sql: &str, start: usize, end: usize) -> Result<Statement, Eng
             line: line_of(sql, start + toks[0].0),
         }));
     }
-    if !(kw(0, "CREATE") && kw(1, "STREAM") && kw(3, "AS")) {
+    let with_options = kw(0, "CREATE")
+        && kw(1, "STREAM")
+        && toks
+            .get(3)
+            .is_some_and(|(_, t)| t.to_ascii_uppercase().starts_with("WITH"));
+    if !(kw(0, "CREATE") && kw(1, "STREAM") && (kw(3, "AS") || with_options)) {
         let at = toks.first().map_or(0, |(o, _)| *o);
         return Err(EngineError::sql_at(
             sql,
             start + at,
-            "expected `CREATE TABLE <name> (…) WITH (…)` or `CREATE STREAM <name> AS SELECT …`",
+            "expected `CREATE TABLE <name> (…) WITH (…)` or `CREATE STREAM <name> [WITH (…)] AS SELECT …`",
         ));
     }
     let (name_off, name) = toks[2];
     check_name(sql, start + name_off, name, "stream")?;
-    let body_start = toks[3].0 + 2;
+    let (body_start, state_ttl_ms) = if with_options {
+        stream_options(sql, start, start + toks[3].0, end)?
+    } else {
+        (toks[3].0 + 2, None)
+    };
 
     // Optional trailing EMIT clause.
     let mut body_end = text.len();
@@ -175,7 +187,100 @@ fn parse_statement(sql: &str, start: usize, end: usize) -> Result<Statement, Eng
         query: blank_before(sql, start + body_start, start + body_end),
         emit,
         line: line_of(sql, start + toks[0].0),
+        state_ttl_ms,
     }))
+}
+
+/// `WITH ('state.ttl' = '1 day') AS` after a stream's name, from the byte
+/// offset of `WITH`: the offset of the query (relative to `start`) and the
+/// options.
+fn stream_options(
+    sql: &str,
+    start: usize,
+    with_at: usize,
+    end: usize,
+) -> Result<(usize, Option<i64>), EngineError> {
+    use datafusion::sql::sqlparser::dialect::GenericDialect;
+    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+    let text = &sql[with_at..end];
+    let err = |offset: usize, msg: &str| EngineError::sql_at(sql, with_at + offset, msg);
+    let open = text
+        .find('(')
+        .filter(|&i| text[4..i].trim().is_empty())
+        .ok_or_else(|| {
+            err(
+                0,
+                "expected `WITH ('option' = 'value', …) AS` after the stream name",
+            )
+        })?;
+    // The closing parenthesis: the first one outside a quoted string.
+    let mut quoted = false;
+    let close = text[open..]
+        .char_indices()
+        .find(|&(_, c)| {
+            if c == '\'' {
+                quoted = !quoted;
+            }
+            c == ')' && !quoted
+        })
+        .map(|(i, _)| open + i)
+        .ok_or_else(|| err(open, "unclosed `(` in the stream's WITH options"))?;
+    let after = &text[close + 1..];
+    let as_at = after.len() - after.trim_start().len();
+    if !after[as_at..]
+        .get(..2)
+        .is_some_and(|w| w.eq_ignore_ascii_case("AS"))
+        || after[as_at + 2..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+    {
+        return Err(err(
+            close + 1 + as_at,
+            "expected `AS SELECT …` after the stream's WITH options",
+        ));
+    }
+    let tokens = Tokenizer::new(&GenericDialect {}, &text[open + 1..close])
+        .tokenize()
+        .map_err(|e| err(open + 1, &format!("stream options: {e}")))?;
+    let tokens: Vec<Token> = tokens
+        .into_iter()
+        .filter(|t| !matches!(t, Token::Whitespace(_)))
+        .collect();
+    let mut ttl = None;
+    for option in tokens.split(|t| *t == Token::Comma) {
+        match option {
+            [
+                Token::SingleQuotedString(k),
+                Token::Eq,
+                Token::SingleQuotedString(v),
+            ] => {
+                if k != "state.ttl" {
+                    return Err(err(
+                        open,
+                        &format!("unknown stream option '{k}' (known: 'state.ttl')"),
+                    ));
+                }
+                let compact: String = v.split_whitespace().collect();
+                let d = humantime::parse_duration(&compact).map_err(|e| {
+                    err(
+                        open,
+                        &format!("'state.ttl' = '{v}': {e} (e.g. '1 day', '30 min')"),
+                    )
+                })?;
+                let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+                if ms <= 0 {
+                    return Err(err(open, "'state.ttl' must be positive"));
+                }
+                ttl = Some(ms);
+            }
+            [] => {}
+            _ => {
+                return Err(err(
+                    open,
+                    "stream options are 'key' = 'value' pairs separated by commas",
+                ));
+            }
+        }
+    }
+    Ok((with_at + close + 1 + as_at + 2 - start, ttl))
 }
 
 /// Table and stream names are plain identifiers: they become topic and

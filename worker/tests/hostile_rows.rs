@@ -15,7 +15,7 @@ use arrow::datatypes::Int64Type;
 use common::*;
 use tickflow_worker::codec::SourceTable;
 use tickflow_worker::engine::{
-    Catalog, EngineConfig, Pipeline, RejectReason, Rejected, StreamOutput,
+    Catalog, EngineConfig, OutputKind, Pipeline, RejectReason, Rejected, StreamOutput,
 };
 
 const JITTER_MS: i64 = 800;
@@ -41,11 +41,17 @@ fn run(sql: &str, chunks: &[RecordBatch]) -> (RecordBatch, usize, Vec<Rejected>)
     rejected.extend(p.take_rejected());
     let late = out
         .iter()
-        .filter(|o| o.late)
+        .filter(|o| o.kind == OutputKind::Late)
         .map(|o| o.rows.num_rows())
         .sum();
     let schema = p.streams()[0].output_schema.clone();
-    let rows = concat_batches(&schema, out.iter().filter(|o| !o.late).map(|o| &o.rows)).unwrap();
+    let rows = concat_batches(
+        &schema,
+        out.iter()
+            .filter(|o| o.kind != OutputKind::Late)
+            .map(|o| &o.rows),
+    )
+    .unwrap();
     (rows, late, rejected)
 }
 

@@ -10,7 +10,7 @@ use arrow::array::RecordBatch;
 use arrow::compute::concat_batches;
 use common::*;
 use tickflow_worker::codec::SourceTable;
-use tickflow_worker::engine::{Catalog, EngineConfig, Pipeline, StreamOutput};
+use tickflow_worker::engine::{Catalog, EngineConfig, OutputKind, Pipeline, StreamOutput};
 use tickflow_worker::queries::BUILTIN_QUERIES;
 
 /// Out-of-orderness of the data; the engine allows 1 s, so nothing is late.
@@ -42,7 +42,7 @@ fn every_builtin_query_matches_datafusion_batch() {
             .finish_partition(table.table_name(), 0, &mut out)
             .unwrap();
         assert!(
-            out.iter().all(|o| !o.late),
+            out.iter().all(|o| o.kind != OutputKind::Late),
             "{name}: no event is late within the allowed lateness"
         );
         let schema = pipeline.streams()[0].output_schema.clone();
@@ -123,12 +123,12 @@ fn late_events_are_counted_and_routed() {
     p.finish_partition("market_ticks", 0, &mut out).unwrap();
     let late: usize = out
         .iter()
-        .filter(|o| o.late)
+        .filter(|o| o.kind == OutputKind::Late)
         .map(|o| o.rows.num_rows())
         .sum();
     let counted: usize = out
         .iter()
-        .filter(|o| !o.late)
+        .filter(|o| o.kind != OutputKind::Late)
         .map(|o| {
             let c = o.rows.column_by_name("n").unwrap();
             arrow::compute::sum(
@@ -258,7 +258,10 @@ fn run_over(
         p.push("market_ticks", 0, batch, &mut out).unwrap();
     }
     p.finish_partition("market_ticks", 0, &mut out).unwrap();
-    assert!(out.iter().all(|o| !o.late), "nothing is late within 1 s");
+    assert!(
+        out.iter().all(|o| o.kind != OutputKind::Late),
+        "nothing is late within 1 s"
+    );
     let schema = p.streams()[0].output_schema.clone();
     concat_batches(&schema, out.iter().map(|o| &o.rows)).unwrap()
 }
@@ -428,6 +431,27 @@ fn run_tables(
     chunk: usize,
     restart_at: Option<usize>,
 ) -> std::collections::BTreeMap<String, RecordBatch> {
+    let (streams, out) = run_tables_raw(sql, tables, chunk, restart_at);
+    streams
+        .iter()
+        .enumerate()
+        .map(|(i, (name, schema, _))| {
+            let rows = out.iter().filter(|o| o.stream == i).map(|o| &o.rows);
+            (name.clone(), concat_batches(schema, rows).unwrap())
+        })
+        .collect()
+}
+
+/// A stream's name, output columns and key columns.
+type StreamInfo = (String, arrow::datatypes::SchemaRef, Vec<String>);
+
+/// [`run_tables`]' streams and raw output (rows, deletions, late rows).
+fn run_tables_raw(
+    sql: &str,
+    tables: &[(&str, RecordBatch)],
+    chunk: usize,
+    restart_at: Option<usize>,
+) -> (Vec<StreamInfo>, Vec<StreamOutput>) {
     let config = EngineConfig {
         allowed_lateness: Duration::from_secs(1),
         idle_timeout: None,
@@ -451,21 +475,22 @@ fn run_tables(
     }
     let late: Vec<&str> = out
         .iter()
-        .filter(|o| o.late)
+        .filter(|o| o.kind == OutputKind::Late)
         .map(|o| p.streams()[o.stream].name.as_str())
         .collect();
     assert!(late.is_empty(), "nothing is late within 1 s: {late:?}");
-    p.streams()
+    let streams = p
+        .streams()
         .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let rows = out.iter().filter(|o| o.stream == i).map(|o| &o.rows);
+        .map(|s| {
             (
                 s.name.clone(),
-                concat_batches(&s.output_schema, rows).unwrap(),
+                s.output_schema.clone(),
+                s.key_columns.clone(),
             )
         })
-        .collect()
+        .collect();
+    (streams, out)
 }
 
 #[test]
@@ -553,6 +578,150 @@ fn named_stream_dags_and_union_all_match_datafusion_batch() {
                 &format!("{name} (restored at {restart_at})"),
                 &restarted[name],
                 rows,
+                0.0,
+            );
+        }
+    }
+}
+
+/// Updating streams (GROUP BY without a window): the latest quote per
+/// symbol and exchange, the best bid and ask across exchanges read from it
+/// (an aggregate over an updating stream, MIN/MAX following retractions),
+/// and traders whose buy orders in a symbol are still below a limit
+/// (HAVING deletes a key when it passes).
+const UPDATING_SQL: &str = "
+CREATE STREAM latest_quotes AS
+SELECT symbol, exchange, LAST_VALUE(bid) AS bid, LAST_VALUE(ask) AS ask, COUNT(*) AS quotes, MAX(ts) AS ts
+FROM market_ticks GROUP BY symbol, exchange;
+
+CREATE STREAM best_quotes AS
+SELECT symbol, MAX(bid) AS best_bid, MIN(ask) AS best_ask, COUNT(*) AS venues, SUM(quotes) AS quotes
+FROM latest_quotes GROUP BY symbol
+HAVING (MAX(bid) - MIN(ask)) / MIN(ask) * 10000 > -3;
+
+CREATE STREAM quiet_traders AS
+SELECT trader_id, symbol, COUNT(*) AS orders, SUM(quantity) AS quantity, AVG(price) AS avg_price, MIN(price) AS low
+FROM order_events WHERE side = 'buy' GROUP BY trader_id, symbol HAVING COUNT(*) < 100;
+";
+
+/// Each stream's table after applying its changes in order (an upsert
+/// replaces its key's row, a deletion removes it), with the number of
+/// upserts and deletions seen.
+fn final_tables(
+    streams: &[StreamInfo],
+    out: &[StreamOutput],
+) -> std::collections::BTreeMap<String, (RecordBatch, usize, usize)> {
+    let mut tables = std::collections::BTreeMap::new();
+    for (i, (name, schema, keys)) in streams.iter().enumerate() {
+        let batches: Vec<&StreamOutput> = out.iter().filter(|o| o.stream == i).collect();
+        let mut latest: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
+        let (mut upserts, mut deletes) = (0, 0);
+        for (b, o) in batches.iter().enumerate() {
+            let key_cols: Vec<usize> = keys.iter().map(|k| schema.index_of(k).unwrap()).collect();
+            let key_batch = o.rows.project(&key_cols).unwrap();
+            for (r, row) in rows_of(&key_batch).into_iter().enumerate() {
+                let key = format!("{row:?}");
+                match o.kind {
+                    OutputKind::Rows => {
+                        upserts += 1;
+                        latest.insert(key, (b, r));
+                    }
+                    OutputKind::Deletes => {
+                        deletes += 1;
+                        assert!(
+                            latest.remove(&key).is_some(),
+                            "{name}: deleted {key}, which it never emitted"
+                        );
+                    }
+                    OutputKind::Late => panic!("{name}: late rows"),
+                }
+            }
+        }
+        let indices: Vec<(usize, usize)> = latest.into_values().collect();
+        let columns = (0..schema.fields().len())
+            .map(|c| {
+                let arrays: Vec<&dyn arrow::array::Array> =
+                    batches.iter().map(|o| o.rows.column(c).as_ref()).collect();
+                if arrays.is_empty() {
+                    arrow::array::new_empty_array(schema.field(c).data_type())
+                } else {
+                    arrow::compute::interleave(&arrays, &indices).unwrap()
+                }
+            })
+            .collect();
+        let table = RecordBatch::try_new(schema.clone(), columns).unwrap();
+        tables.insert(name.clone(), (table, upserts, deletes));
+    }
+    tables
+}
+
+#[test]
+fn updating_streams_converge_to_datafusion_batch() {
+    let data = market_data(40_000, JITTER_MS);
+    let ticks = source_batch(&data, SourceTable::MarketTicks);
+    let orders = source_batch(&data, SourceTable::OrderEvents);
+    let tables = [
+        ("market_ticks", ticks.clone()),
+        ("order_events", orders.clone()),
+    ];
+    let (streams, out) = run_tables_raw(UPDATING_SQL, &tables, 4096, None);
+    let actual = final_tables(&streams, &out);
+
+    // Batch: the same aggregates over all rows; LAST_VALUE by event time,
+    // ties broken by arrival, as the engine does.
+    let latest_sql = "SELECT symbol, exchange, LAST_VALUE(bid ORDER BY ts, seq) AS bid, LAST_VALUE(ask ORDER BY ts, seq) AS ask,
+                             COUNT(*) AS quotes, MAX(ts) AS ts
+                      FROM market_ticks GROUP BY symbol, exchange";
+    let latest = datafusion_batch("market_ticks", with_seq(&ticks), latest_sql);
+    let best = datafusion_batch(
+        "latest_quotes",
+        latest.clone(),
+        "SELECT symbol, MAX(bid) AS best_bid, MIN(ask) AS best_ask, COUNT(*) AS venues, SUM(quotes) AS quotes
+         FROM latest_quotes GROUP BY symbol HAVING (MAX(bid) - MIN(ask)) / MIN(ask) * 10000 > -3",
+    );
+    let quiet = datafusion_batch(
+        "order_events",
+        orders,
+        "SELECT trader_id, symbol, COUNT(*) AS orders, SUM(quantity) AS quantity, AVG(price) AS avg_price, MIN(price) AS low
+         FROM order_events WHERE side = 'buy' GROUP BY trader_id, symbol HAVING COUNT(*) < 100",
+    );
+    for (name, expected, min_rows) in [
+        ("latest_quotes", latest, 20),
+        ("best_quotes", best, 1),
+        ("quiet_traders", quiet, 5),
+    ] {
+        let (table, upserts, deletes) = &actual[name];
+        assert!(
+            expected.num_rows() >= min_rows,
+            "{name}: {} rows; the test data is too small",
+            expected.num_rows()
+        );
+        assert_same_rows(name, table, &expected, 1e-9);
+        eprintln!(
+            "{name}: {} keys match after {upserts} upserts and {deletes} deletions",
+            expected.num_rows()
+        );
+    }
+    // HAVING took keys out again: deletions were sent and applied.
+    assert!(
+        actual["quiet_traders"].2 > 0,
+        "some trader passed 40 orders"
+    );
+    assert!(
+        actual["best_quotes"].2 > 0,
+        "some symbol's quotes crossed the threshold back"
+    );
+
+    // A checkpoint mid-run, restored into a new pipeline, converges to the
+    // same tables.
+    for restart_at in [3, 12] {
+        let (streams, out) = run_tables_raw(UPDATING_SQL, &tables, 4096, Some(restart_at));
+        let restored = final_tables(&streams, &out);
+        for (name, (table, _, _)) in &actual {
+            assert_same_rows(
+                &format!("{name} (restored at {restart_at})"),
+                &restored[name].0,
+                table,
                 0.0,
             );
         }

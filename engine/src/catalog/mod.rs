@@ -56,6 +56,10 @@ pub struct SourceDef {
     /// table. A declared table's format is its own; a built-in table's may
     /// be overridden where it is bound (`--input-format`).
     pub declared_at: Option<usize>,
+    /// Rows are upserts and deletions by `key_columns` (an updating stream
+    /// read by a later one), not appended facts. Such an input has no
+    /// event-time column.
+    pub changelog: bool,
 }
 
 impl SourceDef {
@@ -111,6 +115,7 @@ impl Catalog {
             problem: problem.to_string(),
         };
         match def.schema.field_with_name(&def.event_time) {
+            _ if def.changelog => {}
             Err(_) => return Err(event_time("does not exist")),
             Ok(f) if !matches!(f.data_type(), DataType::Timestamp(..)) => {
                 return Err(event_time(&format!(
@@ -229,6 +234,7 @@ impl SourceTable {
             avro_schema: Some(Arc::from(self.avsc())),
             watermark_delay: None,
             declared_at: None,
+            changelog: false,
         }
     }
 }
@@ -279,6 +285,7 @@ mod tests {
             avro_schema: None,
             watermark_delay: None,
             declared_at: Some(1),
+            changelog: false,
         };
         let mut c = Catalog::builtin();
         assert!(matches!(

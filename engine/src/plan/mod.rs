@@ -39,6 +39,7 @@ use super::window::WindowSpec;
 mod over;
 mod steps;
 mod union;
+mod updating;
 
 pub use steps::{RowStep, apply_steps};
 
@@ -69,12 +70,14 @@ pub struct StreamPlan {
     pub kind: StreamKind,
 }
 
-/// Stateless filter/projection, windowed aggregation, or OVER windows.
+/// Stateless filter/projection, windowed aggregation, OVER windows, or an
+/// updating aggregation (GROUP BY without a window).
 #[derive(Debug)]
 pub enum StreamKind {
     Stateless(StatelessPlan),
     Windowed(Box<WindowedPlan>),
     Over(Box<crate::over::OverPlan>),
+    Updating(Box<crate::updating::UpdatingPlan>),
 }
 
 /// Row-wise steps over input rows: WHERE, projections, and those of
@@ -297,6 +300,7 @@ fn plan_stream(def: &StreamDef, scope: &Scope) -> Result<StreamPlan, EngineError
         .execute_and_check(logical, state.config_options(), |_, _| {})
         .map_err(|e| ctx_err(clean_df_error(&e.to_string())))?;
 
+    let updating = window.is_none() && matches!(query_body(&logical), LogicalPlan::Aggregate(_));
     let emit = match (window.is_some(), def.emit) {
         (false, Some(EmitMode::OnWindowClose)) => {
             return Err(ctx_err(
@@ -304,8 +308,18 @@ fn plan_stream(def: &StreamDef, scope: &Scope) -> Result<StreamPlan, EngineError
             ));
         }
         (_, Some(mode)) => mode,
+        // A GROUP BY without a window has no window to close.
+        (_, None) if updating => EmitMode::Changes,
         (_, None) => EmitMode::OnWindowClose,
     };
+    if let Some(changelog) = sources.iter().find(|s| s.changelog)
+        && (!updating || is_union)
+    {
+        return Err(ctx_err(format!(
+            "`{}` is an updating stream (a GROUP BY without a window); a stream reading it must aggregate it with a GROUP BY without a window, which follows its updates and deletions",
+            changelog.name
+        )));
+    }
     let fingerprint = fingerprint(def, window, emit);
     if emit == EmitMode::Changes && has_window_node(&logical) {
         return Err(ctx_err(
@@ -315,6 +329,11 @@ fn plan_stream(def: &StreamDef, scope: &Scope) -> Result<StreamPlan, EngineError
     let (kind, output_schema, inputs) = match window {
         _ if is_union || matches!(query_body(&logical), LogicalPlan::Union(_)) => {
             union::decompose_union(def, &state, &logical, &sources)?
+        }
+        None if updating => {
+            let (kind, schema) =
+                updating::decompose_updating(def, &state, &logical, source, def.state_ttl_ms)?;
+            (kind, schema, vec![source.name.clone()])
         }
         None if has_window_node(&logical) => {
             let (kind, schema) = over::decompose_over(def, &state, &logical, source)?;
@@ -332,6 +351,11 @@ fn plan_stream(def: &StreamDef, scope: &Scope) -> Result<StreamPlan, EngineError
     let key_columns: Vec<String> = match &kind {
         StreamKind::Stateless(_) | StreamKind::Over(_) => source.key_columns.clone(),
         StreamKind::Windowed(w) => w.key_fields.iter().map(|f| f.name().clone()).collect(),
+        StreamKind::Updating(u) => u
+            .output_keys
+            .iter()
+            .map(|&i| output_schema.field(i).name().clone())
+            .collect(),
     }
     .into_iter()
     .filter(|c| output_schema.index_of(c).is_ok())
@@ -372,6 +396,21 @@ fn as_input(
     key_columns: &[String],
 ) -> Result<SourceDef, String> {
     let event_time = match kind {
+        StreamKind::Updating(_) => {
+            // Read as upserts and deletions by key, without event time.
+            return Ok(SourceDef {
+                name: def.name.clone(),
+                schema: Arc::clone(output),
+                event_time: String::new(),
+                key_columns: key_columns.to_vec(),
+                topic: super::catalog::output_topic(&def.name),
+                format: super::catalog::SourceFormat::Json,
+                avro_schema: None,
+                watermark_delay: None,
+                declared_at: Some(def.line),
+                changelog: true,
+            });
+        }
         StreamKind::Windowed(_) if emit == EmitMode::Changes => {
             return Err(
                 "it emits changes (EMIT CHANGES), and later streams read only final rows".into(),
@@ -398,6 +437,7 @@ fn as_input(
         avro_schema: None,
         watermark_delay: None,
         declared_at: Some(def.line),
+        changelog: false,
     })
 }
 
@@ -1077,38 +1117,12 @@ fn decompose_windowed(
         ));
     }
 
-    // FIRST_VALUE / LAST_VALUE are by event time, not arrival order.
-    let (ts_qualifier, ts_field) = agg_input_schema
-        .qualified_field_with_unqualified_name(&source.event_time)
-        .map_err(|e| plan_err(e.to_string()))?;
-    let ts_col = Expr::Column(Column::from((ts_qualifier, ts_field)));
-    let mut aggregates = Vec::new();
-    for e in &agg.aggr_expr {
-        if mentions_window(e) {
-            return Err(plan_err(
-                "aggregates cannot use window_start/window_end".into(),
-            ));
-        }
-        let e = order_by_event_time(e, &ts_col);
-        let planning = PhysicalPlanningContext::default();
-        let lowered = LoweredAggregateBuilder::new(
-            &e,
-            agg_input_schema,
-            agg_input_schema.as_arrow(),
-            state.execution_props(),
-            &planning,
-        )
-        .build()
-        .map_err(|err| plan_err(clean_df_error(&err.to_string())))?;
-        let (function, agg_filter) = (lowered.aggregate, lowered.filter);
-        let mut inputs = function.expressions();
-        inputs.extend(function.order_bys().iter().map(|s| Arc::clone(&s.expr)));
-        aggregates.push(AggregateSpec {
-            function,
-            inputs,
-            filter: agg_filter,
-        });
+    if agg.aggr_expr.iter().any(mentions_window) {
+        return Err(plan_err(
+            "aggregates cannot use window_start/window_end".into(),
+        ));
     }
+    let aggregates = aggregate_specs(def, state, agg, Some(&source.event_time))?;
 
     let filter = filter
         .map(|f| physical(state, f, scan_schema, def))
@@ -1148,6 +1162,57 @@ fn decompose_windowed(
         rank,
     };
     Ok((StreamKind::Windowed(Box::new(plan)), output))
+}
+
+/// The aggregate calls of `agg` with their input expressions. With an
+/// event-time column, FIRST_VALUE/LAST_VALUE are by event time, not by
+/// arrival order.
+fn aggregate_specs(
+    def: &StreamDef,
+    state: &SessionState,
+    agg: &datafusion::logical_expr::logical_plan::Aggregate,
+    event_time: Option<&str>,
+) -> Result<Vec<AggregateSpec>, EngineError> {
+    let plan_err = |message: String| EngineError::Plan {
+        stream: def.name.clone(),
+        line: def.line,
+        message,
+    };
+    let agg_input_schema = agg.input.schema();
+    let ts_col = event_time
+        .map(|name| {
+            agg_input_schema
+                .qualified_field_with_unqualified_name(name)
+                .map(|(q, f)| Expr::Column(Column::from((q, f))))
+                .map_err(|e| plan_err(e.to_string()))
+        })
+        .transpose()?;
+    let mut aggregates = Vec::new();
+    for e in &agg.aggr_expr {
+        let e = match &ts_col {
+            Some(ts) => order_by_event_time(e, ts),
+            None => e.clone(),
+        };
+        let planning = PhysicalPlanningContext::default();
+        let lowered = LoweredAggregateBuilder::new(
+            &e,
+            agg_input_schema,
+            agg_input_schema.as_arrow(),
+            state.execution_props(),
+            &planning,
+        )
+        .build()
+        .map_err(|err| plan_err(clean_df_error(&err.to_string())))?;
+        let (function, agg_filter) = (lowered.aggregate, lowered.filter);
+        let mut inputs = function.expressions();
+        inputs.extend(function.order_bys().iter().map(|s| Arc::clone(&s.expr)));
+        aggregates.push(AggregateSpec {
+            function,
+            inputs,
+            filter: agg_filter,
+        });
+    }
+    Ok(aggregates)
 }
 
 /// The SELECT list of a windowed aggregation, on aggregate rows; every
@@ -1371,9 +1436,12 @@ mod tests {
             "{e}"
         );
         let e = err(
-            "CREATE STREAM x AS SELECT symbol, n FROM (SELECT symbol, COUNT(*) AS n FROM market_ticks GROUP BY symbol) AS c;",
+            "CREATE STREAM x AS SELECT n FROM (SELECT symbol, COUNT(*) AS n FROM market_ticks GROUP BY symbol) AS c;",
         );
-        assert!(e.contains("needs a window"), "{e}");
+        assert!(
+            e.contains("select the GROUP BY column `symbol` unchanged"),
+            "{e}"
+        );
         for (sql, why) in [
             (
                 "SUM(volume) OVER (PARTITION BY symbol ORDER BY ts)",
@@ -1437,9 +1505,10 @@ mod tests {
             "CREATE STREAM x AS SELECT symbol, COUNT(*), LAG(symbol) OVER (ORDER BY ts) FROM market_ticks GROUP BY symbol, TUMBLE(ts, INTERVAL '1' SECOND);",
         );
         assert!(e.contains("OVER") && e.contains("column 45"), "{e}");
-        let e =
-            err("CREATE STREAM x AS SELECT symbol, COUNT(*) FROM market_ticks GROUP BY symbol;");
-        assert!(e.contains("needs a window"), "{e}");
+        let e = err(
+            "CREATE STREAM x AS SELECT UPPER(symbol) AS symbol, COUNT(*) FROM market_ticks GROUP BY symbol;",
+        );
+        assert!(e.contains("GROUP BY column `symbol` unchanged"), "{e}");
         let e = err("CREATE STREAM x AS SELECT nosuch FROM market_ticks;");
         assert!(e.contains("nosuch"), "{e}");
         let e = err(
@@ -1495,6 +1564,66 @@ mod tests {
         let size = p[1].output_schema.field_with_name("size").unwrap();
         assert_eq!(size.data_type(), &DataType::Int64);
         assert_eq!(p[1].as_input.as_ref().unwrap().event_time, "ts");
+    }
+
+    #[test]
+    fn a_group_by_without_a_window_is_an_updating_stream() {
+        let p = plan(
+            "CREATE STREAM latest WITH ('state.ttl' = '1 day') AS\n\
+             SELECT symbol, exchange, LAST_VALUE(bid) AS bid, LAST_VALUE(ask) AS ask FROM market_ticks GROUP BY symbol, exchange;\n\
+             CREATE STREAM spread AS SELECT symbol, MAX(bid) AS best_bid, MIN(ask) AS best_ask FROM latest \
+             GROUP BY symbol HAVING MAX(bid) > MIN(ask);",
+        )
+        .unwrap();
+        assert_eq!(p[0].emit, EmitMode::Changes);
+        assert_eq!(p[0].key_columns, ["symbol", "exchange"]);
+        let StreamKind::Updating(u) = &p[0].kind else {
+            panic!("updating")
+        };
+        assert_eq!(u.ttl_ms, Some(86_400_000));
+        // LAST_VALUE is by event time.
+        assert_eq!(u.aggregates[0].inputs.len(), 2);
+        let latest = p[0].as_input.as_ref().unwrap();
+        assert!(latest.changelog);
+        let StreamKind::Updating(s) = &p[1].kind else {
+            panic!("updating")
+        };
+        assert_eq!(s.input_keys.as_deref(), Some(&[0, 1][..]));
+    }
+
+    #[test]
+    fn clear_errors_for_updating_streams() {
+        let err = |sql: &str| plan(sql).unwrap_err().to_string();
+        let latest = "CREATE STREAM latest AS SELECT symbol, exchange, LAST_VALUE(price) AS price FROM market_ticks GROUP BY symbol, exchange;\n";
+        for reader in [
+            "CREATE STREAM r AS SELECT symbol, price FROM latest WHERE price > 1;",
+            "CREATE STREAM r AS SELECT symbol, LAG(price) OVER (PARTITION BY symbol ORDER BY price) AS p FROM latest;",
+        ] {
+            let e = err(&format!("{latest}{reader}"));
+            assert!(e.contains("`latest` is an updating stream"), "{e}");
+        }
+        let e = err(&format!(
+            "{latest}CREATE STREAM r WITH ('state.ttl' = '1 h') AS SELECT symbol, COUNT(*) AS n FROM latest GROUP BY symbol;"
+        ));
+        assert!(
+            e.contains("'state.ttl' applies to aggregates of append-only inputs"),
+            "{e}"
+        );
+        let e = err(
+            "CREATE STREAM r WITH ('state.ttl' = 'soon') AS SELECT symbol, COUNT(*) AS n FROM market_ticks GROUP BY symbol;",
+        );
+        assert!(
+            e.contains("'state.ttl' = 'soon'") && e.contains("line 1"),
+            "{e}"
+        );
+        let e = err(
+            "CREATE STREAM r WITH ('retention' = '1 h') AS SELECT symbol, COUNT(*) AS n FROM market_ticks GROUP BY symbol;",
+        );
+        assert!(e.contains("unknown stream option 'retention'"), "{e}");
+        let e = err(
+            "CREATE STREAM r AS SELECT symbol, COUNT(*) AS n FROM market_ticks GROUP BY symbol EMIT ON WINDOW CLOSE;",
+        );
+        assert!(e.contains("needs a window"), "{e}");
     }
 
     #[test]

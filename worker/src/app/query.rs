@@ -165,6 +165,7 @@ fn outputs(opts: &QueryOptions, pipeline: &Pipeline) -> anyhow::Result<Vec<FileO
             },
             path,
             schema: Arc::clone(&s.output_schema),
+            key_columns: s.key_columns.clone(),
         });
     }
     for (name, path) in &opts.late_outputs {
@@ -180,6 +181,7 @@ fn outputs(opts: &QueryOptions, pipeline: &Pipeline) -> anyhow::Result<Vec<FileO
             },
             path: path.clone(),
             schema: Arc::clone(&def.schema),
+            key_columns: def.key_columns.clone(),
         });
     }
     if let Some(path) = &opts.dead_letter {
@@ -187,6 +189,7 @@ fn outputs(opts: &QueryOptions, pipeline: &Pipeline) -> anyhow::Result<Vec<FileO
             content: FileContent::DeadLetters,
             path: path.clone(),
             schema: dead_letter_schema(),
+            key_columns: Vec::new(),
         });
     }
     Ok(outputs)

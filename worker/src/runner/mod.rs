@@ -626,11 +626,7 @@ impl Runner {
     fn route(&mut self, out: &mut Vec<StreamOutput>) -> Result<(), RunError> {
         for o in out.drain(..) {
             let stream = &self.pipeline.streams()[o.stream].name;
-            let kind = if o.late {
-                RowKind::Late
-            } else {
-                RowKind::Results
-            };
+            let kind = RowKind::from(o.kind);
             for sink in &mut self.sinks {
                 sink.write(stream, kind, &o.rows)?;
             }

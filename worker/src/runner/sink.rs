@@ -35,11 +35,25 @@ pub struct RestoredSink<'a> {
     pub state: Vec<RecordBatch>,
 }
 
-/// How rows of a stream are meant: results, or late source rows.
+/// How rows of a stream are meant: results, keys an updating stream
+/// deleted, or late source rows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RowKind {
     Results,
+    /// Rows in the stream's columns with only the key columns set; they go
+    /// where its results go (a tombstone, a `"deleted": true` line).
+    Deletes,
     Late,
+}
+
+impl From<crate::engine::OutputKind> for RowKind {
+    fn from(kind: crate::engine::OutputKind) -> Self {
+        match kind {
+            crate::engine::OutputKind::Rows => Self::Results,
+            crate::engine::OutputKind::Deletes => Self::Deletes,
+            crate::engine::OutputKind::Late => Self::Late,
+        }
+    }
 }
 
 /// Which output of a sink takes the rows of a stream (results or late
@@ -56,6 +70,10 @@ impl FromIterator<((String, RowKind), usize)> for Routes {
 impl Routes {
     /// Index of the output for `stream`'s rows of `kind`, if the sink has one.
     pub fn get(&self, stream: &str, kind: RowKind) -> Option<usize> {
+        let kind = match kind {
+            RowKind::Deletes => RowKind::Results,
+            other => other,
+        };
         // Output batches are few and large: the key's String is noise.
         self.0.get(&(stream.to_string(), kind)).copied()
     }

@@ -154,6 +154,45 @@ impl FileSink {
         Ok(())
     }
 
+    /// Writes keys an updating stream deleted: per key one line with the key
+    /// columns and `"deleted": true` (JSON lines only).
+    pub fn write_deletes(
+        &mut self,
+        rows: &RecordBatch,
+        key_columns: &[String],
+    ) -> Result<(), SinkError> {
+        if matches!(self.writer, Some(Writer::Avro(_))) {
+            return Err(SinkError::Encode {
+                path: self.path.clone(),
+                reason: "an updating stream (GROUP BY without a window) deletes rows, which an Avro file cannot hold; write .jsonl".into(),
+            });
+        }
+        let mut fields = Vec::new();
+        let mut columns = Vec::new();
+        for name in key_columns {
+            let i = rows
+                .schema()
+                .index_of(name)
+                .map_err(|e| SinkError::Encode {
+                    path: self.path.clone(),
+                    reason: e.to_string(),
+                })?;
+            fields.push(rows.schema().field(i).clone());
+            columns.push(Arc::clone(rows.column(i)));
+        }
+        fields.push(Field::new("deleted", DataType::Boolean, false));
+        columns.push(Arc::new(arrow::array::BooleanArray::from(
+            vec![true; rows.num_rows()],
+        )));
+        let keys = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| {
+            SinkError::Encode {
+                path: self.path.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        self.write(&keys)
+    }
+
     /// Makes everything written durable; returns the position to checkpoint.
     pub fn commit(&mut self) -> Result<serde_json::Value, SinkError> {
         let io = |source| SinkError::Io {
@@ -212,6 +251,9 @@ pub struct FileOutput {
     /// Columns of the rows written (the stream's, the source's for late
     /// rows, [`dead_letter_schema`] for dead letters).
     pub schema: SchemaRef,
+    /// The stream's key columns: what a deletion line of an updating
+    /// stream holds.
+    pub key_columns: Vec<String>,
 }
 
 impl FileOutput {
@@ -220,7 +262,7 @@ impl FileOutput {
         match &self.content {
             FileContent::Stream {
                 stream,
-                kind: RowKind::Results,
+                kind: RowKind::Results | RowKind::Deletes,
             } => stream.clone(),
             FileContent::Stream {
                 stream,
@@ -294,7 +336,12 @@ impl Sink for FileOutputs {
         rows: &RecordBatch,
     ) -> Result<(), ConnectorError> {
         if let Some(i) = self.routes.get(stream, kind) {
-            self.files[i].write(rows).map_err(ConnectorError::fatal)?;
+            let file = &mut self.files[i];
+            match kind {
+                RowKind::Deletes => file.write_deletes(rows, &self.outputs[i].key_columns),
+                _ => file.write(rows),
+            }
+            .map_err(ConnectorError::fatal)?;
         }
         Ok(())
     }

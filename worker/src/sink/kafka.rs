@@ -361,6 +361,36 @@ impl KafkaSink {
         result
     }
 
+    /// Writes one tombstone (the key, no value) per row: keys an updating
+    /// stream deleted, so a compacted topic of its changes is its table.
+    pub fn write_tombstones(
+        &mut self,
+        index: usize,
+        batch: &RecordBatch,
+    ) -> Result<(), KafkaSinkError> {
+        self.emitted.push((Instant::now(), batch.num_rows()));
+        *self
+            .records_out
+            .entry(self.outputs[index].topic.clone())
+            .or_default() += batch.num_rows() as u64;
+        let (mut keys, mut key_ends) = (Vec::new(), Vec::new());
+        let out = &mut self.outputs[index];
+        out.keys.keys(batch, &mut keys, &mut key_ends);
+        let mut start = 0;
+        for &end in &key_ends {
+            let record = PendingRecord {
+                topic: &out.topic,
+                key: Some(&keys[start..end]),
+                value: None,
+                headers: None,
+            };
+            start = end;
+            self.pending.push(record);
+            send(&self.producer, record, &self.config.brokers)?;
+        }
+        Ok(())
+    }
+
     fn write_with(
         &mut self,
         index: usize,
@@ -392,7 +422,7 @@ impl KafkaSink {
             let record = PendingRecord {
                 topic: &out.topic,
                 key,
-                value: &values[vs..ve],
+                value: Some(&values[vs..ve]),
                 headers: None,
             };
             vs = ve;
@@ -452,7 +482,7 @@ impl KafkaSink {
         let record = PendingRecord {
             topic,
             key: key.as_ref().map(|(k, _)| &k[..]),
-            value: &value,
+            value: Some(&value),
             headers: Some(&headers),
         };
         self.pending.push(record);
@@ -886,7 +916,10 @@ impl Sink for KafkaOutput {
     ) -> Result<(), ConnectorError> {
         let sink = self.sink();
         if let Some(i) = sink.routes.get(stream, kind) {
-            sink.write(i, rows)?;
+            match kind {
+                RowKind::Deletes => sink.write_tombstones(i, rows)?,
+                _ => sink.write(i, rows)?,
+            }
         }
         Ok(())
     }
@@ -945,7 +978,10 @@ fn send(
         })
     });
     loop {
-        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(r.topic).payload(r.value);
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(r.topic);
+        if let Some(v) = r.value {
+            record = record.payload(v);
+        }
         if let Some(k) = r.key {
             record = record.key(k);
         }

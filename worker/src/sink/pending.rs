@@ -32,7 +32,8 @@ const CHUNK_SHORT_BYTES: usize = CHUNK_ROWS * 16;
 pub struct PendingRecord<'a> {
     pub topic: &'a str,
     pub key: Option<&'a [u8]>,
-    pub value: &'a [u8],
+    /// `None`: a tombstone (the key's row was deleted).
+    pub value: Option<&'a [u8]>,
     /// Headers as a JSON object of strings (dead letters only).
     pub headers: Option<&'a str>,
 }
@@ -104,7 +105,7 @@ pub fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("topic", DataType::LargeUtf8, false),
         Field::new("key", DataType::LargeBinary, true),
-        Field::new("value", DataType::LargeBinary, false),
+        Field::new("value", DataType::LargeBinary, true),
         Field::new("headers", DataType::LargeUtf8, true),
     ]))
 }
@@ -113,7 +114,7 @@ impl Pending {
     pub fn push(&mut self, r: PendingRecord<'_>) {
         let record_len = r.topic.len()
             + r.key.map_or(0, <[u8]>::len)
-            + r.value.len()
+            + r.value.map_or(0, <[u8]>::len)
             + r.headers.map_or(0, str::len);
         let full = self
             .open
@@ -125,7 +126,7 @@ impl Pending {
         let c = self.open.get_or_insert_with(OpenChunk::new);
         c.topic.append_value(r.topic);
         c.key.append_option(r.key);
-        c.value.append_value(r.value);
+        c.value.append_option(r.value);
         c.headers.append_option(r.headers);
         self.len += 1;
     }
@@ -162,7 +163,7 @@ impl Pending {
             (0..b.num_rows()).map(move |i| PendingRecord {
                 topic: topic.value(i),
                 key: key.is_valid(i).then(|| key.value(i)),
-                value: value.value(i),
+                value: value.is_valid(i).then(|| value.value(i)),
                 headers: headers.is_valid(i).then(|| headers.value(i)),
             })
         })
@@ -253,7 +254,7 @@ mod tests {
         PendingRecord {
             topic,
             key: None,
-            value,
+            value: Some(value),
             headers: None,
         }
     }
@@ -269,7 +270,7 @@ mod tests {
             p.push(PendingRecord {
                 topic: if i % 2 == 0 { "out" } else { "dlq" },
                 key,
-                value: &value,
+                value: Some(&value),
                 headers: (i % 5 == 0).then_some(headers),
             });
         }
@@ -279,7 +280,7 @@ mod tests {
         let mut back = Pending::from_checkpoint(chunks).unwrap();
         assert_eq!(back.len(), n);
         for (i, r) in back.records().enumerate() {
-            assert_eq!(r.value, &i.to_le_bytes()[..]);
+            assert_eq!(r.value, Some(&i.to_le_bytes()[..]));
             assert_eq!(r.topic, if i % 2 == 0 { "out" } else { "dlq" });
             assert_eq!(r.key, (i % 3 == 0).then_some(&b"AAPL"[..]));
             assert_eq!(r.headers, (i % 5 == 0).then_some(headers));
@@ -301,7 +302,7 @@ mod tests {
         let huge = vec![1u8; 3 * CHUNK_BYTES];
         p.push(record("t", &huge));
         assert!(p.bytes() >= 2 * one + huge.len() as u64);
-        assert_eq!(p.records().nth(2).unwrap().value.len(), huge.len());
+        assert_eq!(p.records().nth(2).unwrap().value.unwrap().len(), huge.len());
     }
 
     #[test]
@@ -323,7 +324,10 @@ mod tests {
         .unwrap();
         let mut back = Pending::from_checkpoint(vec![old.clone()]).unwrap();
         let r = back.records().next().unwrap();
-        assert_eq!((r.topic, r.key, r.value), ("a", Some(&b"k"[..]), &b"v"[..]));
+        assert_eq!(
+            (r.topic, r.key, r.value),
+            ("a", Some(&b"k"[..]), Some(&b"v"[..]))
+        );
         assert!(Pending::from_checkpoint(vec![old.project(&[0, 1]).unwrap()]).is_err());
         // Columns in another order, or of other types, are not cast into
         // records to send.
@@ -346,7 +350,7 @@ mod tests {
             p.push(PendingRecord {
                 topic: "dlq",
                 key: Some(&key),
-                value: b"",
+                value: Some(b""),
                 headers: None,
             });
         }
