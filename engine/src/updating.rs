@@ -773,7 +773,6 @@ impl UpdatingAggregate {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
 
     use arrow::array::{AsArray, StringArray, TimestampMillisecondArray};
     use arrow::datatypes::Int64Type;

@@ -170,3 +170,74 @@ def test_query_avro_output_decodes_with_the_confluent_deserializer(kafka, regist
                 assert a[k] == pytest.approx(j[k], rel=1e-12), k
             else:
                 assert a[k] == j[k], k
+
+
+QUIET_TRADERS_SQL = """CREATE STREAM quiet_traders AS
+SELECT trader_id, symbol, COUNT(*) AS orders, SUM(quantity) AS quantity, MIN(price) AS low
+FROM order_events WHERE side = 'buy' GROUP BY trader_id, symbol HAVING COUNT(*) < 25;
+"""
+
+
+def test_updating_stream_is_a_compacted_topic_of_upserts_and_tombstones(kafka, registry, tmp_path):
+    """A GROUP BY without a window through Kafka: every change keyed by the
+    GROUP BY columns, a key leaving the result (HAVING) as a tombstone, the
+    topic compacted; replaying the topic gives the batch result."""
+    from confluent_kafka.admin import AdminClient, ConfigResource
+
+    prefix = f"interop-u-{uuid.uuid4().hex[:8]}"
+    orders = f"{prefix}-orders"
+    common = ["--seed", "8", "--count", "20000", "--jitter", "300ms"]
+    run_worker(
+        "produce", "--brokers", kafka["KAFKA_BROKERS"], "--schema-registry", registry.url,
+        "--ticks-topic", f"{prefix}-t", "--orders-topic", orders, "--books-topic", f"{prefix}-b",
+        *common,
+    )
+    run_worker("produce", "--output-dir", tmp_path / "data", *common)
+    sql = tmp_path / "quiet.sql"
+    sql.write_text(QUIET_TRADERS_SQL)
+    out = f"{prefix}-quiet"
+    run_worker(
+        "query", "--sql", sql, "--brokers", kafka["KAFKA_BROKERS"],
+        "--schema-registry", registry.url, "--input", f"order_events=kafka:{orders}",
+        "--output", f"quiet_traders=kafka:{out}", "--output-format", "json", "--bounded",
+        "--name", prefix, "--checkpoint-dir", tmp_path / "chk",
+        # Small batches: changes go out per batch, so groups are seen
+        # below the limit before they pass it.
+        "--batch-size", "100",
+    )
+
+    table, upserts, tombstones = {}, 0, 0
+    for m in consume_all(kafka["KAFKA_BROKERS"], out):
+        key = m.key().decode()
+        if m.value() is None:
+            assert key in table, f"tombstone for {key}, which was never upserted"
+            del table[key]
+            tombstones += 1
+        else:
+            row = json.loads(m.value())
+            assert key == f"{row['trader_id']}|{row['symbol']}", "keyed by the GROUP BY columns"
+            table[key] = row
+            upserts += 1
+    assert tombstones > 0, "some (trader, symbol) passed 25 buy orders"
+
+    # The same aggregation over the same orders, in plain Python.
+    groups = {}
+    for line in (tmp_path / "data/order-events.jsonl").read_text().splitlines():
+        o = json.loads(line)
+        if o["side"] != "buy":
+            continue
+        g = groups.setdefault(f"{o['trader_id']}|{o['symbol']}", {"orders": 0, "quantity": 0, "low": None})
+        g["orders"] += 1
+        g["quantity"] += o["quantity"]
+        if o["price"] is not None:
+            g["low"] = o["price"] if g["low"] is None else min(g["low"], o["price"])
+    want = {k: g for k, g in groups.items() if g["orders"] < 25}
+    assert want, "the data leaves some groups below 25"
+    assert table.keys() == want.keys()
+    for key, w in want.items():
+        got = table[key]
+        assert (got["orders"], got["quantity"], got["low"]) == (w["orders"], w["quantity"], w["low"]), key
+
+    admin = AdminClient({"bootstrap.servers": kafka["KAFKA_BROKERS"]})
+    (config,) = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, out)]).values()
+    assert config.result(timeout=10)["cleanup.policy"].value == "compact"

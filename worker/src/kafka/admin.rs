@@ -16,6 +16,20 @@ pub fn ensure_topics(
     partitions: i32,
     replication: i32,
 ) -> anyhow::Result<()> {
+    ensure_topics_compacted(config, topics, &[], partitions, replication)
+}
+
+/// [`ensure_topics`], creating those of `compacted` with
+/// `cleanup.policy=compact`: the topic of an updating stream, whose latest
+/// record per key (or its tombstone) is the table. An existing topic is
+/// left as it is.
+pub fn ensure_topics_compacted(
+    config: &KafkaConfig,
+    topics: &[String],
+    compacted: &[String],
+    partitions: i32,
+    replication: i32,
+) -> anyhow::Result<()> {
     if topics.is_empty() {
         return Ok(());
     }
@@ -25,7 +39,14 @@ pub fn ensure_topics(
         .map_err(|e| anyhow::anyhow!("creating the Kafka admin client: {e}"))?;
     let new: Vec<NewTopic> = topics
         .iter()
-        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(replication)))
+        .map(|t| {
+            let topic = NewTopic::new(t, partitions, TopicReplication::Fixed(replication));
+            if compacted.contains(t) {
+                topic.set("cleanup.policy", "compact")
+            } else {
+                topic
+            }
+        })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results = futures::executor::block_on(admin.create_topics(&new, &opts))

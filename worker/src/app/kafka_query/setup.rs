@@ -158,9 +158,17 @@ pub(super) fn outputs(
     }
     let mut topics: Vec<String> = outputs.iter().map(|o| o.topic.clone()).collect();
     topics.extend(opts.dead_letter_topic.clone());
-    crate::kafka::admin::ensure_topics(
+    let compacted: Vec<String> = outputs
+        .iter()
+        .filter(|o| {
+            o.kind == RowKind::Results && streams.iter().any(|s| s.name == o.stream && s.updating)
+        })
+        .map(|o| o.topic.clone())
+        .collect();
+    crate::kafka::admin::ensure_topics_compacted(
         &opts.kafka,
         &topics,
+        &compacted,
         opts.output_partitions,
         opts.replication,
     )?;
