@@ -505,16 +505,8 @@ impl Pipeline {
                 if self.streams[i].inputs[k] != input {
                     continue;
                 }
-                let s = &mut self.streams[i];
                 let mut o = Output::default();
-                s.operator.on_input_batch(k, batch, &mut o)?;
-                self.rejected.extend(o.rejected.drain(..).map(|r| Rejected {
-                    source: input.to_string(),
-                    stream: Some(s.name.clone()),
-                    reason: RejectReason::Evaluation,
-                    error: r.error,
-                    rows: r.rows,
-                }));
+                self.streams[i].operator.on_input_batch(k, batch, &mut o)?;
                 self.emit(i, o, out)?;
             }
         }
@@ -522,13 +514,23 @@ impl Pipeline {
     }
 
     /// Passes a stream's output on: to the run loop, and to the streams
-    /// that read it.
+    /// that read it; rows its expressions failed on, to the dead letters
+    /// (also those of rows emitted at a watermark, e.g. an OVER stream's
+    /// SELECT list).
     fn emit(
         &mut self,
         stream: usize,
-        o: Output,
+        mut o: Output,
         out: &mut Vec<StreamOutput>,
     ) -> Result<(), EngineError> {
+        let s = &self.streams[stream];
+        self.rejected.extend(o.rejected.drain(..).map(|r| Rejected {
+            source: s.inputs[0].clone(),
+            stream: Some(s.name.clone()),
+            reason: RejectReason::Evaluation,
+            error: r.error,
+            rows: r.rows,
+        }));
         let (rows, deletes) = if self.streams[stream].intermediate {
             (o.rows.clone(), o.deletes.clone())
         } else {

@@ -69,6 +69,12 @@ struct SimArgs {
     /// Periodic volume spikes: rate ×3 and trade size ×4 for 2 s every 20 s.
     #[arg(long, env = "TICKFLOW_BURST")]
     burst: bool,
+    /// Market events that make the trading alerts fire: 6 % price jumps,
+    /// one symbol's volume bursts, one-sided order sweeps and venues quoting
+    /// 25 bp off the others, each within the first minute
+    /// (`--market-events false`: a calm market).
+    #[arg(long, env = "TICKFLOW_MARKET_EVENTS", default_value_t = true, action = clap::ArgAction::Set)]
+    market_events: bool,
 }
 
 impl SimArgs {
@@ -86,6 +92,9 @@ impl SimArgs {
                 .collect();
         }
         c.max_jitter_ms = self.jitter.as_millis() as i64;
+        if self.market_events {
+            c.events = Some(tickflow_worker::simulator::MarketEvents::default());
+        }
         if self.burst {
             c.burst = Some(BurstConfig {
                 every_ms: 20_000,

@@ -233,3 +233,26 @@ fn rows_an_expression_fails_on_are_refused_and_the_rest_is_exact() {
         assert_same_rows(&sql, &actual, &expected, 1e-9);
     }
 }
+
+/// An OVER stream evaluates its SELECT list when the watermark releases a
+/// row, not when it arrives: rows failing there are refused too, never
+/// lost, and the others all come out.
+#[test]
+fn rows_an_over_select_list_fails_on_at_release_are_refused_not_lost() {
+    let input = ticks();
+    let (_, bad) = failing_rows(&input);
+    let expr =
+        "volume / (volume % 7) + CAST(CASE WHEN volume % 13 = 0 THEN 'x' ELSE '1' END AS BIGINT)";
+    let sql = format!(
+        "CREATE STREAM s AS SELECT symbol, ts, {expr} AS r, \
+         price - LAG(price) OVER (PARTITION BY symbol ORDER BY ts) AS d FROM market_ticks;"
+    );
+    let (actual, late, rejected) = run(&sql, &chunks(&input, 4096));
+    assert_eq!(late, 0);
+    assert_eq!(rejected_rows(&rejected, RejectReason::Evaluation), bad);
+    assert_eq!(
+        actual.num_rows() + bad,
+        input.num_rows(),
+        "every row is a result or refused"
+    );
+}

@@ -214,6 +214,18 @@ WHERE ABS(price - prev) / prev * 10000 > 3;",
     ),
 ];
 
+/// Functions DataFusion only runs simplified (COALESCE, NVL, NULLIF), in
+/// an OVER stream's SELECT list and WHERE.
+const SIMPLIFIED_QUERIES: &[(&str, &str)] = &[(
+    "filled_moves",
+    "CREATE STREAM filled_moves AS
+SELECT symbol, ts, COALESCE(price - LAG(price) OVER (PARTITION BY symbol ORDER BY ts), 0.0) AS move,
+       NVL(LAG(volume, 3) OVER (PARTITION BY symbol ORDER BY ts), -1) AS volume_3_back,
+       NULLIF(volume, 100) AS odd_volume
+FROM market_ticks
+WHERE COALESCE(bid, 0.0) > 0;",
+)];
+
 /// Row-by-row streams through CTEs and subqueries.
 const SUBQUERY_QUERIES: &[(&str, &str)] = &[
     (
@@ -300,7 +312,11 @@ fn over_and_subquery_streams_match_datafusion_batch() {
         with_seq,
     )
     .unwrap();
-    for (name, sql) in OVER_QUERIES.iter().chain(SUBQUERY_QUERIES) {
+    for (name, sql) in OVER_QUERIES
+        .iter()
+        .chain(SUBQUERY_QUERIES)
+        .chain(SIMPLIFIED_QUERIES)
+    {
         let actual = run_over(sql, &input, 4096, None);
         let expected = datafusion_batch(
             "market_ticks",

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef, TimeUnit};
 use datafusion::common::{Column, DFSchema};
 use datafusion::datasource::MemTable;
+use datafusion::error::DataFusionError;
 use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::{Expr, LogicalPlan, SortExpr};
@@ -395,6 +396,18 @@ fn as_input(
     output: &SchemaRef,
     key_columns: &[String],
 ) -> Result<SourceDef, String> {
+    let traced = |steps: &[RowStep]| {
+        let ts = source.event_time_index();
+        let candidates: Vec<usize> = (0..output.fields().len())
+            .filter(|&j| steps::traces_to(steps, j) == Some(ts))
+            .collect();
+        // Prefer the column that kept its name.
+        candidates
+            .iter()
+            .find(|&&j| output.field(j).name() == &source.event_time)
+            .or(candidates.first())
+            .map(|&j| output.field(j).name().clone())
+    };
     let event_time = match kind {
         StreamKind::Updating(_) => {
             // Read as upserts and deletions by key, without event time.
@@ -417,7 +430,9 @@ fn as_input(
             );
         }
         StreamKind::Windowed(_) => WINDOW_END.to_string(),
-        StreamKind::Stateless(_) | StreamKind::Over(_) => source.event_time.clone(),
+        // The input's event-time column, under whatever name it kept.
+        StreamKind::Stateless(s) => traced(&s.branches[0]).unwrap_or(source.event_time.clone()),
+        StreamKind::Over(o) => traced(&o.post).unwrap_or(source.event_time.clone()),
     };
     match output.field_with_name(&event_time) {
         Ok(f) if matches!(f.data_type(), DataType::Timestamp(..)) => {}
@@ -1000,13 +1015,31 @@ fn physical(
     schema: &DFSchema,
     def: &StreamDef,
 ) -> Result<Arc<dyn PhysicalExpr>, EngineError> {
+    let plan_err = |err: DataFusionError| EngineError::Plan {
+        stream: def.name.clone(),
+        line: def.line,
+        message: clean_df_error(&err.to_string()),
+    };
     state
-        .create_physical_expr(e.clone(), schema)
+        .create_physical_expr(simplified(e, schema).map_err(plan_err)?, schema)
         .map_err(|err| EngineError::Plan {
             stream: def.name.clone(),
             line: def.line,
             message: clean_df_error(&err.to_string()),
         })
+}
+
+/// `e` as DataFusion's optimizer leaves it before execution: some
+/// functions (COALESCE, NVL, NULLIF's relatives) exist only in their
+/// simplified form and fail if evaluated as written. Every expression the
+/// engine evaluates goes through this, as DataFusion's own plans do.
+pub(crate) fn simplified(e: &Expr, schema: &DFSchema) -> Result<Expr, DataFusionError> {
+    use datafusion::logical_expr::simplify::SimplifyContext;
+    use datafusion::optimizer::simplify_expressions::ExprSimplifier;
+    let context = SimplifyContext::builder()
+        .with_schema(Arc::new(schema.clone()))
+        .build();
+    ExprSimplifier::new(context).simplify(e.clone())
 }
 
 /// Output schema with every column nullable: aggregates over empty filters
@@ -1193,6 +1226,8 @@ fn aggregate_specs(
             Some(ts) => order_by_event_time(e, ts),
             None => e.clone(),
         };
+        let e = simplified(&e, agg_input_schema)
+            .map_err(|err| plan_err(clean_df_error(&err.to_string())))?;
         let planning = PhysicalPlanningContext::default();
         let lowered = LoweredAggregateBuilder::new(
             &e,
@@ -1306,7 +1341,8 @@ fn rank_stage(
         let planning = PhysicalPlanningContext::default();
         functions.push(
             datafusion::physical_planner::create_window_expr(
-                e,
+                &simplified(e, window.input.schema())
+                    .map_err(|err| plan_err(clean_df_error(&err.to_string())))?,
                 window.input.schema(),
                 state.execution_props(),
                 &planning,

@@ -91,8 +91,14 @@ pub(super) fn decompose_over(
         reach = reach.max(function_reach(wf).map_err(&plan_err)?);
         let planning = PhysicalPlanningContext::default();
         functions.push(
-            create_window_expr(e, input_schema, state.execution_props(), &planning)
-                .map_err(|err| plan_err(clean_df_error(&err.to_string())))?,
+            create_window_expr(
+                &super::simplified(e, input_schema)
+                    .map_err(|err| plan_err(clean_df_error(&err.to_string())))?,
+                input_schema,
+                state.execution_props(),
+                &planning,
+            )
+            .map_err(|err| plan_err(clean_df_error(&err.to_string())))?,
         );
     }
     let partition_by = partition_by

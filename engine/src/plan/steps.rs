@@ -98,3 +98,15 @@ pub fn apply_steps(
     let columns = conform(output, rows.columns().to_vec())?;
     Ok(RecordBatch::try_new(Arc::clone(output), columns)?)
 }
+
+/// The input column that output column `index` of `steps` is an unchanged
+/// copy of (through projections of plain columns and filters), if any.
+pub(super) fn traces_to(steps: &[RowStep], mut index: usize) -> Option<usize> {
+    use datafusion::physical_expr::expressions::Column;
+    for step in steps.iter().rev() {
+        if let RowStep::Project(exprs) = step {
+            index = exprs.get(index)?.downcast_ref::<Column>()?.index();
+        }
+    }
+    Some(index)
+}

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::{Expr, LogicalPlan};
 
-use super::steps::{RowStep, peel_row_steps};
+use super::steps::{peel_row_steps, traces_to};
 use super::{
     StreamKind, aggregate_specs, expect_scan, nullable, peel_filter, physical, unsupported_node,
 };
@@ -98,16 +98,4 @@ pub(super) fn decompose_updating(
         ttl_ms,
     };
     Ok((StreamKind::Updating(Box::new(plan)), output))
-}
-
-/// The aggregate column output column `index` copies unchanged through
-/// `steps` (projections of plain columns, filters), if it does.
-fn traces_to(steps: &[RowStep], mut index: usize) -> Option<usize> {
-    use datafusion::physical_expr::expressions::Column;
-    for step in steps.iter().rev() {
-        if let RowStep::Project(exprs) = step {
-            index = exprs.get(index)?.downcast_ref::<Column>()?.index();
-        }
-    }
-    Some(index)
 }

@@ -28,6 +28,10 @@
 //!   sizes: roughly 1.7 updates per tick.
 //! - **Bursts.** With [`BurstConfig`], arrival rate and trade sizes are
 //!   multiplied during periodic windows.
+//! - **Market events.** With [`MarketEvents`], price jumps, one symbol's
+//!   volume bursts, one-sided order sweeps and venue dislocations recur
+//!   (see `events`): what price, volume, order-imbalance and arbitrage
+//!   alerts watch for.
 //! - **Jitter.** With `max_jitter_ms > 0`, every stream is emitted out of order,
 //!   but no event is ever more than `max_jitter_ms` older than an event of the
 //!   same stream emitted before it.
@@ -43,6 +47,7 @@
 //! switching jitter on reorders the events without changing them.
 
 mod book;
+mod events;
 mod orders;
 mod records;
 mod reorder;
@@ -58,6 +63,7 @@ use std::sync::Arc;
 use arrow::record_batch::RecordBatch;
 
 pub use book::BOOK_DEPTH;
+pub use events::MarketEvents;
 pub use orders::TRADERS;
 pub use records::{
     BookUpdate, MarketTick, OrderEvent, books_to_batch, orders_to_batch, ticks_to_batch, values,
@@ -177,6 +183,9 @@ pub struct SimConfig {
     pub burst: Option<BurstConfig>,
     /// Venues quoting the symbols; the first ones publish more often.
     pub exchanges: Vec<String>,
+    /// Jumps, bursts, sweeps and dislocations; `None`: a calm market.
+    #[serde(default)]
+    pub events: Option<MarketEvents>,
 }
 
 /// 2026-01-05T14:30:00Z, a Monday's US market open.
@@ -195,6 +204,7 @@ impl Default for SimConfig {
                 .into_iter()
                 .map(String::from)
                 .collect(),
+            events: None,
         }
     }
 }
@@ -248,6 +258,9 @@ impl SimConfig {
                 "max_jitter_ms must not be negative, got {}",
                 self.max_jitter_ms
             ));
+        }
+        if let Some(problem) = self.events.as_ref().and_then(MarketEvents::problem) {
+            return err(problem);
         }
         if self.exchanges.is_empty() || self.exchanges.iter().any(String::is_empty) {
             return err("at least one non-empty exchange name is required".into());
@@ -351,6 +364,8 @@ struct SymbolState {
     last_ts: i64,
     /// Log return of the mid at the last tick.
     last_return: f64,
+    /// The mid at the start: price jumps head back toward it.
+    start_mid: f64,
     book: Book,
 }
 
@@ -401,6 +416,7 @@ pub struct Simulator {
     book_rng: SimRng,
     orders: OrderFlow,
     jitter: Option<Jitter>,
+    events: Option<events::EventClock>,
     out: SimOutput,
     scratch: Vec<BookUpdate>,
     clock: i64,
@@ -443,6 +459,7 @@ impl Simulator {
                 arrival_ms: 0.0,
                 last_ts: start - 1,
                 last_return: 0.0,
+                start_mid: s.start_price,
                 book: Book::default(),
             })
             .collect();
@@ -481,6 +498,10 @@ impl Simulator {
             book_rng: SimRng::new(seed, 2),
             orders: OrderFlow::new(),
             jitter,
+            events: config
+                .events
+                .clone()
+                .map(|e| events::EventClock::new(e, seed, start)),
             out: SimOutput::default(),
             scratch: Vec::new(),
             clock: start,
@@ -592,6 +613,7 @@ impl Simulator {
         while let Some(e) = self.orders.pop_due(ts) {
             self.emit_order(e);
         }
+        self.market_events(ts);
 
         let tick = self.market_tick(i, ts);
 
@@ -623,9 +645,27 @@ impl Simulator {
 
         if self.order_rng.chance(NEW_ORDER_PER_TICK) {
             let s = &self.symbols[i];
-            let e = self
-                .orders
-                .create(&mut self.order_rng, &s.symbol, s.mid, s.last_return, ts);
+            let e = self.orders.create(
+                &mut self.order_rng,
+                &s.symbol,
+                s.mid,
+                s.last_return,
+                ts,
+                None,
+            );
+            self.emit_order(e);
+        }
+        if let Some(buy) = self.events.as_mut().and_then(|ev| ev.sweep_order(i)) {
+            let size = self.events.as_ref().map_or(1, |ev| ev.config().sweep_size);
+            let s = &self.symbols[i];
+            let e = self.orders.create(
+                &mut self.order_rng,
+                &s.symbol,
+                s.mid,
+                s.last_return,
+                ts,
+                Some((buy, size)),
+            );
             self.emit_order(e);
         }
 
@@ -635,10 +675,31 @@ impl Simulator {
         }
     }
 
+    /// Starts and ends market events at `ts`; applies a price jump.
+    fn market_events(&mut self, ts: i64) {
+        let Some(ev) = &mut self.events else {
+            return;
+        };
+        let due = ev.advance(ts, self.symbols.len(), self.exchanges.len());
+        if let Some(j) = due.jump {
+            let size = ev.config().jump_size;
+            let s = &mut self.symbols[j];
+            s.mid *= if s.mid > s.start_mid {
+                1.0 - size
+            } else {
+                1.0 + size
+            };
+        }
+    }
+
     fn market_tick(&mut self, i: usize, ts: i64) -> MarketTick {
         let volume_mult = self
             .burst(ts - self.start)
-            .map_or(1.0, |b| b.volume_multiplier);
+            .map_or(1.0, |b| b.volume_multiplier)
+            * self
+                .events
+                .as_ref()
+                .map_or(1.0, |ev| ev.volume_multiplier(i));
         let rng = &mut self.market_rng;
         let s = &mut self.symbols[i];
 
@@ -651,12 +712,17 @@ impl Simulator {
 
         // The quoting venue and its bid/ask around the mid.
         let pick = rng.uniform() * self.exchanges.last().expect("validated").cum_weight;
-        let ex = self
+        let venue = self
             .exchanges
             .iter()
-            .find(|e| pick < e.cum_weight)
-            .unwrap_or(&self.exchanges[self.exchanges.len() - 1]);
-        let qmid = s.mid * (1.0 + ex.bias + QUOTE_NOISE * rng.normal());
+            .position(|e| pick < e.cum_weight)
+            .unwrap_or(self.exchanges.len() - 1);
+        let ex = &self.exchanges[venue];
+        let dislocation = self
+            .events
+            .as_ref()
+            .map_or(0.0, |ev| ev.quote_offset(i, venue));
+        let qmid = s.mid * (1.0 + ex.bias + dislocation + QUOTE_NOISE * rng.normal());
         let half = 0.5 * qmid * s.spread_frac * ex.spread_mult * (0.8 + 0.5 * rng.uniform());
         let bid_c = (((qmid - half) * 100.0).floor() as i64).max(1);
         let ask_c = (((qmid + half) * 100.0).ceil() as i64).max(bid_c + 1);

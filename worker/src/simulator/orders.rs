@@ -96,6 +96,7 @@ impl OrderFlow {
 
     /// Creates an order on `symbol` at `ts`, schedules its later events and
     /// returns its `new` event. `momentum` > 0 means the price just went up.
+    /// A sweep order has its side and a size multiplier given.
     pub(crate) fn create(
         &mut self,
         rng: &mut SimRng,
@@ -103,6 +104,7 @@ impl OrderFlow {
         mid: f64,
         momentum: f64,
         ts: i64,
+        sweep: Option<(bool, i64)>,
     ) -> OrderEvent {
         let order_no = self.next_order;
         self.next_order += 1;
@@ -115,12 +117,15 @@ impl OrderFlow {
         } else {
             0.5
         };
-        let buy = rng.chance(p_buy);
+        let buy = match sweep {
+            Some((buy, _)) => buy,
+            None => rng.chance(p_buy),
+        };
         let lots = if rng.chance(0.03) {
             20 + rng.below(81) as i64
         } else {
             1 + (rng.exp1() * 4.0).min(50.0) as i64
-        };
+        } * sweep.map_or(1, |(_, size)| size);
         let market = rng.chance(MARKET_P);
         let price = if market {
             None
