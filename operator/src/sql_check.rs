@@ -118,7 +118,7 @@ mod tests {
             assert!(!q.streams.is_empty());
             n += 1;
         }
-        assert_eq!(n, 9);
+        assert_eq!(n, 11);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The analytics queries shipped in `sql/`, embedded so the demo (and the
 //! tests that compare every query with DataFusion) run anywhere.
 
+/// The seed queries: each one window or filter over one table.
 pub const BUILTIN_QUERIES: [(&str, &str); 9] = [
     ("ohlc_5s", include_str!("../../sql/ohlc_5s.sql")),
     ("ohlc_1m", include_str!("../../sql/ohlc_1m.sql")),
@@ -28,10 +29,21 @@ pub const BUILTIN_QUERIES: [(&str, &str); 9] = [
     ),
 ];
 
-/// All built-in queries as one SQL text.
+/// The trading jobs: DAGs of named streams, OVER windows over streams,
+/// UNION ALL and updating streams (GROUP BY without a window).
+pub const TRADING_QUERIES: [(&str, &str); 2] = [
+    (
+        "trading_alerts",
+        include_str!("../../sql/trading_alerts.sql"),
+    ),
+    ("arbitrage", include_str!("../../sql/arbitrage.sql")),
+];
+
+/// Every query in `sql/` as one SQL text (what the demo runs).
 pub fn builtin_sql() -> String {
     BUILTIN_QUERIES
         .iter()
+        .chain(&TRADING_QUERIES)
         .map(|(_, q)| *q)
         .collect::<Vec<_>>()
         .join("\n")

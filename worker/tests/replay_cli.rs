@@ -59,7 +59,7 @@ fn sql_dir() -> PathBuf {
 /// (`ticks`, read by later streams only, so it has no output file) feeds
 /// OVER windows (`tick_moves`: LAG, LEAD, a ROWS frame), which feed a
 /// window top-N (`top_movers`) and, with order events, a UNION ALL
-/// (`alerts`). Beside them a top-N over a CTE and a RANGE frame.
+/// (`dag_alerts`). Beside them a top-N over a CTE and a RANGE frame.
 const OVER_STREAMS: &str = "
 CREATE STREAM ticks AS
 WITH t AS (SELECT symbol, ts, price, volume FROM market_ticks)
@@ -79,7 +79,7 @@ SELECT * FROM (
   FROM tick_moves GROUP BY symbol, TUMBLE(ts, INTERVAL '5' SECOND)
 ) WHERE rn <= 3;
 
-CREATE STREAM alerts AS
+CREATE STREAM dag_alerts AS
 SELECT symbol, ts, 'move' AS kind, move2 AS size FROM tick_moves WHERE ABS(move2) > 0.5
 UNION ALL
 SELECT symbol, ts, 'order', quantity FROM order_events WHERE quantity > 400;
@@ -100,13 +100,13 @@ SELECT trader_id, ts, COUNT(*) OVER (PARTITION BY trader_id ORDER BY ts
          RANGE BETWEEN INTERVAL '3' SECOND PRECEDING AND CURRENT ROW) AS orders_3s
 FROM order_events;
 
-CREATE STREAM latest_quotes AS
+CREATE STREAM venue_quotes AS
 SELECT symbol, exchange, LAST_VALUE(bid) AS bid, LAST_VALUE(ask) AS ask
 FROM market_ticks GROUP BY symbol, exchange;
 
 CREATE STREAM best_quotes AS
 SELECT symbol, MAX(bid) AS best_bid, MIN(ask) AS best_ask, COUNT(*) AS venues
-FROM latest_quotes GROUP BY symbol;
+FROM venue_quotes GROUP BY symbol;
 
 CREATE STREAM trader_books AS
 SELECT trader_id, symbol, COUNT(*) AS orders, SUM(quantity) AS quantity
@@ -123,14 +123,15 @@ const OVER_OUTPUTS: [(&str, &str); 2] = [
 
 /// A UNION ALL interleaves its inputs as they arrive: the same rows, in
 /// any order.
-const UNORDERED_OUTPUTS: [&str; 1] = ["alerts.jsonl"];
+const UNORDERED_OUTPUTS: [&str; 2] = ["alerts.jsonl", "dag_alerts.jsonl"];
 
 /// Updating streams emit a change per key and batch, so batch sizes and
 /// restarts change the lines; the table they leave must not change. Files
 /// with their key columns.
-const UPDATING_OUTPUTS: [(&str, &[&str]); 2] = [
+const UPDATING_OUTPUTS: [(&str, &[&str]); 3] = [
     ("best_quotes.jsonl", &["symbol"]),
     ("trader_books.jsonl", &["trader_id", "symbol"]),
+    ("arbitrage.jsonl", &["symbol"]),
 ];
 
 /// An updating stream's JSON lines applied in order: each line replaces
@@ -207,7 +208,7 @@ fn same_rows_per_key(name: &str, key: &str, got: &str, want: &str) {
     }
 }
 
-/// All built-in queries in one file.
+/// All queries of sql/ in one file.
 fn all_queries(dir: &Path) -> PathBuf {
     let path = dir.join("all.sql");
     std::fs::write(&path, tickflow_worker::queries::builtin_sql()).unwrap();
@@ -281,7 +282,9 @@ fn killed_replay_resumes_from_checkpoint_with_identical_output() {
         !names.contains(&"ticks.jsonl") && names.contains(&"tick_moves.jsonl"),
         "an intermediate stream has output only where bound: {names:?}"
     );
-    assert_eq!(expected.len(), 9 + 7);
+    // sql/ (nine seed queries, trading_alerts' `alerts`, arbitrage) and the
+    // streams above.
+    assert_eq!(expected.len(), 9 + 2 + 7);
     let (books, deletions) = apply_changes(
         UPDATING_OUTPUTS[1].1,
         &expected
