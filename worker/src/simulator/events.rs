@@ -83,12 +83,13 @@ impl MarketEvents {
             return Some(format!("market events: {name} must not be negative"));
         }
         let finite = |v: f64| v.is_finite() && v >= 0.0;
-        if !(finite(self.jump_size) && self.jump_size < 0.5)
-            || !finite(self.burst_volume)
-            || !finite(self.dislocation_bps)
-            || !(0.0..=1.0).contains(&self.sweep_orders_per_tick)
-            || self.sweep_size < 1
-        {
+        let sane = finite(self.jump_size)
+            && self.jump_size < 0.5
+            && finite(self.burst_volume)
+            && finite(self.dislocation_bps)
+            && (0.0..=1.0).contains(&self.sweep_orders_per_tick)
+            && self.sweep_size >= 1;
+        if !sane {
             return Some("market events: sizes must be finite, a jump below 50 %, sweep orders per tick in [0, 1]".into());
         }
         None

@@ -10,9 +10,10 @@ use crate::runner::{
     ConnectorError, DeadLetter, Positions, RestoredSink, RowKind, Sink, SinkCheckpoint,
 };
 
-/// The most recent batches of one stream, bounded by row count.
+/// The most recent batches of one stream, bounded by row count: results,
+/// and for an updating stream the keys it deleted.
 pub struct MemorySink {
-    batches: VecDeque<RecordBatch>,
+    batches: VecDeque<(RowKind, RecordBatch)>,
     rows: usize,
     max_rows: usize,
     total_rows: u64,
@@ -29,18 +30,33 @@ impl MemorySink {
     }
 
     pub fn write(&mut self, batch: RecordBatch) {
+        self.write_kind(RowKind::Results, batch);
+    }
+
+    /// Keeps `batch` as rows of `kind` (results or deletions).
+    pub fn write_kind(&mut self, kind: RowKind, batch: RecordBatch) {
         self.rows += batch.num_rows();
-        self.total_rows += batch.num_rows() as u64;
-        self.batches.push_back(batch);
+        if kind == RowKind::Results {
+            self.total_rows += batch.num_rows() as u64;
+        }
+        self.batches.push_back((kind, batch));
         while self.rows > self.max_rows && self.batches.len() > 1 {
-            let old = self.batches.pop_front().expect("non-empty");
+            let (_, old) = self.batches.pop_front().expect("non-empty");
             self.rows -= old.num_rows();
         }
     }
 
-    /// Retained batches, oldest first.
+    /// Retained result batches, oldest first.
     pub fn batches(&self) -> impl DoubleEndedIterator<Item = &RecordBatch> {
-        self.batches.iter()
+        self.batches
+            .iter()
+            .filter(|(kind, _)| *kind == RowKind::Results)
+            .map(|(_, b)| b)
+    }
+
+    /// Retained results and deletions, oldest first.
+    pub fn changes(&self) -> impl DoubleEndedIterator<Item = (RowKind, &RecordBatch)> {
+        self.batches.iter().map(|(kind, b)| (*kind, b))
     }
 
     pub fn total_rows(&self) -> u64 {
@@ -91,14 +107,14 @@ impl Sink for MemoryOutputs {
         kind: RowKind,
         rows: &RecordBatch,
     ) -> Result<(), ConnectorError> {
-        if kind == RowKind::Results {
+        if matches!(kind, RowKind::Results | RowKind::Deletes) {
             let max_rows = self.max_rows;
             self.results
                 .lock()
                 .expect("not poisoned")
                 .entry(stream.to_string())
                 .or_insert_with(|| MemorySink::new(max_rows))
-                .write(rows.clone());
+                .write_kind(kind, rows.clone());
         }
         Ok(())
     }

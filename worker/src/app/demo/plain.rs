@@ -1,7 +1,7 @@
 //! The demo's plain view: tables printed every few seconds (and once at the
 //! end), for logs and terminals without a dashboard.
 
-use super::view::{DemoState, OHLC_COLUMNS, header};
+use super::view::{DemoState, OHLC_COLUMNS, header, trading_alerts};
 
 /// Prints the current figures, bars and alerts.
 pub fn print_plain(state: &DemoState<'_>) {
@@ -34,6 +34,15 @@ pub fn print_plain(state: &DemoState<'_>) {
                 let _ = writeln!(s, "{line}");
             }
         }
+    }
+    let _ = writeln!(
+        s,
+        "\nTrading alerts: {} so far, {} arbitrage opportunities open",
+        state.total("alerts"),
+        state.table("arbitrage", &["symbol"]).len()
+    );
+    for [kind, symbol, what, at] in trading_alerts(state, 6) {
+        let _ = writeln!(s, "  {kind:<15} {symbol:>6} {what} at {at}");
     }
     let _ = writeln!(
         s,

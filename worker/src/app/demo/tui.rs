@@ -10,7 +10,7 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Paragraph, Row, Table};
 
-use super::view::{DemoState, OHLC_COLUMNS, header};
+use super::view::{DemoState, OHLC_COLUMNS, header, trading_alerts};
 
 pub struct Tui {
     terminal: DefaultTerminal,
@@ -99,7 +99,15 @@ fn render(f: &mut ratatui::Frame, state: &DemoState) {
     );
 
     let mut alert_rows = Vec::new();
-    for r in state.newest("large_trades", 6) {
+    for [kind, symbol, what, at] in trading_alerts(state, 5) {
+        let color = if kind == "ARBITRAGE" {
+            Color::Green
+        } else {
+            Color::LightRed
+        };
+        alert_rows.push(Row::new(vec![kind, symbol, what, at]).style(Style::new().fg(color)));
+    }
+    for r in state.newest("large_trades", 3) {
         alert_rows.push(
             Row::new(vec![
                 "LARGE TRADE".to_string(),
@@ -110,7 +118,7 @@ fn render(f: &mut ratatui::Frame, state: &DemoState) {
             .style(Style::new().fg(Color::Yellow)),
         );
     }
-    for r in state.newest("volume_anomalies", 4) {
+    for r in state.newest("volume_anomalies", 2) {
         alert_rows.push(
             Row::new(vec![
                 "VOLUME".to_string(),
@@ -122,7 +130,8 @@ fn render(f: &mut ratatui::Frame, state: &DemoState) {
         );
     }
     let title = format!(
-        " Alerts: {} large trades, {} volume anomalies ",
+        " Alerts: {} trading, {} large trades, {} volume anomalies ",
+        state.total("alerts"),
         state.total("large_trades"),
         state.total("volume_anomalies")
     );
@@ -130,7 +139,7 @@ fn render(f: &mut ratatui::Frame, state: &DemoState) {
         Table::new(
             alert_rows,
             [
-                Constraint::Length(12),
+                Constraint::Length(16),
                 Constraint::Length(7),
                 Constraint::Min(20),
                 Constraint::Length(9),

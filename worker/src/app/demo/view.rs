@@ -1,6 +1,6 @@
 //! What the demo's views show, read from the running pipeline and the
 //! memory sink: header figures, the latest bar per symbol, the newest
-//! alerts. Both views (terminal and plain) read only this.
+//! alerts, the open arbitrage opportunities. Both views (terminal and plain) read only this.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
@@ -11,6 +11,7 @@ use arrow::util::display::array_value_to_string;
 use crate::checkpoint::CheckpointInfo;
 use crate::clock::format_event_time;
 use crate::engine::Pipeline;
+use crate::runner::RowKind;
 use crate::sink::memory::MemorySink;
 
 /// Live state the views read, borrowed from the run for one frame.
@@ -60,6 +61,32 @@ impl DemoState<'_> {
             }
         }
         out
+    }
+
+    /// The current rows of updating stream `stream` (keyed by `keys`): its
+    /// retained changes applied in order, sorted by key.
+    pub fn table(&self, stream: &str, keys: &[&str]) -> Vec<BTreeMap<String, String>> {
+        let mut table: BTreeMap<Vec<String>, BTreeMap<String, String>> = BTreeMap::new();
+        if let Some(sink) = self.results.get(stream) {
+            for (kind, batch) in sink.changes() {
+                for row in 0..batch.num_rows() {
+                    let r = row_map(batch, row);
+                    let key: Vec<String> = keys
+                        .iter()
+                        .map(|k| r.get(*k).cloned().unwrap_or_default())
+                        .collect();
+                    match kind {
+                        RowKind::Deletes => {
+                            table.remove(&key);
+                        }
+                        _ => {
+                            table.insert(key, r);
+                        }
+                    }
+                }
+            }
+        }
+        table.into_values().collect()
     }
 
     pub fn total(&self, stream: &str) -> u64 {
@@ -143,3 +170,35 @@ pub const OHLC_COLUMNS: [&str; 9] = [
     "volume",
     "tick_count",
 ];
+
+/// One line per newest trading alert (`alerts`: price moves, volume
+/// spikes, one-sided order flow) and per open arbitrage opportunity:
+/// (kind, symbol, what, event time).
+pub fn trading_alerts(state: &DemoState<'_>, n: usize) -> Vec<[String; 4]> {
+    let mut lines = Vec::new();
+    for r in state.table("arbitrage", &["symbol"]) {
+        lines.push([
+            "ARBITRAGE".to_string(),
+            r["symbol"].clone(),
+            format!(
+                "buy {} sell {}: {} bp on {} venues",
+                r["best_ask"], r["best_bid"], r["edge_bps"], r["exchanges"]
+            ),
+            r["as_of"].clone(),
+        ]);
+    }
+    for r in state.newest("alerts", n) {
+        let what = match r["alert"].as_str() {
+            "price_move" => format!("{} % in 10 s", r["value"]),
+            "volume_spike" => format!("{}x the 20 s average volume", r["value"]),
+            _ => format!("{} % of new order quantity on one side", r["value"]),
+        };
+        lines.push([
+            r["alert"].to_uppercase(),
+            r["symbol"].clone(),
+            what,
+            r["ts"].clone(),
+        ]);
+    }
+    lines
+}
