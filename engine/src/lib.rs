@@ -635,8 +635,14 @@ impl Pipeline {
             s.operator.on_watermark(own, &mut o)?;
             self.emit(i, o, out)?;
             if self.streams[i].intermediate {
+                // What the stream emitted is complete up to here (an OVER
+                // stream trails its input while rows wait for a step).
+                let emitted = self.streams[i]
+                    .operator
+                    .output_watermark()
+                    .map_or(own, |w| w.min(own));
                 let name = self.streams[i].name.clone();
-                self.advance(&name, own, out)?;
+                self.advance(&name, emitted, out)?;
             }
         }
         Ok(())

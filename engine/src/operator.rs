@@ -92,6 +92,13 @@ pub trait StreamOperator: Send {
     }
     /// The source watermark moved to `watermark`: emit what it completes.
     fn on_watermark(&mut self, watermark: i64, out: &mut Output) -> Result<()>;
+    /// The watermark of what the operator emitted, when it trails the input
+    /// watermark: every row it emits from now on has an event time at or
+    /// after it. `None`: rows go out as the input watermark passes them
+    /// (row-by-row, windows), so the input watermark is the output's.
+    fn output_watermark(&self) -> Option<i64> {
+        None
+    }
     /// A copy of the state; the operator carries on unchanged.
     fn snapshot(&mut self) -> Result<OperatorState>;
     /// Replaces the state with a snapshot's.

@@ -72,12 +72,15 @@ pub struct OverPlan {
     pub window_schema: SchemaRef,
 }
 
-/// Released rows are evaluated in steps: when this much event time has
-/// passed since the last step, or [`RELEASE_ROWS`] rows are waiting. A step
-/// costs a few passes over the buffer plus one evaluation per partition it
-/// touches, so fewer, larger steps cost less per row; a step adds at most
-/// this much event time of delay.
-const RELEASE_EVERY_MS: i64 = 200;
+/// Released rows are evaluated in steps: when this much wall-clock time has
+/// passed since the last step, or [`RELEASE_ROWS`] rows are waiting, or the
+/// input ended. A step costs a few passes over the buffer plus one
+/// evaluation per partition it touches, so fewer, larger steps cost less per
+/// row. Measured in processing time (as Flink's mini-batches are): a live
+/// stream gets a step every 200 ms, a backlog is worked off in steps of
+/// [`RELEASE_ROWS`] however dense its event time is. Which rows a step
+/// emits, and their values, do not depend on it: only how they are batched.
+const RELEASE_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 const RELEASE_ROWS: usize = 65_536;
 
 pub struct OverOperator {
@@ -95,6 +98,12 @@ pub struct OverOperator {
     watermark: i64,
     /// Rows before this event time are in the buffer.
     released_before: i64,
+    /// When the last step ran (processing time).
+    last_step: std::time::Instant,
+    /// Every row emitted from now on has an event time at or after this:
+    /// `released_before`, or earlier while released rows wait for their
+    /// following rows (LEAD). Later streams see this as the watermark.
+    emitted_before: i64,
     next_seq: u64,
     metrics: OperatorMetrics,
 }
@@ -127,6 +136,8 @@ impl OverOperator {
             pending_rows: 0,
             watermark: NO_WATERMARK,
             released_before: NO_WATERMARK,
+            last_step: std::time::Instant::now(),
+            emitted_before: NO_WATERMARK,
             next_seq: 0,
             metrics: OperatorMetrics::default(),
         })
@@ -148,8 +159,8 @@ impl OverOperator {
     /// Whether the rows before `watermark` are worth a step now.
     fn due(&self, watermark: i64) -> bool {
         watermark == END_OF_INPUT
-            || watermark.saturating_sub(self.released_before) >= RELEASE_EVERY_MS
             || self.pending_rows >= RELEASE_ROWS
+            || self.last_step.elapsed() >= RELEASE_EVERY
     }
 
     /// Splits the pending rows into those before `before` (returned) and
@@ -179,6 +190,7 @@ impl OverOperator {
             return Ok(());
         }
         let watermark = self.watermark;
+        self.last_step = std::time::Instant::now();
         let ready = self.take_pending_before(watermark)?;
         self.released_before = watermark;
         if ready.num_rows() == 0 && !self.has_waiting_rows(watermark) {
@@ -249,7 +261,22 @@ impl OverOperator {
         self.buffer = take_rows(&rows, &keep)?;
         self.emitted = take(&now_emitted, &keep, None)?.as_boolean().clone();
         self.metrics.open_windows = self.buffer.num_rows() as u64;
+        self.emitted_before = self.first_unemitted()?;
         self.finish_step(&source, step, out)
+    }
+
+    /// The event time before which every row has been emitted: the
+    /// earliest released row still waiting (for following rows), else
+    /// `released_before`.
+    fn first_unemitted(&self) -> Result<i64> {
+        let (ts, _) = event_times(&self.buffer, self.plan.event_time_index)?;
+        let waiting = ts
+            .iter()
+            .zip(self.emitted.values().iter())
+            .filter(|(_, emitted)| !emitted)
+            .map(|(&t, _)| t)
+            .min();
+        Ok(waiting.map_or(self.released_before, |t| t.min(self.released_before)))
     }
 
     /// Whether the buffer holds rows waiting for following rows that the
@@ -429,6 +456,10 @@ impl StreamOperator for OverOperator {
         self.release(watermark, out)
     }
 
+    fn output_watermark(&self) -> Option<i64> {
+        Some(self.emitted_before)
+    }
+
     fn snapshot(&mut self) -> Result<OperatorState> {
         let mut batches = vec![self.buffer.clone()];
         batches.extend(self.pending.iter().cloned());
@@ -460,6 +491,7 @@ impl StreamOperator for OverOperator {
         let number = |key: &str| meta[key].as_i64().unwrap_or(NO_WATERMARK);
         self.watermark = number("watermark");
         self.released_before = number("released_before");
+        self.emitted_before = self.released_before;
         self.next_seq = meta["next_seq"].as_u64().unwrap_or(0);
         self.buffer = RecordBatch::new_empty(Arc::clone(&self.buffer_schema));
         self.emitted = BooleanArray::from(Vec::<bool>::new());
@@ -490,6 +522,7 @@ impl StreamOperator for OverOperator {
             self.pending.push(pending);
         }
         self.metrics.open_windows = self.buffer.num_rows() as u64;
+        self.emitted_before = self.first_unemitted()?;
         Ok(())
     }
 

@@ -166,8 +166,8 @@ FROM market_ticks;\n";
     run_ok(
         worker()
             .args(["query", "--sql"])
-            .args(&bind_all)
             .arg(&sql_path)
+            .args(&bind_all)
             .arg("--input")
             .arg(format!(
                 "market_ticks={}",
