@@ -15,7 +15,9 @@
 //!
 //! Work is done in steps over all partitions at once (a few array
 //! operations over the buffer, one evaluation per touched partition), not
-//! per row or per partition and batch.
+//! per row or per partition and batch. `LAG` and short `ROWS` aggregates
+//! have a direct form ([`DirectFunction`]) computed once per step over all
+//! partitions' rows; the other functions are DataFusion's, per partition.
 //!
 //! Invariants: every on-time row is emitted exactly once, each partition's
 //! rows in event-time order; a row arriving with an event time the
@@ -58,6 +60,10 @@ pub struct OverPlan {
     /// The window functions, evaluated on one partition's rows (source
     /// schema) sorted by event time.
     pub functions: Vec<Arc<dyn WindowExpr>>,
+    /// Per function, its direct form where it has one (LAG, a short
+    /// ROWS-frame aggregate), evaluated over a whole step at once instead
+    /// of by DataFusion per partition.
+    pub direct: Vec<Option<DirectFunction>>,
     /// Rows before the first unemitted one any frame or LAG can reach.
     pub preceding_rows: usize,
     /// Event time before the first unemitted row a RANGE frame can reach.
@@ -92,7 +98,8 @@ pub struct OverOperator {
     /// arrival); `emitted[i]` tells whether row `i` was emitted already.
     buffer: RecordBatch,
     emitted: BooleanArray,
-    pending: Vec<RecordBatch>,
+    /// Rows waiting for the watermark, with each batch's event-time range.
+    pending: Vec<(RecordBatch, i64, i64)>,
     pending_rows: usize,
     /// The newest watermark: a row arriving before it is late.
     watermark: i64,
@@ -113,6 +120,8 @@ pub struct OverOperator {
 #[derive(Default)]
 struct StepOutput {
     rows: Vec<u32>,
+    /// Per emitted row, the index of its partition's first row.
+    starts: Vec<u32>,
     values: Vec<Vec<ArrayRef>>,
     rejected: Vec<RejectedRows>,
 }
@@ -163,23 +172,44 @@ impl OverOperator {
             || self.last_step.elapsed() >= RELEASE_EVERY
     }
 
+    /// Keeps `rows` pending, with their event-time range.
+    fn add_pending(&mut self, rows: RecordBatch) -> Result<()> {
+        if rows.num_rows() == 0 {
+            return Ok(());
+        }
+        let (ts, _) = event_times(&rows, self.plan.event_time_index)?;
+        let (lo, hi) = ts
+            .iter()
+            .fold((i64::MAX, i64::MIN), |(lo, hi), &t| (lo.min(t), hi.max(t)));
+        self.pending_rows += rows.num_rows();
+        self.pending.push((rows, lo, hi));
+        Ok(())
+    }
+
     /// Splits the pending rows into those before `before` (returned) and
-    /// the rest (kept pending).
+    /// the rest (kept pending). Only batches straddling `before` are split;
+    /// the others move whole, uncopied.
     fn take_pending_before(&mut self, before: i64) -> Result<RecordBatch> {
         let pending = std::mem::take(&mut self.pending);
         self.pending_rows = 0;
-        if pending.is_empty() {
-            return Ok(RecordBatch::new_empty(Arc::clone(&self.buffer_schema)));
+        let mut ready = Vec::new();
+        for (rows, lo, hi) in pending {
+            if hi < before {
+                ready.push(rows);
+            } else if lo >= before {
+                self.pending_rows += rows.num_rows();
+                self.pending.push((rows, lo, hi));
+            } else {
+                let (ts, _) = event_times(&rows, self.plan.event_time_index)?;
+                let is_final: BooleanArray = ts.iter().map(|&t| Some(t < before)).collect();
+                self.add_pending(filter_record_batch(
+                    &rows,
+                    &arrow::compute::not(&is_final)?,
+                )?)?;
+                ready.push(filter_record_batch(&rows, &is_final)?);
+            }
         }
-        let all = concat_batches(&self.buffer_schema, &pending)?;
-        let (ts, _) = event_times(&all, self.plan.event_time_index)?;
-        let is_final: BooleanArray = ts.iter().map(|&t| Some(t < before)).collect();
-        let rest = filter_record_batch(&all, &arrow::compute::not(&is_final)?)?;
-        if rest.num_rows() > 0 {
-            self.pending_rows = rest.num_rows();
-            self.pending.push(rest);
-        }
-        Ok(filter_record_batch(&all, &is_final)?)
+        Ok(concat_batches(&self.buffer_schema, &ready)?)
     }
 
     /// One step: releases the pending rows before the watermark, emits
@@ -262,6 +292,12 @@ impl OverOperator {
         self.emitted = take(&now_emitted, &keep, None)?.as_boolean().clone();
         self.metrics.open_windows = self.buffer.num_rows() as u64;
         self.emitted_before = self.first_unemitted()?;
+        // The direct functions, once over the whole step's rows.
+        for (values, direct) in step.values.iter_mut().zip(&self.plan.direct) {
+            if let Some(d) = direct {
+                values.push(d.evaluate(&source, &step.rows, &step.starts)?);
+            }
+        }
         self.finish_step(&source, step, out)
     }
 
@@ -295,19 +331,26 @@ impl OverOperator {
         step: &mut StepOutput,
     ) {
         let partition = source.slice(range.start, range.len());
-        let values: Result<Vec<ArrayRef>> = self
+        let offset = emit.start - range.start;
+        // Direct functions are evaluated for the whole step afterwards.
+        let values: Result<Vec<Option<ArrayRef>>> = self
             .plan
             .functions
             .iter()
-            .map(|f| f.evaluate(&partition))
+            .zip(&self.plan.direct)
+            .map(|(f, direct)| match direct {
+                Some(_) => Ok(None),
+                None => Ok(Some(f.evaluate(&partition)?.slice(offset, emit.len()))),
+            })
             .collect();
-        let offset = emit.start - range.start;
         match values {
             Ok(values) => {
                 for (all, v) in step.values.iter_mut().zip(values) {
-                    all.push(v.slice(offset, emit.len()));
+                    all.extend(v);
                 }
                 step.rows.extend(emit.start as u32..emit.end as u32);
+                step.starts
+                    .extend(std::iter::repeat_n(range.start as u32, emit.len()));
             }
             // A function failed on this partition's rows (e.g. an
             // overflowing SUM): they become dead letters, the other
@@ -366,21 +409,55 @@ impl OverOperator {
     }
 }
 
-/// Row order of a step: partition, event time, arrival.
+/// Row order of a step: partition, event time, arrival. The three are
+/// packed into one integer per row (partition id, event time and arrival
+/// relative to the step's smallest), so the sort compares integers, not
+/// Arrow arrays; arrival numbers are unique, so the order is total.
 fn sort_indices(
     ids: &ArrayRef,
     rows: &RecordBatch,
     event_time_index: usize,
 ) -> Result<UInt32Array> {
-    let seq = rows.num_columns() - 1;
-    let columns: Vec<SortColumn> = [ids, rows.column(event_time_index), rows.column(seq)]
+    let ids = ids.as_primitive::<arrow::datatypes::UInt32Type>();
+    let (ts, _) = event_times(rows, event_time_index)?;
+    let seq = rows
+        .column(rows.num_columns() - 1)
+        .as_primitive::<arrow::datatypes::UInt64Type>();
+    let min_ts = ts.iter().copied().min().unwrap_or(0);
+    let min_seq = seq.values().iter().copied().min().unwrap_or(0);
+    let span_ts = ts
+        .iter()
+        .map(|&t| t.wrapping_sub(min_ts) as u64)
+        .max()
+        .unwrap_or(0);
+    let span_seq = seq.values().iter().map(|&q| q - min_seq).max().unwrap_or(0);
+    if span_ts >= 1 << 48 || span_seq >= 1 << 48 {
+        // Beyond the packing (≈ 8900 years of event time): compare arrays.
+        let columns: Vec<SortColumn> = [
+            Arc::new(ids.clone()) as ArrayRef,
+            Arc::clone(rows.column(event_time_index)),
+            Arc::clone(rows.column(rows.num_columns() - 1)),
+        ]
         .into_iter()
         .map(|values| SortColumn {
-            values: Arc::clone(values),
+            values,
             options: None,
         })
         .collect();
-    Ok(lexsort_to_indices(&columns, None)?)
+        return Ok(lexsort_to_indices(&columns, None)?);
+    }
+    let mut keys: Vec<(u128, u32)> = (0..ts.len())
+        .map(|i| {
+            let key = (u128::from(ids.value(i)) << 96)
+                | (u128::from(ts[i].wrapping_sub(min_ts) as u64) << 48)
+                | u128::from(seq.value(i) - min_seq);
+            (key, i as u32)
+        })
+        .collect();
+    keys.sort_unstable_by_key(|&(key, _)| key);
+    Ok(UInt32Array::from_iter_values(
+        keys.into_iter().map(|(_, i)| i),
+    ))
 }
 
 fn take_rows(batch: &RecordBatch, indices: &UInt32Array) -> Result<RecordBatch> {
@@ -445,8 +522,7 @@ impl StreamOperator for OverOperator {
             let rows = filter_record_batch(&rows, &on_time)?;
             if rows.num_rows() > 0 {
                 let rows = self.with_seq(&rows)?;
-                self.pending_rows += rows.num_rows();
-                self.pending.push(rows);
+                self.add_pending(rows)?;
             }
         }
         Ok(())
@@ -462,7 +538,7 @@ impl StreamOperator for OverOperator {
 
     fn snapshot(&mut self) -> Result<OperatorState> {
         let mut batches = vec![self.buffer.clone()];
-        batches.extend(self.pending.iter().cloned());
+        batches.extend(self.pending.iter().map(|(rows, _, _)| rows.clone()));
         let rows = concat_batches(&self.buffer_schema, &batches)?;
         let flags: BooleanArray = self
             .emitted
@@ -516,11 +592,7 @@ impl StreamOperator for OverOperator {
         // The buffer as it was (sorted), then the pending rows.
         self.buffer = rows.slice(0, buffered);
         self.emitted = flags.slice(0, buffered);
-        let pending = rows.slice(buffered, rows.num_rows() - buffered);
-        if pending.num_rows() > 0 {
-            self.pending_rows = pending.num_rows();
-            self.pending.push(pending);
-        }
+        self.add_pending(rows.slice(buffered, rows.num_rows() - buffered))?;
         self.metrics.open_windows = self.buffer.num_rows() as u64;
         self.emitted_before = self.first_unemitted()?;
         Ok(())
@@ -542,5 +614,193 @@ impl OverOperator {
             .collect();
         fields.push(Field::new(EMITTED, DataType::Boolean, false));
         Arc::new(Schema::new(fields))
+    }
+}
+
+/// Longest `ROWS` frame evaluated directly: each row sums its frame anew
+/// (no running sum to drift), which costs the frame's length per row.
+pub const DIRECT_FRAME_ROWS: usize = 64;
+
+/// An aggregate the direct form computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowsFunction {
+    Sum,
+    Count,
+    Avg,
+    Min,
+    Max,
+}
+
+/// `SUM`/`COUNT`/`AVG`/`MIN`/`MAX(x) OVER (… ROWS BETWEEN start PRECEDING
+/// AND {end PRECEDING | CURRENT ROW})` of a Float64 or Int64 `x`, computed
+/// over each row's frame directly. DataFusion's sliding accumulator slices
+/// its input and builds scalars per row; this is a loop over the frame.
+/// Nulls are skipped; an empty or all-null frame gives null (COUNT: 0), as
+/// in SQL; an Int64 SUM wraps as DataFusion's does.
+#[derive(Clone, Debug)]
+pub struct RowsAggregate {
+    function: RowsFunction,
+    argument: Arc<dyn PhysicalExpr>,
+    start: usize,
+    end: usize,
+    output: DataType,
+}
+
+impl RowsAggregate {
+    /// `None` for argument or result types the direct form does not cover.
+    pub fn new(
+        function: RowsFunction,
+        argument: Arc<dyn PhysicalExpr>,
+        start: usize,
+        end: usize,
+        output: DataType,
+    ) -> Option<Self> {
+        let expected = match function {
+            RowsFunction::Count => matches!(output, DataType::Int64),
+            RowsFunction::Avg => matches!(output, DataType::Float64),
+            _ => matches!(output, DataType::Float64 | DataType::Int64),
+        };
+        expected.then_some(Self {
+            function,
+            argument,
+            start,
+            end,
+            output,
+        })
+    }
+
+    /// Values of the sorted step rows `rows`, each in the partition that
+    /// starts at the matching `starts` entry.
+    fn evaluate(&self, source: &RecordBatch, rows: &[u32], starts: &[u32]) -> Result<ArrayRef> {
+        use arrow::array::{Float64Array, Int64Array};
+        let values = evaluate(&self.argument, source)?;
+        let (start, end) = (self.start, self.end);
+        // Row `r`'s frame: `start` rows back to `end` rows back, inside its
+        // partition.
+        let frame = move |r: u32, ps: u32| {
+            let (r, ps) = (r as usize, ps as usize);
+            let lo = r.saturating_sub(start).max(ps);
+            lo..(r + 1).saturating_sub(end).max(lo)
+        };
+        let rows = rows.iter().copied().zip(starts.iter().copied());
+        if self.function == RowsFunction::Count {
+            let out: Int64Array = rows
+                .map(|(r, ps)| Some(frame(r, ps).filter(|&j| values.is_valid(j)).count() as i64))
+                .collect();
+            return Ok(Arc::new(out));
+        }
+        match values.data_type() {
+            DataType::Float64 => {
+                let v = values.as_primitive::<arrow::datatypes::Float64Type>();
+                let out: Float64Array = rows
+                    .map(|(r, ps)| {
+                        let mut it = frame(r, ps).filter(|&j| v.is_valid(j)).map(|j| v.value(j));
+                        match self.function {
+                            RowsFunction::Sum => {
+                                it.next().map(|first| it.fold(first, |a, x| a + x))
+                            }
+                            RowsFunction::Avg => {
+                                let (sum, n) = it.fold((0.0, 0u64), |(s, n), x| (s + x, n + 1));
+                                (n > 0).then(|| sum / n as f64)
+                            }
+                            RowsFunction::Min => it.reduce(f64::min),
+                            RowsFunction::Max => it.reduce(f64::max),
+                            RowsFunction::Count => unreachable!("counted above"),
+                        }
+                    })
+                    .collect();
+                conform_to(Arc::new(out), &self.output)
+            }
+            DataType::Int64 => {
+                let v = values.as_primitive::<arrow::datatypes::Int64Type>();
+                let ints =
+                    |r: u32, ps: u32| frame(r, ps).filter(|&j| v.is_valid(j)).map(|j| v.value(j));
+                let out: ArrayRef = match self.function {
+                    RowsFunction::Avg => Arc::new(
+                        rows.map(|(r, ps)| {
+                            let (sum, n) =
+                                ints(r, ps).fold((0.0, 0u64), |(s, n), x| (s + x as f64, n + 1));
+                            (n > 0).then(|| sum / n as f64)
+                        })
+                        .collect::<Float64Array>(),
+                    ),
+                    f => Arc::new(
+                        rows.map(|(r, ps)| {
+                            let mut it = ints(r, ps);
+                            match f {
+                                RowsFunction::Sum => {
+                                    it.next().map(|first| it.fold(first, i64::wrapping_add))
+                                }
+                                RowsFunction::Min => it.min(),
+                                _ => it.max(),
+                            }
+                        })
+                        .collect::<Int64Array>(),
+                    ),
+                };
+                conform_to(out, &self.output)
+            }
+            other => Err(DataFusionError::Internal(format!(
+                "direct OVER aggregate planned for {other}"
+            ))),
+        }
+    }
+}
+
+/// A window function the operator computes itself, over a whole step's
+/// rows at once, instead of calling DataFusion once per partition.
+#[derive(Clone, Debug)]
+pub enum DirectFunction {
+    Rows(RowsAggregate),
+    /// `LAG(x, offset[, default])`: `x` of the row `offset` rows back in
+    /// the partition, else the default (null without one).
+    Lag {
+        argument: Arc<dyn PhysicalExpr>,
+        offset: usize,
+        default: Option<datafusion::common::ScalarValue>,
+    },
+}
+
+impl DirectFunction {
+    fn evaluate(&self, source: &RecordBatch, rows: &[u32], starts: &[u32]) -> Result<ArrayRef> {
+        match self {
+            Self::Rows(r) => r.evaluate(source, rows, starts),
+            Self::Lag {
+                argument,
+                offset,
+                default,
+            } => {
+                let values = evaluate(argument, source)?;
+                let indices: UInt32Array = rows
+                    .iter()
+                    .zip(starts)
+                    .map(|(&r, &ps)| r.checked_sub(*offset as u32).filter(|&i| i >= ps))
+                    .collect();
+                let shifted = take(values.as_ref(), &indices, None)?;
+                match default.as_ref().filter(|d| !d.is_null()) {
+                    None => Ok(shifted),
+                    Some(d) => {
+                        let d = d
+                            .cast_to(values.data_type())?
+                            .to_array_of_size(rows.len())?;
+                        let before_start = arrow::compute::is_null(&indices)?;
+                        Ok(arrow::compute::kernels::zip::zip(
+                            &before_start,
+                            &d,
+                            &shifted,
+                        )?)
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `array` as `output` (the function's declared result type).
+fn conform_to(array: ArrayRef, output: &DataType) -> Result<ArrayRef> {
+    if array.data_type() == output {
+        Ok(array)
+    } else {
+        Ok(arrow::compute::cast(&array, output)?)
     }
 }

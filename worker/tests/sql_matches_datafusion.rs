@@ -216,7 +216,8 @@ WHERE ABS(price - prev) / prev * 10000 > 3;",
 
 /// Functions DataFusion only runs simplified (COALESCE, NVL, NULLIF), in
 /// an OVER stream's SELECT list and WHERE.
-const SIMPLIFIED_QUERIES: &[(&str, &str)] = &[(
+const SIMPLIFIED_QUERIES: &[(&str, &str)] = &[
+    (
     "filled_moves",
     "CREATE STREAM filled_moves AS
 SELECT symbol, ts, COALESCE(price - LAG(price) OVER (PARTITION BY symbol ORDER BY ts), 0.0) AS move,
@@ -224,7 +225,21 @@ SELECT symbol, ts, COALESCE(price - LAG(price) OVER (PARTITION BY symbol ORDER B
        NULLIF(volume, 100) AS odd_volume
 FROM market_ticks
 WHERE COALESCE(bid, 0.0) > 0;",
-)];
+    ),
+    (
+        // The direct ROWS-frame aggregates over arguments with nulls, float
+        // and integer, frames ending before the current row or at it.
+        "sparse_frames",
+        "CREATE STREAM sparse_frames AS
+SELECT symbol, ts,
+       SUM(CASE WHEN volume > 300 THEN price END) OVER (PARTITION BY symbol ORDER BY ts ROWS BETWEEN 7 PRECEDING AND CURRENT ROW) AS big_px_sum,
+       AVG(CASE WHEN volume > 300 THEN price END) OVER (PARTITION BY symbol ORDER BY ts ROWS BETWEEN 7 PRECEDING AND 2 PRECEDING) AS big_px_avg,
+       COUNT(NULLIF(volume % 3, 0)) OVER (PARTITION BY symbol ORDER BY ts ROWS BETWEEN 5 PRECEDING AND CURRENT ROW) AS not_thirds,
+       MIN(NULLIF(volume % 5, 0)) OVER (PARTITION BY symbol ORDER BY ts ROWS BETWEEN 4 PRECEDING AND 1 PRECEDING) AS min_rest,
+       MAX(volume) OVER (PARTITION BY symbol ORDER BY ts ROWS BETWEEN 3 PRECEDING AND 3 PRECEDING) AS vol_3_back
+FROM market_ticks;",
+    ),
+];
 
 /// Row-by-row streams through CTEs and subqueries.
 const SUBQUERY_QUERIES: &[(&str, &str)] = &[

@@ -7,6 +7,8 @@
 //! before the current row) and works out how far back (rows, event time)
 //! and forward (rows) the frames reach, which is what the operator keeps.
 
+use std::sync::Arc;
+
 use arrow::datatypes::SchemaRef;
 use datafusion::common::ScalarValue;
 use datafusion::execution::context::SessionState;
@@ -74,6 +76,7 @@ pub(super) fn decompose_over(
     let mut partition_by: Option<&Vec<Expr>> = None;
     let mut reach = Reach::default();
     let mut functions = Vec::new();
+    let mut direct = Vec::new();
     for e in &window.window_expr {
         let Expr::WindowFunction(wf) = unaliased(e) else {
             return Err(plan_err(format!("unexpected window expression {e}")));
@@ -90,16 +93,16 @@ pub(super) fn decompose_over(
         }
         reach = reach.max(function_reach(wf).map_err(&plan_err)?);
         let planning = PhysicalPlanningContext::default();
-        functions.push(
-            create_window_expr(
-                &super::simplified(e, input_schema)
-                    .map_err(|err| plan_err(clean_df_error(&err.to_string())))?,
-                input_schema,
-                state.execution_props(),
-                &planning,
-            )
-            .map_err(|err| plan_err(clean_df_error(&err.to_string())))?,
-        );
+        let function = create_window_expr(
+            &super::simplified(e, input_schema)
+                .map_err(|err| plan_err(clean_df_error(&err.to_string())))?,
+            input_schema,
+            state.execution_props(),
+            &planning,
+        )
+        .map_err(|err| plan_err(clean_df_error(&err.to_string())))?;
+        direct.push(direct_function(wf, &function));
+        functions.push(function);
     }
     let partition_by = partition_by
         .map(|p| {
@@ -119,6 +122,7 @@ pub(super) fn decompose_over(
         filter,
         partition_by,
         functions,
+        direct,
         preceding_rows: reach.preceding_rows,
         preceding_ms: reach.preceding_ms,
         following_rows: reach.following_rows,
@@ -126,6 +130,74 @@ pub(super) fn decompose_over(
         window_schema: nullable(window_schema.as_arrow()),
     };
     Ok((StreamKind::Over(Box::new(plan)), output))
+}
+
+/// The direct form of a window function, where it has one (see
+/// `over::DirectFunction`): `LAG` with a literal offset and default, and
+/// aggregates over a short `ROWS` frame ending at or before the current
+/// row, over a Float64 or Int64 argument. `None`: DataFusion evaluates it.
+fn direct_function(
+    wf: &WindowFunction,
+    function: &Arc<dyn datafusion::physical_expr::window::WindowExpr>,
+) -> Option<crate::over::DirectFunction> {
+    use crate::over::{DIRECT_FRAME_ROWS, DirectFunction, RowsAggregate, RowsFunction};
+    use datafusion::logical_expr::WindowFunctionDefinition;
+    if wf.fun.name().eq_ignore_ascii_case("lag") {
+        let offset = match wf.params.args.get(1) {
+            None => 1,
+            Some(Expr::Literal(v, _)) => usize::try_from(scalar_i64(v)?).ok()?,
+            Some(_) => return None,
+        };
+        let default = match wf.params.args.get(2) {
+            None => None,
+            Some(Expr::Literal(v, _)) => Some(v.clone()),
+            Some(_) => return None,
+        };
+        if wf.params.null_treatment.is_some() || u32::try_from(offset).is_err() {
+            return None;
+        }
+        let argument = function.expressions().into_iter().next()?;
+        return Some(DirectFunction::Lag {
+            argument,
+            offset,
+            default,
+        });
+    }
+    let WindowFunctionDefinition::AggregateUDF(udf) = &wf.fun else {
+        return None;
+    };
+    let kind = match udf.name().to_ascii_lowercase().as_str() {
+        "sum" => RowsFunction::Sum,
+        "count" => RowsFunction::Count,
+        "avg" => RowsFunction::Avg,
+        "min" => RowsFunction::Min,
+        "max" => RowsFunction::Max,
+        _ => return None,
+    };
+    let p = &wf.params;
+    if p.distinct || p.filter.is_some() || p.null_treatment.is_some() || p.args.len() != 1 {
+        return None;
+    }
+    let frame = &p.window_frame;
+    if frame.units != WindowFrameUnits::Rows {
+        return None;
+    }
+    let bound = |b: &WindowFrameBound| -> Option<usize> {
+        match b {
+            WindowFrameBound::CurrentRow => Some(0),
+            WindowFrameBound::Preceding(v) if !v.is_null() => {
+                scalar_i64(v).and_then(|n| usize::try_from(n).ok())
+            }
+            _ => None,
+        }
+    };
+    let (start, end) = (bound(&frame.start_bound)?, bound(&frame.end_bound)?);
+    if start > DIRECT_FRAME_ROWS || end > start {
+        return None;
+    }
+    let argument = function.expressions().into_iter().next()?;
+    let output = function.field().ok()?.data_type().clone();
+    RowsAggregate::new(kind, argument, start, end, output).map(DirectFunction::Rows)
 }
 
 fn unaliased(e: &Expr) -> &Expr {
