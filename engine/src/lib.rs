@@ -488,16 +488,17 @@ impl Pipeline {
             return Ok(());
         }
         let wm = src.watermark.observe(partition, max_ts, Instant::now());
-        self.feed(source, &batch, out)?;
+        self.feed(source, Change::Rows(&batch), out)?;
         self.advance(source, wm, out)
     }
 
-    /// Hands `batch`, rows of table or stream `input`, to every stream that
-    /// reads it, and what those emit to the streams that read them.
+    /// Hands a change of table or stream `input` (rows, or keys an
+    /// updating stream deleted) to every stream that reads it, and what
+    /// those emit to the streams that read them.
     fn feed(
         &mut self,
         input: &str,
-        batch: &RecordBatch,
+        change: Change<'_>,
         out: &mut Vec<StreamOutput>,
     ) -> Result<(), EngineError> {
         for i in 0..self.streams.len() {
@@ -506,7 +507,11 @@ impl Pipeline {
                     continue;
                 }
                 let mut o = Output::default();
-                self.streams[i].operator.on_input_batch(k, batch, &mut o)?;
+                let operator = &mut self.streams[i].operator;
+                match change {
+                    Change::Rows(rows) => operator.on_input_batch(k, rows, &mut o)?,
+                    Change::Deletes(keys) => operator.on_input_deletes(k, keys, &mut o)?,
+                }
                 self.emit(i, o, out)?;
             }
         }
@@ -541,30 +546,10 @@ impl Pipeline {
         // An updating stream's changes, in the order they were made: the
         // deletions and upserts of one step are of different keys.
         for keys in deletes {
-            self.feed_deletes(&name, &keys, out)?;
+            self.feed(&name, Change::Deletes(&keys), out)?;
         }
         for rows in rows {
-            self.feed(&name, &rows, out)?;
-        }
-        Ok(())
-    }
-
-    /// Hands keys updating stream `input` deleted to the streams reading it.
-    fn feed_deletes(
-        &mut self,
-        input: &str,
-        keys: &RecordBatch,
-        out: &mut Vec<StreamOutput>,
-    ) -> Result<(), EngineError> {
-        for i in 0..self.streams.len() {
-            for k in 0..self.streams[i].inputs.len() {
-                if self.streams[i].inputs[k] != input {
-                    continue;
-                }
-                let mut o = Output::default();
-                self.streams[i].operator.on_input_deletes(k, keys, &mut o)?;
-                self.emit(i, o, out)?;
-            }
+            self.feed(&name, Change::Rows(&rows), out)?;
         }
         Ok(())
     }
@@ -731,6 +716,14 @@ impl Pipeline {
         }
         Ok(())
     }
+}
+
+/// What a stream passes to the streams reading it.
+#[derive(Clone, Copy)]
+enum Change<'a> {
+    Rows(&'a RecordBatch),
+    /// Keys an updating stream deleted.
+    Deletes(&'a RecordBatch),
 }
 
 /// A batch after the event-time bounds.

@@ -206,13 +206,21 @@ pub struct BatchInputs {
 
 impl BatchInputs {
     pub fn evaluate(plan: &WindowedPlan, batch: &RecordBatch) -> Result<Self> {
-        let keys = plan
-            .keys
+        Self::of(&plan.keys, &plan.aggregates, batch)
+    }
+
+    /// GROUP BY `keys` and the arguments and FILTERs of `aggregates` over
+    /// `batch` (windowed and updating aggregations alike).
+    pub fn of(
+        keys: &[Arc<dyn PhysicalExpr>],
+        aggregates: &[AggregateSpec],
+        batch: &RecordBatch,
+    ) -> Result<Self> {
+        let keys = keys
             .iter()
             .map(|k| evaluate(k, batch))
             .collect::<Result<_>>()?;
-        let values = plan
-            .aggregates
+        let values = aggregates
             .iter()
             .map(|a| {
                 a.inputs
@@ -221,8 +229,7 @@ impl BatchInputs {
                     .collect::<Result<Vec<_>>>()
             })
             .collect::<Result<_>>()?;
-        let filters = plan
-            .aggregates
+        let filters = aggregates
             .iter()
             .map(|a| {
                 a.filter

@@ -36,8 +36,8 @@ use datafusion::physical_expr::PhysicalExpr;
 
 use super::keys::GroupKeys;
 use super::operator::{
-    OperatorMetrics, OperatorState, Output, StreamOperator, apply_filter, conform, evaluate,
-    evaluate_mask, evaluate_rows, event_times,
+    BatchInputs, OperatorMetrics, OperatorState, Output, StreamOperator, apply_filter, conform,
+    evaluate, evaluate_mask, evaluate_rows, event_times,
 };
 use super::plan::{AggregateSpec, RowStep, apply_steps};
 use super::watermark::{END_OF_INPUT, NO_WATERMARK};
@@ -473,40 +473,16 @@ impl UpdatingAggregate {
 /// event times of a batch: pure, so a failing row can be isolated.
 fn evaluate_inputs(plan: &UpdatingPlan, batch: &RecordBatch) -> Result<Evaluated> {
     let batch = apply_filter(plan.filter.as_ref(), batch)?;
-    let keys = plan
-        .keys
-        .iter()
-        .map(|k| evaluate(k, &batch))
-        .collect::<Result<_>>()?;
-    let values = plan
-        .aggregates
-        .iter()
-        .map(|a| {
-            a.inputs
-                .iter()
-                .map(|e| evaluate(e, &batch))
-                .collect::<Result<Vec<_>>>()
-        })
-        .collect::<Result<_>>()?;
-    let filters = plan
-        .aggregates
-        .iter()
-        .map(|a| {
-            a.filter
-                .as_ref()
-                .map(|f| evaluate_mask(f, &batch))
-                .transpose()
-        })
-        .collect::<Result<_>>()?;
+    let inputs = BatchInputs::of(&plan.keys, &plan.aggregates, &batch)?;
     let event_ms = plan
         .event_time_index
         .map(|i| event_times(&batch, i).map(|(ts, _)| ts))
         .transpose()?;
     Ok(Evaluated {
         rows: batch.num_rows(),
-        keys,
-        values,
-        filters,
+        keys: inputs.keys,
+        values: inputs.values,
+        filters: inputs.filters,
         event_ms,
     })
 }
