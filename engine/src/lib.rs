@@ -269,6 +269,11 @@ impl Pipeline {
     }
 
     pub fn from_plans(planned: PlannedSql, config: &EngineConfig) -> Result<Self, EngineError> {
+        let read: Vec<bool> = planned
+            .streams
+            .iter()
+            .map(|p| planned.is_read_by_streams(&p.name))
+            .collect();
         let PlannedSql {
             catalog,
             streams: plans,
@@ -276,11 +281,7 @@ impl Pipeline {
         let mut streams: Vec<RunningStream> = Vec::new();
         let mut used = BTreeMap::new();
         let mut derived: BTreeMap<String, SourceDef> = BTreeMap::new();
-        let read: std::collections::BTreeSet<String> = plans
-            .iter()
-            .flat_map(|p| p.inputs.iter().map(|i| i.to_ascii_lowercase()))
-            .collect();
-        for p in plans {
+        for (p, intermediate) in plans.into_iter().zip(read) {
             for input in &p.inputs {
                 if derived.contains_key(&input.to_ascii_lowercase()) {
                     continue;
@@ -302,7 +303,6 @@ impl Pipeline {
                 .or_else(|| catalog.get(first))
                 .expect("planner resolved the input")
                 .clone();
-            let intermediate = read.contains(&p.name.to_ascii_lowercase());
             if intermediate && let Ok(input) = &p.as_input {
                 derived.insert(p.name.to_ascii_lowercase(), input.clone());
             }

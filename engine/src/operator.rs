@@ -106,6 +106,16 @@ pub trait StreamOperator: Send {
     fn metrics(&self) -> OperatorMetrics;
 }
 
+/// One fresh (per-group) accumulator per aggregate, in order.
+pub fn new_accumulators(
+    aggregates: &[AggregateSpec],
+) -> Result<Vec<Box<dyn datafusion::logical_expr::Accumulator>>> {
+    aggregates
+        .iter()
+        .map(|a| a.function.create_accumulator())
+        .collect()
+}
+
 /// Creates the vectorised accumulator of an aggregate, falling back to
 /// DataFusion's per-group adapter where the function has no groups version
 /// (e.g. COUNT(DISTINCT)).

@@ -68,11 +68,7 @@ impl SessionAggregate {
     }
 
     fn new_accumulators(&self) -> Result<Vec<Box<dyn Accumulator>>> {
-        self.plan
-            .aggregates
-            .iter()
-            .map(|a| a.function.create_accumulator())
-            .collect()
+        super::operator::new_accumulators(&self.plan.aggregates)
     }
 
     /// Renumbers the keys once most of them have no open session, so keys

@@ -138,11 +138,7 @@ impl UpdatingAggregate {
     }
 
     fn new_accumulators(&self) -> Result<Vec<Box<dyn Accumulator>>> {
-        self.plan
-            .aggregates
-            .iter()
-            .map(|a| a.function.create_accumulator())
-            .collect()
+        super::operator::new_accumulators(&self.plan.aggregates)
     }
 
     /// The group slot `g`, created empty if needed.

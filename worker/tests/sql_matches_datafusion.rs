@@ -309,24 +309,7 @@ fn over_batch_sql(sql: &str) -> String {
 fn over_and_subquery_streams_match_datafusion_batch() {
     let data = market_data(40_000, JITTER_MS);
     let input = source_batch(&data, SourceTable::MarketTicks);
-    let mut with_seq = input.columns().to_vec();
-    with_seq.push(int64((0..input.num_rows() as i64).collect()));
-    let mut fields: Vec<arrow::datatypes::Field> = input
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone())
-        .collect();
-    fields.push(arrow::datatypes::Field::new(
-        "seq",
-        arrow::datatypes::DataType::Int64,
-        false,
-    ));
-    let reference_input = RecordBatch::try_new(
-        std::sync::Arc::new(arrow::datatypes::Schema::new(fields)),
-        with_seq,
-    )
-    .unwrap();
+    let reference_input = with_seq(&input);
     for (name, sql) in OVER_QUERIES
         .iter()
         .chain(SUBQUERY_QUERIES)

@@ -644,35 +644,32 @@ impl Simulator {
         self.emit_tick(tick);
 
         if self.order_rng.chance(NEW_ORDER_PER_TICK) {
-            let s = &self.symbols[i];
-            let e = self.orders.create(
-                &mut self.order_rng,
-                &s.symbol,
-                s.mid,
-                s.last_return,
-                ts,
-                None,
-            );
-            self.emit_order(e);
+            self.new_order(i, ts, None);
         }
         if let Some(buy) = self.events.as_mut().and_then(|ev| ev.sweep_order(i)) {
             let size = self.events.as_ref().map_or(1, |ev| ev.config().sweep_size);
-            let s = &self.symbols[i];
-            let e = self.orders.create(
-                &mut self.order_rng,
-                &s.symbol,
-                s.mid,
-                s.last_return,
-                ts,
-                Some((buy, size)),
-            );
-            self.emit_order(e);
+            self.new_order(i, ts, Some((buy, size)));
         }
 
         // Everything generated from now on has ts >= this tick's ts.
         if let Some(j) = &mut self.jitter {
             j.release_before(ts, &mut self.out);
         }
+    }
+
+    /// Creates and emits an order on symbol `i` (a sweep order: with its
+    /// side and size multiplier).
+    fn new_order(&mut self, i: usize, ts: i64, sweep: Option<(bool, i64)>) {
+        let s = &self.symbols[i];
+        let e = self.orders.create(
+            &mut self.order_rng,
+            &s.symbol,
+            s.mid,
+            s.last_return,
+            ts,
+            sweep,
+        );
+        self.emit_order(e);
     }
 
     /// Starts and ends market events at `ts`; applies a price jump.
