@@ -139,17 +139,28 @@ impl GroupKeys {
 /// A dense number per distinct value of `exprs` over `batch` (hashed, so
 /// sorting and splitting by it compare integers, not keys), numbered in
 /// first-seen order; all zeros without expressions.
+///
+/// A one-off numbering, so it uses DataFusion's group values, which have
+/// specialised forms for a single string or primitive key; [`GroupKeys`]
+/// is for numberings that live on (it can give keys back and forget them).
 pub fn dense_ids(exprs: &[Arc<dyn PhysicalExpr>], batch: &RecordBatch) -> Result<ArrayRef> {
+    use datafusion::physical_plan::aggregates::group_values::new_group_values;
+    use datafusion::physical_plan::aggregates::order::GroupOrdering;
+    if exprs.is_empty() {
+        return Ok(Arc::new(UInt32Array::from(vec![0; batch.num_rows()])));
+    }
     let keys = exprs
         .iter()
         .map(|e| e.evaluate(batch)?.into_array(batch.num_rows()))
         .collect::<Result<Vec<_>>>()?;
-    let fields: Vec<FieldRef> = keys
+    let fields: Vec<Field> = keys
         .iter()
-        .map(|k| Arc::new(Field::new("key", k.data_type().clone(), true)))
+        .enumerate()
+        .map(|(i, k)| Field::new(format!("key{i}"), k.data_type().clone(), true))
         .collect();
-    let mut ids = Vec::new();
-    GroupKeys::new(&fields)?.intern(&keys, batch.num_rows(), &mut ids)?;
+    let schema = Arc::new(arrow::datatypes::Schema::new(fields));
+    let mut ids = Vec::with_capacity(batch.num_rows());
+    new_group_values(schema, &GroupOrdering::None)?.intern(&keys, &mut ids)?;
     Ok(Arc::new(UInt32Array::from_iter_values(
         ids.into_iter().map(|i| i as u32),
     )))
@@ -161,6 +172,48 @@ mod tests {
     use arrow::array::{Int64Array, StringArray};
     use arrow::datatypes::{DataType, Field};
     use std::sync::Arc;
+
+    #[test]
+    fn dense_ids_number_keys_in_first_seen_order_with_nulls_as_one_key() {
+        use datafusion::physical_expr::expressions::col;
+        let schema = arrow::datatypes::Schema::new(vec![
+            Field::new("s", DataType::Utf8, true),
+            Field::new("n", DataType::Int64, true),
+        ]);
+        let batch = RecordBatch::try_new(
+            Arc::new(schema.clone()),
+            vec![
+                Arc::new(StringArray::from(vec![
+                    Some("b"),
+                    None,
+                    Some("b"),
+                    None,
+                    Some("a"),
+                ])),
+                Arc::new(Int64Array::from(vec![
+                    Some(1),
+                    None,
+                    Some(2),
+                    None,
+                    Some(1),
+                ])),
+            ],
+        )
+        .unwrap();
+        let ids = |names: &[&str]| {
+            let exprs: Vec<_> = names.iter().map(|n| col(n, &schema).unwrap()).collect();
+            let ids = dense_ids(&exprs, &batch).unwrap();
+            ids.as_any()
+                .downcast_ref::<UInt32Array>()
+                .unwrap()
+                .values()
+                .to_vec()
+        };
+        assert_eq!(ids(&["s"]), vec![0, 1, 0, 1, 2]);
+        assert_eq!(ids(&["n"]), vec![0, 1, 2, 1, 0]);
+        assert_eq!(ids(&["s", "n"]), vec![0, 1, 2, 1, 3]);
+        assert_eq!(ids(&[]), vec![0; 5]);
+    }
 
     #[test]
     fn interns_in_first_seen_order() {

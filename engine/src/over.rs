@@ -27,9 +27,7 @@
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, UInt32Array, UInt64Array};
-use arrow::compute::{
-    SortColumn, concat_batches, filter_record_batch, lexsort_to_indices, partition, take,
-};
+use arrow::compute::{concat_batches, filter_record_batch, take};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::physical_expr::PhysicalExpr;
@@ -92,8 +90,18 @@ const RELEASE_ROWS: usize = 65_536;
 pub struct OverOperator {
     plan: OverPlan,
     output_schema: SchemaRef,
-    /// Source schema plus the arrival column.
+    /// Source schema plus the arrival column, every column nullable (the
+    /// buffer keeps nulls for columns no frame reads).
     buffer_schema: SchemaRef,
+    /// Per buffer column, whether a frame reads it (the partition key, the
+    /// event time, the arrival, the functions' arguments).
+    frame_columns: Vec<bool>,
+    /// Per source column, whether the SELECT list (or a filter above the
+    /// window) reads it.
+    select_columns: Vec<bool>,
+    /// The window schema with every column nullable (the unread columns
+    /// of emitted rows are nulls).
+    selected_schema: SchemaRef,
     /// Released rows of all partitions, sorted by (key, event time,
     /// arrival); `emitted[i]` tells whether row `i` was emitted already.
     buffer: RecordBatch,
@@ -131,12 +139,24 @@ impl OverOperator {
         let mut fields: Vec<Field> = source_schema
             .fields()
             .iter()
-            .map(|f| f.as_ref().clone())
+            .map(|f| f.as_ref().clone().with_nullable(true))
             .collect();
         fields.push(Field::new(SEQ, DataType::UInt64, false));
         let buffer_schema = Arc::new(Schema::new(fields));
+        let frame_columns = frame_columns(&plan, buffer_schema.fields().len());
+        let select_columns = select_columns(&plan.post, source_schema.fields().len());
+        let selected_schema = Arc::new(Schema::new(
+            plan.window_schema
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true))
+                .collect::<Vec<_>>(),
+        ));
         Ok(Self {
             plan,
+            frame_columns,
+            select_columns,
+            selected_schema,
             output_schema,
             buffer: RecordBatch::new_empty(Arc::clone(&buffer_schema)),
             emitted: BooleanArray::from(Vec::<bool>::new()),
@@ -201,6 +221,13 @@ impl OverOperator {
                 self.pending.push((rows, lo, hi));
             } else {
                 let (ts, _) = event_times(&rows, self.plan.event_time_index)?;
+                if ts.is_sorted() {
+                    // In event-time order (the usual feed): two slices, no copy.
+                    let split = ts.partition_point(|&t| t < before);
+                    self.add_pending(rows.slice(split, rows.num_rows() - split))?;
+                    ready.push(rows.slice(0, split));
+                    continue;
+                }
                 let is_final: BooleanArray = ts.iter().map(|&t| Some(t < before)).collect();
                 self.add_pending(filter_record_batch(
                     &rows,
@@ -214,6 +241,10 @@ impl OverOperator {
 
     /// One step: releases the pending rows before the watermark, emits
     /// every row whose frame is complete, trims the buffer.
+    ///
+    /// The buffer and the released rows are concatenated once and ordered
+    /// by index only; columns are copied once more for the rows emitted
+    /// and once for the rows kept, never for the whole step.
     fn release(&mut self, watermark: i64, out: &mut Output) -> Result<()> {
         self.watermark = self.watermark.max(watermark);
         if self.watermark <= self.released_before || !self.due(self.watermark) {
@@ -226,35 +257,36 @@ impl OverOperator {
         if ready.num_rows() == 0 && !self.has_waiting_rows(watermark) {
             return Ok(());
         }
-        // Buffer and released rows together, sorted.
+        let buffered = self.buffer.num_rows();
         let rows = concat_batches(&self.buffer_schema, [&self.buffer, &ready])?;
-        let flags: BooleanArray = self
-            .emitted
-            .iter()
-            .chain(std::iter::repeat_n(Some(false), ready.num_rows()))
-            .collect();
         let ids = dense_ids(&self.plan.partition_by, &rows)?;
-        let order = sort_indices(&ids, &rows, self.plan.event_time_index)?;
-        let rows = take_rows(&rows, &order)?;
-        let flags = take(&flags, &order, None)?.as_boolean().clone();
-        let ids = take(&ids, &order, None)?;
-        let ranges = partition(&[ids])?.ranges();
-
-        let source = drop_seq(&rows);
         let (ts, _) = event_times(&rows, self.plan.event_time_index)?;
+        let seq = rows
+            .column(rows.num_columns() - 1)
+            .as_primitive::<arrow::datatypes::UInt64Type>()
+            .values();
+        let StepOrder { order, ranges } = step_order(
+            ids.as_primitive::<arrow::datatypes::UInt32Type>().values(),
+            &ts,
+            seq,
+        );
+        let order = UInt32Array::from(order);
+        // The sorted rows, only for functions DataFusion evaluates.
+        let sorted = match self.plan.direct.iter().any(Option::is_none) {
+            true => Some(drop_seq(&take_rows(&rows, &order)?)),
+            false => None,
+        };
+        let was_emitted = |i: u32| (i as usize) < buffered && self.emitted.value(i as usize);
         let end_of_input = watermark == END_OF_INPUT;
         let mut step = StepOutput {
             values: vec![Vec::new(); self.plan.functions.len()],
             ..StepOutput::default()
         };
-        let mut keep: Vec<u32> = Vec::new();
-        let mut now_emitted: Vec<bool> = flags.values().iter().collect();
+        let mut keep = Vec::new();
+        let mut keep_emitted = Vec::new();
         for range in ranges {
-            let first_new = range.start
-                + flags
-                    .values()
-                    .slice(range.start, range.len())
-                    .count_set_bits();
+            let in_range = &order.values()[range.clone()];
+            let first_new = range.start + in_range.iter().filter(|&&i| was_emitted(i)).count();
             let upto = if end_of_input {
                 range.end
             } else {
@@ -264,41 +296,83 @@ impl OverOperator {
                     .max(range.start)
             };
             if upto > first_new {
-                self.evaluate_partition(&source, range.clone(), first_new..upto, &mut step);
-                now_emitted[first_new..upto].fill(true);
+                self.evaluate_partition(sorted.as_ref(), range.clone(), first_new..upto, &mut step);
             }
             // What the frames can still reach, and the waiting rows.
             let next_emitted = upto.max(first_new);
-            let by_rows = next_emitted
-                .saturating_sub(self.plan.preceding_rows)
-                .max(range.start);
-            let by_range = if self.plan.preceding_ms > 0 {
-                let next = ts
-                    .get(next_emitted)
-                    .copied()
-                    .filter(|_| next_emitted < range.end);
-                let reach = next
-                    .unwrap_or(watermark)
-                    .saturating_sub(self.plan.preceding_ms);
-                range.start + ts[range.start..next_emitted].partition_point(|&t| t < reach)
-            } else {
-                next_emitted
-            };
-            keep.extend(by_rows.min(by_range) as u32..range.end as u32);
+            let from =
+                self.first_reachable(range.clone(), next_emitted, |p| ts[order.value(p) as usize]);
+            for p in from..range.end {
+                keep.push(order.value(p));
+                keep_emitted.push(p < next_emitted);
+            }
         }
-        let now_emitted = BooleanArray::from(now_emitted);
-        let keep = UInt32Array::from(keep);
-        self.buffer = take_rows(&rows, &keep)?;
-        self.emitted = take(&now_emitted, &keep, None)?.as_boolean().clone();
+        self.buffer = self.history(&rows, &UInt32Array::from(keep))?;
+        self.emitted = BooleanArray::from(keep_emitted);
         self.metrics.open_windows = self.buffer.num_rows() as u64;
         self.emitted_before = self.first_unemitted()?;
         // The direct functions, once over the whole step's rows.
         for (values, direct) in step.values.iter_mut().zip(&self.plan.direct) {
             if let Some(d) = direct {
-                values.push(d.evaluate(&source, &step.rows, &step.starts)?);
+                let arguments = take(evaluate(d.argument(), &rows)?.as_ref(), &order, None)?;
+                values.push(d.evaluate(&arguments, &step.rows, &step.starts)?);
             }
         }
-        self.finish_step(&source, step, out)
+        self.finish_step(&rows, &order, step, out)
+    }
+
+    /// The first sorted position of a partition (`range`) that a frame of
+    /// its rows from `next_emitted` on can still reach: the last
+    /// `preceding_rows` rows before it and those within `preceding_ms` of
+    /// its event time (`ts_at` gives a sorted position's event time).
+    fn first_reachable(
+        &self,
+        range: std::ops::Range<usize>,
+        next_emitted: usize,
+        ts_at: impl Fn(usize) -> i64,
+    ) -> usize {
+        let by_rows = next_emitted
+            .saturating_sub(self.plan.preceding_rows)
+            .max(range.start);
+        if self.plan.preceding_ms <= 0 {
+            return by_rows.min(next_emitted);
+        }
+        let next = (next_emitted < range.end).then(|| ts_at(next_emitted));
+        let reach = next
+            .unwrap_or(self.watermark)
+            .saturating_sub(self.plan.preceding_ms);
+        // Event times rise along the partition: binary search.
+        let (mut lo, mut hi) = (range.start, next_emitted);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if ts_at(mid) < reach {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        by_rows.min(lo)
+    }
+
+    /// The rows kept for the next step (`keep`, indices into `rows`). Once
+    /// emitted, a row only serves frames, so the columns no frame reads
+    /// are kept as nulls (all kept rows are emitted ones unless a function
+    /// reads following rows).
+    fn history(&self, rows: &RecordBatch, keep: &UInt32Array) -> Result<RecordBatch> {
+        let all_emitted = self.plan.following_rows == 0;
+        let columns = rows
+            .columns()
+            .iter()
+            .zip(&self.frame_columns)
+            .map(|(c, &read)| match read || !all_emitted {
+                true => Ok(take(c.as_ref(), keep, None)?),
+                false => Ok(arrow::array::new_null_array(c.data_type(), keep.len())),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(RecordBatch::try_new(
+            Arc::clone(&self.buffer_schema),
+            columns,
+        )?)
     }
 
     /// The event time before which every row has been emitted: the
@@ -323,13 +397,21 @@ impl OverOperator {
 
     /// Evaluates the window functions over one partition's `range` of the
     /// sorted rows and keeps the values of the rows in `emit`.
+    /// `sorted` is the step's rows in order when a function needs
+    /// DataFusion (the direct ones are evaluated for the whole step).
     fn evaluate_partition(
         &self,
-        source: &RecordBatch,
+        sorted: Option<&RecordBatch>,
         range: std::ops::Range<usize>,
         emit: std::ops::Range<usize>,
         step: &mut StepOutput,
     ) {
+        let Some(source) = sorted else {
+            step.rows.extend(emit.start as u32..emit.end as u32);
+            step.starts
+                .extend(std::iter::repeat_n(range.start as u32, emit.len()));
+            return;
+        };
         let partition = source.slice(range.start, range.len());
         let offset = emit.start - range.start;
         // Direct functions are evaluated for the whole step afterwards.
@@ -363,10 +445,12 @@ impl OverOperator {
     }
 
     /// Builds the emitted rows (source columns and function values) and
-    /// projects them; failed partitions go to the dead letters.
+    /// projects them; failed partitions go to the dead letters. `step.rows`
+    /// are sorted positions, `order` maps them to `rows`.
     fn finish_step(
         &mut self,
-        source: &RecordBatch,
+        rows: &RecordBatch,
+        order: &UInt32Array,
         step: StepOutput,
         out: &mut Output,
     ) -> Result<()> {
@@ -379,15 +463,61 @@ impl OverOperator {
         if step.rows.is_empty() {
             return Ok(());
         }
-        let indices = UInt32Array::from(step.rows);
-        let mut columns = take_rows(source, &indices)?.columns().to_vec();
-        for pieces in &step.values {
-            let refs: Vec<&dyn Array> = pieces.iter().map(|a| a.as_ref()).collect();
-            columns.push(arrow::compute::concat(&refs)?);
+        let indices: UInt32Array = step.rows.iter().map(|&p| order.value(p as usize)).collect();
+        let values = step
+            .values
+            .iter()
+            .map(|pieces| match pieces.as_slice() {
+                [one] => Ok(Arc::clone(one)),
+                _ => arrow::compute::concat(&pieces.iter().map(|a| a.as_ref()).collect::<Vec<_>>()),
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        // Only the columns the SELECT list reads; the whole rows where it
+        // fails on some, so that the dead letters carry every column.
+        let read = self.window_rows(rows, &indices, &values, true)?;
+        match apply_steps(&self.plan.post, &read, &self.output_schema) {
+            Ok(projected) => {
+                if projected.num_rows() > 0 {
+                    self.metrics.rows_out += projected.num_rows() as u64;
+                    out.rows.push(projected);
+                }
+                Ok(())
+            }
+            Err(_) => {
+                let whole = self.window_rows(rows, &indices, &values, false)?;
+                self.project(&whole, out)
+            }
         }
-        let schema = &self.plan.window_schema;
-        let rows = RecordBatch::try_new(Arc::clone(schema), conform(schema, columns)?)?;
-        self.project(&rows, out)
+    }
+
+    /// The emitted rows (`indices` into `rows`) with their function
+    /// `values`, in the window schema; with `only_selected`, the columns the
+    /// SELECT list does not read are nulls.
+    fn window_rows(
+        &self,
+        rows: &RecordBatch,
+        indices: &UInt32Array,
+        values: &[ArrayRef],
+        only_selected: bool,
+    ) -> Result<RecordBatch> {
+        let source_columns = &rows.columns()[..rows.num_columns() - 1];
+        let mut columns = source_columns
+            .iter()
+            .zip(&self.select_columns)
+            .map(|(c, &read)| match read || !only_selected {
+                true => Ok(take(c.as_ref(), indices, None)?),
+                false => Ok(arrow::array::new_null_array(c.data_type(), indices.len())),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        columns.extend(values.iter().cloned());
+        let schema = match only_selected {
+            true => &self.selected_schema,
+            false => &self.plan.window_schema,
+        };
+        Ok(RecordBatch::try_new(
+            Arc::clone(schema),
+            conform(schema, columns)?,
+        )?)
     }
 
     /// The SELECT list over emitted rows; rows it fails on are rejected.
@@ -409,55 +539,87 @@ impl OverOperator {
     }
 }
 
-/// Row order of a step: partition, event time, arrival. The three are
-/// packed into one integer per row (partition id, event time and arrival
-/// relative to the step's smallest), so the sort compares integers, not
-/// Arrow arrays; arrival numbers are unique, so the order is total.
-fn sort_indices(
-    ids: &ArrayRef,
-    rows: &RecordBatch,
-    event_time_index: usize,
-) -> Result<UInt32Array> {
-    let ids = ids.as_primitive::<arrow::datatypes::UInt32Type>();
-    let (ts, _) = event_times(rows, event_time_index)?;
-    let seq = rows
-        .column(rows.num_columns() - 1)
-        .as_primitive::<arrow::datatypes::UInt64Type>();
-    let min_ts = ts.iter().copied().min().unwrap_or(0);
-    let min_seq = seq.values().iter().copied().min().unwrap_or(0);
-    let span_ts = ts
-        .iter()
-        .map(|&t| t.wrapping_sub(min_ts) as u64)
-        .max()
-        .unwrap_or(0);
-    let span_seq = seq.values().iter().map(|&q| q - min_seq).max().unwrap_or(0);
-    if span_ts >= 1 << 48 || span_seq >= 1 << 48 {
-        // Beyond the packing (≈ 8900 years of event time): compare arrays.
-        let columns: Vec<SortColumn> = [
-            Arc::new(ids.clone()) as ArrayRef,
-            Arc::clone(rows.column(event_time_index)),
-            Arc::clone(rows.column(rows.num_columns() - 1)),
-        ]
-        .into_iter()
-        .map(|values| SortColumn {
-            values,
-            options: None,
-        })
-        .collect();
-        return Ok(lexsort_to_indices(&columns, None)?);
+/// Which of the `width` buffer columns a frame reads: the partition key,
+/// the event time, the arrival and every column a window function's
+/// arguments, partitioning or ordering refer to.
+fn frame_columns(plan: &OverPlan, width: usize) -> Vec<bool> {
+    let mut read = vec![false; width];
+    read[plan.event_time_index] = true;
+    read[width - 1] = true;
+    let function_exprs = plan.functions.iter().flat_map(|f| {
+        let mut exprs = f.expressions();
+        exprs.extend(f.partition_by().iter().cloned());
+        exprs.extend(f.order_by().iter().map(|o| Arc::clone(&o.expr)));
+        exprs
+    });
+    for expr in plan.partition_by.iter().cloned().chain(function_exprs) {
+        mark_columns(&mut read, &expr);
     }
-    let mut keys: Vec<(u128, u32)> = (0..ts.len())
-        .map(|i| {
-            let key = (u128::from(ids.value(i)) << 96)
-                | (u128::from(ts[i].wrapping_sub(min_ts) as u64) << 48)
-                | u128::from(seq.value(i) - min_seq);
-            (key, i as u32)
-        })
-        .collect();
-    keys.sort_unstable_by_key(|&(key, _)| key);
-    Ok(UInt32Array::from_iter_values(
-        keys.into_iter().map(|(_, i)| i),
-    ))
+    read
+}
+
+/// Marks in `read` the columns `expr` refers to.
+fn mark_columns(read: &mut [bool], expr: &Arc<dyn PhysicalExpr>) {
+    for column in datafusion::physical_expr::utils::collect_columns(expr) {
+        if let Some(r) = read.get_mut(column.index()) {
+            *r = true;
+        }
+    }
+}
+
+/// Which of the `width` source columns the steps above the window read:
+/// those its filters and first projection refer to (all of them when no
+/// projection follows).
+fn select_columns(post: &[RowStep], width: usize) -> Vec<bool> {
+    let mut read = vec![false; width];
+    for step in post {
+        match step {
+            RowStep::Filter(predicate) => mark_columns(&mut read, predicate),
+            RowStep::Project(exprs) => {
+                exprs.iter().for_each(|e| mark_columns(&mut read, e));
+                return read;
+            }
+        }
+    }
+    vec![true; width]
+}
+
+/// A step's rows in (partition, event time, arrival) order, as indices
+/// into the unsorted rows, and each partition's range of positions.
+struct StepOrder {
+    order: Vec<u32>,
+    ranges: Vec<std::ops::Range<usize>>,
+}
+
+/// Orders a step's rows by their dense partition `ids` with a counting
+/// sort (stable, linear), then each partition by (event time, arrival)
+/// where it is not in that order already. The buffered rows come first
+/// and are sorted, and released rows mostly arrive in event-time order, so
+/// a partition rarely needs the comparison sort.
+fn step_order(ids: &[u32], ts: &[i64], seq: &[u64]) -> StepOrder {
+    let partitions = ids.iter().max().map_or(0, |&m| m as usize + 1);
+    let mut bounds = vec![0usize; partitions + 1];
+    for &id in ids {
+        bounds[id as usize + 1] += 1;
+    }
+    for p in 1..bounds.len() {
+        bounds[p] += bounds[p - 1];
+    }
+    let mut next = bounds.clone();
+    let mut order = vec![0u32; ids.len()];
+    for (i, &id) in ids.iter().enumerate() {
+        order[next[id as usize]] = i as u32;
+        next[id as usize] += 1;
+    }
+    let key = |&i: &u32| (ts[i as usize], seq[i as usize]);
+    let ranges: Vec<_> = bounds.windows(2).map(|w| w[0]..w[1]).collect();
+    for range in &ranges {
+        let part = &mut order[range.clone()];
+        if !part.is_sorted_by_key(key) {
+            part.sort_unstable_by_key(key);
+        }
+    }
+    StepOrder { order, ranges }
 }
 
 fn take_rows(batch: &RecordBatch, indices: &UInt32Array) -> Result<RecordBatch> {
@@ -514,12 +676,14 @@ impl StreamOperator for OverOperator {
                     Some(valid.as_ref().is_none_or(|v| v.is_valid(i)) && t >= self.watermark)
                 })
                 .collect();
-            let late = filter_record_batch(&rows, &arrow::compute::not(&on_time)?)?;
-            if late.num_rows() > 0 {
+            let rows = if on_time.true_count() == rows.num_rows() {
+                rows
+            } else {
+                let late = filter_record_batch(&rows, &arrow::compute::not(&on_time)?)?;
                 self.metrics.late_events += late.num_rows() as u64;
                 out.late.push(late);
-            }
-            let rows = filter_record_batch(&rows, &on_time)?;
+                filter_record_batch(&rows, &on_time)?
+            };
             if rows.num_rows() > 0 {
                 let rows = self.with_seq(&rows)?;
                 self.add_pending(rows)?;
@@ -669,11 +833,11 @@ impl RowsAggregate {
         })
     }
 
-    /// Values of the sorted step rows `rows`, each in the partition that
-    /// starts at the matching `starts` entry.
-    fn evaluate(&self, source: &RecordBatch, rows: &[u32], starts: &[u32]) -> Result<ArrayRef> {
+    /// Values of the step rows at sorted positions `rows`, each in the
+    /// partition that starts at the matching `starts` entry; `values` is
+    /// the argument at every sorted position.
+    fn evaluate(&self, values: &ArrayRef, rows: &[u32], starts: &[u32]) -> Result<ArrayRef> {
         use arrow::array::{Float64Array, Int64Array};
-        let values = evaluate(&self.argument, source)?;
         let (start, end) = (self.start, self.end);
         // Row `r`'s frame: `start` rows back to `end` rows back, inside its
         // partition.
@@ -689,54 +853,42 @@ impl RowsAggregate {
                 .collect();
             return Ok(Arc::new(out));
         }
+        let function = self.function;
         match values.data_type() {
             DataType::Float64 => {
                 let v = values.as_primitive::<arrow::datatypes::Float64Type>();
+                let dense = v.null_count() == 0;
                 let out: Float64Array = rows
-                    .map(|(r, ps)| {
-                        let mut it = frame(r, ps).filter(|&j| v.is_valid(j)).map(|j| v.value(j));
-                        match self.function {
-                            RowsFunction::Sum => {
-                                it.next().map(|first| it.fold(first, |a, x| a + x))
-                            }
-                            RowsFunction::Avg => {
-                                let (sum, n) = it.fold((0.0, 0u64), |(s, n), x| (s + x, n + 1));
-                                (n > 0).then(|| sum / n as f64)
-                            }
-                            RowsFunction::Min => it.reduce(f64::min),
-                            RowsFunction::Max => it.reduce(f64::max),
-                            RowsFunction::Count => unreachable!("counted above"),
-                        }
+                    .map(|(r, ps)| match dense {
+                        true => fold_floats(function, v.values()[frame(r, ps)].iter().copied()),
+                        false => fold_floats(function, non_null(v, frame(r, ps))),
                     })
                     .collect();
                 conform_to(Arc::new(out), &self.output)
             }
             DataType::Int64 => {
                 let v = values.as_primitive::<arrow::datatypes::Int64Type>();
-                let ints =
-                    |r: u32, ps: u32| frame(r, ps).filter(|&j| v.is_valid(j)).map(|j| v.value(j));
-                let out: ArrayRef = match self.function {
-                    RowsFunction::Avg => Arc::new(
-                        rows.map(|(r, ps)| {
-                            let (sum, n) =
-                                ints(r, ps).fold((0.0, 0u64), |(s, n), x| (s + x as f64, n + 1));
-                            (n > 0).then(|| sum / n as f64)
+                let dense = v.null_count() == 0;
+                let out: ArrayRef = if function == RowsFunction::Avg {
+                    let as_float = |x: i64| x as f64;
+                    Arc::new(
+                        rows.map(|(r, ps)| match dense {
+                            true => {
+                                let it = v.values()[frame(r, ps)].iter().map(|&x| as_float(x));
+                                fold_floats(function, it)
+                            }
+                            false => fold_floats(function, non_null(v, frame(r, ps)).map(as_float)),
                         })
                         .collect::<Float64Array>(),
-                    ),
-                    f => Arc::new(
-                        rows.map(|(r, ps)| {
-                            let mut it = ints(r, ps);
-                            match f {
-                                RowsFunction::Sum => {
-                                    it.next().map(|first| it.fold(first, i64::wrapping_add))
-                                }
-                                RowsFunction::Min => it.min(),
-                                _ => it.max(),
-                            }
+                    )
+                } else {
+                    Arc::new(
+                        rows.map(|(r, ps)| match dense {
+                            true => fold_ints(function, v.values()[frame(r, ps)].iter().copied()),
+                            false => fold_ints(function, non_null(v, frame(r, ps))),
                         })
                         .collect::<Int64Array>(),
-                    ),
+                    )
                 };
                 conform_to(out, &self.output)
             }
@@ -744,6 +896,42 @@ impl RowsAggregate {
                 "direct OVER aggregate planned for {other}"
             ))),
         }
+    }
+}
+
+/// The non-null values of `v` at positions `frame`, in order.
+fn non_null<T: arrow::datatypes::ArrowPrimitiveType>(
+    v: &arrow::array::PrimitiveArray<T>,
+    frame: std::ops::Range<usize>,
+) -> impl Iterator<Item = T::Native> + '_ {
+    frame.filter(|&j| v.is_valid(j)).map(|j| v.value(j))
+}
+
+/// `function` over a frame's non-null float values, in frame order (the
+/// order a batch engine adds them in); `None` for an empty frame.
+fn fold_floats(function: RowsFunction, mut values: impl Iterator<Item = f64>) -> Option<f64> {
+    match function {
+        RowsFunction::Sum => values.next().map(|first| values.fold(first, |a, x| a + x)),
+        RowsFunction::Avg => {
+            let (sum, n) = values.fold((0.0, 0u64), |(s, n), x| (s + x, n + 1));
+            (n > 0).then(|| sum / n as f64)
+        }
+        RowsFunction::Min => values.reduce(f64::min),
+        RowsFunction::Max => values.reduce(f64::max),
+        RowsFunction::Count => unreachable!("COUNT is counted, not folded"),
+    }
+}
+
+/// `SUM` (wrapping, as DataFusion's), `MIN` or `MAX` over a frame's
+/// non-null integer values; `None` for an empty frame.
+fn fold_ints(function: RowsFunction, mut values: impl Iterator<Item = i64>) -> Option<i64> {
+    match function {
+        RowsFunction::Sum => values
+            .next()
+            .map(|first| values.fold(first, i64::wrapping_add)),
+        RowsFunction::Min => values.min(),
+        RowsFunction::Max => values.max(),
+        RowsFunction::Avg | RowsFunction::Count => unreachable!("folded as floats or counted"),
     }
 }
 
@@ -762,15 +950,22 @@ pub enum DirectFunction {
 }
 
 impl DirectFunction {
-    fn evaluate(&self, source: &RecordBatch, rows: &[u32], starts: &[u32]) -> Result<ArrayRef> {
+    /// The expression whose values the function reads.
+    fn argument(&self) -> &Arc<dyn PhysicalExpr> {
         match self {
-            Self::Rows(r) => r.evaluate(source, rows, starts),
+            Self::Rows(r) => &r.argument,
+            Self::Lag { argument, .. } => argument,
+        }
+    }
+
+    /// Values of the step rows at sorted positions `rows` (see
+    /// [`RowsAggregate::evaluate`]).
+    fn evaluate(&self, values: &ArrayRef, rows: &[u32], starts: &[u32]) -> Result<ArrayRef> {
+        match self {
+            Self::Rows(r) => r.evaluate(values, rows, starts),
             Self::Lag {
-                argument,
-                offset,
-                default,
+                offset, default, ..
             } => {
-                let values = evaluate(argument, source)?;
                 let indices: UInt32Array = rows
                     .iter()
                     .zip(starts)

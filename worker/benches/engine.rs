@@ -147,7 +147,7 @@ fn compare(
         "{:<10} {:>10} {:>16} {:>16} {:>8} {:>8}",
         "symbols", "events", "engine ev/s", "datafusion ev/s", "ratio", "rows"
     );
-    for symbols in [8, 1000] {
+    for symbols in symbol_counts() {
         let batches = ticks(events, symbols);
         let (t_engine, rows_engine) = best_of(runs, || stream_run(stream_sql, &batches));
         let (t_df, rows_df) = best_of(runs, || datafusion_sql_run(rt, &batches, batch_sql));
@@ -161,6 +161,15 @@ fn compare(
             e / d
         );
     }
+}
+
+/// The universes compared: 8 and 1000 symbols, or the comma-separated
+/// counts in `TICKFLOW_BENCH_SYMBOLS` (for profiling one of them).
+fn symbol_counts() -> Vec<usize> {
+    std::env::var("TICKFLOW_BENCH_SYMBOLS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![8, 1000])
 }
 
 /// Top-N: 4 M ticks in, three rows per window out.

@@ -255,4 +255,11 @@ fn rows_an_over_select_list_fails_on_at_release_are_refused_not_lost() {
         input.num_rows(),
         "every row is a result or refused"
     );
+    // A dead letter is the whole row, also the columns the query never reads.
+    for r in &rejected {
+        for column in ["exchange", "bid", "side"] {
+            let values = r.rows.column_by_name(column).expect("source column");
+            assert_eq!(values.null_count(), 0, "{column} of a refused row");
+        }
+    }
 }
