@@ -5,7 +5,7 @@
 //! entries, [`plan`] turns each stream into DataFusion expressions and
 //! accumulators, [`window`] and [`watermark`] hold the pure event-time
 //! logic, and the operators ([`aggregate`], [`session`], [`stateless`],
-//! [`over`]) run batches through them. [`Pipeline`] routes source
+//! [`over`], [`updating`], [`join`]) run batches through them. [`Pipeline`] routes source
 //! batches to every stream and drives watermarks. Nothing here knows where
 //! batches come from or where results go: the crate depends on DataFusion
 //! and Arrow only (no Kafka, no codecs), so the operator can plan SQL with
@@ -14,6 +14,7 @@
 pub mod aggregate;
 pub mod catalog;
 pub mod ddl;
+pub mod join;
 pub mod keys;
 pub mod limits;
 pub mod operator;
@@ -324,6 +325,11 @@ impl Pipeline {
                     false,
                     None,
                 ),
+                StreamKind::Join(j) => (
+                    Box::new(join::IntervalJoin::new(*j, Arc::clone(&p.output_schema))?),
+                    false,
+                    None,
+                ),
                 StreamKind::Over(o) => (
                     Box::new(over::OverOperator::new(
                         *o,
@@ -617,7 +623,8 @@ impl Pipeline {
             }
             let own = s.watermark();
             let mut o = Output::default();
-            s.operator.on_watermark(own, &mut o)?;
+            s.operator
+                .on_input_watermarks(&s.input_watermarks, &mut o)?;
             self.emit(i, o, out)?;
             if self.streams[i].intermediate {
                 // What the stream emitted is complete up to here (an OVER

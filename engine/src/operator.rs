@@ -16,6 +16,7 @@ use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr};
 
 use super::keys::dense_ids;
 use super::plan::{AggregateSpec, GroupSlot, RankStage, WindowedPlan, apply_steps};
+use super::watermark::NO_WATERMARK;
 
 /// What a batch or a watermark step produced.
 #[derive(Default, Debug)]
@@ -92,6 +93,13 @@ pub trait StreamOperator: Send {
     }
     /// The source watermark moved to `watermark`: emit what it completes.
     fn on_watermark(&mut self, watermark: i64, out: &mut Output) -> Result<()>;
+    /// The watermark of an input moved; `watermarks` has each input's.
+    /// Most streams follow the slowest input (the minimum); a join needs
+    /// both sides' own.
+    fn on_input_watermarks(&mut self, watermarks: &[i64], out: &mut Output) -> Result<()> {
+        let slowest = watermarks.iter().copied().min().unwrap_or(NO_WATERMARK);
+        self.on_watermark(slowest, out)
+    }
     /// The watermark of what the operator emitted, when it trails the input
     /// watermark: every row it emits from now on has an event time at or
     /// after it. `None`: rows go out as the input watermark passes them

@@ -438,79 +438,6 @@ SELECT symbol, ts, move_bp - LAG(move_bp) OVER (PARTITION BY symbol ORDER BY ts)
 FROM moves;
 ";
 
-/// The streaming run of a multi-table SQL file: every table's rows in
-/// `chunk`-row batches, one table after the other (so a UNION ALL must wait
-/// for its slowest input), each table finished after its last batch. With
-/// `restart_at`, the pipeline is checkpointed before that batch and the
-/// rest runs in a new pipeline restored from it. Output per stream.
-fn run_tables(
-    sql: &str,
-    tables: &[(&str, RecordBatch)],
-    chunk: usize,
-    restart_at: Option<usize>,
-) -> std::collections::BTreeMap<String, RecordBatch> {
-    let (streams, out) = run_tables_raw(sql, tables, chunk, restart_at);
-    streams
-        .iter()
-        .enumerate()
-        .map(|(i, (name, schema, _))| {
-            let rows = out.iter().filter(|o| o.stream == i).map(|o| &o.rows);
-            (name.clone(), concat_batches(schema, rows).unwrap())
-        })
-        .collect()
-}
-
-/// A stream's name, output columns and key columns.
-type StreamInfo = (String, arrow::datatypes::SchemaRef, Vec<String>);
-
-/// [`run_tables`]' streams and raw output (rows, deletions, late rows).
-fn run_tables_raw(
-    sql: &str,
-    tables: &[(&str, RecordBatch)],
-    chunk: usize,
-    restart_at: Option<usize>,
-) -> (Vec<StreamInfo>, Vec<StreamOutput>) {
-    let config = EngineConfig {
-        allowed_lateness: Duration::from_secs(1),
-        idle_timeout: None,
-        ..EngineConfig::default()
-    };
-    let new = || Pipeline::new(sql, &Catalog::builtin(), &config).unwrap();
-    let mut p = new();
-    let mut out: Vec<StreamOutput> = Vec::new();
-    let mut step = 0;
-    for (table, rows) in tables {
-        for batch in chunks(rows, chunk) {
-            if Some(step) == restart_at {
-                let snapshot = p.snapshot().unwrap();
-                p = new();
-                p.restore(snapshot).unwrap();
-            }
-            step += 1;
-            p.push(table, 0, &batch, &mut out).unwrap();
-        }
-        p.finish_partition(table, 0, &mut out).unwrap();
-    }
-    let late: Vec<&str> = out
-        .iter()
-        .filter(|o| o.kind == OutputKind::Late)
-        .map(|o| p.streams()[o.stream].name.as_str())
-        .collect();
-    assert!(late.is_empty(), "nothing is late within 1 s: {late:?}");
-    let streams = p
-        .streams()
-        .iter()
-        .map(|s| {
-            (
-                s.name.clone(),
-                s.output_schema.clone(),
-                s.key_columns.clone(),
-            )
-        })
-        .collect();
-    (streams, out)
-}
-
 #[test]
 fn named_stream_dags_and_union_all_match_datafusion_batch() {
     let data = market_data(40_000, JITTER_MS);
@@ -520,7 +447,7 @@ fn named_stream_dags_and_union_all_match_datafusion_batch() {
         ("market_ticks", ticks.clone()),
         ("order_events", orders.clone()),
     ];
-    let actual = run_tables(DAG_SQL, &tables, 4096, None);
+    let actual = run_tables(DAG_SQL, &tables, 4096, Feed::OneTableAfterTheOther, None);
 
     // The same chain in batch, one stage at a time; ties in event time are
     // broken by arrival (`seq`), as the engine does.
@@ -596,7 +523,7 @@ fn named_stream_dags_and_union_all_match_datafusion_batch() {
 
     // Small batches: an OVER stream emits in steps, behind its input's
     // watermark; what reads it must wait for the rows (nothing late).
-    let small = run_tables(DAG_SQL, &tables, 100, None);
+    let small = run_tables(DAG_SQL, &tables, 100, Feed::OneTableAfterTheOther, None);
     for (name, rows) in &actual {
         assert_same_rows(
             &format!("{name} (100-row batches)"),
@@ -609,7 +536,13 @@ fn named_stream_dags_and_union_all_match_datafusion_batch() {
     // A checkpoint taken mid-chain, while the union still waits for its
     // slower input, restores into a new pipeline without changing a row.
     for restart_at in [3, 12] {
-        let restarted = run_tables(DAG_SQL, &tables, 4096, Some(restart_at));
+        let restarted = run_tables(
+            DAG_SQL,
+            &tables,
+            4096,
+            Feed::OneTableAfterTheOther,
+            Some(restart_at),
+        );
         for (name, rows) in &actual {
             assert_same_rows(
                 &format!("{name} (restored at {restart_at})"),
@@ -701,7 +634,13 @@ fn updating_streams_converge_to_datafusion_batch() {
         ("market_ticks", ticks.clone()),
         ("order_events", orders.clone()),
     ];
-    let (streams, out) = run_tables_raw(UPDATING_SQL, &tables, 4096, None);
+    let (streams, out) = run_tables_raw(
+        UPDATING_SQL,
+        &tables,
+        4096,
+        Feed::OneTableAfterTheOther,
+        None,
+    );
     let actual = final_tables(&streams, &out);
 
     // Batch: the same aggregates over all rows; LAST_VALUE by event time,
@@ -752,7 +691,13 @@ fn updating_streams_converge_to_datafusion_batch() {
     // A checkpoint mid-run, restored into a new pipeline, converges to the
     // same tables.
     for restart_at in [3, 12] {
-        let (streams, out) = run_tables_raw(UPDATING_SQL, &tables, 4096, Some(restart_at));
+        let (streams, out) = run_tables_raw(
+            UPDATING_SQL,
+            &tables,
+            4096,
+            Feed::OneTableAfterTheOther,
+            Some(restart_at),
+        );
         let restored = final_tables(&streams, &out);
         for (name, (table, _, _)) in &actual {
             assert_same_rows(

@@ -37,6 +37,7 @@ use super::limits;
 use super::sql::{EmitMode, StreamDef};
 use super::window::WindowSpec;
 
+mod join;
 mod over;
 mod steps;
 mod union;
@@ -71,14 +72,15 @@ pub struct StreamPlan {
     pub kind: StreamKind,
 }
 
-/// Stateless filter/projection, windowed aggregation, OVER windows, or an
-/// updating aggregation (GROUP BY without a window).
+/// Stateless filter/projection, windowed aggregation, OVER windows, an
+/// updating aggregation (GROUP BY without a window), or an interval join.
 #[derive(Debug)]
 pub enum StreamKind {
     Stateless(StatelessPlan),
     Windowed(Box<WindowedPlan>),
     Over(Box<crate::over::OverPlan>),
     Updating(Box<crate::updating::UpdatingPlan>),
+    Join(Box<crate::join::JoinPlan>),
 }
 
 /// Row-wise steps over input rows: WHERE, projections, and those of
@@ -331,6 +333,14 @@ fn plan_stream(def: &StreamDef, scope: &Scope) -> Result<StreamPlan, EngineError
         _ if is_union || matches!(query_body(&logical), LogicalPlan::Union(_)) => {
             union::decompose_union(def, &state, &logical, &sources)?
         }
+        None if matches!(query_body(&logical), LogicalPlan::Join(_)) => {
+            join::decompose_join(def, &state, &logical, &sources)?
+        }
+        _ if has_join_node(&logical) => {
+            return Err(ctx_err(
+                "a join's rows can be aggregated, ranked or windowed only in a stream of their own: make the join a stream and read it from the next one".into(),
+            ));
+        }
         None if updating => {
             let (kind, schema) =
                 updating::decompose_updating(def, &state, &logical, source, def.state_ttl_ms)?;
@@ -351,6 +361,7 @@ fn plan_stream(def: &StreamDef, scope: &Scope) -> Result<StreamPlan, EngineError
     };
     let key_columns: Vec<String> = match &kind {
         StreamKind::Stateless(_) | StreamKind::Over(_) => source.key_columns.clone(),
+        StreamKind::Join(_) => Vec::new(),
         StreamKind::Windowed(w) => w.key_fields.iter().map(|f| f.name().clone()).collect(),
         StreamKind::Updating(u) => u
             .output_keys
@@ -433,6 +444,14 @@ fn as_input(
         // The input's event-time column, under whatever name it kept.
         StreamKind::Stateless(s) => traced(&s.branches[0]).unwrap_or(source.event_time.clone()),
         StreamKind::Over(o) => traced(&o.post).unwrap_or(source.event_time.clone()),
+        // The left row's event time (the join's output watermark follows it).
+        StreamKind::Join(j) => (0..output.fields().len())
+            .find(|&i| steps::traces_to(&j.post, i) == Some(j.left.event_time_index))
+            .map(|i| output.field(i).name().clone())
+            .ok_or_else(|| {
+                "its rows do not carry the left side's event time; select it to read the stream"
+                    .to_string()
+            })?,
     };
     match output.field_with_name(&event_time) {
         Ok(f) if matches!(f.data_type(), DataType::Timestamp(..)) => {}
@@ -535,7 +554,8 @@ fn check_supported_shape<'a>(
             ));
         }
     }
-    let names = source_tables(def, query, selects.len() > 1)?;
+    let joined = selects.len() == 1 && selects[0].from.iter().any(|f| !f.joins.is_empty());
+    let names = source_tables(def, query, selects.len() > 1 || joined)?;
     names
         .iter()
         .map(|name| resolve_input(def, name, scope))
@@ -631,18 +651,28 @@ fn check_select(def: &StreamDef, select: &ast::Select) -> Result<(), EngineError
         ));
     }
     let from = &select.from[0];
-    if let Some(join) = from.joins.first() {
-        return Err(unsupported(def, join, "JOIN is not supported yet"));
-    }
-    if !matches!(
-        &from.relation,
-        TableFactor::Table { .. } | TableFactor::Derived { .. }
-    ) {
+    if let Some(extra) = from.joins.get(1) {
         return Err(unsupported(
             def,
-            &from.relation,
-            "FROM must name a source table, a CTE or a subquery",
+            extra,
+            "a stream joins two inputs; join a third in a stream that reads this one",
         ));
+    }
+    if let Some(join) = from.joins.first() {
+        check_join(def, join)?;
+    }
+    let relations = std::iter::once(&from.relation).chain(from.joins.iter().map(|j| &j.relation));
+    for relation in relations {
+        if !matches!(
+            relation,
+            TableFactor::Table { .. } | TableFactor::Derived { .. }
+        ) {
+            return Err(unsupported(
+                def,
+                relation,
+                "FROM must name a source table, a CTE or a subquery",
+            ));
+        }
     }
     let grouped = !matches!(&select.group_by, GroupByExpr::Expressions(e, _) if e.is_empty());
     for item in &select.projection {
@@ -664,8 +694,33 @@ fn check_select(def: &StreamDef, select: &ast::Select) -> Result<(), EngineError
     Ok(())
 }
 
+/// A join the engine runs: `[INNER] JOIN` or `LEFT [OUTER] JOIN` with an
+/// ON condition.
+fn check_join(def: &StreamDef, join: &ast::Join) -> Result<(), EngineError> {
+    use ast::{JoinConstraint, JoinOperator};
+    match &join.join_operator {
+        JoinOperator::Join(JoinConstraint::On(_))
+        | JoinOperator::Inner(JoinConstraint::On(_))
+        | JoinOperator::Left(JoinConstraint::On(_))
+        | JoinOperator::LeftOuter(JoinConstraint::On(_)) => Ok(()),
+        JoinOperator::Join(_)
+        | JoinOperator::Inner(_)
+        | JoinOperator::Left(_)
+        | JoinOperator::LeftOuter(_) => Err(unsupported(
+            def,
+            join,
+            "a join needs an ON condition with the keys and the event-time bounds (USING and NATURAL are not supported)",
+        )),
+        _ => Err(unsupported(
+            def,
+            join,
+            "only JOIN and LEFT JOIN with an interval on the event times are supported yet (ASOF, RIGHT, FULL and CROSS joins are not)",
+        )),
+    }
+}
+
 /// The tables and streams a query reads, through its CTEs and subqueries:
-/// exactly one, or (a UNION ALL, `several`) one or more.
+/// exactly one, or (a UNION ALL or a join, `several`) one or more.
 fn source_tables(
     def: &StreamDef,
     query: &ast::Query,
@@ -725,6 +780,14 @@ fn first_over(e: &ast::Expr) -> Option<datafusion::sql::sqlparser::tokenizer::Lo
     match found {
         ControlFlow::Break(at) => Some(at),
         ControlFlow::Continue(()) => None,
+    }
+}
+
+/// Whether the plan joins two inputs anywhere.
+fn has_join_node(plan: &LogicalPlan) -> bool {
+    match plan {
+        LogicalPlan::Join(_) => true,
+        other => other.inputs().into_iter().any(has_join_node),
     }
 }
 

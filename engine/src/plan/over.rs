@@ -357,7 +357,7 @@ fn rows_of(v: &ScalarValue) -> Option<usize> {
 
 /// A RANGE bound over the event time, in milliseconds; `None` for
 /// UNBOUNDED or an interval with months (no fixed length).
-fn interval_ms(v: &ScalarValue) -> Option<i64> {
+pub(super) fn interval_ms(v: &ScalarValue) -> Option<i64> {
     match v {
         ScalarValue::IntervalDayTime(Some(d)) => {
             Some(i64::from(d.days) * 86_400_000 + i64::from(d.milliseconds))

@@ -12,6 +12,7 @@ use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use tickflow_worker::codec::SourceTable;
+use tickflow_worker::engine::{Catalog, EngineConfig, OutputKind, Pipeline, StreamOutput};
 use tickflow_worker::simulator::{SimConfig, SimOutput, generate};
 
 /// Two simulated runs 30 s apart (so SESSION windows close in the middle),
@@ -320,11 +321,16 @@ pub fn assert_same_rows(what: &str, actual: &RecordBatch, expected: &RecordBatch
         r.sort_by(|a, b| a.0.cmp(&b.0));
         r.into_iter().map(|(_, c)| c).collect()
     };
-    let sort = |mut rows: Vec<Vec<(String, Cell)>>| {
-        rows.iter_mut()
-            .for_each(|r| r.sort_by(|a, b| a.0.cmp(&b.0)));
-        rows.sort_by(|a, b| key(a).partial_cmp(&key(b)).unwrap());
-        rows
+    let sort = |rows: Vec<Vec<(String, Cell)>>| {
+        let mut keyed: Vec<(Vec<Cell>, Vec<(String, Cell)>)> = rows
+            .into_iter()
+            .map(|mut r| {
+                r.sort_by(|a, b| a.0.cmp(&b.0));
+                (key(&r), r)
+            })
+            .collect();
+        keyed.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
+        keyed.into_iter().map(|(_, r)| r).collect::<Vec<_>>()
     };
     let a = sort(rows_of(actual));
     let e = sort(rows_of(expected));
@@ -380,4 +386,112 @@ pub fn with_seq(batch: &RecordBatch) -> RecordBatch {
 
 pub fn int64(values: Vec<i64>) -> ArrayRef {
     Arc::new(Int64Array::from(values))
+}
+
+/// How [`run_tables`] feeds several tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Feed {
+    /// Every batch of the first table, then of the next (a UNION ALL must
+    /// wait for its slowest input; a join sees one side end first).
+    OneTableAfterTheOther,
+    /// One batch of each table in turn, as live sources arrive (a join's
+    /// state is forgotten as both watermarks move).
+    Interleaved,
+}
+
+/// The streaming run of a multi-table SQL file: every table's rows in
+/// `chunk`-row batches in the order `feed` says, each table finished after
+/// its last batch. With `restart_at`, the pipeline is checkpointed before
+/// that batch and the rest runs in a new pipeline restored from it. Output
+/// per stream.
+#[allow(dead_code)]
+pub fn run_tables(
+    sql: &str,
+    tables: &[(&str, RecordBatch)],
+    chunk: usize,
+    feed: Feed,
+    restart_at: Option<usize>,
+) -> std::collections::BTreeMap<String, RecordBatch> {
+    let (streams, out) = run_tables_raw(sql, tables, chunk, feed, restart_at);
+    streams
+        .iter()
+        .enumerate()
+        .map(|(i, (name, schema, _))| {
+            let rows = out.iter().filter(|o| o.stream == i).map(|o| &o.rows);
+            (name.clone(), concat_batches(schema, rows).unwrap())
+        })
+        .collect()
+}
+
+/// A stream's name, output columns and key columns.
+pub type StreamInfo = (String, arrow::datatypes::SchemaRef, Vec<String>);
+
+/// [`run_tables`]' streams and raw output (rows, deletions, late rows);
+/// asserts that nothing was late.
+#[allow(dead_code)]
+pub fn run_tables_raw(
+    sql: &str,
+    tables: &[(&str, RecordBatch)],
+    chunk: usize,
+    feed: Feed,
+    restart_at: Option<usize>,
+) -> (Vec<StreamInfo>, Vec<StreamOutput>) {
+    let config = EngineConfig {
+        allowed_lateness: std::time::Duration::from_secs(1),
+        idle_timeout: None,
+        ..EngineConfig::default()
+    };
+    let new = || Pipeline::new(sql, &Catalog::builtin(), &config).unwrap();
+    let mut p = new();
+    let mut out: Vec<StreamOutput> = Vec::new();
+    let batches: Vec<Vec<RecordBatch>> = tables.iter().map(|(_, t)| chunks(t, chunk)).collect();
+    // (table, batch index) in feeding order.
+    let mut order: Vec<(usize, usize)> = Vec::new();
+    match feed {
+        Feed::OneTableAfterTheOther => {
+            for (t, b) in batches.iter().enumerate() {
+                order.extend((0..b.len()).map(|i| (t, i)));
+            }
+        }
+        Feed::Interleaved => {
+            let longest = batches.iter().map(Vec::len).max().unwrap_or(0);
+            for i in 0..longest {
+                order.extend(
+                    (0..batches.len())
+                        .filter(|&t| i < batches[t].len())
+                        .map(|t| (t, i)),
+                );
+            }
+        }
+    }
+    for (step, &(t, i)) in order.iter().enumerate() {
+        if Some(step) == restart_at {
+            let snapshot = p.snapshot().unwrap();
+            p = new();
+            p.restore(snapshot).unwrap();
+        }
+        let table = tables[t].0;
+        p.push(table, 0, &batches[t][i], &mut out).unwrap();
+        if i + 1 == batches[t].len() {
+            p.finish_partition(table, 0, &mut out).unwrap();
+        }
+    }
+    let late: Vec<&str> = out
+        .iter()
+        .filter(|o| o.kind == OutputKind::Late)
+        .map(|o| p.streams()[o.stream].name.as_str())
+        .collect();
+    assert!(late.is_empty(), "nothing is late within 1 s: {late:?}");
+    let streams = p
+        .streams()
+        .iter()
+        .map(|s| {
+            (
+                s.name.clone(),
+                s.output_schema.clone(),
+                s.key_columns.clone(),
+            )
+        })
+        .collect();
+    (streams, out)
 }

@@ -1,0 +1,325 @@
+//! Planning interval joins:
+//! `SELECT … FROM a JOIN b ON a.k = b.k AND b.ts BETWEEN a.ts - x AND a.ts + y`.
+//!
+//! DataFusion plans the query (Projection → [Filter] → Join → one scan per
+//! side, each possibly under projections and filters of subqueries); this
+//! module splits the join condition into the equality keys, the bounds on
+//! `right.ts - left.ts` (which is what lets the operator forget rows) and
+//! what remains (a residual predicate over the joined row), and checks
+//! that both bounds exist: without them every row would have to be kept.
+
+use arrow::datatypes::SchemaRef;
+use datafusion::common::{Column, DFSchema};
+use datafusion::execution::context::SessionState;
+use datafusion::logical_expr::{BinaryExpr, Expr, JoinType, LogicalPlan, Operator};
+
+use super::steps::{peel_row_steps, traces_to};
+use super::{StreamKind, nullable, physical, unsupported_node};
+use crate::EngineError;
+use crate::catalog::SourceDef;
+use crate::join::{JoinKind, JoinPlan, JoinSide};
+use crate::sql::StreamDef;
+
+/// Which input of the join an expression reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    Left,
+    Right,
+}
+
+/// Plans a join stream; returns its plan, output schema and the two
+/// inputs (left, right).
+pub(super) fn decompose_join(
+    def: &StreamDef,
+    state: &SessionState,
+    plan: &LogicalPlan,
+    sources: &[&SourceDef],
+) -> Result<(StreamKind, SchemaRef, Vec<String>), EngineError> {
+    let plan_err = |message: String| EngineError::Plan {
+        stream: def.name.clone(),
+        line: def.line,
+        message,
+    };
+    let (post, below) = peel_row_steps(def, state, plan)?;
+    let LogicalPlan::Join(join) = below else {
+        return Err(unsupported_node(def, below));
+    };
+    let kind = match join.join_type {
+        JoinType::Inner => JoinKind::Inner,
+        JoinType::Left => JoinKind::Left,
+        other => {
+            return Err(plan_err(format!(
+                "{other} JOIN is not supported; use JOIN or LEFT JOIN"
+            )));
+        }
+    };
+    let (left, left_input) = join_side(def, state, &join.left, sources)?;
+    let (right, right_input) = join_side(def, state, &join.right, sources)?;
+    let left_schema = join.left.schema();
+    let right_schema = join.right.schema();
+    let sides = Sides {
+        left: left_schema,
+        right: right_schema,
+        left_ts: left.event_time_index,
+        right_ts: right.event_time_index,
+    };
+
+    // The condition: ON pairs the planner split off, and the conjuncts of
+    // the rest.
+    let mut keys: Vec<(Expr, Expr)> = join.on.clone();
+    let mut bounds = TimeBounds::default();
+    let mut residual: Vec<Expr> = Vec::new();
+    let conjuncts = join
+        .filter
+        .iter()
+        .flat_map(|f| datafusion::logical_expr::utils::split_conjunction(f))
+        .cloned();
+    for c in conjuncts {
+        if let Some(pair) = sides.key_pair(&c) {
+            keys.push(pair);
+        } else if !sides.time_bound(&c, &mut bounds) {
+            residual.push(c);
+        }
+    }
+    if keys.is_empty() {
+        return Err(plan_err(
+            "a join needs at least one equality between the two sides in ON (e.g. `a.symbol = b.symbol`)".into(),
+        ));
+    }
+    let (Some(lower), Some(upper)) = (bounds.lower, bounds.upper) else {
+        return Err(plan_err(format!(
+            "a join of two streams needs its event times bounded both ways in ON, e.g. `{r} BETWEEN {l} - INTERVAL '1' SECOND AND {l} + INTERVAL '1' SECOND`: otherwise every row would have to be kept (ASOF, window, temporal and unbounded joins are not supported yet)",
+            r = sides.right.field(sides.right_ts).name(),
+            l = sides.left.field(sides.left_ts).name(),
+        )));
+    };
+    if lower > upper {
+        return Err(plan_err(format!(
+            "the join's time bounds admit no pair: the right event time must be at least {lower} ms and at most {upper} ms after the left"
+        )));
+    }
+    let left_keys = keys
+        .iter()
+        .map(|(l, _)| physical(state, l, left_schema, def))
+        .collect::<Result<Vec<_>, _>>()?;
+    let right_keys = keys
+        .iter()
+        .map(|(_, r)| physical(state, r, right_schema, def))
+        .collect::<Result<Vec<_>, _>>()?;
+    let residual = match datafusion::logical_expr::utils::conjunction(residual) {
+        Some(e) => Some(physical(state, &e, &join.schema, def)?),
+        None => None,
+    };
+    let output = nullable(plan.schema().as_arrow());
+    let joined_schema = nullable(join.schema.as_arrow());
+    let join_plan = JoinPlan {
+        kind,
+        left: JoinSide {
+            keys: left_keys,
+            ..left
+        },
+        right: JoinSide {
+            keys: right_keys,
+            ..right
+        },
+        lower_ms: lower,
+        upper_ms: upper,
+        residual,
+        joined_schema,
+        post,
+    };
+    Ok((
+        StreamKind::Join(Box::new(join_plan)),
+        output,
+        vec![left_input, right_input],
+    ))
+}
+
+/// One side of the join: the steps from its input's rows to the join's
+/// input columns, and where its event time is among them.
+fn join_side(
+    def: &StreamDef,
+    state: &SessionState,
+    plan: &LogicalPlan,
+    sources: &[&SourceDef],
+) -> Result<(JoinSide, String), EngineError> {
+    let (steps, below) = peel_row_steps(def, state, plan)?;
+    let LogicalPlan::TableScan(scan) = below else {
+        return Err(EngineError::Plan {
+            stream: def.name.clone(),
+            line: def.line,
+            message: format!(
+                "each side of a join must filter or project one table or stream (this one needs a `{}` step); aggregate in a stream of its own and join the streams",
+                below.display()
+            ),
+        });
+    };
+    let table = scan.table_name.table();
+    let source = sources
+        .iter()
+        .find(|s| s.name.eq_ignore_ascii_case(table))
+        .expect("the planner registered every input");
+    let schema = nullable(plan.schema().as_arrow());
+    let ts = source.event_time_index();
+    let event_time_index = (0..schema.fields().len())
+        .find(|&j| traces_to(&steps, j) == Some(ts))
+        .ok_or_else(|| EngineError::Plan {
+            stream: def.name.clone(),
+            line: def.line,
+            message: format!(
+                "a join side reading `{}` must keep its event-time column `{}`",
+                source.name, source.event_time
+            ),
+        })?;
+    Ok((
+        JoinSide {
+            steps,
+            schema,
+            event_time_index,
+            keys: Vec::new(),
+        },
+        source.name.clone(),
+    ))
+}
+
+/// The bounds found so far on `right.ts - left.ts`, in milliseconds.
+#[derive(Default)]
+struct TimeBounds {
+    lower: Option<i64>,
+    upper: Option<i64>,
+}
+
+/// The schemas of both sides and their event-time columns.
+struct Sides<'a> {
+    left: &'a DFSchema,
+    right: &'a DFSchema,
+    left_ts: usize,
+    right_ts: usize,
+}
+
+impl Sides<'_> {
+    /// The side every column of `e` belongs to, if one.
+    fn side_of(&self, e: &Expr) -> Option<Side> {
+        let columns = e.column_refs();
+        if columns.is_empty() {
+            return None;
+        }
+        if columns.iter().all(|c| self.left.has_column(c)) {
+            Some(Side::Left)
+        } else if columns.iter().all(|c| self.right.has_column(c)) {
+            Some(Side::Right)
+        } else {
+            None
+        }
+    }
+
+    /// `l = r` between the sides, as (left, right).
+    fn key_pair(&self, e: &Expr) -> Option<(Expr, Expr)> {
+        let Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::Eq,
+            right,
+        }) = e
+        else {
+            return None;
+        };
+        match (self.side_of(left), self.side_of(right)) {
+            (Some(Side::Left), Some(Side::Right)) => Some((*left.clone(), *right.clone())),
+            (Some(Side::Right), Some(Side::Left)) => Some((*right.clone(), *left.clone())),
+            _ => None,
+        }
+    }
+
+    /// Records the bound `e` puts on `right.ts - left.ts`, if it is one
+    /// (a comparison or BETWEEN of the two event times, each plus or minus
+    /// a constant interval).
+    fn time_bound(&self, e: &Expr, bounds: &mut TimeBounds) -> bool {
+        match e {
+            Expr::Between(b) if !b.negated => {
+                let ge = Expr::BinaryExpr(BinaryExpr::new(
+                    b.expr.clone(),
+                    Operator::GtEq,
+                    b.low.clone(),
+                ));
+                let le = Expr::BinaryExpr(BinaryExpr::new(
+                    b.expr.clone(),
+                    Operator::LtEq,
+                    b.high.clone(),
+                ));
+                let mut found = TimeBounds::default();
+                if self.time_bound(&ge, &mut found) && self.time_bound(&le, &mut found) {
+                    tighten(bounds, found.lower, found.upper);
+                    return true;
+                }
+                false
+            }
+            Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+                let (Some((a_side, a)), Some((b_side, b))) =
+                    (self.time_term(left), self.time_term(right))
+                else {
+                    return false;
+                };
+                // `a_side.ts + a  op  b_side.ts + b`, as a bound on r - l.
+                let (op, c) = match (a_side, b_side) {
+                    (Side::Right, Side::Left) => (*op, b - a),
+                    (Side::Left, Side::Right) => match op.swap() {
+                        Some(swapped) => (swapped, a - b),
+                        None => return false,
+                    },
+                    _ => return false,
+                };
+                match op {
+                    Operator::GtEq => tighten(bounds, Some(c), None),
+                    Operator::Gt => tighten(bounds, Some(c + 1), None),
+                    Operator::LtEq => tighten(bounds, None, Some(c)),
+                    Operator::Lt => tighten(bounds, None, Some(c - 1)),
+                    Operator::Eq => tighten(bounds, Some(c), Some(c)),
+                    _ => return false,
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// `side.ts + offset` for an event-time column plus or minus constant
+    /// intervals, with the offset in milliseconds.
+    fn time_term(&self, e: &Expr) -> Option<(Side, i64)> {
+        match e {
+            Expr::Column(c) => self.event_time_side(c).map(|s| (s, 0)),
+            Expr::Cast(c) => self.time_term(&c.expr),
+            Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+                let (side, base) = self.time_term(left)?;
+                let Expr::Literal(v, _) = right.as_ref() else {
+                    return None;
+                };
+                let ms = super::over::interval_ms(v)?;
+                match op {
+                    Operator::Plus => Some((side, base.checked_add(ms)?)),
+                    Operator::Minus => Some((side, base.checked_sub(ms)?)),
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
+
+    fn event_time_side(&self, c: &Column) -> Option<Side> {
+        if self.left.index_of_column(c).ok() == Some(self.left_ts) {
+            Some(Side::Left)
+        } else if self.right.index_of_column(c).ok() == Some(self.right_ts) {
+            Some(Side::Right)
+        } else {
+            None
+        }
+    }
+}
+
+fn tighten(bounds: &mut TimeBounds, lower: Option<i64>, upper: Option<i64>) {
+    if let Some(l) = lower {
+        bounds.lower = Some(bounds.lower.map_or(l, |b| b.max(l)));
+    }
+    if let Some(u) = upper {
+        bounds.upper = Some(bounds.upper.map_or(u, |b| b.min(u)));
+    }
+}
