@@ -1512,6 +1512,51 @@ mod tests {
     }
 
     #[test]
+    fn interval_join_conditions_split_into_keys_bounds_and_residual() {
+        let p = plan(
+            "CREATE STREAM j AS SELECT o.order_id, t.price FROM order_events o \
+             LEFT JOIN market_ticks t ON t.symbol = o.symbol AND t.ts >= o.ts - INTERVAL '2' SECOND \
+             AND o.ts + INTERVAL '1' SECOND > t.ts AND t.price > o.price;",
+        )
+        .unwrap();
+        let StreamKind::Join(j) = &p[0].kind else {
+            panic!("a join")
+        };
+        assert_eq!(j.kind, crate::join::JoinKind::Left);
+        assert_eq!((j.lower_ms, j.upper_ms), (-2_000, 999));
+        assert_eq!((j.left.keys.len(), j.right.keys.len()), (1, 1));
+        assert!(
+            j.residual.is_some(),
+            "t.price > o.price is checked per pair"
+        );
+    }
+
+    #[test]
+    fn joins_that_would_keep_every_row_are_refused() {
+        let err = |sql: &str| plan(sql).unwrap_err().to_string();
+        let e = err(
+            "CREATE STREAM x AS SELECT o.order_id FROM order_events o JOIN market_ticks t \
+             ON o.symbol = t.symbol AND t.ts >= o.ts;",
+        );
+        assert!(e.contains("bounded both ways"), "one bound only: {e}");
+        let e = err(
+            "CREATE STREAM x AS SELECT o.order_id FROM order_events o JOIN market_ticks t \
+             ON t.ts BETWEEN o.ts AND o.ts + INTERVAL '1' SECOND;",
+        );
+        assert!(e.contains("at least one equality"), "no key: {e}");
+        let e = err(
+            "CREATE STREAM x AS SELECT o.order_id FROM order_events o JOIN market_ticks t \
+             ON o.symbol = t.symbol AND t.ts BETWEEN o.ts + INTERVAL '1' SECOND AND o.ts;",
+        );
+        assert!(e.contains("admit no pair"), "empty interval: {e}");
+        let e = err(
+            "CREATE STREAM x AS SELECT o.order_id FROM order_events o FULL JOIN market_ticks t \
+             ON o.symbol = t.symbol AND t.ts BETWEEN o.ts AND o.ts + INTERVAL '1' SECOND;",
+        );
+        assert!(e.contains("only JOIN and LEFT JOIN"), "FULL: {e}");
+    }
+
+    #[test]
     fn clear_errors_for_unsupported_sql() {
         let err = |sql: &str| plan(sql).unwrap_err().to_string();
         let e = err("CREATE STREAM x AS\nSELECT * FROM trades;");
@@ -1522,7 +1567,7 @@ mod tests {
         let e = err(
             "CREATE STREAM x AS SELECT a.symbol FROM market_ticks a JOIN book_updates b ON a.symbol = b.symbol;",
         );
-        assert!(e.contains("JOIN is not supported yet"), "{e}");
+        assert!(e.contains("bounded both ways in ON"), "{e}");
         let e = err(
             "CREATE STREAM x AS WITH t AS (SELECT * FROM market_ticks) SELECT t.symbol FROM t, book_updates;",
         );
