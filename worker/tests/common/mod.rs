@@ -322,13 +322,13 @@ pub fn assert_same_rows(what: &str, actual: &RecordBatch, expected: &RecordBatch
         r.into_iter().map(|(_, c)| c).collect()
     };
     let sort = |rows: Vec<Vec<(String, Cell)>>| {
-        let mut keyed: Vec<(Vec<Cell>, Vec<(String, Cell)>)> = rows
+        let mut keyed: Vec<_> = rows
             .into_iter()
             .map(|mut r| {
                 r.sort_by(|a, b| a.0.cmp(&b.0));
                 (key(&r), r)
             })
-            .collect();
+            .collect::<Vec<(Vec<Cell>, _)>>();
         keyed.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
         keyed.into_iter().map(|(_, r)| r).collect::<Vec<_>>()
     };
