@@ -326,7 +326,7 @@ impl Pipeline {
                     None,
                 ),
                 StreamKind::Join(j) => (
-                    Box::new(join::IntervalJoin::new(*j, Arc::clone(&p.output_schema))?),
+                    join::new_operator(*j, Arc::clone(&p.output_schema))?,
                     false,
                     None,
                 ),

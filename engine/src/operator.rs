@@ -15,7 +15,7 @@ use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr};
 
 use super::keys::dense_ids;
-use super::plan::{AggregateSpec, GroupSlot, RankStage, WindowedPlan, apply_steps};
+use super::plan::{AggregateSpec, GroupSlot, RankStage, RowStep, WindowedPlan, apply_steps};
 use super::watermark::NO_WATERMARK;
 
 /// What a batch or a watermark step produced.
@@ -190,6 +190,35 @@ pub fn evaluate_rows<T>(
             )
         }
     }
+}
+
+/// Runs row `steps` (WHERE, the SELECT list) over `rows` into `schema`
+/// and emits what they keep; rows they fail on go to the dead letters.
+/// Counts both in `metrics`.
+pub fn emit_through_steps(
+    steps: &[RowStep],
+    schema: &SchemaRef,
+    rows: &RecordBatch,
+    out: &mut Output,
+    metrics: &mut OperatorMetrics,
+) -> Result<()> {
+    if rows.num_rows() == 0 {
+        return Ok(());
+    }
+    let eval = |batch: &RecordBatch| apply_steps(steps, batch, schema);
+    let mut emitted = 0;
+    let mut apply = |_: &RecordBatch, rows: RecordBatch, out: &mut Output| {
+        if rows.num_rows() > 0 {
+            emitted += rows.num_rows() as u64;
+            out.rows.push(rows);
+        }
+        Ok(())
+    };
+    let before = out.rejected.len();
+    evaluate_rows(rows, out, &eval, &mut apply)?;
+    metrics.rows_out += emitted;
+    metrics.rejected_rows += (out.rejected.len() - before) as u64;
+    Ok(())
 }
 
 /// Applies a WHERE clause.

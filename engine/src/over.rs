@@ -36,7 +36,7 @@ use datafusion::physical_expr::window::WindowExpr;
 use super::keys::dense_ids;
 use super::operator::{
     OperatorMetrics, OperatorState, Output, RejectedRows, StreamOperator, apply_filter,
-    check_state_layout, conform, evaluate, evaluate_rows, event_times,
+    check_state_layout, conform, emit_through_steps, evaluate, evaluate_rows, event_times,
 };
 use super::plan::{RowStep, apply_steps};
 use super::watermark::{END_OF_INPUT, NO_WATERMARK};
@@ -522,20 +522,8 @@ impl OverOperator {
 
     /// The SELECT list over emitted rows; rows it fails on are rejected.
     fn project(&mut self, rows: &RecordBatch, out: &mut Output) -> Result<()> {
-        let (plan, schema) = (&self.plan, &self.output_schema);
-        let eval = |batch: &RecordBatch| apply_steps(&plan.post, batch, schema);
-        let metrics = &mut self.metrics;
-        let mut apply = |_: &RecordBatch, rows: RecordBatch, out: &mut Output| {
-            if rows.num_rows() > 0 {
-                metrics.rows_out += rows.num_rows() as u64;
-                out.rows.push(rows);
-            }
-            Ok(())
-        };
-        let before = out.rejected.len();
-        evaluate_rows(rows, out, &eval, &mut apply)?;
-        self.metrics.rejected_rows += (out.rejected.len() - before) as u64;
-        Ok(())
+        let schema = &self.output_schema;
+        emit_through_steps(&self.plan.post, schema, rows, out, &mut self.metrics)
     }
 }
 

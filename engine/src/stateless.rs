@@ -5,8 +5,8 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::error::Result;
 
-use super::operator::{OperatorMetrics, OperatorState, Output, StreamOperator, evaluate_rows};
-use super::plan::{StatelessPlan, apply_steps};
+use super::operator::{OperatorMetrics, OperatorState, Output, StreamOperator, emit_through_steps};
+use super::plan::StatelessPlan;
 
 pub struct FilterProject {
     plan: StatelessPlan,
@@ -36,23 +36,8 @@ impl StreamOperator for FilterProject {
         out: &mut Output,
     ) -> Result<()> {
         self.metrics.rows_in += batch.num_rows() as u64;
-        let (steps, schema) = (&self.plan.branches[input], &self.output_schema);
-        let eval = |batch: &RecordBatch| -> Result<Option<RecordBatch>> {
-            let rows = apply_steps(steps, batch, schema)?;
-            Ok((rows.num_rows() > 0).then_some(rows))
-        };
-        let metrics = &mut self.metrics;
-        let mut apply = |_: &RecordBatch, rows: Option<RecordBatch>, out: &mut Output| {
-            if let Some(rows) = rows {
-                metrics.rows_out += rows.num_rows() as u64;
-                out.rows.push(rows);
-            }
-            Ok(())
-        };
-        let rejected_before = out.rejected.len();
-        evaluate_rows(batch, out, &eval, &mut apply)?;
-        self.metrics.rejected_rows += (out.rejected.len() - rejected_before) as u64;
-        Ok(())
+        let steps = &self.plan.branches[input];
+        emit_through_steps(steps, &self.output_schema, batch, out, &mut self.metrics)
     }
 
     fn on_watermark(&mut self, _watermark: i64, _out: &mut Output) -> Result<()> {

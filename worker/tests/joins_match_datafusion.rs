@@ -1,9 +1,14 @@
-//! Interval joins over out-of-order simulator data (both sides disordered
-//! within the allowed lateness) give exactly the rows DataFusion's batch
-//! join computes over the same data: inner and LEFT, with a residual
-//! condition, a filtered side and a WHERE, a window over the join's rows,
-//! in large and small batches, with both tables interleaved or one after
-//! the other, and across a checkpoint and restore.
+//! Joins over out-of-order simulator data (both sides disordered within
+//! the allowed lateness) give exactly the rows DataFusion's batch join
+//! computes over the same data, in large and small batches, with both
+//! tables interleaved or one after the other, and across a checkpoint and
+//! restore:
+//! - interval joins, inner and LEFT, with a residual condition, a filtered
+//!   side and a WHERE, and a window over the join's rows;
+//! - ASOF joins, backward and forward, inner and LEFT (the reference is a
+//!   join with the match condition, ranked per left row);
+//! - window joins of two windowed streams on equal window ends, inner and
+//!   LEFT.
 
 mod common;
 
@@ -74,6 +79,187 @@ fn expected(ticks: &RecordBatch, orders: &RecordBatch) -> Vec<(&'static str, Rec
     ]
 }
 
+const ASOF_SQL: &str = "
+CREATE STREAM fill_marks AS
+SELECT f.order_id, f.symbol, f.ts, f.price, t.ts AS tick_ts, t.price AS mark_price,
+       f.price - t.price AS slippage
+FROM (SELECT * FROM order_events WHERE status = 'filled') f
+ASOF JOIN market_ticks t MATCH_CONDITION (f.ts >= t.ts) ON f.symbol = t.symbol;
+
+CREATE STREAM next_nasdaq_quote AS
+SELECT o.order_id, o.ts, o.price, q.ts AS quote_ts, q.ask
+FROM order_events o
+LEFT ASOF JOIN (SELECT symbol, ts, ask FROM market_ticks WHERE exchange = 'NASDAQ') q
+  MATCH_CONDITION (o.ts + INTERVAL '5' MILLISECOND < q.ts) ON q.symbol = o.symbol;
+";
+
+/// The ASOF joins in DataFusion batch: the join with the match condition,
+/// the nearest right row per left row (ties to the later right row).
+fn expected_asof(ticks: &RecordBatch, orders: &RecordBatch) -> Vec<(&'static str, RecordBatch)> {
+    let tables = || {
+        vec![
+            ("order_events", with_seq(orders)),
+            ("market_ticks", with_seq(ticks)),
+        ]
+    };
+    let fill_marks = datafusion_batch_over(
+        tables(),
+        "SELECT order_id, symbol, ts, price, tick_ts, mark_price, slippage FROM (
+           SELECT f.order_id, f.symbol, f.ts, f.price, t.ts AS tick_ts, t.price AS mark_price,
+                  f.price - t.price AS slippage,
+                  ROW_NUMBER() OVER (PARTITION BY f.seq ORDER BY t.ts DESC, t.seq DESC) AS rn
+           FROM (SELECT * FROM order_events WHERE status = 'filled') f
+           JOIN market_ticks t ON f.symbol = t.symbol AND f.ts >= t.ts) WHERE rn = 1",
+    );
+    let next_nasdaq_quote = datafusion_batch_over(
+        tables(),
+        "SELECT order_id, ts, price, quote_ts, ask FROM (
+           SELECT o.order_id, o.ts, o.price, q.ts AS quote_ts, q.ask,
+                  ROW_NUMBER() OVER (PARTITION BY o.seq ORDER BY q.ts ASC, q.seq DESC) AS rn
+           FROM order_events o
+           LEFT JOIN (SELECT symbol, ts, ask, seq FROM market_ticks WHERE exchange = 'NASDAQ') q
+             ON q.symbol = o.symbol AND o.ts + INTERVAL '5' MILLISECOND < q.ts) WHERE rn = 1",
+    );
+    vec![
+        ("fill_marks", fill_marks),
+        ("next_nasdaq_quote", next_nasdaq_quote),
+    ]
+}
+
+const WINDOW_JOIN_SQL: &str = "
+CREATE STREAM tick_bars AS
+SELECT symbol, COUNT(*) AS ticks, AVG(price) AS avg_price
+FROM market_ticks GROUP BY symbol, TUMBLE(ts, INTERVAL '1' SECOND);
+
+CREATE STREAM order_flow AS
+SELECT symbol, SUM(quantity) AS quantity, COUNT(*) AS orders
+FROM order_events GROUP BY symbol, TUMBLE(ts, INTERVAL '1' SECOND);
+
+CREATE STREAM bars_with_flow AS
+SELECT b.symbol, b.window_start, b.window_end, b.ticks, b.avg_price, f.quantity, f.orders
+FROM tick_bars b LEFT JOIN order_flow f
+  ON b.symbol = f.symbol AND b.window_start = f.window_start AND b.window_end = f.window_end;
+
+CREATE STREAM busy_windows AS
+SELECT b.symbol, b.window_end, b.ticks, f.orders, f.quantity / b.ticks AS quantity_per_tick
+FROM tick_bars b JOIN order_flow f ON b.symbol = f.symbol AND f.window_end = b.window_end
+WHERE f.orders > 1;
+";
+
+/// The window joins in DataFusion batch, over the windowed aggregates
+/// computed in batch too.
+fn expected_window_join(
+    ticks: &RecordBatch,
+    orders: &RecordBatch,
+) -> Vec<(&'static str, RecordBatch)> {
+    let second = RefWindow::Tumble(1_000);
+    let tick_bars = datafusion_batch(
+        "market_ticks",
+        assign_windows(ticks, second, "symbol"),
+        "SELECT symbol, COUNT(*) AS ticks, AVG(price) AS avg_price, window_start, window_end
+         FROM market_ticks GROUP BY symbol, window_start, window_end",
+    );
+    let order_flow = datafusion_batch(
+        "order_events",
+        assign_windows(orders, second, "symbol"),
+        "SELECT symbol, SUM(quantity) AS quantity, COUNT(*) AS orders, window_start, window_end
+         FROM order_events GROUP BY symbol, window_start, window_end",
+    );
+    let tables = || {
+        vec![
+            ("tick_bars", tick_bars.clone()),
+            ("order_flow", order_flow.clone()),
+        ]
+    };
+    let bars_with_flow = datafusion_batch_over(
+        tables(),
+        "SELECT b.symbol, b.window_start, b.window_end, b.ticks, b.avg_price, f.quantity, f.orders
+         FROM tick_bars b LEFT JOIN order_flow f
+           ON b.symbol = f.symbol AND b.window_start = f.window_start AND b.window_end = f.window_end",
+    );
+    let busy_windows = datafusion_batch_over(
+        tables(),
+        "SELECT b.symbol, b.window_end, b.ticks, f.orders, f.quantity / b.ticks AS quantity_per_tick
+         FROM tick_bars b JOIN order_flow f ON b.symbol = f.symbol AND f.window_end = b.window_end
+         WHERE f.orders > 1",
+    );
+    vec![
+        ("tick_bars", tick_bars),
+        ("order_flow", order_flow),
+        ("bars_with_flow", bars_with_flow),
+        ("busy_windows", busy_windows),
+    ]
+}
+
+/// Runs `sql` over `tables` in every feed and compares each stream with
+/// `expected`.
+fn assert_matches_batch(
+    sql: &str,
+    tables: &[(&str, RecordBatch)],
+    expected: &[(&'static str, RecordBatch)],
+) {
+    for (feed, chunk) in [
+        (Feed::Interleaved, 4096),
+        (Feed::Interleaved, 100),
+        (Feed::OneTableAfterTheOther, 4096),
+    ] {
+        let actual = run_tables(sql, tables, chunk, feed, None);
+        for (name, rows) in expected {
+            assert_same_rows(
+                &format!("{name} ({feed:?}, {chunk}-row batches)"),
+                &actual[*name],
+                rows,
+                1e-9,
+            );
+        }
+    }
+}
+
+/// How many rows of `rows` have a null `column` (unmatched LEFT rows).
+fn nulls_in(rows: &RecordBatch, column: &str) -> usize {
+    rows.column_by_name(column).unwrap().null_count()
+}
+
+#[test]
+fn asof_joins_match_datafusion_batch() {
+    let data = market_data(4_000, JITTER_MS);
+    let ticks = source_batch(&data, SourceTable::MarketTicks);
+    let orders = source_batch(&data, SourceTable::OrderEvents);
+    let expected = expected_asof(&ticks, &orders);
+    let (marks, next) = (&expected[0].1, &expected[1].1);
+    assert!(
+        marks.num_rows() > 100,
+        "fills to mark: {}",
+        marks.num_rows()
+    );
+    let unmatched = nulls_in(next, "ask");
+    assert!(
+        unmatched > 0 && unmatched < next.num_rows() && next.num_rows() == orders.num_rows(),
+        "every order once, some without a later quote ({unmatched} of {})",
+        next.num_rows()
+    );
+    let tables = [("order_events", orders), ("market_ticks", ticks)];
+    assert_matches_batch(ASOF_SQL, &tables, &expected);
+}
+
+#[test]
+fn window_joins_match_datafusion_batch() {
+    let data = market_data(12_000, JITTER_MS);
+    let ticks = source_batch(&data, SourceTable::MarketTicks);
+    let orders = source_batch(&data, SourceTable::OrderEvents);
+    let expected = expected_window_join(&ticks, &orders);
+    let (left, inner) = (&expected[2].1, &expected[3].1);
+    let unmatched = nulls_in(left, "orders");
+    assert!(
+        unmatched > 0 && unmatched < left.num_rows(),
+        "windows with and without orders ({unmatched} of {})",
+        left.num_rows()
+    );
+    assert!(inner.num_rows() > 50, "busy windows: {}", inner.num_rows());
+    let tables = [("order_events", orders), ("market_ticks", ticks)];
+    assert_matches_batch(WINDOW_JOIN_SQL, &tables, &expected);
+}
+
 #[test]
 fn interval_joins_match_datafusion_batch() {
     let data = market_data(12_000, JITTER_MS);
@@ -93,21 +279,7 @@ fn interval_joins_match_datafusion_batch() {
         left.num_rows()
     );
 
-    for (feed, chunk) in [
-        (Feed::Interleaved, 4096),
-        (Feed::Interleaved, 100),
-        (Feed::OneTableAfterTheOther, 4096),
-    ] {
-        let actual = run_tables(JOIN_SQL, &tables, chunk, feed, None);
-        for (name, rows) in &expected {
-            assert_same_rows(
-                &format!("{name} ({feed:?}, {chunk}-row batches)"),
-                &actual[*name],
-                rows,
-                1e-9,
-            );
-        }
-    }
+    assert_matches_batch(JOIN_SQL, &tables, &expected);
 }
 
 #[test]
@@ -123,16 +295,18 @@ fn a_restored_join_emits_what_an_uninterrupted_one_does() {
             source_batch(&data, SourceTable::MarketTicks),
         ),
     ];
-    let whole = run_tables(JOIN_SQL, &tables, 1024, Feed::Interleaved, None);
-    for restart_at in [1, 7, 20] {
-        let restarted = run_tables(JOIN_SQL, &tables, 1024, Feed::Interleaved, Some(restart_at));
-        for (name, rows) in &whole {
-            assert_same_rows(
-                &format!("{name} (restored before batch {restart_at})"),
-                &restarted[name],
-                rows,
-                0.0,
-            );
+    for sql in [JOIN_SQL, ASOF_SQL, WINDOW_JOIN_SQL] {
+        let whole = run_tables(sql, &tables, 1024, Feed::Interleaved, None);
+        for restart_at in [1, 7, 20] {
+            let restarted = run_tables(sql, &tables, 1024, Feed::Interleaved, Some(restart_at));
+            for (name, rows) in &whole {
+                assert_same_rows(
+                    &format!("{name} (restored before batch {restart_at})"),
+                    &restarted[name],
+                    rows,
+                    0.0,
+                );
+            }
         }
     }
 }

@@ -1,12 +1,17 @@
-//! Planning interval joins:
-//! `SELECT … FROM a JOIN b ON a.k = b.k AND b.ts BETWEEN a.ts - x AND a.ts + y`.
+//! Planning joins in event time:
+//! - interval: `FROM a JOIN b ON a.k = b.k AND b.ts BETWEEN a.ts - x AND a.ts + y`
+//!   (a window join, `a.window_end = b.window_end`, is one of width zero);
+//! - ASOF: `FROM a [LEFT] ASOF JOIN b MATCH_CONDITION (a.ts >= b.ts) ON a.k = b.k`.
 //!
-//! DataFusion plans the query (Projection → [Filter] → Join → one scan per
-//! side, each possibly under projections and filters of subqueries); this
-//! module splits the join condition into the equality keys, the bounds on
+//! DataFusion does not plan ASOF joins, so the AST is rewritten first: the
+//! match condition joins ON (see [`rewrite_asof_join`]). DataFusion then
+//! plans the query (Projection → [Filter] → Join → one scan per side, each
+//! possibly under projections and filters of subqueries); this module
+//! splits the join condition into the equality keys, the bounds on
 //! `right.ts - left.ts` (which is what lets the operator forget rows) and
-//! what remains (a residual predicate over the joined row), and checks
-//! that both bounds exist: without them every row would have to be kept.
+//! what remains (a residual predicate over the joined row). An interval
+//! join needs both bounds, an ASOF join exactly one (its direction):
+//! otherwise every row would have to be kept.
 
 use arrow::datatypes::SchemaRef;
 use datafusion::common::{Column, DFSchema};
@@ -17,7 +22,7 @@ use super::steps::{peel_row_steps, traces_to};
 use super::{StreamKind, nullable, physical, unsupported_node};
 use crate::EngineError;
 use crate::catalog::SourceDef;
-use crate::join::{JoinKind, JoinPlan, JoinSide};
+use crate::join::{AsofDirection, JoinCondition, JoinKind, JoinPlan, JoinSide};
 use crate::sql::StreamDef;
 
 /// Which input of the join an expression reads.
@@ -34,6 +39,7 @@ pub(super) fn decompose_join(
     state: &SessionState,
     plan: &LogicalPlan,
     sources: &[&SourceDef],
+    asof: bool,
 ) -> Result<(StreamKind, SchemaRef, Vec<String>), EngineError> {
     let plan_err = |message: String| EngineError::Plan {
         stream: def.name.clone(),
@@ -66,18 +72,22 @@ pub(super) fn decompose_join(
 
     // The condition: ON pairs the planner split off, and the conjuncts of
     // the rest.
-    let mut keys: Vec<(Expr, Expr)> = join.on.clone();
+    let mut keys: Vec<(Expr, Expr)> = Vec::new();
     let mut bounds = TimeBounds::default();
     let mut residual: Vec<Expr> = Vec::new();
+    let on_pairs = join.on.iter().map(|(l, r)| l.clone().eq(r.clone()));
     let conjuncts = join
         .filter
         .iter()
         .flat_map(|f| datafusion::logical_expr::utils::split_conjunction(f))
         .cloned();
-    for c in conjuncts {
+    for c in on_pairs.chain(conjuncts) {
+        // An equality of the event times (a window join's `window_end`s)
+        // is a key and a bound.
+        let is_bound = sides.time_bound(&c, &mut bounds);
         if let Some(pair) = sides.key_pair(&c) {
             keys.push(pair);
-        } else if !sides.time_bound(&c, &mut bounds) {
+        } else if !is_bound {
             residual.push(c);
         }
     }
@@ -86,18 +96,10 @@ pub(super) fn decompose_join(
             "a join needs at least one equality between the two sides in ON (e.g. `a.symbol = b.symbol`)".into(),
         ));
     }
-    let (Some(lower), Some(upper)) = (bounds.lower, bounds.upper) else {
-        return Err(plan_err(format!(
-            "a join of two streams needs its event times bounded both ways in ON, e.g. `{r} BETWEEN {l} - INTERVAL '1' SECOND AND {l} + INTERVAL '1' SECOND`: otherwise every row would have to be kept (ASOF, window, temporal and unbounded joins are not supported yet)",
-            r = sides.right.field(sides.right_ts).name(),
-            l = sides.left.field(sides.left_ts).name(),
-        )));
+    let condition = match asof {
+        true => asof_condition(&sides, &bounds, &residual).map_err(plan_err)?,
+        false => interval_condition(&sides, &bounds).map_err(plan_err)?,
     };
-    if lower > upper {
-        return Err(plan_err(format!(
-            "the join's time bounds admit no pair: the right event time must be at least {lower} ms and at most {upper} ms after the left"
-        )));
-    }
     let left_keys = keys
         .iter()
         .map(|(l, _)| physical(state, l, left_schema, def))
@@ -122,8 +124,7 @@ pub(super) fn decompose_join(
             keys: right_keys,
             ..right
         },
-        lower_ms: lower,
-        upper_ms: upper,
+        condition,
         residual,
         joined_schema,
         post,
@@ -133,6 +134,56 @@ pub(super) fn decompose_join(
         output,
         vec![left_input, right_input],
     ))
+}
+
+/// An interval join's bounds: both must be there, and admit a pair.
+fn interval_condition(sides: &Sides, bounds: &TimeBounds) -> Result<JoinCondition, String> {
+    let (Some(lower_ms), Some(upper_ms)) = (bounds.lower, bounds.upper) else {
+        return Err(format!(
+            "a join of two streams needs its event times bounded both ways in ON, e.g. `{r} BETWEEN {l} - INTERVAL '1' SECOND AND {l} + INTERVAL '1' SECOND`, or the two windows' `window_end` equal: otherwise every row would have to be kept (use ASOF JOIN for the latest row before; temporal and unbounded joins are not supported yet)",
+            r = sides.right.field(sides.right_ts).name(),
+            l = sides.left.field(sides.left_ts).name(),
+        ));
+    };
+    if lower_ms > upper_ms {
+        return Err(format!(
+            "the join's time bounds admit no pair: the right event time must be at least {lower_ms} ms and at most {upper_ms} ms after the left"
+        ));
+    }
+    Ok(JoinCondition::Interval { lower_ms, upper_ms })
+}
+
+/// An ASOF join's match condition: one bound on the event times, whose
+/// side gives the direction; the rest of ON may hold only the keys.
+fn asof_condition(
+    sides: &Sides,
+    bounds: &TimeBounds,
+    residual: &[Expr],
+) -> Result<JoinCondition, String> {
+    let (l, r) = (
+        sides.left.field(sides.left_ts).name(),
+        sides.right.field(sides.right_ts).name(),
+    );
+    if !residual.is_empty() {
+        return Err(format!(
+            "an ASOF join's ON may hold only equalities between the two sides, and MATCH_CONDITION one comparison of the event times (`{l} >= {r}`); filter a side in a subquery instead"
+        ));
+    }
+    match (bounds.lower, bounds.upper) {
+        // r - l <= c: the latest right row at or before l + c.
+        (None, Some(offset_ms)) => Ok(JoinCondition::Asof {
+            direction: AsofDirection::Backward,
+            offset_ms,
+        }),
+        // r - l >= c: the earliest right row at or after l + c.
+        (Some(offset_ms), None) => Ok(JoinCondition::Asof {
+            direction: AsofDirection::Forward,
+            offset_ms,
+        }),
+        _ => Err(format!(
+            "an ASOF join's MATCH_CONDITION compares the two event times once, with >=, >, <= or <: `{l} >= {r}` takes the latest right row at or before the left row"
+        )),
+    }
 }
 
 /// One side of the join: the steps from its input's rows to the join's
@@ -322,4 +373,112 @@ fn tighten(bounds: &mut TimeBounds, lower: Option<i64>, upper: Option<i64>) {
     if let Some(u) = upper {
         bounds.upper = Some(bounds.upper.map_or(u, |b| b.min(u)));
     }
+}
+
+/// `LEFT [OUTER] ASOF JOIN`, which sqlparser does not read: blanks out
+/// `LEFT [OUTER]` (positions in the text stay where they were) and says
+/// whether it did.
+pub(super) fn strip_left_asof(query: &str) -> (String, bool) {
+    use datafusion::sql::sqlparser::dialect::GenericDialect;
+    use datafusion::sql::sqlparser::keywords::Keyword;
+    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+    let Ok(tokens) = Tokenizer::new(&GenericDialect {}, query).tokenize_with_location() else {
+        // The parser reports the error with its position.
+        return (query.to_string(), false);
+    };
+    let words: Vec<_> = tokens
+        .iter()
+        .filter(|t| !matches!(t.token, Token::Whitespace(_)))
+        .collect();
+    let keyword = |i: usize| match words.get(i).map(|t| &t.token) {
+        Some(Token::Word(w)) if w.quote_style.is_none() => Some(w.keyword),
+        _ => None,
+    };
+    let line_starts: Vec<usize> = std::iter::once(0)
+        .chain(query.match_indices('\n').map(|(i, _)| i + 1))
+        .collect();
+    let byte_at = |loc: datafusion::sql::sqlparser::tokenizer::Location| -> usize {
+        let start = line_starts[loc.line as usize - 1];
+        query[start..]
+            .char_indices()
+            .nth(loc.column as usize - 1)
+            .map_or(query.len(), |(i, _)| start + i)
+    };
+    let mut text = query.to_string();
+    let mut found = false;
+    for i in 0..words.len() {
+        if keyword(i) != Some(Keyword::LEFT) {
+            continue;
+        }
+        let asof_at = match keyword(i + 1) {
+            Some(Keyword::OUTER) => i + 2,
+            _ => i + 1,
+        };
+        if keyword(asof_at) != Some(Keyword::ASOF) {
+            continue;
+        }
+        for w in &words[i..asof_at] {
+            let (from, to) = (byte_at(w.span.start), byte_at(w.span.end));
+            text.replace_range(from..to, &" ".repeat(to - from));
+        }
+        found = true;
+    }
+    (text, found)
+}
+
+/// Turns the query's `ASOF JOIN … MATCH_CONDITION (m) ON e` into
+/// `[LEFT] JOIN … ON e AND m`, which DataFusion plans; says whether it
+/// found one. The decomposition then reads `m` as the one-sided time bound.
+pub(super) fn rewrite_asof_join(
+    query: &mut datafusion::sql::sqlparser::ast::Query,
+    left: bool,
+) -> bool {
+    use datafusion::sql::sqlparser::ast::{
+        BinaryOperator, Expr as SqlExpr, JoinConstraint, JoinOperator, VisitMut, VisitorMut,
+    };
+    use std::ops::ControlFlow;
+    struct Rewrite {
+        left: bool,
+        found: bool,
+    }
+    impl VisitorMut for Rewrite {
+        type Break = ();
+        fn pre_visit_query(
+            &mut self,
+            query: &mut datafusion::sql::sqlparser::ast::Query,
+        ) -> ControlFlow<()> {
+            let datafusion::sql::sqlparser::ast::SetExpr::Select(select) = query.body.as_mut()
+            else {
+                return ControlFlow::Continue(());
+            };
+            for from in &mut select.from {
+                for join in &mut from.joins {
+                    let JoinOperator::AsOf {
+                        match_condition,
+                        constraint,
+                    } = &join.join_operator
+                    else {
+                        continue;
+                    };
+                    let on = match constraint {
+                        JoinConstraint::On(e) => SqlExpr::BinaryOp {
+                            left: Box::new(e.clone()),
+                            op: BinaryOperator::And,
+                            right: Box::new(match_condition.clone()),
+                        },
+                        _ => match_condition.clone(),
+                    };
+                    join.join_operator = match self.left {
+                        true => JoinOperator::Left(JoinConstraint::On(on)),
+                        false => JoinOperator::Inner(JoinConstraint::On(on)),
+                    };
+                    self.found = true;
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut rewrite = Rewrite { left, found: false };
+    let _ = query.visit(&mut rewrite);
+    rewrite.found
 }

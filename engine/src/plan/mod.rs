@@ -273,8 +273,10 @@ fn plan_stream(def: &StreamDef, scope: &Scope) -> Result<StreamPlan, EngineError
         line: def.line,
         message,
     };
+    // `LEFT ASOF JOIN` is read by blanking `LEFT` (see `rewrite_asof_join`).
+    let (text, left_asof) = join::strip_left_asof(&def.query);
     let mut statements =
-        Parser::parse_sql(&GenericDialect {}, &def.query).map_err(|e| EngineError::Parse {
+        Parser::parse_sql(&GenericDialect {}, &text).map_err(|e| EngineError::Parse {
             stream: def.name.clone(),
             message: e.to_string(),
         })?;
@@ -284,6 +286,7 @@ fn plan_stream(def: &StreamDef, scope: &Scope) -> Result<StreamPlan, EngineError
     let Statement::Query(mut query) = statements.remove(0) else {
         return Err(ctx_err("expected a SELECT after `AS`".into()));
     };
+    let asof = join::rewrite_asof_join(&mut query, left_asof);
     let sources = check_supported_shape(def, &query, scope)?;
     let source = sources[0];
     let is_union = matches!(query.body.as_ref(), SetExpr::SetOperation { .. });
@@ -334,7 +337,7 @@ fn plan_stream(def: &StreamDef, scope: &Scope) -> Result<StreamPlan, EngineError
             union::decompose_union(def, &state, &logical, &sources)?
         }
         None if matches!(query_body(&logical), LogicalPlan::Join(_)) => {
-            join::decompose_join(def, &state, &logical, &sources)?
+            join::decompose_join(def, &state, &logical, &sources, asof)?
         }
         _ if has_join_node(&logical) => {
             return Err(ctx_err(
@@ -714,7 +717,7 @@ fn check_join(def: &StreamDef, join: &ast::Join) -> Result<(), EngineError> {
         _ => Err(unsupported(
             def,
             join,
-            "only JOIN and LEFT JOIN with an interval on the event times are supported yet (ASOF, RIGHT, FULL and CROSS joins are not)",
+            "only JOIN and LEFT JOIN (with an interval on the event times, or equal window ends) and [LEFT] ASOF JOIN are supported yet (RIGHT, FULL and CROSS joins are not)",
         )),
     }
 }
@@ -1523,12 +1526,89 @@ mod tests {
             panic!("a join")
         };
         assert_eq!(j.kind, crate::join::JoinKind::Left);
-        assert_eq!((j.lower_ms, j.upper_ms), (-2_000, 999));
+        assert_eq!(
+            j.condition,
+            crate::join::JoinCondition::Interval {
+                lower_ms: -2_000,
+                upper_ms: 999
+            }
+        );
         assert_eq!((j.left.keys.len(), j.right.keys.len()), (1, 1));
         assert!(
             j.residual.is_some(),
             "t.price > o.price is checked per pair"
         );
+    }
+
+    #[test]
+    fn asof_match_conditions_give_the_direction_and_offset() {
+        use crate::join::{AsofDirection, JoinCondition, JoinKind};
+        let join = |on: &str, left: &str| {
+            let p = plan(&format!(
+                "CREATE STREAM j AS SELECT o.order_id, t.price FROM order_events o \
+                 {left} ASOF JOIN market_ticks t MATCH_CONDITION ({on}) ON o.symbol = t.symbol;"
+            ))
+            .unwrap();
+            let StreamKind::Join(j) = &p[0].kind else {
+                panic!("a join")
+            };
+            (j.kind, j.condition)
+        };
+        let asof = |direction, offset_ms| JoinCondition::Asof {
+            direction,
+            offset_ms,
+        };
+        assert_eq!(
+            join("o.ts >= t.ts", ""),
+            (JoinKind::Inner, asof(AsofDirection::Backward, 0))
+        );
+        assert_eq!(
+            join("t.ts < o.ts", "LEFT"),
+            (JoinKind::Left, asof(AsofDirection::Backward, -1))
+        );
+        assert_eq!(
+            join("o.ts <= t.ts", "LEFT OUTER"),
+            (JoinKind::Left, asof(AsofDirection::Forward, 0))
+        );
+        assert_eq!(
+            join("o.ts + INTERVAL '1' SECOND < t.ts", ""),
+            (JoinKind::Inner, asof(AsofDirection::Forward, 1_001))
+        );
+        let err = |sql: &str| plan(sql).unwrap_err().to_string();
+        let e = err(
+            "CREATE STREAM x AS SELECT o.order_id FROM order_events o ASOF JOIN market_ticks t \
+             MATCH_CONDITION (o.ts >= t.ts) ON o.symbol = t.symbol AND t.price > o.price;",
+        );
+        assert!(e.contains("only equalities"), "a residual: {e}");
+        let e = err(
+            "CREATE STREAM x AS SELECT o.order_id FROM order_events o ASOF JOIN market_ticks t \
+             MATCH_CONDITION (o.price >= t.price) ON o.symbol = t.symbol;",
+        );
+        assert!(e.contains("only equalities"), "not the event times: {e}");
+    }
+
+    #[test]
+    fn windowed_streams_join_on_equal_window_ends() {
+        let p = plan(
+            "CREATE STREAM a AS SELECT symbol, COUNT(*) AS n FROM market_ticks \
+               GROUP BY TUMBLE(ts, INTERVAL '5' SECOND), symbol; \
+             CREATE STREAM b AS SELECT symbol, SUM(quantity) AS q FROM order_events \
+               GROUP BY TUMBLE(ts, INTERVAL '5' SECOND), symbol; \
+             CREATE STREAM j AS SELECT a.window_end, a.symbol, a.n, b.q FROM a LEFT JOIN b \
+               ON a.symbol = b.symbol AND a.window_start = b.window_start AND a.window_end = b.window_end;",
+        )
+        .unwrap();
+        let StreamKind::Join(j) = &p[2].kind else {
+            panic!("a join")
+        };
+        assert_eq!(
+            j.condition,
+            crate::join::JoinCondition::Interval {
+                lower_ms: 0,
+                upper_ms: 0
+            }
+        );
+        assert_eq!(j.left.keys.len(), 3, "the window bounds are keys too");
     }
 
     #[test]

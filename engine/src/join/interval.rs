@@ -20,65 +20,22 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, RecordBatch, UInt8Array, UInt32Array, new_null_array,
-};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, UInt32Array};
 use arrow::compute::{concat_batches, filter_record_batch, interleave, take};
 use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use datafusion::error::{DataFusionError, Result};
-use datafusion::physical_expr::PhysicalExpr;
 
-use super::keys::GroupKeys;
-use super::operator::{
-    OperatorMetrics, OperatorState, Output, StreamOperator, check_state_layout, conform, evaluate,
+use super::{
+    JoinCondition, JoinKeys, JoinKind, JoinPlan, LEFT, RIGHT, admit, restore_meta, side_state,
+    split_state, state_meta, state_schema,
+};
+use crate::operator::{
+    OperatorMetrics, OperatorState, Output, StreamOperator, conform, emit_through_steps,
     evaluate_mask, evaluate_rows, event_times,
 };
-use super::plan::{RowStep, apply_steps};
-use super::watermark::{END_OF_INPUT, NO_WATERMARK};
+use crate::watermark::{END_OF_INPUT, NO_WATERMARK};
 
-/// Inner join, or LEFT (unmatched left rows with nulls).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum JoinKind {
-    Inner,
-    Left,
-}
-
-/// One input of a join.
-#[derive(Debug)]
-pub struct JoinSide {
-    /// From the input's rows to the join's input columns (the filters and
-    /// projections of subqueries on this side).
-    pub steps: Vec<RowStep>,
-    /// The join's input columns from this side, all nullable.
-    pub schema: SchemaRef,
-    /// Index of the event-time column in `schema`.
-    pub event_time_index: usize,
-    /// The equality keys, on `schema` rows (pairwise with the other side's).
-    pub keys: Vec<Arc<dyn PhysicalExpr>>,
-}
-
-/// A planned interval join.
-#[derive(Debug)]
-pub struct JoinPlan {
-    pub kind: JoinKind,
-    pub left: JoinSide,
-    pub right: JoinSide,
-    /// `right.ts - left.ts` lies in `[lower_ms, upper_ms]` for every pair.
-    pub lower_ms: i64,
-    pub upper_ms: i64,
-    /// The rest of ON, on joined rows.
-    pub residual: Option<Arc<dyn PhysicalExpr>>,
-    /// Left columns followed by right columns.
-    pub joined_schema: SchemaRef,
-    /// WHERE and the SELECT list, on joined rows.
-    pub post: Vec<RowStep>,
-}
-
-const LEFT: usize = 0;
-const RIGHT: usize = 1;
-/// State column: which side a row belongs to.
-const SIDE: &str = "__tickflow_side";
-/// State column: a left row has matched (LEFT join).
+/// State flag: a left row has matched (LEFT join).
 const MATCHED: &str = "__tickflow_matched";
 /// Appended to joined rows while the residual runs: the pair's number.
 const PAIR: &str = "__tickflow_pair";
@@ -102,9 +59,10 @@ struct SideState {
 pub struct IntervalJoin {
     plan: JoinPlan,
     output_schema: SchemaRef,
-    /// One numbering of key tuples for both sides.
-    keys: GroupKeys,
-    key_fields: Vec<FieldRef>,
+    /// `right.ts - left.ts` of a pair lies in `[lower_ms, upper_ms]`.
+    lower_ms: i64,
+    upper_ms: i64,
+    keys: JoinKeys,
     sides: [SideState; 2],
     watermarks: [i64; 2],
     metrics: OperatorMetrics,
@@ -112,22 +70,15 @@ pub struct IntervalJoin {
 
 impl IntervalJoin {
     pub fn new(plan: JoinPlan, output_schema: SchemaRef) -> Result<Self> {
-        let key_fields: Vec<FieldRef> = plan
-            .left
-            .keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| {
-                Ok(Arc::new(Field::new(
-                    format!("k{i}"),
-                    k.data_type(&plan.left.schema)?,
-                    true,
-                )))
-            })
-            .collect::<Result<_>>()?;
+        let JoinCondition::Interval { lower_ms, upper_ms } = plan.condition else {
+            return Err(DataFusionError::Internal(
+                "an interval join needs interval bounds".into(),
+            ));
+        };
         Ok(Self {
-            keys: GroupKeys::new(&key_fields)?,
-            key_fields,
+            keys: JoinKeys::new(&plan)?,
+            lower_ms,
+            upper_ms,
             plan,
             output_schema,
             sides: [SideState::default(), SideState::default()],
@@ -136,54 +87,23 @@ impl IntervalJoin {
         })
     }
 
-    fn side(&self, side: usize) -> &JoinSide {
-        match side {
-            LEFT => &self.plan.left,
-            _ => &self.plan.right,
-        }
-    }
-
     /// Whether a row of `side` at event time `ts` can no longer match.
     fn expired(&self, side: usize, ts: i64) -> bool {
         match side {
-            LEFT => ts.saturating_add(self.plan.upper_ms) < self.watermarks[RIGHT],
-            _ => ts.saturating_sub(self.plan.lower_ms) < self.watermarks[LEFT],
+            LEFT => ts.saturating_add(self.upper_ms) < self.watermarks[RIGHT],
+            _ => ts.saturating_sub(self.lower_ms) < self.watermarks[LEFT],
         }
-    }
-
-    /// The key columns of `rows` of `side`, in the left keys' types, and
-    /// which rows have no null key (only those can match).
-    fn key_columns(&self, side: usize, rows: &RecordBatch) -> Result<(Vec<ArrayRef>, Vec<bool>)> {
-        let columns = self
-            .side(side)
-            .keys
-            .iter()
-            .zip(&self.key_fields)
-            .map(|(k, f)| {
-                let c = evaluate(k, rows)?;
-                match c.data_type() == f.data_type() {
-                    true => Ok(c),
-                    false => Ok(arrow::compute::cast(&c, f.data_type())?),
-                }
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let valid = (0..rows.num_rows())
-            .map(|i| columns.iter().all(|c| c.is_valid(i)))
-            .collect();
-        Ok((columns, valid))
     }
 
     /// Joins arriving `rows` of `side` with the other side's state, then
     /// keeps them.
     fn arrive(&mut self, side: usize, rows: RecordBatch, out: &mut Output) -> Result<()> {
-        let (key_columns, valid) = self.key_columns(side, &rows)?;
-        let mut ids = Vec::new();
-        self.keys.intern(&key_columns, rows.num_rows(), &mut ids)?;
-        let (ts, _) = event_times(&rows, self.side(side).event_time_index)?;
+        let (ids, valid) = self.keys.intern(self.plan.side(side), &rows)?;
+        let (ts, _) = event_times(&rows, self.plan.side(side).event_time_index)?;
 
         // Candidate pairs: same key, event times within the bounds.
         let other = 1 - side;
-        let (lower, upper) = (self.plan.lower_ms, self.plan.upper_ms);
+        let (lower, upper) = (self.lower_ms, self.upper_ms);
         let mut mine: Vec<u32> = Vec::new();
         let mut theirs: Vec<(usize, usize)> = Vec::new();
         for (i, (&id, &ok)) in ids.iter().zip(&valid).enumerate() {
@@ -232,7 +152,7 @@ impl IntervalJoin {
             .map(|c| Ok(take(c.as_ref(), &mine_idx, None)?))
             .collect::<Result<Vec<_>>>()?;
         let chunks = &self.sides[1 - side].chunks;
-        let their_columns = (0..self.side(1 - side).schema.fields().len())
+        let their_columns = (0..self.plan.side(1 - side).schema.fields().len())
             .map(|j| {
                 let arrays: Vec<&dyn Array> =
                     chunks.iter().map(|c| c.rows.column(j).as_ref()).collect();
@@ -294,23 +214,8 @@ impl IntervalJoin {
 
     /// WHERE and the SELECT list over joined rows, to the output.
     fn emit(&mut self, joined: &RecordBatch, out: &mut Output) -> Result<()> {
-        if joined.num_rows() == 0 {
-            return Ok(());
-        }
         let (post, schema) = (&self.plan.post, &self.output_schema);
-        let eval = |b: &RecordBatch| apply_steps(post, b, schema);
-        let metrics = &mut self.metrics;
-        let mut apply = |_: &RecordBatch, rows: RecordBatch, out: &mut Output| {
-            if rows.num_rows() > 0 {
-                metrics.rows_out += rows.num_rows() as u64;
-                out.rows.push(rows);
-            }
-            Ok(())
-        };
-        let before = out.rejected.len();
-        evaluate_rows(joined, out, &eval, &mut apply)?;
-        self.metrics.rejected_rows += (out.rejected.len() - before) as u64;
-        Ok(())
+        emit_through_steps(post, schema, joined, out, &mut self.metrics)
     }
 
     /// Keeps arrived rows of `side` in its state, indexed by key.
@@ -381,12 +286,10 @@ impl IntervalJoin {
                 }
             }
         }
-        let schema = Arc::clone(&self.side(side).schema);
+        let schema = Arc::clone(&self.plan.side(side).schema);
         let rows = concat_batches(&schema, &kept)?;
         self.sides[side] = SideState::default();
-        let (key_columns, valid) = self.key_columns(side, &rows)?;
-        let mut ids = Vec::new();
-        self.keys.intern(&key_columns, rows.num_rows(), &mut ids)?;
+        let (ids, valid) = self.keys.intern(self.plan.side(side), &rows)?;
         self.keep(side, rows, kept_ts, kept_matched, &ids, &valid);
         self.metrics.open_windows = (self.sides[LEFT].rows + self.sides[RIGHT].rows) as u64;
         self.renumber_keys_if_sparse()
@@ -397,94 +300,36 @@ impl IntervalJoin {
         if left_rows.num_rows() == 0 {
             return Ok(());
         }
-        let n = left_rows.num_rows();
-        let mut columns = left_rows.columns().to_vec();
-        columns.extend(
-            self.plan
-                .right
-                .schema
-                .fields()
-                .iter()
-                .map(|f| new_null_array(f.data_type(), n)),
-        );
-        let schema = &self.plan.joined_schema;
-        let joined = RecordBatch::try_new(Arc::clone(schema), conform(schema, columns)?)?;
+        let joined = self.plan.with_null_right(left_rows)?;
         self.emit(&joined, out)
     }
 
-    /// Keys no longer in either side's state still hold a number; once
-    /// they are most of the numbering, it is rebuilt from the live keys so
-    /// that memory follows the state, not every key ever seen.
+    /// Rebuilds the key numbering from the live keys once dead ones are
+    /// most of it.
     fn renumber_keys_if_sparse(&mut self) -> Result<()> {
-        let live: usize = self.sides.iter().map(|s| s.index.len()).sum();
-        if self.keys.len() <= 2 * live + 1024 {
+        let live = self.sides.iter().flat_map(|s| s.index.keys().copied());
+        let Some(renumber) = self.keys.renumber_if_sparse(live)? else {
             return Ok(());
-        }
-        let mut keep: Vec<usize> = self
-            .sides
-            .iter()
-            .flat_map(|s| s.index.keys().copied())
-            .collect();
-        keep.sort_unstable();
-        keep.dedup();
-        let (fresh, new_ids) = self.keys.retain(&keep)?;
-        let renumber: HashMap<usize, usize> = keep.into_iter().zip(new_ids).collect();
+        };
         for side in &mut self.sides {
             side.index = std::mem::take(&mut side.index)
                 .into_iter()
                 .map(|(id, rows)| (renumber[&id], rows))
                 .collect();
         }
-        self.keys = fresh;
         Ok(())
     }
 
-    /// The join's input columns of both sides (all nullable), behind the
-    /// side and matched columns.
-    fn state_schema(&self) -> SchemaRef {
-        let mut fields = vec![
-            Field::new(SIDE, DataType::UInt8, false),
-            Field::new(MATCHED, DataType::Boolean, false),
-        ];
-        for side in [&self.plan.left, &self.plan.right] {
-            fields.extend(
-                side.schema
-                    .fields()
-                    .iter()
-                    .map(|f| f.as_ref().clone().with_nullable(true)),
-            );
-        }
-        Arc::new(Schema::new(fields))
-    }
-
-    /// One side's state rows in the state schema.
+    /// One side's state rows, with their matched flags.
     fn side_state(&self, side: usize) -> Result<RecordBatch> {
-        let schema = Arc::clone(&self.side(side).schema);
+        let schema = Arc::clone(&self.plan.side(side).schema);
         let rows = concat_batches(&schema, self.sides[side].chunks.iter().map(|c| &c.rows))?;
-        let n = rows.num_rows();
         let matched: BooleanArray = self.sides[side]
             .chunks
             .iter()
             .flat_map(|c| c.matched.iter().map(|&m| Some(m)))
             .collect();
-        let mut columns: Vec<ArrayRef> = vec![
-            Arc::new(UInt8Array::from(vec![side as u8; n])),
-            Arc::new(matched),
-        ];
-        for s in [LEFT, RIGHT] {
-            if s == side {
-                columns.extend(rows.columns().iter().cloned());
-            } else {
-                columns.extend(
-                    self.side(s)
-                        .schema
-                        .fields()
-                        .iter()
-                        .map(|f| new_null_array(f.data_type(), n)),
-                );
-            }
-        }
-        Ok(RecordBatch::try_new(self.state_schema(), columns)?)
+        side_state(&self.plan, side, &[MATCHED], &rows, vec![matched])
     }
 }
 
@@ -514,55 +359,10 @@ impl StreamOperator for IntervalJoin {
         batch: &RecordBatch,
         out: &mut Output,
     ) -> Result<()> {
-        self.metrics.rows_in += batch.num_rows() as u64;
-        let side = self.side(input);
-        let (steps, schema) = (&side.steps, &side.schema);
-        let keys = &side.keys;
-        // This side's columns, and a trial of its keys: a row they fail on
-        // is a dead letter now, not a failure at every later probe.
-        let eval = |b: &RecordBatch| -> Result<RecordBatch> {
-            let rows = apply_steps(steps, b, schema)?;
-            for k in keys {
-                evaluate(k, &rows)?;
-            }
-            Ok(rows)
-        };
-        let mut arrived = Vec::new();
-        let mut apply = |_: &RecordBatch, rows: RecordBatch, _: &mut Output| {
-            arrived.push(rows);
-            Ok(())
-        };
-        let before = out.rejected.len();
-        evaluate_rows(batch, out, &eval, &mut apply)?;
-        self.metrics.rejected_rows += (out.rejected.len() - before) as u64;
-        let ts_index = self.side(input).event_time_index;
-        for rows in arrived {
-            if rows.num_rows() == 0 {
-                continue;
-            }
-            // Late: behind this side's watermark (or without event time).
-            let (ts, _) = event_times(&rows, ts_index)?;
-            let valid = rows.column(ts_index).logical_nulls();
-            let on_time: BooleanArray = ts
-                .iter()
-                .enumerate()
-                .map(|(i, &t)| {
-                    Some(
-                        valid.as_ref().is_none_or(|v| v.is_valid(i)) && t >= self.watermarks[input],
-                    )
-                })
-                .collect();
-            let rows = if on_time.true_count() == rows.num_rows() {
-                rows
-            } else {
-                let late = filter_record_batch(&rows, &arrow::compute::not(&on_time)?)?;
-                self.metrics.late_events += late.num_rows() as u64;
-                out.late.push(late);
-                filter_record_batch(&rows, &on_time)?
-            };
-            if rows.num_rows() > 0 {
-                self.arrive(input, rows, out)?;
-            }
+        let side = self.plan.side(input);
+        let admitted = admit(side, self.watermarks[input], batch, out, &mut self.metrics)?;
+        for rows in admitted {
+            self.arrive(input, rows, out)?;
         }
         Ok(())
     }
@@ -581,7 +381,7 @@ impl StreamOperator for IntervalJoin {
 
     fn output_watermark(&self) -> Option<i64> {
         let [left, right] = self.watermarks;
-        let mut wm = left.min(right.saturating_sub(self.plan.upper_ms));
+        let mut wm = left.min(right.saturating_sub(self.upper_ms));
         if self.plan.kind == JoinKind::Left {
             // Unmatched left rows still held come out when forgotten.
             let held = self.sides[LEFT]
@@ -599,65 +399,30 @@ impl StreamOperator for IntervalJoin {
     fn snapshot(&mut self) -> Result<OperatorState> {
         let left = self.side_state(LEFT)?;
         let right = self.side_state(RIGHT)?;
+        let schema = state_schema(&self.plan, &[MATCHED]);
         Ok(OperatorState {
-            meta: serde_json::json!({
-                "metrics": self.metrics,
-                "watermarks": self.watermarks,
-            }),
-            batch: Some(concat_batches(&self.state_schema(), [&left, &right])?),
+            meta: state_meta(&self.metrics, &self.watermarks),
+            batch: Some(concat_batches(&schema, [&left, &right])?),
         })
     }
 
     fn restore(&mut self, state: OperatorState) -> Result<()> {
-        let meta = &state.meta;
-        if let Ok(m) = serde_json::from_value(meta["metrics"].clone()) {
-            self.metrics = m;
-        }
-        if let Some(marks) = meta["watermarks"].as_array()
-            && marks.len() == 2
-        {
-            for (mine, saved) in self.watermarks.iter_mut().zip(marks) {
-                *mine = saved.as_i64().unwrap_or(NO_WATERMARK);
-            }
-        }
+        restore_meta(&state.meta, &mut self.metrics, &mut self.watermarks);
         self.sides = [SideState::default(), SideState::default()];
         let Some(batch) = state.batch else {
             return Ok(());
         };
-        check_state_layout(&batch, &self.state_schema())?;
-        let sides = batch
-            .column(0)
-            .as_primitive::<arrow::datatypes::UInt8Type>();
-        let matched = batch.column(1).as_boolean();
-        let left_width = self.plan.left.schema.fields().len();
         for side in [LEFT, RIGHT] {
-            let mask: BooleanArray = sides.iter().map(|s| Some(s == Some(side as u8))).collect();
-            let range = match side {
-                LEFT => 2..2 + left_width,
-                _ => 2 + left_width..batch.num_columns(),
-            };
-            let schema = Arc::clone(&self.side(side).schema);
-            let columns = batch.columns()[range]
-                .iter()
-                .map(|c| Ok(arrow::compute::filter(c.as_ref(), &mask)?))
-                .collect::<Result<Vec<_>>>()?;
-            let rows = RecordBatch::try_new(schema, columns)?;
-            let flags = arrow::compute::filter(matched, &mask)?;
-            let flags: Vec<bool> = flags.as_boolean().values().iter().collect();
-            let (ts, _) = event_times(&rows, self.side(side).event_time_index)?;
-            let (key_columns, valid) = self.key_columns(side, &rows)?;
-            let mut ids = Vec::new();
-            self.keys.intern(&key_columns, rows.num_rows(), &mut ids)?;
-            self.keep(side, rows, ts, flags, &ids, &valid);
-        }
-        if self
-            .sides
-            .iter()
-            .any(|s| s.chunks.iter().any(|c| c.ts.len() != c.matched.len()))
-        {
-            return Err(DataFusionError::Execution(
-                "join state: matched flags do not fit the rows".into(),
-            ));
+            let (rows, mut flags) = split_state(&self.plan, &[MATCHED], &batch, side)?;
+            let matched = flags.pop().unwrap_or_default();
+            let (ts, _) = event_times(&rows, self.plan.side(side).event_time_index)?;
+            if matched.len() != ts.len() {
+                return Err(DataFusionError::Execution(
+                    "join state: matched flags do not fit the rows".into(),
+                ));
+            }
+            let (ids, valid) = self.keys.intern(self.plan.side(side), &rows)?;
+            self.keep(side, rows, ts, matched, &ids, &valid);
         }
         Ok(())
     }
