@@ -310,3 +310,83 @@ fn a_restored_join_emits_what_an_uninterrupted_one_does() {
         }
     }
 }
+
+/// Join state follows the watermarks, not the run's length: over a run
+/// many times longer than what a join must remember (the bounds plus the
+/// lateness), the rows each join holds stay flat.
+#[test]
+fn join_state_stays_flat_over_a_long_run() {
+    use tickflow_worker::engine::{Catalog, EngineConfig, Pipeline};
+    use tickflow_worker::simulator::{SimConfig, generate};
+    // One run at a steady rate: five minutes of event time.
+    let config = SimConfig {
+        seed: 11,
+        max_jitter_ms: JITTER_MS,
+        ..SimConfig::default()
+    };
+    let data = generate(config, 300_000);
+    let tables = [
+        (
+            "order_events",
+            chunks(&source_batch(&data, SourceTable::OrderEvents), 1024),
+        ),
+        (
+            "market_ticks",
+            chunks(&source_batch(&data, SourceTable::MarketTicks), 4096),
+        ),
+    ];
+    let sql = [JOIN_SQL, ASOF_SQL, WINDOW_JOIN_SQL].concat();
+    let config = EngineConfig {
+        allowed_lateness: std::time::Duration::from_secs(1),
+        idle_timeout: None,
+        ..EngineConfig::default()
+    };
+    let mut p = Pipeline::new(&sql, &Catalog::builtin(), &config).unwrap();
+    let joins = [
+        "marked",
+        "next_nasdaq_ask",
+        "fill_marks",
+        "next_nasdaq_quote",
+        "bars_with_flow",
+        "busy_windows",
+    ];
+    let index = |name: &str| p.streams().iter().position(|s| s.name == name).unwrap();
+    let joins: Vec<(&str, usize)> = joins.iter().map(|&n| (n, index(n))).collect();
+    // Rows held per join after each step.
+    let mut held: Vec<Vec<u64>> = vec![Vec::new(); joins.len()];
+    let mut out = Vec::new();
+    let steps = tables[0].1.len().max(tables[1].1.len());
+    let mut rows_fed = 0;
+    for i in 0..steps {
+        for (table, batches) in &tables {
+            if let Some(batch) = batches.get(i) {
+                p.push(table, 0, batch, &mut out).unwrap();
+                rows_fed += batch.num_rows();
+            }
+        }
+        out.clear();
+        for (h, &(_, s)) in held.iter_mut().zip(&joins) {
+            h.push(p.streams()[s].metrics().open_windows);
+        }
+    }
+    for ((name, _), h) in joins.iter().zip(&held) {
+        // State that grew with the run would hold three times as much at
+        // the end as at a third of it (a few windows more or less are
+        // not growth).
+        let third = h.len() / 3;
+        let first = *h[..third].iter().max().unwrap();
+        let last = *h[2 * third..].iter().max().unwrap();
+        println!(
+            "{name}: at most {first} rows held in the first third of the run, {last} in the last, of {rows_fed} fed"
+        );
+        assert!(first > 0, "{name} holds rows while it runs");
+        assert!(
+            last <= 2 * first + 64,
+            "{name}: state grows with the run ({first} rows held in the first third, {last} in the last)"
+        );
+        assert!(
+            (last as usize) * 50 < rows_fed,
+            "{name}: {last} rows held of {rows_fed} fed"
+        );
+    }
+}

@@ -113,6 +113,40 @@ SELECT trader_id, symbol, COUNT(*) AS orders, SUM(quantity) AS quantity
 FROM order_events GROUP BY trader_id, symbol HAVING COUNT(*) < 1000;
 ";
 
+/// Joins for the kill -9 test: an interval LEFT join (left rows waiting
+/// for their interval to pass), ASOF joins backward and forward (left rows
+/// waiting for their match to be final, right rows kept per key) and a
+/// window join of two windowed streams that only it reads.
+const JOIN_STREAMS: &str = "
+CREATE STREAM recent_ticks AS
+SELECT o.order_id, o.ts, o.price, t.ts AS tick_ts, t.exchange, t.price AS tick_price
+FROM order_events o LEFT JOIN market_ticks t
+  ON o.symbol = t.symbol AND t.ts BETWEEN o.ts - INTERVAL '30' MILLISECOND AND o.ts;
+
+CREATE STREAM fill_marks AS
+SELECT f.order_id, f.ts, f.price, t.ts AS tick_ts, t.price AS mark_price
+FROM (SELECT * FROM order_events WHERE status = 'filled') f
+ASOF JOIN market_ticks t MATCH_CONDITION (f.ts >= t.ts) ON f.symbol = t.symbol;
+
+CREATE STREAM next_quote AS
+SELECT o.order_id, o.ts, q.ts AS quote_ts, q.exchange, q.ask
+FROM order_events o
+LEFT ASOF JOIN market_ticks q MATCH_CONDITION (o.ts < q.ts) ON q.symbol = o.symbol;
+
+CREATE STREAM tick_bars AS
+SELECT symbol, COUNT(*) AS ticks, MAX(price) AS high
+FROM market_ticks GROUP BY symbol, TUMBLE(ts, INTERVAL '1' SECOND);
+
+CREATE STREAM order_flow AS
+SELECT symbol, SUM(quantity) AS quantity
+FROM order_events GROUP BY symbol, TUMBLE(ts, INTERVAL '1' SECOND);
+
+CREATE STREAM bars_with_flow AS
+SELECT b.symbol, b.window_end, b.ticks, b.high, f.quantity
+FROM tick_bars b LEFT JOIN order_flow f
+  ON b.symbol = f.symbol AND b.window_end = f.window_end;
+";
+
 /// Their output files. An OVER stream emits each partition's rows in event
 /// time order; how partitions interleave depends on when the watermark
 /// moved, which batch sizes and restarts change.
@@ -121,9 +155,17 @@ const OVER_OUTPUTS: [(&str, &str); 2] = [
     ("order_rate.jsonl", "trader_id"),
 ];
 
-/// A UNION ALL interleaves its inputs as they arrive: the same rows, in
-/// any order.
-const UNORDERED_OUTPUTS: [&str; 2] = ["alerts.jsonl", "dag_alerts.jsonl"];
+/// A UNION ALL interleaves its inputs as they arrive, and a join emits
+/// rows when their match is complete, which depends on when the other
+/// side's watermark moved: the same rows, in any order.
+const UNORDERED_OUTPUTS: [&str; 6] = [
+    "alerts.jsonl",
+    "dag_alerts.jsonl",
+    "recent_ticks.jsonl",
+    "fill_marks.jsonl",
+    "next_quote.jsonl",
+    "bars_with_flow.jsonl",
+];
 
 /// Updating streams emit a change per key and batch, so batch sizes and
 /// restarts change the lines; the table they leave must not change. Files
@@ -253,12 +295,14 @@ fn killed_replay_resumes_from_checkpoint_with_identical_output() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     produce(&data, 400_000, "jsonl");
-    // The built-in queries, and OVER streams (rows buffered until the
+    // The built-in queries, OVER streams (rows buffered until the
     // watermark passes them, LEAD rows waiting for their followers, frame
-    // history): all of it must survive the kills.
+    // history) and joins (both sides' rows held): all of it must survive
+    // the kills.
     let sql = all_queries(tmp.path());
     let mut text = std::fs::read_to_string(&sql).unwrap();
     text.push_str(OVER_STREAMS);
+    text.push_str(JOIN_STREAMS);
     std::fs::write(&sql, text).unwrap();
 
     // `tick_moves` feeds later streams: it gets a file only where bound.
@@ -282,9 +326,9 @@ fn killed_replay_resumes_from_checkpoint_with_identical_output() {
         !names.contains(&"ticks.jsonl") && names.contains(&"tick_moves.jsonl"),
         "an intermediate stream has output only where bound: {names:?}"
     );
-    // sql/ (nine seed queries, trading_alerts' `alerts`, arbitrage) and the
-    // streams above.
-    assert_eq!(expected.len(), 9 + 2 + 7);
+    // sql/ (nine seed queries, trading_alerts' `alerts`, arbitrage), the
+    // OVER streams and the joins above.
+    assert_eq!(expected.len(), 9 + 2 + 7 + 4);
     let (books, deletions) = apply_changes(
         UPDATING_OUTPUTS[1].1,
         &expected
