@@ -2,7 +2,8 @@
 //! killed with SIGKILL at random moments (and, deterministically, at the
 //! dangerous points around a checkpoint) and restarted each time; a
 //! `read_committed` reader of its output topics must see exactly the rows of
-//! an uninterrupted run. The same holds when a commit gets stuck in the Kafka
+//! an uninterrupted run: windows, a filter, and an ASOF join of two topics
+//! (its waiting rows and the right side it keeps are in the checkpoint). The same holds when a commit gets stuck in the Kafka
 //! client: the worker fails over to its checkpoint in-process, or, with
 //! failover off, exits and the next process recovers.
 
@@ -14,7 +15,15 @@ use std::time::{Duration, Instant};
 
 use kafka_common::*;
 
-const STREAMS: [&str; 2] = ["ohlc_5s", "large_trades"];
+const STREAMS: [&str; 3] = ["ohlc_5s", "large_trades", "fill_marks"];
+
+/// Fills marked to the tick at or before them.
+const JOIN_SQL: &str = "
+CREATE STREAM fill_marks AS
+SELECT f.order_id, f.symbol, f.ts, f.price, t.ts AS tick_ts, t.exchange, t.price AS mark_price
+FROM (SELECT * FROM order_events WHERE status = 'filled') f
+ASOF JOIN market_ticks t MATCH_CONDITION (f.ts >= t.ts) ON f.symbol = t.symbol;
+";
 
 fn query(sql: &Path, topics: &Topics, name: &str, checkpoints: &Path) -> std::process::Command {
     let e = env();
@@ -27,6 +36,7 @@ fn query(sql: &Path, topics: &Topics, name: &str, checkpoints: &Path) -> std::pr
         .args(["--checkpoint-interval", "50ms", "--batch-size", "4096"])
         .arg("--checkpoint-dir")
         .arg(checkpoints);
+    c.args(["--input", &format!("order_events=kafka:{}", topics.orders)]);
     for s in STREAMS {
         c.args(["--output", &format!("{s}=kafka:{name}-{s}")]);
     }
@@ -53,11 +63,12 @@ fn a_query_killed_ten_times_commits_exactly_the_rows_of_an_uninterrupted_run() {
     let summary = produce_to_kafka(&topics, 77, 2_000_000, "300ms");
     assert_eq!(summary["ticks"], 2_000_000);
     let sql = dir.path().join("eos.sql");
-    let text: String = STREAMS
+    let mut text: String = STREAMS[..2]
         .iter()
         .map(|s| std::fs::read_to_string(repo().join(format!("sql/{s}.sql"))).unwrap())
         .collect::<Vec<_>>()
         .join("\n");
+    text.push_str(JOIN_SQL);
     std::fs::write(&sql, text).unwrap();
 
     // The reference: one uninterrupted run.
