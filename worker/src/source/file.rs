@@ -31,10 +31,12 @@ pub struct FileBatch {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("cannot read {path}: {source}")]
+    /// The cause is part of the message, not a `source()`, so that error
+    /// chains do not print it twice.
+    #[error("cannot read {path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: {reason}")]
     Format { path: PathBuf, reason: String },
@@ -140,9 +142,9 @@ pub struct JsonlSource {
 
 impl JsonlSource {
     fn open(path: &Path, def: &SourceDef, batch_size: usize) -> Result<Self, SourceError> {
-        let f = File::open(path).map_err(|source| SourceError::Io {
+        let f = File::open(path).map_err(|error| SourceError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         let decoder = JsonLinesDecoder::new(SchemaRef::clone(&def.schema)).map_err(|e| {
             SourceError::Format {
@@ -162,10 +164,10 @@ impl JsonlSource {
         })
     }
 
-    fn io(&self, source: std::io::Error) -> SourceError {
+    fn io(&self, error: std::io::Error) -> SourceError {
         SourceError::Io {
             path: self.path.clone(),
-            source,
+            error,
         }
     }
 
@@ -250,9 +252,9 @@ pub struct AvroFileSource {
 impl AvroFileSource {
     fn open(path: &Path, def: &SourceDef) -> Result<Self, SourceError> {
         let schema = &def.schema;
-        let f = File::open(path).map_err(|source| SourceError::Io {
+        let f = File::open(path).map_err(|error| SourceError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         let fmt = |reason: String| SourceError::Format {
             path: path.to_path_buf(),
