@@ -48,6 +48,7 @@
 
 mod book;
 mod events;
+pub mod nexmark;
 mod orders;
 mod records;
 mod reorder;
