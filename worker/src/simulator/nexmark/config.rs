@@ -130,7 +130,7 @@ impl NexmarkConfig {
             return err("num_active_people and num_in_flight_auctions must be below 2^32".into());
         }
         let g = self.out_of_order_group_size;
-        if g == 0 || g % OUT_OF_ORDER_STRIDE == 0 || g > MAX_EVENTS {
+        if g == 0 || g.is_multiple_of(OUT_OF_ORDER_STRIDE) || g > MAX_EVENTS {
             return err(format!(
                 "out_of_order_group_size must be at least 1, at most 2^62 and no multiple of \
                  {OUT_OF_ORDER_STRIDE} (else the shuffle repeats events), got {g}"

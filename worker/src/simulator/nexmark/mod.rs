@@ -56,4 +56,7 @@ pub use records::{
     Auction, Bid, NexmarkOutput, NexmarkTable, Person, auctions_to_batch, bids_to_batch,
     persons_to_batch,
 };
-pub use strings::{HOT_CHANNELS, MAX_PRICE, MIN_PRICE, US_CITIES, US_STATES};
+pub use strings::{
+    CHANNELS_NUMBER, FIRST_NAMES, HOT_CHANNELS, LAST_NAMES, MAX_PRICE, MIN_PRICE, US_CITIES,
+    US_STATES,
+};

@@ -468,8 +468,8 @@ fn values_come_from_the_spec_lists() {
         cities.insert(p.city);
         states.insert(p.state);
         let (first, last) = p.name.split_once(' ').unwrap();
-        assert!(super::strings::FIRST_NAMES.contains(&first), "{}", p.name);
-        assert!(super::strings::LAST_NAMES.contains(&last), "{}", p.name);
+        assert!(FIRST_NAMES.contains(&first), "{}", p.name);
+        assert!(LAST_NAMES.contains(&last), "{}", p.name);
         let (user, domain) = p.email_address.split_once('@').unwrap();
         let domain = domain.strip_suffix(".com").unwrap();
         for part in [user, domain] {
