@@ -19,6 +19,7 @@ use tickflow_worker::kafka::{
 use tickflow_worker::memory::MemoryBudget;
 use tickflow_worker::runtime::telemetry::{LogFormat, init_logging};
 use tickflow_worker::runtime::{StatusHandle, WorkerState, http};
+use tickflow_worker::simulator::nexmark::NexmarkConfig;
 use tickflow_worker::simulator::{BurstConfig, SimConfig};
 use tickflow_worker::sink::kafka::ProducerTuning;
 use tickflow_worker::source::kafka::{OnOutOfRange, StartFrom};
@@ -273,6 +274,31 @@ struct ProduceArgs {
     /// With --realtime: event time runs this many times faster than the wall clock.
     #[arg(long, default_value_t = 1.0)]
     speed: f64,
+    #[command(flatten)]
+    nexmark: NexmarkArgs,
+}
+
+/// `produce --nexmark`: the Nexmark benchmark's tables instead of market data.
+#[derive(Args)]
+struct NexmarkArgs {
+    /// Generate Nexmark events (person, auction, bid) instead of market
+    /// data: person.*, auction.*, bid.* in --output-dir (files only; the
+    /// seed is --seed).
+    #[arg(long, requires_all = ["events", "output_dir"], conflicts_with_all = ["count", "duration", "continuous", "realtime", "http_addr"])]
+    nexmark: bool,
+    /// With --nexmark: events over all three tables (1 person : 3 auctions : 46 bids).
+    #[arg(long, requires = "nexmark")]
+    events: Option<u64>,
+    /// With --nexmark: events per second of event time.
+    #[arg(long, requires = "nexmark", default_value_t = 10_000.0)]
+    event_rate: f64,
+    /// With --nexmark: event time of the first event, epoch milliseconds
+    /// (default 2026-01-05T14:30:00Z).
+    #[arg(long, requires = "nexmark")]
+    base_time_ms: Option<i64>,
+    /// With --nexmark: shuffle events within groups of this many (1: in order).
+    #[arg(long, requires = "nexmark", default_value_t = 1)]
+    out_of_order_group: u64,
 }
 
 #[derive(Args)]
@@ -582,6 +608,39 @@ fn run_kafka_query(a: QueryArgs, sql: String) -> anyhow::Result<()> {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Produce(a) if a.nexmark.nexmark => {
+            let dir = a
+                .output_dir
+                .context("--nexmark writes files: set --output-dir")?;
+            let n = &a.nexmark;
+            let defaults = NexmarkConfig::default();
+            let opts = produce::NexmarkProduceOptions {
+                config: NexmarkConfig {
+                    seed: a.sim.seed,
+                    events: n.events,
+                    first_event_rate: n.event_rate,
+                    base_time_ms: n.base_time_ms.unwrap_or(defaults.base_time_ms),
+                    out_of_order_group_size: n.out_of_order_group,
+                    ..defaults
+                },
+                dir,
+                format: match a.format.as_deref() {
+                    None | Some("jsonl") | Some("json") => produce::FileFormat::Jsonl,
+                    Some("avro") => produce::FileFormat::Avro,
+                    Some(f) => anyhow::bail!("--format {f}: use jsonl or avro"),
+                },
+                stop: stop_flag()?,
+                status: None,
+            };
+            let s = produce::run_nexmark(&opts)?;
+            tracing::info!(
+                persons = s.persons,
+                auctions = s.auctions,
+                bids = s.bids,
+                "produced"
+            );
+            println!("{}", serde_json::to_string(&s)?);
+        }
         Command::Produce(a) => {
             let length = match (a.count, a.duration, a.continuous) {
                 (Some(n), _, _) => produce::RunLength::Ticks(n),

@@ -1,7 +1,9 @@
 //! `tickflow-worker produce`: runs the market simulator and writes its three
 //! streams to files (JSON lines or Avro container files) or to Kafka topics
 //! (Confluent-framed Avro registered with the schema registry, or JSON), one
-//! per topic, keyed by symbol.
+//! per topic, keyed by symbol. With `--nexmark` it runs the Nexmark
+//! generator instead and writes `person`, `auction` and `bid` files
+//! ([`run_nexmark`]).
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -11,7 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use apache_avro::Schema as AvroSchema;
 use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
 
 use std::collections::BTreeMap;
 
@@ -21,6 +25,7 @@ use crate::codec::records::{KeyExtractor, RowEncoder, ValueFormat};
 use crate::codec::{BuiltinAvroSchema, SourceTable};
 use crate::kafka::registry::value_subject;
 use crate::kafka::{KafkaConfig, RegistryClient};
+use crate::simulator::nexmark::{NexmarkConfig, NexmarkGenerator, NexmarkTable};
 use crate::simulator::{SimConfig, Simulator};
 use crate::sink::kafka::ProducerTuning;
 use crate::sink::publisher::{KafkaPublisher, PublishTopic};
@@ -112,7 +117,9 @@ impl Outputs {
                     .with_context(|| format!("creating {}", dir.display()))?;
                 let mut writers = Vec::new();
                 for table in SourceTable::ALL {
-                    let (w, path) = Writer::open(dir, table, *format)?;
+                    let path = dir.join(format!("{}.{}", table.topic(), format.extension()));
+                    let w =
+                        Writer::create(&path, *format, table.avro_schema(), table.arrow_schema())?;
                     writers.push(w);
                     summary.files.push(path);
                 }
@@ -179,21 +186,22 @@ enum Writer {
 }
 
 impl Writer {
-    fn open(dir: &Path, table: SourceTable, format: FileFormat) -> anyhow::Result<(Self, PathBuf)> {
-        let path = dir.join(format!("{}.{}", table.topic(), format.extension()));
+    /// A file at `path` for rows of `arrow` (Avro container files: written
+    /// with the `avro` record schema).
+    fn create(
+        path: &Path,
+        format: FileFormat,
+        avro: &AvroSchema,
+        arrow: SchemaRef,
+    ) -> anyhow::Result<Self> {
         let f = BufWriter::with_capacity(
             1 << 20,
-            File::create(&path).with_context(|| format!("creating {}", path.display()))?,
+            File::create(path).with_context(|| format!("creating {}", path.display()))?,
         );
-        let w = match format {
+        Ok(match format {
             FileFormat::Jsonl => Writer::Jsonl(f, JsonLinesEncoder::new(), Vec::new()),
-            FileFormat::Avro => Writer::Avro(Box::new(OcfWriter::new(
-                f,
-                table.avro_schema(),
-                table.arrow_schema(),
-            )?)),
-        };
-        Ok((w, path))
+            FileFormat::Avro => Writer::Avro(Box::new(OcfWriter::new(f, avro, arrow)?)),
+        })
     }
 
     fn write(&mut self, batch: &RecordBatch) -> anyhow::Result<()> {
@@ -299,4 +307,77 @@ fn report(opts: &ProduceOptions, summary: &ProduceSummary) {
             s.records_out.insert(name.clone(), n);
         }
     });
+}
+
+/// `produce --nexmark`: the Nexmark tables to files.
+#[derive(Clone, Debug)]
+pub struct NexmarkProduceOptions {
+    /// `events` must be set: the run ends after that many events.
+    pub config: NexmarkConfig,
+    /// Gets `person.<ext>`, `auction.<ext>` and `bid.<ext>`.
+    pub dir: PathBuf,
+    pub format: FileFormat,
+    pub stop: Arc<AtomicBool>,
+    /// Where running counts are reported (records_out per table), if anywhere.
+    pub status: Option<crate::runtime::StatusHandle>,
+}
+
+/// Counts of what a Nexmark run wrote.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct NexmarkSummary {
+    pub persons: u64,
+    pub auctions: u64,
+    pub bids: u64,
+    pub files: Vec<PathBuf>,
+}
+
+/// Nexmark events generated per call.
+const NEXMARK_CHUNK: usize = 16_384;
+
+/// Generates `config.events` Nexmark events (or until `stop`) and writes
+/// each table to its own file in `dir`, as `produce` writes the market
+/// tables: JSON lines through the codec's encoder, or Avro container files
+/// with the table's `.avsc`.
+pub fn run_nexmark(opts: &NexmarkProduceOptions) -> anyhow::Result<NexmarkSummary> {
+    anyhow::ensure!(
+        opts.config.events.is_some(),
+        "a Nexmark run to files needs a number of events (--events N)"
+    );
+    let mut generator = NexmarkGenerator::try_new(opts.config.clone())?;
+    let dir = &opts.dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut summary = NexmarkSummary::default();
+    let mut writers = Vec::new();
+    for table in NexmarkTable::ALL {
+        let path = dir.join(format!("{}.{}", table.name(), opts.format.extension()));
+        writers.push(Writer::create(
+            &path,
+            opts.format,
+            table.avro_schema(),
+            table.arrow_schema(),
+        )?);
+        summary.files.push(path);
+    }
+    while generator.remaining() > 0 && !opts.stop.load(Ordering::Relaxed) {
+        let out = generator.next_batch(NEXMARK_CHUNK);
+        summary.persons += out.persons.len() as u64;
+        summary.auctions += out.auctions.len() as u64;
+        summary.bids += out.bids.len() as u64;
+        for (w, b) in writers.iter_mut().zip(out.to_batches()) {
+            w.write(&b)?;
+        }
+        if let Some(status) = &opts.status {
+            let counts = [summary.persons, summary.auctions, summary.bids];
+            status.beat();
+            status.update(|s| {
+                for (table, n) in NexmarkTable::ALL.into_iter().zip(counts) {
+                    s.records_out.insert(table.name().to_string(), n);
+                }
+            });
+        }
+    }
+    for w in writers {
+        w.close()?;
+    }
+    Ok(summary)
 }

@@ -1,5 +1,6 @@
 //! Deterministic market simulator: market ticks, order events and order-book
-//! updates for a universe of symbols.
+//! updates for a universe of symbols. The Nexmark benchmark's generator
+//! (person, auction, bid) lives in [`nexmark`], on the same random streams.
 //!
 //! # Model
 //!
@@ -48,6 +49,7 @@
 
 mod book;
 mod events;
+pub mod nexmark;
 mod orders;
 mod records;
 mod reorder;
