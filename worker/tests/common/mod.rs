@@ -136,8 +136,18 @@ pub fn batch_sql(stream_sql: &str) -> String {
 
 /// Replicates each row once per window it belongs to, adding the bounds.
 pub fn assign_windows(batch: &RecordBatch, window: RefWindow, key: &str) -> RecordBatch {
+    assign_windows_on(batch, window, key, "ts")
+}
+
+/// [`assign_windows`] by the event time in column `ts_column`.
+pub fn assign_windows_on(
+    batch: &RecordBatch,
+    window: RefWindow,
+    key: &str,
+    ts_column: &str,
+) -> RecordBatch {
     let ts: Vec<i64> = batch
-        .column_by_name("ts")
+        .column_by_name(ts_column)
         .unwrap()
         .as_primitive::<arrow::datatypes::TimestampMillisecondType>()
         .values()
@@ -494,4 +504,55 @@ pub fn run_tables_raw(
         })
         .collect();
     (streams, out)
+}
+
+/// Each stream's table after applying its changes in order (an upsert
+/// replaces its key's row, a deletion removes it), with the number of
+/// upserts and deletions seen.
+pub fn final_tables(
+    streams: &[StreamInfo],
+    out: &[StreamOutput],
+) -> std::collections::BTreeMap<String, (RecordBatch, usize, usize)> {
+    let mut tables = std::collections::BTreeMap::new();
+    for (i, (name, schema, keys)) in streams.iter().enumerate() {
+        let batches: Vec<&StreamOutput> = out.iter().filter(|o| o.stream == i).collect();
+        let mut latest: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
+        let (mut upserts, mut deletes) = (0, 0);
+        for (b, o) in batches.iter().enumerate() {
+            let key_cols: Vec<usize> = keys.iter().map(|k| schema.index_of(k).unwrap()).collect();
+            let key_batch = o.rows.project(&key_cols).unwrap();
+            for (r, row) in rows_of(&key_batch).into_iter().enumerate() {
+                let key = format!("{row:?}");
+                match o.kind {
+                    OutputKind::Rows => {
+                        upserts += 1;
+                        latest.insert(key, (b, r));
+                    }
+                    OutputKind::Deletes => {
+                        deletes += 1;
+                        assert!(
+                            latest.remove(&key).is_some(),
+                            "{name}: deleted {key}, which it never emitted"
+                        );
+                    }
+                    OutputKind::Late => panic!("{name}: late rows"),
+                }
+            }
+        }
+        let indices: Vec<(usize, usize)> = latest.into_values().collect();
+        let columns = (0..schema.fields().len())
+            .map(|c| {
+                let arrays: Vec<&dyn arrow::array::Array> =
+                    batches.iter().map(|o| o.rows.column(c).as_ref()).collect();
+                if arrays.is_empty() {
+                    arrow::array::new_empty_array(schema.field(c).data_type())
+                } else {
+                    arrow::compute::interleave(&arrays, &indices).unwrap()
+                }
+            })
+            .collect();
+        let table = RecordBatch::try_new(schema.clone(), columns).unwrap();
+        tables.insert(name.clone(), (table, upserts, deletes));
+    }
+    tables
 }
