@@ -136,18 +136,8 @@ pub fn batch_sql(stream_sql: &str) -> String {
 
 /// Replicates each row once per window it belongs to, adding the bounds.
 pub fn assign_windows(batch: &RecordBatch, window: RefWindow, key: &str) -> RecordBatch {
-    assign_windows_on(batch, window, key, "ts")
-}
-
-/// [`assign_windows`] by the event time in column `ts_column`.
-pub fn assign_windows_on(
-    batch: &RecordBatch,
-    window: RefWindow,
-    key: &str,
-    ts_column: &str,
-) -> RecordBatch {
     let ts: Vec<i64> = batch
-        .column_by_name(ts_column)
+        .column_by_name("ts")
         .unwrap()
         .as_primitive::<arrow::datatypes::TimestampMillisecondType>()
         .values()
