@@ -17,7 +17,6 @@
 //! is late (reported, never joined); the output's event time is the left
 //! row's, and no row is emitted behind [`output_watermark`](IntervalJoin).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, UInt32Array};
@@ -25,6 +24,7 @@ use arrow::compute::{concat_batches, filter_record_batch, interleave, take};
 use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use datafusion::error::{DataFusionError, Result};
 
+use super::chains::KeyChains;
 use super::{
     JoinCondition, JoinKeys, JoinKind, JoinPlan, LEFT, RIGHT, admit, restore_meta, side_state,
     split_state, state_meta, state_schema,
@@ -45,15 +45,59 @@ struct Chunk {
     rows: RecordBatch,
     ts: Vec<i64>,
     matched: Vec<bool>,
+    /// Key ids, [`NULL_KEY`] for a key with a null (it never matches).
+    keys: Vec<u32>,
     max_ts: i64,
 }
 
-/// One side's rows, with an index from key to (chunk, row).
+const NULL_KEY: u32 = u32::MAX;
+
+impl Chunk {
+    /// The rows where `live` holds.
+    fn filter(&self, live: &[bool]) -> Result<Chunk> {
+        let pick = |i: &usize| live[*i];
+        let ts: Vec<i64> = (0..live.len()).filter(pick).map(|i| self.ts[i]).collect();
+        Ok(Chunk {
+            rows: filter_record_batch(&self.rows, &BooleanArray::from(live.to_vec()))?,
+            matched: (0..live.len())
+                .filter(pick)
+                .map(|i| self.matched[i])
+                .collect(),
+            keys: (0..live.len()).filter(pick).map(|i| self.keys[i]).collect(),
+            max_ts: ts.iter().copied().max().unwrap_or(NO_WATERMARK),
+            ts,
+        })
+    }
+}
+
+/// One side's rows, with their (chunk, row) by key.
 #[derive(Default)]
 struct SideState {
     chunks: Vec<Chunk>,
-    index: HashMap<usize, Vec<(u32, u32)>>,
+    index: KeyChains,
     rows: usize,
+}
+
+impl SideState {
+    fn push(&mut self, chunk: Chunk) {
+        let c = self.chunks.len() as u32;
+        for (r, &k) in chunk.keys.iter().enumerate() {
+            if k != NULL_KEY {
+                self.index.insert(k as usize, (c, r as u32));
+            }
+        }
+        self.rows += chunk.ts.len();
+        self.chunks.push(chunk);
+    }
+
+    /// Rebuilds the index from the chunks' key ids.
+    fn reindex(&mut self) {
+        let chunks = std::mem::take(&mut self.chunks);
+        *self = SideState::default();
+        for chunk in chunks {
+            self.push(chunk);
+        }
+    }
 }
 
 pub struct IntervalJoin {
@@ -107,10 +151,10 @@ impl IntervalJoin {
         let mut mine: Vec<u32> = Vec::new();
         let mut theirs: Vec<(usize, usize)> = Vec::new();
         for (i, (&id, &ok)) in ids.iter().zip(&valid).enumerate() {
-            let Some(candidates) = ok.then(|| self.sides[other].index.get(&id)).flatten() else {
+            if !ok {
                 continue;
-            };
-            for &(c, r) in candidates {
+            }
+            for (c, r) in self.sides[other].index.rows_of(id) {
                 let their_ts = self.sides[other].chunks[c as usize].ts[r as usize];
                 let d = match side {
                     LEFT => their_ts - ts[i],
@@ -231,19 +275,17 @@ impl IntervalJoin {
         if rows.num_rows() == 0 {
             return;
         }
-        let state = &mut self.sides[side];
-        let c = state.chunks.len() as u32;
-        for (r, (&id, &ok)) in ids.iter().zip(valid).enumerate() {
-            if ok {
-                state.index.entry(id).or_default().push((c, r as u32));
-            }
-        }
-        state.rows += rows.num_rows();
+        let keys = ids
+            .iter()
+            .zip(valid)
+            .map(|(&id, &ok)| if ok { id as u32 } else { NULL_KEY })
+            .collect();
         let max_ts = ts.iter().copied().max().unwrap_or(NO_WATERMARK);
-        state.chunks.push(Chunk {
+        self.sides[side].push(Chunk {
             rows,
             ts,
             matched,
+            keys,
             max_ts,
         });
         self.metrics.open_windows = (self.sides[LEFT].rows + self.sides[RIGHT].rows) as u64;
@@ -264,9 +306,10 @@ impl IntervalJoin {
         if gone == 0 || (gone * 2 < state.rows && !other_ended) {
             return Ok(());
         }
+        // Whole chunks stay or go as they are; only chunks straddling the
+        // horizon are cut.
         let chunks = std::mem::take(&mut self.sides[side].chunks);
-        let mut kept = Vec::new();
-        let (mut kept_ts, mut kept_matched) = (Vec::new(), Vec::new());
+        self.sides[side] = SideState::default();
         for chunk in chunks {
             let live: Vec<bool> = chunk.ts.iter().map(|&t| !self.expired(side, t)).collect();
             if side == LEFT && self.plan.kind == JoinKind::Left {
@@ -275,22 +318,17 @@ impl IntervalJoin {
                     .zip(&chunk.matched)
                     .map(|(&l, &m)| Some(!l && !m))
                     .collect();
-                self.emit_unmatched(&filter_record_batch(&chunk.rows, &unmatched)?, out)?;
-            }
-            let live_mask = BooleanArray::from(live.clone());
-            kept.push(filter_record_batch(&chunk.rows, &live_mask)?);
-            for (i, &l) in live.iter().enumerate() {
-                if l {
-                    kept_ts.push(chunk.ts[i]);
-                    kept_matched.push(chunk.matched[i]);
+                if unmatched.true_count() > 0 {
+                    self.emit_unmatched(&filter_record_batch(&chunk.rows, &unmatched)?, out)?;
                 }
             }
+            let kept = live.iter().filter(|&&l| l).count();
+            if kept == live.len() {
+                self.sides[side].push(chunk);
+            } else if kept > 0 {
+                self.sides[side].push(chunk.filter(&live)?);
+            }
         }
-        let schema = Arc::clone(&self.plan.side(side).schema);
-        let rows = concat_batches(&schema, &kept)?;
-        self.sides[side] = SideState::default();
-        let (ids, valid) = self.keys.intern(self.plan.side(side), &rows)?;
-        self.keep(side, rows, kept_ts, kept_matched, &ids, &valid);
         self.metrics.open_windows = (self.sides[LEFT].rows + self.sides[RIGHT].rows) as u64;
         self.renumber_keys_if_sparse()
     }
@@ -307,15 +345,17 @@ impl IntervalJoin {
     /// Rebuilds the key numbering from the live keys once dead ones are
     /// most of it.
     fn renumber_keys_if_sparse(&mut self) -> Result<()> {
-        let live = self.sides.iter().flat_map(|s| s.index.keys().copied());
+        let live = self.sides.iter().flat_map(|s| s.index.keys());
         let Some(renumber) = self.keys.renumber_if_sparse(live)? else {
             return Ok(());
         };
         for side in &mut self.sides {
-            side.index = std::mem::take(&mut side.index)
-                .into_iter()
-                .map(|(id, rows)| (renumber[&id], rows))
-                .collect();
+            for chunk in &mut side.chunks {
+                for k in chunk.keys.iter_mut().filter(|k| **k != NULL_KEY) {
+                    *k = renumber[&(*k as usize)] as u32;
+                }
+            }
+            side.reindex();
         }
         Ok(())
     }

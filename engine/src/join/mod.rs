@@ -14,6 +14,7 @@
 
 pub mod asof;
 pub mod asof_index;
+pub mod chains;
 pub mod interval;
 
 use std::sync::Arc;
