@@ -93,9 +93,11 @@ fn query_both(
     let mut files = worker();
     files.args(["query", "--sql"]).arg(&sql_path);
     for t in tables {
-        files
-            .arg("--input")
-            .arg(format!("{}={}", t.name(), dir.join(format!("{}.jsonl", t.name())).display()));
+        files.arg("--input").arg(format!(
+            "{}={}",
+            t.name(),
+            dir.join(format!("{}.jsonl", t.name())).display()
+        ));
     }
     files
         .arg("--output")
@@ -105,10 +107,12 @@ fn query_both(
     let name = unique(&format!("nexmark-{query}"));
     let out_topic = format!("{name}-out");
     let mut kafka = worker();
-    kafka
-        .args(["query", "--sql"])
-        .arg(&avro_sql)
-        .args(["--brokers", &e.brokers, "--schema-registry", &e.registry]);
+    kafka.args(["query", "--sql"]).arg(&avro_sql).args([
+        "--brokers",
+        &e.brokers,
+        "--schema-registry",
+        &e.registry,
+    ]);
     for t in tables {
         kafka.args(["--input", &format!("{}=kafka:{}", t.name(), topics[t])]);
     }
@@ -122,7 +126,11 @@ fn query_both(
         kafka_summary["records_in"], file_summary["records_in"],
         "{query}: every record of the tables read"
     );
-    assert_eq!(dead_letter_total(&kafka_summary), 0, "{query}: {kafka_summary}");
+    assert_eq!(
+        dead_letter_total(&kafka_summary),
+        0,
+        "{query}: {kafka_summary}"
+    );
     assert_eq!(kafka_summary["late_events"], file_summary["late_events"]);
     (
         json_rows(&read_topic(&e.brokers, &out_topic, true)),
