@@ -19,7 +19,7 @@ use tickflow_worker::kafka::{
 use tickflow_worker::memory::MemoryBudget;
 use tickflow_worker::runtime::telemetry::{LogFormat, init_logging};
 use tickflow_worker::runtime::{StatusHandle, WorkerState, http};
-use tickflow_worker::simulator::nexmark::NexmarkConfig;
+use tickflow_worker::simulator::nexmark::{NexmarkConfig, NexmarkTable};
 use tickflow_worker::simulator::{BurstConfig, SimConfig};
 use tickflow_worker::sink::kafka::ProducerTuning;
 use tickflow_worker::source::kafka::{OnOutOfRange, StartFrom};
@@ -282,9 +282,11 @@ struct ProduceArgs {
 #[derive(Args)]
 struct NexmarkArgs {
     /// Generate Nexmark events (person, auction, bid) instead of market
-    /// data: person.*, auction.*, bid.* in --output-dir (files only; the
-    /// seed is --seed).
-    #[arg(long, requires_all = ["events", "output_dir"], conflicts_with_all = ["count", "duration", "continuous", "realtime", "http_addr"])]
+    /// data: person.*, auction.*, bid.* in --output-dir, or with --brokers
+    /// the topics <prefix>person, <prefix>auction, <prefix>bid (Avro
+    /// registered as <topic>-value, or --format json; keyed by id, id and
+    /// auction). The seed is --seed.
+    #[arg(long, requires = "events", conflicts_with_all = ["count", "duration", "continuous", "realtime", "http_addr"])]
     nexmark: bool,
     /// With --nexmark: events over all three tables (1 person : 3 auctions : 46 bids).
     #[arg(long, requires = "nexmark")]
@@ -299,6 +301,11 @@ struct NexmarkArgs {
     /// With --nexmark: shuffle events within groups of this many (1: in order).
     #[arg(long, requires = "nexmark", default_value_t = 1)]
     out_of_order_group: u64,
+    /// With --nexmark to Kafka: topic names are this prefix followed by
+    /// person, auction and bid (the queries of benchmarks/nexmark declare
+    /// nexmark-person, nexmark-auction, nexmark-bid).
+    #[arg(long, requires = "nexmark", default_value = "nexmark-")]
+    nexmark_topic_prefix: String,
 }
 
 #[derive(Args)]
@@ -606,13 +613,49 @@ fn run_kafka_query(a: QueryArgs, sql: String) -> anyhow::Result<()> {
     }
 }
 
+/// `produce --format` for files: jsonl (default) or avro.
+fn file_format(f: Option<&str>) -> anyhow::Result<produce::FileFormat> {
+    Ok(match f {
+        None | Some("jsonl") | Some("json") => produce::FileFormat::Jsonl,
+        Some("avro") => produce::FileFormat::Avro,
+        Some(f) => anyhow::bail!("--format {f}: use jsonl or avro"),
+    })
+}
+
+/// `produce --format` for Kafka: avro (default) or json.
+fn kafka_format(f: Option<&str>) -> anyhow::Result<ValueFormat> {
+    Ok(match f {
+        None | Some("avro") => ValueFormat::Avro,
+        Some("json") | Some("jsonl") => ValueFormat::Json,
+        Some(f) => anyhow::bail!("--format {f}: use avro or json"),
+    })
+}
+
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Produce(a) if a.nexmark.nexmark => {
-            let dir = a
-                .output_dir
-                .context("--nexmark writes files: set --output-dir")?;
             let n = &a.nexmark;
+            let target = match (a.output_dir, a.kafka.config()?) {
+                (Some(dir), _) => produce::ProduceTarget::Files {
+                    dir,
+                    format: file_format(a.format.as_deref())?,
+                },
+                (None, Some(config)) => {
+                    produce::ProduceTarget::Kafka(Box::new(produce::KafkaTarget {
+                        config,
+                        registry: a.kafka.registry()?,
+                        format: kafka_format(a.format.as_deref())?,
+                        topics: NexmarkTable::ALL
+                            .map(|t| format!("{}{}", n.nexmark_topic_prefix, t.name())),
+                        partitions: a.kafka.partitions,
+                        replication: a.kafka.replication_factor,
+                        tuning: a.kafka.tuning(),
+                    }))
+                }
+                (None, None) => anyhow::bail!(
+                    "say where to write: --output-dir DIR or --brokers HOST:PORT (KAFKA_BROKERS)"
+                ),
+            };
             let defaults = NexmarkConfig::default();
             let opts = produce::NexmarkProduceOptions {
                 config: NexmarkConfig {
@@ -623,12 +666,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                     out_of_order_group_size: n.out_of_order_group,
                     ..defaults
                 },
-                dir,
-                format: match a.format.as_deref() {
-                    None | Some("jsonl") | Some("json") => produce::FileFormat::Jsonl,
-                    Some("avro") => produce::FileFormat::Avro,
-                    Some(f) => anyhow::bail!("--format {f}: use jsonl or avro"),
-                },
+                target,
                 stop: stop_flag()?,
                 status: None,
             };
@@ -651,21 +689,13 @@ fn run(command: Command) -> anyhow::Result<()> {
             let target = match (a.output_dir, a.kafka.config()?) {
                 (Some(dir), _) => produce::ProduceTarget::Files {
                     dir,
-                    format: match a.format.as_deref() {
-                        None | Some("jsonl") | Some("json") => produce::FileFormat::Jsonl,
-                        Some("avro") => produce::FileFormat::Avro,
-                        Some(f) => anyhow::bail!("--format {f}: use jsonl or avro"),
-                    },
+                    format: file_format(a.format.as_deref())?,
                 },
                 (None, Some(config)) => {
                     produce::ProduceTarget::Kafka(Box::new(produce::KafkaTarget {
                         config,
                         registry: a.kafka.registry()?,
-                        format: match a.format.as_deref() {
-                            None | Some("avro") => ValueFormat::Avro,
-                            Some("json") | Some("jsonl") => ValueFormat::Json,
-                            Some(f) => anyhow::bail!("--format {f}: use avro or json"),
-                        },
+                        format: kafka_format(a.format.as_deref())?,
                         topics: [a.ticks_topic, a.orders_topic, a.books_topic],
                         partitions: a.kafka.partitions,
                         replication: a.kafka.replication_factor,

@@ -2,8 +2,9 @@
 //! streams to files (JSON lines or Avro container files) or to Kafka topics
 //! (Confluent-framed Avro registered with the schema registry, or JSON), one
 //! per topic, keyed by symbol. With `--nexmark` it runs the Nexmark
-//! generator instead and writes `person`, `auction` and `bid` files
-//! ([`run_nexmark`]).
+//! generator instead and writes `person`, `auction` and `bid` the same way,
+//! to files or to the topics `nexmark-person`, `nexmark-auction` and
+//! `nexmark-bid` ([`run_nexmark`]).
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -70,7 +71,8 @@ pub struct KafkaTarget {
     pub config: KafkaConfig,
     pub registry: Option<RegistryClient>,
     pub format: ValueFormat,
-    /// Topic per table, in [`SourceTable::ALL`] order.
+    /// Topic per table, in [`SourceTable::ALL`] order (with `--nexmark`:
+    /// [`NexmarkTable::ALL`] order).
     pub topics: [String; 3],
     /// Partitions of topics the producer creates.
     pub partitions: i32,
@@ -110,53 +112,28 @@ enum Outputs {
 }
 
 impl Outputs {
-    fn open(target: &ProduceTarget, summary: &mut ProduceSummary) -> anyhow::Result<Self> {
+    /// Opens one output per table of `tables` (in that order): a file named
+    /// after it in the target directory, or its topic (`KafkaTarget::topics`,
+    /// same order). Files written are listed in `files`.
+    fn open(
+        target: &ProduceTarget,
+        tables: &[TableOutput; 3],
+        files: &mut Vec<PathBuf>,
+    ) -> anyhow::Result<Self> {
         match target {
             ProduceTarget::Files { dir, format } => {
                 std::fs::create_dir_all(dir)
                     .with_context(|| format!("creating {}", dir.display()))?;
                 let mut writers = Vec::new();
-                for table in SourceTable::ALL {
-                    let path = dir.join(format!("{}.{}", table.topic(), format.extension()));
-                    let w =
-                        Writer::create(&path, *format, table.avro_schema(), table.arrow_schema())?;
+                for table in tables {
+                    let path = dir.join(format!("{}.{}", table.file_name, format.extension()));
+                    let w = Writer::create(&path, *format, table.avro, Arc::clone(&table.arrow))?;
                     writers.push(w);
-                    summary.files.push(path);
+                    files.push(path);
                 }
                 Ok(Self::Files(writers))
             }
-            ProduceTarget::Kafka(k) => {
-                k.config.check_connection(Duration::from_secs(15))?;
-                crate::kafka::admin::ensure_topics(
-                    &k.config,
-                    &k.topics,
-                    k.partitions,
-                    k.replication,
-                )?;
-                let mut topics = Vec::new();
-                for (table, topic) in SourceTable::ALL.into_iter().zip(&k.topics) {
-                    let encoder = match k.format {
-                        ValueFormat::Json => RowEncoder::json(),
-                        ValueFormat::Avro => {
-                            let registry = k.registry.as_ref().ok_or_else(|| {
-                                anyhow::anyhow!("Avro output needs a schema registry: set --schema-registry or SCHEMA_REGISTRY_URL, or use --format json")
-                            })?;
-                            let id = registry
-                                .register(&value_subject(topic), table.avro_schema())
-                                .with_context(|| format!("registering the schema of {topic}"))?;
-                            RowEncoder::avro(table.arrow_schema(), table.avro_schema(), id)?
-                        }
-                    };
-                    topics.push(PublishTopic {
-                        topic: topic.clone(),
-                        encoder,
-                        keys: KeyExtractor::new(&table.arrow_schema(), &table.def().key_columns),
-                    });
-                }
-                Ok(Self::Kafka(KafkaPublisher::open(
-                    &k.config, topics, &k.tuning,
-                )?))
-            }
+            ProduceTarget::Kafka(k) => Ok(Self::Kafka(open_publisher(k, tables)?)),
         }
     }
 
@@ -167,17 +144,80 @@ impl Outputs {
         }
     }
 
-    fn close(self, summary: &mut ProduceSummary) -> anyhow::Result<()> {
+    /// Flushes every output; for Kafka, returns the messages acknowledged
+    /// per topic (empty for files).
+    fn close(self) -> anyhow::Result<BTreeMap<String, u64>> {
         match self {
             Self::Files(writers) => {
                 for w in writers {
                     w.close()?;
                 }
+                Ok(BTreeMap::new())
             }
-            Self::Kafka(p) => summary.topics = p.close()?,
+            Self::Kafka(p) => p.close(),
         }
-        Ok(())
     }
+}
+
+/// One table a run produces: the base name of its file, its schemas and
+/// the columns its Kafka messages are keyed by.
+struct TableOutput {
+    file_name: &'static str,
+    avro: &'static AvroSchema,
+    arrow: SchemaRef,
+    key_columns: Vec<String>,
+}
+
+impl TableOutput {
+    /// The market tables, in [`SourceTable::ALL`] order.
+    fn market() -> [TableOutput; 3] {
+        SourceTable::ALL.map(|t| TableOutput {
+            file_name: t.topic(),
+            avro: t.avro_schema(),
+            arrow: t.arrow_schema(),
+            key_columns: t.def().key_columns.clone(),
+        })
+    }
+
+    /// The Nexmark tables, in [`NexmarkTable::ALL`] order.
+    fn nexmark() -> [TableOutput; 3] {
+        NexmarkTable::ALL.map(|t| TableOutput {
+            file_name: t.name(),
+            avro: t.avro_schema(),
+            arrow: t.arrow_schema(),
+            key_columns: vec![t.key_column().to_string()],
+        })
+    }
+}
+
+/// The Kafka side of a run, shared by the market simulator and Nexmark:
+/// checks the connection, creates the topics if missing, registers each
+/// table's Avro schema as `<topic>-value` (Avro output) and opens the
+/// idempotent producer with one encoder and key extractor per topic.
+fn open_publisher(k: &KafkaTarget, tables: &[TableOutput; 3]) -> anyhow::Result<KafkaPublisher> {
+    k.config.check_connection(Duration::from_secs(15))?;
+    crate::kafka::admin::ensure_topics(&k.config, &k.topics, k.partitions, k.replication)?;
+    let mut topics = Vec::new();
+    for (table, topic) in tables.iter().zip(&k.topics) {
+        let encoder = match k.format {
+            ValueFormat::Json => RowEncoder::json(),
+            ValueFormat::Avro => {
+                let registry = k.registry.as_ref().ok_or_else(|| {
+                    anyhow::anyhow!("Avro output needs a schema registry: set --schema-registry or SCHEMA_REGISTRY_URL, or use --format json")
+                })?;
+                let id = registry
+                    .register(&value_subject(topic), table.avro)
+                    .with_context(|| format!("registering the schema of {topic}"))?;
+                RowEncoder::avro(Arc::clone(&table.arrow), table.avro, id)?
+            }
+        };
+        topics.push(PublishTopic {
+            topic: topic.clone(),
+            encoder,
+            keys: KeyExtractor::new(&table.arrow, &table.key_columns),
+        });
+    }
+    KafkaPublisher::open(&k.config, topics, &k.tuning)
 }
 
 enum Writer {
@@ -234,7 +274,7 @@ const CHUNK: usize = 8192;
 pub fn run_produce(opts: &ProduceOptions) -> anyhow::Result<ProduceSummary> {
     let mut sim = Simulator::try_new(opts.sim.clone())?;
     let mut summary = ProduceSummary::default();
-    let mut outputs = Outputs::open(&opts.target, &mut summary)?;
+    let mut outputs = Outputs::open(&opts.target, &TableOutput::market(), &mut summary.files)?;
     let start_event = opts.sim.start_time_ms;
     let wall_start = Instant::now();
     loop {
@@ -286,7 +326,7 @@ pub fn run_produce(opts: &ProduceOptions) -> anyhow::Result<ProduceSummary> {
     for (i, b) in rest.to_batches().iter().enumerate() {
         outputs.write(i, b)?;
     }
-    outputs.close(&mut summary)?;
+    summary.topics = outputs.close()?;
     report(opts, &summary);
     Ok(summary)
 }
@@ -309,16 +349,17 @@ fn report(opts: &ProduceOptions, summary: &ProduceSummary) {
     });
 }
 
-/// `produce --nexmark`: the Nexmark tables to files.
+/// `produce --nexmark`: the Nexmark tables to files or Kafka topics.
 #[derive(Clone, Debug)]
 pub struct NexmarkProduceOptions {
     /// `events` must be set: the run ends after that many events.
     pub config: NexmarkConfig,
-    /// Gets `person.<ext>`, `auction.<ext>` and `bid.<ext>`.
-    pub dir: PathBuf,
-    pub format: FileFormat,
+    /// Files `person.<ext>`, `auction.<ext>` and `bid.<ext>` in a directory,
+    /// or Kafka with `topics` in [`NexmarkTable::ALL`] order (see
+    /// [`NexmarkTable::topic`] for the default names).
+    pub target: ProduceTarget,
     pub stop: Arc<AtomicBool>,
-    /// Where running counts are reported (records_out per table), if anywhere.
+    /// Where running counts are reported (records_out per table or topic), if anywhere.
     pub status: Option<crate::runtime::StatusHandle>,
 }
 
@@ -328,56 +369,53 @@ pub struct NexmarkSummary {
     pub persons: u64,
     pub auctions: u64,
     pub bids: u64,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<PathBuf>,
+    /// Messages acknowledged per topic (Kafka output).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub topics: BTreeMap<String, u64>,
 }
 
 /// Nexmark events generated per call.
 const NEXMARK_CHUNK: usize = 16_384;
 
 /// Generates `config.events` Nexmark events (or until `stop`) and writes
-/// each table to its own file in `dir`, as `produce` writes the market
-/// tables: JSON lines through the codec's encoder, or Avro container files
-/// with the table's `.avsc`.
+/// each table as `produce` writes the market tables, through the same
+/// outputs: to its own file (JSON lines through the codec's encoder, or an
+/// Avro container file with the table's `.avsc`), or to its own Kafka topic
+/// (Confluent-framed Avro with the `.avsc` registered as `<topic>-value`, or
+/// JSON; keyed by `id` for person and auction, by `auction` for bid;
+/// idempotent producer; topics created if missing).
 pub fn run_nexmark(opts: &NexmarkProduceOptions) -> anyhow::Result<NexmarkSummary> {
     anyhow::ensure!(
         opts.config.events.is_some(),
-        "a Nexmark run to files needs a number of events (--events N)"
+        "a Nexmark run needs a number of events (--events N)"
     );
     let mut generator = NexmarkGenerator::try_new(opts.config.clone())?;
-    let dir = &opts.dir;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut summary = NexmarkSummary::default();
-    let mut writers = Vec::new();
-    for table in NexmarkTable::ALL {
-        let path = dir.join(format!("{}.{}", table.name(), opts.format.extension()));
-        writers.push(Writer::create(
-            &path,
-            opts.format,
-            table.avro_schema(),
-            table.arrow_schema(),
-        )?);
-        summary.files.push(path);
-    }
+    let mut outputs = Outputs::open(&opts.target, &TableOutput::nexmark(), &mut summary.files)?;
+    let names: [String; 3] = match &opts.target {
+        ProduceTarget::Kafka(k) => k.topics.clone(),
+        ProduceTarget::Files { .. } => NexmarkTable::ALL.map(|t| t.name().to_string()),
+    };
     while generator.remaining() > 0 && !opts.stop.load(Ordering::Relaxed) {
         let out = generator.next_batch(NEXMARK_CHUNK);
         summary.persons += out.persons.len() as u64;
         summary.auctions += out.auctions.len() as u64;
         summary.bids += out.bids.len() as u64;
-        for (w, b) in writers.iter_mut().zip(out.to_batches()) {
-            w.write(&b)?;
+        for (i, b) in out.to_batches().iter().enumerate() {
+            outputs.write(i, b)?;
         }
         if let Some(status) = &opts.status {
             let counts = [summary.persons, summary.auctions, summary.bids];
             status.beat();
             status.update(|s| {
-                for (table, n) in NexmarkTable::ALL.into_iter().zip(counts) {
-                    s.records_out.insert(table.name().to_string(), n);
+                for (name, n) in names.iter().zip(counts) {
+                    s.records_out.insert(name.clone(), n);
                 }
             });
         }
     }
-    for w in writers {
-        w.close()?;
-    }
+    summary.topics = outputs.close()?;
     Ok(summary)
 }

@@ -90,6 +90,25 @@ impl NexmarkTable {
         }
     }
 
+    /// Default Kafka topic of the table (`nexmark-bid`): the name after
+    /// the prefix `nexmark-`, as the queries of `benchmarks/nexmark` declare.
+    pub fn topic(self) -> &'static str {
+        match self {
+            Self::Person => "nexmark-person",
+            Self::Auction => "nexmark-auction",
+            Self::Bid => "nexmark-bid",
+        }
+    }
+
+    /// Column the table's Kafka messages are keyed by: `id` for person and
+    /// auction, `auction` for bid (the queries' `'key'`).
+    pub fn key_column(self) -> &'static str {
+        match self {
+            Self::Person | Self::Auction => "id",
+            Self::Bid => "auction",
+        }
+    }
+
     /// The embedded `.avsc` text.
     pub fn avsc(self) -> &'static str {
         match self {
