@@ -7,15 +7,17 @@
 -- the longest auction: at the generator's default 10 000 events/s auctions
 -- last at most 334 ms, at 1 000 events/s 3.4 s.
 CREATE TABLE auction (
-  id BIGINT NOT NULL, item_name VARCHAR, description VARCHAR, initial_bid BIGINT,
-  reserve BIGINT, date_time TIMESTAMP(3) NOT NULL, expires TIMESTAMP(3) NOT NULL,
-  seller BIGINT NOT NULL, category BIGINT NOT NULL, extra VARCHAR,
+  id BIGINT NOT NULL, item_name VARCHAR NOT NULL, description VARCHAR NOT NULL,
+  initial_bid BIGINT NOT NULL, reserve BIGINT NOT NULL, date_time TIMESTAMP(3) NOT NULL,
+  expires TIMESTAMP(3) NOT NULL, seller BIGINT NOT NULL, category BIGINT NOT NULL,
+  extra VARCHAR NOT NULL,
   WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND
 ) WITH ('topic' = 'nexmark-auction', 'format' = 'json', 'key' = 'id');
 
 CREATE TABLE bid (
   auction BIGINT NOT NULL, bidder BIGINT NOT NULL, price BIGINT NOT NULL,
-  channel VARCHAR, url VARCHAR, date_time TIMESTAMP(3) NOT NULL, extra VARCHAR,
+  channel VARCHAR NOT NULL, url VARCHAR NOT NULL, date_time TIMESTAMP(3) NOT NULL,
+  extra VARCHAR NOT NULL,
   WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND
 ) WITH ('topic' = 'nexmark-bid', 'format' = 'json', 'key' = 'auction');
 

@@ -91,6 +91,10 @@ pub struct UpdatingAggregate {
     keys: GroupKeys,
     groups: Vec<Option<Group>>,
     table: Option<InputTable>,
+    /// Updating input whose aggregates can take a row back in any order
+    /// (COUNT, SUM, AVG): groups keep accumulators and retract replaced
+    /// rows, instead of recomputing from every member on each change.
+    retracting_accumulators: bool,
     output_rows: RowConverter,
     metrics: OperatorMetrics,
 }
@@ -126,19 +130,34 @@ impl UpdatingAggregate {
                 .map(|f| SortField::new(f.data_type().clone()))
                 .collect(),
         )?;
+        let retracting_accumulators = table.is_some() && retract_in_any_order(&plan.aggregates)?;
         Ok(Self {
             keys: GroupKeys::new(&plan.key_fields)?,
             plan,
             output_schema,
             groups: Vec::new(),
             table,
+            retracting_accumulators,
             output_rows,
             metrics: OperatorMetrics::default(),
         })
     }
 
     fn new_accumulators(&self) -> Result<Vec<Box<dyn Accumulator>>> {
-        super::operator::new_accumulators(&self.plan.aggregates)
+        match self.retracting_accumulators {
+            true => self
+                .plan
+                .aggregates
+                .iter()
+                .map(|a| a.function.create_sliding_accumulator())
+                .collect(),
+            false => super::operator::new_accumulators(&self.plan.aggregates),
+        }
+    }
+
+    /// Whether groups recompute from their member rows on each change.
+    fn recomputes(&self) -> bool {
+        self.table.is_some() && !self.retracting_accumulators
     }
 
     /// The group slot `g`, created empty if needed.
@@ -147,7 +166,7 @@ impl UpdatingAggregate {
             self.groups.resize_with(g + 1, || None);
         }
         if self.groups[g].is_none() {
-            let accumulators = if self.table.is_some() {
+            let accumulators = if self.recomputes() {
                 Vec::new()
             } else {
                 self.new_accumulators()?
@@ -162,8 +181,9 @@ impl UpdatingAggregate {
         Ok(self.groups[g].as_mut().expect("just created"))
     }
 
-    /// Folds an append-only batch into the groups' accumulators.
-    fn accumulate(&mut self, ev: Evaluated, dirty: &mut Vec<usize>) -> Result<()> {
+    /// Folds evaluated rows into the groups' accumulators, or with
+    /// `retract` takes them back out.
+    fn accumulate(&mut self, ev: Evaluated, retract: bool, dirty: &mut Vec<usize>) -> Result<()> {
         if ev.rows == 0 {
             return Ok(());
         }
@@ -220,9 +240,12 @@ impl UpdatingAggregate {
                         .map(|v| filter(v.as_ref(), &mask))
                         .collect::<std::result::Result<_, _>>()?;
                 }
-                acc.update_batch(&args)?;
+                match retract {
+                    true => acc.retract_batch(&args)?,
+                    false => acc.update_batch(&args)?,
+                }
             }
-            if let Some(ts) = &event_ms {
+            if let Some(ts) = event_ms.as_ref().filter(|_| !retract) {
                 group.newest_ms = ts[start..end]
                     .iter()
                     .copied()
@@ -247,9 +270,10 @@ impl UpdatingAggregate {
         let mut gids = Vec::new();
         self.keys.intern(group_keys, n, &mut gids)?;
         let ids = self.input_ids(batch, true)?;
+        let mut replaced = Vec::new();
         for i in 0..n {
             let id = ids[i].expect("interned");
-            self.withdraw(id, dirty);
+            replaced.extend(self.withdraw(id, dirty));
             if passes.is_valid(i) && passes.value(i) {
                 let row = take_record_batch(batch, &UInt32Array::from(vec![i as u32]))?;
                 self.group(gids[i])?.members.insert(id);
@@ -258,7 +282,23 @@ impl UpdatingAggregate {
                 dirty.push(gids[i]);
             }
         }
+        if self.retracting_accumulators {
+            // Sums and counts do not care in which order rows come and go.
+            self.retract(replaced, dirty)?;
+            let added = evaluate_inputs(&self.plan, batch)?;
+            self.accumulate(added, false, dirty)?;
+        }
         Ok(())
+    }
+
+    /// Takes replaced or deleted rows out of their groups' accumulators.
+    fn retract(&mut self, rows: Vec<RecordBatch>, dirty: &mut Vec<usize>) -> Result<()> {
+        if !self.retracting_accumulators || rows.is_empty() {
+            return Ok(());
+        }
+        let rows = concat_batches(&self.plan.input_schema, &rows)?;
+        let ev = evaluate_inputs(&self.plan, &rows)?;
+        self.accumulate(ev, true, dirty)
     }
 
     /// Input key ids of `batch`'s rows (interned when `add`).
@@ -281,15 +321,15 @@ impl UpdatingAggregate {
         }
     }
 
-    /// Takes an input key's current row out of its group.
-    fn withdraw(&mut self, id: usize, dirty: &mut Vec<usize>) {
+    /// Takes an input key's current row out of its group; returns it.
+    fn withdraw(&mut self, id: usize, dirty: &mut Vec<usize>) -> Option<RecordBatch> {
         let table = self.table.as_mut().expect("an updating input");
-        if let Some((g, _)) = table.rows[id].take() {
-            if let Some(group) = self.groups[g].as_mut() {
-                group.members.remove(&id);
-            }
-            dirty.push(g);
+        let (g, row) = table.rows[id].take()?;
+        if let Some(group) = self.groups[g].as_mut() {
+            group.members.remove(&id);
         }
+        dirty.push(g);
+        Some(row)
     }
 
     /// One row per group in `groups` (keys, then aggregate values).
@@ -298,7 +338,7 @@ impl UpdatingAggregate {
         let mut values: Vec<Vec<ScalarValue>> =
             vec![Vec::with_capacity(groups.len()); self.plan.aggregates.len()];
         for &g in groups {
-            let results = match &self.table {
+            let results = match self.table.as_ref().filter(|_| self.recomputes()) {
                 None => {
                     let group = self.groups[g].as_mut().expect("a live group");
                     group
@@ -467,6 +507,25 @@ impl UpdatingAggregate {
 
 /// WHERE, the GROUP BY keys, the aggregates' arguments and FILTERs and the
 /// event times of a batch: pure, so a failing row can be isolated.
+/// Whether every aggregate can take rows back in any order: COUNT, SUM
+/// and AVG (not DISTINCT). MIN and MAX retract only in arrival order (as a
+/// sliding window does), so groups with them recompute from their rows.
+fn retract_in_any_order(aggregates: &[crate::plan::AggregateSpec]) -> Result<bool> {
+    for a in aggregates {
+        let name = a.function.fun().name().to_ascii_lowercase();
+        if a.function.is_distinct()
+            || !matches!(name.as_str(), "count" | "sum" | "avg")
+            || !a
+                .function
+                .create_sliding_accumulator()?
+                .supports_retract_batch()
+        {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 fn evaluate_inputs(plan: &UpdatingPlan, batch: &RecordBatch) -> Result<Evaluated> {
     let batch = apply_filter(plan.filter.as_ref(), batch)?;
     let inputs = BatchInputs::of(&plan.keys, &plan.aggregates, &batch)?;
@@ -497,7 +556,7 @@ impl StreamOperator for UpdatingAggregate {
                 Ok(())
             })?;
             for ev in evaluated {
-                self.accumulate(ev, &mut dirty)?;
+                self.accumulate(ev, false, &mut dirty)?;
             }
         } else {
             let plan = &self.plan;
@@ -538,9 +597,11 @@ impl StreamOperator for UpdatingAggregate {
             ));
         }
         let mut dirty = Vec::new();
+        let mut deleted = Vec::new();
         for id in self.input_ids(keys, false)?.into_iter().flatten() {
-            self.withdraw(id, &mut dirty);
+            deleted.extend(self.withdraw(id, &mut dirty));
         }
+        self.retract(deleted, &mut dirty)?;
         self.emit_changes(dirty, out, true)
     }
 
