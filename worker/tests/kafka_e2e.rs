@@ -467,19 +467,24 @@ fn an_unreachable_broker_is_one_clear_error() {
     assert!(stderr.lines().count() <= 3, "{stderr}");
 }
 
-/// A TCP forwarder to the test registry that only starts listening later,
-/// so the registry looks down at first and comes back on the same address.
-fn delayed_registry_proxy(delay: Duration) -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+/// A TCP forwarder to the test registry that is down at first: it closes
+/// every connection until at least one was refused and `down_for` has
+/// passed, then forwards them. (Listening from the start keeps its port
+/// from being taken by another test, and waiting for a refused attempt
+/// keeps a slow start from missing the outage.)
+fn flaky_registry_proxy(down_for: Duration) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
     let target = env().registry.trim_start_matches("http://").to_string();
     std::thread::spawn(move || {
-        std::thread::sleep(delay);
-        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let started = Instant::now();
+        let mut refused = 0;
         for client in listener.incoming().flatten() {
+            if refused == 0 || started.elapsed() < down_for {
+                refused += 1;
+                drop(client);
+                continue;
+            }
             let Ok(upstream) = std::net::TcpStream::connect(&target) else {
                 continue;
             };
@@ -489,7 +494,7 @@ fn delayed_registry_proxy(delay: Duration) -> String {
             std::thread::spawn(move || std::io::copy(&mut u, &mut c2));
         }
     });
-    format!("http://127.0.0.1:{port}")
+    format!("http://{addr}")
 }
 
 #[test]
@@ -498,7 +503,7 @@ fn an_unreachable_schema_registry_is_retried_and_nothing_is_lost() {
     let topics = Topics::new("regdown");
     let dir = tempfile::tempdir().unwrap();
     produce_both(&topics, 13, 10_000, "0s", dir.path());
-    let registry = delayed_registry_proxy(Duration::from_secs(4));
+    let registry = flaky_registry_proxy(Duration::from_secs(4));
     let name = unique("regdown-q");
     let out = worker()
         .args(["query", "--sql"])
@@ -552,46 +557,66 @@ fn a_running_query_reports_status_and_metrics_and_checkpoints_on_sigterm() {
     let topics = Topics::new("status");
     let dir = tempfile::tempdir().unwrap();
     produce_both(&topics, 17, 20_000, "0s", dir.path());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
     let name = unique("status-q");
     // Not bounded: it runs until stopped, like a Deployment.
-    let child = spawn_drained(
-        worker()
-            .args(["query", "--sql"])
-            .arg(repo().join("sql/ohlc_5s.sql"))
-            .args(["--brokers", &e.brokers, "--schema-registry", &e.registry])
-            .args(["--input", &format!("market_ticks=kafka:{}", topics.ticks)])
-            .args(["--output", &format!("ohlc_5s=kafka:{name}-out")])
-            .args([
-                "--name",
-                &name,
-                "--http-addr",
-                &addr,
-                "--checkpoint-interval",
-                "1h",
-            ])
-            .arg("--checkpoint-dir")
-            .arg(dir.path().join("chk")),
-    );
+    let start = |addr: &str| {
+        spawn_drained(
+            worker()
+                .args(["query", "--sql"])
+                .arg(repo().join("sql/ohlc_5s.sql"))
+                .args(["--brokers", &e.brokers, "--schema-registry", &e.registry])
+                .args(["--input", &format!("market_ticks=kafka:{}", topics.ticks)])
+                .args(["--output", &format!("ohlc_5s=kafka:{name}-out")])
+                .args([
+                    "--name",
+                    &name,
+                    "--http-addr",
+                    addr,
+                    "--checkpoint-interval",
+                    "1h",
+                ])
+                .arg("--checkpoint-dir")
+                .arg(dir.path().join("chk")),
+        )
+    };
+    let free_addr = || {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("127.0.0.1:{}", listener.local_addr().unwrap().port())
+    };
+    let mut addr = free_addr();
+    let mut child = start(&addr);
+    let mut attempts = 1;
+    let mut last_status = String::new();
     // A guard against hangs, not a speed target: a busy machine is slow.
     let deadline = Instant::now() + HANG_GUARD;
     let status = loop {
         assert!(
             Instant::now() < deadline,
-            "the query did not read its input within {HANG_GUARD:?}"
+            "the query did not read its input within {HANG_GUARD:?}; last /status: {last_status}"
         );
         std::thread::sleep(Duration::from_millis(200));
+        if child.try_wait().is_some() {
+            // The port picked above can be taken by another process
+            // before the worker binds it: start again on another one.
+            let out = child.wait_with_output();
+            let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+            assert!(
+                stderr.contains("in use") && attempts < 3,
+                "the query exited ({}) before reading its input: {stderr}",
+                out.status
+            );
+            addr = free_addr();
+            child = start(&addr);
+            attempts += 1;
+            continue;
+        }
         if std::net::TcpStream::connect(&addr).is_err() {
             continue;
         }
         let (code, body) = http_get(&addr, "/status");
         assert_eq!(code, 200);
         let s: serde_json::Value = serde_json::from_str(&body).unwrap();
+        last_status = body;
         if s["records_in"][&topics.ticks] == 20_000
             && s["lag"].as_object().is_some_and(|l| !l.is_empty())
             && s["watermarks"]["market_ticks"]
