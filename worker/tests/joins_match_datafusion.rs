@@ -8,7 +8,9 @@
 //! - ASOF joins, backward and forward, inner and LEFT (the reference is a
 //!   join with the match condition, ranked per left row);
 //! - window joins of two windowed streams on equal window ends, inner and
-//!   LEFT.
+//!   LEFT;
+//! - temporal joins (`FOR SYSTEM_TIME AS OF`) of a table and of a stream as
+//!   versioned tables, inner and LEFT.
 
 mod common;
 
@@ -124,6 +126,54 @@ fn expected_asof(ticks: &RecordBatch, orders: &RecordBatch) -> Vec<(&'static str
         ("fill_marks", fill_marks),
         ("next_nasdaq_quote", next_nasdaq_quote),
     ]
+}
+
+const TEMPORAL_SQL: &str = "
+CREATE STREAM nasdaq_quotes AS
+SELECT symbol, ts, bid, ask FROM market_ticks WHERE exchange = 'NASDAQ';
+
+CREATE STREAM order_quotes AS
+SELECT o.order_id, o.ts, o.price, q.ts AS quote_ts, q.bid, q.ask
+FROM order_events o
+LEFT JOIN nasdaq_quotes FOR SYSTEM_TIME AS OF o.ts AS q ON o.symbol = q.symbol;
+
+CREATE STREAM fill_prices AS
+SELECT f.order_id, f.ts, t.price AS last_price, t.exchange
+FROM order_events f JOIN market_ticks FOR SYSTEM_TIME AS OF f.ts AS t ON f.symbol = t.symbol
+WHERE f.status = 'filled';
+";
+
+/// The temporal joins in DataFusion batch: the version of each key valid
+/// at the left row's time is the latest right row at or before it (ties
+/// to the later one).
+fn expected_temporal(
+    ticks: &RecordBatch,
+    orders: &RecordBatch,
+) -> Vec<(&'static str, RecordBatch)> {
+    let tables = || {
+        vec![
+            ("order_events", with_seq(orders)),
+            ("market_ticks", with_seq(ticks)),
+        ]
+    };
+    let order_quotes = datafusion_batch_over(
+        tables(),
+        "SELECT order_id, ts, price, quote_ts, bid, ask FROM (
+           SELECT o.order_id, o.ts, o.price, q.ts AS quote_ts, q.bid, q.ask,
+                  ROW_NUMBER() OVER (PARTITION BY o.seq ORDER BY q.ts DESC, q.seq DESC) AS rn
+           FROM order_events o
+           LEFT JOIN (SELECT symbol, ts, bid, ask, seq FROM market_ticks WHERE exchange = 'NASDAQ') q
+             ON o.symbol = q.symbol AND o.ts >= q.ts) WHERE rn = 1",
+    );
+    let fill_prices = datafusion_batch_over(
+        tables(),
+        "SELECT order_id, ts, last_price, exchange FROM (
+           SELECT f.order_id, f.ts, t.price AS last_price, t.exchange,
+                  ROW_NUMBER() OVER (PARTITION BY f.seq ORDER BY t.ts DESC, t.seq DESC) AS rn
+           FROM order_events f JOIN market_ticks t ON f.symbol = t.symbol AND f.ts >= t.ts
+           WHERE f.status = 'filled') WHERE rn = 1",
+    );
+    vec![("order_quotes", order_quotes), ("fill_prices", fill_prices)]
 }
 
 const WINDOW_JOIN_SQL: &str = "
@@ -243,6 +293,27 @@ fn asof_joins_match_datafusion_batch() {
 }
 
 #[test]
+fn temporal_joins_match_datafusion_batch() {
+    let data = market_data(4_000, JITTER_MS);
+    let ticks = source_batch(&data, SourceTable::MarketTicks);
+    let orders = source_batch(&data, SourceTable::OrderEvents);
+    let expected = expected_temporal(&ticks, &orders);
+    let (quotes, fills) = (&expected[0].1, &expected[1].1);
+    assert_eq!(
+        quotes.num_rows(),
+        orders.num_rows(),
+        "a LEFT join keeps every order"
+    );
+    assert!(
+        nulls_in(quotes, "bid") > 0,
+        "orders before their symbol's first NASDAQ quote"
+    );
+    assert!(fills.num_rows() > 100, "fills: {}", fills.num_rows());
+    let tables = [("order_events", orders), ("market_ticks", ticks)];
+    assert_matches_batch(TEMPORAL_SQL, &tables, &expected);
+}
+
+#[test]
 fn window_joins_match_datafusion_batch() {
     let data = market_data(12_000, JITTER_MS);
     let ticks = source_batch(&data, SourceTable::MarketTicks);
@@ -295,7 +366,7 @@ fn a_restored_join_emits_what_an_uninterrupted_one_does() {
             source_batch(&data, SourceTable::MarketTicks),
         ),
     ];
-    for sql in [JOIN_SQL, ASOF_SQL, WINDOW_JOIN_SQL] {
+    for sql in [JOIN_SQL, ASOF_SQL, WINDOW_JOIN_SQL, TEMPORAL_SQL] {
         let whole = run_tables(sql, &tables, 1024, Feed::Interleaved, None);
         for restart_at in [1, 7, 20] {
             let restarted = run_tables(sql, &tables, 1024, Feed::Interleaved, Some(restart_at));

@@ -4,7 +4,10 @@
 //! - ASOF: `FROM a [LEFT] ASOF JOIN b MATCH_CONDITION (a.ts >= b.ts) ON a.k = b.k`.
 //!
 //! DataFusion does not plan ASOF joins, so the AST is rewritten first: the
-//! match condition joins ON (see [`rewrite_asof_join`]). DataFusion then
+//! match condition joins ON (see [`rewrite_asof_join`]). A temporal join
+//! (`JOIN t FOR SYSTEM_TIME AS OF l.ts`, the version of `t`'s key valid at
+//! `l.ts`) is the backward ASOF join `l.ts >= t.ts` on that key (see
+//! [`rewrite_temporal_join`]). DataFusion then
 //! plans the query (Projection → [Filter] → Join → one scan per side, each
 //! possibly under projections and filters of subqueries); this module
 //! splits the join condition into the equality keys, the bounds on
@@ -140,7 +143,7 @@ pub(super) fn decompose_join(
 fn interval_condition(sides: &Sides, bounds: &TimeBounds) -> Result<JoinCondition, String> {
     let (Some(lower_ms), Some(upper_ms)) = (bounds.lower, bounds.upper) else {
         return Err(format!(
-            "a join of two streams needs its event times bounded both ways in ON, e.g. `{r} BETWEEN {l} - INTERVAL '1' SECOND AND {l} + INTERVAL '1' SECOND`, or the two windows' `window_end` equal: otherwise every row would have to be kept (use ASOF JOIN for the latest row before; temporal and unbounded joins are not supported yet)",
+            "a join of two streams needs its event times bounded both ways in ON, e.g. `{r} BETWEEN {l} - INTERVAL '1' SECOND AND {l} + INTERVAL '1' SECOND`, or the two windows' `window_end` equal: otherwise every row would have to be kept (ASOF JOIN or FOR SYSTEM_TIME AS OF take the latest row before; unbounded joins are not supported yet)",
             r = sides.right.field(sides.right_ts).name(),
             l = sides.left.field(sides.left_ts).name(),
         ));
@@ -375,55 +378,185 @@ fn tighten(bounds: &mut TimeBounds, lower: Option<i64>, upper: Option<i64>) {
     }
 }
 
-/// `LEFT [OUTER] ASOF JOIN`, which sqlparser does not read: blanks out
-/// `LEFT [OUTER]` (positions in the text stay where they were) and says
-/// whether it did.
-pub(super) fn strip_left_asof(query: &str) -> (String, bool) {
-    use datafusion::sql::sqlparser::dialect::GenericDialect;
-    use datafusion::sql::sqlparser::keywords::Keyword;
-    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
-    let Ok(tokens) = Tokenizer::new(&GenericDialect {}, query).tokenize_with_location() else {
-        // The parser reports the error with its position.
-        return (query.to_string(), false);
-    };
-    let words: Vec<_> = tokens
-        .iter()
-        .filter(|t| !matches!(t.token, Token::Whitespace(_)))
-        .collect();
-    let keyword = |i: usize| match words.get(i).map(|t| &t.token) {
-        Some(Token::Word(w)) if w.quote_style.is_none() => Some(w.keyword),
-        _ => None,
-    };
-    let line_starts: Vec<usize> = std::iter::once(0)
-        .chain(query.match_indices('\n').map(|(i, _)| i + 1))
-        .collect();
-    let byte_at = |loc: datafusion::sql::sqlparser::tokenizer::Location| -> usize {
-        let start = line_starts[loc.line as usize - 1];
-        query[start..]
+/// What the text pre-pass took out of a stream's query so that the
+/// generic dialect parses it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct JoinSyntax {
+    /// `LEFT [OUTER] ASOF JOIN` (the parser reads only `ASOF JOIN`).
+    pub left_asof: bool,
+    /// `FOR SYSTEM_TIME AS OF col` after the right table of a temporal
+    /// join: the column's name parts (`o.ts` → `["o", "ts"]`).
+    pub system_time: Option<Vec<String>>,
+}
+
+/// The query's tokens without whitespace, and their places in the text.
+struct SqlWords<'a> {
+    query: &'a str,
+    words: Vec<datafusion::sql::sqlparser::tokenizer::TokenWithSpan>,
+    line_starts: Vec<usize>,
+}
+
+impl<'a> SqlWords<'a> {
+    fn new(query: &'a str) -> Option<Self> {
+        use datafusion::sql::sqlparser::dialect::GenericDialect;
+        use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+        let tokens = Tokenizer::new(&GenericDialect {}, query)
+            .tokenize_with_location()
+            .ok()?;
+        Some(Self {
+            query,
+            words: tokens
+                .into_iter()
+                .filter(|t| !matches!(t.token, Token::Whitespace(_)))
+                .collect(),
+            line_starts: std::iter::once(0)
+                .chain(query.match_indices('\n').map(|(i, _)| i + 1))
+                .collect(),
+        })
+    }
+
+    fn keyword(&self, i: usize) -> Option<datafusion::sql::sqlparser::keywords::Keyword> {
+        use datafusion::sql::sqlparser::tokenizer::Token;
+        match self.words.get(i).map(|t| &t.token) {
+            Some(Token::Word(w)) if w.quote_style.is_none() => Some(w.keyword),
+            _ => None,
+        }
+    }
+
+    fn is_keywords(
+        &self,
+        at: usize,
+        keywords: &[datafusion::sql::sqlparser::keywords::Keyword],
+    ) -> bool {
+        keywords
+            .iter()
+            .enumerate()
+            .all(|(k, &kw)| self.keyword(at + k) == Some(kw))
+    }
+
+    fn byte_at(&self, loc: datafusion::sql::sqlparser::tokenizer::Location) -> usize {
+        let start = self.line_starts[loc.line as usize - 1];
+        self.query[start..]
             .char_indices()
             .nth(loc.column as usize - 1)
-            .map_or(query.len(), |(i, _)| start + i)
+            .map_or(self.query.len(), |(i, _)| start + i)
+    }
+
+    /// Blanks words `from..to` in `text` (positions in it stay put).
+    fn blank(&self, text: &mut String, from: usize, to: usize) {
+        for w in &self.words[from..to] {
+            let (a, b) = (self.byte_at(w.span.start), self.byte_at(w.span.end));
+            text.replace_range(a..b, &" ".repeat(b - a));
+        }
+    }
+}
+
+/// Takes out what the generic dialect does not read: `LEFT [OUTER]` before
+/// `ASOF JOIN`, and a temporal join's `FOR SYSTEM_TIME AS OF col`; blanks
+/// them (positions in the text stay where they were) and says what it took.
+pub(super) fn strip_join_syntax(query: &str) -> (String, JoinSyntax) {
+    use datafusion::sql::sqlparser::keywords::Keyword;
+    use datafusion::sql::sqlparser::tokenizer::Token;
+    let mut found = JoinSyntax::default();
+    let Some(words) = SqlWords::new(query) else {
+        // The parser reports the error with its position.
+        return (query.to_string(), found);
     };
     let mut text = query.to_string();
-    let mut found = false;
-    for i in 0..words.len() {
-        if keyword(i) != Some(Keyword::LEFT) {
-            continue;
+    for i in 0..words.words.len() {
+        if words.keyword(i) == Some(Keyword::LEFT) {
+            let asof_at = match words.keyword(i + 1) {
+                Some(Keyword::OUTER) => i + 2,
+                _ => i + 1,
+            };
+            if words.keyword(asof_at) == Some(Keyword::ASOF) {
+                words.blank(&mut text, i, asof_at);
+                found.left_asof = true;
+            }
         }
-        let asof_at = match keyword(i + 1) {
-            Some(Keyword::OUTER) => i + 2,
-            _ => i + 1,
-        };
-        if keyword(asof_at) != Some(Keyword::ASOF) {
-            continue;
+        let system_time = [Keyword::FOR, Keyword::SYSTEM_TIME, Keyword::AS, Keyword::OF];
+        if words.is_keywords(i, &system_time) {
+            // The column: `name` or `qualifier.name`.
+            let mut parts = Vec::new();
+            let mut end = i + 4;
+            while let Some(Token::Word(w)) = words.words.get(end).map(|t| &t.token) {
+                parts.push(w.value.clone());
+                end += 1;
+                if !matches!(words.words.get(end).map(|t| &t.token), Some(Token::Period)) {
+                    break;
+                }
+                end += 1;
+            }
+            if !parts.is_empty() {
+                words.blank(&mut text, i, end);
+                found.system_time = Some(parts);
+            }
         }
-        for w in &words[i..asof_at] {
-            let (from, to) = (byte_at(w.span.start), byte_at(w.span.end));
-            text.replace_range(from..to, &" ".repeat(to - from));
-        }
-        found = true;
     }
     (text, found)
+}
+
+/// Turns a temporal join, `JOIN t FOR SYSTEM_TIME AS OF l.ts AS r ON e`
+/// (its `FOR SYSTEM_TIME` already taken out), into the ASOF join it is:
+/// `ON e AND l.ts >= r.<t's event time>`, the latest version of each key
+/// at the left row's time. `event_time_of` gives a table's or stream's
+/// event-time column, or why it has none. Says whether it found the join.
+pub(super) fn rewrite_temporal_join(
+    query: &mut datafusion::sql::sqlparser::ast::Query,
+    as_of: &[String],
+    event_time_of: impl Fn(&str) -> Result<String, String>,
+) -> Result<bool, String> {
+    use datafusion::sql::sqlparser::ast::{
+        BinaryOperator, Expr as SqlExpr, Ident, JoinConstraint, JoinOperator, SetExpr, TableFactor,
+    };
+    let SetExpr::Select(select) = query.body.as_mut() else {
+        return Ok(false);
+    };
+    let Some(join) = select
+        .from
+        .iter_mut()
+        .flat_map(|f| f.joins.iter_mut())
+        .next()
+    else {
+        return Err("FOR SYSTEM_TIME AS OF names the version of a JOIN's right table: `FROM orders o JOIN positions FOR SYSTEM_TIME AS OF o.ts AS p ON …`".into());
+    };
+    let TableFactor::Table { name, alias, .. } = &join.relation else {
+        return Err("FOR SYSTEM_TIME AS OF applies to a table or stream by name".into());
+    };
+    let table = name.to_string();
+    let event_time = event_time_of(&table)?;
+    let qualifier = alias
+        .as_ref()
+        .map_or(table.clone(), |a| a.name.value.clone());
+    let version_time =
+        SqlExpr::CompoundIdentifier(vec![Ident::new(qualifier), Ident::new(event_time)]);
+    let as_of = match as_of {
+        [column] => SqlExpr::Identifier(Ident::new(column)),
+        parts => SqlExpr::CompoundIdentifier(parts.iter().map(Ident::new).collect()),
+    };
+    let condition = SqlExpr::BinaryOp {
+        left: Box::new(as_of),
+        op: BinaryOperator::GtEq,
+        right: Box::new(version_time),
+    };
+    let and = |e: &SqlExpr| SqlExpr::BinaryOp {
+        left: Box::new(e.clone()),
+        op: BinaryOperator::And,
+        right: Box::new(condition.clone()),
+    };
+    join.join_operator = match &join.join_operator {
+        JoinOperator::Join(JoinConstraint::On(e)) | JoinOperator::Inner(JoinConstraint::On(e)) => {
+            JoinOperator::Inner(JoinConstraint::On(and(e)))
+        }
+        JoinOperator::Left(JoinConstraint::On(e))
+        | JoinOperator::LeftOuter(JoinConstraint::On(e)) => {
+            JoinOperator::Left(JoinConstraint::On(and(e)))
+        }
+        _ => {
+            return Err("a temporal join is `JOIN` or `LEFT JOIN … FOR SYSTEM_TIME AS OF … ON` the versioned table's key".into());
+        }
+    };
+    Ok(true)
 }
 
 /// Turns the query's `ASOF JOIN … MATCH_CONDITION (m) ON e` into

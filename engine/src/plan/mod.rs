@@ -273,8 +273,9 @@ fn plan_stream(def: &StreamDef, scope: &Scope) -> Result<StreamPlan, EngineError
         line: def.line,
         message,
     };
-    // `LEFT ASOF JOIN` is read by blanking `LEFT` (see `rewrite_asof_join`).
-    let (text, left_asof) = join::strip_left_asof(&def.query);
+    // `LEFT ASOF JOIN` and `FOR SYSTEM_TIME AS OF` are read by blanking
+    // them (see `join::strip_join_syntax`) and rewriting the join below.
+    let (text, join_syntax) = join::strip_join_syntax(&def.query);
     let mut statements =
         Parser::parse_sql(&GenericDialect {}, &text).map_err(|e| EngineError::Parse {
             stream: def.name.clone(),
@@ -286,7 +287,18 @@ fn plan_stream(def: &StreamDef, scope: &Scope) -> Result<StreamPlan, EngineError
     let Statement::Query(mut query) = statements.remove(0) else {
         return Err(ctx_err("expected a SELECT after `AS`".into()));
     };
-    let asof = join::rewrite_asof_join(&mut query, left_asof);
+    let mut asof = join::rewrite_asof_join(&mut query, join_syntax.left_asof);
+    if let Some(as_of) = &join_syntax.system_time {
+        let event_time_of = |table: &str| match scope.inputs.get(table) {
+            Some(s) if !s.event_time.is_empty() => Ok(s.event_time.clone()),
+            Some(s) => Err(format!(
+                "`{}` is an updating stream: a temporal join reads a versioned table, a table or append stream whose rows are versions of their key from their event time on (updating streams carry no event time yet)",
+                s.name
+            )),
+            None => Err(format!("unknown table or stream `{table}`")),
+        };
+        asof |= join::rewrite_temporal_join(&mut query, as_of, event_time_of).map_err(ctx_err)?;
+    }
     let sources = check_supported_shape(def, &query, scope)?;
     let source = sources[0];
     let is_union = matches!(query.body.as_ref(), SetExpr::SetOperation { .. });
@@ -1585,6 +1597,35 @@ mod tests {
              MATCH_CONDITION (o.price >= t.price) ON o.symbol = t.symbol;",
         );
         assert!(e.contains("only equalities"), "not the event times: {e}");
+    }
+
+    #[test]
+    fn temporal_joins_are_backward_asof_joins_on_the_version_time() {
+        use crate::join::{AsofDirection, JoinCondition, JoinKind};
+        let p = plan(
+            "CREATE STREAM q AS SELECT symbol, ts, ask FROM market_ticks WHERE exchange = 'NASDAQ'; \
+             CREATE STREAM j AS SELECT o.order_id, v.ask FROM order_events o \
+             LEFT JOIN q FOR SYSTEM_TIME AS OF o.ts AS v ON o.symbol = v.symbol;",
+        )
+        .unwrap();
+        let StreamKind::Join(j) = &p[1].kind else {
+            panic!("a join")
+        };
+        assert_eq!(j.kind, JoinKind::Left);
+        let backward = JoinCondition::Asof {
+            direction: AsofDirection::Backward,
+            offset_ms: 0,
+        };
+        assert_eq!(j.condition, backward);
+        let err = |sql: &str| plan(sql).unwrap_err().to_string();
+        let e = err(
+            "CREATE STREAM pos AS SELECT trader_id, SUM(quantity) AS q FROM order_events GROUP BY trader_id; \
+             CREATE STREAM j AS SELECT o.order_id, p.q FROM order_events o \
+             JOIN pos FOR SYSTEM_TIME AS OF o.ts AS p ON o.trader_id = p.trader_id;",
+        );
+        assert!(e.contains("is an updating stream"), "{e}");
+        let e = err("CREATE STREAM j AS SELECT symbol FROM market_ticks FOR SYSTEM_TIME AS OF ts;");
+        assert!(e.contains("version of a JOIN's right table"), "{e}");
     }
 
     #[test]
