@@ -468,10 +468,11 @@ fn an_unreachable_broker_is_one_clear_error() {
 }
 
 /// A TCP forwarder to the test registry that is down at first: it closes
-/// every connection until at least one was refused and `down_for` has
-/// passed, then forwards them. (Listening from the start keeps its port
-/// from being taken by another test, and waiting for a refused attempt
-/// keeps a slow start from missing the outage.)
+/// every connection until three were refused and `down_for` has passed,
+/// then forwards them. (Listening from the start keeps its port from being
+/// taken by another test; waiting for refused attempts keeps a slow start
+/// from missing the outage, and three of them outlast an HTTP client's own
+/// silent retry of a request whose connection closed.)
 fn flaky_registry_proxy(down_for: Duration) -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -480,7 +481,7 @@ fn flaky_registry_proxy(down_for: Duration) -> String {
         let started = Instant::now();
         let mut refused = 0;
         for client in listener.incoming().flatten() {
-            if refused == 0 || started.elapsed() < down_for {
+            if refused < 3 || started.elapsed() < down_for {
                 refused += 1;
                 drop(client);
                 continue;
