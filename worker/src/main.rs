@@ -631,31 +631,41 @@ fn kafka_format(f: Option<&str>) -> anyhow::Result<ValueFormat> {
     })
 }
 
+/// Where `produce` writes: files in `output_dir`, or else the `topics`
+/// (in table order) of the brokers in `kafka`.
+fn produce_target(
+    output_dir: Option<PathBuf>,
+    format: Option<&str>,
+    kafka: &KafkaArgs,
+    topics: [String; 3],
+) -> anyhow::Result<produce::ProduceTarget> {
+    Ok(match (output_dir, kafka.config()?) {
+        (Some(dir), _) => produce::ProduceTarget::Files {
+            dir,
+            format: file_format(format)?,
+        },
+        (None, Some(config)) => produce::ProduceTarget::Kafka(Box::new(produce::KafkaTarget {
+            config,
+            registry: kafka.registry()?,
+            format: kafka_format(format)?,
+            topics,
+            partitions: kafka.partitions,
+            replication: kafka.replication_factor,
+            tuning: kafka.tuning(),
+        })),
+        (None, None) => anyhow::bail!(
+            "say where to write: --output-dir DIR or --brokers HOST:PORT (KAFKA_BROKERS)"
+        ),
+    })
+}
+
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Produce(a) if a.nexmark.nexmark => {
             let n = &a.nexmark;
-            let target = match (a.output_dir, a.kafka.config()?) {
-                (Some(dir), _) => produce::ProduceTarget::Files {
-                    dir,
-                    format: file_format(a.format.as_deref())?,
-                },
-                (None, Some(config)) => {
-                    produce::ProduceTarget::Kafka(Box::new(produce::KafkaTarget {
-                        config,
-                        registry: a.kafka.registry()?,
-                        format: kafka_format(a.format.as_deref())?,
-                        topics: NexmarkTable::ALL
-                            .map(|t| format!("{}{}", n.nexmark_topic_prefix, t.name())),
-                        partitions: a.kafka.partitions,
-                        replication: a.kafka.replication_factor,
-                        tuning: a.kafka.tuning(),
-                    }))
-                }
-                (None, None) => anyhow::bail!(
-                    "say where to write: --output-dir DIR or --brokers HOST:PORT (KAFKA_BROKERS)"
-                ),
-            };
+            let topics =
+                NexmarkTable::ALL.map(|t| format!("{}{}", n.nexmark_topic_prefix, t.name()));
+            let target = produce_target(a.output_dir, a.format.as_deref(), &a.kafka, topics)?;
             let defaults = NexmarkConfig::default();
             let opts = produce::NexmarkProduceOptions {
                 config: NexmarkConfig {
@@ -686,26 +696,8 @@ fn run(command: Command) -> anyhow::Result<()> {
                 (_, _, true) => produce::RunLength::Continuous,
                 _ => anyhow::bail!("say how long to run: --count N, --duration D or --continuous"),
             };
-            let target = match (a.output_dir, a.kafka.config()?) {
-                (Some(dir), _) => produce::ProduceTarget::Files {
-                    dir,
-                    format: file_format(a.format.as_deref())?,
-                },
-                (None, Some(config)) => {
-                    produce::ProduceTarget::Kafka(Box::new(produce::KafkaTarget {
-                        config,
-                        registry: a.kafka.registry()?,
-                        format: kafka_format(a.format.as_deref())?,
-                        topics: [a.ticks_topic, a.orders_topic, a.books_topic],
-                        partitions: a.kafka.partitions,
-                        replication: a.kafka.replication_factor,
-                        tuning: a.kafka.tuning(),
-                    }))
-                }
-                (None, None) => anyhow::bail!(
-                    "say where to write: --output-dir DIR or --brokers HOST:PORT (KAFKA_BROKERS)"
-                ),
-            };
+            let topics = [a.ticks_topic, a.orders_topic, a.books_topic];
+            let target = produce_target(a.output_dir, a.format.as_deref(), &a.kafka, topics)?;
             let status = StatusHandle::new("producer");
             if let Some(addr) = a.http_addr {
                 let bound = http::serve(addr, status.clone())?;
