@@ -30,13 +30,15 @@ pub const BUILTIN_QUERIES: [(&str, &str); 9] = [
 ];
 
 /// The trading jobs: DAGs of named streams, OVER windows over streams,
-/// UNION ALL and updating streams (GROUP BY without a window).
-pub const TRADING_QUERIES: [(&str, &str); 2] = [
+/// UNION ALL, updating streams (GROUP BY without a window) and an ASOF
+/// join (the risk monitor).
+pub const TRADING_QUERIES: [(&str, &str); 3] = [
     (
         "trading_alerts",
         include_str!("../../sql/trading_alerts.sql"),
     ),
     ("arbitrage", include_str!("../../sql/arbitrage.sql")),
+    ("risk_alerts", include_str!("../../sql/risk_alerts.sql")),
 ];
 
 /// Every query in `sql/` as one SQL text (what the demo runs).

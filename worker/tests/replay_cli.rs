@@ -326,9 +326,9 @@ fn killed_replay_resumes_from_checkpoint_with_identical_output() {
         !names.contains(&"ticks.jsonl") && names.contains(&"tick_moves.jsonl"),
         "an intermediate stream has output only where bound: {names:?}"
     );
-    // sql/ (nine seed queries, trading_alerts' `alerts`, arbitrage), the
-    // OVER streams and the joins above.
-    assert_eq!(expected.len(), 9 + 2 + 7 + 4);
+    // sql/ (nine seed queries, trading_alerts' `alerts`, arbitrage,
+    // risk_alerts), the OVER streams and the joins above.
+    assert_eq!(expected.len(), 9 + 3 + 7 + 4);
     let (books, deletions) = apply_changes(
         UPDATING_OUTPUTS[1].1,
         &expected

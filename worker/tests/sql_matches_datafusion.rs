@@ -212,6 +212,32 @@ FROM (SELECT symbol, ts, price, LAG(price, 5) OVER (PARTITION BY symbol ORDER BY
       FROM market_ticks WHERE volume > 0) AS t
 WHERE ABS(price - prev) / prev * 10000 > 3;",
     ),
+    (
+        // Running aggregates from the partition's first row: integer and
+        // float arguments, with nulls, each row up to itself.
+        "running_rows",
+        "CREATE STREAM running_rows AS
+SELECT symbol, exchange, ts, price,
+       SUM(volume) OVER w AS cum_volume, COUNT(*) OVER w AS n,
+       AVG(price) OVER w AS avg_price, MIN(price) OVER w AS low,
+       MAX(CASE WHEN volume > 300 THEN price END) OVER w AS high_big,
+       SUM(CASE WHEN volume % 2 = 0 THEN volume * price END) OVER w AS even_notional,
+       LAG(price) OVER w AS prev_price
+FROM market_ticks
+WINDOW w AS (PARTITION BY symbol, exchange ORDER BY ts ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW);",
+    ),
+    (
+        // The default frame with ORDER BY (written out, so that the
+        // reference keeps it): rows of equal event time are peers and share
+        // the value after the last of them.
+        "running_peers",
+        "CREATE STREAM running_peers AS
+SELECT symbol, ts, volume,
+       SUM(volume) OVER w AS cum_volume, MAX(price) OVER w AS high, COUNT(bid) OVER w AS quotes
+FROM market_ticks
+WHERE volume > 100
+WINDOW w AS (PARTITION BY symbol ORDER BY ts RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW);",
+    ),
 ];
 
 /// Functions DataFusion only runs simplified (COALESCE, NVL, NULLIF), in

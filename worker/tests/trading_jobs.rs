@@ -311,3 +311,123 @@ fn arbitrage_leaves_the_table_datafusion_computes() {
         - START_MS;
     assert!(after < 60_000, "first opportunity after {after} ms");
 }
+
+/// The SELECT of stream `name` in a job's SQL text (after `AS`, up to its
+/// `;`), for DataFusion to run in batch over the earlier stages' results.
+fn stream_select(text: &str, name: &str) -> String {
+    let start = text
+        .find(&format!("CREATE STREAM {name} "))
+        .unwrap_or_else(|| panic!("no stream {name}"));
+    let body = &text[start..];
+    let select = body.find("\nSELECT").expect("a SELECT on its own line");
+    let end = body.find(';').unwrap();
+    body[select..end].to_string()
+}
+
+/// Order flow and trades over five minutes (two trading days' boundaries
+/// play no part: the run starts at a US market open).
+fn risk_data() -> SimOutput {
+    generate(
+        SimConfig {
+            seed: 11,
+            max_jitter_ms: 800,
+            events: Some(MarketEvents::default()),
+            ..SimConfig::default()
+        },
+        300_000,
+    )
+}
+
+#[test]
+fn risk_alerts_match_datafusion_batch_and_both_fire_within_minutes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = risk_data();
+    let ticks = source_batch(&data, SourceTable::MarketTicks);
+    let orders = source_batch(&data, SourceTable::OrderEvents);
+    write_jsonl(&dir.path().join("market-ticks.jsonl"), &ticks);
+    write_jsonl(&dir.path().join("order-events.jsonl"), &orders);
+    let out = query("risk_alerts", dir.path());
+    let text = sql("risk_alerts");
+
+    // Stage by stage in batch: the same SELECTs where DataFusion reads
+    // them, the ASOF join as a ranked join (over the second before each
+    // fill, which every symbol trades in, so that the join stays small) and the
+    // 1 ms TUMBLE as a GROUP BY of the millisecond.
+    let fills = datafusion_batch("order_events", orders, &stream_select(&text, "fills"));
+    let priced_fills = datafusion_batch_over(
+        vec![
+            ("fills", with_seq(&fills)),
+            ("market_ticks", with_seq(&ticks)),
+        ],
+        "SELECT trader_id, symbol, ts, quantity, fill_price, mark_price FROM (
+           SELECT f.trader_id, f.symbol, f.ts, f.quantity,
+                  COALESCE(f.limit_price, t.price) AS fill_price, t.price AS mark_price,
+                  ROW_NUMBER() OVER (PARTITION BY f.seq ORDER BY t.ts DESC, t.seq DESC) AS rn
+           FROM fills f JOIN market_ticks t
+             ON f.symbol = t.symbol AND f.ts >= t.ts AND t.ts >= f.ts - INTERVAL '1' SECOND)
+         WHERE rn = 1",
+    );
+    let fills_1ms = datafusion_batch(
+        "priced_fills",
+        priced_fills.clone(),
+        "SELECT trader_id, symbol, ts AS window_start, ts + INTERVAL '1' MILLISECOND AS window_end,
+                SUM(CASE WHEN quantity > 0 THEN quantity ELSE 0 END) AS bought,
+                SUM(CASE WHEN quantity > 0 THEN quantity * fill_price ELSE 0 END) AS bought_value,
+                SUM(CASE WHEN quantity < 0 THEN -quantity ELSE 0 END) AS sold,
+                SUM(CASE WHEN quantity < 0 THEN -quantity * fill_price ELSE 0 END) AS sold_value,
+                MAX(mark_price) AS mark_price
+         FROM priced_fills GROUP BY trader_id, symbol, ts",
+    );
+    let positions = datafusion_batch(
+        "fills_1ms",
+        fills_1ms.clone(),
+        &stream_select(&text, "positions"),
+    );
+    let trader_pnl = datafusion_batch(
+        "positions",
+        positions.clone(),
+        &stream_select(&text, "trader_pnl"),
+    );
+    let daily_loss_alerts = datafusion_batch(
+        "trader_pnl",
+        trader_pnl.clone(),
+        &stream_select(&text, "daily_loss_alerts"),
+    );
+    let risk_alerts = datafusion_batch_over(
+        vec![
+            ("positions", positions.clone()),
+            ("daily_loss_alerts", daily_loss_alerts.clone()),
+        ],
+        &stream_select(&text, "risk_alerts"),
+    );
+    for (stream, expected) in [
+        ("fills", fills),
+        ("priced_fills", priced_fills),
+        ("fills_1ms", fills_1ms),
+        ("positions", positions),
+        ("trader_pnl", trader_pnl),
+        ("daily_loss_alerts", daily_loss_alerts),
+        ("risk_alerts", risk_alerts.clone()),
+    ] {
+        let actual = rows("risk_alerts", stream, &out[stream]);
+        assert!(expected.num_rows() > 0, "{stream}: no rows");
+        assert_same_rows(stream, &actual, &expected, 1e-9);
+        eprintln!("{stream}: {} rows match", expected.num_rows());
+    }
+    // Both limits are crossed on the default market within minutes.
+    use arrow::array::AsArray;
+    let kinds = risk_alerts
+        .column_by_name("alert")
+        .unwrap()
+        .as_string::<i32>();
+    for kind in ["POSITION_LIMIT_EXCEEDED", "DAILY_LOSS_LIMIT"] {
+        let first = (0..risk_alerts.num_rows())
+            .filter(|&i| kinds.value(i) == kind)
+            .map(|i| risk_alerts.slice(i, 1))
+            .map(|r| first_ms(&r, "ts") - START_MS)
+            .min();
+        let first = first.unwrap_or_else(|| panic!("{kind} never fired"));
+        eprintln!("{kind}: first after {} s", first / 1000);
+        assert!(first < 240_000, "{kind}: first after {first} ms");
+    }
+}

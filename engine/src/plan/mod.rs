@@ -374,6 +374,12 @@ fn plan_stream(def: &StreamDef, scope: &Scope) -> Result<StreamPlan, EngineError
             (kind, schema, vec![source.name.clone()])
         }
     };
+    if def.state_ttl_ms.is_some() && !matches!(kind, StreamKind::Updating(_) | StreamKind::Over(_))
+    {
+        return Err(ctx_err(
+            "'state.ttl' applies to a GROUP BY without a window and to OVER partitions; windows and joins keep state only until the watermark passes it".into(),
+        ));
+    }
     let key_columns: Vec<String> = match &kind {
         StreamKind::Stateless(_) | StreamKind::Over(_) => source.key_columns.clone(),
         StreamKind::Join(_) => Vec::new(),
@@ -982,7 +988,11 @@ pub(crate) fn interval_ms(e: &ast::Expr) -> Result<i64, String> {
 /// A DataFusion session that knows the inputs (plus, for a windowed
 /// stream, the window columns).
 fn planning_state(sources: &[&SourceDef], windowed: bool) -> Result<SessionState, EngineError> {
-    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
+    let mut config = SessionConfig::new().with_target_partitions(1);
+    // Strings are Utf8 throughout the engine and its codecs: `CAST(x AS
+    // VARCHAR)` must not turn a column into Utf8View.
+    config.options_mut().sql_parser.map_string_types_to_utf8view = false;
+    let ctx = SessionContext::new_with_config(config);
     for source in sources {
         let mut fields: Vec<FieldRef> = source.schema.fields().iter().cloned().collect();
         if windowed {
@@ -1709,8 +1719,12 @@ mod tests {
         );
         for (sql, why) in [
             (
-                "SUM(volume) OVER (PARTITION BY symbol ORDER BY ts)",
+                "FIRST_VALUE(price) OVER (PARTITION BY symbol ORDER BY ts)",
                 "UNBOUNDED PRECEDING grows without end",
+            ),
+            (
+                "SUM(CAST(volume AS DECIMAL(10, 2))) OVER (PARTITION BY symbol ORDER BY ts ROWS UNBOUNDED PRECEDING)",
+                "only SUM, COUNT, AVG, MIN and MAX of a number",
             ),
             (
                 "LAG(price) OVER (PARTITION BY symbol ORDER BY price)",

@@ -14,7 +14,9 @@ use datafusion::common::ScalarValue;
 use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::expr::WindowFunction;
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
-use datafusion::logical_expr::{Expr, LogicalPlan, WindowFrameBound, WindowFrameUnits};
+use datafusion::logical_expr::{
+    Expr, LogicalPlan, WindowFrameBound, WindowFrameUnits, WindowFunctionDefinition,
+};
 use datafusion::physical_planner::create_window_expr;
 
 use super::{
@@ -22,7 +24,7 @@ use super::{
 };
 use crate::EngineError;
 use crate::catalog::SourceDef;
-use crate::over::OverPlan;
+use crate::over::{DirectFunction, OverPlan};
 use crate::sql::StreamDef;
 
 /// How far one window function reaches around the current row.
@@ -91,7 +93,15 @@ pub(super) fn decompose_over(
                 ));
             }
         }
-        reach = reach.max(function_reach(wf).map_err(&plan_err)?);
+        // Refusals before DataFusion plans the function (its errors say
+        // less), except for frames a running aggregate may take.
+        let bounded_reach = function_reach(wf);
+        if let Err(e) = &bounded_reach
+            && !(matches!(wf.fun, WindowFunctionDefinition::AggregateUDF(_))
+                && runs_from_start(&wf.params.window_frame))
+        {
+            return Err(plan_err(e.clone()));
+        }
         let planning = PhysicalPlanningContext::default();
         let function = create_window_expr(
             &super::simplified(e, input_schema)
@@ -101,7 +111,16 @@ pub(super) fn decompose_over(
             &planning,
         )
         .map_err(|err| plan_err(clean_df_error(&err.to_string())))?;
-        direct.push(direct_function(wf, &function));
+        let direct_form = direct_function(wf, &function, input_schema.as_arrow());
+        reach = reach.max(match &direct_form {
+            // The partition's last emitted row, with its running state.
+            Some(DirectFunction::Running(_)) => Reach {
+                preceding_rows: 1,
+                ..Reach::default()
+            },
+            _ => bounded_reach.map_err(&plan_err)?,
+        });
+        direct.push(direct_form);
         functions.push(function);
     }
     let partition_by = partition_by
@@ -128,6 +147,7 @@ pub(super) fn decompose_over(
         following_rows: reach.following_rows,
         post,
         window_schema: nullable(window_schema.as_arrow()),
+        ttl_ms: def.state_ttl_ms,
     };
     Ok((StreamKind::Over(Box::new(plan)), output))
 }
@@ -135,13 +155,14 @@ pub(super) fn decompose_over(
 /// The direct form of a window function, where it has one (see
 /// `over::DirectFunction`): `LAG` with a literal offset and default, and
 /// aggregates over a short `ROWS` frame ending at or before the current
-/// row, over a Float64 or Int64 argument. `None`: DataFusion evaluates it.
+/// row or a frame from `UNBOUNDED PRECEDING` to it (a running aggregate),
+/// over a Float64 or Int64 argument. `None`: DataFusion evaluates it.
 fn direct_function(
     wf: &WindowFunction,
     function: &Arc<dyn datafusion::physical_expr::window::WindowExpr>,
-) -> Option<crate::over::DirectFunction> {
-    use crate::over::{DIRECT_FRAME_ROWS, DirectFunction, RowsAggregate, RowsFunction};
-    use datafusion::logical_expr::WindowFunctionDefinition;
+    input: &arrow::datatypes::Schema,
+) -> Option<DirectFunction> {
+    use crate::over::{DIRECT_FRAME_ROWS, RowsAggregate, RowsFunction, RunningAggregate};
     if wf.fun.name().eq_ignore_ascii_case("lag") {
         let offset = match wf.params.args.get(1) {
             None => 1,
@@ -179,6 +200,14 @@ fn direct_function(
         return None;
     }
     let frame = &p.window_frame;
+    if runs_from_start(frame) {
+        let argument = function.expressions().into_iter().next()?;
+        let argument_type = argument.data_type(input).ok()?;
+        let output = function.field().ok()?.data_type().clone();
+        let peers = frame.units == WindowFrameUnits::Range;
+        return RunningAggregate::new(kind, argument, argument_type, peers, output)
+            .map(DirectFunction::Running);
+    }
     if frame.units != WindowFrameUnits::Rows {
         return None;
     }
@@ -198,6 +227,15 @@ fn direct_function(
     let argument = function.expressions().into_iter().next()?;
     let output = function.field().ok()?.data_type().clone();
     RowsAggregate::new(kind, argument, start, end, output).map(DirectFunction::Rows)
+}
+
+/// A `ROWS` or `RANGE` frame from `UNBOUNDED PRECEDING` to the current row:
+/// the frame of a running aggregate.
+fn runs_from_start(frame: &datafusion::logical_expr::WindowFrame) -> bool {
+    let from_start = matches!(&frame.start_bound, WindowFrameBound::Preceding(v) if v.is_null());
+    from_start
+        && frame.end_bound == WindowFrameBound::CurrentRow
+        && frame.units != WindowFrameUnits::Groups
 }
 
 fn unaliased(e: &Expr) -> &Expr {
@@ -280,7 +318,7 @@ fn frame_reach(wf: &WindowFunction, upper: &str) -> Result<Reach, String> {
                 WindowFrameBound::Preceding(v) => {
                     reach.preceding_rows = rows_of(v).ok_or_else(|| {
                         format!(
-                            "{upper}: a frame from UNBOUNDED PRECEDING grows without end; {hint}"
+                            "{upper}: a frame from UNBOUNDED PRECEDING grows without end (only SUM, COUNT, AVG, MIN and MAX of a number run from it to the current row); {hint}"
                         )
                     })?;
                 }
@@ -304,7 +342,7 @@ fn frame_reach(wf: &WindowFunction, upper: &str) -> Result<Reach, String> {
                 WindowFrameBound::Preceding(v) => {
                     reach.preceding_ms = interval_ms(v).ok_or_else(|| {
                         if v.is_null() {
-                            format!("{upper}: a frame from UNBOUNDED PRECEDING grows without end (it is the default frame with ORDER BY); {hint}")
+                            format!("{upper}: a frame from UNBOUNDED PRECEDING grows without end (it is the default frame with ORDER BY; only SUM, COUNT, AVG, MIN and MAX of a number run from it to the current row); {hint}")
                         } else {
                             format!("{upper}: RANGE frames over the event time take an INTERVAL of days or less, not {v}")
                         }

@@ -13,7 +13,7 @@ use super::records::{OrderEvent, values};
 use super::rng::SimRng;
 
 /// Size of the trader pool (`TRD-001` …).
-pub const TRADERS: usize = 12;
+pub const TRADERS: usize = 20;
 
 /// Probability that a tick comes with a new order. With ~3.2 events per order
 /// this gives roughly one order event per three ticks.

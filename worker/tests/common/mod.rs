@@ -238,6 +238,19 @@ pub fn datafusion_batch_over(tables: Vec<(&str, RecordBatch)>, sql: &str) -> Rec
             .unwrap_or_else(|e| panic!("reference query failed: {e}\n{sql}"));
         let out_schema = Arc::new(df.schema().as_arrow().clone());
         let batches = df.collect().await.unwrap();
+        // Some operators hand out Utf8View where the plan says Utf8.
+        let batches: Vec<RecordBatch> = batches
+            .iter()
+            .map(|b| {
+                let columns = b
+                    .columns()
+                    .iter()
+                    .zip(out_schema.fields())
+                    .map(|(c, f)| arrow::compute::cast(c, f.data_type()).unwrap())
+                    .collect();
+                RecordBatch::try_new(Arc::clone(&out_schema), columns).unwrap()
+            })
+            .collect();
         concat_batches(&out_schema, &batches).unwrap()
     })
 }
@@ -329,7 +342,26 @@ pub fn assert_same_rows(what: &str, actual: &RecordBatch, expected: &RecordBatch
                 (key(&r), r)
             })
             .collect::<Vec<(Vec<Cell>, _)>>();
-        keyed.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
+        // Exact columns first; rows equal in them by their floats (rows
+        // that differ only in a float would otherwise pair up by chance).
+        let floats = |r: &Vec<(String, Cell)>| -> Vec<f64> {
+            r.iter()
+                .filter_map(|(_, c)| match c {
+                    Cell::Float(x) => Some(*x),
+                    _ => None,
+                })
+                .collect()
+        };
+        keyed.sort_by(|a, b| {
+            a.0.partial_cmp(&b.0).unwrap().then_with(|| {
+                let (fa, fb) = (floats(&a.1), floats(&b.1));
+                fa.iter()
+                    .zip(&fb)
+                    .map(|(x, y)| x.total_cmp(y))
+                    .find(|o| o.is_ne())
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            })
+        });
         keyed.into_iter().map(|(_, r)| r).collect::<Vec<_>>()
     };
     let a = sort(rows_of(actual));

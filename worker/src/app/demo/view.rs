@@ -171,9 +171,10 @@ pub const OHLC_COLUMNS: [&str; 9] = [
     "tick_count",
 ];
 
-/// One line per newest trading alert (`alerts`: price moves, volume
-/// spikes, one-sided order flow) and per open arbitrage opportunity:
-/// (kind, symbol, what, event time).
+/// One line per open arbitrage opportunity, then the `n` newest alerts of
+/// the market (`alerts`: price moves, volume spikes, one-sided order flow)
+/// and of risk (`risk_alerts`: position and daily loss limits), merged by
+/// event time: (kind, symbol or trader, what, event time).
 pub fn trading_alerts(state: &DemoState<'_>, n: usize) -> Vec<[String; 4]> {
     let mut lines = Vec::new();
     for r in state.table("arbitrage", &["symbol"]) {
@@ -187,18 +188,36 @@ pub fn trading_alerts(state: &DemoState<'_>, n: usize) -> Vec<[String; 4]> {
             r["as_of"].clone(),
         ]);
     }
+    let mut alerts = Vec::new();
     for r in state.newest("alerts", n) {
         let what = match r["alert"].as_str() {
             "price_move" => format!("{} % in 10 s", r["value"]),
             "volume_spike" => format!("{}x the 20 s average volume", r["value"]),
             _ => format!("{} % of new order quantity on one side", r["value"]),
         };
-        lines.push([
+        alerts.push([
             r["alert"].to_uppercase(),
             r["symbol"].clone(),
             what,
             r["ts"].clone(),
         ]);
     }
+    for r in state.newest("risk_alerts", n) {
+        let (who, what) = match r["alert"].as_str() {
+            "POSITION_LIMIT_EXCEEDED" => (
+                format!("{} {}", r["trader_id"], r["symbol"]),
+                format!("exposure {} beyond {}", r["value"], r["threshold"]),
+            ),
+            _ => (
+                r["trader_id"].clone(),
+                format!("day P&L {} below {}", r["value"], r["threshold"]),
+            ),
+        };
+        alerts.push([r["alert"].clone(), who, what, r["ts"].clone()]);
+    }
+    // Newest first (event times are RFC 3339 text of one width).
+    alerts.sort_by(|a, b| b[3].cmp(&a[3]));
+    alerts.truncate(n);
+    lines.extend(alerts);
     lines
 }

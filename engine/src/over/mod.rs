@@ -1,5 +1,6 @@
 //! OVER windows in event-time order: `LAG`, `LEAD`, `FIRST_VALUE`,
-//! `LAST_VALUE` and aggregates over `ROWS`/`RANGE … PRECEDING` frames, per
+//! `LAST_VALUE` and aggregates over `ROWS`/`RANGE … PRECEDING` frames and
+//! running aggregates from `UNBOUNDED PRECEDING` ([`running`]), per
 //! `PARTITION BY` key.
 //!
 //! A source row waits in `pending` until the watermark passes it; then no
@@ -12,6 +13,9 @@
 //! for them, or for the end of input. After each step the buffer keeps only
 //! what a frame can still reach: per partition the last `preceding_rows`
 //! emitted rows and those within `preceding_ms`, and the waiting rows.
+//! With `state.ttl`, a partition whose newest row is that far behind the
+//! watermark is forgotten (its next row starts it anew, as Flink's state
+//! TTL does).
 //!
 //! Work is done in steps over all partitions at once (a few array
 //! operations over the buffer, one evaluation per touched partition), not
@@ -32,6 +36,11 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::window::WindowExpr;
+
+mod running;
+
+pub use running::RunningAggregate;
+use running::{Carry, StepRows};
 
 use super::keys::dense_ids;
 use super::operator::{
@@ -74,6 +83,9 @@ pub struct OverPlan {
     pub post: Vec<RowStep>,
     /// Schema of source columns followed by the function values.
     pub window_schema: SchemaRef,
+    /// `state.ttl`: a partition without rows for this long in event time
+    /// is dropped.
+    pub ttl_ms: Option<i64>,
 }
 
 /// Released rows are evaluated in steps: when this much wall-clock time has
@@ -106,6 +118,9 @@ pub struct OverOperator {
     /// arrival); `emitted[i]` tells whether row `i` was emitted already.
     buffer: RecordBatch,
     emitted: BooleanArray,
+    /// Per window function, for the running aggregates: the running state
+    /// after each buffered row.
+    carries: Vec<Option<Carry>>,
     /// Rows waiting for the watermark, with each batch's event-time range.
     pending: Vec<(RecordBatch, i64, i64)>,
     pending_rows: usize,
@@ -130,6 +145,9 @@ struct StepOutput {
     rows: Vec<u32>,
     /// Per emitted row, the index of its partition's first row.
     starts: Vec<u32>,
+    /// Per emitted row, the index of its last peer (same event time); only
+    /// when a running aggregate has a `RANGE` frame.
+    peer_ends: Vec<u32>,
     values: Vec<Vec<ArrayRef>>,
     rejected: Vec<RejectedRows>,
 }
@@ -152,8 +170,17 @@ impl OverOperator {
                 .map(|f| f.as_ref().clone().with_nullable(true))
                 .collect::<Vec<_>>(),
         ));
+        let carries = plan
+            .direct
+            .iter()
+            .map(|d| match d {
+                Some(DirectFunction::Running(r)) => Some(Carry::nulls(r.argument_type(), 0)),
+                _ => None,
+            })
+            .collect();
         Ok(Self {
             plan,
+            carries,
             frame_columns,
             select_columns,
             selected_schema,
@@ -284,6 +311,15 @@ impl OverOperator {
         };
         let mut keep = Vec::new();
         let mut keep_emitted = Vec::new();
+        let peers = self.plan.direct.iter().any(|d| match d {
+            Some(DirectFunction::Running(r)) => r.peers(),
+            _ => false,
+        });
+        // The end of the input is not the passing of time: nothing expires.
+        let forget_before = (!end_of_input)
+            .then_some(self.plan.ttl_ms)
+            .flatten()
+            .map(|ttl| watermark.saturating_sub(ttl));
         for range in ranges {
             let in_range = &order.values()[range.clone()];
             let first_new = range.start + in_range.iter().filter(|&&i| was_emitted(i)).count();
@@ -295,11 +331,27 @@ impl OverOperator {
                     .saturating_sub(self.plan.following_rows)
                     .max(range.start)
             };
-            if upto > first_new {
-                self.evaluate_partition(sorted.as_ref(), range.clone(), first_new..upto, &mut step);
+            if upto > first_new
+                && self.evaluate_partition(
+                    sorted.as_ref(),
+                    range.clone(),
+                    first_new..upto,
+                    &mut step,
+                )
+                && peers
+            {
+                let ts_at = |p: usize| ts[order.value(p) as usize];
+                step.peer_ends
+                    .extend(peer_ends(range.clone(), first_new..upto, ts_at));
+            }
+            let next_emitted = upto.max(first_new);
+            // `state.ttl`: a partition that saw no row for that long is
+            // forgotten once all its rows are out.
+            let newest = ts[order.value(range.end - 1) as usize];
+            if next_emitted == range.end && forget_before.is_some_and(|before| newest < before) {
+                continue;
             }
             // What the frames can still reach, and the waiting rows.
-            let next_emitted = upto.max(first_new);
             let from =
                 self.first_reachable(range.clone(), next_emitted, |p| ts[order.value(p) as usize]);
             for p in from..range.end {
@@ -307,18 +359,56 @@ impl OverOperator {
                 keep_emitted.push(p < next_emitted);
             }
         }
-        self.buffer = self.history(&rows, &UInt32Array::from(keep))?;
+        let carries = self.evaluate_direct(&rows, &order, &mut step)?;
+        let keep = UInt32Array::from(keep);
+        self.buffer = self.history(&rows, &keep)?;
+        self.carries = carries
+            .into_iter()
+            .map(|c| c.map(|c| c.take(&keep)).transpose())
+            .collect::<Result<_>>()?;
         self.emitted = BooleanArray::from(keep_emitted);
         self.metrics.open_windows = self.buffer.num_rows() as u64;
         self.emitted_before = self.first_unemitted()?;
-        // The direct functions, once over the whole step's rows.
-        for (values, direct) in step.values.iter_mut().zip(&self.plan.direct) {
-            if let Some(d) = direct {
-                let arguments = take(evaluate(d.argument(), &rows)?.as_ref(), &order, None)?;
-                values.push(d.evaluate(&arguments, &step.rows, &step.starts)?);
-            }
-        }
         self.finish_step(&rows, &order, step, out)
+    }
+
+    /// The direct functions, once over the whole step's `rows` (sorted by
+    /// `order`); returns the running aggregates' carries for `rows`.
+    fn evaluate_direct(
+        &self,
+        rows: &RecordBatch,
+        order: &UInt32Array,
+        step: &mut StepOutput,
+    ) -> Result<Vec<Option<Carry>>> {
+        let mut carries = Vec::with_capacity(self.carries.len());
+        let functions = self.plan.direct.iter().zip(&self.carries);
+        for (values, (direct, buffered)) in step.values.iter_mut().zip(functions) {
+            let Some(d) = direct else {
+                carries.push(None);
+                continue;
+            };
+            let arguments = take(evaluate(d.argument(), rows)?.as_ref(), order, None)?;
+            let (DirectFunction::Running(r), Some(buffered)) = (d, buffered) else {
+                values.push(d.evaluate(&arguments, &step.rows, &step.starts)?);
+                carries.push(None);
+                continue;
+            };
+            let released = rows.num_rows() - buffered.n.len();
+            let prior = Carry::concat(&[buffered, &Carry::nulls(r.argument_type(), released)])?;
+            let (value, after) = r.evaluate(
+                &arguments,
+                &StepRows {
+                    rows: &step.rows,
+                    starts: &step.starts,
+                    peer_ends: &step.peer_ends,
+                    prior: &prior.take(order)?,
+                },
+            )?;
+            values.push(value);
+            let emitted: Vec<u32> = step.rows.iter().map(|&p| order.value(p as usize)).collect();
+            carries.push(Some(prior.with_updates(&emitted, &after)?));
+        }
+        Ok(carries)
     }
 
     /// The first sorted position of a partition (`range`) that a frame of
@@ -396,7 +486,8 @@ impl OverOperator {
     }
 
     /// Evaluates the window functions over one partition's `range` of the
-    /// sorted rows and keeps the values of the rows in `emit`.
+    /// sorted rows and keeps the values of the rows in `emit`; false when
+    /// they failed and went to the dead letters.
     /// `sorted` is the step's rows in order when a function needs
     /// DataFusion (the direct ones are evaluated for the whole step).
     fn evaluate_partition(
@@ -405,12 +496,12 @@ impl OverOperator {
         range: std::ops::Range<usize>,
         emit: std::ops::Range<usize>,
         step: &mut StepOutput,
-    ) {
+    ) -> bool {
         let Some(source) = sorted else {
             step.rows.extend(emit.start as u32..emit.end as u32);
             step.starts
                 .extend(std::iter::repeat_n(range.start as u32, emit.len()));
-            return;
+            return true;
         };
         let partition = source.slice(range.start, range.len());
         let offset = emit.start - range.start;
@@ -433,14 +524,18 @@ impl OverOperator {
                 step.rows.extend(emit.start as u32..emit.end as u32);
                 step.starts
                     .extend(std::iter::repeat_n(range.start as u32, emit.len()));
+                true
             }
             // A function failed on this partition's rows (e.g. an
             // overflowing SUM): they become dead letters, the other
             // partitions carry on.
-            Err(e) => step.rejected.push(RejectedRows {
-                rows: source.slice(emit.start, emit.len()),
-                error: e.to_string(),
-            }),
+            Err(e) => {
+                step.rejected.push(RejectedRows {
+                    rows: source.slice(emit.start, emit.len()),
+                    error: e.to_string(),
+                });
+                false
+            }
         }
     }
 
@@ -610,6 +705,26 @@ fn step_order(ids: &[u32], ts: &[i64], seq: &[u64]) -> StepOrder {
     StepOrder { order, ranges }
 }
 
+/// For the positions `emit` of a partition's sorted `range`, the last
+/// position with the same event time (`ts_at`), which may lie beyond `emit`.
+fn peer_ends(
+    range: std::ops::Range<usize>,
+    emit: std::ops::Range<usize>,
+    ts_at: impl Fn(usize) -> i64,
+) -> Vec<u32> {
+    let mut ends = vec![0u32; emit.len()];
+    let mut last = range.end - 1;
+    for p in (emit.start..range.end).rev() {
+        if p + 1 < range.end && ts_at(p + 1) != ts_at(p) {
+            last = p;
+        }
+        if p < emit.end {
+            ends[p - emit.start] = last as u32;
+        }
+    }
+    ends
+}
+
 fn take_rows(batch: &RecordBatch, indices: &UInt32Array) -> Result<RecordBatch> {
     let columns = batch
         .columns()
@@ -698,6 +813,12 @@ impl StreamOperator for OverOperator {
             .chain(std::iter::repeat_n(Some(false), self.pending_rows))
             .collect();
         let mut columns = rows.columns().to_vec();
+        for carry in self.carries.iter().flatten() {
+            let pending = Carry::nulls(carry.acc.data_type(), self.pending_rows);
+            let carry = Carry::concat(&[carry, &pending])?;
+            columns.push(carry.acc);
+            columns.push(Arc::new(carry.n));
+        }
         columns.push(Arc::new(flags));
         Ok(OperatorState {
             meta: serde_json::json!({
@@ -723,6 +844,9 @@ impl StreamOperator for OverOperator {
         self.next_seq = meta["next_seq"].as_u64().unwrap_or(0);
         self.buffer = RecordBatch::new_empty(Arc::clone(&self.buffer_schema));
         self.emitted = BooleanArray::from(Vec::<bool>::new());
+        for carry in self.carries.iter_mut().flatten() {
+            *carry = Carry::nulls(&carry.acc.data_type().clone(), 0);
+        }
         self.pending.clear();
         self.pending_rows = 0;
         let Some(batch) = state.batch else {
@@ -738,9 +862,21 @@ impl StreamOperator for OverOperator {
         }
         let flag_index = batch.num_columns() - 1;
         let flags = batch.column(flag_index).as_boolean().clone();
-        let mut rows = batch;
-        rows.remove_column(flag_index);
-        let rows = RecordBatch::try_new(Arc::clone(&self.buffer_schema), rows.columns().to_vec())?;
+        let width = self.buffer_schema.fields().len();
+        let rows = RecordBatch::try_new(
+            Arc::clone(&self.buffer_schema),
+            batch.columns()[..width].to_vec(),
+        )?;
+        let mut carry_columns = batch.columns()[width..flag_index].chunks(2);
+        for carry in self.carries.iter_mut().flatten() {
+            let [acc, n] = carry_columns.next().expect("state layout checked") else {
+                unreachable!("carry columns come in pairs");
+            };
+            *carry = Carry {
+                acc: acc.slice(0, buffered),
+                n: n.as_primitive().slice(0, buffered),
+            };
+        }
         // The buffer as it was (sorted), then the pending rows.
         self.buffer = rows.slice(0, buffered);
         self.emitted = flags.slice(0, buffered);
@@ -756,7 +892,8 @@ impl StreamOperator for OverOperator {
 }
 
 impl OverOperator {
-    /// Buffered rows, then whether each was emitted.
+    /// Buffered rows, the running aggregates' carries, then whether each
+    /// row was emitted.
     fn state_schema(&self) -> SchemaRef {
         let mut fields: Vec<Field> = self
             .buffer_schema
@@ -764,6 +901,13 @@ impl OverOperator {
             .iter()
             .map(|f| f.as_ref().clone())
             .collect();
+        for (k, carry) in self.carries.iter().enumerate() {
+            if let Some(carry) = carry {
+                let name = format!("__tickflow_running_{k}");
+                fields.push(Field::new(&name, carry.acc.data_type().clone(), true));
+                fields.push(Field::new(format!("{name}_n"), DataType::Int64, true));
+            }
+        }
         fields.push(Field::new(EMITTED, DataType::Boolean, false));
         Arc::new(Schema::new(fields))
     }
@@ -935,6 +1079,8 @@ pub enum DirectFunction {
         offset: usize,
         default: Option<datafusion::common::ScalarValue>,
     },
+    /// An aggregate from `UNBOUNDED PRECEDING` to the current row.
+    Running(RunningAggregate),
 }
 
 impl DirectFunction {
@@ -943,6 +1089,7 @@ impl DirectFunction {
         match self {
             Self::Rows(r) => &r.argument,
             Self::Lag { argument, .. } => argument,
+            Self::Running(r) => &r.argument,
         }
     }
 
@@ -951,6 +1098,9 @@ impl DirectFunction {
     fn evaluate(&self, values: &ArrayRef, rows: &[u32], starts: &[u32]) -> Result<ArrayRef> {
         match self {
             Self::Rows(r) => r.evaluate(values, rows, starts),
+            Self::Running(_) => Err(DataFusionError::Internal(
+                "a running aggregate is evaluated with its carries".into(),
+            )),
             Self::Lag {
                 offset, default, ..
             } => {
@@ -985,5 +1135,109 @@ fn conform_to(array: ArrayRef, output: &DataType) -> Result<ArrayRef> {
         Ok(array)
     } else {
         Ok(arrow::compute::cast(&array, output)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{AsArray, Int64Array, StringArray, TimestampMillisecondArray};
+    use arrow::datatypes::{Int64Type, TimeUnit};
+
+    use super::*;
+    use crate::{Catalog, EngineConfig, Pipeline, StreamOutput};
+
+    const SQL: &str = "CREATE TABLE t (k VARCHAR, v BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts) WITH ('topic' = 't', 'format' = 'json');
+CREATE STREAM s WITH ('state.ttl' = '5 s') AS
+SELECT k, ts, LAG(v) OVER w AS prev, SUM(v) OVER w AS total
+FROM t WINDOW w AS (PARTITION BY k ORDER BY ts ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW);";
+
+    const BASE: i64 = 1_700_000_000_000;
+
+    fn rows(rows: &[(&str, i64, i64)]) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, true),
+            Field::new("v", DataType::Int64, true),
+            Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), true),
+        ]));
+        let keys: Vec<&str> = rows.iter().map(|r| r.0).collect();
+        let values: Vec<i64> = rows.iter().map(|r| r.1).collect();
+        let ts: Vec<i64> = rows.iter().map(|r| BASE + r.2).collect();
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(keys)),
+                Arc::new(Int64Array::from(values)),
+                Arc::new(TimestampMillisecondArray::from(ts)),
+            ],
+        )
+        .unwrap()
+    }
+
+    /// (key, LAG, running SUM) of every emitted row, sorted.
+    fn emitted(out: &[StreamOutput]) -> Vec<(String, Option<i64>, i64)> {
+        let mut all: Vec<_> = out
+            .iter()
+            .flat_map(|o| {
+                let keys = o.rows.column(0).as_string::<i32>().clone();
+                let prev = o.rows.column(2).as_primitive::<Int64Type>().clone();
+                let total = o.rows.column(3).as_primitive::<Int64Type>().clone();
+                (0..o.rows.num_rows()).map(move |i| {
+                    let lag = prev.is_valid(i).then(|| prev.value(i));
+                    (keys.value(i).to_string(), lag, total.value(i))
+                })
+            })
+            .collect();
+        all.sort();
+        all
+    }
+
+    /// Pushes `batch` after the operator's step interval, so that its
+    /// watermark releases the rows before it.
+    fn push_later(p: &mut Pipeline, batch: &[(&str, i64, i64)]) -> Vec<StreamOutput> {
+        std::thread::sleep(RELEASE_EVERY + std::time::Duration::from_millis(50));
+        let mut out = Vec::new();
+        p.push("t", 0, &rows(batch), &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn running_sums_carry_across_steps_and_restores_and_idle_partitions_expire() {
+        let config = EngineConfig {
+            idle_timeout: None,
+            ..EngineConfig::default()
+        };
+        let mut p = Pipeline::new(SQL, &Catalog::empty(), &config).unwrap();
+        let first = [("a", 1, 0), ("a", 2, 1000), ("b", 10, 0), ("b", 5, 3000)];
+        let mut out = Vec::new();
+        p.push("t", 0, &rows(&first), &mut out).unwrap();
+        assert!(out.is_empty(), "no step yet: {out:?}");
+        let out = push_later(&mut p, &[("c", 100, 4000)]);
+        assert_eq!(
+            emitted(&out),
+            [
+                ("a".into(), None, 1),
+                ("a".into(), Some(1), 3),
+                ("b".into(), None, 10),
+                ("b".into(), Some(10), 15),
+            ]
+        );
+        // At 7 s `a`'s newest row (1 s) is more than 5 s behind: forgotten.
+        // `b` (3 s) is kept.
+        let out = push_later(&mut p, &[("c", 200, 7000)]);
+        assert_eq!(emitted(&out), [("c".into(), None, 100)]);
+        let snapshot = p.snapshot().unwrap();
+        let mut p = Pipeline::new(SQL, &Catalog::empty(), &config).unwrap();
+        p.restore(snapshot).unwrap();
+        let out = push_later(&mut p, &[("a", 4, 7500), ("b", 6, 7500)]);
+        assert_eq!(emitted(&out), [("c".into(), Some(100), 300)]);
+        // `a` starts anew; `b` and `c` carry on from their last rows.
+        let out = push_later(&mut p, &[("c", 400, 9000)]);
+        assert_eq!(
+            emitted(&out),
+            [("a".into(), None, 4), ("b".into(), Some(5), 21)]
+        );
+        let mut out = Vec::new();
+        p.finish_partition("t", 0, &mut out).unwrap();
+        assert_eq!(emitted(&out), [("c".into(), Some(200), 700)]);
     }
 }
