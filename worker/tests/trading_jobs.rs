@@ -28,17 +28,17 @@ fn sql(name: &str) -> String {
     std::fs::read_to_string(path).unwrap()
 }
 
-/// 150 s of market data with the CLI's default market events, delivered
-/// up to 800 ms out of order (the engine allows 1 s).
-fn data() -> SimOutput {
+/// `duration_ms` of market data with the CLI's default market events,
+/// delivered up to 800 ms out of order (the engine allows 1 s).
+fn data(seed: u64, duration_ms: usize) -> SimOutput {
     generate(
         SimConfig {
-            seed: 3,
+            seed,
             max_jitter_ms: 800,
             events: Some(MarketEvents::default()),
             ..SimConfig::default()
         },
-        150_000,
+        duration_ms,
     )
 }
 
@@ -135,7 +135,7 @@ fn first_ms(rows: &RecordBatch, column: &str) -> i64 {
 #[test]
 fn trading_alerts_match_datafusion_batch_and_fire_within_a_minute() {
     let dir = tempfile::tempdir().unwrap();
-    let data = data();
+    let data = data(3, 150_000);
     let ticks = source_batch(&data, SourceTable::MarketTicks);
     let orders = source_batch(&data, SourceTable::OrderEvents);
     write_jsonl(&dir.path().join("market-ticks.jsonl"), &ticks);
@@ -237,7 +237,7 @@ fn trading_alerts_match_datafusion_batch_and_fire_within_a_minute() {
 #[test]
 fn arbitrage_leaves_the_table_datafusion_computes() {
     let dir = tempfile::tempdir().unwrap();
-    let data = data();
+    let data = data(3, 150_000);
     let ticks = source_batch(&data, SourceTable::MarketTicks);
     write_jsonl(&dir.path().join("market-ticks.jsonl"), &ticks);
     let out = query("arbitrage", dir.path());
@@ -324,24 +324,11 @@ fn stream_select(text: &str, name: &str) -> String {
     body[select..end].to_string()
 }
 
-/// Order flow and trades over five minutes (two trading days' boundaries
-/// play no part: the run starts at a US market open).
-fn risk_data() -> SimOutput {
-    generate(
-        SimConfig {
-            seed: 11,
-            max_jitter_ms: 800,
-            events: Some(MarketEvents::default()),
-            ..SimConfig::default()
-        },
-        300_000,
-    )
-}
-
 #[test]
 fn risk_alerts_match_datafusion_batch_and_both_fire_within_minutes() {
     let dir = tempfile::tempdir().unwrap();
-    let data = risk_data();
+    // Five minutes from a US market open (no day boundary inside).
+    let data = data(11, 300_000);
     let ticks = source_batch(&data, SourceTable::MarketTicks);
     let orders = source_batch(&data, SourceTable::OrderEvents);
     write_jsonl(&dir.path().join("market-ticks.jsonl"), &ticks);
