@@ -118,7 +118,10 @@ mod tests {
             assert!(!q.streams.is_empty());
             n += 1;
         }
-        assert_eq!(n, 11);
+        assert_eq!(
+            n, 12,
+            "a query file was added or removed: update this count and its manifest"
+        );
     }
 
     #[test]
