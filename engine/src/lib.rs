@@ -307,7 +307,11 @@ impl Pipeline {
             if intermediate && let Ok(input) = &p.as_input {
                 derived.insert(p.name.to_ascii_lowercase(), input.clone());
             }
-            let updating = matches!(p.kind, StreamKind::Updating(_));
+            let updating = match &p.kind {
+                StreamKind::Updating(_) => true,
+                StreamKind::Join(j) => j.is_regular(),
+                _ => false,
+            };
             let (operator, windowed, window): (Box<dyn StreamOperator>, bool, _) = match p.kind {
                 StreamKind::Updating(u) => (
                     Box::new(updating::UpdatingAggregate::new(

@@ -10,7 +10,10 @@
 //! - window joins of two windowed streams on equal window ends, inner and
 //!   LEFT;
 //! - temporal joins (`FOR SYSTEM_TIME AS OF`) of a table and of a stream as
-//!   versioned tables, inner and LEFT.
+//!   versioned tables, inner and LEFT;
+//! - regular joins (no time bound) of updating streams and of an append
+//!   table read by its key, inner and LEFT, with deletions flowing through:
+//!   the final table equals DataFusion's join of the final inputs.
 
 mod common;
 
@@ -241,6 +244,104 @@ fn expected_window_join(
     ]
 }
 
+const REGULAR_SQL: &str = "
+CREATE STREAM order_activity AS
+SELECT order_id, symbol, COUNT(*) AS events, MAX(ts) AS updated, MAX(price) AS limit_price
+FROM order_events GROUP BY order_id, symbol;
+
+-- Each order with its symbol's latest trade (market_ticks read as a table
+-- by its key), while that trade is below the order's limit.
+CREATE STREAM order_marks AS
+SELECT a.order_id, a.symbol, a.events, a.limit_price, t.ts AS tick_ts,
+       t.price AS last_price, t.exchange
+FROM order_activity a LEFT JOIN market_ticks t
+  ON a.symbol = t.symbol AND t.price < a.limit_price;
+
+-- Venues whose price range is still narrow: a key appears, and is deleted
+-- once the range widens.
+CREATE STREAM quiet_venues AS
+SELECT symbol, exchange, COUNT(*) AS ticks, MAX(price) - MIN(price) AS price_range
+FROM market_ticks GROUP BY symbol, exchange
+HAVING MAX(price) - MIN(price) < 0.4;
+
+CREATE STREAM buy_interest AS
+SELECT symbol, SUM(quantity) AS quantity, COUNT(*) AS orders
+FROM order_events WHERE side = 'buy' GROUP BY symbol;
+
+CREATE STREAM interest_at_quiet_venues AS
+SELECT b.symbol, q.exchange, b.quantity, q.ticks, q.price_range
+FROM buy_interest b JOIN quiet_venues q ON b.symbol = q.symbol
+WHERE q.ticks > 3;
+";
+
+/// The regular joins in DataFusion batch, over the final inputs: the
+/// updating streams as their GROUP BY, market_ticks as its latest row per
+/// symbol (latest event time, then latest arrival).
+fn expected_regular(ticks: &RecordBatch, orders: &RecordBatch) -> Vec<(&'static str, RecordBatch)> {
+    let tables = || {
+        vec![
+            ("order_events", with_seq(orders)),
+            ("market_ticks", with_seq(ticks)),
+        ]
+    };
+    let order_marks = datafusion_batch_over(
+        tables(),
+        "WITH a AS (SELECT order_id, symbol, COUNT(*) AS events, MAX(price) AS limit_price
+                    FROM order_events GROUP BY order_id, symbol),
+              t AS (SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY symbol ORDER BY ts DESC, seq DESC) AS rn
+                                   FROM market_ticks) WHERE rn = 1)
+         SELECT a.order_id, a.symbol, a.events, a.limit_price, t.ts AS tick_ts,
+                t.price AS last_price, t.exchange
+         FROM a LEFT JOIN t ON a.symbol = t.symbol AND t.price < a.limit_price",
+    );
+    let interest = datafusion_batch_over(
+        tables(),
+        "WITH q AS (SELECT symbol, exchange, COUNT(*) AS ticks, MAX(price) - MIN(price) AS price_range
+                    FROM market_ticks GROUP BY symbol, exchange HAVING MAX(price) - MIN(price) < 0.4),
+              b AS (SELECT symbol, SUM(quantity) AS quantity, COUNT(*) AS orders
+                    FROM order_events WHERE side = 'buy' GROUP BY symbol)
+         SELECT b.symbol, q.exchange, b.quantity, q.ticks, q.price_range
+         FROM b JOIN q ON b.symbol = q.symbol WHERE q.ticks > 3",
+    );
+    vec![
+        ("order_marks", order_marks),
+        ("interest_at_quiet_venues", interest),
+    ]
+}
+
+/// Runs an updating `sql` over `tables` in every feed (and restored from a
+/// checkpoint) and compares each stream's final table with `expected`;
+/// returns the upserts and deletions of the first run per stream.
+fn assert_final_tables_match_batch(
+    sql: &str,
+    tables: &[(&str, RecordBatch)],
+    expected: &[(&'static str, RecordBatch)],
+) -> std::collections::BTreeMap<String, (usize, usize)> {
+    let mut changes = std::collections::BTreeMap::new();
+    for (feed, chunk, restart_at) in [
+        (Feed::Interleaved, 4096, None),
+        (Feed::Interleaved, 100, None),
+        (Feed::OneTableAfterTheOther, 4096, None),
+        (Feed::Interleaved, 512, Some(9)),
+    ] {
+        let (streams, out) = run_tables_raw(sql, tables, chunk, feed, restart_at);
+        let finals = final_tables(&streams, &out);
+        for (name, rows) in expected {
+            let (table, upserts, deletes) = &finals[*name];
+            assert_same_rows(
+                &format!("{name} ({feed:?}, {chunk}-row batches, restored before {restart_at:?})"),
+                table,
+                rows,
+                1e-9,
+            );
+            changes
+                .entry(name.to_string())
+                .or_insert((*upserts, *deletes));
+        }
+    }
+    changes
+}
+
 /// Runs `sql` over `tables` in every feed and compares each stream with
 /// `expected`.
 fn assert_matches_batch(
@@ -351,6 +452,38 @@ fn interval_joins_match_datafusion_batch() {
     );
 
     assert_matches_batch(JOIN_SQL, &tables, &expected);
+}
+
+#[test]
+fn regular_joins_match_datafusion_batch() {
+    let data = market_data(6_000, JITTER_MS);
+    let ticks = source_batch(&data, SourceTable::MarketTicks);
+    let orders = source_batch(&data, SourceTable::OrderEvents);
+    let expected = expected_regular(&ticks, &orders);
+    let (marks, interest) = (&expected[0].1, &expected[1].1);
+    let unmatched = nulls_in(marks, "last_price");
+    assert!(
+        unmatched > 0 && unmatched < marks.num_rows(),
+        "orders with and without a trade below their limit ({unmatched} of {})",
+        marks.num_rows()
+    );
+    assert!(interest.num_rows() > 0, "quiet venues with buy interest");
+    let tables = [("order_events", orders), ("market_ticks", ticks)];
+    let changes = assert_final_tables_match_batch(REGULAR_SQL, &tables, &expected);
+    // Rows follow their inputs: a mark is replaced as trades come and go
+    // below the limit; a venue whose range widens is deleted from the
+    // quiet ones, and its joined rows with it.
+    let (mark_upserts, _) = changes["order_marks"];
+    assert!(
+        mark_upserts > 2 * marks.num_rows(),
+        "marks updated as trades arrive: {mark_upserts} upserts for {} orders",
+        marks.num_rows()
+    );
+    let (upserts, deletes) = changes["interest_at_quiet_venues"];
+    assert!(
+        deletes > 0 && upserts > deletes,
+        "interest_at_quiet_venues: {upserts} upserts, {deletes} deletions"
+    );
 }
 
 #[test]

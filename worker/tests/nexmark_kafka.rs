@@ -204,6 +204,8 @@ fn nexmark_to_kafka_in_avro_gives_the_file_rows_and_the_queries_the_file_results
     // The queries: every row equal to the file run's.
     for (query, tables, min_rows) in [
         ("q0", &[NexmarkTable::Bid][..], 40_000),
+        // A join without time bounds: an updating stream, exactly once.
+        ("q3", &[NexmarkTable::Auction, NexmarkTable::Person][..], 5),
         ("q7", &[NexmarkTable::Bid][..], 5),
         ("q8", &[NexmarkTable::Person, NexmarkTable::Auction][..], 5),
     ] {

@@ -110,13 +110,14 @@ FROM venue_quotes GROUP BY symbol;
 
 CREATE STREAM trader_books AS
 SELECT trader_id, symbol, COUNT(*) AS orders, SUM(quantity) AS quantity
-FROM order_events GROUP BY trader_id, symbol HAVING COUNT(*) < 1000;
+FROM order_events GROUP BY trader_id, symbol HAVING COUNT(*) < 550;
 ";
 
 /// Joins for the kill -9 test: an interval LEFT join (left rows waiting
 /// for their interval to pass), ASOF joins backward and forward (left rows
-/// waiting for their match to be final, right rows kept per key) and a
-/// window join of two windowed streams that only it reads.
+/// waiting for their match to be final, right rows kept per key), a
+/// window join of two windowed streams that only it reads, and a regular
+/// LEFT join of an updating stream with the latest tick per symbol.
 const JOIN_STREAMS: &str = "
 CREATE STREAM recent_ticks AS
 SELECT o.order_id, o.ts, o.price, t.ts AS tick_ts, t.exchange, t.price AS tick_price
@@ -145,6 +146,11 @@ CREATE STREAM bars_with_flow AS
 SELECT b.symbol, b.window_end, b.ticks, b.high, f.quantity
 FROM tick_bars b LEFT JOIN order_flow f
   ON b.symbol = f.symbol AND b.window_end = f.window_end;
+
+CREATE STREAM marked_books AS
+SELECT b.trader_id, b.symbol, b.quantity, t.price AS last_price, t.exchange
+FROM trader_books b LEFT JOIN market_ticks t
+  ON b.symbol = t.symbol AND t.exchange <> 'NYSE';
 ";
 
 /// Their output files. An OVER stream emits each partition's rows in event
@@ -158,9 +164,10 @@ const OVER_OUTPUTS: [(&str, &str); 2] = [
 /// A UNION ALL interleaves its inputs as they arrive, and a join emits
 /// rows when their match is complete, which depends on when the other
 /// side's watermark moved: the same rows, in any order.
-const UNORDERED_OUTPUTS: [&str; 6] = [
+const UNORDERED_OUTPUTS: [&str; 7] = [
     "alerts.jsonl",
     "dag_alerts.jsonl",
+    "risk_alerts.jsonl",
     "recent_ticks.jsonl",
     "fill_marks.jsonl",
     "next_quote.jsonl",
@@ -170,9 +177,10 @@ const UNORDERED_OUTPUTS: [&str; 6] = [
 /// Updating streams emit a change per key and batch, so batch sizes and
 /// restarts change the lines; the table they leave must not change. Files
 /// with their key columns.
-const UPDATING_OUTPUTS: [(&str, &[&str]); 3] = [
+const UPDATING_OUTPUTS: [(&str, &[&str]); 4] = [
     ("best_quotes.jsonl", &["symbol"]),
     ("trader_books.jsonl", &["trader_id", "symbol"]),
+    ("marked_books.jsonl", &["trader_id", "symbol"]),
     ("arbitrage.jsonl", &["symbol"]),
 ];
 
@@ -305,13 +313,16 @@ fn killed_replay_resumes_from_checkpoint_with_identical_output() {
     text.push_str(JOIN_STREAMS);
     std::fs::write(&sql, text).unwrap();
 
-    // `tick_moves` feeds later streams: it gets a file only where bound.
+    // `tick_moves` and `trader_books` feed later streams: they get a file
+    // only where bound.
     let query_cmd = |sql: &Path, data: &Path, ext: &str, out: &Path| {
         let mut c = query_cmd(sql, data, ext, out);
-        c.arg("--output").arg(format!(
-            "tick_moves={}",
-            out.join("tick_moves.jsonl").display()
-        ));
+        for stream in ["tick_moves", "trader_books"] {
+            c.arg("--output").arg(format!(
+                "{stream}={}",
+                out.join(format!("{stream}.jsonl")).display()
+            ));
+        }
         c
     };
 
@@ -328,7 +339,7 @@ fn killed_replay_resumes_from_checkpoint_with_identical_output() {
     );
     // sql/ (nine seed queries, trading_alerts' `alerts`, arbitrage,
     // risk_alerts), the OVER streams and the joins above.
-    assert_eq!(expected.len(), 9 + 3 + 7 + 4);
+    assert_eq!(expected.len(), 9 + 3 + 7 + 5, "{names:?}");
     let (books, deletions) = apply_changes(
         UPDATING_OUTPUTS[1].1,
         &expected
@@ -617,7 +628,7 @@ fn bad_sql_and_unknown_tables_fail_with_clear_messages() {
         "{e}"
     );
     let e = run(
-        "CREATE STREAM x AS SELECT symbol,\n  SUM(volume) OVER (PARTITION BY symbol ORDER BY ts) FROM market_ticks;",
+        "CREATE STREAM x AS SELECT symbol,\n  STDDEV(volume) OVER (PARTITION BY symbol ORDER BY ts) FROM market_ticks;",
         "market_ticks",
     );
     assert!(

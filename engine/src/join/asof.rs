@@ -220,7 +220,7 @@ impl AsofJoin {
     /// Keeps left rows pending.
     fn hold_left(&mut self, rows: RecordBatch) -> Result<()> {
         let (ids, valid) = self.keys.intern(&self.plan.left, &rows)?;
-        let (ts, _) = event_times(&rows, self.plan.left.event_time_index)?;
+        let (ts, _) = event_times(&rows, self.plan.left.event_time())?;
         let keys = ids
             .iter()
             .zip(&valid)
@@ -232,7 +232,7 @@ impl AsofJoin {
 
     fn arrive_right(&mut self, rows: RecordBatch) -> Result<()> {
         let (ids, valid) = self.keys.intern(&self.plan.right, &rows)?;
-        let (ts, _) = event_times(&rows, self.plan.right.event_time_index)?;
+        let (ts, _) = event_times(&rows, self.plan.right.event_time())?;
         let chunk = self.right_chunks.len() as u32;
         for (r, ((&id, &ok), &t)) in ids.iter().zip(&valid).zip(&ts).enumerate() {
             if ok {

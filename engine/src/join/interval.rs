@@ -143,7 +143,7 @@ impl IntervalJoin {
     /// keeps them.
     fn arrive(&mut self, side: usize, rows: RecordBatch, out: &mut Output) -> Result<()> {
         let (ids, valid) = self.keys.intern(self.plan.side(side), &rows)?;
-        let (ts, _) = event_times(&rows, self.plan.side(side).event_time_index)?;
+        let (ts, _) = event_times(&rows, self.plan.side(side).event_time())?;
 
         // Candidate pairs: same key, event times within the bounds.
         let other = 1 - side;
@@ -455,7 +455,7 @@ impl StreamOperator for IntervalJoin {
         for side in [LEFT, RIGHT] {
             let (rows, mut flags) = split_state(&self.plan, &[MATCHED], &batch, side)?;
             let matched = flags.pop().unwrap_or_default();
-            let (ts, _) = event_times(&rows, self.plan.side(side).event_time_index)?;
+            let (ts, _) = event_times(&rows, self.plan.side(side).event_time())?;
             if matched.len() != ts.len() {
                 return Err(DataFusionError::Execution(
                     "join state: matched flags do not fit the rows".into(),

@@ -6,16 +6,19 @@
 //! - [`asof`]: each left row with the one right row of the same key
 //!   nearest in event time on one side of it ([`asof_index`] is its pure
 //!   part).
+//! - [`regular`]: without time bounds, each side read as a table by its
+//!   key; the result is an updating stream.
 //!
 //! What they share lives here: the plan, the numbering of keys across
 //! both sides, admitting a side's rows (its subquery steps, a trial of
 //! its keys, the late split) and the layout of their checkpointed state.
-//! Every join emits rows at the left row's event time.
+//! Every join in event time emits rows at the left row's event time.
 
 pub mod asof;
 pub mod asof_index;
 pub mod chains;
 pub mod interval;
+pub mod regular;
 
 use std::sync::Arc;
 
@@ -50,6 +53,10 @@ pub enum JoinCondition {
         direction: AsofDirection,
         offset_ms: i64,
     },
+    /// No time bound: every pair of the two tables' current rows whose
+    /// keys are equal. `ttl_ms` (`'state.ttl'`): a key of an append-only
+    /// side whose row is that far behind its side's watermark is forgotten.
+    Regular { ttl_ms: Option<i64> },
 }
 
 /// One input of a join.
@@ -60,10 +67,27 @@ pub struct JoinSide {
     pub steps: Vec<RowStep>,
     /// The join's input columns from this side, all nullable.
     pub schema: SchemaRef,
-    /// Index of the event-time column in `schema`.
-    pub event_time_index: usize,
+    /// Index of the event-time column in `schema`; `None` for an updating
+    /// stream (only a regular join reads one).
+    pub event_time_index: Option<usize>,
     /// The equality keys, on `schema` rows (pairwise with the other side's).
     pub keys: Vec<Arc<dyn PhysicalExpr>>,
+    /// Regular joins: the columns that identify a row of this side's table
+    /// (an updating stream's key, an append table's `'key'`), as indices
+    /// into `schema` and into the input's own rows (where deletions and
+    /// rows the side's subquery filters out are addressed).
+    pub identity: Vec<usize>,
+    pub identity_input: Vec<usize>,
+    /// The input is an updating stream (upserts and deletions by key).
+    pub changelog: bool,
+}
+
+impl JoinSide {
+    /// The event-time column of a side of a join in event time.
+    fn event_time(&self) -> usize {
+        self.event_time_index
+            .expect("the planner gives both sides of a join in event time an event time")
+    }
 }
 
 /// A planned join.
@@ -79,9 +103,17 @@ pub struct JoinPlan {
     pub joined_schema: SchemaRef,
     /// WHERE and the SELECT list, on joined rows.
     pub post: Vec<RowStep>,
+    /// Regular joins: the output columns that address a result row (the
+    /// left identity, and the right one unless the ON equalities fix it).
+    pub output_keys: Vec<usize>,
 }
 
 impl JoinPlan {
+    /// A join without time bounds (its result is an updating stream).
+    pub fn is_regular(&self) -> bool {
+        matches!(self.condition, JoinCondition::Regular { .. })
+    }
+
     fn side(&self, side: usize) -> &JoinSide {
         match side {
             LEFT => &self.left,
@@ -115,6 +147,9 @@ pub fn new_operator(plan: JoinPlan, output_schema: SchemaRef) -> Result<Box<dyn 
             Box::new(interval::IntervalJoin::new(plan, output_schema)?)
         }
         JoinCondition::Asof { .. } => Box::new(asof::AsofJoin::new(plan, output_schema)?),
+        JoinCondition::Regular { .. } => {
+            Box::new(regular::RegularJoin::new(plan, output_schema)?)
+        }
     })
 }
 
@@ -226,8 +261,8 @@ fn admit(
         if rows.num_rows() == 0 {
             continue;
         }
-        let (ts, _) = event_times(&rows, side.event_time_index)?;
-        let valid = rows.column(side.event_time_index).logical_nulls();
+        let (ts, _) = event_times(&rows, side.event_time())?;
+        let valid = rows.column(side.event_time()).logical_nulls();
         let on_time: BooleanArray = ts
             .iter()
             .enumerate()

@@ -13,8 +13,10 @@
 //! splits the join condition into the equality keys, the bounds on
 //! `right.ts - left.ts` (which is what lets the operator forget rows) and
 //! what remains (a residual predicate over the joined row). An interval
-//! join needs both bounds, an ASOF join exactly one (its direction):
-//! otherwise every row would have to be kept.
+//! join needs both bounds, an ASOF join exactly one (its direction).
+//! A join without any bound is a regular join: each side is read as a
+//! table by its key (an updating stream's, an append table's `'key'`) and
+//! the result is an updating stream addressed by the sides' keys.
 
 use arrow::datatypes::SchemaRef;
 use datafusion::common::{Column, DFSchema};
@@ -22,7 +24,7 @@ use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::{BinaryExpr, Expr, JoinType, LogicalPlan, Operator};
 
 use super::steps::{peel_row_steps, traces_to};
-use super::{StreamKind, nullable, physical, unsupported_node};
+use super::{RowStep, StreamKind, nullable, physical, unsupported_node};
 use crate::EngineError;
 use crate::catalog::SourceDef;
 use crate::join::{AsofDirection, JoinCondition, JoinKind, JoinPlan, JoinSide};
@@ -43,6 +45,7 @@ pub(super) fn decompose_join(
     plan: &LogicalPlan,
     sources: &[&SourceDef],
     asof: bool,
+    ttl_ms: Option<i64>,
 ) -> Result<(StreamKind, SchemaRef, Vec<String>), EngineError> {
     let plan_err = |message: String| EngineError::Plan {
         stream: def.name.clone(),
@@ -99,10 +102,35 @@ pub(super) fn decompose_join(
             "a join needs at least one equality between the two sides in ON (e.g. `a.symbol = b.symbol`)".into(),
         ));
     }
-    let condition = match asof {
-        true => asof_condition(&sides, &bounds, &residual).map_err(plan_err)?,
-        false => interval_condition(&sides, &bounds).map_err(plan_err)?,
+    let timed = |form: &str| match [(&left, &left_input), (&right, &right_input)]
+        .into_iter()
+        .find(|(s, _)| s.changelog)
+    {
+        Some((_, name)) => Err(plan_err(format!(
+            "`{name}` is an updating stream, without event time: {form} needs both sides' event times; join it without time bounds (a regular join) instead"
+        ))),
+        None => Ok(()),
     };
+    let regular = !asof && bounds.lower.is_none() && bounds.upper.is_none();
+    let condition = if asof {
+        timed("an ASOF join")?;
+        asof_condition(&sides, &bounds, &residual).map_err(plan_err)?
+    } else if regular {
+        JoinCondition::Regular { ttl_ms }
+    } else {
+        timed("a join with time bounds")?;
+        interval_condition(&sides, &bounds).map_err(plan_err)?
+    };
+    if ttl_ms.is_some() && !regular {
+        return Err(plan_err(
+            "'state.ttl' applies to joins without time bounds; a join in event time keeps rows only until the watermarks pass them".into(),
+        ));
+    }
+    if ttl_ms.is_some() && left.changelog && right.changelog {
+        return Err(plan_err(format!(
+            "'state.ttl' forgets rows of append-only sides by event time; `{left_input}` and `{right_input}` are updating streams, whose own deletions remove rows"
+        )));
+    }
     let left_keys = keys
         .iter()
         .map(|(l, _)| physical(state, l, left_schema, def))
@@ -117,6 +145,17 @@ pub(super) fn decompose_join(
     };
     let output = nullable(plan.schema().as_arrow());
     let joined_schema = nullable(join.schema.as_arrow());
+    let output_keys = match regular {
+        true => regular_output_keys(
+            &post,
+            &output,
+            [(&left, &left_input), (&right, &right_input)],
+            &right_keys,
+            left_schema.fields().len(),
+        )
+        .map_err(plan_err)?,
+        false => Vec::new(),
+    };
     let join_plan = JoinPlan {
         kind,
         left: JoinSide {
@@ -131,6 +170,7 @@ pub(super) fn decompose_join(
         residual,
         joined_schema,
         post,
+        output_keys,
     };
     Ok((
         StreamKind::Join(Box::new(join_plan)),
@@ -143,9 +183,9 @@ pub(super) fn decompose_join(
 fn interval_condition(sides: &Sides, bounds: &TimeBounds) -> Result<JoinCondition, String> {
     let (Some(lower_ms), Some(upper_ms)) = (bounds.lower, bounds.upper) else {
         return Err(format!(
-            "a join of two streams needs its event times bounded both ways in ON, e.g. `{r} BETWEEN {l} - INTERVAL '1' SECOND AND {l} + INTERVAL '1' SECOND`, or the two windows' `window_end` equal: otherwise every row would have to be kept (ASOF JOIN or FOR SYSTEM_TIME AS OF take the latest row before; unbounded joins are not supported yet)",
-            r = sides.right.field(sides.right_ts).name(),
-            l = sides.left.field(sides.left_ts).name(),
+            "a join of two streams needs its event times bounded both ways in ON, e.g. `{r} BETWEEN {l} - INTERVAL '1' SECOND AND {l} + INTERVAL '1' SECOND`, or the two windows' `window_end` equal: otherwise every row would have to be kept (ASOF JOIN or FOR SYSTEM_TIME AS OF take the latest row before; without any time bound it is a regular join of the two tables)",
+            r = sides.right.field(sides.right_ts.unwrap_or_default()).name(),
+            l = sides.left.field(sides.left_ts.unwrap_or_default()).name(),
         ));
     };
     if lower_ms > upper_ms {
@@ -164,8 +204,8 @@ fn asof_condition(
     residual: &[Expr],
 ) -> Result<JoinCondition, String> {
     let (l, r) = (
-        sides.left.field(sides.left_ts).name(),
-        sides.right.field(sides.right_ts).name(),
+        sides.left.field(sides.left_ts.unwrap_or_default()).name(),
+        sides.right.field(sides.right_ts.unwrap_or_default()).name(),
     );
     if !residual.is_empty() {
         return Err(format!(
@@ -214,26 +254,82 @@ fn join_side(
         .find(|s| s.name.eq_ignore_ascii_case(table))
         .expect("the planner registered every input");
     let schema = nullable(plan.schema().as_arrow());
-    let ts = source.event_time_index();
-    let event_time_index = (0..schema.fields().len())
-        .find(|&j| traces_to(&steps, j) == Some(ts))
-        .ok_or_else(|| EngineError::Plan {
+    let traced = |input: usize| (0..schema.fields().len()).find(|&j| traces_to(&steps, j) == Some(input));
+    let event_time_index = match source.changelog {
+        true => None,
+        false => Some(traced(source.event_time_index()).ok_or_else(|| EngineError::Plan {
             stream: def.name.clone(),
             line: def.line,
             message: format!(
                 "a join side reading `{}` must keep its event-time column `{}`",
                 source.name, source.event_time
             ),
-        })?;
+        })?),
+    };
+    // The table key, where the side keeps it (a regular join needs it).
+    let identity_input: Vec<usize> = source
+        .key_columns
+        .iter()
+        .filter_map(|k| source.schema.index_of(k).ok())
+        .collect();
+    let identity: Vec<usize> = identity_input.iter().filter_map(|&i| traced(i)).collect();
+    let identity_complete = !identity_input.is_empty() && identity.len() == identity_input.len();
     Ok((
         JoinSide {
             steps,
             schema,
             event_time_index,
             keys: Vec::new(),
+            identity: if identity_complete { identity } else { Vec::new() },
+            identity_input: if identity_complete { identity_input } else { Vec::new() },
+            changelog: source.changelog,
         },
         source.name.clone(),
     ))
+}
+
+/// The output columns that address a regular join's result rows: the left
+/// side's key, then those of the right side's key that ON does not equate
+/// with a left expression (a left row fixes those). Each must reach the
+/// output unchanged.
+fn regular_output_keys(
+    post: &[RowStep],
+    output: &SchemaRef,
+    sides: [(&JoinSide, &String); 2],
+    right_keys: &[std::sync::Arc<dyn datafusion::physical_expr::PhysicalExpr>],
+    left_width: usize,
+) -> Result<Vec<usize>, String> {
+    use datafusion::physical_expr::expressions::Column as PhysicalColumn;
+    let mut keys = Vec::new();
+    for (s, (side, name)) in sides.into_iter().enumerate() {
+        if side.identity.is_empty() {
+            return Err(format!(
+                "a join without time bounds reads each side as a table by its key: `{name}` has no key (declare one with `'key' = 'col, …'` in its CREATE TABLE, or read an updating stream), or its side does not keep the key columns; to pair rows in event time, bound the join (`b.ts BETWEEN a.ts - INTERVAL … AND a.ts + INTERVAL …`, ASOF JOIN or FOR SYSTEM_TIME AS OF)"
+            ));
+        }
+        let offset = if s == 0 { 0 } else { left_width };
+        let fixed_by_on = |c: usize| {
+            right_keys
+                .iter()
+                .any(|k| k.downcast_ref::<PhysicalColumn>().is_some_and(|k| k.index() == c))
+        };
+        for &c in &side.identity {
+            if s == 1 && fixed_by_on(c) {
+                continue;
+            }
+            let column = side.schema.field(c).name();
+            let selected = (0..output.fields().len()).find(|&j| traces_to(post, j) == Some(offset + c));
+            match selected {
+                Some(j) => keys.push(j),
+                None => {
+                    return Err(format!(
+                        "a join without time bounds updates its rows by the sides' keys: select `{name}`'s key column `{column}` unchanged"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(keys)
 }
 
 /// The bounds found so far on `right.ts - left.ts`, in milliseconds.
@@ -247,8 +343,8 @@ struct TimeBounds {
 struct Sides<'a> {
     left: &'a DFSchema,
     right: &'a DFSchema,
-    left_ts: usize,
-    right_ts: usize,
+    left_ts: Option<usize>,
+    right_ts: Option<usize>,
 }
 
 impl Sides<'_> {
@@ -359,9 +455,10 @@ impl Sides<'_> {
     }
 
     fn event_time_side(&self, c: &Column) -> Option<Side> {
-        if self.left.index_of_column(c).ok() == Some(self.left_ts) {
+        let index = |schema: &DFSchema| schema.index_of_column(c).ok();
+        if self.left_ts.is_some() && index(self.left) == self.left_ts {
             Some(Side::Left)
-        } else if self.right.index_of_column(c).ok() == Some(self.right_ts) {
+        } else if self.right_ts.is_some() && index(self.right) == self.right_ts {
             Some(Side::Right)
         } else {
             None

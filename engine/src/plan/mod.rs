@@ -43,7 +43,8 @@ mod steps;
 mod union;
 mod updating;
 
-pub use steps::{RowStep, apply_steps};
+pub use steps::{RowStep, apply_steps, apply_steps_tracked};
+pub(crate) use steps::traces_to;
 
 /// Name of the window-start column of every windowed output row.
 pub const WINDOW_START: &str = "window_start";
@@ -330,15 +331,15 @@ fn plan_stream(def: &StreamDef, scope: &Scope) -> Result<StreamPlan, EngineError
         (_, None) if updating => EmitMode::Changes,
         (_, None) => EmitMode::OnWindowClose,
     };
+    let joins = !is_union && matches!(query_body(&logical), LogicalPlan::Join(_));
     if let Some(changelog) = sources.iter().find(|s| s.changelog)
-        && (!updating || is_union)
+        && (!(updating || joins) || is_union)
     {
         return Err(ctx_err(format!(
-            "`{}` is an updating stream (a GROUP BY without a window); a stream reading it must aggregate it with a GROUP BY without a window, which follows its updates and deletions",
+            "`{}` is an updating stream (a GROUP BY without a window or a join without time bounds); a stream reading it must aggregate it with a GROUP BY without a window or join it without time bounds, which follow its updates and deletions",
             changelog.name
         )));
     }
-    let fingerprint = fingerprint(def, window, emit);
     if emit == EmitMode::Changes && has_window_node(&logical) {
         return Err(ctx_err(
             "a window top-N ranks each window once it is complete: use EMIT ON WINDOW CLOSE".into(),
@@ -349,7 +350,7 @@ fn plan_stream(def: &StreamDef, scope: &Scope) -> Result<StreamPlan, EngineError
             union::decompose_union(def, &state, &logical, &sources)?
         }
         None if matches!(query_body(&logical), LogicalPlan::Join(_)) => {
-            join::decompose_join(def, &state, &logical, &sources, asof)?
+            join::decompose_join(def, &state, &logical, &sources, asof, def.state_ttl_ms)?
         }
         _ if has_join_node(&logical) => {
             return Err(ctx_err(
@@ -374,15 +375,32 @@ fn plan_stream(def: &StreamDef, scope: &Scope) -> Result<StreamPlan, EngineError
             (kind, schema, vec![source.name.clone()])
         }
     };
-    if def.state_ttl_ms.is_some() && !matches!(kind, StreamKind::Updating(_) | StreamKind::Over(_))
+    if def.state_ttl_ms.is_some()
+        && !matches!(kind, StreamKind::Updating(_) | StreamKind::Over(_) | StreamKind::Join(_))
     {
         return Err(ctx_err(
-            "'state.ttl' applies to a GROUP BY without a window and to OVER partitions; windows and joins keep state only until the watermark passes it".into(),
+            "'state.ttl' applies to a GROUP BY without a window, to OVER partitions and to joins without time bounds; windows keep state only until the watermark passes it".into(),
         ));
     }
+    // A join without time bounds is an updating stream: its changes have
+    // no window to close.
+    let emit = match (&kind, def.emit) {
+        (StreamKind::Join(j), Some(EmitMode::OnWindowClose)) if j.is_regular() => {
+            return Err(ctx_err(
+                "a join without time bounds updates its rows as either side changes: it has no window to close (drop EMIT ON WINDOW CLOSE)".into(),
+            ));
+        }
+        (StreamKind::Join(j), _) if j.is_regular() => EmitMode::Changes,
+        _ => emit,
+    };
+    let fingerprint = fingerprint(def, window, emit);
     let key_columns: Vec<String> = match &kind {
         StreamKind::Stateless(_) | StreamKind::Over(_) => source.key_columns.clone(),
-        StreamKind::Join(_) => Vec::new(),
+        StreamKind::Join(j) => j
+            .output_keys
+            .iter()
+            .map(|&i| output_schema.field(i).name().clone())
+            .collect(),
         StreamKind::Windowed(w) => w.key_fields.iter().map(|f| f.name().clone()).collect(),
         StreamKind::Updating(u) => u
             .output_keys
@@ -441,6 +459,21 @@ fn as_input(
             .map(|&j| output.field(j).name().clone())
     };
     let event_time = match kind {
+        StreamKind::Join(j) if j.is_regular() => {
+            // Read as upserts and deletions by key, without event time.
+            return Ok(SourceDef {
+                name: def.name.clone(),
+                schema: Arc::clone(output),
+                event_time: String::new(),
+                key_columns: key_columns.to_vec(),
+                topic: super::catalog::output_topic(&def.name),
+                format: super::catalog::SourceFormat::Json,
+                avro_schema: None,
+                watermark_delay: None,
+                declared_at: Some(def.line),
+                changelog: true,
+            });
+        }
         StreamKind::Updating(_) => {
             // Read as upserts and deletions by key, without event time.
             return Ok(SourceDef {
@@ -467,7 +500,7 @@ fn as_input(
         StreamKind::Over(o) => traced(&o.post).unwrap_or(source.event_time.clone()),
         // The left row's event time (the join's output watermark follows it).
         StreamKind::Join(j) => (0..output.fields().len())
-            .find(|&i| steps::traces_to(&j.post, i) == Some(j.left.event_time_index))
+            .find(|&i| steps::traces_to(&j.post, i) == j.left.event_time_index)
             .map(|i| output.field(i).name().clone())
             .ok_or_else(|| {
                 "its rows do not carry the left side's event time; select it to read the stream"
@@ -1688,6 +1721,58 @@ mod tests {
     }
 
     #[test]
+    fn joins_without_time_bounds_are_updating_streams_keyed_by_the_sides_keys() {
+        let p = plan(
+            "CREATE STREAM activity AS SELECT order_id, symbol, COUNT(*) AS n \
+             FROM order_events GROUP BY order_id, symbol;\n\
+             CREATE STREAM marks WITH ('state.ttl' = '1 hour') AS \
+             SELECT a.order_id, a.symbol, a.n, t.price FROM activity a \
+             LEFT JOIN market_ticks t ON a.symbol = t.symbol AND t.price > 1;",
+        )
+        .unwrap();
+        let marks = &p[1];
+        assert_eq!(marks.emit, EmitMode::Changes);
+        // market_ticks' key (symbol) is fixed by ON: the left key suffices.
+        assert_eq!(marks.key_columns, ["order_id", "symbol"]);
+        let StreamKind::Join(j) = &marks.kind else {
+            panic!("a join")
+        };
+        assert_eq!(
+            j.condition,
+            crate::join::JoinCondition::Regular {
+                ttl_ms: Some(3_600_000)
+            }
+        );
+        assert!(j.left.changelog && !j.right.changelog);
+        assert!(j.residual.is_some(), "the rest of ON is checked per pair");
+        let read = marks.as_input.as_ref().unwrap();
+        assert!(read.changelog, "later streams read it as upserts and deletions");
+
+        let err = |sql: &str| plan(sql).unwrap_err().to_string();
+        let e = err(
+            "CREATE TABLE fills (id BIGINT, symbol VARCHAR, ts TIMESTAMP(3), \
+             WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) WITH ('format' = 'json');\n\
+             CREATE STREAM x AS SELECT f.id, t.price FROM fills f JOIN market_ticks t ON f.symbol = t.symbol;",
+        );
+        assert!(e.contains("`fills` has no key") && e.contains("'key'"), "{e}");
+        let e = err(
+            "CREATE STREAM x AS SELECT t.price, b.bid FROM market_ticks t \
+             JOIN book_updates b ON t.symbol = b.symbol;",
+        );
+        assert!(e.contains("key column `symbol`"), "the left key unselected: {e}");
+        let e = err(
+            "CREATE STREAM x AS SELECT o.symbol, t.price FROM order_events o JOIN market_ticks t \
+             ON o.symbol = t.symbol EMIT ON WINDOW CLOSE;",
+        );
+        assert!(e.contains("no window to close"), "{e}");
+        let e = err(
+            "CREATE STREAM x WITH ('state.ttl' = '1 hour') AS SELECT o.order_id FROM order_events o \
+             JOIN market_ticks t ON o.symbol = t.symbol AND t.ts BETWEEN o.ts AND o.ts + INTERVAL '1' SECOND;",
+        );
+        assert!(e.contains("joins without time bounds"), "{e}");
+    }
+
+    #[test]
     fn clear_errors_for_unsupported_sql() {
         let err = |sql: &str| plan(sql).unwrap_err().to_string();
         let e = err("CREATE STREAM x AS\nSELECT * FROM trades;");
@@ -1696,7 +1781,7 @@ mod tests {
             "{e}"
         );
         let e = err(
-            "CREATE STREAM x AS SELECT a.symbol FROM market_ticks a JOIN book_updates b ON a.symbol = b.symbol;",
+            "CREATE STREAM x AS SELECT a.symbol FROM market_ticks a JOIN book_updates b ON a.symbol = b.symbol AND b.ts < a.ts;",
         );
         assert!(e.contains("bounded both ways in ON"), "{e}");
         let e = err(

@@ -9,7 +9,8 @@
 
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
+use arrow::array::{AsArray, RecordBatch, UInt32Array};
+use arrow::compute::{filter, filter_record_batch};
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::error::Result;
 use datafusion::execution::context::SessionState;
@@ -18,7 +19,7 @@ use datafusion::physical_expr::PhysicalExpr;
 
 use super::physical;
 use crate::EngineError;
-use crate::operator::{apply_filter, conform, evaluate};
+use crate::operator::{apply_filter, conform, evaluate, evaluate_mask};
 use crate::sql::StreamDef;
 
 /// One row-wise step.
@@ -79,29 +80,69 @@ pub fn apply_steps(
     for step in steps {
         rows = match step {
             RowStep::Filter(predicate) => apply_filter(Some(predicate), &rows)?,
-            RowStep::Project(exprs) => {
-                let columns = exprs
-                    .iter()
-                    .map(|e| evaluate(e, &rows))
-                    .collect::<Result<Vec<_>>>()?;
-                // Steps address columns by position; names only matter at
-                // the end.
-                let fields: Vec<Field> = columns
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| Field::new(format!("c{i}"), c.data_type().clone(), true))
-                    .collect();
-                RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?
-            }
+            RowStep::Project(exprs) => project(exprs, &rows)?,
         };
     }
     let columns = conform(output, rows.columns().to_vec())?;
     Ok(RecordBatch::try_new(Arc::clone(output), columns)?)
 }
 
+/// [`apply_steps`], also giving for each result row its index in `batch`
+/// (a regular join tells a row its side's subquery filtered out from one
+/// it kept).
+pub fn apply_steps_tracked(
+    steps: &[RowStep],
+    batch: &RecordBatch,
+    output: &SchemaRef,
+) -> Result<(RecordBatch, UInt32Array)> {
+    let mut kept = UInt32Array::from_iter_values(0..batch.num_rows() as u32);
+    let mut rows = batch.clone();
+    let mut done = 0;
+    for (i, step) in steps.iter().enumerate() {
+        if let RowStep::Filter(predicate) = step {
+            rows = apply_steps_raw(&steps[done..i], &rows)?;
+            let mask = evaluate_mask(predicate, &rows)?;
+            rows = filter_record_batch(&rows, &mask)?;
+            kept = filter(&kept, &mask)?.as_primitive().clone();
+            done = i + 1;
+        }
+    }
+    let rows = apply_steps(&steps[done..], &rows, output)?;
+    Ok((rows, kept))
+}
+
+/// The steps' projections (no filters among them), columns named by position.
+fn apply_steps_raw(steps: &[RowStep], batch: &RecordBatch) -> Result<RecordBatch> {
+    let mut rows = batch.clone();
+    for step in steps {
+        if let RowStep::Project(exprs) = step {
+            rows = project(exprs, &rows)?;
+        }
+    }
+    Ok(rows)
+}
+
+fn project(exprs: &[Arc<dyn PhysicalExpr>], rows: &RecordBatch) -> Result<RecordBatch> {
+    let columns = exprs
+        .iter()
+        .map(|e| evaluate(e, rows))
+        .collect::<Result<Vec<_>>>()?;
+    // Steps address columns by position; names only matter at the end.
+    let fields: Vec<Field> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| Field::new(format!("c{i}"), c.data_type().clone(), true))
+        .collect();
+    Ok(RecordBatch::try_new_with_options(
+        Arc::new(Schema::new(fields)),
+        columns,
+        &arrow::array::RecordBatchOptions::new().with_row_count(Some(rows.num_rows())),
+    )?)
+}
+
 /// The input column that output column `index` of `steps` is an unchanged
 /// copy of (through projections of plain columns and filters), if any.
-pub(super) fn traces_to(steps: &[RowStep], mut index: usize) -> Option<usize> {
+pub(crate) fn traces_to(steps: &[RowStep], mut index: usize) -> Option<usize> {
     use datafusion::physical_expr::expressions::Column;
     for step in steps.iter().rev() {
         if let RowStep::Project(exprs) = step {
