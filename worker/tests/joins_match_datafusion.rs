@@ -486,6 +486,75 @@ fn regular_joins_match_datafusion_batch() {
     );
 }
 
+/// `'state.ttl'` on a regular join: a symbol that stops trading is
+/// forgotten once its last tick is that far behind the ticks' watermark,
+/// and its orders' joined rows are deleted; the end of input expires
+/// nothing. The final table is the join with the latest tick of every
+/// symbol that traded within the TTL of the final watermark.
+#[test]
+fn a_regular_join_forgets_quiet_keys_after_the_state_ttl() {
+    use arrow::array::{AsArray, BooleanArray};
+    use arrow::datatypes::TimestampMillisecondType;
+    const TTL_MS: i64 = 2_000;
+    let data = market_data(6_000, JITTER_MS);
+    let orders = source_batch(&data, SourceTable::OrderEvents);
+    let ticks = source_batch(&data, SourceTable::MarketTicks);
+    // One symbol stops trading halfway through.
+    let symbols = ticks
+        .column_by_name("symbol")
+        .unwrap()
+        .as_string::<i32>()
+        .clone();
+    let ts = ticks
+        .column_by_name("ts")
+        .unwrap()
+        .as_primitive::<TimestampMillisecondType>()
+        .clone();
+    let quiet = symbols.value(0).to_string();
+    let (first, last) = (ts.values()[0], *ts.values().iter().max().unwrap());
+    let halfway = first + (last - first) / 2;
+    let keep: BooleanArray = (0..ticks.num_rows())
+        .map(|i| Some(symbols.value(i) != quiet || ts.value(i) <= halfway))
+        .collect();
+    let ticks = arrow::compute::filter_record_batch(&ticks, &keep).unwrap();
+    // The ticks' final watermark (max event time - the 1 s lateness).
+    let cutoff = last - 1_000 - TTL_MS;
+    let sql = format!(
+        "CREATE STREAM order_activity AS
+         SELECT order_id, symbol, COUNT(*) AS events FROM order_events GROUP BY order_id, symbol;
+         CREATE STREAM marks WITH ('state.ttl' = '{TTL_MS}ms') AS
+         SELECT a.order_id, a.symbol, a.events, t.price AS last_price, t.ts AS tick_ts
+         FROM order_activity a JOIN market_ticks t ON a.symbol = t.symbol;"
+    );
+    let expected = datafusion_batch_over(
+        vec![("order_events", with_seq(&orders)), ("market_ticks", with_seq(&ticks))],
+        &format!(
+            "WITH a AS (SELECT order_id, symbol, COUNT(*) AS events FROM order_events GROUP BY order_id, symbol),
+                  t AS (SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY symbol ORDER BY ts DESC, seq DESC) AS rn
+                                       FROM market_ticks) WHERE rn = 1 AND ts >= to_timestamp_millis({cutoff}))
+             SELECT a.order_id, a.symbol, a.events, t.price AS last_price, t.ts AS tick_ts
+             FROM a JOIN t ON a.symbol = t.symbol"
+        ),
+    );
+    let symbols_left = expected
+        .column_by_name("symbol")
+        .unwrap()
+        .as_string::<i32>()
+        .clone();
+    assert!(
+        (0..expected.num_rows()).all(|i| symbols_left.value(i) != quiet)
+            && expected.num_rows() > 100,
+        "the quiet symbol {quiet} is gone, the others stay ({} rows)",
+        expected.num_rows()
+    );
+    let tables = [("order_events", orders), ("market_ticks", ticks)];
+    let changes = assert_final_tables_match_batch(&sql, &tables, &[("marks", expected)]);
+    assert!(
+        changes["marks"].1 > 0,
+        "the quiet symbol's rows were deleted"
+    );
+}
+
 #[test]
 fn a_restored_join_emits_what_an_uninterrupted_one_does() {
     let data = market_data(8_000, JITTER_MS);

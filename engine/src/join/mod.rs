@@ -147,9 +147,7 @@ pub fn new_operator(plan: JoinPlan, output_schema: SchemaRef) -> Result<Box<dyn 
             Box::new(interval::IntervalJoin::new(plan, output_schema)?)
         }
         JoinCondition::Asof { .. } => Box::new(asof::AsofJoin::new(plan, output_schema)?),
-        JoinCondition::Regular { .. } => {
-            Box::new(regular::RegularJoin::new(plan, output_schema)?)
-        }
+        JoinCondition::Regular { .. } => Box::new(regular::RegularJoin::new(plan, output_schema)?),
     })
 }
 

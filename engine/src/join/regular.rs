@@ -32,7 +32,9 @@ use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use arrow::row::{RowConverter, SortField};
 use datafusion::error::{DataFusionError, Result};
 
-use super::{JoinCondition, JoinKind, JoinPlan, JoinSide, LEFT, RIGHT, SIDE, restore_meta, state_meta};
+use super::{
+    JoinCondition, JoinKind, JoinPlan, JoinSide, LEFT, RIGHT, SIDE, restore_meta, state_meta,
+};
 use crate::operator::{
     OperatorMetrics, OperatorState, Output, StreamOperator, check_state_layout, conform, evaluate,
     evaluate_mask, evaluate_rows, event_times,
@@ -85,7 +87,12 @@ impl Table {
         };
         Ok(Self {
             rows: sort(side.schema.fields().iter().collect())?,
-            identity: sort(side.identity.iter().map(|&i| &side.schema.fields()[i]).collect())?,
+            identity: sort(
+                side.identity
+                    .iter()
+                    .map(|&i| &side.schema.fields()[i])
+                    .collect(),
+            )?,
             entries: HashMap::new(),
             by_key: HashMap::new(),
             expiry: BinaryHeap::new(),
@@ -230,11 +237,20 @@ impl RegularJoin {
     }
 
     fn side(&self, side: usize) -> &JoinSide {
-        if side == LEFT { &self.plan.left } else { &self.plan.right }
+        if side == LEFT {
+            &self.plan.left
+        } else {
+            &self.plan.right
+        }
     }
 
     /// What each row of a batch of `side`'s input does to its table.
-    fn changes(&mut self, side: usize, batch: &RecordBatch, out: &mut Output) -> Result<Vec<Change>> {
+    fn changes(
+        &mut self,
+        side: usize,
+        batch: &RecordBatch,
+        out: &mut Output,
+    ) -> Result<Vec<Change>> {
         let plan_side = self.side(side);
         let identity = identities(&self.tables[side].identity, plan_side, batch)?;
         let ts = match self.input_event_time[side] {
@@ -451,7 +467,9 @@ impl RegularJoin {
         let n = left.len();
         let decode = |table: &Table, rows: &[&[u8]]| -> Result<Vec<ArrayRef>> {
             let parser = table.rows.parser();
-            Ok(table.rows.convert_rows(rows.iter().map(|r| parser.parse(r)))?)
+            Ok(table
+                .rows
+                .convert_rows(rows.iter().map(|r| parser.parse(r)))?)
         };
         let mut columns = decode(&self.tables[LEFT], left)?;
         match right {
@@ -496,8 +514,10 @@ impl RegularJoin {
             for (&i, key) in self.plan.output_keys.iter().zip(keys) {
                 columns[i] = key;
             }
-            out.deletes
-                .push(RecordBatch::try_new(Arc::clone(&self.output_schema), columns)?);
+            out.deletes.push(RecordBatch::try_new(
+                Arc::clone(&self.output_schema),
+                columns,
+            )?);
             self.metrics.rows_out += n as u64;
         }
         for (rows, take) in batches.into_iter().zip(changed) {
@@ -570,26 +590,32 @@ impl RegularJoin {
         let entries: Vec<(&Bytes, &Entry)> = table.entries.iter().collect();
         let n = entries.len();
         // Rows where the key has one; identity columns alone where not.
-        let width = plan_side.schema.fields().len();
         let rows_parser = table.rows.parser();
-        let live: Vec<&[u8]> = entries.iter().filter_map(|(_, e)| e.row.as_deref()).collect();
-        let live_columns = table.rows.convert_rows(live.iter().map(|r| rows_parser.parse(r)))?;
+        let live: Vec<&[u8]> = entries
+            .iter()
+            .filter_map(|(_, e)| e.row.as_deref())
+            .collect();
+        let live_columns = table
+            .rows
+            .convert_rows(live.iter().map(|r| rows_parser.parse(r)))?;
         let id_parser = table.identity.parser();
         let ids = table
             .identity
             .convert_rows(entries.iter().map(|(id, _)| id_parser.parse(id)))?;
         let live_mask = BooleanArray::from_iter(entries.iter().map(|(_, e)| Some(e.row.is_some())));
-        let mut side_columns: Vec<ArrayRef> = Vec::with_capacity(width);
-        for c in 0..width {
-            let full = match plan_side.identity.iter().position(|&i| i == c) {
-                Some(k) => Arc::clone(&ids[k]),
-                None => new_null_array(plan_side.schema.field(c).data_type(), n),
-            };
-            // Live rows' values where there is a row, the identity (or
-            // null) elsewhere.
-            let spread = spread_into(&live_columns[c], &live_mask, &full)?;
-            side_columns.push(spread);
-        }
+        // Live rows' values where there is a row, the identity (or null)
+        // elsewhere.
+        let side_columns = live_columns
+            .iter()
+            .enumerate()
+            .map(|(c, values)| {
+                let elsewhere = match plan_side.identity.iter().position(|&i| i == c) {
+                    Some(k) => Arc::clone(&ids[k]),
+                    None => new_null_array(plan_side.schema.field(c).data_type(), n),
+                };
+                spread_into(values, &live_mask, &elsewhere)
+            })
+            .collect::<Result<Vec<ArrayRef>>>()?;
         let mut columns: Vec<ArrayRef> = vec![
             Arc::new(UInt8Array::from(vec![side as u8; n])),
             Arc::new(Int64Array::from_iter(entries.iter().map(|(_, e)| e.ts))),
@@ -617,7 +643,9 @@ impl RegularJoin {
 
     /// Reads one side's table back from a state batch.
     fn restore_side(&mut self, batch: &RecordBatch, side: usize) -> Result<()> {
-        let sides = batch.column(0).as_primitive::<arrow::datatypes::UInt8Type>();
+        let sides = batch
+            .column(0)
+            .as_primitive::<arrow::datatypes::UInt8Type>();
         let mask = BooleanArray::from_iter(sides.iter().map(|s| Some(s == Some(side as u8))));
         let mine = filter_record_batch(batch, &mask)?;
         let left_width = self.plan.left.schema.fields().len();
@@ -630,7 +658,10 @@ impl RegularJoin {
             Arc::clone(&plan_side.schema),
             mine.columns()[range].to_vec(),
         )?;
-        let ts = mine.column(1).as_primitive::<arrow::datatypes::Int64Type>().clone();
+        let ts = mine
+            .column(1)
+            .as_primitive::<arrow::datatypes::Int64Type>()
+            .clone();
         let live = mine.column(2).as_boolean().clone();
         let ids = self.tables[side].identity.convert_columns(
             &plan_side
@@ -672,7 +703,11 @@ impl Touched {
 
 /// The identity of each input row (its table key, from the input's own
 /// columns).
-fn identities(converter: &RowConverter, side: &JoinSide, batch: &RecordBatch) -> Result<Vec<Bytes>> {
+fn identities(
+    converter: &RowConverter,
+    side: &JoinSide,
+    batch: &RecordBatch,
+) -> Result<Vec<Bytes>> {
     let columns: Vec<ArrayRef> = side
         .identity_input
         .iter()
@@ -703,7 +738,10 @@ fn spread_into(values: &ArrayRef, mask: &BooleanArray, elsewhere: &ArrayRef) -> 
         true => Arc::clone(elsewhere),
         false => arrow::compute::cast(elsewhere, values.data_type())?,
     };
-    Ok(arrow::compute::interleave(&[values.as_ref(), elsewhere.as_ref()], &indices)?)
+    Ok(arrow::compute::interleave(
+        &[values.as_ref(), elsewhere.as_ref()],
+        &indices,
+    )?)
 }
 
 /// Runs `eval` over `batch` as [`evaluate_rows`] does (rows it fails on
@@ -716,7 +754,11 @@ fn evaluate_tracked<T>(
 ) -> Result<Vec<(T, UInt32Array)>> {
     let width = batch.num_columns();
     let mut fields: Vec<FieldRef> = batch.schema().fields().iter().cloned().collect();
-    fields.push(Arc::new(Field::new("__tickflow_row", DataType::UInt32, false)));
+    fields.push(Arc::new(Field::new(
+        "__tickflow_row",
+        DataType::UInt32,
+        false,
+    )));
     let mut columns = batch.columns().to_vec();
     columns.push(Arc::new(UInt32Array::from_iter_values(
         0..batch.num_rows() as u32,
@@ -750,7 +792,12 @@ impl StreamOperator for RegularJoin {
         self.on_input_batch(LEFT, batch, out)
     }
 
-    fn on_input_batch(&mut self, input: usize, batch: &RecordBatch, out: &mut Output) -> Result<()> {
+    fn on_input_batch(
+        &mut self,
+        input: usize,
+        batch: &RecordBatch,
+        out: &mut Output,
+    ) -> Result<()> {
         self.metrics.rows_in += batch.num_rows() as u64;
         let changes = self.changes(input, batch, out)?;
         let mut touched = Touched::default();
@@ -762,7 +809,12 @@ impl StreamOperator for RegularJoin {
         self.recompute(touched, out)
     }
 
-    fn on_input_deletes(&mut self, input: usize, keys: &RecordBatch, out: &mut Output) -> Result<()> {
+    fn on_input_deletes(
+        &mut self,
+        input: usize,
+        keys: &RecordBatch,
+        out: &mut Output,
+    ) -> Result<()> {
         let ids = identities(&self.tables[input].identity, self.side(input), keys)?;
         let mut touched = Touched::default();
         for id in ids {

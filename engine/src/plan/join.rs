@@ -254,17 +254,20 @@ fn join_side(
         .find(|s| s.name.eq_ignore_ascii_case(table))
         .expect("the planner registered every input");
     let schema = nullable(plan.schema().as_arrow());
-    let traced = |input: usize| (0..schema.fields().len()).find(|&j| traces_to(&steps, j) == Some(input));
+    let traced =
+        |input: usize| (0..schema.fields().len()).find(|&j| traces_to(&steps, j) == Some(input));
     let event_time_index = match source.changelog {
         true => None,
-        false => Some(traced(source.event_time_index()).ok_or_else(|| EngineError::Plan {
-            stream: def.name.clone(),
-            line: def.line,
-            message: format!(
-                "a join side reading `{}` must keep its event-time column `{}`",
-                source.name, source.event_time
-            ),
-        })?),
+        false => Some(
+            traced(source.event_time_index()).ok_or_else(|| EngineError::Plan {
+                stream: def.name.clone(),
+                line: def.line,
+                message: format!(
+                    "a join side reading `{}` must keep its event-time column `{}`",
+                    source.name, source.event_time
+                ),
+            })?,
+        ),
     };
     // The table key, where the side keeps it (a regular join needs it).
     let identity_input: Vec<usize> = source
@@ -280,8 +283,16 @@ fn join_side(
             schema,
             event_time_index,
             keys: Vec::new(),
-            identity: if identity_complete { identity } else { Vec::new() },
-            identity_input: if identity_complete { identity_input } else { Vec::new() },
+            identity: if identity_complete {
+                identity
+            } else {
+                Vec::new()
+            },
+            identity_input: if identity_complete {
+                identity_input
+            } else {
+                Vec::new()
+            },
             changelog: source.changelog,
         },
         source.name.clone(),
@@ -309,16 +320,18 @@ fn regular_output_keys(
         }
         let offset = if s == 0 { 0 } else { left_width };
         let fixed_by_on = |c: usize| {
-            right_keys
-                .iter()
-                .any(|k| k.downcast_ref::<PhysicalColumn>().is_some_and(|k| k.index() == c))
+            right_keys.iter().any(|k| {
+                k.downcast_ref::<PhysicalColumn>()
+                    .is_some_and(|k| k.index() == c)
+            })
         };
         for &c in &side.identity {
             if s == 1 && fixed_by_on(c) {
                 continue;
             }
             let column = side.schema.field(c).name();
-            let selected = (0..output.fields().len()).find(|&j| traces_to(post, j) == Some(offset + c));
+            let selected =
+                (0..output.fields().len()).find(|&j| traces_to(post, j) == Some(offset + c));
             match selected {
                 Some(j) => keys.push(j),
                 None => {

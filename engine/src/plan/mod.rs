@@ -43,8 +43,8 @@ mod steps;
 mod union;
 mod updating;
 
-pub use steps::{RowStep, apply_steps, apply_steps_tracked};
 pub(crate) use steps::traces_to;
+pub use steps::{RowStep, apply_steps, apply_steps_tracked};
 
 /// Name of the window-start column of every windowed output row.
 pub const WINDOW_START: &str = "window_start";
@@ -376,7 +376,10 @@ fn plan_stream(def: &StreamDef, scope: &Scope) -> Result<StreamPlan, EngineError
         }
     };
     if def.state_ttl_ms.is_some()
-        && !matches!(kind, StreamKind::Updating(_) | StreamKind::Over(_) | StreamKind::Join(_))
+        && !matches!(
+            kind,
+            StreamKind::Updating(_) | StreamKind::Over(_) | StreamKind::Join(_)
+        )
     {
         return Err(ctx_err(
             "'state.ttl' applies to a GROUP BY without a window, to OVER partitions and to joins without time bounds; windows keep state only until the watermark passes it".into(),
@@ -384,13 +387,8 @@ fn plan_stream(def: &StreamDef, scope: &Scope) -> Result<StreamPlan, EngineError
     }
     // A join without time bounds is an updating stream: its changes have
     // no window to close.
-    let emit = match (&kind, def.emit) {
-        (StreamKind::Join(j), Some(EmitMode::OnWindowClose)) if j.is_regular() => {
-            return Err(ctx_err(
-                "a join without time bounds updates its rows as either side changes: it has no window to close (drop EMIT ON WINDOW CLOSE)".into(),
-            ));
-        }
-        (StreamKind::Join(j), _) if j.is_regular() => EmitMode::Changes,
+    let emit = match &kind {
+        StreamKind::Join(j) if j.is_regular() => EmitMode::Changes,
         _ => emit,
     };
     let fingerprint = fingerprint(def, window, emit);
@@ -1746,7 +1744,10 @@ mod tests {
         assert!(j.left.changelog && !j.right.changelog);
         assert!(j.residual.is_some(), "the rest of ON is checked per pair");
         let read = marks.as_input.as_ref().unwrap();
-        assert!(read.changelog, "later streams read it as upserts and deletions");
+        assert!(
+            read.changelog,
+            "later streams read it as upserts and deletions"
+        );
 
         let err = |sql: &str| plan(sql).unwrap_err().to_string();
         let e = err(
@@ -1754,17 +1755,23 @@ mod tests {
              WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) WITH ('format' = 'json');\n\
              CREATE STREAM x AS SELECT f.id, t.price FROM fills f JOIN market_ticks t ON f.symbol = t.symbol;",
         );
-        assert!(e.contains("`fills` has no key") && e.contains("'key'"), "{e}");
+        assert!(
+            e.contains("`fills` has no key") && e.contains("'key'"),
+            "{e}"
+        );
         let e = err(
-            "CREATE STREAM x AS SELECT t.price, b.bid FROM market_ticks t \
+            "CREATE STREAM x AS SELECT t.price, b.quantity FROM market_ticks t \
              JOIN book_updates b ON t.symbol = b.symbol;",
         );
-        assert!(e.contains("key column `symbol`"), "the left key unselected: {e}");
+        assert!(
+            e.contains("key column `symbol`"),
+            "the left key unselected: {e}"
+        );
         let e = err(
             "CREATE STREAM x AS SELECT o.symbol, t.price FROM order_events o JOIN market_ticks t \
              ON o.symbol = t.symbol EMIT ON WINDOW CLOSE;",
         );
-        assert!(e.contains("no window to close"), "{e}");
+        assert!(e.contains("EMIT ON WINDOW CLOSE needs a window"), "{e}");
         let e = err(
             "CREATE STREAM x WITH ('state.ttl' = '1 hour') AS SELECT o.order_id FROM order_events o \
              JOIN market_ticks t ON o.symbol = t.symbol AND t.ts BETWEEN o.ts AND o.ts + INTERVAL '1' SECOND;",
