@@ -293,7 +293,7 @@ fn plan_stream(def: &StreamDef, scope: &Scope) -> Result<StreamPlan, EngineError
         let event_time_of = |table: &str| match scope.inputs.get(table) {
             Some(s) if !s.event_time.is_empty() => Ok(s.event_time.clone()),
             Some(s) => Err(format!(
-                "`{}` is an updating stream: a temporal join reads a versioned table, a table or append stream whose rows are versions of their key from their event time on (updating streams carry no event time yet)",
+                "`{}` is an updating stream: a temporal join reads a versioned table, a table or append stream whose rows are versions of their key from their event time on, and an updating stream's changes carry no event time (they follow batch boundaries). Compute the versions as running aggregates (`SUM(x) OVER (PARTITION BY k ORDER BY ts)`, one version per row), or join the updating stream without time bounds for its current row",
                 s.name
             )),
             None => Err(format!("unknown table or stream `{table}`")),
