@@ -189,7 +189,11 @@ FROM market_ticks;\n";
     for s in &streams {
         let records = read_topic(&e.brokers, &format!("{out_prefix}-{s}"), true);
         let lines = file_rows(&replay_dir.join(format!("{s}.jsonl")));
-        assert!(!lines.is_empty(), "{s}: the replay produced rows");
+        // A daily loss limit is crossed only after minutes of trading;
+        // over this minute of data it stays empty in both runs.
+        if s != "daily_loss_alerts" {
+            assert!(!lines.is_empty(), "{s}: the replay produced rows");
+        }
         let (got, want) = match updating.get(s) {
             Some(keys) => (topic_table(&records), file_table(keys, &lines)),
             None => (json_rows(&records), lines),
@@ -468,7 +472,8 @@ fn an_unreachable_broker_is_one_clear_error() {
 }
 
 /// A TCP forwarder to the test registry that is down at first: it closes
-/// every connection until three were refused and `down_for` has passed,
+/// every connection until three were refused and `down_for` has passed
+/// since the first,
 /// then forwards them. (Listening from the start keeps its port from being
 /// taken by another test; waiting for refused attempts keeps a slow start
 /// from missing the outage, and three of them outlast an HTTP client's own
@@ -478,10 +483,13 @@ fn flaky_registry_proxy(down_for: Duration) -> String {
     let addr = listener.local_addr().unwrap();
     let target = env().registry.trim_start_matches("http://").to_string();
     std::thread::spawn(move || {
-        let started = Instant::now();
+        // The outage starts at the first connection, not at start-up: a
+        // worker slow to start on a loaded machine must still meet all of it.
+        let mut outage_began: Option<Instant> = None;
         let mut refused = 0;
         for client in listener.incoming().flatten() {
-            if refused < 3 || started.elapsed() < down_for {
+            let began = *outage_began.get_or_insert_with(Instant::now);
+            if refused < 3 || began.elapsed() < down_for {
                 refused += 1;
                 drop(client);
                 continue;
