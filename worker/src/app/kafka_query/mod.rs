@@ -113,7 +113,10 @@ fn run_attempt(
     let catalog = Catalog::builtin();
     let config = EngineConfig {
         allowed_lateness: opts.allowed_lateness,
-        idle_timeout: Some(opts.idle_timeout),
+        // A bounded run reads every partition to its end and finishes each
+        // there: a partition the consumer has not fetched for a while still
+        // has rows, and excluding it as idle would make them late.
+        idle_timeout: (!opts.bounded).then_some(opts.idle_timeout),
         event_time_bounds: opts.event_time_bounds,
     };
     let pipeline = Pipeline::new(&opts.sql, &catalog, &config).map_err(|e| {
