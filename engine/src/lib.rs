@@ -307,11 +307,7 @@ impl Pipeline {
             if intermediate && let Ok(input) = &p.as_input {
                 derived.insert(p.name.to_ascii_lowercase(), input.clone());
             }
-            let updating = match &p.kind {
-                StreamKind::Updating(_) => true,
-                StreamKind::Join(j) => j.is_regular(),
-                _ => false,
-            };
+            let updating = p.kind.is_updating();
             let (operator, windowed, window): (Box<dyn StreamOperator>, bool, _) = match p.kind {
                 StreamKind::Updating(u) => (
                     Box::new(updating::UpdatingAggregate::new(

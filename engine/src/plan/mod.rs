@@ -387,9 +387,9 @@ fn plan_stream(def: &StreamDef, scope: &Scope) -> Result<StreamPlan, EngineError
     }
     // A join without time bounds is an updating stream: its changes have
     // no window to close.
-    let emit = match &kind {
-        StreamKind::Join(j) if j.is_regular() => EmitMode::Changes,
-        _ => emit,
+    let emit = match kind.is_updating() {
+        true => EmitMode::Changes,
+        false => emit,
     };
     let fingerprint = fingerprint(def, window, emit);
     let key_columns: Vec<String> = match &kind {
@@ -420,6 +420,18 @@ fn plan_stream(def: &StreamDef, scope: &Scope) -> Result<StreamPlan, EngineError
         fingerprint,
         kind,
     })
+}
+
+impl StreamKind {
+    /// The stream's rows are upserts and deletions by key (a GROUP BY
+    /// without a window, a join without time bounds).
+    pub fn is_updating(&self) -> bool {
+        match self {
+            StreamKind::Updating(_) => true,
+            StreamKind::Join(j) => j.is_regular(),
+            _ => false,
+        }
+    }
 }
 
 /// The plan below the projections, filters and aliases at its top.
@@ -456,37 +468,23 @@ fn as_input(
             .or(candidates.first())
             .map(|&j| output.field(j).name().clone())
     };
+    if kind.is_updating() {
+        // Read as upserts and deletions by key, without event time.
+        return Ok(SourceDef {
+            name: def.name.clone(),
+            schema: Arc::clone(output),
+            event_time: String::new(),
+            key_columns: key_columns.to_vec(),
+            topic: super::catalog::output_topic(&def.name),
+            format: super::catalog::SourceFormat::Json,
+            avro_schema: None,
+            watermark_delay: None,
+            declared_at: Some(def.line),
+            changelog: true,
+        });
+    }
     let event_time = match kind {
-        StreamKind::Join(j) if j.is_regular() => {
-            // Read as upserts and deletions by key, without event time.
-            return Ok(SourceDef {
-                name: def.name.clone(),
-                schema: Arc::clone(output),
-                event_time: String::new(),
-                key_columns: key_columns.to_vec(),
-                topic: super::catalog::output_topic(&def.name),
-                format: super::catalog::SourceFormat::Json,
-                avro_schema: None,
-                watermark_delay: None,
-                declared_at: Some(def.line),
-                changelog: true,
-            });
-        }
-        StreamKind::Updating(_) => {
-            // Read as upserts and deletions by key, without event time.
-            return Ok(SourceDef {
-                name: def.name.clone(),
-                schema: Arc::clone(output),
-                event_time: String::new(),
-                key_columns: key_columns.to_vec(),
-                topic: super::catalog::output_topic(&def.name),
-                format: super::catalog::SourceFormat::Json,
-                avro_schema: None,
-                watermark_delay: None,
-                declared_at: Some(def.line),
-                changelog: true,
-            });
-        }
+        StreamKind::Updating(_) => unreachable!("an updating stream is read as changes (above)"),
         StreamKind::Windowed(_) if emit == EmitMode::Changes => {
             return Err(
                 "it emits changes (EMIT CHANGES), and later streams read only final rows".into(),
