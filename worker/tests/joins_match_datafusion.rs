@@ -9,7 +9,8 @@
 //!   join with the match condition, ranked per left row);
 //! - window joins of two windowed streams on equal window ends, inner and
 //!   LEFT;
-//! - temporal joins (`FOR SYSTEM_TIME AS OF`) of a table and of a stream as
+//! - temporal joins (`FOR SYSTEM_TIME AS OF`) of a table, of a stream and of
+//!   an updating aggregate (its versions: the aggregate up to each time) as
 //!   versioned tables, inner and LEFT;
 //! - regular joins (no time bound) of updating streams and of an append
 //!   table read by its key, inner and LEFT, with deletions flowing through:
@@ -144,6 +145,26 @@ CREATE STREAM fill_prices AS
 SELECT f.order_id, f.ts, t.price AS last_price, t.exchange
 FROM order_events f JOIN market_ticks FOR SYSTEM_TIME AS OF f.ts AS t ON f.symbol = t.symbol
 WHERE f.status = 'filled';
+
+CREATE STREAM nasdaq_volume AS
+SELECT symbol, SUM(volume) AS volume, COUNT(*) AS trades, MAX(price) AS high
+FROM market_ticks WHERE exchange = 'NASDAQ' GROUP BY symbol;
+
+CREATE STREAM order_participation AS
+SELECT o.order_id, o.ts, o.quantity, v.volume, v.trades, v.high,
+       o.quantity * 1.0 / v.volume AS participation
+FROM order_events o
+LEFT JOIN nasdaq_volume FOR SYSTEM_TIME AS OF o.ts AS v ON o.symbol = v.symbol;
+
+CREATE STREAM buy_interest AS
+SELECT trader_id, SUM(quantity) AS bought, AVG(price) AS avg_price
+FROM order_events WHERE side = 'buy' GROUP BY trader_id;
+
+CREATE STREAM sells_after_buys AS
+SELECT s.order_id, s.ts, s.trader_id, s.quantity, b.bought, b.avg_price
+FROM order_events s JOIN buy_interest FOR SYSTEM_TIME AS OF s.ts AS b
+  ON s.trader_id = b.trader_id
+WHERE s.side = 'sell';
 ";
 
 /// The temporal joins in DataFusion batch: the version of each key valid
@@ -176,7 +197,34 @@ fn expected_temporal(
            FROM order_events f JOIN market_ticks t ON f.symbol = t.symbol AND f.ts >= t.ts
            WHERE f.status = 'filled') WHERE rn = 1",
     );
-    vec![("order_quotes", order_quotes), ("fill_prices", fill_prices)]
+    // An updating aggregate's version at a time: the aggregate of its
+    // key's rows up to that time (none before the first, so NULLs).
+    let order_participation = datafusion_batch_over(
+        tables(),
+        "SELECT o.order_id, o.ts, o.quantity, SUM(t.volume) AS volume,
+                CASE WHEN COUNT(t.seq) = 0 THEN NULL ELSE COUNT(t.seq) END AS trades,
+                MAX(t.price) AS high, o.quantity * 1.0 / SUM(t.volume) AS participation
+         FROM order_events o
+         LEFT JOIN (SELECT * FROM market_ticks WHERE exchange = 'NASDAQ') t
+           ON o.symbol = t.symbol AND t.ts <= o.ts
+         GROUP BY o.seq, o.order_id, o.ts, o.quantity",
+    );
+    let sells_after_buys = datafusion_batch_over(
+        tables(),
+        "SELECT s.order_id, s.ts, s.trader_id, s.quantity, SUM(b.quantity) AS bought,
+                AVG(b.price) AS avg_price
+         FROM order_events s
+         JOIN (SELECT * FROM order_events WHERE side = 'buy') b
+           ON s.trader_id = b.trader_id AND b.ts <= s.ts
+         WHERE s.side = 'sell'
+         GROUP BY s.seq, s.order_id, s.ts, s.trader_id, s.quantity",
+    );
+    vec![
+        ("order_quotes", order_quotes),
+        ("fill_prices", fill_prices),
+        ("order_participation", order_participation),
+        ("sells_after_buys", sells_after_buys),
+    ]
 }
 
 const WINDOW_JOIN_SQL: &str = "
@@ -410,6 +458,18 @@ fn temporal_joins_match_datafusion_batch() {
         "orders before their symbol's first NASDAQ quote"
     );
     assert!(fills.num_rows() > 100, "fills: {}", fills.num_rows());
+    let (participation, sells) = (&expected[2].1, &expected[3].1);
+    assert_eq!(participation.num_rows(), orders.num_rows());
+    let unversioned = nulls_in(participation, "volume");
+    assert!(
+        unversioned > 0 && unversioned < participation.num_rows() / 2,
+        "orders before their symbol's first NASDAQ tick: {unversioned}"
+    );
+    assert!(
+        sells.num_rows() > 100,
+        "sells after buys: {}",
+        sells.num_rows()
+    );
     let tables = [("order_events", orders), ("market_ticks", ticks)];
     assert_matches_batch(TEMPORAL_SQL, &tables, &expected);
 }

@@ -7,7 +7,8 @@
 //! match condition joins ON (see [`rewrite_asof_join`]). A temporal join
 //! (`JOIN t FOR SYSTEM_TIME AS OF l.ts`, the version of `t`'s key valid at
 //! `l.ts`) is the backward ASOF join `l.ts >= t.ts` on that key (see
-//! [`rewrite_temporal_join`]). DataFusion then
+//! [`rewrite_temporal_join`]); an updating aggregate's versions come from a
+//! hidden stream of its running form (see [`super::versions`]). DataFusion then
 //! plans the query (Projection → [Filter] → Join → one scan per side, each
 //! possibly under projections and filters of subqueries); this module
 //! splits the join condition into the equality keys, the bounds on
@@ -610,14 +611,17 @@ pub(super) fn strip_join_syntax(query: &str) -> (String, JoinSyntax) {
 /// (its `FOR SYSTEM_TIME` already taken out), into the ASOF join it is:
 /// `ON e AND l.ts >= r.<t's event time>`, the latest version of each key
 /// at the left row's time. `event_time_of` gives a table's or stream's
-/// event-time column, or why it has none. Says whether it found the join.
+/// event-time column, or why it has none; and the table or stream that holds
+/// its versions when that is another one (an updating aggregate's hidden
+/// versions stream, see [`super::versions`]). Says whether it found the join.
 pub(super) fn rewrite_temporal_join(
     query: &mut datafusion::sql::sqlparser::ast::Query,
     as_of: &[String],
-    event_time_of: impl Fn(&str) -> Result<String, String>,
+    event_time_of: impl Fn(&str) -> Result<(String, Option<String>), String>,
 ) -> Result<bool, String> {
     use datafusion::sql::sqlparser::ast::{
-        BinaryOperator, Expr as SqlExpr, Ident, JoinConstraint, JoinOperator, SetExpr, TableFactor,
+        BinaryOperator, Expr as SqlExpr, Ident, JoinConstraint, JoinOperator, ObjectName, SetExpr,
+        TableAlias, TableFactor,
     };
     let SetExpr::Select(select) = query.body.as_mut() else {
         return Ok(false);
@@ -630,14 +634,23 @@ pub(super) fn rewrite_temporal_join(
     else {
         return Err("FOR SYSTEM_TIME AS OF names the version of a JOIN's right table: `FROM orders o JOIN positions FOR SYSTEM_TIME AS OF o.ts AS p ON …`".into());
     };
-    let TableFactor::Table { name, alias, .. } = &join.relation else {
+    let TableFactor::Table { name, alias, .. } = &mut join.relation else {
         return Err("FOR SYSTEM_TIME AS OF applies to a table or stream by name".into());
     };
     let table = name.to_string();
-    let event_time = event_time_of(&table)?;
+    let (event_time, versions) = event_time_of(&table)?;
     let qualifier = alias
         .as_ref()
         .map_or(table.clone(), |a| a.name.value.clone());
+    if let Some(versions) = versions {
+        *name = ObjectName::from(vec![Ident::new(versions)]);
+        *alias = Some(TableAlias {
+            explicit: true,
+            at: None,
+            name: Ident::new(&qualifier),
+            columns: vec![],
+        });
+    }
     let version_time =
         SqlExpr::CompoundIdentifier(vec![Ident::new(qualifier), Ident::new(event_time)]);
     let as_of = match as_of {

@@ -42,6 +42,7 @@ mod over;
 mod steps;
 mod union;
 mod updating;
+mod versions;
 
 pub(crate) use steps::traces_to;
 pub use steps::{RowStep, apply_steps, apply_steps_tracked};
@@ -249,6 +250,19 @@ pub fn plan_sql(sql: &str, catalog: &Catalog) -> Result<PlannedSql, EngineError>
                     ),
                 });
             }
+            if let Some(versions) = versions_for_temporal_join(d, &script.streams, &scope)? {
+                let plan = plan_stream(&versions, &scope)?;
+                let input = plan.as_input.clone().map_err(|why| EngineError::Plan {
+                    stream: d.name.clone(),
+                    line: d.line,
+                    message: why,
+                })?;
+                scope
+                    .inputs
+                    .register(input)
+                    .expect("a stream's event-time column is checked when planned");
+                streams.push(plan);
+            }
             let plan = plan_stream(d, &scope)?;
             match &plan.as_input {
                 Ok(input) => scope
@@ -265,6 +279,57 @@ pub fn plan_sql(sql: &str, catalog: &Catalog) -> Result<PlannedSql, EngineError>
         }
         Ok(PlannedSql { catalog, streams })
     })
+}
+
+/// The hidden versions stream a temporal join of `def` needs (one per
+/// updating aggregate, planned before the first join that reads it), see
+/// [`versions`].
+fn versions_for_temporal_join(
+    def: &StreamDef,
+    defs: &[StreamDef],
+    scope: &Scope,
+) -> Result<Option<StreamDef>, EngineError> {
+    let Some(table) = versions::versioned_table(def) else {
+        return Ok(None);
+    };
+    let updating = scope
+        .inputs
+        .get(&table)
+        .is_some_and(|s| s.event_time.is_empty());
+    if !updating {
+        return Ok(None);
+    }
+    let of = defs
+        .iter()
+        .find(|d| d.name.eq_ignore_ascii_case(&table))
+        .expect("an updating input is an earlier stream");
+    if let Some(clash) = defs.iter().find(|d| {
+        d.name
+            .eq_ignore_ascii_case(&versions::versions_name(&of.name))
+    }) {
+        return Err(EngineError::Plan {
+            stream: clash.name.clone(),
+            line: clash.line,
+            message: format!(
+                "the versions of `{}` for a temporal join are a stream of this name; name it differently",
+                of.name
+            ),
+        });
+    }
+    if scope
+        .inputs
+        .get(&versions::versions_name(&of.name))
+        .is_some()
+    {
+        return Ok(None);
+    }
+    versions::versions_def(of, &scope.inputs)
+        .map(Some)
+        .map_err(|message| EngineError::Plan {
+            stream: def.name.clone(),
+            line: def.line,
+            message,
+        })
 }
 
 /// Plans one stream against what it can read.
@@ -290,12 +355,17 @@ fn plan_stream(def: &StreamDef, scope: &Scope) -> Result<StreamPlan, EngineError
     };
     let mut asof = join::rewrite_asof_join(&mut query, join_syntax.left_asof);
     if let Some(as_of) = &join_syntax.system_time {
+        // An updating aggregate is read through its versions stream,
+        // planned before this one (see `versions_for_temporal_join`).
         let event_time_of = |table: &str| match scope.inputs.get(table) {
-            Some(s) if !s.event_time.is_empty() => Ok(s.event_time.clone()),
-            Some(s) => Err(format!(
-                "`{}` is an updating stream: a temporal join reads a versioned table, a table or append stream whose rows are versions of their key from their event time on, and an updating stream's changes carry no event time (they follow batch boundaries). Compute the versions as running aggregates (`SUM(x) OVER (PARTITION BY k ORDER BY ts)`, one version per row), or join the updating stream without time bounds for its current row",
-                s.name
-            )),
+            Some(s) if !s.event_time.is_empty() => Ok((s.event_time.clone(), None)),
+            Some(s) => {
+                let name = versions::versions_name(&s.name);
+                let versions = scope.inputs.get(&name).ok_or_else(|| {
+                    format!("`{}` is an updating stream without versions", s.name)
+                })?;
+                Ok((versions.event_time.clone(), Some(name)))
+            }
             None => Err(format!("unknown table or stream `{table}`")),
         };
         asof |= join::rewrite_temporal_join(&mut query, as_of, event_time_of).map_err(ctx_err)?;
@@ -1658,13 +1728,81 @@ mod tests {
         assert_eq!(j.condition, backward);
         let err = |sql: &str| plan(sql).unwrap_err().to_string();
         let e = err(
-            "CREATE STREAM pos AS SELECT trader_id, SUM(quantity) AS q FROM order_events GROUP BY trader_id; \
+            "CREATE STREAM pos AS SELECT trader_id, SUM(quantity) AS q FROM order_events \
+               GROUP BY trader_id HAVING SUM(quantity) > 0; \
              CREATE STREAM j AS SELECT o.order_id, p.q FROM order_events o \
              JOIN pos FOR SYSTEM_TIME AS OF o.ts AS p ON o.trader_id = p.trader_id;",
         );
-        assert!(e.contains("is an updating stream"), "{e}");
+        assert!(
+            e.contains("is an updating stream") && e.contains("HAVING"),
+            "{e}"
+        );
+        let e = err(
+            "CREATE STREAM pos AS SELECT trader_id, SUM(quantity) AS q FROM order_events GROUP BY trader_id; \
+             CREATE STREAM top AS SELECT trader_id, MAX(q) AS q FROM pos GROUP BY trader_id; \
+             CREATE STREAM j AS SELECT o.order_id, t.q FROM order_events o \
+             JOIN top FOR SYSTEM_TIME AS OF o.ts AS t ON o.trader_id = t.trader_id;",
+        );
+        assert!(e.contains("itself an updating stream"), "{e}");
         let e = err("CREATE STREAM j AS SELECT symbol FROM market_ticks FOR SYSTEM_TIME AS OF ts;");
         assert!(e.contains("version of a JOIN's right table"), "{e}");
+    }
+
+    #[test]
+    fn a_temporal_join_reads_an_updating_aggregate_through_its_running_versions() {
+        use crate::join::{AsofDirection, JoinCondition};
+        let p = plan(
+            "CREATE STREAM pos AS SELECT trader_id, SUM(quantity) AS q, COUNT(*) AS n \
+               FROM order_events WHERE status = 'filled' GROUP BY trader_id; \
+             CREATE STREAM j AS SELECT o.order_id, pos.q, p2.n FROM order_events o \
+             JOIN pos FOR SYSTEM_TIME AS OF o.ts ON o.trader_id = pos.trader_id \
+             LEFT JOIN market_ticks p2 ON FALSE;",
+        );
+        // Only one join per stream; the second is refused, not misread.
+        assert!(p.is_err());
+        let p = plan(
+            "CREATE STREAM pos AS SELECT trader_id, SUM(quantity) AS q, COUNT(*) AS n \
+               FROM order_events WHERE status = 'filled' GROUP BY trader_id; \
+             CREATE STREAM j AS SELECT o.order_id, pos.q, pos.n FROM order_events o \
+             JOIN pos FOR SYSTEM_TIME AS OF o.ts ON o.trader_id = pos.trader_id; \
+             CREATE STREAM k AS SELECT o.order_id, v.q FROM order_events o \
+             LEFT JOIN pos FOR SYSTEM_TIME AS OF o.ts AS v ON o.trader_id = v.trader_id;",
+        )
+        .unwrap();
+        let names: Vec<&str> = p.iter().map(|s| s.name.as_str()).collect();
+        // One versions stream, planned before its first reader.
+        assert_eq!(names, ["pos", "pos__versions", "j", "k"]);
+        assert!(matches!(p[0].kind, StreamKind::Updating(_)));
+        let StreamKind::Over(_) = &p[1].kind else {
+            panic!("the versions are running aggregates")
+        };
+        let columns: Vec<&str> = p[1]
+            .output_schema
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
+        assert_eq!(columns, ["trader_id", "q", "n", "ts"]);
+        for join in &p[2..] {
+            assert_eq!(join.inputs, ["order_events", "pos__versions"]);
+            let StreamKind::Join(j) = &join.kind else {
+                panic!("a join")
+            };
+            let backward = JoinCondition::Asof {
+                direction: AsofDirection::Backward,
+                offset_ms: 0,
+            };
+            assert_eq!(j.condition, backward);
+        }
+        let e = plan(
+            "CREATE STREAM pos AS SELECT trader_id, SUM(quantity) AS q FROM order_events GROUP BY trader_id; \
+             CREATE STREAM pos__versions AS SELECT * FROM order_events; \
+             CREATE STREAM j AS SELECT o.order_id, p.q FROM order_events o \
+             JOIN pos FOR SYSTEM_TIME AS OF o.ts AS p ON o.trader_id = p.trader_id;",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("name it differently"), "{e}");
     }
 
     #[test]
