@@ -116,8 +116,9 @@ FROM order_events GROUP BY trader_id, symbol HAVING COUNT(*) < 550;
 /// Joins for the kill -9 test: an interval LEFT join (left rows waiting
 /// for their interval to pass), ASOF joins backward and forward (left rows
 /// waiting for their match to be final, right rows kept per key), a
-/// window join of two windowed streams that only it reads, and a regular
-/// LEFT join of an updating stream with the latest tick per symbol.
+/// window join of two windowed streams that only it reads, a regular
+/// LEFT join of an updating stream with the latest tick per symbol, and a
+/// temporal join with an updating aggregate (its hidden versions stream).
 const JOIN_STREAMS: &str = "
 CREATE STREAM recent_ticks AS
 SELECT o.order_id, o.ts, o.price, t.ts AS tick_ts, t.exchange, t.price AS tick_price
@@ -151,6 +152,15 @@ CREATE STREAM marked_books AS
 SELECT b.trader_id, b.symbol, b.quantity, t.price AS last_price, t.exchange
 FROM trader_books b LEFT JOIN market_ticks t
   ON b.symbol = t.symbol AND t.exchange <> 'NYSE';
+
+CREATE STREAM symbol_volume AS
+SELECT symbol, SUM(volume) AS volume, COUNT(*) AS trades
+FROM market_ticks GROUP BY symbol;
+
+CREATE STREAM order_volume AS
+SELECT o.order_id, o.ts, v.volume, v.trades
+FROM order_events o
+LEFT JOIN symbol_volume FOR SYSTEM_TIME AS OF o.ts AS v ON o.symbol = v.symbol;
 ";
 
 /// Their output files. An OVER stream emits each partition's rows in event
@@ -164,8 +174,9 @@ const OVER_OUTPUTS: [(&str, &str); 2] = [
 /// A UNION ALL interleaves its inputs as they arrive, and a join emits
 /// rows when their match is complete, which depends on when the other
 /// side's watermark moved: the same rows, in any order.
-const UNORDERED_OUTPUTS: [&str; 7] = [
+const UNORDERED_OUTPUTS: [&str; 8] = [
     "alerts.jsonl",
+    "order_volume.jsonl",
     "dag_alerts.jsonl",
     "risk_alerts.jsonl",
     "recent_ticks.jsonl",
@@ -177,11 +188,12 @@ const UNORDERED_OUTPUTS: [&str; 7] = [
 /// Updating streams emit a change per key and batch, so batch sizes and
 /// restarts change the lines; the table they leave must not change. Files
 /// with their key columns.
-const UPDATING_OUTPUTS: [(&str, &[&str]); 4] = [
+const UPDATING_OUTPUTS: [(&str, &[&str]); 5] = [
     ("best_quotes.jsonl", &["symbol"]),
     ("trader_books.jsonl", &["trader_id", "symbol"]),
     ("marked_books.jsonl", &["trader_id", "symbol"]),
     ("arbitrage.jsonl", &["symbol"]),
+    ("symbol_volume.jsonl", &["symbol"]),
 ];
 
 /// An updating stream's JSON lines applied in order: each line replaces
@@ -339,7 +351,11 @@ fn killed_replay_resumes_from_checkpoint_with_identical_output() {
     );
     // sql/ (nine seed queries, trading_alerts' `alerts`, arbitrage,
     // risk_alerts), the OVER streams and the joins above.
-    assert_eq!(expected.len(), 9 + 3 + 7 + 5, "{names:?}");
+    assert_eq!(expected.len(), 9 + 3 + 7 + 7, "{names:?}");
+    assert!(
+        !names.contains(&"symbol_volume__versions.jsonl"),
+        "a temporal join's versions stream is internal: {names:?}"
+    );
     let (books, deletions) = apply_changes(
         UPDATING_OUTPUTS[1].1,
         &expected
