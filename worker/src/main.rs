@@ -361,6 +361,10 @@ struct QueryArgs {
     /// Records per batch for JSON-lines inputs (per poll for Kafka).
     #[arg(long, default_value_t = 8192)]
     batch_size: usize,
+    /// Threads decoding JSON-lines input files, beside the engine's
+    /// (default: the CPUs the worker may use, at most 4).
+    #[arg(long)]
+    decode_threads: Option<usize>,
     #[command(flatten)]
     kafka: KafkaArgs,
     /// Query name: the consumer group and transactional id are tickflow-<name>
@@ -752,6 +756,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             opts.allowed_lateness = a.allowed_lateness;
             opts.event_time_bounds = event_time_bounds;
             opts.batch_size = a.batch_size;
+            opts.decode_threads = a.decode_threads;
             opts.stop = stop_flag()?;
             let s = query::run_query(&opts)?;
             println!("{}", serde_json::to_string(&s)?);

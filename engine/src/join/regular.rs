@@ -20,7 +20,9 @@
 //! restore recomputes it instead of storing it.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::BinaryHeap;
+
+use ahash::{HashMap, HashMapExt, HashSet};
 use std::sync::Arc;
 
 use arrow::array::{

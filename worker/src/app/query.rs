@@ -45,6 +45,9 @@ pub struct QueryOptions {
     pub start_fresh: bool,
     /// Records per batch (JSON lines); Avro files batch by container block.
     pub batch_size: usize,
+    /// Threads decoding JSON lines (`None`: the CPUs the worker may use,
+    /// at most 4).
+    pub decode_threads: Option<usize>,
     pub allowed_lateness: Duration,
     pub event_time_bounds: EventTimeBounds,
     /// Set by SIGTERM: take a final checkpoint and stop.
@@ -66,6 +69,7 @@ impl QueryOptions {
             checkpoints_to_keep: 3,
             start_fresh: false,
             batch_size: 8192,
+            decode_threads: None,
             allowed_lateness: Duration::from_secs(1),
             event_time_bounds: EventTimeBounds::default(),
             stop: Arc::new(AtomicBool::new(false)),
@@ -132,7 +136,10 @@ fn inputs(opts: &QueryOptions, pipeline: &Pipeline) -> anyhow::Result<FileInputs
             }
         }
     }
-    Ok(FileInputs::open(files, opts.batch_size)?)
+    let decoders = opts
+        .decode_threads
+        .unwrap_or_else(crate::source::file::decoder_threads);
+    Ok(FileInputs::open(files, opts.batch_size, decoders)?)
 }
 
 /// One output file per stream, plus late-row and dead-letter files.
