@@ -23,6 +23,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
 use ahash::{HashMap, HashMapExt, HashSet};
+use indexmap::IndexSet;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -254,7 +255,11 @@ impl RegularJoin {
         out: &mut Output,
     ) -> Result<Vec<Change>> {
         let plan_side = self.side(side);
-        let identity = identities(&self.tables[side].identity, plan_side, batch)?;
+        let mut identity: Vec<Option<Bytes>> =
+            identities(&self.tables[side].identity, plan_side, batch)?
+                .into_iter()
+                .map(Some)
+                .collect();
         let ts = match self.input_event_time[side] {
             Some(i) => Some(event_times(batch, i)?.0),
             None => None,
@@ -268,19 +273,29 @@ impl RegularJoin {
             Ok((rows, kept, keys))
         };
         let before = out.rejected.len();
-        let put = |p: usize, row: Option<Bytes>, key: Option<Bytes>| {
+        // Each row's change is set once (filtered out, or kept), so its
+        // identity moves into it.
+        let mut put = |p: usize, row: Option<Bytes>, key: Option<Bytes>| {
             let ts = ts.as_ref().map(|t| t[p]);
-            Some(Change::Put(identity[p].clone(), Entry { row, key, ts }))
+            let id = identity[p].take().expect("one change per input row");
+            Some(Change::Put(id, Entry { row, key, ts }))
         };
         for ((rows, kept, keys), positions) in evaluate_tracked(batch, out, eval)? {
-            // Rows the subquery filtered out leave the table.
-            for &p in positions.values() {
-                changes[p as usize] = put(p as usize, None, None);
-            }
             let bytes = self.tables[side].rows.convert_columns(rows.columns())?;
+            let mut is_kept = vec![false; positions.len()];
             for (r, (&local, key)) in kept.values().iter().zip(keys).enumerate() {
+                is_kept[local as usize] = true;
                 let p = positions.value(local as usize) as usize;
                 changes[p] = put(p, Some(bytes.row(r).as_ref().into()), key);
+            }
+            // Rows the subquery filtered out leave the table.
+            for (&p, _) in positions
+                .values()
+                .iter()
+                .zip(&is_kept)
+                .filter(|(_, k)| !**k)
+            {
+                changes[p as usize] = put(p as usize, None, None);
             }
         }
         self.metrics.rejected_rows += (out.rejected.len() - before) as u64;
@@ -302,33 +317,36 @@ impl RegularJoin {
         {
             return;
         }
-        let new_key = entry.key.clone();
-        let old = if entry.row.is_none() && !append {
-            table.remove(&identity)
+        if entry.row.is_none() && !append {
+            self.remove(side, identity, touched);
+            return;
+        }
+        let ttl = append && self.ttl_ms.is_some();
+        if side == LEFT {
+            // A left row's own results change: only its identity matters.
+            table.put(identity.clone(), entry, ttl);
+            touched.add(identity);
         } else {
-            table.put(identity.clone(), entry, append && self.ttl_ms.is_some())
-        };
-        self.touch(side, identity, old.and_then(|o| o.key), new_key, touched);
+            // A right row changes the results of the left rows under its
+            // old and new join keys.
+            let new_key = entry.key.clone();
+            let old = table.put(identity, entry, ttl);
+            self.touch_right_keys([old.and_then(|o| o.key), new_key], touched);
+        }
     }
 
     fn remove(&mut self, side: usize, identity: Bytes, touched: &mut Touched) {
         let old = self.tables[side].remove(&identity);
-        self.touch(side, identity, old.and_then(|o| o.key), None, touched);
-    }
-
-    fn touch(
-        &self,
-        side: usize,
-        identity: Bytes,
-        old_key: Option<Bytes>,
-        new_key: Option<Bytes>,
-        touched: &mut Touched,
-    ) {
         if side == LEFT {
             touched.add(identity);
-            return;
+        } else {
+            self.touch_right_keys([old.and_then(|o| o.key), None], touched);
         }
-        for key in [old_key, new_key].into_iter().flatten() {
+    }
+
+    /// Adds the left rows under the join keys a right row had or has.
+    fn touch_right_keys(&self, keys: [Option<Bytes>; 2], touched: &mut Touched) {
+        for key in keys.into_iter().flatten() {
             if let Some(ids) = self.tables[LEFT].by_key.get(&key) {
                 for id in ids {
                     touched.add(id.clone());
@@ -343,7 +361,7 @@ impl RegularJoin {
             return Ok(());
         }
         let before = out.rejected.len();
-        let owners = touched.order;
+        let owners: Vec<Bytes> = touched.order.into_iter().collect();
         let (joined, owner_of) = self.join_rows(&owners, out)?;
         // Each owner's result rows: (output key, output row, where it is).
         let mut fresh: Vec<Vec<(Bytes, Bytes, usize, u32)>> = vec![Vec::new(); owners.len()];
@@ -691,15 +709,12 @@ impl RegularJoin {
 /// Left identities whose result rows may have changed, in first-touch order.
 #[derive(Default)]
 struct Touched {
-    seen: HashSet<Bytes>,
-    order: Vec<Bytes>,
+    order: IndexSet<Bytes, ahash::RandomState>,
 }
 
 impl Touched {
     fn add(&mut self, id: Bytes) {
-        if self.seen.insert(id.clone()) {
-            self.order.push(id);
-        }
+        self.order.insert(id);
     }
 }
 
