@@ -115,8 +115,13 @@ impl WatermarkTracker {
         } else {
             let active: Vec<&Partition> = self.partitions.iter().filter(active).collect();
             let parts = if active.is_empty() {
-                // All idle: advance to the most recent data so windows still close.
-                self.partitions.iter().filter(|p| !p.finished).collect()
+                // All idle: advance to the most recent data so windows still
+                // close. A partition that never delivered has no event time
+                // to hold the others at (a key spread that leaves one empty).
+                self.partitions
+                    .iter()
+                    .filter(|p| !p.finished && p.max_event_ms != NO_WATERMARK)
+                    .collect()
             } else {
                 active
             };
@@ -161,6 +166,19 @@ mod tests {
         assert_eq!(w.observe(1, 10_000, t1), 10_000);
         // Partition 0 delivers again: it cannot pull the watermark back.
         assert_eq!(w.observe(0, 2_000, t1), 10_000);
+    }
+
+    #[test]
+    fn a_partition_that_never_delivers_stops_holding_back_once_all_are_idle() {
+        let t0 = Instant::now();
+        let mut w = WatermarkTracker::new(Duration::ZERO, Some(Duration::from_secs(5)));
+        w.declare_partitions(3);
+        // Partition 2 gets no key; the others deliver, then go quiet with
+        // it (all data was read before partition 2 turned idle).
+        w.observe(0, 4_000, t0);
+        assert_eq!(w.observe(1, 7_000, t0), NO_WATERMARK);
+        // All idle: the newest data counts, not the empty partition.
+        assert_eq!(w.recompute(t0 + Duration::from_secs(6)), 4_000);
     }
 
     #[test]

@@ -299,10 +299,10 @@ fn versions_for_temporal_join(
     if !updating {
         return Ok(None);
     }
-    let of = defs
-        .iter()
-        .find(|d| d.name.eq_ignore_ascii_case(&table))
-        .expect("an updating input is an earlier stream");
+    // Only earlier streams are updating inputs (tables have an event time).
+    let Some(of) = defs.iter().find(|d| d.name.eq_ignore_ascii_case(&table)) else {
+        return Ok(None);
+    };
     if let Some(clash) = defs.iter().find(|d| {
         d.name
             .eq_ignore_ascii_case(&versions::versions_name(&of.name))
