@@ -538,20 +538,21 @@ fn as_input(
             .or(candidates.first())
             .map(|&j| output.field(j).name().clone())
     };
+    let read_as = |event_time: String, changelog: bool| SourceDef {
+        name: def.name.clone(),
+        schema: Arc::clone(output),
+        event_time,
+        key_columns: key_columns.to_vec(),
+        topic: super::catalog::output_topic(&def.name),
+        format: super::catalog::SourceFormat::Json,
+        avro_schema: None,
+        watermark_delay: None,
+        declared_at: Some(def.line),
+        changelog,
+    };
     if kind.is_updating() {
         // Read as upserts and deletions by key, without event time.
-        return Ok(SourceDef {
-            name: def.name.clone(),
-            schema: Arc::clone(output),
-            event_time: String::new(),
-            key_columns: key_columns.to_vec(),
-            topic: super::catalog::output_topic(&def.name),
-            format: super::catalog::SourceFormat::Json,
-            avro_schema: None,
-            watermark_delay: None,
-            declared_at: Some(def.line),
-            changelog: true,
-        });
+        return Ok(read_as(String::new(), true));
     }
     let event_time = match kind {
         StreamKind::Updating(_) => unreachable!("an updating stream is read as changes (above)"),
@@ -581,18 +582,7 @@ fn as_input(
             ));
         }
     }
-    Ok(SourceDef {
-        name: def.name.clone(),
-        schema: Arc::clone(output),
-        event_time,
-        key_columns: key_columns.to_vec(),
-        topic: super::catalog::output_topic(&def.name),
-        format: super::catalog::SourceFormat::Json,
-        avro_schema: None,
-        watermark_delay: None,
-        declared_at: Some(def.line),
-        changelog: false,
-    })
+    Ok(read_as(event_time, false))
 }
 
 /// Replaces `TUMBLE(…)`/`HOP(…)`/`SESSION(…)` in the GROUP BY of `query`
