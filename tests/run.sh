@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit and integration tests, the
 # end-to-end tests against a real Kafka broker (Apache Kafka 4.x, KRaft, from
-# Maven Central) and the test schema registry, the Python interop tests
+# Maven Central) and the test schema registry, the PostgreSQL sink's tests
+# against a real PostgreSQL server (Debian's postgresql-15), the Python interop tests
 # (Confluent's confluent-kafka client), the Helm chart and Argo CD checks, and
 # the operator's end-to-end tests on a real Kubernetes control plane (etcd,
 # kube-apiserver, controllers and KWOK built from their Go modules).
@@ -44,15 +45,17 @@ K8S_BUILD_PARALLEL="${K8S_BUILD_PARALLEL:-2}" tests/k8s/controlplane.sh install
 tests/helm/lint.sh
 tests/argocd/run.sh
 
-step "test servers: Kafka broker (KRaft), schema registry, Kubernetes control plane"
+step "test servers: Kafka broker (KRaft), schema registry, PostgreSQL, Kubernetes control plane"
 cleanup() {
   tests/k8s/controlplane.sh stop >/dev/null 2>&1 || true
+  tests/postgres/postgres.sh stop >/dev/null 2>&1 || true
   tests/schema_registry/registry.sh stop >/dev/null 2>&1 || true
   tests/kafka/kafka.sh stop >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 tests/kafka/kafka.sh start
 tests/schema_registry/registry.sh start
+tests/postgres/postgres.sh start
 tests/k8s/controlplane.sh start
 
 step "cargo test"

@@ -206,6 +206,9 @@ pub struct RunningStream {
     /// the source's key columns a stateless stream passes through), e.g. for
     /// message keys.
     pub key_columns: Vec<String>,
+    /// Output columns that identify one result row, if any (see
+    /// [`plan::StreamPlan::row_key`]).
+    pub row_key: Option<Vec<String>>,
     operator: Box<dyn StreamOperator>,
     /// The newest watermark of each input; the stream's own is their
     /// minimum, so a UNION ALL never runs ahead of its slowest input.
@@ -370,6 +373,7 @@ impl Pipeline {
                 windowed,
                 window,
                 key_columns: p.key_columns,
+                row_key: p.row_key,
                 operator,
             });
         }

@@ -135,20 +135,37 @@ fn start_query_pod(ns: &str, name: &str, pod_ip: &str, dir: &std::path::Path) ->
     start_like_the_pod(ns, name, pod_ip, &mounts, &dir.join("worker.log"))
 }
 
+/// The IP KWOK gives the instance's pod once it is scheduled. Generous: on
+/// two busy cores the scheduler may first find the pod's PVC unbound and
+/// retry it after a backoff.
 fn pod_ip(ns: &str, instance: &str) -> String {
-    wait_for("a Running pod with an IP", Duration::from_secs(30), || {
-        let ip = kc(&[
-            "get",
-            "pods",
-            "-n",
-            ns,
-            "-l",
-            &format!("tickflow.io/instance={instance}"),
-            "-o",
-            "jsonpath={.items[*].status.podIP}",
-        ]);
-        (!ip.is_empty()).then_some(ip)
-    })
+    let selector = format!("tickflow.io/instance={instance}");
+    wait_for_or_explain(
+        "a Running pod with an IP",
+        Duration::from_secs(120),
+        || {
+            let ip = kc(&[
+                "get",
+                "pods",
+                "-n",
+                ns,
+                "-l",
+                &selector,
+                "-o",
+                "jsonpath={.items[*].status.podIP}",
+            ]);
+            (!ip.is_empty()).then_some(ip)
+        },
+        || {
+            let show = |args: &[&str]| {
+                let out = kubectl(args);
+                String::from_utf8_lossy(&[out.stdout, out.stderr].concat()).into_owned()
+            };
+            let pods = show(&["get", "pods,pvc", "-n", ns, "-o", "wide"]);
+            let events = show(&["get", "events", "-n", ns, "--sort-by=.lastTimestamp"]);
+            format!("{pods}\n{events}")
+        },
+    )
 }
 
 #[test]

@@ -367,10 +367,16 @@ struct QueryArgs {
     decode_threads: Option<usize>,
     #[command(flatten)]
     kafka: KafkaArgs,
-    /// Query name: the consumer group and transactional id are tickflow-<name>
-    /// (default: the SQL file name).
+    /// Query name: the consumer group and transactional id are tickflow-<name>,
+    /// and its row in the PostgreSQL offsets table (default: the SQL file name).
     #[arg(long, env = "TICKFLOW_QUERY_NAME")]
     name: Option<String>,
+    /// PostgreSQL (or TimescaleDB) for STREAM=postgres:TABLE outputs:
+    /// postgres://USER@HOST:PORT/DB?sslmode=disable or libpq key=value
+    /// pairs. The password comes from TICKFLOW_POSTGRES_PASSWORD (a Secret),
+    /// not from here.
+    #[arg(long, env = "TICKFLOW_POSTGRES_URL")]
+    postgres_url: Option<String>,
     #[arg(
         long,
         env = "TICKFLOW_INPUT_FORMAT",
@@ -445,6 +451,23 @@ struct QueryArgs {
 }
 
 impl QueryArgs {
+    /// `--name`, or the SQL file's name.
+    fn query_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            self.sql
+                .file_stem()
+                .map_or("query".into(), |s| s.to_string_lossy().replace('_', "-"))
+        })
+    }
+
+    /// Where PostgreSQL outputs go, with the password from the environment.
+    fn postgres(&self) -> Option<tickflow_worker::sink::postgres::PostgresConnection> {
+        Some(tickflow_worker::sink::postgres::PostgresConnection {
+            url: self.postgres_url.clone()?,
+            password: std::env::var("TICKFLOW_POSTGRES_PASSWORD").ok(),
+        })
+    }
+
     fn event_time_bounds(&self) -> tickflow_worker::engine::EventTimeBounds {
         tickflow_worker::engine::EventTimeBounds {
             min_ms: self.min_event_time,
@@ -524,6 +547,7 @@ fn run_kafka_query(a: QueryArgs, sql: String) -> anyhow::Result<()> {
             "no inputs: give --input TABLE=PATH for a replay, or --brokers HOST:PORT (KAFKA_BROKERS) to read Kafka"
         );
     };
+    let name = a.query_name();
     let Some(checkpoint_dir) = a.checkpoint_dir else {
         anyhow::bail!(
             "a Kafka query needs --checkpoint-dir (TICKFLOW_CHECKPOINT_DIR): exactly-once output depends on it"
@@ -537,11 +561,6 @@ fn run_kafka_query(a: QueryArgs, sql: String) -> anyhow::Result<()> {
             .ok_or_else(|| anyhow::anyhow!("{name}={s}: expected kafka:TOPIC"))?;
         Ok((name, topic.to_string()))
     };
-    let name = a.name.clone().unwrap_or_else(|| {
-        a.sql
-            .file_stem()
-            .map_or("query".into(), |s| s.to_string_lossy().replace('_', "-"))
-    });
     let status = StatusHandle::new(&name);
     status.set_stall_limit(a.liveness_timeout.max(a.transaction_stall_timeout * 2));
     if let Some(addr) = a.http_addr {
@@ -745,6 +764,8 @@ fn run(command: Command) -> anyhow::Result<()> {
                 );
             }
             let mut opts = query::QueryOptions::new(sql, a.sql.display().to_string());
+            opts.postgres = a.postgres();
+            opts.name = a.query_name();
             opts.inputs = a.inputs;
             opts.outputs = a.outputs;
             opts.output_dir = a.output_dir;

@@ -66,6 +66,12 @@ pub struct StreamPlan {
     /// Output columns that identify a result row's group (the GROUP BY
     /// keys; the input's key columns a stateless stream passes through).
     pub key_columns: Vec<String>,
+    /// Output columns that identify one result row, where the stream has
+    /// them: a windowed aggregate's `window_start` and GROUP BY keys (all
+    /// projected), an updating stream's key (empty: one row). `None`: rows
+    /// are appended (several may share their key columns). Sinks that
+    /// upsert key their tables by it.
+    pub row_key: Option<Vec<String>>,
     /// The stream's rows as an input of later streams, or why later
     /// streams cannot read them.
     pub as_input: Result<SourceDef, String>,
@@ -480,16 +486,34 @@ fn plan_stream(def: &StreamDef, scope: &Scope) -> Result<StreamPlan, EngineError
     .filter(|c| output_schema.index_of(c).is_ok())
     .collect();
     let as_input = as_input(def, &kind, emit, source, &output_schema, &key_columns);
+    let row_key = row_key(&kind, &output_schema, &key_columns);
     Ok(StreamPlan {
         name: def.name.clone(),
         inputs,
         emit,
         output_schema,
         key_columns,
+        row_key,
         as_input,
         fingerprint,
         kind,
     })
+}
+
+/// See [`StreamPlan::row_key`].
+fn row_key(kind: &StreamKind, output: &Schema, key_columns: &[String]) -> Option<Vec<String>> {
+    match kind {
+        k if k.is_updating() => Some(key_columns.to_vec()),
+        StreamKind::Windowed(w) => {
+            let all_keys_projected = w.key_fields.len() == key_columns.len();
+            (all_keys_projected && output.index_of(WINDOW_START).is_ok()).then(|| {
+                std::iter::once(WINDOW_START.to_string())
+                    .chain(key_columns.iter().filter(|k| *k != WINDOW_START).cloned())
+                    .collect()
+            })
+        }
+        _ => None,
+    }
 }
 
 impl StreamKind {
@@ -2061,6 +2085,30 @@ mod tests {
         let size = p[1].output_schema.field_with_name("size").unwrap();
         assert_eq!(size.data_type(), &DataType::Int64);
         assert_eq!(p[1].as_input.as_ref().unwrap().event_time, "ts");
+    }
+
+    #[test]
+    fn a_row_key_exists_only_where_it_identifies_one_result_row() {
+        let p = plan(
+            "CREATE STREAM bars AS SELECT symbol, MAX(price) AS high FROM market_ticks \
+             GROUP BY symbol, TUMBLE(ts, INTERVAL '5' SECOND) EMIT ON WINDOW CLOSE;\n\
+             CREATE STREAM counts AS SELECT COUNT(*) AS n FROM market_ticks \
+             GROUP BY symbol, TUMBLE(ts, INTERVAL '5' SECOND) EMIT ON WINDOW CLOSE;\n\
+             CREATE STREAM latest AS SELECT symbol, LAST_VALUE(price) AS price FROM market_ticks GROUP BY symbol;\n\
+             CREATE STREAM total AS SELECT COUNT(*) AS n FROM market_ticks;\n\
+             CREATE STREAM big AS SELECT symbol, price FROM market_ticks WHERE volume > 100;",
+        )
+        .unwrap();
+        let key = |name: &str| p.iter().find(|s| s.name == name).unwrap().row_key.clone();
+        assert_eq!(
+            key("bars"),
+            Some(vec!["window_start".into(), "symbol".into()])
+        );
+        // The group key is not an output column: rows of a window share the key.
+        assert_eq!(key("counts"), None);
+        assert_eq!(key("latest"), Some(vec!["symbol".into()]));
+        assert_eq!(key("total"), Some(vec![]), "one row");
+        assert_eq!(key("big"), None, "row by row: appended");
     }
 
     #[test]

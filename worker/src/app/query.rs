@@ -17,9 +17,12 @@ use anyhow::bail;
 
 use crate::checkpoint::CheckpointStore;
 use crate::engine::{Catalog, EngineConfig, EventTimeBounds, Pipeline};
+use crate::runner::Sink;
 use crate::runner::{Progress, RowKind, RunError, RunOptions, RunSummary, Runner};
 use crate::runtime::StatusHandle;
+use crate::sink::epochs::FreshStart;
 use crate::sink::file::{FileContent, FileOutput, FileOutputs, dead_letter_schema};
+use crate::sink::postgres::{self, PostgresConnection, PostgresOutput, PostgresTarget};
 use crate::source::file::FileInputs;
 
 /// Options of a replay run.
@@ -50,6 +53,10 @@ pub struct QueryOptions {
     pub decode_threads: Option<usize>,
     pub allowed_lateness: Duration,
     pub event_time_bounds: EventTimeBounds,
+    /// Where `STREAM=postgres:TABLE` outputs go.
+    pub postgres: Option<PostgresConnection>,
+    /// The query's name (its row in the PostgreSQL offsets table).
+    pub name: String,
     /// Set by SIGTERM: take a final checkpoint and stop.
     pub stop: Arc<AtomicBool>,
 }
@@ -72,6 +79,8 @@ impl QueryOptions {
             decode_threads: None,
             allowed_lateness: Duration::from_secs(1),
             event_time_bounds: EventTimeBounds::default(),
+            postgres: None,
+            name: "query".into(),
             stop: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -90,21 +99,34 @@ pub fn run_query(opts: &QueryOptions) -> Result<RunSummary, RunError> {
     })?;
     let inputs = inputs(opts, &pipeline).map_err(RunError::Setup)?;
     let outputs = outputs(opts, &pipeline).map_err(RunError::Setup)?;
-    let store = match &opts.checkpoint_dir {
+    let tables = postgres_targets(opts, &pipeline).map_err(RunError::Setup)?;
+    let mut store = match &opts.checkpoint_dir {
         Some(dir) => Some(CheckpointStore::open(dir, opts.checkpoints_to_keep)?),
         None => None,
     };
+    let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(FileOutputs::new(outputs))];
+    if !tables.is_empty() {
+        let (Some(connection), Some(store)) = (&opts.postgres, &mut store) else {
+            return Err(RunError::Setup(anyhow::anyhow!(
+                "PostgreSQL outputs need --postgres-url (TICKFLOW_POSTGRES_URL) and --checkpoint-dir: exactly-once output depends on both"
+            )));
+        };
+        if opts.start_fresh {
+            store.start_over()?;
+        }
+        sinks.push(Box::new(PostgresOutput::new(
+            connection.clone(),
+            opts.name.clone(),
+            tables,
+            store.lineage().to_string(),
+            FreshStart::from(opts.start_fresh),
+        )));
+    }
     let mut run_opts = RunOptions::new(Arc::clone(&opts.stop), StatusHandle::new("replay"));
     run_opts.checkpoint_interval = opts.checkpoint_interval;
     run_opts.start_fresh = opts.start_fresh;
     run_opts.max_batch_records = opts.batch_size;
-    let mut runner = Runner::new(
-        pipeline,
-        vec![Box::new(inputs)],
-        vec![Box::new(FileOutputs::new(outputs))],
-        store,
-        run_opts,
-    );
+    let mut runner = Runner::new(pipeline, vec![Box::new(inputs)], sinks, store, run_opts);
     runner.run(&mut Progress::default(), None)
 }
 
@@ -142,6 +164,36 @@ fn inputs(opts: &QueryOptions, pipeline: &Pipeline) -> anyhow::Result<FileInputs
     Ok(FileInputs::open(files, opts.batch_size, decoders)?)
 }
 
+/// The `STREAM=postgres:TABLE` outputs.
+fn postgres_targets(
+    opts: &QueryOptions,
+    pipeline: &Pipeline,
+) -> anyhow::Result<Vec<PostgresTarget>> {
+    let mut targets: Vec<PostgresTarget> = Vec::new();
+    for (name, binding) in &opts.outputs {
+        let Some(table) = postgres::bound_table(binding) else {
+            continue;
+        };
+        let stream = pipeline
+            .streams()
+            .iter()
+            .find(|s| &s.name == name)
+            .expect("output names checked");
+        let target = PostgresTarget::for_stream(stream, &table).map_err(anyhow::Error::msg)?;
+        if let Some(other) = targets
+            .iter()
+            .find(|t| t.spec.qualified() == target.spec.qualified())
+        {
+            bail!(
+                "--output {name}=postgres:{table}: stream `{}` writes that table already",
+                other.spec.stream
+            );
+        }
+        targets.push(target);
+    }
+    Ok(targets)
+}
+
 /// One output file per stream, plus late-row and dead-letter files.
 fn outputs(opts: &QueryOptions, pipeline: &Pipeline) -> anyhow::Result<Vec<FileOutput>> {
     pipeline.check_stream_names(
@@ -154,6 +206,7 @@ fn outputs(opts: &QueryOptions, pipeline: &Pipeline) -> anyhow::Result<Vec<FileO
     let mut outputs = Vec::new();
     for s in streams {
         let path = match opts.outputs.iter().find(|(n, _)| n == &s.name) {
+            Some((_, p)) if postgres::bound_table(p).is_some() => continue,
             Some((_, p)) => p.clone(),
             // A stream other streams read gets a file only where bound.
             None if s.intermediate => continue,

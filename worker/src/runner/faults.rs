@@ -5,7 +5,8 @@
 //! - `TICKFLOW_CRASH_AT=POINT:N` aborts the process (like `kill -9`) at
 //!   POINT (`before-checkpoint`, `after-checkpoint`, `after-commit`) of this
 //!   process's N-th checkpoint, so the dangerous moments are hit
-//!   deterministically.
+//!   deterministically; `postgres-before-commit` is inside the PostgreSQL
+//!   sink's N-th commit transaction, after its rows, before COMMIT.
 //! - `TICKFLOW_STALL_AT=POINT:N` makes the commit of the N-th checkpoint
 //!   misbehave, once: `commit` hangs before it reaches the broker,
 //!   `after-commit` hangs once it is done, `commit-timeout` makes its

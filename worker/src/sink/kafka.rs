@@ -27,7 +27,10 @@ use crate::runner::{
     CommitDelays, ConnectorError, DeadLetter, Positions, RestoredSink, Routes, RowKind, Sink,
     SinkCheckpoint,
 };
+use crate::sink::epochs::{Committed, Recovery, recovery};
 use crate::sink::pending::{Pending, PendingRecord};
+
+pub use crate::sink::epochs::FreshStart;
 
 /// Name of the Kafka source whose positions this sink commits.
 const KAFKA_SOURCE: &str = "kafka";
@@ -1041,148 +1044,17 @@ fn cap(bytes: &[u8], max: usize) -> (Vec<u8>, bool) {
     (bytes[..bytes.len().min(max)].to_vec(), bytes.len() > max)
 }
 
-/// The epoch (and lineage) the group's offsets were last committed with.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Committed {
-    pub epoch: u64,
-    /// `None` for offsets committed by a worker that wrote no lineage.
-    pub lineage: Option<String>,
-}
-
-impl Committed {
-    fn parse(metadata: &str) -> Option<Self> {
-        let rest = metadata.strip_prefix(EPOCH_TAG)?;
-        let (epoch, lineage) = match rest.split_once(LINEAGE_TAG) {
-            Some((e, l)) => (e, Some(l.to_string())),
-            None => (rest, None),
-        };
-        Some(Self {
-            epoch: epoch.parse().ok()?,
-            lineage,
-        })
-    }
-
-    fn describe(&self) -> String {
-        match &self.lineage {
-            Some(l) => format!("epoch {} of checkpoint lineage {l}", self.epoch),
-            None => format!("epoch {}", self.epoch),
-        }
-    }
-}
-
-/// What a restart does about the restored epoch's output.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Recovery {
-    /// Its transaction committed (or nothing was restored): carry on.
-    Continue,
-    /// The checkpoint was written but its transaction never committed: send
-    /// its records again and commit them.
-    Resend,
-}
-
-/// The one decision of a restart (docs/exactly-once.md), from the restored
-/// checkpoint's epoch (`None`: nothing restored), what the group last
-/// committed, and this directory's lineage. Anything but "committed the
-/// restored epoch or the one before it, from this directory" is refused:
-///
-/// - committed *ahead* of the restored epoch: that epoch's output is in
-///   Kafka already and restoring the older state would write it again (a
-///   second worker on the directory, or a newer checkpoint that did not read
-///   back and whose epoch had committed);
-/// - committed by another lineage: the directory is stale (a reverted
-///   stateless revision, a copied volume) and the output has moved on;
-/// - nothing restored while the group holds offsets of an epoch: the
-///   checkpoints were lost (PVC lost, resource re-created under the same
-///   name); starting would re-read from `--start-from`. Allowed with
-///   `fresh_start_allowed` (`--start-fresh`), and for this directory's own
-///   first start (epoch 0 of its lineage, nothing written yet).
-pub fn recovery(
-    restored: Option<u64>,
-    committed: Option<&Committed>,
-    lineage: &str,
-    fresh_start_allowed: impl Into<FreshStart>,
-) -> Result<Recovery, String> {
-    let fresh = fresh_start_allowed.into();
-    let ours = |c: &Committed| c.lineage.as_deref().is_none_or(|l| l == lineage);
-    let Some(restored) = restored else {
-        return match committed {
-            None => Ok(Recovery::Continue),
-            // Epoch 0 is the empty transaction of a start: nothing was written.
-            Some(c) if c.epoch == 0 => Ok(Recovery::Continue),
-            Some(_) if fresh == FreshStart::Always => Ok(Recovery::Continue),
-            // A new stateless revision after the previous one's epochs; but
-            // epochs of this very directory mean its checkpoints were lost.
-            Some(c)
-                if fresh == FreshStart::IfAnotherLineage
-                    && c.lineage.as_deref() != Some(lineage) =>
-            {
-                Ok(Recovery::Continue)
-            }
-            Some(c) => Err(format!(
-                "its offsets were committed by {}, but the checkpoint directory holds no \
-                 checkpoint (a lost volume, or the query re-created under the same name). \
-                 Starting here would read the input again from --start-from and write its \
-                 output twice (or skip some). Restore the checkpoint directory, or start over \
-                 on purpose with --start-fresh",
-                c.describe()
-            )),
-        };
+/// The epoch tag of a committed offset's metadata, if it has one.
+fn parse_epoch_tag(metadata: &str) -> Option<Committed> {
+    let rest = metadata.strip_prefix(EPOCH_TAG)?;
+    let (epoch, lineage) = match rest.split_once(LINEAGE_TAG) {
+        Some((e, l)) => (e, Some(l.to_string())),
+        None => (rest, None),
     };
-    let Some(c) = committed else {
-        return Err(format!(
-            "it holds no committed offsets, so whether epoch {restored} of the restored \
-             checkpoint was committed cannot be told (the offsets expired after the broker's \
-             offsets.retention.minutes, or were deleted). Refusing rather than risk writing that \
-             epoch twice or not at all; start over with --start-fresh"
-        ));
-    };
-    if !ours(c) {
-        return Err(format!(
-            "its offsets were committed by {}, not by this checkpoint directory (lineage \
-             {lineage}, restored epoch {restored}): the directory is stale (a reverted \
-             stateless revision, or a copy) and the output has moved past it. Remove the \
-             directory or start over with --start-fresh",
-            c.describe()
-        ));
-    }
-    match c.epoch {
-        e if e == restored => Ok(Recovery::Continue),
-        e if e + 1 == restored => Ok(Recovery::Resend),
-        e if e > restored => Err(format!(
-            "its offsets were committed by {}, after the restored checkpoint {restored}: that \
-             output is in Kafka already and restoring the older state would write it again. \
-             Either a newer checkpoint did not read back (see the warnings above; it was set \
-             aside as chk-<id>.unreadable) or another worker wrote to this group. Restore the \
-             newer checkpoint, or start over with --start-fresh",
-            c.describe()
-        )),
-        _ => Err(format!(
-            "its offsets were committed by {}, more than one epoch before the restored \
-             checkpoint {restored}: the checkpoint does not belong to this group's history. \
-             Start over with --start-fresh",
-            c.describe()
-        )),
-    }
-}
-
-/// When a run that restored nothing may start although the group holds
-/// committed offsets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FreshStart {
-    /// Never: the checkpoints were lost.
-    Never,
-    /// When the offsets were committed by another checkpoint directory
-    /// (`--start-fresh-if-no-checkpoint`: a stateless upgrade's new
-    /// revision), never after this directory's own epochs.
-    IfAnotherLineage,
-    /// Always (`--start-fresh`).
-    Always,
-}
-
-impl From<bool> for FreshStart {
-    fn from(always: bool) -> Self {
-        if always { Self::Always } else { Self::Never }
-    }
+    Some(Committed {
+        epoch: epoch.parse().ok()?,
+        lineage,
+    })
 }
 
 /// The epoch of the offsets last committed for these partitions, if any.
@@ -1229,7 +1101,7 @@ fn committed_epoch(
                 e.partition()
             )));
         }
-        if let Some(tag) = Committed::parse(e.metadata())
+        if let Some(tag) = parse_epoch_tag(e.metadata())
             && last.as_ref().is_none_or(|l| tag.epoch > l.epoch)
         {
             last = Some(tag);
@@ -1247,77 +1119,20 @@ mod tests {
         let tpl = tagged_offsets(&Offsets::from([(("t".into(), 0), 5)]), 7, "abc").unwrap();
         let md = tpl.elements()[0].metadata().to_string();
         assert_eq!(
-            Committed::parse(&md),
+            parse_epoch_tag(&md),
             Some(Committed {
                 epoch: 7,
                 lineage: Some("abc".into())
             })
         );
         assert_eq!(
-            Committed::parse("tickflow-epoch=3"),
+            parse_epoch_tag("tickflow-epoch=3"),
             Some(Committed {
                 epoch: 3,
                 lineage: None
             })
         );
-        assert_eq!(Committed::parse("something else"), None);
-    }
-
-    #[test]
-    fn a_restart_accepts_only_the_restored_epoch_or_the_one_before_from_its_own_lineage() {
-        let c = |epoch, lineage: Option<&str>| Committed {
-            epoch,
-            lineage: lineage.map(str::to_string),
-        };
-        let ours = Some("L");
-        // The normal cases.
-        assert_eq!(
-            recovery(Some(5), Some(&c(5, ours)), "L", false),
-            Ok(Recovery::Continue)
-        );
-        assert_eq!(
-            recovery(Some(5), Some(&c(4, ours)), "L", false),
-            Ok(Recovery::Resend)
-        );
-        assert_eq!(
-            recovery(Some(5), Some(&c(4, None)), "L", false),
-            Ok(Recovery::Resend)
-        );
-        assert_eq!(recovery(None, None, "L", false), Ok(Recovery::Continue));
-        assert_eq!(
-            recovery(None, Some(&c(0, Some("M"))), "L", false),
-            Ok(Recovery::Continue)
-        );
-        // Committed ahead (a second worker, a newer checkpoint unreadable).
-        let e = recovery(Some(5), Some(&c(6, ours)), "L", false).unwrap_err();
-        assert!(e.contains("after the restored checkpoint 5"), "{e}");
-        assert!(recovery(Some(5), Some(&c(6, ours)), "L", true).is_err());
-        // Behind by more than one, another lineage, nothing committed.
-        assert!(recovery(Some(5), Some(&c(3, ours)), "L", false).is_err());
-        let e = recovery(Some(5), Some(&c(5, Some("M"))), "L", false).unwrap_err();
-        assert!(e.contains("stale"), "{e}");
-        assert!(recovery(Some(5), None, "L", false).is_err());
-        // No checkpoint while the group holds an epoch: refused unless fresh.
-        let e = recovery(None, Some(&c(9, Some("M"))), "L", false).unwrap_err();
-        assert!(e.contains("--start-fresh"), "{e}");
-        assert!(recovery(None, Some(&c(9, ours)), "L", false).is_err());
-        assert_eq!(
-            recovery(None, Some(&c(9, Some("M"))), "L", true),
-            Ok(Recovery::Continue)
-        );
-        // A stateless revision starts over another directory's epochs, never
-        // over its own: those mean its checkpoints were lost.
-        let if_other = FreshStart::IfAnotherLineage;
-        assert_eq!(
-            recovery(None, Some(&c(9, Some("M"))), "L", if_other),
-            Ok(Recovery::Continue)
-        );
-        assert_eq!(
-            recovery(None, Some(&c(9, None)), "L", if_other),
-            Ok(Recovery::Continue),
-            "an untagged (older release's) epoch is another history"
-        );
-        assert!(recovery(None, Some(&c(9, ours)), "L", if_other).is_err());
+        assert_eq!(parse_epoch_tag("something else"), None);
     }
 
     #[test]
