@@ -144,6 +144,8 @@ fn query_options(
         input_format: ValueFormat::Avro,
         outputs: BTreeMap::from([(query.to_string(), format!("{name}-out"))]),
         late_outputs: BTreeMap::new(),
+        postgres_outputs: BTreeMap::new(),
+        postgres: None,
         output_format: ValueFormat::Avro,
         dead_letter_topic: Some(format!("{name}-dlq")),
         output_partitions: PARTITIONS,

@@ -22,6 +22,7 @@ use tickflow_worker::runtime::{StatusHandle, WorkerState, http};
 use tickflow_worker::simulator::nexmark::{NexmarkConfig, NexmarkTable};
 use tickflow_worker::simulator::{BurstConfig, SimConfig};
 use tickflow_worker::sink::kafka::ProducerTuning;
+use tickflow_worker::sink::postgres;
 use tickflow_worker::source::kafka::{OnOutOfRange, StartFrom};
 
 #[derive(Parser)]
@@ -461,8 +462,8 @@ impl QueryArgs {
     }
 
     /// Where PostgreSQL outputs go, with the password from the environment.
-    fn postgres(&self) -> Option<tickflow_worker::sink::postgres::PostgresConnection> {
-        Some(tickflow_worker::sink::postgres::PostgresConnection {
+    fn postgres(&self) -> Option<postgres::PostgresConnection> {
+        Some(postgres::PostgresConnection {
             url: self.postgres_url.clone()?,
             password: std::env::var("TICKFLOW_POSTGRES_PASSWORD").ok(),
         })
@@ -548,6 +549,7 @@ fn run_kafka_query(a: QueryArgs, sql: String) -> anyhow::Result<()> {
         );
     };
     let name = a.query_name();
+    let postgres = a.postgres();
     let Some(checkpoint_dir) = a.checkpoint_dir else {
         anyhow::bail!(
             "a Kafka query needs --checkpoint-dir (TICKFLOW_CHECKPOINT_DIR): exactly-once output depends on it"
@@ -576,9 +578,16 @@ fn run_kafka_query(a: QueryArgs, sql: String) -> anyhow::Result<()> {
             .into_iter()
             .map(topic_of)
             .collect::<anyhow::Result<_>>()?,
+        postgres,
+        postgres_outputs: a
+            .outputs
+            .iter()
+            .filter_map(|(s, p)| Some((s.clone(), postgres::bound_table(p)?)))
+            .collect(),
         outputs: a
             .outputs
             .into_iter()
+            .filter(|(_, p)| postgres::bound_table(p).is_none())
             .map(topic_of)
             .collect::<anyhow::Result<_>>()?,
         late_outputs: a

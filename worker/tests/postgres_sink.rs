@@ -5,11 +5,14 @@
 //! bad credentials and an unreachable server fail with one clear message.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
+use postgres_common::{client, server};
 use serde_json::Value;
+
+mod postgres_common;
 
 /// A windowed aggregate (keyed by window and symbol), an updating
 /// aggregate whose HAVING keeps deleting and re-inserting keys, a global
@@ -43,10 +46,6 @@ fn worker() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tickflow-worker"))
 }
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 fn ok(out: Output) -> String {
     assert!(
         out.status.success(),
@@ -56,46 +55,6 @@ fn ok(out: Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
-}
-
-/// The test server's URL and password (started once per test binary).
-struct Server {
-    url: String,
-    password: String,
-}
-
-fn server() -> &'static Server {
-    static SERVER: OnceLock<Server> = OnceLock::new();
-    SERVER.get_or_init(|| {
-        let script = repo().join("tests/postgres/postgres.sh");
-        ok(Command::new("bash")
-            .arg(&script)
-            .arg("start")
-            .output()
-            .unwrap());
-        let env = ok(Command::new("bash")
-            .arg(&script)
-            .arg("env")
-            .output()
-            .unwrap());
-        let var = |name: &str| {
-            env.lines()
-                .find_map(|l| l.strip_prefix(&format!("export {name}=")))
-                .unwrap_or_else(|| panic!("{name} in {env}"))
-                .to_string()
-        };
-        Server {
-            url: var("TICKFLOW_TEST_PG_URL"),
-            password: var("TICKFLOW_TEST_PG_PASSWORD"),
-        }
-    })
-}
-
-fn client() -> postgres::Client {
-    let s = server();
-    let mut config: postgres::Config = s.url.parse().unwrap();
-    config.password(&s.password);
-    config.connect(postgres::NoTls).unwrap()
 }
 
 /// Replay files of the simulator (ticks and orders), made once.

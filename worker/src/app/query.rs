@@ -169,29 +169,12 @@ fn postgres_targets(
     opts: &QueryOptions,
     pipeline: &Pipeline,
 ) -> anyhow::Result<Vec<PostgresTarget>> {
-    let mut targets: Vec<PostgresTarget> = Vec::new();
-    for (name, binding) in &opts.outputs {
-        let Some(table) = postgres::bound_table(binding) else {
-            continue;
-        };
-        let stream = pipeline
-            .streams()
-            .iter()
-            .find(|s| &s.name == name)
-            .expect("output names checked");
-        let target = PostgresTarget::for_stream(stream, &table).map_err(anyhow::Error::msg)?;
-        if let Some(other) = targets
-            .iter()
-            .find(|t| t.spec.qualified() == target.spec.qualified())
-        {
-            bail!(
-                "--output {name}=postgres:{table}: stream `{}` writes that table already",
-                other.spec.stream
-            );
-        }
-        targets.push(target);
-    }
-    Ok(targets)
+    let bindings: Vec<(String, String)> = opts
+        .outputs
+        .iter()
+        .filter_map(|(stream, p)| Some((stream.clone(), postgres::bound_table(p)?)))
+        .collect();
+    postgres::targets(pipeline, bindings.iter().map(|(s, t)| (s, t))).map_err(anyhow::Error::msg)
 }
 
 /// One output file per stream, plus late-row and dead-letter files.

@@ -21,10 +21,12 @@ use crate::codec::records::ValueFormat;
 use crate::engine::{Catalog, EngineConfig, EventTimeBounds, Pipeline};
 use crate::kafka::{KafkaConfig, RegistryClient};
 use crate::memory::BufferSizes;
+use crate::runner::Sink;
 use crate::runner::failover::{AttemptStart, FailoverPolicy, run_with_failover};
 use crate::runner::{Progress, RunError, RunOptions, RunSummary, Runner};
 use crate::runtime::StatusHandle;
 use crate::sink::kafka::{FreshStart, KafkaOutput, ProducerTuning};
+use crate::sink::postgres::{self, PostgresConnection, PostgresOutput};
 use crate::source::kafka::{KafkaInput, OnOutOfRange, StartFrom};
 
 /// Options of a Kafka query run.
@@ -41,6 +43,10 @@ pub struct KafkaQueryOptions {
     pub input_format: ValueFormat,
     /// Stream → topic (default: the stream name with `_` → `-`).
     pub outputs: BTreeMap<String, String>,
+    /// Stream → PostgreSQL table (`STREAM=postgres:TABLE`); such a stream
+    /// writes no topic unless bound to one as well.
+    pub postgres_outputs: BTreeMap<String, String>,
+    pub postgres: Option<PostgresConnection>,
     /// Stream → topic for late source rows.
     pub late_outputs: BTreeMap<String, String>,
     pub output_format: ValueFormat,
@@ -125,6 +131,8 @@ fn run_attempt(
     let bindings = setup::bindings(opts, &pipeline).map_err(RunError::Setup)?;
     setup::check_declared_avro_tables(opts, &pipeline, &bindings).map_err(RunError::Setup)?;
     let outputs = setup::outputs(opts, &pipeline).map_err(RunError::Setup)?;
+    let tables = postgres::targets(&pipeline, &opts.postgres_outputs)
+        .map_err(|e| RunError::Setup(anyhow::Error::msg(e)))?;
     let group = format!("tickflow-{}", opts.name);
     // The directory's lock first: a second worker stops here.
     let mut store = CheckpointStore::open(&opts.checkpoint_dir, opts.checkpoints_to_keep)?;
@@ -136,21 +144,36 @@ fn run_attempt(
             "starting fresh: checkpoints deleted, new lineage"
         );
     }
-    let sink = KafkaOutput::new(
+    let fresh_start = if start.start_fresh {
+        FreshStart::Always
+    } else if opts.start_fresh_if_no_checkpoint {
+        FreshStart::IfAnotherLineage
+    } else {
+        FreshStart::Never
+    };
+    let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(KafkaOutput::new(
         opts.kafka.clone(),
         group.clone(),
         outputs,
         opts.dead_letter_topic.clone(),
         opts.tuning.clone(),
         store.lineage().to_string(),
-        if start.start_fresh {
-            FreshStart::Always
-        } else if opts.start_fresh_if_no_checkpoint {
-            FreshStart::IfAnotherLineage
-        } else {
-            FreshStart::Never
-        },
-    );
+        fresh_start,
+    ))];
+    if !tables.is_empty() {
+        let connection = opts.postgres.clone().ok_or_else(|| {
+            RunError::Setup(anyhow::anyhow!(
+                "PostgreSQL outputs need --postgres-url (TICKFLOW_POSTGRES_URL)"
+            ))
+        })?;
+        sinks.push(Box::new(PostgresOutput::new(
+            connection,
+            opts.name.clone(),
+            tables,
+            store.lineage().to_string(),
+            fresh_start,
+        )));
+    }
     let source = KafkaInput::new(
         opts.kafka.clone(),
         group,
@@ -171,7 +194,7 @@ fn run_attempt(
     let mut runner = Runner::new(
         pipeline,
         vec![Box::new(source)],
-        vec![Box::new(sink)],
+        sinks,
         Some(store),
         run_opts,
     );

@@ -124,14 +124,20 @@ pub(super) fn outputs(
     opts: &KafkaQueryOptions,
     pipeline: &Pipeline,
 ) -> anyhow::Result<Vec<OutputTopic>> {
-    pipeline.check_stream_names(opts.outputs.keys().chain(opts.late_outputs.keys()))?;
+    pipeline.check_stream_names(
+        opts.outputs
+            .keys()
+            .chain(opts.late_outputs.keys())
+            .chain(opts.postgres_outputs.keys()),
+    )?;
     let streams = pipeline.streams();
     let mut outputs = Vec::new();
     for s in streams {
-        // A stream other streams read writes a topic only where bound.
+        // A stream other streams read, or one bound to a PostgreSQL table,
+        // writes a topic only where bound to one.
         let topic = match opts.outputs.get(&s.name) {
             Some(topic) => Some(topic.clone()),
-            None if s.intermediate => None,
+            None if s.intermediate || opts.postgres_outputs.contains_key(&s.name) => None,
             None => Some(output_topic(&s.name)),
         };
         if let Some(topic) = topic {

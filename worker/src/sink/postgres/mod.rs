@@ -122,6 +122,33 @@ impl PostgresTarget {
     }
 }
 
+/// The targets of `(stream, table)` bindings; a table takes one stream.
+pub fn targets<'a>(
+    pipeline: &crate::engine::Pipeline,
+    bindings: impl IntoIterator<Item = (&'a String, &'a String)>,
+) -> Result<Vec<PostgresTarget>, String> {
+    let mut targets: Vec<PostgresTarget> = Vec::new();
+    for (name, table) in bindings {
+        let stream = pipeline
+            .streams()
+            .iter()
+            .find(|s| &s.name == name)
+            .ok_or_else(|| format!("--output {name}=postgres:{table}: no stream `{name}`"))?;
+        let target = PostgresTarget::for_stream(stream, table)?;
+        if let Some(other) = targets
+            .iter()
+            .find(|t| t.spec.qualified() == target.spec.qualified())
+        {
+            return Err(format!(
+                "--output {name}=postgres:{table}: stream `{}` writes that table already",
+                other.spec.stream
+            ));
+        }
+        targets.push(target);
+    }
+    Ok(targets)
+}
+
 /// The prefix of a `--output STREAM=postgres:TABLE` binding.
 pub const BINDING_PREFIX: &str = "postgres:";
 

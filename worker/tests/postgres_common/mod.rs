@@ -1,0 +1,52 @@
+//! The test PostgreSQL server (tests/postgres/postgres.sh: Debian's
+//! postgresql-15 on loopback, password authentication), started on first
+//! use, and a client of it.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The test server's URL (no password) and the test user's password.
+pub struct Server {
+    pub url: String,
+    pub password: String,
+}
+
+pub fn server() -> &'static Server {
+    static SERVER: OnceLock<Server> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/postgres/postgres.sh");
+        let run = |command: &str| {
+            let out = Command::new("bash")
+                .arg(&script)
+                .arg(command)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "postgres.sh {command}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        run("start");
+        let env = run("env");
+        let var = |name: &str| {
+            env.lines()
+                .find_map(|l| l.strip_prefix(&format!("export {name}=")))
+                .unwrap_or_else(|| panic!("{name} in {env}"))
+                .to_string()
+        };
+        Server {
+            url: var("TICKFLOW_TEST_PG_URL"),
+            password: var("TICKFLOW_TEST_PG_PASSWORD"),
+        }
+    })
+}
+
+pub fn client() -> postgres::Client {
+    let s = server();
+    let mut config: postgres::Config = s.url.parse().unwrap();
+    config.password(&s.password);
+    config.connect(postgres::NoTls).unwrap()
+}
