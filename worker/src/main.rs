@@ -378,6 +378,10 @@ struct QueryArgs {
     /// not from here.
     #[arg(long, env = "TICKFLOW_POSTGRES_URL")]
     postgres_url: Option<String>,
+    /// File holding the PostgreSQL password (a mounted Secret); otherwise
+    /// TICKFLOW_POSTGRES_PASSWORD.
+    #[arg(long, env = "TICKFLOW_POSTGRES_PASSWORD_FILE")]
+    postgres_password_file: Option<PathBuf>,
     #[arg(
         long,
         env = "TICKFLOW_INPUT_FORMAT",
@@ -461,12 +465,18 @@ impl QueryArgs {
         })
     }
 
-    /// Where PostgreSQL outputs go, with the password from the environment.
-    fn postgres(&self) -> Option<postgres::PostgresConnection> {
-        Some(postgres::PostgresConnection {
-            url: self.postgres_url.clone()?,
-            password: std::env::var("TICKFLOW_POSTGRES_PASSWORD").ok(),
-        })
+    /// Where PostgreSQL outputs go, with the password from its file or the
+    /// environment.
+    fn postgres(&self) -> anyhow::Result<Option<postgres::PostgresConnection>> {
+        let Some(url) = self.postgres_url.clone() else {
+            return Ok(None);
+        };
+        let password =
+            KafkaArgs::secret("TICKFLOW_POSTGRES_PASSWORD", &self.postgres_password_file)?;
+        Ok(Some(postgres::PostgresConnection {
+            url,
+            password: password.map(|p| p.expose().to_string()),
+        }))
     }
 
     fn event_time_bounds(&self) -> tickflow_worker::engine::EventTimeBounds {
@@ -549,7 +559,7 @@ fn run_kafka_query(a: QueryArgs, sql: String) -> anyhow::Result<()> {
         );
     };
     let name = a.query_name();
-    let postgres = a.postgres();
+    let postgres = a.postgres()?;
     let Some(checkpoint_dir) = a.checkpoint_dir else {
         anyhow::bail!(
             "a Kafka query needs --checkpoint-dir (TICKFLOW_CHECKPOINT_DIR): exactly-once output depends on it"
@@ -773,7 +783,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 );
             }
             let mut opts = query::QueryOptions::new(sql, a.sql.display().to_string());
-            opts.postgres = a.postgres();
+            opts.postgres = a.postgres()?;
             opts.name = a.query_name();
             opts.inputs = a.inputs;
             opts.outputs = a.outputs;

@@ -269,8 +269,16 @@ fn tables_equal_the_file_replay_and_a_second_run_adds_nothing() {
     let epoch = committed_epoch("diff").expect("the epoch is recorded");
     assert!(epoch > 0, "{summary}");
     // A finished query run again restores its last checkpoint, which
-    // committed: nothing is written twice.
-    ok(query_into_postgres(dir.path(), "diff").output().unwrap());
+    // committed: nothing is written twice. (This time the password comes
+    // from a file, as a mounted Secret gives it.)
+    let password_file = dir.path().join("pg-password");
+    std::fs::write(&password_file, format!("{}\n", server().password)).unwrap();
+    ok(query_into_postgres(dir.path(), "diff")
+        .env_remove("TICKFLOW_POSTGRES_PASSWORD")
+        .arg("--postgres-password-file")
+        .arg(&password_file)
+        .output()
+        .unwrap());
     assert_tables_match_reference("diff");
 }
 
