@@ -96,7 +96,11 @@ fn a_kafka_query_killed_inside_its_commits_leaves_exactly_the_replays_rows_in_po
             "{point}: the run must crash there: {}\n{stderr}",
             crashed.status
         );
-        run_ok(&mut query(None));
+        let restart = query(None).output().unwrap();
+        let log = String::from_utf8_lossy(&restart.stderr);
+        assert!(restart.status.success(), "{point}: the restart: {log}");
+        // The crash left epoch 1 only in the checkpoint: the restart commits it.
+        assert!(log.contains("committed it now"), "{point}: {log}");
         assert_same_rows(
             &format!("ohlc_5s in PostgreSQL after a crash at {point}"),
             table_rows(&table),

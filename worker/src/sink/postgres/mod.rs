@@ -370,7 +370,12 @@ impl PostgresOutput {
 
     /// The epoch's tuples and positions, in one transaction (see the module
     /// documentation).
-    fn commit_epoch(&mut self, epoch: u64, positions: &Positions) -> Result<(), PgError> {
+    fn commit_epoch(
+        &mut self,
+        epoch: u64,
+        positions: &Positions,
+        nth: Option<u64>,
+    ) -> Result<(), PgError> {
         let positions = serde_json::to_string(positions).expect("JSON values serialize");
         let client = self.client.as_mut().expect("connected in start");
         let attempt = CommitAttempt {
@@ -378,7 +383,7 @@ impl PostgresOutput {
             lineage: &self.lineage,
             expected: self.committed.as_ref(),
             tables: &self.tables,
-            nth: self.commits + 1,
+            nth,
         };
         match attempt.run(client, epoch, &positions) {
             Ok(()) => {}
@@ -459,8 +464,9 @@ struct CommitAttempt<'a> {
     /// The fence: what must be committed for the query before this epoch.
     expected: Option<&'a Committed>,
     tables: &'a [TableOutput],
-    /// This process's commit count, for the crash point.
-    nth: u64,
+    /// Which of this process's epoch commits this is, for the crash point
+    /// (`None`: the commit of a start).
+    nth: Option<u64>,
 }
 
 impl CommitAttempt<'_> {
@@ -504,7 +510,9 @@ impl CommitAttempt<'_> {
                     .map_err(at(&format!("merging into {}", spec.qualified())))?;
             }
         }
-        faults::crash_point("postgres-before-commit", self.nth);
+        if let Some(nth) = self.nth {
+            faults::crash_point("postgres-before-commit", nth);
+        }
         let sql = format!(
             "INSERT INTO {OFFSETS_TABLE} (query, epoch, lineage, positions) \
              VALUES ($1, $2, $3, ($4::text)::jsonb) \
@@ -572,7 +580,7 @@ impl Sink for PostgresOutput {
         if let (Some(r), Recovery::Resend) = (restored, what) {
             self.restore_tuples(&r.state)
                 .map_err(|e| ConnectorError::fatal(anyhow::Error::msg(e)))?;
-            self.commit_epoch(r.epoch, positions)?;
+            self.commit_epoch(r.epoch, positions, None)?;
             tracing::warn!(
                 epoch = r.epoch,
                 "the restored epoch's PostgreSQL transaction had not committed: committed it now"
@@ -581,7 +589,7 @@ impl Sink for PostgresOutput {
         }
         // Record the start (restored epoch, or 0) under this lineage: a
         // no-op after a clean stop, and it claims the query for a fresh start.
-        self.commit_epoch(epoch.unwrap_or(0), positions)?;
+        self.commit_epoch(epoch.unwrap_or(0), positions, None)?;
         Ok(false)
     }
 
@@ -659,8 +667,8 @@ impl Sink for PostgresOutput {
     }
 
     fn commit(&mut self, epoch: u64, positions: &Positions) -> Result<(), ConnectorError> {
-        self.commit_epoch(epoch, positions)?;
         self.commits += 1;
+        self.commit_epoch(epoch, positions, Some(self.commits))?;
         Ok(())
     }
 
