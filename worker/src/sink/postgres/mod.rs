@@ -362,10 +362,7 @@ impl PostgresOutput {
         let query = self.query.clone();
         let row = self.client().query_opt(&sql, &[&query]);
         let row = row.map_err(|e| self.error("reading the committed epoch", &e))?;
-        Ok(row.map(|r| Committed {
-            epoch: r.get::<_, i64>(0) as u64,
-            lineage: Some(r.get(1)),
-        }))
+        Ok(row.as_ref().map(committed_from))
     }
 
     /// The epoch's tuples and positions, in one transaction (see the module
@@ -480,10 +477,8 @@ impl CommitAttempt<'_> {
         let found = tx
             .query_opt(&sql, &[&self.query])
             .map_err(at("reading the committed epoch"))?
-            .map(|r| Committed {
-                epoch: r.get::<_, i64>(0) as u64,
-                lineage: Some(r.get(1)),
-            });
+            .as_ref()
+            .map(committed_from);
         if found.as_ref() != self.expected {
             return Err(CommitFailure::Refused(fenced_message(
                 self.query,
@@ -535,6 +530,14 @@ fn fenced_message(query: &str, expected: Option<&Committed>, found: Option<&Comm
         show(expected),
         show(found)
     )
+}
+
+/// The committed epoch of a `SELECT epoch, lineage FROM tickflow_offsets` row.
+fn committed_from(row: &postgres::Row) -> Committed {
+    Committed {
+        epoch: row.get::<_, i64>(0) as u64,
+        lineage: Some(row.get(1)),
+    }
 }
 
 /// An error with its causes, for messages ("error connecting to server:
