@@ -55,19 +55,7 @@ fn a_kafka_query_killed_inside_its_commits_leaves_exactly_the_replays_rows_in_po
     let topics = Topics::new("pg-sink");
     let dir = tempfile::tempdir().unwrap();
     produce_both(&topics, 17, 20_000, "0s", dir.path());
-    let replay = dir.path().join("replay.jsonl");
-    run_ok(
-        worker()
-            .args(["query", "--sql"])
-            .arg(repo().join("sql/ohlc_5s.sql"))
-            .arg("--input")
-            .arg(format!(
-                "market_ticks={}",
-                dir.path().join("market-ticks.jsonl").display()
-            ))
-            .arg("--output")
-            .arg(format!("ohlc_5s={}", replay.display())),
-    );
+    let replay = replay_ohlc(dir.path());
     for point in ["after-checkpoint", "postgres-before-commit"] {
         let name = unique("pg-sink");
         let table = name.replace('-', "_");

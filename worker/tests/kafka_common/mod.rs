@@ -432,9 +432,9 @@ pub fn assert_same_rows(
     }
 }
 
-/// The ohlc_5s rows committed to `topic` are those of a file replay of
-/// `dir/market-ticks.jsonl`.
-pub fn assert_ohlc_matches_replay(topic: &str, dir: &Path) {
+/// Replays `dir/market-ticks.jsonl` through sql/ohlc_5s.sql into
+/// `dir/replay.jsonl`, the reference of the Kafka runs; returns its path.
+pub fn replay_ohlc(dir: &Path) -> std::path::PathBuf {
     let replay = dir.join("replay.jsonl");
     run_ok(
         worker()
@@ -448,6 +448,13 @@ pub fn assert_ohlc_matches_replay(topic: &str, dir: &Path) {
             .arg("--output")
             .arg(format!("ohlc_5s={}", replay.display())),
     );
+    replay
+}
+
+/// The ohlc_5s rows committed to `topic` are those of a file replay of
+/// `dir/market-ticks.jsonl`.
+pub fn assert_ohlc_matches_replay(topic: &str, dir: &Path) {
+    let replay = replay_ohlc(dir);
     assert_same_rows(
         "ohlc_5s",
         json_rows(&read_topic(&env().brokers, topic, true)),
