@@ -41,6 +41,8 @@ step "CRDs, chart, manifests and Argo CD health checks"
 python_bin="$(tests/python/setup.sh)"
 # Nothing else builds now: let the Go build use both cores.
 K8S_BUILD_PARALLEL="${K8S_BUILD_PARALLEL:-2}" tests/k8s/controlplane.sh install
+# Monitoring tests: promtool and the PromQL checker from the Prometheus Go module.
+MONITORING_BUILD_PARALLEL="${MONITORING_BUILD_PARALLEL:-2}" tests/monitoring/check.sh install
 "$python_bin" manifests/generate.py --check
 tests/helm/lint.sh
 tests/argocd/run.sh
@@ -60,6 +62,9 @@ tests/k8s/controlplane.sh start
 
 step "cargo test"
 cargo test --release --workspace "${features[@]}"
+
+step "monitoring: PrometheusRule (promtool check/test rules), CRD schemas, dashboards' PromQL against real /metrics"
+PYTHON="$python_bin" tests/monitoring/check.sh run
 
 step "Python interop tests (confluent-kafka against the worker's messages)"
 export TICKFLOW_WORKER_BIN="$CARGO_TARGET_DIR/release/tickflow-worker"
