@@ -11,20 +11,30 @@
 #     (`kubectl apply --dry-run=server`) against the prometheus-operator CRDs
 #     from the github.com/prometheus-operator/prometheus-operator module; a
 #     broken PodMonitor must be refused, to show the schemas are enforced.
-#  3. Every PromQL expression of the dashboards and rules parses with the same
+#  3. The market view's SQL (tests/monitoring/market_sql.py) runs against the
+#     tables the PostgreSQL sink writes from replays of sql/ohlc_5s.sql,
+#     trading_alerts.sql and risk_alerts.sql, and returns rows with the
+#     columns each panel reads.
+#  4. Every PromQL expression of the dashboards and rules parses with the same
 #     Prometheus module's parser and names only metrics and labels that real
 #     processes export: a producer and a Kafka query (sql/ohlc_5s.sql,
-#     checkpointing) of the release tickflow-worker and a tickflow-operator
-#     holding its Lease are started and their /metrics scraped
-#     (tests/monitoring/build/promqlcheck).
+#     checkpointing, fed a record that is not Avro and a tombstone) of the
+#     release tickflow-worker and a tickflow-operator holding its Lease and
+#     reconciling a StreamQuery and a MarketProducer are started and their
+#     /metrics scraped (tests/monitoring/build/promqlcheck).
+#  5. The PodMonitor's selector and relabelling, applied by Prometheus'
+#     relabel code to the pods the operator created (KWOK), select both
+#     workers and give their series namespace, pod, component and query or
+#     producer.
 #
 # Usage: tests/monitoring/check.sh [install|run]
 #   install  build promtool and promqlcheck into $TICKFLOW_CACHE/monitoring-<version>/bin
 #            and fetch the prometheus-operator module (CRDs); skips what is there
 #   run      (default) install, then all the checks. Needs the Kafka broker,
-#            the schema registry and the control plane running
+#            the schema registry, PostgreSQL and the control plane running
 #            (tests/kafka/kafka.sh, tests/schema_registry/registry.sh,
-#            tests/k8s/controlplane.sh start) and the release binaries in
+#            tests/postgres/postgres.sh, tests/k8s/controlplane.sh start) and
+#            the release binaries in
 #            $CARGO_TARGET_DIR/release (cargo build --release).
 # Settings: TICKFLOW_CACHE (default ~/.cache/tickflow), MONITORING_BUILD_PARALLEL
 # (go build -p and GOMAXPROCS, default 1), MONITORING_SCRAPE_TIMEOUT seconds
@@ -110,6 +120,7 @@ free_port() {
 }
 
 pids=()
+pg_tables=()
 work=""
 # alive PID: the process runs (an exited child stays a zombie until waited for).
 alive() {
@@ -135,6 +146,11 @@ cleanup_run() {
       -f "$(crd_dir)/monitoring.coreos.com_prometheusrules.yaml" \
       -f "$(crd_dir)/monitoring.coreos.com_servicemonitors.yaml" --ignore-not-found --wait=false >/dev/null 2>&1 || true
   fi
+  local t
+  for t in "${pg_tables[@]}"; do
+    PGPASSWORD="$TICKFLOW_TEST_PG_PASSWORD" "$TICKFLOW_TEST_PG_PSQL" "$TICKFLOW_TEST_PG_URL" -X -q \
+      -c "DROP TABLE IF EXISTS $t" >/dev/null 2>&1 || true
+  done
   [ -n "$work" ] && rm -rf "$work"
 }
 
@@ -151,6 +167,8 @@ run() {
   eval "$("$REPO/tests/k8s/controlplane.sh" env)"
   eval "$("$REPO/tests/kafka/kafka.sh" env)"
   eval "$("$REPO/tests/schema_registry/registry.sh" env)"
+  "$REPO/tests/postgres/postgres.sh" status >/dev/null || die "PostgreSQL is not running (tests/postgres/postgres.sh start)"
+  eval "$("$REPO/tests/postgres/postgres.sh" env)"
 
   work="$(mktemp -d "${TMPDIR:-/tmp}/tickflow-monitoring.XXXXXX")"
   trap cleanup_run EXIT
@@ -209,6 +227,7 @@ assert ep["port"] == "http" and ep["path"] == "/metrics", ep
 targets = {r["targetLabel"] for r in ep["relabelings"]}
 assert targets == {"namespace", "pod", "component", "query", "producer"}, targets
 json.dump(sorted(targets), open(os.path.join(out, "target-labels.json"), "w"))
+yaml.safe_dump(pm, open(os.path.join(out, "podmonitor.yaml"), "w"), sort_keys=False)
 assert len(kinds(on, "ServiceMonitor")) == 1
 
 # Dashboards: one ConfigMap per file, sidecar label, the JSON unchanged but the data source uid.
@@ -278,6 +297,10 @@ EOF
   done
   local ns
   for ns in tickflow tickflow-mon-a tickflow-mon-b tickflow-mon-op; do
+    # A previous run's namespace may still be terminating.
+    if [ "$("$KUBECTL" get namespace "$ns" -o jsonpath='{.status.phase}' 2>/dev/null)" = Terminating ]; then
+      "$KUBECTL" wait --for=delete "namespace/$ns" --timeout=180s >/dev/null
+    fi
     "$KUBECTL" get namespace "$ns" >/dev/null 2>&1 || "$KUBECTL" create namespace "$ns" >/dev/null
   done
   "$KUBECTL" apply --dry-run=server -f "$out/monitoring-objects.yaml"
@@ -301,6 +324,24 @@ EOF
     fi
     echo "    refused as expected ($bad): $(head -c 200 <<<"$err")"
   done
+
+  # -------------------------------------------------------------- market view SQL
+  step "the market view's SQL against the tables the PostgreSQL sink writes (5 minutes of simulated market data)"
+  local tid="mon_$$_$RANDOM"
+  pg_tables=("${tid}_ohlc_5s" "${tid}_alerts" "${tid}_risk_alerts")
+  "$worker" produce --duration 5m --output-dir "$work/data" --format jsonl >/dev/null 2>"$work/produce-files.log" \
+    || { cat "$work/produce-files.log" >&2; die "produce to files"; }
+  local ins=(--input "market_ticks=$work/data/market-ticks.jsonl" --input "order_events=$work/data/order-events.jsonl")
+  local spec sqlfile stream
+  for spec in ohlc_5s:ohlc_5s trading_alerts:alerts risk_alerts:risk_alerts; do
+    sqlfile="${spec%%:*}"; stream="${spec#*:}"
+    TICKFLOW_POSTGRES_PASSWORD="$TICKFLOW_TEST_PG_PASSWORD" "$worker" query --sql "$REPO/sql/$sqlfile.sql" "${ins[@]}" \
+      --name "$tid-$sqlfile" --output "$stream=postgres:${tid}_$stream" --postgres-url "$TICKFLOW_TEST_PG_URL" \
+      --checkpoint-dir "$work/pg-checkpoints/$sqlfile" >/dev/null 2>"$work/replay-$sqlfile.log" \
+      || { cat "$work/replay-$sqlfile.log" >&2; die "replay of sql/$sqlfile.sql into PostgreSQL"; }
+  done
+  PGPASSWORD="$TICKFLOW_TEST_PG_PASSWORD" "$PYTHON" "$HERE/market_sql.py" "$REPO/charts/tickflow/dashboards/tickflow-market.json" \
+    "$TICKFLOW_TEST_PG_PSQL" "$TICKFLOW_TEST_PG_URL" "${pg_tables[@]}"
 
   # -------------------------------------------------------------- scrape real processes
   step "scrape /metrics of a producer, a Kafka query and the operator"
@@ -336,7 +377,7 @@ assert p.flush(30) == 0, "records not delivered"
 EOF
   "$KUBECTL" apply --server-side -f "$REPO/charts/tickflow/crds/" >/dev/null
   "$KUBECTL" wait --for condition=established --timeout=60s crd/streamqueries.tickflow.io >/dev/null
-  "$KUBECTL" apply -n tickflow-mon-op -f "$REPO/manifests/streamquery.yaml" >/dev/null
+  "$KUBECTL" apply -n tickflow-mon-op -f "$REPO/manifests/streamquery.yaml" -f "$REPO/manifests/marketproducer.yaml" >/dev/null
 
   local dashboards=() f
   for f in "$REPO"/charts/tickflow/dashboards/*.json; do dashboards+=(-dashboard "$f"); done
@@ -374,6 +415,32 @@ EOF
     sleep 2
   done
   cat "$out/promqlcheck.txt"
+
+  step "the PodMonitor's selector and relabelling over the worker pods the operator created"
+  # Prometheus' relabel code over the target labels its Kubernetes service
+  # discovery derives from these pods (KWOK runs them without containers).
+  deadline=$((SECONDS + 60))
+  until [ "$("$KUBECTL" get pods -n tickflow-mon-op -l app.kubernetes.io/name=tickflow-worker -o name | wc -l)" = 2 ]; do
+    [ "$SECONDS" -lt "$deadline" ] || { "$KUBECTL" get all -n tickflow-mon-op >&2; die "no worker pods for the StreamQuery and the MarketProducer"; }
+    sleep 1
+  done
+  "$KUBECTL" get pods -n tickflow-mon-op -o json >"$out/pods.json"
+  "$BIN/promqlcheck" -relabel-podmonitor "$out/podmonitor.yaml" -pods "$out/pods.json" >"$out/relabelled.json"
+  "$PYTHON" - "$out/relabelled.json" <<'EOF'
+import json, sys
+got = json.load(open(sys.argv[1]))
+want = {"stream-query": ("query", "ohlc-5s"), "market-producer": ("producer", "market-sim")}
+seen = set()
+for r in got:
+    assert r["selected"] and r["has_port"] and r["kept"], r
+    labels = r["labels"]
+    component = labels.get("component")
+    key, name = want[component]
+    assert labels == {"namespace": "tickflow-mon-op", "pod": r["pod"].split("/")[1], "component": component, key: name}, r
+    print(f"    {r['pod']}: {labels}")
+    seen.add(component)
+assert seen == set(want), seen
+EOF
   step "monitoring checks passed"
 }
 

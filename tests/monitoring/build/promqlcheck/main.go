@@ -10,6 +10,10 @@
 //	promqlcheck -exports worker.prom,producer.prom,operator.prom \
 //	  -target-labels namespace,pod,component,query,producer,job,instance \
 //	  [-rules rules.yaml ...] [-dashboard file.json ...]
+//	promqlcheck -relabel-podmonitor podmonitor.yaml -pods pods.json
+//
+// The second form (relabel.go) prints what a PodMonitor's selector and
+// relabelling make of real pods.
 //
 // Grafana variables are substituted first: $__rate_interval, $__interval and
 // $__range by 5m, any other $var / ${var} / ${var:format} by a plain word.
@@ -52,7 +56,15 @@ func main() {
 	targetLabels := flag.String("target-labels", "", "comma-separated labels the scrape config adds")
 	flag.Var(&rules, "rules", "a Prometheus rule file (groups: [...]); repeatable")
 	flag.Var(&dashboards, "dashboard", "a Grafana dashboard JSON file; repeatable")
+	podMonitorFile := flag.String("relabel-podmonitor", "", "instead: apply this PodMonitor's relabelling to the pods of -pods")
+	podsFile := flag.String("pods", "", "with -relabel-podmonitor: `kubectl get pods -o json` output")
 	flag.Parse()
+	if *podMonitorFile != "" {
+		if err := relabelPods(*podMonitorFile, *podsFile); err != nil {
+			fatal(err)
+		}
+		return
+	}
 
 	metrics, labelNames, err := readExports(strings.Split(*exports, ","))
 	if err != nil {
