@@ -208,6 +208,20 @@ def kinds(docs, kind):
 on, noapi, opt = objs("on.yaml"), objs("noapi.yaml"), objs("options.yaml")
 files = sorted(f for f in os.listdir(dash_dir) if f.endswith(".json"))
 assert len(files) == 3, files
+# Each file a dashboard Grafana can import: its own uid and title, panels
+# with distinct ids and a place on the grid, every variable a panel uses defined.
+uids = set()
+for f in files:
+    d = json.load(open(os.path.join(dash_dir, f)))
+    assert d["uid"] == f[:-len(".json")] and d["uid"] not in uids and d["title"] and d["schemaVersion"] >= 36, f
+    uids.add(d["uid"])
+    ids = [p["id"] for p in d["panels"]]
+    assert len(ids) == len(set(ids)) and all("gridPos" in p and p["type"] for p in d["panels"]), f
+    names = {v["name"] for v in d["templating"]["list"]}
+    import re
+    used = set(re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", json.dumps(d["panels"]) + json.dumps(d["templating"])))
+    builtin = {"__rate_interval", "__interval", "__range", "__timeFilter", "__timeGroupAlias", "__all"}
+    assert used - names - builtin == set(), (f, used - names - builtin)
 
 # The rules as promtool reads them.
 [rule] = kinds(on, "PrometheusRule")
