@@ -24,7 +24,9 @@ pub mod kafka;
 pub mod telemetry;
 pub mod worker_status;
 
-pub use worker_status::{WorkerCheckpoint, WorkerState, WorkerStatus};
+pub use worker_status::{
+    LATENCY_BUCKETS_S, LatencyHistogram, WorkerCheckpoint, WorkerState, WorkerStatus,
+};
 
 /// API group of every tickflow custom resource.
 pub const API_GROUP: &str = "tickflow.io";

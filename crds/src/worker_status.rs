@@ -84,8 +84,46 @@ pub struct WorkerStatus {
     /// Checkpoint writes that found the disk full (each pruned an older
     /// checkpoint and tried again, or put the epoch off).
     pub checkpoint_disk_full: u64,
+    /// Per output stream: how long result rows took from their event time
+    /// to their output being committed.
+    pub end_to_end_latency: BTreeMap<String, LatencyHistogram>,
     pub last_error: Option<String>,
     pub started_at_ms: i64,
+}
+
+/// A latency histogram in seconds: `counts[i]` rows took at most
+/// `LATENCY_BUCKETS_S[i]` (and more than the bound before); the last count
+/// is the rows beyond every bound.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LatencyHistogram {
+    pub counts: Vec<u64>,
+    pub sum_seconds: f64,
+    pub count: u64,
+}
+
+/// Upper bounds (seconds) of [`LatencyHistogram`]: from a fast live
+/// pipeline (tens of milliseconds) to a query catching up (minutes).
+pub const LATENCY_BUCKETS_S: [f64; 14] = [
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+];
+
+impl LatencyHistogram {
+    /// Counts `rows` rows that each took `seconds` (negative: clock skew
+    /// between the data and this machine, counted as 0).
+    pub fn observe(&mut self, seconds: f64, rows: u64) {
+        let seconds = seconds.max(0.0);
+        if self.counts.len() != LATENCY_BUCKETS_S.len() + 1 {
+            self.counts.resize(LATENCY_BUCKETS_S.len() + 1, 0);
+        }
+        let i = LATENCY_BUCKETS_S
+            .iter()
+            .position(|b| seconds <= *b)
+            .unwrap_or(LATENCY_BUCKETS_S.len());
+        self.counts[i] += rows;
+        self.sum_seconds += seconds * rows as f64;
+        self.count += rows;
+    }
 }
 
 impl WorkerStatus {

@@ -209,6 +209,11 @@ pub struct RunningStream {
     /// Output columns that identify one result row, if any (see
     /// [`plan::StreamPlan::row_key`]).
     pub row_key: Option<Vec<String>>,
+    /// Output column holding a result row's event time (`window_end` of a
+    /// windowed aggregate, the input's event time of a row-by-row stream);
+    /// `None` where the rows have none: updating streams, EMIT CHANGES, and
+    /// streams that do not project it.
+    pub event_time: Option<String>,
     operator: Box<dyn StreamOperator>,
     /// The newest watermark of each input; the stream's own is their
     /// minimum, so a UNION ALL never runs ahead of its slowest input.
@@ -374,6 +379,12 @@ impl Pipeline {
                 window,
                 key_columns: p.key_columns,
                 row_key: p.row_key,
+                event_time: p
+                    .as_input
+                    .as_ref()
+                    .ok()
+                    .filter(|d| !d.changelog)
+                    .map(|d| d.event_time.clone()),
                 operator,
             });
         }

@@ -28,6 +28,7 @@ mod dead_letter;
 pub mod failover;
 pub mod faults;
 mod health;
+mod latency;
 pub mod sink;
 pub mod source;
 
@@ -296,6 +297,9 @@ pub struct Runner {
     deferred: Option<Deferred>,
     /// Status counters as earlier attempts of this process left them.
     base: Counters,
+    /// Event times of the open epoch's result rows, for the end-to-end
+    /// latency its commit observes.
+    latencies: latency::EpochLatencies,
 }
 
 impl Runner {
@@ -320,6 +324,7 @@ impl Runner {
             next_epoch: 0,
             deferred: None,
             base,
+            latencies: latency::EpochLatencies::default(),
         }
     }
 
@@ -625,13 +630,34 @@ impl Runner {
     /// Sends the engine's output to the sinks by stream name.
     fn route(&mut self, out: &mut Vec<StreamOutput>) -> Result<(), RunError> {
         for o in out.drain(..) {
-            let stream = &self.pipeline.streams()[o.stream].name;
+            let stream = &self.pipeline.streams()[o.stream];
             let kind = RowKind::from(o.kind);
             for sink in &mut self.sinks {
-                sink.write(stream, kind, &o.rows)?;
+                sink.write(&stream.name, kind, &o.rows)?;
+            }
+            if let (RowKind::Results, false, Some(column)) =
+                (kind, stream.intermediate, &stream.event_time)
+            {
+                self.latencies.add(&stream.name, &o.rows, column);
             }
         }
+        if self.store.is_none() {
+            // Without checkpoints, written is as committed as it gets.
+            self.observe_latencies();
+        }
         Ok(())
+    }
+
+    /// The open epoch's rows are committed now.
+    fn observe_latencies(&mut self) {
+        if self.latencies.is_empty() {
+            return;
+        }
+        let now = crate::clock::now_ms();
+        let latencies = &mut self.latencies;
+        self.opts
+            .status
+            .update(|s| latencies.commit(now, &mut s.end_to_end_latency));
     }
 
     fn dead_letters(&mut self, bad: &[DeadLetter], logged: &mut u64) -> Result<(), RunError> {
@@ -717,6 +743,7 @@ impl Runner {
             sink.commit(epoch, &positions)?;
         }
         progress.checkpoint_committed = true;
+        self.observe_latencies();
         faults::crash_point("after-commit", nth);
         self.next_epoch += 1;
         self.summary.checkpoints_written += 1;
@@ -845,7 +872,7 @@ mod tests {
     use super::*;
     use crate::engine::{Catalog, EngineConfig, SourceTable};
 
-    const SQL: &str = "CREATE STREAM n AS SELECT symbol, COUNT(*) AS c FROM market_ticks \
+    const SQL: &str = "CREATE STREAM n AS SELECT symbol, window_end, COUNT(*) AS c FROM market_ticks \
                        GROUP BY symbol, TUMBLE(ts, INTERVAL '1' SECOND);";
 
     /// Ticks of one symbol at the given event times.
@@ -1001,6 +1028,35 @@ mod tests {
             *second.0.lock().unwrap(),
             2,
             "both windows close at the end"
+        );
+    }
+
+    #[test]
+    fn committed_windows_are_counted_in_the_end_to_end_latency_from_their_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows = Rows::default();
+        // The watermark (5 s - 1 s) closes the windows ending at 1 s and 2 s.
+        let input = vec![ticks(&[0, 100, 1500, 5000])];
+        let mut run = runner("src", input, true, &rows, dir.path());
+        let status = run.opts.status.clone();
+        let n = &run.pipeline().streams()[0];
+        assert_eq!(
+            n.event_time.as_deref(),
+            Some("window_end"),
+            "{:?}",
+            n.output_schema
+        );
+        let before = crate::clock::now_ms();
+        run.run(&mut Progress::default(), None).unwrap();
+        let h = &status.get().end_to_end_latency["n"];
+        assert_eq!(h.count, 2, "both closed windows, counted once each");
+        // Windows end at 1 s and 2 s after the Unix epoch: committed now,
+        // each waited about `before` ms.
+        let expected = 2.0 * before as f64 / 1000.0 - 3.0;
+        assert!(
+            h.sum_seconds >= expected && h.sum_seconds < expected + 600.0,
+            "{} s for {expected} s",
+            h.sum_seconds
         );
     }
 
