@@ -440,7 +440,8 @@ struct QueryArgs {
     /// The stall timeout bounds the whole commit.
     #[arg(long, env = "TICKFLOW_TRANSACTION_CALL_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
     transaction_call_timeout: Duration,
-    /// Serve /metrics, /healthz, /readyz and /status here (e.g. 0.0.0.0:8080).
+    /// Serve /metrics, /healthz, /readyz, /status and the live web view
+    /// (`/`: candles, alerts, pipeline) here (e.g. 0.0.0.0:8080).
     #[arg(long, env = "TICKFLOW_HTTP_ADDR")]
     http_addr: Option<SocketAddr>,
     /// Memory for the buffers that grow with a backlog (consumer prefetch,
@@ -517,6 +518,10 @@ struct DemoArgs {
     checkpoint_interval: Duration,
     #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
     allowed_lateness: Duration,
+    /// Serve the live web view (candles, alerts, pipeline) and /status,
+    /// /metrics here; prints the URL. Without a value: 127.0.0.1:8080.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:8080")]
+    web: Option<SocketAddr>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -575,10 +580,10 @@ fn run_kafka_query(a: QueryArgs, sql: String) -> anyhow::Result<()> {
     };
     let status = StatusHandle::new(&name);
     status.set_stall_limit(a.liveness_timeout.max(a.transaction_stall_timeout * 2));
-    if let Some(addr) = a.http_addr {
-        let bound = http::serve(addr, status.clone())?;
-        tracing::info!(%bound, "status endpoint listening");
-    }
+    let web = match a.http_addr {
+        Some(addr) => Some(serve_with_web(addr, &name, &status)?),
+        None => None,
+    };
     let opts = kafka_query::KafkaQueryOptions {
         sql_origin: a.sql.display().to_string(),
         sql,
@@ -640,7 +645,7 @@ fn run_kafka_query(a: QueryArgs, sql: String) -> anyhow::Result<()> {
         kafka,
         name,
     };
-    match kafka_query::run_kafka_query(&opts) {
+    match kafka_query::run_kafka_query_with_web(&opts, web.as_ref()) {
         Ok(s) => {
             println!("{}", serde_json::to_string(&s)?);
             Ok(())
@@ -653,6 +658,19 @@ fn run_kafka_query(a: QueryArgs, sql: String) -> anyhow::Result<()> {
             Err(e.into())
         }
     }
+}
+
+/// The status endpoint and the live web view on `addr` (a running query's).
+fn serve_with_web(
+    addr: SocketAddr,
+    name: &str,
+    status: &StatusHandle,
+) -> anyhow::Result<tickflow_worker::runtime::web::WebView> {
+    let web = tickflow_worker::runtime::web::WebView::start(name, status.clone())?;
+    let bound = http::serve_with(addr, status.clone(), Some(web.clone()))?;
+    let url = tickflow_worker::runtime::web::page_url(bound);
+    tracing::info!(%bound, %url, "status endpoint and web view listening");
+    Ok(web)
 }
 
 /// `produce --format` for files: jsonl (default) or avro.
@@ -797,6 +815,10 @@ fn run(command: Command) -> anyhow::Result<()> {
             opts.event_time_bounds = event_time_bounds;
             opts.batch_size = a.batch_size;
             opts.decode_threads = a.decode_threads;
+            if let Some(addr) = a.http_addr {
+                opts.status = StatusHandle::new(&opts.name);
+                opts.web = Some(serve_with_web(addr, &opts.name, &opts.status)?);
+            }
             opts.stop = stop_flag()?;
             let s = query::run_query(&opts)?;
             println!("{}", serde_json::to_string(&s)?);
@@ -814,6 +836,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 checkpoint_dir: Some(checkpoint_dir),
                 checkpoint_interval: a.checkpoint_interval,
                 allowed_lateness: a.allowed_lateness,
+                web: a.web,
                 stop: stop_flag()?,
             })?;
         }

@@ -20,9 +20,11 @@ use crate::engine::{Catalog, EngineConfig, EventTimeBounds, Pipeline};
 use crate::runner::Sink;
 use crate::runner::{Progress, RowKind, RunError, RunOptions, RunSummary, Runner};
 use crate::runtime::StatusHandle;
+use crate::runtime::web::WebView;
 use crate::sink::epochs::FreshStart;
 use crate::sink::file::{FileContent, FileOutput, FileOutputs, dead_letter_schema};
 use crate::sink::postgres::{self, PostgresConnection, PostgresOutput, PostgresTarget};
+use crate::sink::web::WebTee;
 use crate::source::file::FileInputs;
 
 /// Options of a replay run.
@@ -57,6 +59,10 @@ pub struct QueryOptions {
     pub postgres: Option<PostgresConnection>,
     /// The query's name (its row in the PostgreSQL offsets table).
     pub name: String,
+    /// What the run reports (`/status`, `/metrics`, the web view).
+    pub status: StatusHandle,
+    /// The live web view, shown the results as they are written.
+    pub web: Option<WebView>,
     /// Set by SIGTERM: take a final checkpoint and stop.
     pub stop: Arc<AtomicBool>,
 }
@@ -81,6 +87,8 @@ impl QueryOptions {
             event_time_bounds: EventTimeBounds::default(),
             postgres: None,
             name: "query".into(),
+            status: StatusHandle::new("replay"),
+            web: None,
             stop: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -122,7 +130,11 @@ pub fn run_query(opts: &QueryOptions) -> Result<RunSummary, RunError> {
             FreshStart::from(opts.start_fresh),
         )));
     }
-    let mut run_opts = RunOptions::new(Arc::clone(&opts.stop), StatusHandle::new("replay"));
+    if let Some(web) = &opts.web {
+        web.configure(pipeline.streams());
+    }
+    WebTee::wrap_first(&mut sinks, opts.web.as_ref());
+    let mut run_opts = RunOptions::new(Arc::clone(&opts.stop), opts.status.clone());
     run_opts.checkpoint_interval = opts.checkpoint_interval;
     run_opts.start_fresh = opts.start_fresh;
     run_opts.max_batch_records = opts.batch_size;

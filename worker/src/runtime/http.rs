@@ -1,17 +1,37 @@
 //! The worker's HTTP endpoint: `/metrics` (Prometheus), `/healthz` (the
 //! process is alive and its run loop makes progress), `/readyz` (it is processing) and `/status` (JSON, for
-//! the operator and for humans).
+//! the operator and for humans); with a [`WebView`], also the live web
+//! view (`/`, its files, and `/events`).
+//!
+//! Requests are answered one at a time on one thread, so nothing slow may
+//! run on it: a web page's event stream moves to a thread of its own
+//! (`web::sse`), and every connection's writes time out (`WRITE_TIMEOUT`,
+//! set on the listening socket, which accepted sockets inherit), so a
+//! client that stops reading cannot hold the loop for long.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::status::{StatusHandle, WorkerState, render_metrics};
+use super::web::{self, WebView, assets};
 
 /// Serves the endpoint on a background thread until the process exits.
 /// Returns the bound address (useful with port 0).
 pub fn serve(addr: SocketAddr, status: StatusHandle) -> anyhow::Result<SocketAddr> {
-    let server = tiny_http::Server::http(addr)
+    serve_with(addr, status, None)
+}
+
+/// [`serve`], plus the live web view when `web` is given.
+pub fn serve_with(
+    addr: SocketAddr,
+    status: StatusHandle,
+    web: Option<WebView>,
+) -> anyhow::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind(addr)
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for the status endpoint: {e}"))?;
+    socket2::SockRef::from(&listener).set_write_timeout(Some(web::WRITE_TIMEOUT))?;
+    let server = tiny_http::Server::from_listener(listener, None)
+        .map_err(|e| anyhow::anyhow!("cannot serve on {addr}: {e}"))?;
     let server = Arc::new(server);
     let bound = server
         .server_addr()
@@ -21,6 +41,13 @@ pub fn serve(addr: SocketAddr, status: StatusHandle) -> anyhow::Result<SocketAdd
         .name("status-http".into())
         .spawn(move || {
             for req in server.incoming_requests() {
+                let req = match &web {
+                    Some(web) => match serve_web(req, web) {
+                        Some(req) => req,
+                        None => continue,
+                    },
+                    None => req,
+                };
                 let (code, ctype, body) = respond(req.url(), &status);
                 let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], ctype.as_bytes())
                     .expect("static header is valid");
@@ -31,6 +58,34 @@ pub fn serve(addr: SocketAddr, status: StatusHandle) -> anyhow::Result<SocketAdd
             }
         })?;
     Ok(bound)
+}
+
+/// Answers the web view's paths; hands back any other request.
+fn serve_web(req: tiny_http::Request, web: &WebView) -> Option<tiny_http::Request> {
+    let path = req.url().split('?').next().unwrap_or("/").to_string();
+    if path == "/events" {
+        web::sse::serve_events(req, web);
+        return None;
+    }
+    let Some((ctype, body)) = assets::file(&path) else {
+        return Some(req);
+    };
+    if *req.method() != tiny_http::Method::Get && *req.method() != tiny_http::Method::Head {
+        // Read-only: nothing on this endpoint takes a write.
+        let _ = req.respond(
+            tiny_http::Response::from_string("read-only: GET only\n")
+                .with_status_code(405)
+                .with_header(assets::header("Allow", "GET, HEAD")),
+        );
+        return None;
+    }
+    let mut resp =
+        tiny_http::Response::from_data(body).with_header(assets::header("Content-Type", ctype));
+    for h in assets::security_headers() {
+        resp.add_header(h);
+    }
+    let _ = req.respond(resp);
+    None
 }
 
 fn respond(url: &str, status: &StatusHandle) -> (u16, &'static str, String) {
@@ -76,6 +131,19 @@ fn respond(url: &str, status: &StatusHandle) -> (u16, &'static str, String) {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn accepted_connections_inherit_the_write_timeout() {
+        // What keeps a client that stops reading from holding the loop:
+        // Linux copies SO_SNDTIMEO from the listener to accepted sockets.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        socket2::SockRef::from(&listener)
+            .set_write_timeout(Some(web::WRITE_TIMEOUT))
+            .unwrap();
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        assert_eq!(accepted.write_timeout().unwrap(), Some(web::WRITE_TIMEOUT));
+    }
 
     #[test]
     fn healthz_fails_when_the_running_loop_stops_making_steps() {

@@ -15,6 +15,8 @@
 //! - [`postgres`]: PostgreSQL/TimescaleDB tables, exactly-once (one
 //!   transaction per epoch with the source positions).
 //! - [`publisher`]: the producer's plain (non-transactional) Kafka output.
+//! - [`web`]: not a sink of its own: a wrapper that tees a sink's results to
+//!   the live web view.
 
 pub mod epochs;
 pub mod file;
@@ -23,3 +25,4 @@ pub mod memory;
 pub mod pending;
 pub mod postgres;
 pub mod publisher;
+pub mod web;

@@ -5,13 +5,16 @@
 //! over it, results go to a [`MemoryOutputs`] sink, and an observer shows
 //! them live (a ratatui dashboard on a terminal, plain periodic tables
 //! otherwise). Checkpoints go to `--checkpoint-dir`; run again with the same
-//! directory (and seed) and the demo resumes where it stopped.
+//! directory (and seed) and the demo resumes where it stopped. With `--web`,
+//! the results also go to the live web view (`runtime::web`), served with
+//! `/status` and `/metrics` on that address.
 
 mod plain;
 mod tui;
 mod view;
 
 use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -20,10 +23,12 @@ use std::time::{Duration, Instant};
 use crate::checkpoint::CheckpointStore;
 use crate::engine::{Catalog, EngineConfig, Pipeline};
 use crate::queries::builtin_sql;
-use crate::runner::{Observer, Progress, RunError, RunOptions, RunView, Runner};
+use crate::runner::{Observer, Progress, RunError, RunOptions, RunView, Runner, Sink};
 use crate::runtime::StatusHandle;
+use crate::runtime::web::{WebView, page_url};
 use crate::simulator::SimConfig;
 use crate::sink::memory::MemoryOutputs;
+use crate::sink::web::WebTee;
 use crate::source::simulator::SimulatorSource;
 
 pub use view::DemoState;
@@ -44,6 +49,8 @@ pub struct DemoOptions {
     pub checkpoint_dir: Option<PathBuf>,
     pub checkpoint_interval: Duration,
     pub allowed_lateness: Duration,
+    /// Serve the live web view (and `/status`, `/metrics`) here.
+    pub web: Option<SocketAddr>,
     pub stop: Arc<AtomicBool>,
 }
 
@@ -61,15 +68,15 @@ pub fn run_demo(opts: DemoOptions) -> Result<(), RunError> {
         Some(dir) => Some(CheckpointStore::open(dir, 3)?),
         None => None,
     };
-    let mut run_opts = RunOptions::new(Arc::clone(&opts.stop), StatusHandle::new("demo"));
+    let status = StatusHandle::new("demo");
+    let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(results.clone())];
+    if let Some(addr) = opts.web {
+        let web = serve_web(addr, &status, &pipeline).map_err(RunError::Setup)?;
+        WebTee::wrap_first(&mut sinks, Some(&web));
+    }
+    let mut run_opts = RunOptions::new(Arc::clone(&opts.stop), status);
     run_opts.checkpoint_interval = opts.checkpoint_interval;
-    let mut runner = Runner::new(
-        pipeline,
-        vec![Box::new(source)],
-        vec![Box::new(results.clone())],
-        store,
-        run_opts,
-    );
+    let mut runner = Runner::new(pipeline, vec![Box::new(source)], sinks, store, run_opts);
     let tui = !opts.plain && std::io::stdout().is_terminal();
     let mut view = LiveView {
         screen: if tui {
@@ -105,6 +112,22 @@ pub fn run_demo(opts: DemoOptions) -> Result<(), RunError> {
         })
     });
     Ok(())
+}
+
+/// Starts the web view of `pipeline` on `addr` and prints its address
+/// (before the terminal dashboard takes the screen; again in the log).
+fn serve_web(
+    addr: SocketAddr,
+    status: &StatusHandle,
+    pipeline: &Pipeline,
+) -> anyhow::Result<WebView> {
+    let web = WebView::start("demo", status.clone())?;
+    web.configure(pipeline.streams());
+    let bound = crate::runtime::http::serve_with(addr, status.clone(), Some(web.clone()))?;
+    let url = page_url(bound);
+    println!("web view: {url}");
+    tracing::info!(%url, "web view listening");
+    Ok(web)
 }
 
 enum Screen {

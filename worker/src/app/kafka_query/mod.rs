@@ -25,8 +25,10 @@ use crate::runner::Sink;
 use crate::runner::failover::{AttemptStart, FailoverPolicy, run_with_failover};
 use crate::runner::{Progress, RunError, RunOptions, RunSummary, Runner};
 use crate::runtime::StatusHandle;
+use crate::runtime::web::WebView;
 use crate::sink::kafka::{FreshStart, KafkaOutput, ProducerTuning};
 use crate::sink::postgres::{self, PostgresConnection, PostgresOutput};
+use crate::sink::web::WebTee;
 use crate::source::kafka::{KafkaInput, OnOutOfRange, StartFrom};
 
 /// Options of a Kafka query run.
@@ -95,6 +97,14 @@ const MAX_STUCK_CLIENTS: usize = 2;
 /// Runs the query, failing over to the last checkpoint in-process when a
 /// new Kafka client may help (see [`run_with_failover`]).
 pub fn run_kafka_query(opts: &KafkaQueryOptions) -> Result<RunSummary, RunError> {
+    run_kafka_query_with_web(opts, None)
+}
+
+/// [`run_kafka_query`], with the results also shown in a live web view.
+pub fn run_kafka_query_with_web(
+    opts: &KafkaQueryOptions,
+    web: Option<&WebView>,
+) -> Result<RunSummary, RunError> {
     let clients_left = || crate::sink::kafka::stuck_calls() <= MAX_STUCK_CLIENTS;
     let policy = FailoverPolicy {
         max_failovers: opts.max_failovers,
@@ -103,13 +113,14 @@ pub fn run_kafka_query(opts: &KafkaQueryOptions) -> Result<RunSummary, RunError>
         status: &opts.status,
     };
     run_with_failover(&policy, opts.start_fresh, |start, progress| {
-        run_attempt(opts, start, progress)
+        run_attempt(opts, web, start, progress)
     })
 }
 
 /// One attempt: everything built anew, as a restarted process would.
 fn run_attempt(
     opts: &KafkaQueryOptions,
+    web: Option<&WebView>,
     start: &AttemptStart,
     progress: &mut Progress,
 ) -> Result<RunSummary, RunError> {
@@ -184,6 +195,10 @@ fn run_attempt(
         opts.bounded,
     )
     .with_buffers(opts.buffers);
+    if let Some(web) = web {
+        web.configure(pipeline.streams());
+    }
+    WebTee::wrap_first(&mut sinks, web);
     let mut run_opts = RunOptions::new(Arc::clone(&opts.stop), opts.status.clone());
     run_opts.max_pending_bytes = opts.buffers.pending_output_bytes;
     run_opts.checkpoint_interval = opts.checkpoint_interval;
