@@ -43,6 +43,10 @@ python_bin="$(tests/python/setup.sh)"
 K8S_BUILD_PARALLEL="${K8S_BUILD_PARALLEL:-2}" tests/k8s/controlplane.sh install
 # Monitoring tests: promtool and the PromQL checker from the Prometheus Go module.
 MONITORING_BUILD_PARALLEL="${MONITORING_BUILD_PARALLEL:-2}" tests/monitoring/check.sh install
+# Headless Chromium (Debian's) for the web view's browser test (web_view.rs).
+tests/web/chromium.sh install
+TICKFLOW_CHROMIUM="$(tests/web/chromium.sh path)"
+export TICKFLOW_CHROMIUM
 "$python_bin" manifests/generate.py --check
 tests/helm/lint.sh
 tests/argocd/run.sh
@@ -62,6 +66,7 @@ tests/k8s/controlplane.sh start
 
 step "cargo test"
 cargo test --release --workspace "${features[@]}"
+echo "web view screenshots (browser test): ${TICKFLOW_TEST_ARTIFACTS:-$CARGO_TARGET_DIR/tmp}/web-view/"
 
 step "monitoring: PrometheusRule (promtool check/test rules), CRD schemas, dashboards' PromQL against real /metrics"
 PYTHON="$python_bin" tests/monitoring/check.sh run

@@ -42,7 +42,8 @@
   }
   function num(v) {
     if (typeof v !== "number") return v === null || v === undefined ? "-" : String(v);
-    return Number.isInteger(v) ? v.toLocaleString("en") : v.toFixed(2);
+    const digits = Number.isInteger(v) ? 0 : 2;
+    return v.toLocaleString("en", { minimumFractionDigits: digits, maximumFractionDigits: digits });
   }
   function text(v) {
     return v === null || v === undefined ? "-" : String(v);
@@ -206,7 +207,7 @@
     figure("watermark", "watermark (UTC)", time(p.watermark_ms));
     figure("watermark_delay", "watermark delay",
       typeof p.watermark_delay_ms === "number" ? seconds(p.watermark_delay_ms)
-        : (typeof p.watermark_ms === "number" ? "- (event time is not now: a replay or the simulator)" : "-"));
+        : (typeof p.watermark_ms === "number" ? "- (replayed or simulated time)" : "-"));
     figure("lag", "lag (messages)", num(p.lag));
     figure("checkpoint", "last checkpoint",
       cp ? `#${cp.id}, ${seconds(p.now_ms - cp.time_ms)} ago, ${cp.duration_ms} ms, ${num(cp.bytes)} B` : "none yet");
