@@ -262,15 +262,58 @@ pub struct Source {
     pub format: Option<Format>,
 }
 
-/// Where one stream's rows go.
+/// Where one stream's rows go: a Kafka topic or a PostgreSQL table.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[x_kube(validation = Rule::new("has(self.topic) != has(self.table)").message("set exactly one of topic and table"))]
 pub struct Sink {
     /// Stream name from `CREATE STREAM <name>`.
     #[schemars(length(min = 1, max = 63))]
     pub stream: String,
     /// Topic to write (transactionally, keyed by the GROUP BY key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 249), regex(pattern = r"^[A-Za-z0-9._-]+$"))]
-    pub topic: String,
+    pub topic: Option<String>,
+    /// PostgreSQL table to write (`table` or `schema.table`; created if
+    /// missing), exactly once with the source positions in the same
+    /// transaction. Needs `spec.postgres`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 127),
+        regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$")
+    )]
+    pub table: Option<String>,
+}
+
+impl Sink {
+    /// A sink to a Kafka topic.
+    pub fn topic(stream: &str, topic: &str) -> Self {
+        Self {
+            stream: stream.into(),
+            topic: Some(topic.into()),
+            table: None,
+        }
+    }
+}
+
+/// The PostgreSQL (or TimescaleDB) database of `table` sinks. The password
+/// never appears in the spec: it is read from a Secret mounted as a file.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.url) != has(self.urlSecretRef)").message("set exactly one of url and urlSecretRef"))]
+pub struct PostgresConnection {
+    /// Connection URL without a password, as libpq reads it:
+    /// `postgres://USER@HOST:PORT/DB?sslmode=disable`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = Rule::new("(self.startsWith('postgres://') || self.startsWith('postgresql://')) && !self.matches('^[a-z]+://[^/@]*:[^/@]*@')").message("url must be a postgres:// URL without a password (put the password in passwordSecretRef)"))]
+    pub url: Option<String>,
+    /// The URL from a Secret key instead (it may hold the password, as
+    /// the `uri` key of a CloudNativePG application Secret does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_secret_ref: Option<KeyRef>,
+    /// Secret key holding the password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret_ref: Option<KeyRef>,
 }
 
 /// Checkpoint settings.
@@ -409,6 +452,7 @@ impl OnOffsetOutOfRange {
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.sql) != has(self.sqlConfigMap)").message("set exactly one of sql and sqlConfigMap"))]
+#[x_kube(validation = Rule::new("!has(self.sinks) || !self.sinks.exists(s, has(s.table)) || has(self.postgres)").message("sinks with a table need spec.postgres"))]
 pub struct StreamQuerySpec {
     /// The query: one or more `CREATE STREAM … AS SELECT …` statements.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -423,7 +467,8 @@ pub struct StreamQuerySpec {
     #[schemars(length(max = 16))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["table".into()]))]
     pub sources: Vec<Source>,
-    /// Output topic per stream (default: the stream name with `_` → `-`).
+    /// Output topic or PostgreSQL table per stream (default: a topic named
+    /// like the stream, with `_` → `-`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["stream".into()]))]
@@ -438,6 +483,9 @@ pub struct StreamQuerySpec {
     /// Kafka and schema registry (unset fields: the operator's defaults).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kafka: Option<KafkaConnection>,
+    /// The database of the sinks that name a `table`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresConnection>,
     /// Checkpoint interval and volume.
     #[serde(default)]
     pub checkpoint: CheckpointSpec,

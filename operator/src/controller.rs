@@ -701,7 +701,11 @@ async fn reconcile_query_inner(q: &StreamQuery, ctx: &Context) -> Result<Action,
     st.conditions = status::stamp(conditions, &prev.conditions, q.metadata.generation, now);
     st.ready_replicas = Some(rollout.ready);
     st.streams = checked.streams.clone();
-    st.output_topics = checked.outputs.iter().map(|(_, t)| t.clone()).collect();
+    st.output_topics = checked
+        .outputs
+        .iter()
+        .filter_map(|(_, o)| o.topic().map(str::to_string))
+        .collect();
     if let Some(w) = &worker {
         apply_worker_figures(&mut st, w, now);
     }

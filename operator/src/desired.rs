@@ -18,7 +18,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 use tickflow_crds::{
-    AccessMode, Format, KafkaConnection, MarketProducer, RunState, StreamQuery, UpgradeMode,
+    AccessMode, Format, KafkaConnection, MarketProducer, PostgresConnection, RunState, StreamQuery,
+    UpgradeMode,
 };
 
 use crate::sql_check::CheckedQuery;
@@ -35,6 +36,8 @@ const SASL_DIR: &str = "/etc/tickflow/kafka-sasl";
 const CA_DIR: &str = "/etc/tickflow/kafka-ca";
 const REGISTRY_AUTH_DIR: &str = "/etc/tickflow/registry-auth";
 const REGISTRY_CA_DIR: &str = "/etc/tickflow/registry-ca";
+const POSTGRES_URL_DIR: &str = "/etc/tickflow/postgres-url";
+const POSTGRES_PASSWORD_DIR: &str = "/etc/tickflow/postgres-password";
 /// Non-root user of the worker image (distroless `nonroot`).
 const WORKER_UID: i64 = 65532;
 
@@ -238,11 +241,85 @@ fn env(name: &str, value: impl Into<String>) -> EnvVar {
     }
 }
 
+/// Secret keys mounted as files: never in the pod spec, never in env.
+#[derive(Default)]
+struct SecretFiles {
+    volumes: Vec<Volume>,
+    mounts: Vec<VolumeMount>,
+}
+
+impl SecretFiles {
+    /// Mounts key `r` as `dir/file` (volume `name`); the returned variable
+    /// `var` names the file.
+    fn file(
+        &mut self,
+        var: &str,
+        name: &str,
+        dir: &str,
+        r: &tickflow_crds::KeyRef,
+        file: &str,
+    ) -> EnvVar {
+        self.volumes.push(Volume {
+            name: name.into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(r.name.clone()),
+                items: Some(vec![k8s_openapi::api::core::v1::KeyToPath {
+                    key: r.key.clone(),
+                    path: file.into(),
+                    ..Default::default()
+                }]),
+                default_mode: Some(0o440),
+                ..Default::default()
+            }),
+            ..Volume::default()
+        });
+        self.mounts.push(VolumeMount {
+            name: name.into(),
+            mount_path: dir.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+        env(var, format!("{dir}/{file}"))
+    }
+}
+
+/// The database of `table` sinks as the worker's environment: the URL as
+/// a value or a mounted file, the password as a mounted file.
+fn postgres_env(pg: Option<&PostgresConnection>, secrets: &mut SecretFiles) -> Vec<EnvVar> {
+    let Some(pg) = pg else {
+        return Vec::new();
+    };
+    let mut envs = Vec::new();
+    if let Some(url) = &pg.url {
+        envs.push(env("TICKFLOW_POSTGRES_URL", url.clone()));
+    }
+    if let Some(r) = &pg.url_secret_ref {
+        envs.push(secrets.file(
+            "TICKFLOW_POSTGRES_URL_FILE",
+            "postgres-url",
+            POSTGRES_URL_DIR,
+            r,
+            "url",
+        ));
+    }
+    if let Some(r) = &pg.password_secret_ref {
+        envs.push(secrets.file(
+            "TICKFLOW_POSTGRES_PASSWORD_FILE",
+            "postgres-password",
+            POSTGRES_PASSWORD_DIR,
+            r,
+            "password",
+        ));
+    }
+    envs
+}
+
 /// Kafka settings as the worker's environment, plus the Secret volumes they need.
 fn kafka_env(
     kafka: Option<&KafkaConnection>,
     defaults: &Defaults,
-) -> (Vec<EnvVar>, Vec<Volume>, Vec<VolumeMount>) {
+    secrets: &mut SecretFiles,
+) -> Vec<EnvVar> {
     let brokers = kafka
         .and_then(|k| k.bootstrap_servers.clone())
         .unwrap_or_else(|| defaults.kafka_brokers.clone());
@@ -253,39 +330,12 @@ fn kafka_env(
     if !registry.is_empty() {
         envs.push(env("SCHEMA_REGISTRY_URL", registry));
     }
-    let (mut volumes, mut mounts) = (Vec::new(), Vec::new());
-    // Secrets are mounted as files: never in the pod spec, never in env.
-    // Mounts key `r` as `dir/file`; the variable `var` names the file.
-    let mut secret_file =
-        |var: &str, name: &str, dir: &str, r: &tickflow_crds::KeyRef, file: &str| {
-            volumes.push(Volume {
-                name: name.into(),
-                secret: Some(SecretVolumeSource {
-                    secret_name: Some(r.name.clone()),
-                    items: Some(vec![k8s_openapi::api::core::v1::KeyToPath {
-                        key: r.key.clone(),
-                        path: file.into(),
-                        ..Default::default()
-                    }]),
-                    default_mode: Some(0o440),
-                    ..Default::default()
-                }),
-                ..Volume::default()
-            });
-            mounts.push(VolumeMount {
-                name: name.into(),
-                mount_path: dir.into(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            });
-            env(var, format!("{dir}/{file}"))
-        };
     if let Some(sec) = kafka.and_then(|k| k.schema_registry_security.as_ref()) {
         if let Some(u) = &sec.username {
             envs.push(env("SCHEMA_REGISTRY_USERNAME", u.clone()));
         }
         if let Some(r) = &sec.password_secret_ref {
-            envs.push(secret_file(
+            envs.push(secrets.file(
                 "SCHEMA_REGISTRY_PASSWORD_FILE",
                 "registry-auth",
                 REGISTRY_AUTH_DIR,
@@ -294,7 +344,7 @@ fn kafka_env(
             ));
         }
         if let Some(r) = &sec.ca_secret_ref {
-            envs.push(secret_file(
+            envs.push(secrets.file(
                 "SCHEMA_REGISTRY_CA_LOCATION",
                 "registry-ca",
                 REGISTRY_CA_DIR,
@@ -315,7 +365,7 @@ fn kafka_env(
             envs.push(env("KAFKA_SASL_USERNAME", u.clone()));
         }
         if let Some(r) = &sec.password_secret_ref {
-            envs.push(secret_file(
+            envs.push(secrets.file(
                 "KAFKA_SASL_PASSWORD_FILE",
                 "kafka-sasl",
                 SASL_DIR,
@@ -324,16 +374,10 @@ fn kafka_env(
             ));
         }
         if let Some(r) = &sec.ca_secret_ref {
-            envs.push(secret_file(
-                "KAFKA_SSL_CA_LOCATION",
-                "kafka-ca",
-                CA_DIR,
-                r,
-                "ca.crt",
-            ));
+            envs.push(secrets.file("KAFKA_SSL_CA_LOCATION", "kafka-ca", CA_DIR, r, "ca.crt"));
         }
     }
-    (envs, volumes, mounts)
+    envs
 }
 
 fn hardened_container(
@@ -592,11 +636,17 @@ pub fn stream_query(
         args.push("--input".into());
         args.push(format!("{table}=kafka:{topic}"));
     }
-    for (stream, topic) in &checked.outputs {
+    for (stream, output) in &checked.outputs {
         args.push("--output".into());
-        args.push(format!("{stream}=kafka:{topic}"));
+        args.push(output.binding(stream));
     }
-    let (mut envs, mut volumes, mut mounts) = kafka_env(spec.kafka.as_ref(), defaults);
+    let mut secrets = SecretFiles::default();
+    let mut envs = kafka_env(spec.kafka.as_ref(), defaults, &mut secrets);
+    envs.extend(postgres_env(spec.postgres.as_ref(), &mut secrets));
+    let SecretFiles {
+        mut volumes,
+        mut mounts,
+    } = secrets;
     envs.extend([
         env("TICKFLOW_HTTP_ADDR", format!("0.0.0.0:{WORKER_PORT}")),
         env("TICKFLOW_LOG_FORMAT", "json"),
@@ -738,7 +788,12 @@ pub fn market_producer(p: &MarketProducer, defaults: &Defaults) -> MarketProduce
         args.push("--jitter".into());
         args.push(j.clone());
     }
-    let (mut envs, mut volumes, mut mounts) = kafka_env(spec.kafka.as_ref(), defaults);
+    let mut secrets = SecretFiles::default();
+    let mut envs = kafka_env(spec.kafka.as_ref(), defaults, &mut secrets);
+    let SecretFiles {
+        mut volumes,
+        mut mounts,
+    } = secrets;
     envs.extend([
         env("TICKFLOW_HTTP_ADDR", format!("0.0.0.0:{WORKER_PORT}")),
         env("TICKFLOW_LOG_FORMAT", "json"),

@@ -14,10 +14,35 @@ pub struct CheckedQuery {
     pub streams: Vec<String>,
     /// (table, topic) of every source the streams read.
     pub inputs: Vec<(String, String)>,
-    /// (stream, topic) of every stream.
-    pub outputs: Vec<(String, String)>,
+    /// Where each stream's rows go.
+    pub outputs: Vec<(String, Output)>,
     /// Value format of the inputs.
     pub input_format: Format,
+}
+
+/// Where one stream's rows go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    Topic(String),
+    /// A table of the database in `spec.postgres`.
+    Table(String),
+}
+
+impl Output {
+    /// The worker's `--output STREAM=…` binding.
+    pub fn binding(&self, stream: &str) -> String {
+        match self {
+            Self::Topic(t) => format!("{stream}=kafka:{t}"),
+            Self::Table(t) => format!("{stream}=postgres:{t}"),
+        }
+    }
+
+    pub fn topic(&self) -> Option<&str> {
+        match self {
+            Self::Topic(t) => Some(t),
+            Self::Table(_) => None,
+        }
+    }
 }
 
 /// Plans `sql` as the worker will and resolves sources and sinks.
@@ -78,17 +103,29 @@ pub fn check(spec: &StreamQuerySpec, sql: &str) -> Result<CheckedQuery, String> 
         Some("json") => Format::Json,
         _ => Format::Avro,
     };
+    if spec.postgres.is_none()
+        && let Some(k) = spec.sinks.iter().find(|k| k.table.is_some())
+    {
+        return Err(format!(
+            "spec.sinks: stream `{}` goes to a table, and spec.postgres names no database",
+            k.stream
+        ));
+    }
     // A stream other streams read (an intermediate one) writes a topic
     // only when a sink names it.
     let outputs = streams
         .iter()
         .filter_map(|s| {
-            match spec.sinks.iter().find(|k| &k.stream == s) {
-                Some(k) => Some(k.topic.clone()),
-                None if planned.is_read_by_streams(s) => None,
-                None => Some(output_topic(s)),
-            }
-            .map(|topic| (s.clone(), topic))
+            let output = match spec.sinks.iter().find(|k| &k.stream == s) {
+                Some(k) => match (&k.table, &k.topic) {
+                    (Some(t), _) => Output::Table(t.clone()),
+                    (None, Some(t)) => Output::Topic(t.clone()),
+                    (None, None) => Output::Topic(output_topic(s)),
+                },
+                None if planned.is_read_by_streams(s) => return None,
+                None => Output::Topic(output_topic(s)),
+            };
+            Some((s.clone(), output))
         })
         .collect();
     Ok(CheckedQuery {
@@ -132,15 +169,42 @@ mod tests {
             q.inputs,
             vec![("market_ticks".into(), "market-ticks".into())]
         );
-        assert_eq!(q.outputs, vec![("big_trades".into(), "big-trades".into())]);
+        assert_eq!(
+            q.outputs,
+            vec![("big_trades".into(), Output::Topic("big-trades".into()))]
+        );
         let s = spec(
             r#"{"sources":[{"table":"market_ticks","topic":"ticks-eu","format":"json"}],
                 "sinks":[{"stream":"big_trades","topic":"alerts"}]}"#,
         );
         let q = check(&s, sql).unwrap();
         assert_eq!(q.inputs, vec![("market_ticks".into(), "ticks-eu".into())]);
-        assert_eq!(q.outputs, vec![("big_trades".into(), "alerts".into())]);
+        assert_eq!(
+            q.outputs,
+            vec![("big_trades".into(), Output::Topic("alerts".into()))]
+        );
         assert_eq!(q.input_format, Format::Json);
+    }
+
+    #[test]
+    fn table_sinks_bind_streams_to_postgres_and_need_a_database() {
+        let sql = "CREATE STREAM big_trades AS SELECT symbol FROM market_ticks WHERE volume > 100;";
+        let sinks = r#""sinks":[{"stream":"big_trades","table":"market.big_trades"}]"#;
+        let q = check(
+            &spec(&format!(
+                r#"{{{sinks},"postgres":{{"url":"postgres://tickflow@db:5432/market"}}}}"#
+            )),
+            sql,
+        )
+        .unwrap();
+        let (stream, output) = &q.outputs[0];
+        assert_eq!(output, &Output::Table("market.big_trades".into()));
+        assert_eq!(
+            output.binding(stream),
+            "big_trades=postgres:market.big_trades"
+        );
+        let e = check(&spec(&format!("{{{sinks}}}")), sql).unwrap_err();
+        assert!(e.contains("spec.postgres"), "{e}");
     }
 
     #[test]

@@ -378,6 +378,14 @@ struct QueryArgs {
     /// not from here.
     #[arg(long, env = "TICKFLOW_POSTGRES_URL")]
     postgres_url: Option<String>,
+    /// File holding the PostgreSQL URL instead (a mounted Secret: such a
+    /// URL may include the password, and is never printed).
+    #[arg(
+        long,
+        env = "TICKFLOW_POSTGRES_URL_FILE",
+        conflicts_with = "postgres_url"
+    )]
+    postgres_url_file: Option<PathBuf>,
     /// File holding the PostgreSQL password (a mounted Secret); otherwise
     /// TICKFLOW_POSTGRES_PASSWORD.
     #[arg(long, env = "TICKFLOW_POSTGRES_PASSWORD_FILE")]
@@ -469,15 +477,28 @@ impl QueryArgs {
     /// Where PostgreSQL outputs go, with the password from its file or the
     /// environment.
     fn postgres(&self) -> anyhow::Result<Option<postgres::PostgresConnection>> {
-        let Some(url) = self.postgres_url.clone() else {
-            return Ok(None);
+        let url = match (&self.postgres_url, &self.postgres_url_file) {
+            (Some(url), _) => url.clone(),
+            (None, Some(f)) => Secret::from_file(f)
+                .with_context(|| format!("reading the PostgreSQL URL file {}", f.display()))?
+                .expose()
+                .trim()
+                .to_string(),
+            (None, None) => return Ok(None),
         };
-        let password =
-            KafkaArgs::secret("TICKFLOW_POSTGRES_PASSWORD", &self.postgres_password_file)?;
-        Ok(Some(postgres::PostgresConnection {
-            url,
-            password: password.map(|p| p.expose().to_string()),
-        }))
+        let password = match &self.postgres_password_file {
+            // Read now to report a wrong path at once, and again at every
+            // connect so that a rotated Secret takes effect.
+            Some(f) => {
+                Secret::from_file(f)
+                    .with_context(|| format!("reading secret file {}", f.display()))?;
+                Some(postgres::Password::File(f.clone()))
+            }
+            None => std::env::var("TICKFLOW_POSTGRES_PASSWORD")
+                .ok()
+                .map(postgres::Password::Value),
+        };
+        Ok(Some(postgres::PostgresConnection { url, password }))
     }
 
     fn event_time_bounds(&self) -> tickflow_worker::engine::EventTimeBounds {

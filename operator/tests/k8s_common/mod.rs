@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod pod;
+#[allow(unused_imports)] // Not every test binary starts workers.
+pub use pod::*;
+
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -107,6 +111,16 @@ fn helm_install(c: &Cluster) {
         .output()
         .unwrap();
     must(out, "helm upgrade --install");
+    // Helm installs CRDs only the first time: a control plane left running
+    // from an earlier checkout gets this checkout's CRDs here, as an
+    // upgrade's `kubectl apply -f crds/` would.
+    let crds = Command::new(&c.vars["KUBECTL"])
+        .envs(&c.vars)
+        .args(["apply", "--server-side", "--force-conflicts", "-f"])
+        .arg(repo().join("charts/tickflow/crds"))
+        .output()
+        .unwrap();
+    must(crds, "kubectl apply -f charts/tickflow/crds");
 }
 
 pub fn kubectl(args: &[&str]) -> Output {

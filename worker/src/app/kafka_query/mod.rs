@@ -144,6 +144,13 @@ fn run_attempt(
     let outputs = setup::outputs(opts, &pipeline).map_err(RunError::Setup)?;
     let tables = postgres::targets(&pipeline, &opts.postgres_outputs)
         .map_err(|e| RunError::Setup(anyhow::Error::msg(e)))?;
+    if let (false, Some(connection)) = (tables.is_empty(), &opts.postgres)
+        && !postgres::wait_until_reachable(connection, &opts.status, &opts.stop)
+    {
+        return Err(RunError::Setup(anyhow::anyhow!(
+            "stop requested while waiting for PostgreSQL"
+        )));
+    }
     let group = format!("tickflow-{}", opts.name);
     // The directory's lock first: a second worker stops here.
     let mut store = CheckpointStore::open(&opts.checkpoint_dir, opts.checkpoints_to_keep)?;

@@ -25,6 +25,9 @@
 
 pub mod copy;
 pub mod table;
+mod wait;
+
+pub use wait::wait_until_reachable;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -50,12 +53,31 @@ pub const OFFSETS_TABLE: &str = "tickflow_offsets";
 const DDL_LOCK: i64 = 0x746b_666c;
 
 /// Where the sink connects. The password is kept apart from the URL so
-/// it can come from a Secret (an environment variable) and never be logged.
+/// it can come from a Secret and never be logged.
 #[derive(Clone)]
 pub struct PostgresConnection {
     /// `postgres://user@host:port/db?sslmode=…` or libpq `key=value` pairs.
     pub url: String,
-    pub password: Option<String>,
+    pub password: Option<Password>,
+}
+
+/// A password as given, or a file read at every connect: a mounted Secret
+/// that is rotated (or fixed) takes effect without a restart.
+#[derive(Clone)]
+pub enum Password {
+    Value(String),
+    File(std::path::PathBuf),
+}
+
+impl Password {
+    fn read(&self) -> Result<String, String> {
+        match self {
+            Self::Value(p) => Ok(p.clone()),
+            Self::File(path) => std::fs::read_to_string(path)
+                .map(|p| p.strip_suffix('\n').unwrap_or(&p).to_string())
+                .map_err(|e| format!("reading the password file {}: {e}", path.display())),
+        }
+    }
 }
 
 impl std::fmt::Debug for PostgresConnection {
@@ -73,7 +95,7 @@ impl PostgresConnection {
             .parse()
             .map_err(|e| format!("the PostgreSQL URL does not parse: {e}"))?;
         if let Some(p) = &self.password {
-            config.password(p);
+            config.password(p.read()?);
         }
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(10));
@@ -240,30 +262,8 @@ impl PostgresOutput {
         self.connection.describe()
     }
 
-    /// Classifies a client error: broken connections may heal, anything
-    /// the server answered with an error will not.
     fn error(&self, doing: &str, e: &postgres::Error) -> PgError {
-        let target = self.target();
-        match e.as_db_error() {
-            Some(db) => PgError::Refused {
-                target,
-                message: format!(
-                    "{doing}: {} ({}){}",
-                    db.message(),
-                    db.code().code(),
-                    match db.code() {
-                        c if *c == SqlState::INVALID_PASSWORD
-                            || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION =>
-                            "; check the user and the password (TICKFLOW_POSTGRES_PASSWORD)",
-                        _ => "",
-                    }
-                ),
-            },
-            None => PgError::Connection {
-                target,
-                message: format!("{doing}: {}", error_chain(e)),
-            },
-        }
+        classify(self.target(), doing, e)
     }
 
     fn connect(&mut self) -> Result<(), PgError> {
@@ -542,6 +542,31 @@ fn committed_from(row: &postgres::Row) -> Committed {
 
 /// An error with its causes, for messages ("error connecting to server:
 /// Connection refused (os error 111)").
+/// Classifies a client error: broken connections may heal, anything the
+/// server answered with an error will not.
+fn classify(target: String, doing: &str, e: &postgres::Error) -> PgError {
+    match e.as_db_error() {
+        Some(db) => PgError::Refused {
+            target,
+            message: format!(
+                "{doing}: {} ({}){}",
+                db.message(),
+                db.code().code(),
+                match db.code() {
+                    c if *c == SqlState::INVALID_PASSWORD
+                        || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION =>
+                        "; check the user and the password (TICKFLOW_POSTGRES_PASSWORD)",
+                    _ => "",
+                }
+            ),
+        },
+        None => PgError::Connection {
+            target,
+            message: format!("{doing}: {}", error_chain(e)),
+        },
+    }
+}
+
 fn error_chain(e: &postgres::Error) -> String {
     let mut s = e.to_string();
     let mut source = std::error::Error::source(e);
