@@ -239,3 +239,70 @@ impl Shared {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Catalog, EngineConfig, Pipeline};
+    use arrow::array::{Float64Array, StringArray, TimestampMillisecondArray};
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use std::sync::mpsc::TryRecvError;
+
+    /// One bar of `ohlc_5s` starting at `t`.
+    fn bar(t: i64) -> RecordBatch {
+        let ts = DataType::Timestamp(TimeUnit::Millisecond, None);
+        let mut fields = vec![
+            Field::new("symbol", DataType::Utf8, false),
+            Field::new("window_start", ts, false),
+        ];
+        let mut columns: Vec<arrow::array::ArrayRef> = vec![
+            Arc::new(StringArray::from(vec!["AAPL"])),
+            Arc::new(TimestampMillisecondArray::from(vec![t])),
+        ];
+        for c in ["open", "high", "low", "close"] {
+            fields.push(Field::new(c, DataType::Float64, false));
+            columns.push(Arc::new(Float64Array::from(vec![1.0])));
+        }
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap()
+    }
+
+    #[test]
+    fn a_page_that_falls_behind_is_dropped_and_the_others_are_not_held_up() {
+        let sql = crate::queries::BUILTIN_QUERIES[0].1;
+        let pipeline = Pipeline::new(sql, &Catalog::builtin(), &EngineConfig::default()).unwrap();
+        let web = WebView::start("q", StatusHandle::new("q")).unwrap();
+        web.configure(pipeline.streams());
+        let (slow_slot, slow) = web.subscribe().unwrap();
+        let (_fast_slot, fast) = web.subscribe().unwrap();
+        assert_eq!(web.clients(), 2);
+        let mut fast_got = 0;
+        // A new bar every 100 ms: a message every PUBLISH_EVERY, more than
+        // CLIENT_QUEUE of them while `slow` reads nothing.
+        let deadline = Instant::now() + PUBLISH_EVERY * (CLIENT_QUEUE as u32 + 8);
+        let mut t = 0;
+        while Instant::now() < deadline {
+            web.offer("ohlc_5s", &bar(t));
+            t += 5_000;
+            while fast.try_recv().is_ok() {
+                fast_got += 1;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(
+            fast_got > CLIENT_QUEUE,
+            "the reading page got {fast_got} messages"
+        );
+        // The slow page holds what fitted, then its channel is closed.
+        let mut queued = 0;
+        let end = loop {
+            match slow.try_recv() {
+                Ok(_) => queued += 1,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!((queued, end), (CLIENT_QUEUE, TryRecvError::Disconnected));
+        // Its slot goes when its connection does.
+        drop(slow_slot);
+        assert_eq!(web.clients(), 1);
+    }
+}
