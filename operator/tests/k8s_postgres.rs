@@ -159,7 +159,8 @@ fn a_table_sink_waits_degraded_for_a_wrong_password_and_writes_once_it_is_fixed(
     assert!(!log.contains("not-the-password"), "{log}");
 
     // The Secret fixed (the kubelet refreshes the mounted file): the worker
-    // connects without a restart and catches up.
+    // connects without a restart and catches up. Windows close once every
+    // partition has a watermark (or is idle past the worker's 10 s).
     apply_ok(&ns, &secret_yaml(&pg["TICKFLOW_TEST_PG_PASSWORD"]));
     mount_secret(&ns, &password_file);
     wait_for("caught up and healthy", Duration::from_secs(90), || {
@@ -169,6 +170,7 @@ fn a_table_sink_waits_degraded_for_a_wrong_password_and_writes_once_it_is_fixed(
         let healthy = condition(&o, "Degraded")?["status"] == "False";
         (healthy
             && s["recordsIn"] == ticks_count
+            && s["recordsOut"].as_u64().is_some_and(|n| n > 0)
             && s["lastCheckpoint"]["id"].as_u64().is_some_and(|id| id > 1))
         .then_some(())
     });
@@ -179,7 +181,7 @@ fn a_table_sink_waits_degraded_for_a_wrong_password_and_writes_once_it_is_fixed(
     let rows: u64 = psql(&pg, &format!("SELECT count(*) FROM {table}"))
         .parse()
         .unwrap();
-    assert!(rows > 0);
+    assert!(rows > 0, "summary: {summary}");
     assert_eq!(rows, committed, "rows in {table} vs the worker's summary");
     let distinct: u64 = psql(
         &pg,
