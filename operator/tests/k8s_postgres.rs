@@ -73,21 +73,8 @@ fn a_table_sink_waits_degraded_for_a_wrong_password_and_writes_once_it_is_fixed(
         identity: "postgres-test",
         extra_env: vec![],
     });
-    let ticks = format!("{ns}-ticks");
     let ticks_count = 20_000;
-    let produced = Command::new(worker_bin())
-        .args(["produce", "--count", &ticks_count.to_string()])
-        .args(["--brokers", &brokers, "--schema-registry", &registry])
-        .args(["--ticks-topic", &ticks])
-        .args(["--orders-topic", &format!("{ns}-orders")])
-        .args(["--books-topic", &format!("{ns}-books")])
-        .output()
-        .unwrap();
-    assert!(
-        produced.status.success(),
-        "{}",
-        String::from_utf8_lossy(&produced.stderr)
-    );
+    let ticks = produce_ticks(&ns, &brokers, &registry, ticks_count);
 
     apply_ok(&ns, &secret_yaml("not-the-password"));
     let table = format!("bars_{}", ns.replace('-', "_"));

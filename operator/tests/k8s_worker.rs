@@ -56,33 +56,8 @@ fn worker_started_from_the_deployment_reports_into_the_status() {
         identity: "worker-test",
         extra_env: vec![],
     });
-    let ticks = format!("{ns}-ticks");
     let ticks_count = 20_000;
-    let produced = Command::new(worker_bin())
-        .args([
-            "produce",
-            "--count",
-            &ticks_count.to_string(),
-            "--brokers",
-            &brokers,
-            "--schema-registry",
-            &registry,
-        ])
-        .args([
-            "--ticks-topic",
-            &ticks,
-            "--orders-topic",
-            &format!("{ns}-orders"),
-            "--books-topic",
-            &format!("{ns}-books"),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        produced.status.success(),
-        "{}",
-        String::from_utf8_lossy(&produced.stderr)
-    );
+    let ticks = produce_ticks(&ns, &brokers, &registry, ticks_count);
 
     let sql = std::fs::read_to_string(repo().join("sql/ohlc_5s.sql")).unwrap();
     let extra = format!(

@@ -188,3 +188,23 @@ pub fn pod_ip(ns: &str, instance: &str) -> String {
         },
     )
 }
+
+/// Simulated market data in Avro on `<ns>-ticks` (and `-orders`, `-books`);
+/// returns the ticks topic.
+pub fn produce_ticks(ns: &str, brokers: &str, registry: &str, count: u64) -> String {
+    let ticks = format!("{ns}-ticks");
+    let produced = Command::new(worker_bin())
+        .args(["produce", "--count", &count.to_string()])
+        .args(["--brokers", brokers, "--schema-registry", registry])
+        .args(["--ticks-topic", &ticks])
+        .args(["--orders-topic", &format!("{ns}-orders")])
+        .args(["--books-topic", &format!("{ns}-books")])
+        .output()
+        .unwrap();
+    assert!(
+        produced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&produced.stderr)
+    );
+    ticks
+}
