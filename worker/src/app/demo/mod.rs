@@ -11,6 +11,7 @@
 
 mod plain;
 mod tui;
+mod tui_keys;
 mod view;
 
 use std::io::IsTerminal;
@@ -109,6 +110,7 @@ pub fn run_demo(opts: DemoOptions) -> Result<(), RunError> {
             last_checkpoint: None,
             checkpoints: summary.checkpoints_written,
             rate: view.rate.2,
+            dead_letters: summary.bad_records,
         })
     });
     Ok(())
@@ -171,6 +173,7 @@ impl Observer for LiveView {
                 last_checkpoint: run.last_checkpoint,
                 checkpoints: self.checkpoints,
                 rate: self.rate.2,
+                dead_letters: run.summary.bad_records,
             };
             match &mut self.screen {
                 Screen::Tui(t) => t.draw_and_poll(&state, STEP),

@@ -24,6 +24,8 @@ pub struct DemoState<'a> {
     pub checkpoints: u64,
     /// Input rate over the last second.
     pub rate: f64,
+    /// Malformed records sent to the dead letters.
+    pub dead_letters: u64,
 }
 
 impl DemoState<'_> {
@@ -89,10 +91,30 @@ impl DemoState<'_> {
         table.into_values().collect()
     }
 
+    /// The symbols with a 5 s bar so far, sorted.
+    pub fn symbols(&self) -> Vec<String> {
+        self.latest_by("ohlc_5s", "symbol")
+            .into_iter()
+            .filter_map(|r| r.get("symbol").cloned())
+            .collect()
+    }
+
+    /// The newest `n` rows of `stream` for `symbol`, newest first.
+    pub fn newest_of(&self, stream: &str, symbol: &str, n: usize) -> Vec<BTreeMap<String, String>> {
+        self.newest(stream, ROWS_SCANNED)
+            .into_iter()
+            .filter(|r| r.get("symbol").map(String::as_str) == Some(symbol))
+            .take(n)
+            .collect()
+    }
+
     pub fn total(&self, stream: &str) -> u64 {
         self.results.get(stream).map_or(0, |s| s.total_rows())
     }
 }
+
+/// How far back [`DemoState::newest_of`] looks (the sinks keep 4096 rows).
+const ROWS_SCANNED: usize = 4096;
 
 fn row_map(batch: &RecordBatch, row: usize) -> BTreeMap<String, String> {
     batch
