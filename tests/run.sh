@@ -45,6 +45,13 @@ K8S_BUILD_PARALLEL="${K8S_BUILD_PARALLEL:-2}" tests/k8s/controlplane.sh install
 MONITORING_BUILD_PARALLEL="${MONITORING_BUILD_PARALLEL:-2}" tests/monitoring/check.sh install
 # Headless Chromium (Debian's) for the web view's browser test (web_view.rs).
 tests/web/chromium.sh install
+# tmux: the pseudo-terminal the demo's dashboard test (demo_tui.rs) drives.
+if ! command -v tmux >/dev/null; then
+  sudo_cmd=(); [ "$(id -u)" = 0 ] || sudo_cmd=(sudo)
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -q --no-install-recommends tmux >/dev/null ||
+    { "${sudo_cmd[@]}" apt-get update -q >/dev/null &&
+      DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -q --no-install-recommends tmux >/dev/null; }
+fi
 TICKFLOW_CHROMIUM="$(tests/web/chromium.sh path)"
 export TICKFLOW_CHROMIUM
 "$python_bin" manifests/generate.py --check
