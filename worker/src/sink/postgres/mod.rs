@@ -105,6 +105,17 @@ impl PostgresConnection {
         Ok(config)
     }
 
+    /// A new client, connected and authenticated.
+    fn open(&self) -> Result<Client, PgError> {
+        let config = self.config().map_err(|message| PgError::Refused {
+            target: "(URL)".into(),
+            message,
+        })?;
+        config
+            .connect(NoTls)
+            .map_err(|e| classify(self.describe(), "connecting", &e))
+    }
+
     /// `user@host:port/db`, for messages (never the password).
     pub fn describe(&self) -> String {
         let Ok(c) = self.config() else {
@@ -267,17 +278,7 @@ impl PostgresOutput {
     }
 
     fn connect(&mut self) -> Result<(), PgError> {
-        let config = self
-            .connection
-            .config()
-            .map_err(|message| PgError::Refused {
-                target: "(URL)".into(),
-                message,
-            })?;
-        let client = config
-            .connect(NoTls)
-            .map_err(|e| self.error("connecting", &e))?;
-        self.client = Some(client);
+        self.client = Some(self.connection.open()?);
         Ok(())
     }
 

@@ -11,8 +11,6 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use postgres::NoTls;
-
 use super::{PgError, PostgresConnection, classify};
 use crate::runtime::{StatusHandle, WorkerState};
 
@@ -73,18 +71,11 @@ pub fn wait_until_reachable(
     }
 }
 
-/// Connects and authenticates once.
+/// Connects, authenticates and runs a first statement once.
 fn try_connect(connection: &PostgresConnection) -> Result<(), PgError> {
-    let config = connection.config().map_err(|message| PgError::Refused {
-        target: "(URL)".into(),
-        message,
-    })?;
-    let target = connection.describe();
-    let mut client = config
-        .connect(NoTls)
-        .map_err(|e| classify(target.clone(), "connecting", &e))?;
-    client
+    connection
+        .open()?
         .simple_query("SELECT 1")
-        .map_err(|e| classify(target, "checking the connection", &e))?;
+        .map_err(|e| classify(connection.describe(), "checking the connection", &e))?;
     Ok(())
 }
