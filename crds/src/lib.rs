@@ -300,9 +300,11 @@ impl Sink {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.url) != has(self.urlSecretRef)").message("set exactly one of url and urlSecretRef"))]
+#[x_kube(validation = Rule::new("has(self.clientCertSecretRef) == has(self.clientKeySecretRef)").message("clientCertSecretRef and clientKeySecretRef go together"))]
+#[x_kube(validation = Rule::new("!has(self.sslMode) || self.sslMode != 'disable' || !(has(self.caSecretRef) || has(self.clientCertSecretRef))").message("sslMode disable takes no certificates"))]
 pub struct PostgresConnection {
     /// Connection URL without a password, as libpq reads it:
-    /// `postgres://USER@HOST:PORT/DB?sslmode=disable`.
+    /// `postgres://USER@HOST:PORT/DB`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 2048))]
     #[x_kube(validation = Rule::new("(self.startsWith('postgres://') || self.startsWith('postgresql://')) && !self.matches('^[a-z]+://[^/@]*:[^/@]*@')").message("url must be a postgres:// URL without a password (put the password in passwordSecretRef)"))]
@@ -314,6 +316,61 @@ pub struct PostgresConnection {
     /// Secret key holding the password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_secret_ref: Option<KeyRef>,
+    /// TLS as libpq's `sslmode` (default `prefer`); the URL's own
+    /// `sslmode`, if any, wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssl_mode: Option<PostgresSslMode>,
+    /// Secret key holding the PEM CA that signed the server's certificate
+    /// (libpq's `sslrootcert`). Without it, verify-ca and verify-full
+    /// trust the system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<KeyRef>,
+    /// Secret key holding a PEM client certificate, for `cert`
+    /// authentication (libpq's `sslcert`), e.g. `tls.crt` of a
+    /// `kubernetes.io/tls` Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_secret_ref: Option<KeyRef>,
+    /// Secret key holding its PEM private key (libpq's `sslkey`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key_secret_ref: Option<KeyRef>,
+}
+
+/// libpq's `sslmode`: whether the connection is encrypted and how much of
+/// the server's certificate is checked.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum PostgresSslMode {
+    /// Never encrypted.
+    Disable,
+    /// Encrypted when the server offers it (as prefer).
+    Allow,
+    /// Encrypted when the server offers it; certificate not checked.
+    Prefer,
+    /// Always encrypted; certificate not checked (unless a CA is given).
+    Require,
+    /// Always encrypted; certificate signed by the CA.
+    VerifyCa,
+    /// Always encrypted; certificate signed by the CA and naming the host.
+    VerifyFull,
+}
+
+impl PostgresSslMode {
+    /// The libpq name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disable => "disable",
+            Self::Allow => "allow",
+            Self::Prefer => "prefer",
+            Self::Require => "require",
+            Self::VerifyCa => "verify-ca",
+            Self::VerifyFull => "verify-full",
+        }
+    }
+
+    /// Whether the server's certificate is checked against a CA.
+    pub fn verifies(self) -> bool {
+        matches!(self, Self::VerifyCa | Self::VerifyFull)
+    }
 }
 
 /// Checkpoint settings.

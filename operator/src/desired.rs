@@ -38,6 +38,9 @@ const REGISTRY_AUTH_DIR: &str = "/etc/tickflow/registry-auth";
 const REGISTRY_CA_DIR: &str = "/etc/tickflow/registry-ca";
 const POSTGRES_URL_DIR: &str = "/etc/tickflow/postgres-url";
 const POSTGRES_PASSWORD_DIR: &str = "/etc/tickflow/postgres-password";
+const POSTGRES_CA_DIR: &str = "/etc/tickflow/postgres-ca";
+const POSTGRES_CLIENT_CERT_DIR: &str = "/etc/tickflow/postgres-client-cert";
+const POSTGRES_CLIENT_KEY_DIR: &str = "/etc/tickflow/postgres-client-key";
 /// Non-root user of the worker image (distroless `nonroot`).
 const WORKER_UID: i64 = 65532;
 
@@ -284,7 +287,8 @@ impl SecretFiles {
 }
 
 /// The database of `table` sinks as the worker's environment: the URL as
-/// a value or a mounted file, the password as a mounted file.
+/// a value or a mounted file, the password and TLS files as mounted files,
+/// TLS settings under libpq's variable names (`PGSSLMODE`, …).
 fn postgres_env(pg: Option<&PostgresConnection>, secrets: &mut SecretFiles) -> Vec<EnvVar> {
     let Some(pg) = pg else {
         return Vec::new();
@@ -309,6 +313,35 @@ fn postgres_env(pg: Option<&PostgresConnection>, secrets: &mut SecretFiles) -> V
             POSTGRES_PASSWORD_DIR,
             r,
             "password",
+        ));
+    }
+    // TLS under libpq's own variable names, which the worker reads.
+    if let Some(mode) = pg.ssl_mode {
+        envs.push(env("PGSSLMODE", mode.as_str()));
+    }
+    match &pg.ca_secret_ref {
+        Some(r) => {
+            envs.push(secrets.file("PGSSLROOTCERT", "postgres-ca", POSTGRES_CA_DIR, r, "ca.crt"))
+        }
+        None if pg.ssl_mode.is_some_and(|m| m.verifies()) => {
+            envs.push(env("PGSSLROOTCERT", "system"));
+        }
+        None => {}
+    }
+    if let (Some(cert), Some(key)) = (&pg.client_cert_secret_ref, &pg.client_key_secret_ref) {
+        envs.push(secrets.file(
+            "PGSSLCERT",
+            "postgres-client-cert",
+            POSTGRES_CLIENT_CERT_DIR,
+            cert,
+            "tls.crt",
+        ));
+        envs.push(secrets.file(
+            "PGSSLKEY",
+            "postgres-client-key",
+            POSTGRES_CLIENT_KEY_DIR,
+            key,
+            "tls.key",
         ));
     }
     envs
@@ -1109,6 +1142,72 @@ spec:
             vol.secret.unwrap().secret_name.as_deref(),
             Some("kafka-creds")
         );
+    }
+
+    #[test]
+    fn postgres_tls_goes_to_the_worker_under_libpq_names_with_files_mounted() {
+        let pod_env = |tls: &str| {
+            let q = query(&format!(
+                r#"
+apiVersion: tickflow.io/v1alpha1
+kind: StreamQuery
+metadata: {{name: pg}}
+spec:
+  sql: "CREATE STREAM x AS SELECT symbol FROM market_ticks;"
+  sinks: [{{stream: x, table: x}}]
+  postgres:
+    url: "postgres://u@db:5432/d"
+{tls}
+"#
+            ));
+            let pod = objects(&q).deployment.spec.unwrap().template.spec.unwrap();
+            let c = pod.containers[0].clone();
+            let env: BTreeMap<String, String> = c
+                .env
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|e| e.name.starts_with("PGSSL"))
+                .map(|e| (e.name, e.value.unwrap_or_default()))
+                .collect();
+            let secret_of = move |path: &str| {
+                let mount = c
+                    .volume_mounts
+                    .iter()
+                    .flatten()
+                    .find(|m| path.starts_with(&format!("{}/", m.mount_path)))?;
+                let v = pod
+                    .volumes
+                    .iter()
+                    .flatten()
+                    .find(|v| v.name == mount.name)?;
+                let s = v.secret.as_ref()?;
+                Some(format!(
+                    "{}/{}",
+                    s.secret_name.as_deref()?,
+                    s.items.as_ref()?[0].key
+                ))
+            };
+            (env, secret_of)
+        };
+        let (env, _) = pod_env("");
+        assert!(
+            env.is_empty(),
+            "libpq's default (prefer) is the worker's: {env:?}"
+        );
+        let (env, _) = pod_env("    sslMode: verify-full");
+        assert_eq!(env["PGSSLMODE"], "verify-full");
+        assert_eq!(
+            env["PGSSLROOTCERT"], "system",
+            "no CA given: the system's roots"
+        );
+        let (env, secret_of) = pod_env(
+            "    sslMode: verify-ca\n    caSecretRef: {name: db-ca, key: ca.crt}\n    clientCertSecretRef: {name: db-client, key: tls.crt}\n    clientKeySecretRef: {name: db-client, key: tls.key}",
+        );
+        assert_eq!(env["PGSSLMODE"], "verify-ca");
+        assert_eq!(secret_of(&env["PGSSLROOTCERT"]).unwrap(), "db-ca/ca.crt");
+        assert_eq!(secret_of(&env["PGSSLCERT"]).unwrap(), "db-client/tls.crt");
+        assert_eq!(secret_of(&env["PGSSLKEY"]).unwrap(), "db-client/tls.key");
     }
 
     #[test]

@@ -473,6 +473,36 @@ fn invalid_sql_gets_no_deployment_and_field_rules_are_enforced_at_apply() {
             "  onOffsetOutOfRange: rewind\n",
             "Unsupported value: \"rewind\"",
         ),
+        (
+            "a sink with both a topic and a table",
+            "  sinks: [{stream: out, topic: t, table: t}]\n  postgres: {url: \"postgres://u@db/d\"}\n",
+            "set exactly one of topic and table",
+        ),
+        (
+            "a table sink without a database",
+            "  sinks: [{stream: out, table: t}]\n",
+            "sinks with a table need spec.postgres",
+        ),
+        (
+            "a PostgreSQL URL with a password",
+            "  postgres: {url: \"postgres://u:hunter2@db/d\"}\n",
+            "url must be a postgres:// URL without a password",
+        ),
+        (
+            "an sslmode libpq does not know",
+            "  postgres: {url: \"postgres://u@db/d\", sslMode: verify}\n",
+            "Unsupported value: \"verify\"",
+        ),
+        (
+            "a client certificate without its key",
+            "  postgres: {url: \"postgres://u@db/d\", clientCertSecretRef: {name: c, key: tls.crt}}\n",
+            "clientCertSecretRef and clientKeySecretRef go together",
+        ),
+        (
+            "certificates with sslMode disable",
+            "  postgres: {url: \"postgres://u@db/d\", sslMode: disable, caSecretRef: {name: c, key: ca.crt}}\n",
+            "sslMode disable takes no certificates",
+        ),
     ];
     for (what, extra, expected) in cases {
         let out = apply(

@@ -2,9 +2,10 @@
 //! control plane: the Deployment the operator makes (the binding, the
 //! password as a mounted Secret file) runs as its pod would (see
 //! `k8s_common::pod`) against the real broker and the test PostgreSQL
-//! server. A wrong password keeps the worker up and the resource Degraded
-//! with the reason; fixing the Secret lets it start, and the table gets
-//! exactly the rows the worker committed.
+//! server, over TLS with `verify-full` against a CA from a Secret (the
+//! database role is refused without TLS). A wrong password keeps the
+//! worker up and the resource Degraded with the reason; fixing the Secret
+//! lets it start, and the table gets exactly the rows the worker committed.
 
 mod k8s_common;
 
@@ -14,6 +15,7 @@ use std::time::Duration;
 use k8s_common::*;
 
 const PASSWORD_FILE: &str = "/etc/tickflow/postgres-password/password";
+const CA_FILE: &str = "/etc/tickflow/postgres-ca/ca.crt";
 
 fn secret_yaml(password: &str) -> String {
     format!(
@@ -22,15 +24,15 @@ fn secret_yaml(password: &str) -> String {
 }
 
 /// The Secret's key as the kubelet would mount it.
-fn mount_secret(ns: &str, file: &std::path::Path) {
+fn mount_secret(ns: &str, secret: &str, key: &str, file: &std::path::Path) {
     let data = kc(&[
         "get",
         "secret",
-        "market-db",
+        secret,
         "-n",
         ns,
         "-o",
-        "jsonpath={.data.password}",
+        &format!("jsonpath={{.data.{}}}", key.replace('.', "\\.")),
     ]);
     let out = Command::new("base64")
         .arg("-d")
@@ -77,11 +79,23 @@ fn a_table_sink_waits_degraded_for_a_wrong_password_and_writes_once_it_is_fixed(
     let ticks = produce_ticks(&ns, &brokers, &registry, ticks_count);
 
     apply_ok(&ns, &secret_yaml("not-the-password"));
+    let ca = std::path::Path::new(&pg["TICKFLOW_TEST_PG_TLS_DIR"]).join("ca.crt");
+    kc(&[
+        "create",
+        "secret",
+        "generic",
+        "market-db-ca",
+        "-n",
+        &ns,
+        &format!("--from-file=ca.crt={}", ca.display()),
+    ]);
+    // The server's certificate names `localhost`; this role needs TLS.
+    let url =
+        pg["TICKFLOW_TEST_PG_URL"].replacen("tickflow@127.0.0.1", "tickflow_tls@localhost", 1);
     let table = format!("bars_{}", ns.replace('-', "_"));
     let sql = std::fs::read_to_string(repo().join("sql/ohlc_5s.sql")).unwrap();
     let extra = format!(
-        "  kafka: {{bootstrapServers: \"{brokers}\", schemaRegistryUrl: \"{registry}\"}}\n  sources: [{{table: market_ticks, topic: {ticks}}}]\n  sinks: [{{stream: ohlc_5s, table: {table}}}]\n  postgres:\n    url: \"{}\"\n    passwordSecretRef: {{name: market-db, key: password}}\n  checkpoint: {{interval: 500ms}}\n",
-        pg["TICKFLOW_TEST_PG_URL"]
+        "  kafka: {{bootstrapServers: \"{brokers}\", schemaRegistryUrl: \"{registry}\"}}\n  sources: [{{table: market_ticks, topic: {ticks}}}]\n  sinks: [{{stream: ohlc_5s, table: {table}}}]\n  postgres:\n    url: \"{url}\"\n    passwordSecretRef: {{name: market-db, key: password}}\n    sslMode: verify-full\n    caSecretRef: {{name: market-db-ca, key: ca.crt}}\n  checkpoint: {{interval: 500ms}}\n",
     );
     apply_ok(&ns, &stream_query_yaml("bars", &sql, &extra));
     let pod_ip = pod_ip(&ns, "bars");
@@ -98,15 +112,21 @@ fn a_table_sink_waits_degraded_for_a_wrong_password_and_writes_once_it_is_fixed(
         "{}",
         container["args"]
     );
-    assert!(
-        container["env"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["name"] == "TICKFLOW_POSTGRES_PASSWORD_FILE" && e["value"] == PASSWORD_FILE),
-        "{}",
-        container["env"]
-    );
+    for (name, value) in [
+        ("TICKFLOW_POSTGRES_PASSWORD_FILE", PASSWORD_FILE),
+        ("PGSSLMODE", "verify-full"),
+        ("PGSSLROOTCERT", CA_FILE),
+    ] {
+        assert!(
+            container["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["name"] == name && e["value"] == value),
+            "{name}={value} in {}",
+            container["env"]
+        );
+    }
     assert!(
         pod["volumes"]
             .as_array()
@@ -122,8 +142,13 @@ fn a_table_sink_waits_degraded_for_a_wrong_password_and_writes_once_it_is_fixed(
 
     let dir = tempfile::tempdir().unwrap();
     let password_file = dir.path().join("password");
-    mount_secret(&ns, &password_file);
-    let mounts = [(PASSWORD_FILE, password_file.to_str().unwrap().to_string())];
+    mount_secret(&ns, "market-db", "password", &password_file);
+    let ca_file = dir.path().join("ca.crt");
+    mount_secret(&ns, "market-db-ca", "ca.crt", &ca_file);
+    let mounts = [
+        (PASSWORD_FILE, password_file.to_str().unwrap().to_string()),
+        (CA_FILE, ca_file.to_str().unwrap().to_string()),
+    ];
     let mut child = start_query_pod_with(&ns, "bars", &pod_ip, dir.path(), &mounts);
 
     // Wrong password: Degraded with the reason, the worker stays up.
@@ -139,7 +164,7 @@ fn a_table_sink_waits_degraded_for_a_wrong_password_and_writes_once_it_is_fixed(
     child.assert_running();
     let log = child.log();
     assert_eq!(
-        log.matches("check the user and the password").count(),
+        log.matches("check the user, the password").count(),
         1,
         "one error line while it waits: {log}"
     );
@@ -149,7 +174,7 @@ fn a_table_sink_waits_degraded_for_a_wrong_password_and_writes_once_it_is_fixed(
     // connects without a restart and catches up. Windows close once every
     // partition has a watermark (or is idle past the worker's 10 s).
     apply_ok(&ns, &secret_yaml(&pg["TICKFLOW_TEST_PG_PASSWORD"]));
-    mount_secret(&ns, &password_file);
+    mount_secret(&ns, "market-db", "password", &password_file);
     wait_for("caught up and healthy", Duration::from_secs(90), || {
         child.assert_running();
         let o = get(&ns, "streamquery", "bars")?;

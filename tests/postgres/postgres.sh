@@ -14,6 +14,11 @@
 #
 # The test user is ${TICKFLOW_TEST_PG_USER:-tickflow} with password
 # ${TICKFLOW_TEST_PG_PASSWORD:-tickflow-secret}, owner of database `tickflow`.
+# TLS is on, with a test CA made by openssl in $STATE_DIR/tls (ca.crt,
+# other-ca.crt that signed nothing the server has, client.crt/client.key);
+# the server's certificate names only `localhost`, not 127.0.0.1. Two more
+# roles that act as the test user: `tickflow_tls` (same password) is refused
+# without TLS, and `tickflow_cert` logs in only with the client certificate.
 # Settings: PG_PORT (default 25432), PG_STATE_DIR (default
 # /tmp/tickflow-postgres.<port>), PG_BIN (default /usr/lib/postgresql/15/bin).
 # The TimescaleDB extension is not packaged for Debian here, so hypertables
@@ -52,6 +57,36 @@ install() {
     die "could not install postgresql-15"
 }
 
+# A CA, a server certificate for `localhost`, a client certificate for
+# `tickflow_cert`, and a second CA; in $1.
+make_certificates() {
+  local dir="$1"
+  command -v openssl >/dev/null || die "openssl is missing (Debian: apt-get install openssl)"
+  mkdir -p "$dir"
+  (
+    cd "$dir"
+    local quiet=(-batch)
+    for ca in ca other-ca; do
+      openssl req "${quiet[@]}" -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+        -keyout "$ca.key" -out "$ca.crt" -days 30 -subj "/CN=tickflow test $ca" \
+        -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
+    done
+    sign() { # name subject extensions
+      openssl req "${quiet[@]}" -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+        -keyout "$1.key" -out "$1.csr" -subj "$2" 2>/dev/null
+      printf '%s\n' "$3" >"$1.ext"
+      openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial \
+        -days 30 -out "$1.crt" -extfile "$1.ext" 2>/dev/null
+    }
+    sign server "/CN=localhost" "subjectAltName=DNS:localhost
+extendedKeyUsage=serverAuth"
+    sign client "/CN=tickflow_cert" "extendedKeyUsage=clientAuth"
+    rm -f ./*.csr ./*.ext ./*.srl ca.key other-ca.key
+    chmod 600 server.key client.key
+  ) || die "making the test certificates failed"
+  [ "$(id -u)" != 0 ] || chown postgres "$dir/server.key" "$dir/server.crt"
+}
+
 running_pid() {
   [ -f "$DATA/postmaster.pid" ] || return 1
   local pid
@@ -76,13 +111,28 @@ start() {
     --pwfile="$pwfile" -E UTF8 --locale=C.UTF-8 >"$STATE_DIR/initdb.log" 2>&1 ||
     { cat "$STATE_DIR/initdb.log" >&2; die "initdb failed"; }
   rm -f "$pwfile"
+  make_certificates "$STATE_DIR/tls"
+  # Checked in order: the TLS-only role never without TLS, the certificate
+  # role only with a certificate; initdb's lines follow.
+  local hba="$DATA/pg_hba.conf"
+  { printf '%s\n' \
+      "hostnossl all tickflow_tls all reject" \
+      "hostssl all tickflow_cert all cert" \
+      "host all tickflow_cert all reject"
+    cat "$hba"; } >"$hba.new" && mv "$hba.new" "$hba"
+  [ "$(id -u)" != 0 ] || chown postgres "$hba"
   # Fast and disposable: no fsync (tests kill the worker, not the server).
   as_owner "$PG_BIN/pg_ctl" -D "$DATA" -l "$LOG_FILE" -w -t 60 start -o \
-    "-c listen_addresses=127.0.0.1 -p $PORT -k $STATE_DIR -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" \
+    "-c listen_addresses=127.0.0.1 -p $PORT -k $STATE_DIR -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 -c ssl=on -c ssl_cert_file=$STATE_DIR/tls/server.crt -c ssl_key_file=$STATE_DIR/tls/server.key -c ssl_ca_file=$STATE_DIR/tls/ca.crt" \
     >/dev/null || { cat "$LOG_FILE" >&2; die "the server did not start"; }
   as_owner "$PG_BIN/psql" -h "$STATE_DIR" -p "$PORT" -U postgres -d postgres -qAt -v ON_ERROR_STOP=1 <<SQL >/dev/null
 CREATE ROLE "$USER_NAME" LOGIN PASSWORD '$PASSWORD';
 CREATE DATABASE $DB OWNER "$USER_NAME";
+CREATE ROLE tickflow_tls LOGIN PASSWORD '$PASSWORD' IN ROLE "$USER_NAME";
+CREATE ROLE tickflow_cert LOGIN IN ROLE "$USER_NAME";
+-- They act as the test user once logged in, so what they create is its.
+ALTER ROLE tickflow_tls SET role = '$USER_NAME';
+ALTER ROLE tickflow_cert SET role = '$USER_NAME';
 SQL
 }
 
@@ -105,6 +155,7 @@ case "$cmd" in
     echo "export TICKFLOW_TEST_PG_URL=$URL"
     printf 'export TICKFLOW_TEST_PG_PASSWORD=%q\n' "$PASSWORD"
     echo "export TICKFLOW_TEST_PG_PSQL=$PG_BIN/psql"
+    echo "export TICKFLOW_TEST_PG_TLS_DIR=$STATE_DIR/tls"
     ;;
   psql)
     shift

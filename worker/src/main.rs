@@ -44,6 +44,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start; boxing the arguments would only add noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the market simulator and write its streams to files.
@@ -373,8 +375,8 @@ struct QueryArgs {
     #[arg(long, env = "TICKFLOW_QUERY_NAME")]
     name: Option<String>,
     /// PostgreSQL (or TimescaleDB) for STREAM=postgres:TABLE outputs:
-    /// postgres://USER@HOST:PORT/DB?sslmode=disable or libpq key=value
-    /// pairs. The password comes from TICKFLOW_POSTGRES_PASSWORD (a Secret),
+    /// postgres://USER@HOST:PORT/DB?sslmode=verify-full&sslrootcert=CA.pem
+    /// or libpq key=value pairs. The password comes from TICKFLOW_POSTGRES_PASSWORD (a Secret),
     /// not from here.
     #[arg(long, env = "TICKFLOW_POSTGRES_URL")]
     postgres_url: Option<String>,
@@ -390,6 +392,8 @@ struct QueryArgs {
     /// TICKFLOW_POSTGRES_PASSWORD.
     #[arg(long, env = "TICKFLOW_POSTGRES_PASSWORD_FILE")]
     postgres_password_file: Option<PathBuf>,
+    #[command(flatten)]
+    postgres_tls: PostgresTlsArgs,
     #[arg(
         long,
         env = "TICKFLOW_INPUT_FORMAT",
@@ -464,6 +468,40 @@ struct QueryArgs {
     liveness_timeout: Duration,
 }
 
+/// TLS to PostgreSQL where the URL says nothing, under libpq's environment
+/// variables (the URL's `sslmode`, `sslrootcert`, `sslcert`, `sslkey` win).
+#[derive(clap::Args, Debug, Clone)]
+struct PostgresTlsArgs {
+    /// disable, allow, prefer (default), require, verify-ca or verify-full.
+    #[arg(long = "postgres-sslmode", env = "PGSSLMODE", value_parser = parse_ssl_mode)]
+    mode: Option<postgres::tls::SslMode>,
+    /// PEM file of the CA that signed the server's certificate, or
+    /// `system` for the system's trust store (verify-ca, verify-full).
+    #[arg(long = "postgres-sslrootcert", env = "PGSSLROOTCERT")]
+    root_cert: Option<String>,
+    /// Client certificate (PEM), for `cert` authentication.
+    #[arg(long = "postgres-sslcert", env = "PGSSLCERT", requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long = "postgres-sslkey", env = "PGSSLKEY", requires = "client_cert")]
+    client_key: Option<PathBuf>,
+}
+
+fn parse_ssl_mode(s: &str) -> Result<postgres::tls::SslMode, String> {
+    s.parse()
+}
+
+impl PostgresTlsArgs {
+    fn options(&self) -> postgres::tls::TlsOptions {
+        postgres::tls::TlsOptions {
+            mode: self.mode,
+            root_cert: self.root_cert.clone(),
+            client_cert: self.client_cert.clone(),
+            client_key: self.client_key.clone(),
+        }
+    }
+}
+
 impl QueryArgs {
     /// `--name`, or the SQL file's name.
     fn query_name(&self) -> String {
@@ -498,7 +536,11 @@ impl QueryArgs {
                 .ok()
                 .map(postgres::Password::Value),
         };
-        Ok(Some(postgres::PostgresConnection { url, password }))
+        Ok(Some(postgres::PostgresConnection {
+            url,
+            password,
+            tls_defaults: self.postgres_tls.options(),
+        }))
     }
 
     fn event_time_bounds(&self) -> tickflow_worker::engine::EventTimeBounds {

@@ -51,7 +51,7 @@ fn table_rows(table: &str) -> Vec<Value> {
 #[test]
 fn a_kafka_query_killed_inside_its_commits_leaves_exactly_the_replays_rows_in_postgres() {
     let e = env();
-    let postgres_common::Server { url, password } = postgres_common::server();
+    let postgres_common::Server { url, password, .. } = postgres_common::server();
     let topics = Topics::new("pg-sink");
     let dir = tempfile::tempdir().unwrap();
     produce_both(&topics, 17, 20_000, "0s", dir.path());

@@ -2,7 +2,8 @@
 //! (tests/postgres/postgres.sh, Debian's postgresql-15): a replay into
 //! tables equals the same replay into files; a kill -9 at every point of
 //! the commit sequence ends with exactly the rows of an uninterrupted run;
-//! bad credentials and an unreachable server fail with one clear message.
+//! bad credentials and an unreachable server fail with one clear message;
+//! each libpq `sslmode` encrypts and checks the server as libpq does.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -368,4 +369,127 @@ fn bad_credentials_and_an_unreachable_server_are_one_clear_error() {
         "{stderr}"
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// The outcome of one replay into the server as `user`@`host` with the
+/// given URL query string and extra arguments: its stderr if it failed.
+fn tls_run(
+    prefix: &str,
+    user: &str,
+    host: &str,
+    query: &str,
+    extra: &[&str],
+) -> Result<(), String> {
+    forget(prefix);
+    let dir = tempfile::tempdir().unwrap();
+    let url = server()
+        .url
+        .replacen("tickflow@127.0.0.1", &format!("{user}@{host}"), 1);
+    let url = if query.is_empty() {
+        url
+    } else {
+        format!("{url}?{query}")
+    };
+    let out = query_into_postgres_at(dir.path(), prefix, &url)
+        .args(extra)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains(&server().password), "{stderr}");
+    if out.status.success() {
+        assert_tables_match_reference(prefix);
+        Ok(())
+    } else {
+        Err(stderr)
+    }
+}
+
+#[test]
+fn tls_modes_encrypt_and_check_the_server_as_libpq_does() {
+    // `tickflow_tls` is refused without TLS; the server's certificate
+    // names `localhost` (not 127.0.0.1) and is signed by `ca.crt`.
+    let tls = &server().tls_dir;
+    let ca = tls.join("ca.crt").display().to_string();
+    let other_ca = tls.join("other-ca.crt").display().to_string();
+    let ip = "127.0.0.1";
+
+    let e = tls_run("tls_off", "tickflow_tls", ip, "sslmode=disable", &[]).unwrap_err();
+    assert!(
+        e.contains("no encryption") && e.contains("tickflow_tls@127.0.0.1"),
+        "{e}"
+    );
+    // prefer (the default) and require encrypt without checking the server.
+    tls_run("tls_prefer", "tickflow_tls", ip, "", &[]).unwrap();
+    tls_run("tls_require", "tickflow_tls", ip, "sslmode=require", &[]).unwrap();
+    // verify-ca checks the chain but not the name.
+    let verify_ca = format!("sslmode=verify-ca&sslrootcert={ca}");
+    tls_run("tls_ca", "tickflow_tls", ip, &verify_ca, &[]).unwrap();
+    let e = tls_run(
+        "tls_ca_other",
+        "tickflow_tls",
+        ip,
+        &format!("sslmode=verify-ca&sslrootcert={other_ca}"),
+        &[],
+    )
+    .unwrap_err();
+    assert!(
+        e.to_lowercase().contains("unknownissuer") || e.contains("unknown issuer"),
+        "{e}"
+    );
+    // verify-full also checks the name.
+    let verify_full = format!("sslmode=verify-full&sslrootcert={ca}");
+    let e = tls_run("tls_full_ip", "tickflow_tls", ip, &verify_full, &[]).unwrap_err();
+    assert!(
+        e.contains("NotValidForName") || e.contains("not valid for name"),
+        "{e}"
+    );
+    tls_run("tls_full", "tickflow_tls", "localhost", &verify_full, &[]).unwrap();
+    // libpq's environment variables apply where the URL says nothing.
+    let e = tls_run(
+        "tls_env",
+        "tickflow_tls",
+        ip,
+        "",
+        &["--postgres-sslmode", "verify-full"],
+    )
+    .unwrap_err();
+    assert!(e.contains("needs sslrootcert"), "{e}");
+    tls_run(
+        "tls_env",
+        "tickflow_tls",
+        "localhost",
+        "",
+        &[
+            "--postgres-sslmode",
+            "verify-full",
+            "--postgres-sslrootcert",
+            &ca,
+        ],
+    )
+    .unwrap();
+    // A client certificate logs `tickflow_cert` in without a password.
+    let e = tls_run(
+        "tls_cert_none",
+        "tickflow_cert",
+        "localhost",
+        &verify_full,
+        &[],
+    )
+    .unwrap_err();
+    assert!(e.contains("tickflow_cert"), "{e}");
+    let client = |f: &str| tls.join(f).display().to_string();
+    tls_run(
+        "tls_cert",
+        "tickflow_cert",
+        "localhost",
+        &verify_full,
+        &[
+            "--postgres-sslcert",
+            &client("client.crt"),
+            "--postgres-sslkey",
+            &client("client.key"),
+        ],
+    )
+    .unwrap();
 }

@@ -1,15 +1,18 @@
 //! The test PostgreSQL server (tests/postgres/postgres.sh: Debian's
-//! postgresql-15 on loopback, password authentication), started on first
-//! use, and a client of it.
+//! postgresql-15 on loopback, password authentication, TLS on), started on
+//! first use, and a client of it.
 
 use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
 
-/// The test server's URL (no password) and the test user's password.
+/// The test server's URL (no password), the test user's password, and the
+/// folder of its test CA and client certificate.
 pub struct Server {
     pub url: String,
     pub password: String,
+    #[allow(dead_code)] // only the TLS test binary reads it
+    pub tls_dir: std::path::PathBuf,
 }
 
 pub fn server() -> &'static Server {
@@ -40,6 +43,7 @@ pub fn server() -> &'static Server {
         Server {
             url: var("TICKFLOW_TEST_PG_URL"),
             password: var("TICKFLOW_TEST_PG_PASSWORD"),
+            tls_dir: var("TICKFLOW_TEST_PG_TLS_DIR").into(),
         }
     })
 }

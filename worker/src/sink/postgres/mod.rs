@@ -25,6 +25,7 @@
 
 pub mod copy;
 pub mod table;
+pub mod tls;
 mod wait;
 
 pub use wait::wait_until_reachable;
@@ -36,8 +37,8 @@ use std::time::Duration;
 
 use arrow::array::{Array, AsArray, LargeBinaryArray, RecordBatch, StringArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, UInt64Type};
+use postgres::Client;
 use postgres::error::SqlState;
-use postgres::{Client, NoTls};
 
 use crate::runner::faults;
 use crate::runner::{
@@ -59,6 +60,8 @@ pub struct PostgresConnection {
     /// `postgres://user@host:port/db?sslmode=…` or libpq `key=value` pairs.
     pub url: String,
     pub password: Option<Password>,
+    /// TLS options where the URL gives none (libpq's `PGSSLMODE`, …).
+    pub tls_defaults: tls::TlsOptions,
 }
 
 /// A password as given, or a file read at every connect: a mounted Secret
@@ -89,9 +92,11 @@ impl std::fmt::Debug for PostgresConnection {
 }
 
 impl PostgresConnection {
-    fn config(&self) -> Result<postgres::Config, String> {
-        let mut config: postgres::Config = self
-            .url
+    /// The client settings (the URL without its TLS options) and the TLS
+    /// options in effect.
+    fn config(&self) -> Result<(postgres::Config, tls::TlsOptions), String> {
+        let (url, tls) = tls::split_tls_options(&self.url)?;
+        let mut config: postgres::Config = url
             .parse()
             .map_err(|e| format!("the PostgreSQL URL does not parse: {e}"))?;
         if let Some(p) = &self.password {
@@ -102,24 +107,27 @@ impl PostgresConnection {
         }
         config.application_name("tickflow-worker");
         config.keepalives(true);
-        Ok(config)
+        Ok((config, tls.or(&self.tls_defaults)))
     }
 
     /// A new client, connected and authenticated.
     fn open(&self) -> Result<Client, PgError> {
-        let config = self.config().map_err(|message| PgError::Refused {
-            target: "(URL)".into(),
+        let refused = |message| PgError::Refused {
+            target: self.describe(),
             message,
-        })?;
+        };
+        let (mut config, tls) = self.config().map_err(refused)?;
+        let (ssl_mode, connector) = tls::connector(&tls).map_err(refused)?;
+        config.ssl_mode(ssl_mode);
         config
-            .connect(NoTls)
+            .connect(connector)
             .map_err(|e| classify(self.describe(), "connecting", &e))
     }
 
     /// `user@host:port/db`, for messages (never the password).
     pub fn describe(&self) -> String {
-        let Ok(c) = self.config() else {
-            return "PostgreSQL (unparsable URL)".into();
+        let Ok((c, _)) = self.config() else {
+            return "(unparsable URL)".into();
         };
         let host = match c.get_hosts().first() {
             Some(postgres::config::Host::Tcp(h)) => h.clone(),
@@ -556,15 +564,24 @@ fn classify(target: String, doing: &str, e: &postgres::Error) -> PgError {
                 match db.code() {
                     c if *c == SqlState::INVALID_PASSWORD
                         || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION =>
-                        "; check the user and the password (TICKFLOW_POSTGRES_PASSWORD)",
+                        "; check the user, the password (TICKFLOW_POSTGRES_PASSWORD) and sslmode",
                     _ => "",
                 }
             ),
         },
-        None => PgError::Connection {
-            target,
-            message: format!("{doing}: {}", error_chain(e)),
-        },
+        None => {
+            let chain = error_chain(e);
+            let hint = if chain.contains("TLS handshake") {
+                "; check sslmode and sslrootcert (the CA that signed the server's \
+                 certificate; verify-full also needs the host's name in it)"
+            } else {
+                ""
+            };
+            PgError::Connection {
+                target,
+                message: format!("{doing}: {chain}{hint}"),
+            }
+        }
     }
 }
 
