@@ -882,6 +882,23 @@ fn owned(component: &str) -> watcher::Config {
     ))
 }
 
+/// The phases of the resources in a controller's cache, for the metric.
+fn phase_source<K>(
+    store: kube::runtime::reflector::Store<K>,
+    phase: fn(&K) -> Option<Phase>,
+) -> crate::metrics::PhaseSource
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    Box::new(move || {
+        store
+            .state()
+            .iter()
+            .filter_map(|o| Some((o.namespace()?, o.name_any(), phase(o)?)))
+            .collect()
+    })
+}
+
 /// The StreamQuery controller over one namespace (or all).
 async fn run_queries(
     ctx: Arc<Context>,
@@ -896,6 +913,10 @@ async fn run_queries(
         watcher::Config::default(),
     );
     let queries = controller.store();
+    ctx.metrics.add_phase_source(
+        "StreamQuery",
+        phase_source(queries.clone(), |q| q.status.as_ref()?.phase),
+    );
     controller
         .owns(
             scoped::<Deployment>(&client, ns),
@@ -945,26 +966,31 @@ async fn run_producers(
 ) {
     let client = ctx.client.clone();
     let ns = ns.as_deref();
-    Controller::new(
+    let controller = Controller::new(
         scoped::<MarketProducer>(&client, ns),
         watcher::Config::default(),
-    )
-    .owns(
-        scoped::<Deployment>(&client, ns),
-        owned(desired::PRODUCER_COMPONENT),
-    )
-    .owns(
-        scoped::<Service>(&client, ns),
-        owned(desired::PRODUCER_COMPONENT),
-    )
-    .with_config(config)
-    .graceful_shutdown_on(stop)
-    .run(reconcile_producer, error_policy, ctx.clone())
-    .for_each(|r| {
-        after_reconcile(&ctx, "MarketProducer", r);
-        std::future::ready(())
-    })
-    .await;
+    );
+    ctx.metrics.add_phase_source(
+        "MarketProducer",
+        phase_source(controller.store(), |p| p.status.as_ref()?.phase),
+    );
+    controller
+        .owns(
+            scoped::<Deployment>(&client, ns),
+            owned(desired::PRODUCER_COMPONENT),
+        )
+        .owns(
+            scoped::<Service>(&client, ns),
+            owned(desired::PRODUCER_COMPONENT),
+        )
+        .with_config(config)
+        .graceful_shutdown_on(stop)
+        .run(reconcile_producer, error_policy, ctx.clone())
+        .for_each(|r| {
+            after_reconcile(&ctx, "MarketProducer", r);
+            std::future::ready(())
+        })
+        .await;
 }
 
 /// Runs both controllers, over each of `namespaces` (empty: all namespaces,

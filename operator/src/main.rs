@@ -180,7 +180,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::info!(identity = %id, "became the leader");
         election = Some(e);
     }
-    metrics.leader.store(true, Ordering::Relaxed);
+    metrics.set_leader(true);
 
     let recorder = Recorder::new(
         client.clone(),
@@ -244,17 +244,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                     id.clone(),
                     args.lease_duration,
                 ) => {
-                    metrics.leader.store(false, Ordering::Relaxed);
+                    metrics.set_leader(false);
                     anyhow::bail!("cannot confirm the leader Lease; stopping");
                 }
                 _ = e.lost() => {
                     // Another replica holds the Lease now: stop at once rather
                     // than reconcile beside it. The pod restarts as a standby.
-                    metrics.leader.store(false, Ordering::Relaxed);
+                    metrics.set_leader(false);
                     anyhow::bail!("lost the leader Lease");
                 }
             }
-            metrics.leader.store(false, Ordering::Relaxed);
+            metrics.set_leader(false);
             e.release().await;
         }
         None => controllers.await,

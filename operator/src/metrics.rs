@@ -1,11 +1,21 @@
 //! The operator's Prometheus metrics, rendered by hand (a few counters and a
 //! histogram do not need a metrics framework).
+//!
+//! `tickflow_operator_resource_phase` mirrors each resource's
+//! `status.phase` as kube-state-metrics does for pods (1 for the current
+//! phase, 0 for the others), so alerts see a query that has no worker to
+//! report anything (invalid SQL, a pod that never starts). It is read from
+//! the controllers' caches of the resources when scraped, so a deleted
+//! resource is gone from it as soon as from the cache. Only the leader runs
+//! controllers, so only the leader exports it; losing the Lease clears it.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
+
+use tickflow_crds::Phase;
 
 /// Upper bounds (seconds) of the reconcile-duration histogram.
 const BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
@@ -35,7 +45,12 @@ pub struct Metrics {
     /// failure counts): must fall back when objects are deleted.
     pub remembered_applies: AtomicU64,
     pub remembered_failures: AtomicU64,
+    /// Per kind, what a controller's cache holds: (namespace, name, phase).
+    phase_sources: Mutex<Vec<(&'static str, PhaseSource)>>,
 }
+
+/// Lists the watched resources of one kind with their status phase.
+pub type PhaseSource = Box<dyn Fn() -> Vec<(String, String, Phase)> + Send + Sync>;
 
 impl Metrics {
     pub fn reconciled(&self, kind: &'static str, ok: bool, took: Duration) {
@@ -55,6 +70,20 @@ impl Metrics {
             if secs <= *b {
                 h.counts[i] += 1;
             }
+        }
+    }
+
+    /// Adds the resources a controller watches to the phase metric.
+    pub fn add_phase_source(&self, kind: &'static str, source: PhaseSource) {
+        self.phase_sources.lock().unwrap().push((kind, source));
+    }
+
+    /// Whether this process holds the Lease; a follower exports no phases
+    /// (the leader's would be stale copies of them).
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.store(leader, Ordering::Relaxed);
+        if !leader {
+            self.phase_sources.lock().unwrap().clear();
         }
     }
 
@@ -131,7 +160,38 @@ impl Metrics {
             self.remembered_applies.load(Ordering::Relaxed),
             self.remembered_failures.load(Ordering::Relaxed),
         );
+        self.render_phases(&mut out);
         out
+    }
+
+    fn render_phases(&self, out: &mut String) {
+        const ALL: [Phase; 5] = [
+            Phase::Pending,
+            Phase::Running,
+            Phase::Suspended,
+            Phase::Degraded,
+            Phase::Failed,
+        ];
+        out.push_str(
+            "# HELP tickflow_operator_resource_phase 1 for the phase in a resource's status, 0 for the others.\n\
+             # TYPE tickflow_operator_resource_phase gauge\n",
+        );
+        let mut phases = BTreeMap::new();
+        for (kind, source) in self.phase_sources.lock().unwrap().iter() {
+            for (namespace, name, phase) in source() {
+                phases.insert((*kind, namespace, name), phase);
+            }
+        }
+        for ((kind, namespace, name), phase) in &phases {
+            for p in ALL {
+                let _ = writeln!(
+                    out,
+                    "tickflow_operator_resource_phase{{kind=\"{kind}\",namespace=\"{namespace}\",name=\"{name}\",phase=\"{}\"}} {}",
+                    p.as_str(),
+                    u8::from(p == *phase)
+                );
+            }
+        }
     }
 }
 
@@ -155,5 +215,38 @@ mod tests {
             "tickflow_operator_reconcile_duration_seconds_bucket{kind=\"StreamQuery\",le=\"1\"} 2"
         ));
         assert_eq!(m.reconcile_count("StreamQuery"), 2);
+    }
+
+    #[test]
+    fn phases_are_one_hot_per_resource_and_go_with_the_cache_or_the_lease() {
+        let m = Metrics::default();
+        m.set_leader(true);
+        let cache = std::sync::Arc::new(Mutex::new(vec![
+            ("desk".to_string(), "bars".to_string(), Phase::Failed),
+            ("desk".to_string(), "vwap".to_string(), Phase::Running),
+        ]));
+        let c = cache.clone();
+        m.add_phase_source("StreamQuery", Box::new(move || c.lock().unwrap().clone()));
+        m.add_phase_source(
+            "MarketProducer",
+            Box::new(|| vec![("desk".into(), "sim".into(), Phase::Running)]),
+        );
+        let text = m.render();
+        let bars = |phase: &str| {
+            format!(
+                "tickflow_operator_resource_phase{{kind=\"StreamQuery\",namespace=\"desk\",name=\"bars\",phase=\"{phase}\"}}"
+            )
+        };
+        assert!(text.contains(&format!("{} 1\n", bars("Failed"))), "{text}");
+        assert!(text.contains(&format!("{} 0\n", bars("Running"))), "{text}");
+        assert_eq!(
+            text.matches("tickflow_operator_resource_phase{").count(),
+            15
+        );
+        cache.lock().unwrap().remove(0);
+        assert!(!m.render().contains("name=\"bars\""));
+        assert!(m.render().contains("name=\"sim\""));
+        m.set_leader(false);
+        assert!(!m.render().contains("tickflow_operator_resource_phase{"));
     }
 }

@@ -643,6 +643,9 @@ fn two_operators_one_leader_and_a_clean_handover() {
     assert_eq!(b.metric("tickflow_operator_leader"), 0.0);
     assert_eq!(b.metric("tickflow_operator_reconciles_total"), 0.0);
     assert!(a.metric("tickflow_operator_reconciles_total") > 0.0);
+    // Only the leader exports the resources' phases (no duplicate series
+    // for alerts to add up).
+    assert_eq!(b.metric("tickflow_operator_resource_phase{"), 0.0);
     let holder = kc(&[
         "get",
         "lease",
@@ -681,6 +684,16 @@ fn two_operators_one_leader_and_a_clean_handover() {
         killed.elapsed()
     );
     assert_eq!(b.metric("tickflow_operator_leader"), 1.0);
+    let phase = |op: &Operator, name: &str| {
+        op.metric(&format!(
+            "tickflow_operator_resource_phase{{kind=\"StreamQuery\",namespace=\"{ns}\",name=\"{name}\",phase=\"Running\"}}"
+        ))
+    };
+    wait_for(
+        "op-b to export both phases",
+        Duration::from_secs(10),
+        || (phase(&b, "first") == 1.0 && phase(&b, "second") == 1.0).then_some(()),
+    );
     assert_eq!(
         kc(&[
             "get",

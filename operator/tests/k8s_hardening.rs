@@ -307,6 +307,16 @@ fn deleted_resources_are_forgotten_by_the_operator() {
     for n in names {
         apply_ok(&ns, &stream_query_yaml(n, SQL, ""));
     }
+    // One the operator refuses: no worker, so only the operator's metric
+    // tells an alert about it.
+    apply_ok(
+        &ns,
+        &stream_query_yaml(
+            "fbad",
+            "CREATE STREAM x AS SELECT nosuch FROM market_ticks;",
+            "",
+        ),
+    );
     apply_ok(
         &ns,
         "apiVersion: tickflow.io/v1alpha1\nkind: MarketProducer\nmetadata: {name: fsim}\nspec: {}\n",
@@ -330,7 +340,20 @@ fn deleted_resources_are_forgotten_by_the_operator() {
             (n >= 4.0).then_some(n)
         },
     );
-    for n in names {
+    let phase = |name: &str, phase: &str| {
+        op.metric(&format!(
+            "tickflow_operator_resource_phase{{kind=\"StreamQuery\",namespace=\"{ns}\",name=\"{name}\",phase=\"{phase}\"}}"
+        ))
+    };
+    wait_for(
+        "the refused query's phase metric",
+        Duration::from_secs(20),
+        || (phase("fbad", "Failed") == 1.0).then_some(()),
+    );
+    assert_eq!(phase("fbad", "Running"), 0.0);
+    assert_eq!(phase("f1", "Running"), 1.0);
+    assert_eq!(phase("f1", "Failed"), 0.0);
+    for n in names.into_iter().chain(["fbad"]) {
         kc(&["delete", "streamquery", n, "-n", &ns, "--wait=false"]);
     }
     kc(&[
@@ -345,6 +368,14 @@ fn deleted_resources_are_forgotten_by_the_operator() {
         &format!("the operator's memory to shrink from {before} to 0"),
         Duration::from_secs(20),
         || (remembered() == 0.0).then_some(()),
+    );
+    wait_for(
+        "the deleted resources' phases gone",
+        Duration::from_secs(20),
+        || {
+            let text = op.metrics().unwrap_or_default();
+            (!text.contains(&format!("namespace=\"{ns}\""))).then_some(())
+        },
     );
 }
 

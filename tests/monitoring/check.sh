@@ -229,7 +229,8 @@ assert rule["metadata"]["namespace"] == "tickflow"
 yaml.safe_dump({"groups": rule["spec"]["groups"]}, open(os.path.join(out, "rules.yaml"), "w"), sort_keys=False)
 alerts = [r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]]
 assert sorted(alerts) == sorted(["TickflowConsumerLagGrowing", "TickflowCheckpointStale", "TickflowDeadLetters",
-    "TickflowQueryDegraded", "TickflowQueryFailed", "TickflowProducerStopped", "TickflowOperatorNotLeading"]), alerts
+    "TickflowQueryDegraded", "TickflowQueryFailed", "TickflowQueryNotStarting", "TickflowProducerStopped",
+    "TickflowOperatorNotLeading"]), alerts
 
 # One PodMonitor selecting worker pods in every namespace (the operator watches all).
 [pm] = kinds(on, "PodMonitor")
@@ -242,7 +243,9 @@ targets = {r["targetLabel"] for r in ep["relabelings"]}
 assert targets == {"namespace", "pod", "component", "query", "producer"}, targets
 json.dump(sorted(targets), open(os.path.join(out, "target-labels.json"), "w"))
 yaml.safe_dump(pm, open(os.path.join(out, "podmonitor.yaml"), "w"), sort_keys=False)
-assert len(kinds(on, "ServiceMonitor")) == 1
+[sm] = kinds(on, "ServiceMonitor")
+# The operator's phase series name the resource's namespace; it must stay `namespace`.
+assert sm["spec"]["endpoints"][0].get("honorLabels") is True, sm
 
 # Dashboards: one ConfigMap per file, sidecar label, the JSON unchanged but the data source uid.
 cms = [c for c in kinds(on, "ConfigMap") if c["metadata"].get("labels", {}).get("grafana_dashboard") == "1"]
