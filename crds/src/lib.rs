@@ -371,6 +371,31 @@ impl PostgresSslMode {
     pub fn verifies(self) -> bool {
         matches!(self, Self::VerifyCa | Self::VerifyFull)
     }
+
+    pub const ALL: [Self; 6] = [
+        Self::Disable,
+        Self::Allow,
+        Self::Prefer,
+        Self::Require,
+        Self::VerifyCa,
+        Self::VerifyFull,
+    ];
+}
+
+impl std::str::FromStr for PostgresSslMode {
+    type Err = String;
+    /// The libpq name (`verify-full`, …).
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "sslmode `{s}` is not one of {}",
+                    Self::ALL.map(Self::as_str).join(", ")
+                )
+            })
+    }
 }
 
 /// Checkpoint settings.

@@ -33,35 +33,8 @@ use rustls::{
 };
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-/// libpq's `sslmode`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SslMode {
-    Disable,
-    Allow,
-    Prefer,
-    Require,
-    VerifyCa,
-    VerifyFull,
-}
-
-impl std::str::FromStr for SslMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Ok(match s {
-            "disable" => Self::Disable,
-            "allow" => Self::Allow,
-            "prefer" => Self::Prefer,
-            "require" => Self::Require,
-            "verify-ca" => Self::VerifyCa,
-            "verify-full" => Self::VerifyFull,
-            other => {
-                return Err(format!(
-                    "sslmode `{other}` is not one of disable, allow, prefer, require, verify-ca, verify-full"
-                ));
-            }
-        })
-    }
-}
+/// libpq's `sslmode` (the StreamQuery resource's `sslMode` is the same type).
+pub use tickflow_crds::PostgresSslMode as SslMode;
 
 /// The TLS options of a connection; `None` where not given.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -253,14 +226,10 @@ fn chain_verifier(
     mode: SslMode,
     provider: &Arc<CryptoProvider>,
 ) -> Result<Arc<dyn ServerCertVerifier>, String> {
-    let name = if mode == SslMode::VerifyCa {
-        "verify-ca"
-    } else {
-        "verify-full"
-    };
     match options.root_cert.as_deref() {
         None => Err(format!(
-            "sslmode={name} needs sslrootcert: a PEM file of the CA, or `system` for the system's trust store"
+            "sslmode={} needs sslrootcert: a PEM file of the CA, or `system` for the system's trust store",
+            mode.as_str()
         )),
         Some("system") => rustls_platform_verifier::Verifier::new(provider.clone())
             .map(|v| Arc::new(v) as Arc<dyn ServerCertVerifier>)
