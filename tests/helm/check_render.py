@@ -262,7 +262,7 @@ def check_options(docs):
     sm = one(kinds, "ServiceMonitor")
     check(sm["metadata"]["labels"].get("release") == "kube-prometheus-stack", "ServiceMonitor labels")
     check(sm["spec"]["selector"]["matchLabels"] == selector, "ServiceMonitor selector")
-    check(sm["spec"]["endpoints"] == [{"port": "http-metrics", "path": "/metrics", "interval": "15s"}],
+    check(sm["spec"]["endpoints"] == [{"port": "http-metrics", "path": "/metrics", "interval": "15s", "honorLabels": True}],
           "ServiceMonitor endpoints")
 
 
