@@ -23,6 +23,9 @@ if command -v rustup >/dev/null; then
   rustup component add rustfmt clippy >/dev/null 2>&1 || true
 fi
 cargo --version
+# The shared cache grows by a test executable per change and test; drop
+# the superseded ones before they fill the disk.
+tests/prune_cache.sh
 
 # The worker's crash and stall points (TICKFLOW_CRASH_AT, TICKFLOW_STALL_AT)
 # are compiled in for the tests only.
