@@ -26,6 +26,18 @@
 #   logs [COMPONENT] [N]
 #                last N (default 60) log lines of etcd, kube-apiserver,
 #                kube-controller-manager, kube-scheduler or kwok (default: all)
+#   real-node-namespace NS
+#                create NS so that its pods run on the real node
+#   real-node-check-clean
+#                exit 1 if a real node left a process, mount, bridge, cgroup
+#                or iptables chain behind (run after stop)
+#   load-image ARCHIVE...
+#                import docker-archive images into the real node's containerd
+#                (what `kind load image-archive` does for a kind node)
+#
+# With K8S_REAL_NODE=1, start also starts a real node (tests/k8s/node.sh:
+# kubelet, kube-proxy, containerd, a pod bridge; root only) after the fake
+# one, and the API server listens on every address so that pods reach it.
 #
 # Ports (all on 127.0.0.1): kube-apiserver ${K8S_API_PORT:-16443} (https),
 # etcd ${K8S_ETCD_PORT:-12379} (+1 peer), kube-controller-manager
@@ -69,6 +81,9 @@ NODE_NAME="kwok-node-0"
 
 die() { echo "controlplane.sh: $*" >&2; exit 1; }
 log() { echo "controlplane.sh: $*" >&2; }
+
+# shellcheck source=tests/k8s/node.sh
+. "$HERE/node.sh"
 
 # kubectl of the same minor as the cluster: kubectl.1.33 on PATH or beside the
 # kubectl that PATH finds (the Google Cloud SDK keeps kubectl.1.NN there and
@@ -130,7 +145,7 @@ build() {
 
 install() {
   local have=1 b
-  for b in etcd kube-apiserver kube-controller-manager kube-scheduler kwok helm; do
+  for b in etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kwok helm; do
     [ -x "$BIN/$b" ] || have=0
   done
   [ "$have" = 1 ] && return 0
@@ -158,7 +173,8 @@ install() {
   build etcd bash -c 'cd "$1" && go build -ldflags "-s -w" -o "$2" go.etcd.io/etcd/server/v3' _ "$mod" "$BIN/etcd.tmp"
   local c
   # shellcheck disable=SC2016
-  for c in kube-apiserver kube-controller-manager kube-scheduler; do
+  # kubelet and kube-proxy: for the real node (tests/k8s/node.sh).
+  for c in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy; do
     build "$c" bash -c 'cd "$1" && go build -ldflags "$2" -o "$3" "k8s.io/kubernetes/cmd/$4"' _ "$mod" "$k8s_ld" "$BIN/$c.tmp" "$c"
   done
   # kwok and helm: their own published go.mod and go.sum (no replace
@@ -249,10 +265,12 @@ gen_certs() {
   sign_cert "$d" apiserver "/CN=kube-apiserver" \
     "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" \
     "extendedKeyUsage=serverAuth" \
-    "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+    "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,IP:$REAL_NODE_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
   # system:masters: full access, bypasses RBAC (the admin of the test cluster).
   sign_cert "$d" admin "/O=system:masters/CN=tickflow-admin" "${client[@]}"
   sign_cert "$d" kwok "/O=system:masters/CN=kwok" "${client[@]}"
+  # The API server's client certificate towards kubelets (logs, exec).
+  sign_cert "$d" apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" "${client[@]}"
   # The users that the default RBAC bootstrap policy grants these roles.
   sign_cert "$d" kube-controller-manager "/CN=system:kube-controller-manager" "${client[@]}"
   sign_cert "$d" kube-scheduler "/CN=system:kube-scheduler" "${client[@]}"
@@ -323,7 +341,8 @@ fail_start() {
       fi
     done
   } >&2
-  stop
+  # K8S_KEEP_ON_FAILURE=1 leaves everything running for a look (then stop).
+  [ "${K8S_KEEP_ON_FAILURE:-0}" = 1 ] || stop
   exit 1
 }
 
@@ -403,11 +422,18 @@ start() {
     --unsafe-no-fsync --quota-backend-bytes=2147483648 --log-level=warn
   wait_for etcd etcd_healthy
 
-  # The default `kubernetes` Service gets no Endpoints (a loopback address
-  # cannot be an endpoint): nothing in this cluster runs in a pod.
+  # Without a real node the default `kubernetes` Service gets no Endpoints
+  # (a loopback address cannot be one): nothing runs in a pod. With one,
+  # it points at the node's bridge address, which pods reach.
+  local bind=(--bind-address=127.0.0.1 --advertise-address=127.0.0.1 --endpoint-reconciler-type=none)
+  [ "${K8S_REAL_NODE:-0}" = 1 ] &&
+    bind=(--bind-address=0.0.0.0 --advertise-address="$REAL_NODE_IP" --endpoint-reconciler-type=lease)
   launch kube-apiserver \
     --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
-    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$API_PORT" \
+    "${bind[@]}" --secure-port="$API_PORT" \
+    --kubelet-client-certificate="$pki/apiserver-kubelet-client.crt" \
+    --kubelet-client-key="$pki/apiserver-kubelet-client.key" \
+    --kubelet-preferred-address-types=InternalIP \
     --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
     --client-ca-file="$pki/ca.crt" \
     --requestheader-client-ca-file="$pki/front-proxy-ca.crt" \
@@ -422,9 +448,8 @@ start() {
     --service-account-signing-key-file="$pki/sa.key" \
     --service-cluster-ip-range=10.96.0.0/16 \
     --authorization-mode=Node,RBAC \
-    --enable-admission-plugins=NodeRestriction \
+    --enable-admission-plugins=NodeRestriction,PodNodeSelector,PodTolerationRestriction \
     --allow-privileged=true \
-    --endpoint-reconciler-type=none \
     --profiling=false \
     --v=1
   wait_for kube-apiserver/readyz api_ready
@@ -520,6 +545,9 @@ YAML
     || fail_start "could not delete the probe Deployment"
   wait_for "the probe pod deleted" probe_gone
   log "control plane $K8S_VERSION ready in $((SECONDS - t0))s (run dir $dir)"
+  if [ "${K8S_REAL_NODE:-0}" = 1 ]; then
+    node_start
+  fi
 }
 
 # The hostPath provisioner's PV dirs of this cluster (it deletes a dir with
@@ -567,6 +595,7 @@ remove_rundir() {
 }
 
 stop() {
+  node_stop
   [ -n "$(rundir)" ] && running_pid kube-apiserver >/dev/null && remove_hostpath_dirs
   # etcd last, so that the apiserver shuts down cleanly.
   stop_components kwok kube-scheduler kube-controller-manager kube-apiserver
@@ -611,6 +640,10 @@ print_env() {
   printf 'export TICKFLOW_K8S_RUNDIR=%q\n' "$dir"
   printf 'export TICKFLOW_K8S_API=%q\n' "https://127.0.0.1:$API_PORT"
   printf 'export TICKFLOW_K8S_NODE=%q\n' "$NODE_NAME"
+  if node_pid kubelet >/dev/null; then
+    printf 'export TICKFLOW_K8S_REAL_NODE=%q\n' "$REAL_NODE_NAME"
+    printf 'export TICKFLOW_K8S_REAL_NODE_IP=%q\n' "$REAL_NODE_IP"
+  fi
 }
 
 # sa-kubeconfig NAMESPACE SA [FILE] [DURATION]
@@ -681,6 +714,9 @@ case "$cmd" in
   kubeconfig) require_running; echo "$(rundir)/admin.kubeconfig" ;;
   sa-kubeconfig) sa_kubeconfig "$@" ;;
   logs) show_logs "$@" ;;
+  real-node-namespace) require_running; real_node_namespace "${1:?namespace}" ;;
+  real-node-check-clean) node_check_clean ;;
+  load-image) require_running; node_load_images "$@" ;;
   *)
     sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' >&2
     exit 2

@@ -13,7 +13,10 @@
 #
 # Settings: SCHEMA_REGISTRY_PORT (default 18081), SCHEMA_REGISTRY_BASIC_AUTH
 # (user:password; unset = no auth), SCHEMA_REGISTRY_STATE_DIR (pid and log
-# files; default /tmp/tickflow-registry.<port>), PYTHON (default python3).
+# files; default /tmp/tickflow-registry.<port>), PYTHON (default python3),
+# SCHEMA_REGISTRY_POD_HOST (also listen on every address and print
+# SCHEMA_REGISTRY_POD_URL with this host: the real test node's bridge
+# address, which its pods reach).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -48,7 +51,9 @@ start() {
     die "port $PORT on 127.0.0.1 is already in use"
   fi
   mkdir -p "$STATE_DIR"
-  local args=(--host 127.0.0.1 --port "$PORT")
+  local host=127.0.0.1
+  [ -z "${SCHEMA_REGISTRY_POD_HOST:-}" ] || host=0.0.0.0
+  local args=(--host "$host" --port "$PORT")
   # Pass the credentials through the environment, not the command line.
   SCHEMA_REGISTRY_BASIC_AUTH="$AUTH" setsid nohup "$PYTHON" "$HERE/server.py" "${args[@]}" \
     >"$LOG_FILE" 2>&1 </dev/null &
@@ -96,6 +101,7 @@ case "$cmd" in
     ;;
   env)
     echo "export SCHEMA_REGISTRY_URL=$URL"
+    [ -z "${SCHEMA_REGISTRY_POD_HOST:-}" ] || echo "export SCHEMA_REGISTRY_POD_URL=http://$SCHEMA_REGISTRY_POD_HOST:$PORT"
     [ -z "$AUTH" ] || printf 'export SCHEMA_REGISTRY_BASIC_AUTH=%q\n' "$AUTH"
     ;;
   *)

@@ -188,6 +188,30 @@ pub fn create_namespace(prefix: &str) -> String {
     ns
 }
 
+/// A new namespace whose pods run on the real node (kubelet, containerd)
+/// instead of KWOK's fake one; fails when the control plane has none.
+#[allow(dead_code)] // only the real-node tests use it
+pub fn create_real_node_namespace(prefix: &str) -> String {
+    assert!(
+        cluster().vars.contains_key("TICKFLOW_K8S_REAL_NODE"),
+        "the test control plane runs without a real node: start it with \
+         K8S_REAL_NODE=1 tests/k8s/controlplane.sh start (tests/run.sh does)"
+    );
+    let ns = format!(
+        "{prefix}-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+            % 100_000_000
+    );
+    must(
+        run_script(&["real-node-namespace", &ns]),
+        "real-node-namespace",
+    );
+    ns
+}
+
 /// Polls `f` until it returns Some, or panics with `what` after `timeout`.
 pub fn wait_for<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
     wait_for_or_explain(what, timeout, f, String::new)

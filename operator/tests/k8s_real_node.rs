@@ -1,0 +1,210 @@
+//! A worker as a real pod: the test control plane's real node (kubelet,
+//! containerd, runc; `K8S_REAL_NODE=1 tests/k8s/controlplane.sh start`)
+//! runs a MarketProducer's Deployment, as the operator writes it, from the
+//! worker image built here (`tests/k8s/images.sh`, config from
+//! worker/Dockerfile). What only a kubelet does is checked where it
+//! happens: the image is run, the probes make the pod Ready, the producer
+//! in the pod writes to the broker through the pod network, the operator
+//! reads the worker's /status at its pod IP, and the security context
+//! holds for the container's process (non-root uid, no capabilities, a
+//! read-only root filesystem, no ServiceAccount token).
+
+mod k8s_common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use k8s_common::*;
+
+const WORKER_IMAGE: &str = "ghcr.io/tickflow/tickflow-worker:test";
+
+/// Builds the images from the release binaries and imports them into the
+/// node (what `kind load image-archive` does for kind).
+fn load_images() {
+    let out = Command::new("bash")
+        .arg(repo().join("tests/k8s/images.sh"))
+        .arg("load")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "images.sh load: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The host pid of the container process whose command line holds `needle`.
+fn container_pid(needle: &str) -> Option<u32> {
+    let out = Command::new("pgrep").args(["-f", needle]).output().ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.trim().parse().ok())
+}
+
+fn proc_field(pid: u32, field: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Deletes the namespace when the test ends: its pods are real processes.
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = kubectl(&["delete", "namespace", &self.0, "--wait=false"]);
+    }
+}
+
+#[test]
+fn a_producer_pod_runs_from_the_image_built_here_with_its_security_context_enforced() {
+    let ns = create_real_node_namespace("rn-producer");
+    let _cleanup = Cleanup(ns.clone());
+    load_images();
+    let kafka = server_env("tests/kafka/kafka.sh");
+    let registry = server_env("tests/schema_registry/registry.sh");
+    let (Some(brokers), Some(registry_url)) = (
+        kafka.get("KAFKA_POD_BROKERS"),
+        registry.get("SCHEMA_REGISTRY_POD_URL"),
+    ) else {
+        panic!(
+            "the broker and registry must listen for pods: start them with \
+             KAFKA_POD_HOST / SCHEMA_REGISTRY_POD_HOST set (tests/run.sh does)"
+        );
+    };
+    let _op = Operator::start(OperatorOptions {
+        namespace: &ns,
+        leader_election: false,
+        lease_name: "unused",
+        identity: "real-node",
+        extra_env: vec![("TICKFLOW_WORKER_IMAGE", WORKER_IMAGE.into())],
+    });
+    let topic = format!("ticks-{ns}");
+    apply_ok(
+        &ns,
+        &format!(
+            "apiVersion: tickflow.io/v1alpha1\nkind: MarketProducer\nmetadata: {{name: sim}}\nspec:\n  rate: 500\n  kafka: {{bootstrapServers: \"{brokers}\", schemaRegistryUrl: \"{registry_url}\"}}\n  topics: {{marketTicks: {topic}, orderEvents: orders-{ns}, bookUpdates: books-{ns}}}\n"
+        ),
+    );
+
+    // Ready means the kubelet ran the image and its readiness probe passed;
+    // records out come from the worker's /status, read at the pod's IP.
+    let mp = wait_for(
+        "the producer Running with records out",
+        Duration::from_secs(120),
+        || {
+            let o = get(&ns, "marketproducer", "sim")?;
+            (o["status"]["phase"] == "Running"
+                && o["status"]["readyReplicas"] == 1
+                && o["status"]["recordsOut"].as_u64().is_some_and(|n| n > 0))
+            .then_some(o)
+        },
+    );
+    let pod = kc(&[
+        "get",
+        "pods",
+        "-n",
+        &ns,
+        "-o",
+        "jsonpath={.items[0].metadata.name}",
+    ]);
+    let node = kc(&[
+        "get",
+        "pod",
+        &pod,
+        "-n",
+        &ns,
+        "-o",
+        "jsonpath={.spec.nodeName}",
+    ]);
+    assert_eq!(node, cluster().vars["TICKFLOW_K8S_REAL_NODE"], "{mp}");
+    let image = kc(&[
+        "get",
+        "pod",
+        &pod,
+        "-n",
+        &ns,
+        "-o",
+        "jsonpath={.status.containerStatuses[0].image}",
+    ]);
+    assert_eq!(image, WORKER_IMAGE);
+
+    // The broker has the producer's records (it wrote through the pod network).
+    let offsets = Command::new("bash")
+        .arg(repo().join("tests/kafka/kafka.sh"))
+        .args([
+            "class",
+            "org.apache.kafka.tools.GetOffsetShell",
+            "--bootstrap-server",
+        ])
+        .arg(&kafka["KAFKA_BROKERS"])
+        .args(["--topic", &topic])
+        .output()
+        .unwrap();
+    let total: u64 = String::from_utf8_lossy(&offsets.stdout)
+        .lines()
+        .filter_map(|l| l.rsplit(':').next()?.trim().parse::<u64>().ok())
+        .sum();
+    assert!(
+        total > 0,
+        "no records in {topic}: {}",
+        String::from_utf8_lossy(&offsets.stderr)
+    );
+
+    // The kubelet's logs and exec work, and the root filesystem is read-only.
+    let logs = kc(&["logs", "-n", &ns, &pod]);
+    assert!(logs.contains("status endpoint listening"), "{logs}");
+    let exec = Command::new(&cluster().vars["KUBECTL"])
+        .envs(&cluster().vars)
+        .args([
+            "exec",
+            "-n",
+            &ns,
+            &pod,
+            "--",
+            "/usr/local/bin/tickflow-worker",
+            "produce",
+            "--count",
+            "1",
+            "--format",
+            "jsonl",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--output-dir",
+            "/written-by-exec",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&exec.stderr);
+    assert!(!exec.status.success(), "writing to / worked: {stderr}");
+    assert!(stderr.contains("Read-only file system"), "{stderr}");
+
+    // The container's process as the host sees it.
+    let pid = container_pid(&format!("tickflow-worker produce.*{topic}"))
+        .expect("the producer's process on the host");
+    assert_eq!(proc_field(pid, "Uid"), "65532 65532 65532 65532");
+    assert_eq!(proc_field(pid, "CapEff"), "0000000000000000");
+    assert_eq!(proc_field(pid, "NoNewPrivs"), "1");
+    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    let root = mountinfo
+        .lines()
+        .find(|l| l.split_whitespace().nth(4) == Some("/"))
+        .unwrap();
+    assert!(
+        root.split_whitespace()
+            .nth(5)
+            .unwrap()
+            .split(',')
+            .any(|o| o == "ro"),
+        "{root}"
+    );
+    assert!(
+        !mountinfo.contains("/var/run/secrets/kubernetes.io"),
+        "a ServiceAccount token is mounted: {mountinfo}"
+    );
+}
