@@ -105,33 +105,23 @@ fn a_producer_pod_runs_from_the_image_built_here_with_its_security_context_enfor
             .then_some(o)
         },
     );
-    let pod = kc(&[
-        "get",
-        "pods",
-        "-n",
-        &ns,
-        "-o",
-        "jsonpath={.items[0].metadata.name}",
-    ]);
-    let node = kc(&[
-        "get",
-        "pod",
-        &pod,
-        "-n",
-        &ns,
-        "-o",
-        "jsonpath={.spec.nodeName}",
-    ]);
-    assert_eq!(node, cluster().vars["TICKFLOW_K8S_REAL_NODE"], "{mp}");
-    let image = kc(&[
-        "get",
-        "pod",
-        &pod,
-        "-n",
-        &ns,
-        "-o",
-        "jsonpath={.status.containerStatuses[0].image}",
-    ]);
+    let field = |path: &str| {
+        kc(&[
+            "get",
+            "pods",
+            "-n",
+            &ns,
+            "-o",
+            &format!("jsonpath={{.items[0].{path}}}"),
+        ])
+    };
+    let pod = field("metadata.name");
+    assert_eq!(
+        field("spec.nodeName"),
+        cluster().vars["TICKFLOW_K8S_REAL_NODE"],
+        "{mp}"
+    );
+    let image = field("status.containerStatuses[0].image");
     assert_eq!(image, WORKER_IMAGE);
 
     // The broker has the producer's records (it wrote through the pod network).

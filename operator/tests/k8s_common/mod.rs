@@ -176,16 +176,21 @@ pub fn get(namespace: &str, kind: &str, name: &str) -> Option<Value> {
 }
 
 pub fn create_namespace(prefix: &str) -> String {
-    let ns = format!(
+    let ns = unique_name(prefix);
+    kc(&["create", "namespace", &ns]);
+    ns
+}
+
+/// `prefix-<millis>`: a name no earlier run of the suite used.
+fn unique_name(prefix: &str) -> String {
+    format!(
         "{prefix}-{}",
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_millis()
             % 100_000_000
-    );
-    kc(&["create", "namespace", &ns]);
-    ns
+    )
 }
 
 /// A new namespace whose pods run on the real node (kubelet, containerd)
@@ -197,14 +202,7 @@ pub fn create_real_node_namespace(prefix: &str) -> String {
         "the test control plane runs without a real node: start it with \
          K8S_REAL_NODE=1 tests/k8s/controlplane.sh start (tests/run.sh does)"
     );
-    let ns = format!(
-        "{prefix}-{}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis()
-            % 100_000_000
-    );
+    let ns = unique_name(prefix);
     must(
         run_script(&["real-node-namespace", &ns]),
         "real-node-namespace",
