@@ -319,11 +319,15 @@ YAML
 # ---------------------------------------------------------------- start / stop
 
 # launch NAME ARGS... : start $BIN/NAME in its own session, log to logs/NAME.log
-launch() {
-  local name="$1" dir
-  shift
+launch() { launch_bin "$1" "$BIN/$1" "${@:2}"; }
+
+# launch_bin NAME BINARY ARGS... : the same for any binary; pid file and log
+# are named NAME.
+launch_bin() {
+  local name="$1" bin="$2" dir
+  shift 2
   dir="$(rundir)"
-  setsid nohup "$BIN/$name" "$@" >>"$dir/logs/$name.log" 2>&1 </dev/null 9>&- &
+  setsid nohup "$bin" "$@" >>"$dir/logs/$name.log" 2>&1 </dev/null 9>&- &
   local pid=$!
   disown "$pid" 2>/dev/null || true
   echo "$pid" >"$(pid_file "$name")"

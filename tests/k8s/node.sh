@@ -82,14 +82,8 @@ node_pid() {
   echo "$pid"
 }
 
-# node_launch NAME BINARY ARGS...
-node_launch() {
-  local name="$1" bin="$2"
-  shift 2
-  setsid nohup "$bin" "$@" >>"$(rundir)/logs/$name.log" 2>&1 </dev/null 9>&- &
-  echo $! >"$STATE_DIR/node-$name.pid"
-  disown $! 2>/dev/null || true
-}
+# node_launch NAME BINARY ARGS...: pid file node-NAME.pid, log node-NAME.log.
+node_launch() { launch_bin "node-$1" "${@:2}"; }
 
 node_ready() {
   [ "$(kc get node "$REAL_NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]
