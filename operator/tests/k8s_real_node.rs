@@ -7,7 +7,9 @@
 //! in the pod writes to the broker through the pod network, the operator
 //! reads the worker's /status at its pod IP, and the security context
 //! holds for the container's process (non-root uid, no capabilities, a
-//! read-only root filesystem, no ServiceAccount token).
+//! read-only root filesystem, no ServiceAccount token). The chart installs
+//! the operator itself as two real pods: they reach the API server from
+//! inside through the `kubernetes` Service, one leads, and it reconciles.
 
 mod k8s_common;
 
@@ -19,18 +21,22 @@ use k8s_common::*;
 const WORKER_IMAGE: &str = "ghcr.io/tickflow/tickflow-worker:test";
 
 /// Builds the images from the release binaries and imports them into the
-/// node (what `kind load image-archive` does for kind).
+/// node (what `kind load image-archive` does for kind); once per run, as
+/// the tests run in parallel.
 fn load_images() {
-    let out = Command::new("bash")
-        .arg(repo().join("tests/k8s/images.sh"))
-        .arg("load")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "images.sh load: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    static LOADED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    LOADED.get_or_init(|| {
+        let out = Command::new("bash")
+            .arg(repo().join("tests/k8s/images.sh"))
+            .arg("load")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "images.sh load: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
 }
 
 /// The host pid of the container process whose command line holds `needle`.
@@ -197,4 +203,149 @@ fn a_producer_pod_runs_from_the_image_built_here_with_its_security_context_enfor
         !mountinfo.contains("/var/run/secrets/kubernetes.io"),
         "a ServiceAccount token is mounted: {mountinfo}"
     );
+}
+
+/// Uninstalls a Helm release when the test ends.
+struct Release {
+    name: String,
+    namespace: String,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let c = cluster();
+        let _ = Command::new(&c.vars["HELM"])
+            .envs(&c.vars)
+            .args(["uninstall", &self.name, "--namespace", &self.namespace])
+            .output();
+    }
+}
+
+#[test]
+fn the_chart_runs_the_operator_as_two_real_pods_and_the_leader_reconciles_from_inside() {
+    let ns = create_real_node_namespace("rn-chart");
+    let _cleanup = Cleanup(ns.clone());
+    load_images();
+    let kafka = server_env("tests/kafka/kafka.sh");
+    let registry = server_env("tests/schema_registry/registry.sh");
+    let c = cluster();
+    let chart = tempfile::tempdir().unwrap();
+    let chart_dir = chart.path().join("tickflow");
+    let copy = Command::new("bash")
+        .arg(repo().join("tests/helm/chart-without-redpanda.sh"))
+        .arg(&chart_dir)
+        .output()
+        .unwrap();
+    assert!(
+        copy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&copy.stderr)
+    );
+    // The release is the namespace's own: its operator watches only it.
+    let _release = Release {
+        name: ns.clone(),
+        namespace: ns.clone(),
+    };
+    let install = Command::new(&c.vars["HELM"])
+        .envs(&c.vars)
+        .args(["install", &ns])
+        .arg(&chart_dir)
+        .args(["--namespace", &ns, "--wait", "--timeout", "3m"])
+        .args(["--set", "image.tag=test", "--set", "workerImage.tag=test"])
+        .args([
+            "--set",
+            "replicaCount=2",
+            "--set",
+            "leaderElection.enabled=true",
+        ])
+        .args(["--set", &format!("watchNamespace={ns}")])
+        .args([
+            "--set",
+            &format!("kafka.bootstrapServers={}", kafka["KAFKA_POD_BROKERS"]),
+        ])
+        .args([
+            "--set",
+            &format!(
+                "kafka.schemaRegistryUrl={}",
+                registry["SCHEMA_REGISTRY_POD_URL"]
+            ),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        install.status.success(),
+        "helm install (both operator pods Ready, i.e. they reached the API server \
+         from inside through the kubernetes Service): {}",
+        String::from_utf8_lossy(&install.stderr)
+    );
+    let operators = kc(&[
+        "get",
+        "pods",
+        "-n",
+        &ns,
+        "-l",
+        "app.kubernetes.io/name=tickflow",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name} {.spec.nodeName} {.status.phase}{\"\\n\"}{end}",
+    ]);
+    let operators: Vec<Vec<&str>> = operators.lines().map(|l| l.split(' ').collect()).collect();
+    assert_eq!(operators.len(), 2, "{operators:?}");
+    for o in &operators {
+        assert_eq!(
+            &o[1..],
+            [c.vars["TICKFLOW_K8S_REAL_NODE"].as_str(), "Running"],
+            "{operators:?}"
+        );
+    }
+    // One of them holds the Lease.
+    let holder = wait_for(
+        "an operator pod to hold the Lease",
+        Duration::from_secs(60),
+        || {
+            let h = kc(&[
+                "get",
+                "lease",
+                "-n",
+                &ns,
+                "-o",
+                "jsonpath={.items[0].spec.holderIdentity}",
+            ]);
+            operators.iter().any(|o| o[0] == h).then_some(h)
+        },
+    );
+
+    // The leader, in its pod, turns a MarketProducer into a running worker
+    // pod and reads the worker's /status at the pod IP.
+    let topic = format!("ticks-{ns}");
+    apply_ok(
+        &ns,
+        &format!(
+            "apiVersion: tickflow.io/v1alpha1\nkind: MarketProducer\nmetadata: {{name: sim}}\nspec:\n  rate: 200\n  topics: {{marketTicks: {topic}, orderEvents: orders-{ns}, bookUpdates: books-{ns}}}\n"
+        ),
+    );
+    wait_for(
+        "the producer Running with records out",
+        Duration::from_secs(120),
+        || {
+            let o = get(&ns, "marketproducer", "sim")?;
+            (o["status"]["phase"] == "Running"
+                && o["status"]["recordsOut"].as_u64().is_some_and(|n| n > 0))
+            .then_some(())
+        },
+    );
+    // The Lease holder says it leads; the other pod only waits.
+    for o in &operators {
+        let logs = kc(&["logs", "-n", &ns, o[0]]);
+        assert_eq!(
+            logs.contains("became the leader"),
+            o[0] == holder,
+            "{}: {logs}",
+            o[0]
+        );
+        assert!(
+            logs.contains("waiting for the leader Lease"),
+            "{}: {logs}",
+            o[0]
+        );
+    }
 }
