@@ -58,6 +58,35 @@ fn proc_field(pid: u32, field: &str) -> String {
         .join(" ")
 }
 
+/// The test broker and registry as pods reach them (and the broker as the
+/// host does).
+struct PodServers {
+    brokers: String,
+    registry_url: String,
+    host_brokers: String,
+}
+
+impl PodServers {
+    fn get() -> Self {
+        let kafka = server_env("tests/kafka/kafka.sh");
+        let registry = server_env("tests/schema_registry/registry.sh");
+        let (Some(brokers), Some(registry_url)) = (
+            kafka.get("KAFKA_POD_BROKERS"),
+            registry.get("SCHEMA_REGISTRY_POD_URL"),
+        ) else {
+            panic!(
+                "the broker and registry must listen for pods: start them with \
+                 KAFKA_POD_HOST / SCHEMA_REGISTRY_POD_HOST set (tests/run.sh does)"
+            );
+        };
+        PodServers {
+            brokers: brokers.clone(),
+            registry_url: registry_url.clone(),
+            host_brokers: kafka["KAFKA_BROKERS"].clone(),
+        }
+    }
+}
+
 /// Deletes the namespace when the test ends: its pods are real processes.
 struct Cleanup(String);
 
@@ -72,17 +101,8 @@ fn a_producer_pod_runs_from_the_image_built_here_with_its_security_context_enfor
     let ns = create_real_node_namespace("rn-producer");
     let _cleanup = Cleanup(ns.clone());
     load_images();
-    let kafka = server_env("tests/kafka/kafka.sh");
-    let registry = server_env("tests/schema_registry/registry.sh");
-    let (Some(brokers), Some(registry_url)) = (
-        kafka.get("KAFKA_POD_BROKERS"),
-        registry.get("SCHEMA_REGISTRY_POD_URL"),
-    ) else {
-        panic!(
-            "the broker and registry must listen for pods: start them with \
-             KAFKA_POD_HOST / SCHEMA_REGISTRY_POD_HOST set (tests/run.sh does)"
-        );
-    };
+    let pods = PodServers::get();
+    let (brokers, registry_url) = (&pods.brokers, &pods.registry_url);
     let _op = Operator::start(OperatorOptions {
         namespace: &ns,
         leader_election: false,
@@ -138,7 +158,7 @@ fn a_producer_pod_runs_from_the_image_built_here_with_its_security_context_enfor
             "org.apache.kafka.tools.GetOffsetShell",
             "--bootstrap-server",
         ])
-        .arg(&kafka["KAFKA_BROKERS"])
+        .arg(&pods.host_brokers)
         .args(["--topic", &topic])
         .output()
         .unwrap();
@@ -226,8 +246,7 @@ fn the_chart_runs_the_operator_as_two_real_pods_and_the_leader_reconciles_from_i
     let ns = create_real_node_namespace("rn-chart");
     let _cleanup = Cleanup(ns.clone());
     load_images();
-    let kafka = server_env("tests/kafka/kafka.sh");
-    let registry = server_env("tests/schema_registry/registry.sh");
+    let pods = PodServers::get();
     let c = cluster();
     let chart = tempfile::tempdir().unwrap();
     let chart_dir = chart.path().join("tickflow");
@@ -259,16 +278,10 @@ fn the_chart_runs_the_operator_as_two_real_pods_and_the_leader_reconciles_from_i
             "leaderElection.enabled=true",
         ])
         .args(["--set", &format!("watchNamespace={ns}")])
+        .args(["--set", &format!("kafka.bootstrapServers={}", pods.brokers)])
         .args([
             "--set",
-            &format!("kafka.bootstrapServers={}", kafka["KAFKA_POD_BROKERS"]),
-        ])
-        .args([
-            "--set",
-            &format!(
-                "kafka.schemaRegistryUrl={}",
-                registry["SCHEMA_REGISTRY_POD_URL"]
-            ),
+            &format!("kafka.schemaRegistryUrl={}", pods.registry_url),
         ])
         .output()
         .unwrap();
