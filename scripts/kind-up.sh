@@ -111,6 +111,9 @@ hm upgrade --install tickflow charts/tickflow \
 kc -n "$TICKFLOW_NAMESPACE" rollout status deployment/tickflow-operator --timeout 5m
 
 # 5. Examples ----------------------------------------------------------------------
+# CI runs this step (and 2 and 4) on its test cluster's real node instead of
+# kind: operator/tests/k8s_real_query.rs (docs/kubernetes.md, "What CI runs
+# in place of kind", says where that cluster differs).
 if [[ "${SKIP_EXAMPLES:-0}" != 1 ]]; then
   step "example MarketProducer and StreamQuery in namespace $PIPELINES_NAMESPACE"
   kc create namespace "$PIPELINES_NAMESPACE" --dry-run=client -o yaml | kc apply -f - >/dev/null

@@ -447,6 +447,9 @@ fn hardened_container(
         startup_probe: Some(probe("/healthz", 2, 60)),
         liveness_probe: Some(probe("/healthz", 10, 3)),
         readiness_probe: Some(probe("/readyz", 5, 2)),
+        // A worker that exits says why on its last log line: the kubelet
+        // keeps it as the termination message, which the status shows.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
         resources: Some(resources.unwrap_or_else(default_resources)),
         security_context: Some(SecurityContext {
             run_as_non_root: Some(true),

@@ -66,13 +66,21 @@ pub fn summarize(pods: &[Pod]) -> Pods {
             else {
                 continue;
             };
-            // The last termination message is the worker's own error line.
+            // The termination message is the tail of the worker's log
+            // (FallbackToLogsOnError): its last line is the worker's error.
             let last = c
                 .last_state
                 .as_ref()
                 .and_then(|s| s.terminated.as_ref())
                 .and_then(|t| t.message.clone().or_else(|| t.reason.clone()))
-                .map(|m| format!(": {}", m.trim()))
+                .and_then(|m| {
+                    m.lines()
+                        .rev()
+                        .map(str::trim)
+                        .find(|l| !l.is_empty())
+                        .map(str::to_string)
+                })
+                .map(|m| format!(": {m}"))
                 .unwrap_or_default();
             out.failing = Some(format!(
                 "container {} {reason} after {} restart(s){last}",
@@ -167,7 +175,7 @@ mod tests {
                         "containerStatuses": [{"name": "worker", "ready": false, "restartCount": 4,
                             "image": "i", "imageID": "",
                             "state": {"waiting": {"reason": "CrashLoopBackOff"}},
-                            "lastState": {"terminated": {"exitCode": 1, "message": "query: unknown table nosuch\n"}}}]}}
+                            "lastState": {"terminated": {"exitCode": 1, "message": "2026-01-01T00:00:00Z INFO starting\nquery: unknown table nosuch\n\n"}}}]}}
         ]))
         .unwrap();
         let s = summarize(&pods);

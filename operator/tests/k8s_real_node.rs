@@ -18,27 +18,6 @@ use std::time::Duration;
 
 use k8s_common::*;
 
-const WORKER_IMAGE: &str = "ghcr.io/tickflow/tickflow-worker:test";
-
-/// Builds the images from the release binaries and imports them into the
-/// node (what `kind load image-archive` does for kind); once per run, as
-/// the tests run in parallel.
-fn load_images() {
-    static LOADED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    LOADED.get_or_init(|| {
-        let out = Command::new("bash")
-            .arg(repo().join("tests/k8s/images.sh"))
-            .arg("load")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "images.sh load: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    });
-}
-
 /// The host pid of the container process whose command line holds `needle`.
 fn container_pid(needle: &str) -> Option<u32> {
     let out = Command::new("pgrep").args(["-f", needle]).output().ok()?;
@@ -56,44 +35,6 @@ fn proc_field(pid: u32, field: &str) -> String {
         .split_whitespace()
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-/// The test broker and registry as pods reach them (and the broker as the
-/// host does).
-struct PodServers {
-    brokers: String,
-    registry_url: String,
-    host_brokers: String,
-}
-
-impl PodServers {
-    fn get() -> Self {
-        let kafka = server_env("tests/kafka/kafka.sh");
-        let registry = server_env("tests/schema_registry/registry.sh");
-        let (Some(brokers), Some(registry_url)) = (
-            kafka.get("KAFKA_POD_BROKERS"),
-            registry.get("SCHEMA_REGISTRY_POD_URL"),
-        ) else {
-            panic!(
-                "the broker and registry must listen for pods: start them with \
-                 KAFKA_POD_HOST / SCHEMA_REGISTRY_POD_HOST set (tests/run.sh does)"
-            );
-        };
-        PodServers {
-            brokers: brokers.clone(),
-            registry_url: registry_url.clone(),
-            host_brokers: kafka["KAFKA_BROKERS"].clone(),
-        }
-    }
-}
-
-/// Deletes the namespace when the test ends: its pods are real processes.
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = kubectl(&["delete", "namespace", &self.0, "--wait=false"]);
-    }
 }
 
 #[test]
@@ -225,22 +166,6 @@ fn a_producer_pod_runs_from_the_image_built_here_with_its_security_context_enfor
     );
 }
 
-/// Uninstalls a Helm release when the test ends.
-struct Release {
-    name: String,
-    namespace: String,
-}
-
-impl Drop for Release {
-    fn drop(&mut self) {
-        let c = cluster();
-        let _ = Command::new(&c.vars["HELM"])
-            .envs(&c.vars)
-            .args(["uninstall", &self.name, "--namespace", &self.namespace])
-            .output();
-    }
-}
-
 #[test]
 fn the_chart_runs_the_operator_as_two_real_pods_and_the_leader_reconciles_from_inside() {
     let ns = create_real_node_namespace("rn-chart");
@@ -248,49 +173,7 @@ fn the_chart_runs_the_operator_as_two_real_pods_and_the_leader_reconciles_from_i
     load_images();
     let pods = PodServers::get();
     let c = cluster();
-    let chart = tempfile::tempdir().unwrap();
-    let chart_dir = chart.path().join("tickflow");
-    let copy = Command::new("bash")
-        .arg(repo().join("tests/helm/chart-without-redpanda.sh"))
-        .arg(&chart_dir)
-        .output()
-        .unwrap();
-    assert!(
-        copy.status.success(),
-        "{}",
-        String::from_utf8_lossy(&copy.stderr)
-    );
-    // The release is the namespace's own: its operator watches only it.
-    let _release = Release {
-        name: ns.clone(),
-        namespace: ns.clone(),
-    };
-    let install = Command::new(&c.vars["HELM"])
-        .envs(&c.vars)
-        .args(["install", &ns])
-        .arg(&chart_dir)
-        .args(["--namespace", &ns, "--wait", "--timeout", "3m"])
-        .args(["--set", "image.tag=test", "--set", "workerImage.tag=test"])
-        .args([
-            "--set",
-            "replicaCount=2",
-            "--set",
-            "leaderElection.enabled=true",
-        ])
-        .args(["--set", &format!("watchNamespace={ns}")])
-        .args(["--set", &format!("kafka.bootstrapServers={}", pods.brokers)])
-        .args([
-            "--set",
-            &format!("kafka.schemaRegistryUrl={}", pods.registry_url),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        install.status.success(),
-        "helm install (both operator pods Ready, i.e. they reached the API server \
-         from inside through the kubernetes Service): {}",
-        String::from_utf8_lossy(&install.stderr)
-    );
+    let _release = helm_install_operator(&ns, 2, &pods);
     let operators = kc(&[
         "get",
         "pods",

@@ -36,7 +36,8 @@
 #                (what `kind load image-archive` does for a kind node)
 #
 # With K8S_REAL_NODE=1, start also starts a real node (tests/k8s/node.sh:
-# kubelet, kube-proxy, containerd, a pod bridge; root only) after the fake
+# kubelet, kube-proxy, containerd, a pod bridge, the local-path provisioner
+# with StorageClass local-path; root only) after the fake
 # one, and the API server listens on every address so that pods reach it.
 #
 # Ports (all on 127.0.0.1): kube-apiserver ${K8S_API_PORT:-16443} (https),
@@ -62,6 +63,8 @@ K8S_VERSION="v1.33.13"
 ETCD_VERSION="v3.5.21"
 KWOK_VERSION="v0.7.0"
 HELM_VERSION="v3.18.6"
+# The real node's dynamic PVs: kind's default provisioner.
+LOCAL_PATH_VERSION="v0.0.30"
 
 CACHE="${TICKFLOW_CACHE:-$HOME/.cache/tickflow}"
 K8S_HOME="$CACHE/k8s-$K8S_VERSION"
@@ -145,7 +148,7 @@ build() {
 
 install() {
   local have=1 b
-  for b in etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kwok helm; do
+  for b in etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kwok helm local-path-provisioner; do
     [ -x "$BIN/$b" ] || have=0
   done
   [ "$have" = 1 ] && return 0
@@ -188,6 +191,10 @@ install() {
   helm_ld+=" -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=$major -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$minor"
   # shellcheck disable=SC2016
   build helm bash -c 'cd "$1" && GOFLAGS="${GOFLAGS/-mod=readonly/}" GOBIN="$1" go install -ldflags "$2" "helm.sh/helm/v3/cmd/helm@$3" && mv "$1/helm" "$4"' _ "$tmp" "$helm_ld" "$HELM_VERSION" "$BIN/helm.tmp"
+  # The local-path provisioner (rancher/local-path-provisioner, what kind
+  # installs as its default StorageClass): PVs of the real node.
+  # shellcheck disable=SC2016
+  build local-path-provisioner bash -c 'cd "$1" && GOFLAGS="${GOFLAGS/-mod=readonly/}" GOBIN="$1" go install -ldflags "-s -w -X main.VERSION=$2" "github.com/rancher/local-path-provisioner@$2" && mv "$1/local-path-provisioner" "$3"' _ "$tmp" "$LOCAL_PATH_VERSION" "$BIN/local-path-provisioner.tmp"
   rm -rf "$tmp"
   # All binaries are there: the 4 GB of compiled packages are of no further
   # use (the module cache, 1.2 GB, stays for a version change).

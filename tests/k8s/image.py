@@ -14,6 +14,7 @@ not know is an error, not something it silently leaves out.
 
     image.py build DOCKERFILE BINARY TAG OUT.tar
     image.py pause PAUSE_BINARY TAG OUT.tar     (the pod sandbox image)
+    image.py busybox BUSYBOX TAG OUT.tar        (the local-path provisioner's helper)
     image.py inspect OUT.tar                    (the config, as JSON)
 
 Everything in the archive is deterministic (no timestamps, sorted entries),
@@ -232,6 +233,18 @@ def pause(binary, tag, out):
     write_archive(out, tag, layer.tar(), {"Entrypoint": ["/pause"], "User": "65535:65535"})
 
 
+def busybox(binary, tag, out):
+    """The local-path provisioner's helper image: a static busybox and the
+    applets its setup and teardown scripts use."""
+    layer = Layer()
+    with open(binary, "rb") as f:
+        layer.file("/bin/busybox", f.read(), 0o755)
+    for applet in ("sh", "mkdir", "rm", "ls", "chmod"):
+        layer.symlink(f"/bin/{applet}", "busybox")
+    layer.dir("/tmp", 0o1777)
+    write_archive(out, tag, layer.tar(), {"Entrypoint": ["/bin/sh"], "Env": ["PATH=/bin"]})
+
+
 def inspect(archive):
     with tarfile.open(archive) as t:
         [manifest] = json.load(t.extractfile("manifest.json"))
@@ -241,7 +254,7 @@ def inspect(archive):
 
 
 def main(argv):
-    commands = {"build": (build, 4), "pause": (pause, 3), "inspect": (inspect, 1)}
+    commands = {"build": (build, 4), "pause": (pause, 3), "busybox": (busybox, 3), "inspect": (inspect, 1)}
     if len(argv) < 2 or argv[1] not in commands or len(argv) - 2 != commands[argv[1]][1]:
         die(__doc__)
     fn, _ = commands[argv[1]]

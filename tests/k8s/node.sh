@@ -18,6 +18,9 @@
 # advertises $REAL_NODE_IP, so the in-cluster `kubernetes` Service (through
 # kube-proxy's iptables rules) reaches it from pods.
 #
+# Storage: the local-path provisioner (kind's default) serves the
+# StorageClass local-path for the real node (see node_local_path).
+#
 # Everything lives in the run dir (containerd's root and state, the
 # kubelet's root, CNI config) and is removed by stop: processes, mounts,
 # network namespaces, the bridge and its veths, kube-proxy's iptables
@@ -34,7 +37,12 @@ REAL_PROXY_METRICS_PORT="${K8S_PROXY_METRICS_PORT:-20249}"
 REAL_PROXY_HEALTHZ_PORT="${K8S_PROXY_HEALTHZ_PORT:-20256}"
 REAL_TAINT_KEY="tickflow.io/real-node"
 PAUSE_IMAGE="registry.k8s.io/pause:3.10"
-REAL_NODE_PACKAGES=(containerd runc containernetworking-plugins iptables conntrack)
+REAL_NODE_PACKAGES=(containerd runc containernetworking-plugins iptables conntrack busybox-static)
+# The local-path provisioner's helper pods (mkdir/rm of a PV's directory)
+# run busybox, as its own manifests do.
+LOCAL_PATH_HELPER_IMAGE="tickflow.test/local-path-helper:busybox"
+LOCAL_PATH_NAMESPACE="local-path-storage"
+LOCAL_PATH_CLASS="local-path"
 CNI_BIN_DIR=/usr/lib/cni
 
 node_dir() { echo "$(rundir)/node"; }
@@ -69,6 +77,8 @@ node_install() {
     mv "$BIN/pause.tmp" "$BIN/pause"
   fi
   [ -s "$BIN/pause.tar" ] || python3 "$HERE/image.py" pause "$BIN/pause" "$PAUSE_IMAGE" "$BIN/pause.tar" >/dev/null
+  [ -s "$BIN/local-path-helper.tar" ] ||
+    python3 "$HERE/image.py" busybox /bin/busybox "$LOCAL_PATH_HELPER_IMAGE" "$BIN/local-path-helper.tar" >/dev/null
 }
 
 # ---------------------------------------------------------------- start
@@ -141,7 +151,10 @@ state = "$d/containerd/state"
 TOML
   node_launch containerd /usr/bin/containerd --config "$d/containerd/config.toml"
   wait_for containerd ctr_ version
-  ctr_ images import "$BIN/pause.tar" >/dev/null || fail_start "importing the pause image failed"
+  local image
+  for image in pause local-path-helper; do
+    ctr_ images import "$BIN/$image.tar" >/dev/null || fail_start "importing the $image image failed"
+  done
 }
 
 node_certs() {
@@ -227,6 +240,60 @@ YAML
   node_launch kube-proxy "$BIN/kube-proxy" --config="$d/kube-proxy.yaml" --v=1
 }
 
+# Dynamic PVs on the real node: the local-path provisioner, as kind runs it
+# (its ConfigMap, helper pods in its namespace, a StorageClass binding when
+# the pod is scheduled), but as a process of this host like the control
+# plane, with the admin kubeconfig. A PV is a directory under the run dir,
+# made world-writable by the helper pod's setup script so that a non-root
+# worker can write it; the helper's teardown removes it with its PVC.
+# The class is not the default: KWOK's fake pods could never run a helper.
+node_local_path() {
+  local d
+  d="$(node_dir)/local-path"
+  mkdir -p "$d"
+  kc apply -f - >/dev/null <<YAML || fail_start "could not create the local-path provisioner's objects"
+apiVersion: v1
+kind: Namespace
+metadata: {name: $LOCAL_PATH_NAMESPACE}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: local-path-provisioner-service-account, namespace: $LOCAL_PATH_NAMESPACE}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: local-path-config, namespace: $LOCAL_PATH_NAMESPACE}
+data:
+  config.json: |-
+    {"nodePathMap": [{"node": "DEFAULT_PATH_FOR_NON_LISTED_NODES", "paths": ["$d"]}]}
+  setup: |-
+    #!/bin/sh
+    set -eu
+    mkdir -m 0777 -p "\$VOL_DIR"
+  teardown: |-
+    #!/bin/sh
+    set -eu
+    rm -rf "\$VOL_DIR"
+  helperPod.yaml: |-
+    apiVersion: v1
+    kind: Pod
+    metadata: {name: helper-pod}
+    spec:
+      containers:
+      - {name: helper-pod, image: "$LOCAL_PATH_HELPER_IMAGE", imagePullPolicy: Never}
+---
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {name: $LOCAL_PATH_CLASS}
+provisioner: rancher.io/local-path
+reclaimPolicy: Delete
+volumeBindingMode: WaitForFirstConsumer
+YAML
+  node_launch local-path-provisioner "$BIN/local-path-provisioner" start \
+    --namespace "$LOCAL_PATH_NAMESPACE" --kubeconfig "$(rundir)/admin.kubeconfig" \
+    --helper-image "$LOCAL_PATH_HELPER_IMAGE" --provisioner-name rancher.io/local-path
+}
+
 node_probe_running() {
   [ "$(kc -n tickflow-node-probe get pods -l app=probe -o jsonpath='{.items[*].status.phase}')" = Running ]
 }
@@ -256,6 +323,7 @@ spec:
       containers: [{name: pause, image: "$PAUSE_IMAGE", imagePullPolicy: Never}]
 YAML
   wait_for "the node probe pod Running" node_probe_running
+  node_local_path
   kc delete namespace tickflow-node-probe --wait=true --timeout=60s >/dev/null ||
     fail_start "could not delete the node probe namespace"
   log "real node ready in $((SECONDS - t0))s"
@@ -315,6 +383,7 @@ node_stop() {
   local d
   d="$(node_dir)"
   [ -n "$(rundir)" ] && [ -d "$d" ] || return 0
+  node_kill local-path-provisioner
   node_kill kubelet
   node_kill kube-proxy
   # Every container's processes: the shims are children of nobody we stop.
@@ -361,8 +430,8 @@ node_iptables_cleanup() {
 # Exit 1 with what is left of a node (after stop), for the suite's last check.
 node_check_clean() {
   local left=()
-  pgrep -f "$BIN/kubelet|$BIN/kube-proxy|containerd-shim-runc-v2|/usr/bin/containerd --config" >/dev/null &&
-    left+=("processes: $(pgrep -af "$BIN/kubelet|$BIN/kube-proxy|containerd-shim-runc-v2|/usr/bin/containerd --config" | head -5 | tr '\n' ';')")
+  pgrep -f "$BIN/kubelet|$BIN/kube-proxy|$BIN/local-path-provisioner|containerd-shim-runc-v2|/usr/bin/containerd --config" >/dev/null &&
+    left+=("processes: $(pgrep -af "$BIN/kubelet|$BIN/kube-proxy|$BIN/local-path-provisioner|containerd-shim-runc-v2|/usr/bin/containerd --config" | head -5 | tr '\n' ';')")
   local mounts
   mounts="$(awk '$5 ~ /tickflow-k8s-run\./ { print $5 }' /proc/self/mountinfo | head -5)"
   [ -z "$mounts" ] || left+=("mounts: $(echo "$mounts" | head -5 | tr '\n' ' ')")

@@ -14,8 +14,11 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod pod;
+mod real_node;
 #[allow(unused_imports)] // Not every test binary starts workers.
 pub use pod::*;
+#[allow(unused_imports)] // Only the real-node tests use these.
+pub use real_node::*;
 
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
