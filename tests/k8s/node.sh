@@ -289,8 +289,11 @@ provisioner: rancher.io/local-path
 reclaimPolicy: Delete
 volumeBindingMode: WaitForFirstConsumer
 YAML
+  # Its own copy of the kubeconfig: node_pid knows the node's processes by
+  # a path under the node dir on their command line.
+  cp "$(rundir)/admin.kubeconfig" "$(node_dir)/local-path-provisioner.kubeconfig"
   node_launch local-path-provisioner "$BIN/local-path-provisioner" start \
-    --namespace "$LOCAL_PATH_NAMESPACE" --kubeconfig "$(rundir)/admin.kubeconfig" \
+    --namespace "$LOCAL_PATH_NAMESPACE" --kubeconfig "$(node_dir)/local-path-provisioner.kubeconfig" \
     --helper-image "$LOCAL_PATH_HELPER_IMAGE" --provisioner-name rancher.io/local-path
 }
 
