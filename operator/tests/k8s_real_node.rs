@@ -92,26 +92,8 @@ fn a_producer_pod_runs_from_the_image_built_here_with_its_security_context_enfor
     assert_eq!(image, WORKER_IMAGE);
 
     // The broker has the producer's records (it wrote through the pod network).
-    let offsets = Command::new("bash")
-        .arg(repo().join("tests/kafka/kafka.sh"))
-        .args([
-            "class",
-            "org.apache.kafka.tools.GetOffsetShell",
-            "--bootstrap-server",
-        ])
-        .arg(&pods.host_brokers)
-        .args(["--topic", &topic])
-        .output()
-        .unwrap();
-    let total: u64 = String::from_utf8_lossy(&offsets.stdout)
-        .lines()
-        .filter_map(|l| l.rsplit(':').next()?.trim().parse::<u64>().ok())
-        .sum();
-    assert!(
-        total > 0,
-        "no records in {topic}: {}",
-        String::from_utf8_lossy(&offsets.stderr)
-    );
+    let total: i64 = topic_end_offsets(&pods.host_brokers, &topic).values().sum();
+    assert!(total > 0, "no records in {topic}");
 
     // The kubelet's logs and exec work, and the root filesystem is read-only.
     let logs = kc(&["logs", "-n", &ns, &pod]);

@@ -103,39 +103,13 @@ fn status(ns: &str, kind: &str, name: &str) -> Value {
         .unwrap_or_default()
 }
 
-/// Events of a namespace, one per line, for failure messages.
-fn events(ns: &str) -> String {
-    kc(&["get", "events", "-n", ns, "--sort-by=.lastTimestamp"])
-}
-
-/// End offsets of `topic`, summed over partitions, as the host reads them.
-fn end_offsets(host_brokers: &str, topic: &str) -> BTreeMap<i32, i64> {
-    let out = Command::new("bash")
-        .arg(repo().join("tests/kafka/kafka.sh"))
-        .args([
-            "class",
-            "org.apache.kafka.tools.GetOffsetShell",
-            "--bootstrap-server",
-            host_brokers,
-            "--topic",
-            topic,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.rsplitn(3, ':');
-            let end = f.next()?.trim().parse().ok()?;
-            let partition = f.next()?.parse().ok()?;
-            Some((partition, end))
-        })
-        .collect()
+/// `kinds` of a namespace and its events, for failure messages.
+fn describe(ns: &str, kinds: &str) -> String {
+    format!(
+        "{}\n{}",
+        kc(&["get", kinds, "-n", ns, "-o", "wide"]),
+        kc(&["get", "events", "-n", ns, "--sort-by=.lastTimestamp"])
+    )
 }
 
 /// The directory of the query's checkpoint PV on the host (local-path PVs
@@ -378,13 +352,7 @@ fn the_readme_route_on_real_pods_stays_exactly_once_through_a_killed_pod_suspend
 
     // `kubectl get streamqueries` shows it Running with records in and out
     // and a checkpoint on the PVC.
-    let explain = || {
-        format!(
-            "{}\n{}",
-            kc(&["get", "sq,mp,pods,pvc", "-n", &ns, "-o", "wide"]),
-            events(&ns)
-        )
-    };
+    let explain = || describe(&ns, "sq,mp,pods,pvc");
     let first = wait_for_or_explain(
         "the query Running with records in and out and a checkpoint",
         Duration::from_secs(240),
@@ -445,7 +413,7 @@ fn the_readme_route_on_real_pods_stays_exactly_once_through_a_killed_pod_suspend
     wait_for("the producer's pod gone", Duration::from_secs(120), || {
         pods_of(&ns, &producer_name).is_empty().then_some(())
     });
-    let ends = end_offsets(&servers.host_brokers, &ticks_topic);
+    let ends = topic_end_offsets(&servers.host_brokers, &ticks_topic);
     wait_for_or_explain(
         "the query caught up with the stopped input",
         Duration::from_secs(120),
@@ -549,18 +517,12 @@ fn a_worker_that_cannot_reach_its_broker_fails_its_probe_and_the_status_says_why
 
     // The kubelet: the readiness probe fails while the worker tries the
     // broker, then the container exits and is restarted, backing off.
-    let explain = || {
-        format!(
-            "{}\n{}",
-            kc(&["get", "sq,pods", "-n", &ns, "-o", "wide"]),
-            events(&ns)
-        )
-    };
+    let explain = || describe(&ns, "sq,pods");
     wait_for_or_explain(
         "a failed readiness probe and a restart back-off in the events",
         Duration::from_secs(240),
         || {
-            let ev = events(&ns);
+            let ev = kc(&["get", "events", "-n", &ns]);
             (ev.contains("Readiness probe failed")
                 && ev.contains("Back-off restarting failed container"))
             .then_some(())

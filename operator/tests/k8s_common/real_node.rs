@@ -2,6 +2,7 @@
 //! tests/k8s/controlplane.sh start): the images built here, the broker and
 //! registry as pods reach them, the chart installed with the operator as pods.
 
+use std::collections::BTreeMap;
 use std::process::Command;
 
 use super::*;
@@ -127,4 +128,36 @@ pub fn helm_install_operator(ns: &str, replicas: u32, pods: &PodServers) -> Rele
         String::from_utf8_lossy(&install.stderr)
     );
     release
+}
+
+/// End offset of each partition of `topic`, as the host reads them
+/// (Kafka's GetOffsetShell).
+pub fn topic_end_offsets(host_brokers: &str, topic: &str) -> BTreeMap<i32, i64> {
+    let out = Command::new("bash")
+        .arg(repo().join("tests/kafka/kafka.sh"))
+        .args([
+            "class",
+            "org.apache.kafka.tools.GetOffsetShell",
+            "--bootstrap-server",
+            host_brokers,
+            "--topic",
+            topic,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Lines are TOPIC:PARTITION:OFFSET.
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.rsplitn(3, ':');
+            let end = f.next()?.trim().parse().ok()?;
+            let partition = f.next()?.parse().ok()?;
+            Some((partition, end))
+        })
+        .collect()
 }
