@@ -39,10 +39,7 @@ fn proc_field(pid: u32, field: &str) -> String {
 
 #[test]
 fn a_producer_pod_runs_from_the_image_built_here_with_its_security_context_enforced() {
-    let ns = create_real_node_namespace("rn-producer");
-    let _cleanup = Cleanup(ns.clone());
-    load_images();
-    let pods = PodServers::get();
+    let (ns, _cleanup, pods) = real_node_test("rn-producer");
     let (brokers, registry_url) = (&pods.brokers, &pods.registry_url);
     let _op = Operator::start(OperatorOptions {
         namespace: &ns,
@@ -150,10 +147,7 @@ fn a_producer_pod_runs_from_the_image_built_here_with_its_security_context_enfor
 
 #[test]
 fn the_chart_runs_the_operator_as_two_real_pods_and_the_leader_reconciles_from_inside() {
-    let ns = create_real_node_namespace("rn-chart");
-    let _cleanup = Cleanup(ns.clone());
-    load_images();
-    let pods = PodServers::get();
+    let (ns, _cleanup, pods) = real_node_test("rn-chart");
     let c = cluster();
     let _release = helm_install_operator(&ns, 2, &pods);
     let operators = kc(&[

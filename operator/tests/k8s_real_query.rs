@@ -170,14 +170,29 @@ fn running(ns: &str, name: &str, min_checkpoint: u64) -> Option<Value> {
     .then_some(s)
 }
 
+/// Sets the query's state to suspended and waits until its status says
+/// Suspended and its pod is gone (the worker's final checkpoint is written
+/// while the pod terminates).
+fn suspend_query(ns: &str, name: &str, explain: impl FnOnce() -> String) {
+    set_state(ns, "streamquery", name, "suspended");
+    wait_for_or_explain(
+        "the query Suspended with no pod",
+        Duration::from_secs(120),
+        || {
+            (status(ns, "streamquery", name)["phase"] == "Suspended"
+                && pods_of(ns, name).is_empty())
+            .then_some(())
+        },
+        explain,
+    );
+}
+
 /// Every record of `topic`, read from the host with Apache Kafka's console
 /// consumer in `read_committed` (only committed transactions).
 fn read_committed(host_brokers: &str, topic: &str) -> Vec<Value> {
-    let out = Command::new("bash")
-        .arg(repo().join("tests/kafka/kafka.sh"))
-        .args([
-            "class",
-            "org.apache.kafka.tools.consumer.ConsoleConsumer",
+    let out = kafka_tool(
+        "org.apache.kafka.tools.consumer.ConsoleConsumer",
+        &[
             "--bootstrap-server",
             host_brokers,
             "--topic",
@@ -187,9 +202,8 @@ fn read_committed(host_brokers: &str, topic: &str) -> Vec<Value> {
             "read_committed",
             "--timeout-ms",
             "10000",
-        ])
-        .output()
-        .unwrap();
+        ],
+    );
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| l.starts_with('{'))
@@ -321,10 +335,7 @@ fn assert_exactly_the_replay(output: &[Value], replay: &[Value]) {
 
 #[test]
 fn the_readme_route_on_real_pods_stays_exactly_once_through_a_killed_pod_suspend_and_resume() {
-    let ns = create_real_node_namespace("rn-route");
-    let _cleanup = Cleanup(ns.clone());
-    load_images();
-    let servers = PodServers::get();
+    let (ns, _cleanup, servers) = real_node_test("rn-route");
     let _release = helm_install_operator(&ns, 1, &servers);
     let ticks_topic = format!("{ns}-ticks");
     let output_topic = format!("{ns}-ohlc-5s");
@@ -425,17 +436,7 @@ fn the_readme_route_on_real_pods_stays_exactly_once_through_a_killed_pod_suspend
     // checkpoint (after the suspension was asked for) holding every input
     // offset before its pod is gone; the status says Suspended.
     let suspended_at = now_ms();
-    set_state(&ns, "streamquery", &name, "suspended");
-    wait_for_or_explain(
-        "the query Suspended with no pod",
-        Duration::from_secs(120),
-        || {
-            (status(&ns, "streamquery", &name)["phase"] == "Suspended"
-                && pods_of(&ns, &name).is_empty())
-            .then_some(())
-        },
-        explain,
-    );
+    suspend_query(&ns, &name, explain);
     let (final_id, meta) = newest_checkpoint(&dir).expect("a checkpoint on the PVC");
     assert!(
         meta["created_at_ms"].as_i64().unwrap() >= suspended_at,
@@ -466,16 +467,7 @@ fn the_readme_route_on_real_pods_stays_exactly_once_through_a_killed_pod_suspend
                 || l.contains(&format!("\"id\":{final_id}")))),
         "the resumed worker did not restore checkpoint {final_id}: {logs}"
     );
-    set_state(&ns, "streamquery", &name, "suspended");
-    wait_for(
-        "the query Suspended again",
-        Duration::from_secs(120),
-        || {
-            (status(&ns, "streamquery", &name)["phase"] == "Suspended"
-                && pods_of(&ns, &name).is_empty())
-            .then_some(())
-        },
-    );
+    suspend_query(&ns, &name, explain);
     let (_, meta) = newest_checkpoint(&dir).expect("a checkpoint on the PVC");
     assert_eq!(checkpointed_offsets(&meta, &ticks_topic), ends, "{meta}");
 
@@ -493,10 +485,7 @@ fn the_readme_route_on_real_pods_stays_exactly_once_through_a_killed_pod_suspend
 
 #[test]
 fn a_worker_that_cannot_reach_its_broker_fails_its_probe_and_the_status_says_why() {
-    let ns = create_real_node_namespace("rn-probe");
-    let _cleanup = Cleanup(ns.clone());
-    load_images();
-    let servers = PodServers::get();
+    let (ns, _cleanup, servers) = real_node_test("rn-probe");
     let _op = Operator::start(OperatorOptions {
         namespace: &ns,
         leader_election: false,

@@ -130,21 +130,33 @@ pub fn helm_install_operator(ns: &str, replicas: u32, pods: &PodServers) -> Rele
     release
 }
 
+/// A namespace whose pods run on the real node (deleted when the returned
+/// guard drops), with the images imported and the servers as pods see them.
+pub fn real_node_test(prefix: &str) -> (String, Cleanup, PodServers) {
+    let ns = create_real_node_namespace(prefix);
+    let cleanup = Cleanup(ns.clone());
+    load_images();
+    (ns, cleanup, PodServers::get())
+}
+
+/// Runs one of Apache Kafka's own tools (a main class of its jars) through
+/// tests/kafka/kafka.sh.
+pub fn kafka_tool(class: &str, args: &[&str]) -> std::process::Output {
+    Command::new("bash")
+        .arg(repo().join("tests/kafka/kafka.sh"))
+        .args(["class", class])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 /// End offset of each partition of `topic`, as the host reads them
 /// (Kafka's GetOffsetShell).
 pub fn topic_end_offsets(host_brokers: &str, topic: &str) -> BTreeMap<i32, i64> {
-    let out = Command::new("bash")
-        .arg(repo().join("tests/kafka/kafka.sh"))
-        .args([
-            "class",
-            "org.apache.kafka.tools.GetOffsetShell",
-            "--bootstrap-server",
-            host_brokers,
-            "--topic",
-            topic,
-        ])
-        .output()
-        .unwrap();
+    let out = kafka_tool(
+        "org.apache.kafka.tools.GetOffsetShell",
+        &["--bootstrap-server", host_brokers, "--topic", topic],
+    );
     assert!(
         out.status.success(),
         "{}",
