@@ -4,6 +4,7 @@
 mod kafka_common;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use kafka_common::*;
@@ -236,6 +237,108 @@ fn file_table(keys: &[String], lines: &[serde_json::Value]) -> Vec<serde_json::V
         }
     }
     table.into_values().collect()
+}
+
+/// A tickflow output topic is written in transactions, so each partition
+/// ends with a commit marker that no consumer is ever handed. A bounded
+/// query over such a topic (a backfill from another query's output) still
+/// stops at the end with every committed row read, and its checkpoint is
+/// positioned past the markers, so its lag is 0.
+#[test]
+fn a_bounded_query_over_a_transactional_topic_stops_at_its_end() {
+    let e = env();
+    let topics = Topics::new("txn-source");
+    let dir = tempfile::tempdir().unwrap();
+    produce_to_kafka(&topics, 21, 20_000, "300ms");
+    let query = |sql: &Path, input: &str, output: &str, name: &str| {
+        let mut cmd = worker();
+        cmd.args(["query", "--sql"])
+            .arg(sql)
+            .args(["--brokers", &e.brokers, "--schema-registry", &e.registry])
+            .args(["--output-format", "json", "--bounded", "--name", name])
+            .args(["--checkpoint-interval", "200ms"])
+            .args(["--output", output])
+            .arg("--checkpoint-dir")
+            .arg(dir.path().join(name));
+        if !input.is_empty() {
+            cmd.args(["--input", input]);
+        }
+        cmd
+    };
+
+    let bars = unique("txn-bars");
+    run_ok(&mut query(
+        &repo().join("sql/ohlc_5s.sql"),
+        &format!("market_ticks=kafka:{}", topics.ticks),
+        &format!("ohlc_5s=kafka:{bars}"),
+        &bars,
+    ));
+    let committed = json_rows(&read_topic(&e.brokers, &bars, true));
+    assert!(committed.len() > 20, "{} bars", committed.len());
+
+    let sql = dir.path().join("reread.sql");
+    std::fs::write(
+        &sql,
+        format!(
+            "CREATE TABLE bars (symbol VARCHAR, tick_count BIGINT, window_end TIMESTAMP(3),\n\
+               WATERMARK FOR window_end AS window_end - INTERVAL '1' SECOND)\n\
+             WITH ('topic' = '{bars}', 'format' = 'json');\n\
+             CREATE STREAM counts AS SELECT symbol, tick_count FROM bars;"
+        ),
+    )
+    .unwrap();
+    let name = unique("txn-reread");
+    let mut run = spawn_drained(&mut query(&sql, "", &format!("counts=kafka:{name}"), &name));
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while run.try_wait().is_none() {
+        if Instant::now() > deadline {
+            run.child.kill().unwrap();
+            let out = run.wait_with_output();
+            panic!(
+                "the bounded run did not stop at the end of a transactional topic:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = run.wait_with_output();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = last_json_line(&out);
+    assert_eq!(summary["rows_in"]["bars"], committed.len(), "{summary}");
+    assert_eq!(
+        checkpointed_offsets(&dir.path().join(&name), &bars),
+        log_end_offsets(&e.brokers, &bars),
+        "the checkpoint is past each partition's commit marker"
+    );
+}
+
+/// The input positions for `topic` in the newest checkpoint under `dir`.
+fn checkpointed_offsets(dir: &Path, topic: &str) -> BTreeMap<i32, i64> {
+    let newest = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            Some((name.strip_prefix("chk-")?.parse::<u64>().ok()?, name))
+        })
+        .max()
+        .map(|(_, name)| name)
+        .expect("a checkpoint");
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join(newest).join("meta.json")).unwrap())
+            .unwrap();
+    meta["sources"]["kafka"]
+        .as_object()
+        .expect("the checkpoint holds Kafka positions")
+        .iter()
+        .filter_map(|(k, v)| {
+            let (t, p) = k.rsplit_once('/')?;
+            (t == topic).then(|| (p.parse().unwrap(), v.as_i64().unwrap()))
+        })
+        .collect()
 }
 
 /// A `CREATE TABLE … WITH ('format' = 'avro')` over a topic the simulator

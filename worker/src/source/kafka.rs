@@ -455,6 +455,7 @@ impl KafkaSource {
                 Duration::ZERO
             };
             let Some(msg) = self.consumer.poll(wait) else {
+                self.step_over_control_records();
                 break;
             };
             let msg = match msg {
@@ -542,6 +543,32 @@ impl KafkaSource {
         }
         self.finish_batches(&mut polled);
         Ok(polled)
+    }
+
+    /// Moves positions past the transaction markers librdkafka read but
+    /// never delivers: after the last record of a transaction comes its
+    /// commit marker, so without this a partition written with transactions
+    /// would stay one short of its end (a bounded run would never finish,
+    /// the lag would stay at 1). Called only once the consumer's queue is
+    /// empty, when its position counts nothing that was not handed over.
+    fn step_over_control_records(&mut self) {
+        let Ok(list) = self.consumer.position() else {
+            return;
+        };
+        for e in list.elements() {
+            let Offset::Offset(pos) = e.offset() else {
+                continue;
+            };
+            let Some(bi) = self.bindings.iter().position(|b| b.topic == e.topic()) else {
+                continue;
+            };
+            let st = &mut self.state[bi];
+            let p = e.partition();
+            let pos = st.end_offsets.get(&p).map_or(pos, |end| pos.min(*end));
+            if st.positions.get(&p).is_some_and(|current| pos > *current) {
+                st.positions.insert(p, pos);
+            }
+        }
     }
 
     /// After an out-of-range error: moves every position outside its

@@ -296,23 +296,11 @@ pub fn read_topic(brokers: &str, topic: &str, read_committed: bool) -> Vec<Recor
     // read_committed reader only gets there once every transaction in the
     // topic is resolved, so a hanging transaction fails the caller instead
     // of silently cutting the read short at the last stable offset.
-    let log_end: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("isolation.level", "read_uncommitted")
-        .create()
-        .unwrap();
-    let partitions: Vec<i32> = retry_after_restart(|| {
-        let md = log_end.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-        Ok(md.topics()[0].partitions().iter().map(|p| p.id()).collect())
-    });
+    let ends = log_end_offsets(brokers, topic);
     let mut tpl = TopicPartitionList::new();
-    let mut ends = BTreeMap::new();
-    for &p in &partitions {
+    for &p in ends.keys() {
         tpl.add_partition_offset(topic, p, Offset::Beginning)
             .unwrap();
-        let (_, high) =
-            retry_after_restart(|| log_end.fetch_watermarks(topic, p, Duration::from_secs(10)));
-        ends.insert(p, high);
     }
     consumer.assign(&tpl).unwrap();
     let mut out = Vec::new();
@@ -357,6 +345,28 @@ pub fn read_topic(brokers: &str, topic: &str, read_committed: bool) -> Vec<Recor
         }
     }
     out
+}
+
+/// The log end offset of each partition of `topic` (past any transaction
+/// marker), as a `read_uncommitted` client sees it.
+pub fn log_end_offsets(brokers: &str, topic: &str) -> BTreeMap<i32, i64> {
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("isolation.level", "read_uncommitted")
+        .create()
+        .unwrap();
+    let partitions: Vec<i32> = retry_after_restart(|| {
+        let md = client.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        Ok(md.topics()[0].partitions().iter().map(|p| p.id()).collect())
+    });
+    partitions
+        .into_iter()
+        .map(|p| {
+            let (_, high) =
+                retry_after_restart(|| client.fetch_watermarks(topic, p, Duration::from_secs(10)));
+            (p, high)
+        })
+        .collect()
 }
 
 /// Retries a metadata or offsets query (up to [`HANG_GUARD`]): right after a
