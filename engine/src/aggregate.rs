@@ -169,9 +169,37 @@ impl WindowAggregate {
         )
     }
 
-    /// Emits a tumbling window from its single pane without copying state.
-    fn emit_tumble_pane(&mut self, start: i64, pane: Pane) -> Result<Option<RecordBatch>> {
-        let size = self.plan.plan.window.size_ms().expect("time window");
+    /// Emits closed tumbling windows, each from its single pane without
+    /// copying state. Without a top-N (which ranks each window on its own)
+    /// the windows' rows go through HAVING and the projection together, in
+    /// batches of up to [`EMIT_BATCH_ROWS`]: with few keys per window
+    /// (sparse data) that per-call cost would otherwise dominate.
+    fn emit_tumble_panes(&mut self, closed: Vec<(i64, Pane)>, out: &mut Output) -> Result<()> {
+        let plan = Arc::clone(&self.plan);
+        let size = plan.plan.window.size_ms().expect("time window");
+        let mut pending = PendingRows::new(&plan.plan);
+        for (start, pane) in closed {
+            let Some(window) = self.evaluate_tumble_pane(pane)? else {
+                continue;
+            };
+            pending.add(start, start + size, window);
+            if plan.plan.rank.is_some() || pending.rows() >= EMIT_BATCH_ROWS {
+                self.push_rows(pending.finish(&plan)?, out);
+            }
+        }
+        self.push_rows(pending.finish(&plan)?, out);
+        Ok(())
+    }
+
+    fn push_rows(&mut self, rows: Option<RecordBatch>, out: &mut Output) {
+        if let Some(rows) = rows {
+            self.metrics.rows_out += rows.num_rows() as u64;
+            out.rows.push(rows);
+        }
+    }
+
+    /// The groups of a tumbling window's pane, `None` if it holds none.
+    fn evaluate_tumble_pane(&self, pane: Pane) -> Result<Option<EvaluatedGroups>> {
         let n = pane.keys.len();
         if n == 0 {
             return Ok(None);
@@ -192,15 +220,90 @@ impl WindowAggregate {
                     .collect::<Result<Vec<_>>>()?
             }
         };
+        Ok(Some(EvaluatedGroups {
+            rows: n,
+            keys: pane.keys.key_columns()?,
+            results,
+        }))
+    }
+}
+
+/// Most rows of closed windows evaluated as one output batch.
+const EMIT_BATCH_ROWS: usize = 65_536;
+
+/// One window's groups: key columns and aggregate results, `rows` each.
+struct EvaluatedGroups {
+    rows: usize,
+    keys: Vec<ArrayRef>,
+    results: Vec<ArrayRef>,
+}
+
+/// Evaluated windows waiting to go through HAVING and the projection
+/// together: per column, the parts of each window.
+struct PendingRows {
+    starts: Vec<i64>,
+    ends: Vec<i64>,
+    keys: Vec<Vec<ArrayRef>>,
+    results: Vec<Vec<ArrayRef>>,
+}
+
+impl PendingRows {
+    fn new(plan: &WindowedPlan) -> Self {
+        Self {
+            starts: Vec::new(),
+            ends: Vec::new(),
+            keys: vec![Vec::new(); plan.key_fields.len()],
+            results: vec![Vec::new(); plan.aggregates.len()],
+        }
+    }
+
+    fn rows(&self) -> usize {
+        self.starts.len()
+    }
+
+    fn add(&mut self, start: i64, end: i64, window: EvaluatedGroups) {
+        self.starts.extend(std::iter::repeat_n(start, window.rows));
+        self.ends.extend(std::iter::repeat_n(end, window.rows));
+        for (all, part) in self.keys.iter_mut().zip(window.keys) {
+            all.push(part);
+        }
+        for (all, part) in self.results.iter_mut().zip(window.results) {
+            all.push(part);
+        }
+    }
+
+    /// The output rows of what was added since the last call.
+    fn finish(&mut self, plan: &WindowedPlanHolder) -> Result<Option<RecordBatch>> {
+        if self.starts.is_empty() {
+            return Ok(None);
+        }
+        let keys = concat_columns(&mut self.keys)?;
+        let results = concat_columns(&mut self.results)?;
         finish_rows(
-            &self.plan.plan,
-            &self.plan.output_schema,
-            &pane.keys.key_columns()?,
-            vec![start; n],
-            vec![start + size; n],
+            &plan.plan,
+            &plan.output_schema,
+            &keys,
+            std::mem::take(&mut self.starts),
+            std::mem::take(&mut self.ends),
             results,
         )
     }
+}
+
+/// Each column's parts as one array; the parts are taken.
+fn concat_columns(columns: &mut [Vec<ArrayRef>]) -> Result<Vec<ArrayRef>> {
+    columns
+        .iter_mut()
+        .map(|parts| {
+            let parts = std::mem::take(parts);
+            match parts.as_slice() {
+                [one] => Ok(Arc::clone(one)),
+                _ => Ok(concat(
+                    &parts.iter().map(|a| a.as_ref()).collect::<Vec<_>>(),
+                )?),
+            }
+        })
+        .collect()
 }
 
 /// The partial states of a pane without disturbing it.
@@ -356,15 +459,15 @@ impl StreamOperator for WindowAggregate {
         let emit_final = self.emit == EmitMode::OnWindowClose;
         if self.is_tumble() {
             let size = window.size_ms().expect("time window");
+            let mut closed = Vec::new();
             while let Some(entry) = self.panes.first_entry() {
                 if entry.key().saturating_add(size) > watermark {
                     break;
                 }
-                let (start, pane) = entry.remove_entry();
-                if emit_final && let Some(rows) = self.emit_tumble_pane(start, pane)? {
-                    self.metrics.rows_out += rows.num_rows() as u64;
-                    out.rows.push(rows);
-                }
+                closed.push(entry.remove_entry());
+            }
+            if emit_final {
+                self.emit_tumble_panes(closed, out)?;
             }
         } else {
             // Panes that can no longer receive rows are read once and frozen.

@@ -1,8 +1,10 @@
 //! Engine throughput: the ohlc_5s query over in-memory batches, next to
 //! DataFusion running the same aggregation as a batch query on the same data
-//! (one partition, so both use one core); an OVER query (LAG and a 20-row
-//! moving average) and a window top-N the same way. Also checkpoint write and restore of 100 k
-//! keys.
+//! (one partition, so both use one core), on dense windows (tens of
+//! thousands of ticks per window and key) and sparse ones (ten), in event
+//! time order and out of order within the allowed lateness; an OVER query
+//! (LAG and a 20-row moving average) and a window top-N the same way. Also
+//! checkpoint write and restore of 100 k keys.
 //!
 //! Run: `cargo bench -p tickflow-worker --bench engine`
 
@@ -20,10 +22,45 @@ use tickflow_worker::engine::{Catalog, EngineConfig, Pipeline};
 const OHLC_5S: &str = include_str!("../../sql/ohlc_5s.sql");
 const BATCH: usize = 8192;
 
-/// `n` ticks over `symbols` symbols at 100 k ticks per second of event time,
-/// in micro-batches. Prices follow a random walk; cheap to make so the
-/// measurement is about the engine.
-fn ticks(n: usize, symbols: usize) -> Vec<RecordBatch> {
+/// How the ticks of a run spread over event time.
+#[derive(Clone, Copy)]
+struct Shape {
+    /// Ticks per 5-second window and symbol; `None`: dense, 100 k ticks
+    /// per second of event time over all symbols.
+    per_window_and_key: Option<usize>,
+    /// Each tick's event time is up to this much (ms) before its place in
+    /// the sequence: out of order, but within the allowed lateness (1 s),
+    /// so no tick is late and the batch result is the same.
+    disorder_ms: u64,
+}
+
+const DENSE: Shape = Shape {
+    per_window_and_key: None,
+    disorder_ms: 0,
+};
+
+impl Shape {
+    fn ticks_per_second(self, symbols: usize) -> usize {
+        self.per_window_and_key
+            .map_or(100_000, |k| (symbols * k).div_ceil(5))
+    }
+
+    fn label(self) -> String {
+        let density = match self.per_window_and_key {
+            None => "dense windows".to_string(),
+            Some(k) => format!("sparse windows ({k} ticks per window and key)"),
+        };
+        match self.disorder_ms {
+            0 => format!("{density}, in order"),
+            d => format!("{density}, out of order by up to {d} ms"),
+        }
+    }
+}
+
+/// `n` ticks over `symbols` symbols spread over event time as `shape`
+/// says, in micro-batches. Prices follow a random walk; cheap to make so
+/// the measurement is about the engine.
+fn ticks(n: usize, symbols: usize, shape: Shape) -> Vec<RecordBatch> {
     let schema = SourceTable::MarketTicks.arrow_schema();
     let names: Vec<String> = (0..symbols).map(|i| format!("SYM{i:04}")).collect();
     let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -45,7 +82,12 @@ fn ticks(n: usize, symbols: usize) -> Vec<RecordBatch> {
             sym.push(names[k].as_str());
             px.push(prices[k]);
             vol.push((next() % 900 + 100) as i64);
-            ts.push(start + ((b * BATCH + i) / 100) as i64);
+            let at = ((b * BATCH + i) * 1000 / shape.ticks_per_second(symbols)) as i64;
+            let early = match shape.disorder_ms {
+                0 => 0,
+                d => (next() % d) as i64,
+            };
+            ts.push(start + at - early);
         }
         let cols: Vec<arrow::array::ArrayRef> = vec![
             Arc::new(StringArray::from(sym.clone())),
@@ -130,25 +172,28 @@ fn stream_run(sql: &str, batches: &[RecordBatch]) -> usize {
 }
 
 /// One comparison table: `stream_sql` through the streaming pipeline and
-/// `batch_sql` in DataFusion over the same `events` ticks, for 8 and 1000
-/// symbols, best of `runs`; both must produce the same number of rows.
+/// `batch_sql` in DataFusion over the same `events` ticks of `shape`, for
+/// 8 and 1000 symbols, best of `runs`; both must produce the same number of
+/// rows.
 fn compare(
     rt: &tokio::runtime::Runtime,
     title: &str,
+    shape: Shape,
     events: usize,
     runs: usize,
     stream_sql: &str,
     batch_sql: &str,
 ) {
     println!(
-        "\n{title}: tickflow streaming engine vs DataFusion batch (1 core each, best of {runs})"
+        "\n{title}, {}: tickflow streaming engine vs DataFusion batch (1 core each, best of {runs})",
+        shape.label()
     );
     println!(
         "{:<10} {:>10} {:>16} {:>16} {:>8} {:>8}",
         "symbols", "events", "engine ev/s", "datafusion ev/s", "ratio", "rows"
     );
     for symbols in symbol_counts() {
-        let batches = ticks(events, symbols);
+        let batches = ticks(events, symbols, shape);
         let (t_engine, rows_engine) = best_of(runs, || stream_run(stream_sql, &batches));
         let (t_df, rows_df) = best_of(runs, || datafusion_sql_run(rt, &batches, batch_sql));
         assert_eq!(rows_engine, rows_df, "{title}: both produce the same rows");
@@ -172,36 +217,70 @@ fn symbol_counts() -> Vec<usize> {
         .unwrap_or_else(|| vec![8, 1000])
 }
 
+/// ohlc_5s over dense and sparse windows, in order and out of order.
+fn ohlc_benchmark(rt: &tokio::runtime::Runtime) {
+    compare(rt, "ohlc_5s", DENSE, 4_000_000, 5, OHLC_5S, BATCH_SQL);
+    let out_of_order = Shape {
+        disorder_ms: 999,
+        ..DENSE
+    };
+    compare(
+        rt,
+        "ohlc_5s",
+        out_of_order,
+        4_000_000,
+        3,
+        OHLC_5S,
+        BATCH_SQL,
+    );
+    sparse_benchmark(rt);
+}
+
+/// ohlc_5s with ten ticks per window and key: 400 k windows out of 4 M
+/// ticks, so the cost per emitted window dominates.
+fn sparse_benchmark(rt: &tokio::runtime::Runtime) {
+    for disorder_ms in [0, 999] {
+        let sparse = Shape {
+            per_window_and_key: Some(10),
+            disorder_ms,
+        };
+        compare(rt, "ohlc_5s", sparse, 4_000_000, 3, OHLC_5S, BATCH_SQL);
+    }
+}
+
 /// Top-N: 4 M ticks in, three rows per window out.
 fn top_n_benchmark(rt: &tokio::runtime::Runtime) {
     let title = "top-N (volume per symbol and 5 s window, top 3)";
-    compare(rt, title, 4_000_000, 3, TOP_N_STREAM, TOP_N_BATCH);
+    compare(rt, title, DENSE, 4_000_000, 3, TOP_N_STREAM, TOP_N_BATCH);
 }
 
 /// OVER: every tick in, every tick out with its LAG and moving average.
 fn over_benchmark(rt: &tokio::runtime::Runtime) {
     let title = "OVER (LAG + 20-row AVG per symbol)";
     let stream = format!("CREATE STREAM price_change AS {OVER_SQL};");
-    compare(rt, title, 2_000_000, 3, &stream, OVER_SQL);
+    compare(rt, title, DENSE, 2_000_000, 3, &stream, OVER_SQL);
 }
 
 fn main() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    // `TICKFLOW_BENCH=over` (or `top-n`) runs only that part (for profiling).
+    // `TICKFLOW_BENCH=over` (or `top-n`, `ohlc`, `sparse`) runs only that
+    // part (for profiling).
     match std::env::var("TICKFLOW_BENCH").as_deref() {
         Ok("over") => return over_benchmark(&rt),
         Ok("top-n") => return top_n_benchmark(&rt),
+        Ok("ohlc") => return ohlc_benchmark(&rt),
+        Ok("sparse") => return sparse_benchmark(&rt),
         _ => {}
     }
-    compare(&rt, "ohlc_5s", 4_000_000, 5, OHLC_5S, BATCH_SQL);
+    ohlc_benchmark(&rt);
     over_benchmark(&rt);
     top_n_benchmark(&rt);
 
     // Checkpoint and restore of 100 k keys: open 5-second windows of 100 k symbols.
     let keys = 100_000;
-    let batches = ticks(keys * 3, keys);
+    let batches = ticks(keys * 3, keys, DENSE);
     let mut p = Pipeline::new(OHLC_5S, &Catalog::builtin(), &EngineConfig::default()).unwrap();
     let mut out = Vec::new();
     for b in &batches {
