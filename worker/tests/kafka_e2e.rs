@@ -12,6 +12,7 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use tickflow_worker::codec::json::JsonLinesEncoder;
 use tickflow_worker::codec::{AvroDecoder, BuiltinAvroSchema, SourceTable, confluent};
+use tickflow_worker::kafka::offsets::offsets_from_json;
 use tickflow_worker::kafka::{RegistryClient, RegistryConfig};
 
 fn all_sql() -> String {
@@ -316,28 +317,16 @@ fn a_bounded_query_over_a_transactional_topic_stops_at_its_end() {
     );
 }
 
-/// The input positions for `topic` in the newest checkpoint under `dir`.
+/// The input positions for `topic` in the newest checkpoint under `dir`, as
+/// the worker reads them back.
 fn checkpointed_offsets(dir: &Path, topic: &str) -> BTreeMap<i32, i64> {
-    let newest = std::fs::read_dir(dir)
+    let store = tickflow_worker::checkpoint::CheckpointStore::open(dir, 2).unwrap();
+    let newest = store.latest().unwrap().expect("a checkpoint");
+    offsets_from_json(&newest.sources["kafka"])
         .unwrap()
-        .filter_map(|e| {
-            let name = e.ok()?.file_name().into_string().ok()?;
-            Some((name.strip_prefix("chk-")?.parse::<u64>().ok()?, name))
-        })
-        .max()
-        .map(|(_, name)| name)
-        .expect("a checkpoint");
-    let meta: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join(newest).join("meta.json")).unwrap())
-            .unwrap();
-    meta["sources"]["kafka"]
-        .as_object()
-        .expect("the checkpoint holds Kafka positions")
-        .iter()
-        .filter_map(|(k, v)| {
-            let (t, p) = k.rsplit_once('/')?;
-            (t == topic).then(|| (p.parse().unwrap(), v.as_i64().unwrap()))
-        })
+        .into_iter()
+        .filter(|((t, _), _)| t == topic)
+        .map(|((_, p), offset)| (p, offset))
         .collect()
 }
 
