@@ -302,13 +302,7 @@ fn a_bounded_query_over_a_transactional_topic_stops_at_its_end() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let out = run.wait_with_output();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary = last_json_line(&out);
+    let summary = run.wait_ok();
     assert_eq!(summary["rows_in"]["bars"], committed.len(), "{summary}");
     assert_eq!(
         checkpointed_offsets(&dir.path().join(&name), &bars),
@@ -755,13 +749,7 @@ fn a_running_query_reports_status_and_metrics_and_checkpoints_on_sigterm() {
             .unwrap()
             .success()
     );
-    let out = child.wait_with_output();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary = last_json_line(&out);
+    let summary = child.wait_ok();
     assert_eq!(summary["stopped"], true);
     assert!(summary["checkpoints_written"].as_u64().unwrap() >= 1);
     // Windows closed before the stop are committed (the open ones stay in the checkpoint).

@@ -167,6 +167,18 @@ impl Drained {
             stderr: self.stderr.join().expect("stderr reader"),
         }
     }
+
+    /// Waits for a run that must succeed (as [`run_ok`]): its summary line.
+    pub fn wait_ok(self) -> serde_json::Value {
+        let out = self.wait_with_output();
+        assert!(
+            out.status.success(),
+            "worker failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        last_json_line(&out)
+    }
 }
 
 pub fn run_ok(cmd: &mut Command) -> serde_json::Value {
