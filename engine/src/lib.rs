@@ -14,11 +14,13 @@
 pub mod aggregate;
 pub mod catalog;
 pub mod ddl;
+pub mod graph;
 pub mod join;
 pub mod keys;
 pub mod limits;
 pub mod operator;
 pub mod over;
+pub mod parallel;
 pub mod plan;
 pub mod session;
 pub mod sql;
@@ -28,15 +30,15 @@ pub mod watermark;
 pub mod window;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::SchemaRef;
 use datafusion::error::DataFusionError;
 
 pub use catalog::{Catalog, SourceDef, SourceFormat, SourceTable, output_topic};
+pub use graph::RunningStream;
 pub use operator::{OperatorMetrics, OperatorState, Output, RejectedRows, StreamOperator};
+pub use parallel::partition::Partitioning;
 pub use plan::{PlannedSql, StreamKind, StreamPlan, plan_sql};
 pub use sql::EmitMode;
 pub use watermark::{END_OF_INPUT, NO_WATERMARK, WatermarkTracker};
@@ -95,7 +97,17 @@ pub struct EngineConfig {
     /// Event times accepted at all; rows outside are rejected before they
     /// touch a watermark or a window.
     pub event_time_bounds: EventTimeBounds,
+    /// Threads the key groups run on (at most the number of key groups).
+    pub parallelism: usize,
+    /// Key groups a query that splits by key is divided into: the most
+    /// threads or workers it can ever use. Fixed for a query's life: a
+    /// checkpoint keeps each group's state apart.
+    pub key_groups: usize,
 }
+
+/// Key groups of a query unless configured: room for up to 16 threads or
+/// workers, few enough that a sparse key space still fills each group.
+pub const DEFAULT_KEY_GROUPS: usize = 16;
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -103,6 +115,8 @@ impl Default for EngineConfig {
             allowed_lateness: Duration::from_secs(1),
             idle_timeout: Some(Duration::from_secs(30)),
             event_time_bounds: EventTimeBounds::default(),
+            parallelism: 1,
+            key_groups: DEFAULT_KEY_GROUPS,
         }
     }
 }
@@ -186,55 +200,6 @@ pub enum OutputKind {
     Late,
 }
 
-/// A running stream: its plan summary and operator.
-pub struct RunningStream {
-    pub name: String,
-    /// Source tables or earlier streams it reads (several for UNION ALL).
-    pub inputs: Vec<String>,
-    /// Whether a later stream reads it. Its rows then feed that stream and
-    /// reach an output only where one is bound to it by name.
-    pub intermediate: bool,
-    /// A GROUP BY without a window: its output is upserts and deletions by
-    /// `key_columns`.
-    pub updating: bool,
-    pub emit: EmitMode,
-    pub output_schema: SchemaRef,
-    pub fingerprint: String,
-    pub windowed: bool,
-    pub window: Option<window::WindowSpec>,
-    /// Output columns that identify a result row's group (the GROUP BY keys;
-    /// the source's key columns a stateless stream passes through), e.g. for
-    /// message keys.
-    pub key_columns: Vec<String>,
-    /// Output columns that identify one result row, if any (see
-    /// [`plan::StreamPlan::row_key`]).
-    pub row_key: Option<Vec<String>>,
-    /// Output column holding a result row's event time (`window_end` of a
-    /// windowed aggregate, the input's event time of a row-by-row stream);
-    /// `None` where the rows have none: updating streams, EMIT CHANGES, and
-    /// streams that do not project it.
-    pub event_time: Option<String>,
-    operator: Box<dyn StreamOperator>,
-    /// The newest watermark of each input; the stream's own is their
-    /// minimum, so a UNION ALL never runs ahead of its slowest input.
-    input_watermarks: Vec<i64>,
-}
-
-impl RunningStream {
-    pub fn metrics(&self) -> OperatorMetrics {
-        self.operator.metrics()
-    }
-
-    /// The stream's watermark: the minimum of its inputs'.
-    pub fn watermark(&self) -> i64 {
-        self.input_watermarks
-            .iter()
-            .copied()
-            .min()
-            .unwrap_or(NO_WATERMARK)
-    }
-}
-
 struct SourceRuntime {
     def: SourceDef,
     watermark: WatermarkTracker,
@@ -251,26 +216,27 @@ pub struct EngineSnapshot {
 }
 
 /// All streams of a SQL file, fed by their sources and by each other: a
-/// DAG in file order (a stream reads only tables and earlier streams).
+/// DAG in file order (a stream reads only tables and earlier streams; see
+/// [`graph`]).
 ///
-/// Rows a stream emits go at once to the streams that read it, before any
-/// watermark moves on; a watermark reaches a stream after its inputs have
-/// emitted what that watermark completes. So a later stream sees its
-/// input's rows exactly as if they came from a table with that watermark.
+/// The pipeline owns the sources: it screens their event times and
+/// tracks their watermarks, then hands rows and watermarks to the query's
+/// key groups ([`parallel`]), one or more copies of the streams, each
+/// for a share of the keys, on one or more threads.
 pub struct Pipeline {
     /// The catalog the SQL was planned against, with its declarations.
     catalog: Catalog,
-    streams: Vec<RunningStream>,
     sources: BTreeMap<String, SourceRuntime>,
     /// Streams read by later streams, as inputs.
     derived: BTreeMap<String, SourceDef>,
     bounds: EventTimeBounds,
     /// Refused rows not yet taken by the run loop.
     rejected: Vec<Rejected>,
+    groups: parallel::KeyGroups,
+    partitioning: Partitioning,
 }
 
 impl Pipeline {
-    /// Plans `sql` against `sources` and builds its operators.
     /// Plans `sql` against `catalog` (plus the file's own `CREATE TABLE`
     /// declarations) and builds its operators.
     pub fn new(sql: &str, catalog: &Catalog, config: &EngineConfig) -> Result<Self, EngineError> {
@@ -283,119 +249,66 @@ impl Pipeline {
             .iter()
             .map(|p| planned.is_read_by_streams(&p.name))
             .collect();
+        let partitioning = parallel::partition::partitioning(&planned);
+        let (count, key_columns) = match &partitioning {
+            Partitioning::ByKey(columns) => (config.key_groups.max(1), columns.clone()),
+            Partitioning::Whole(_) => (1, BTreeMap::new()),
+        };
         let PlannedSql {
             catalog,
             streams: plans,
         } = planned;
-        let mut streams: Vec<RunningStream> = Vec::new();
-        let mut used = BTreeMap::new();
+        let mut sources = BTreeMap::new();
         let mut derived: BTreeMap<String, SourceDef> = BTreeMap::new();
-        for (p, intermediate) in plans.into_iter().zip(read) {
+        for (p, &intermediate) in plans.iter().zip(&read) {
             for input in &p.inputs {
                 if derived.contains_key(&input.to_ascii_lowercase()) {
                     continue;
                 }
                 let def = catalog.get(input).expect("planner resolved the input");
-                used.entry(input.clone()).or_insert_with(|| SourceRuntime {
-                    def: def.clone(),
-                    watermark: WatermarkTracker::new(
-                        def.watermark_delay.unwrap_or(config.allowed_lateness),
-                        config.idle_timeout,
-                    ),
-                    records_in: 0,
-                    rejected: 0,
-                });
+                sources
+                    .entry(input.clone())
+                    .or_insert_with(|| SourceRuntime {
+                        def: def.clone(),
+                        watermark: WatermarkTracker::new(
+                            def.watermark_delay.unwrap_or(config.allowed_lateness),
+                            config.idle_timeout,
+                        ),
+                        records_in: 0,
+                        rejected: 0,
+                    });
             }
-            let first = &p.inputs[0];
-            let def = derived
-                .get(&first.to_ascii_lowercase())
-                .or_else(|| catalog.get(first))
-                .expect("planner resolved the input")
-                .clone();
             if intermediate && let Ok(input) = &p.as_input {
                 derived.insert(p.name.to_ascii_lowercase(), input.clone());
             }
-            let updating = p.kind.is_updating();
-            let (operator, windowed, window): (Box<dyn StreamOperator>, bool, _) = match p.kind {
-                StreamKind::Updating(u) => (
-                    Box::new(updating::UpdatingAggregate::new(
-                        *u,
-                        Arc::clone(&p.output_schema),
-                    )?),
-                    false,
-                    None,
-                ),
-                StreamKind::Stateless(s) => (
-                    Box::new(stateless::FilterProject::new(
-                        s,
-                        Arc::clone(&p.output_schema),
-                    )),
-                    false,
-                    None,
-                ),
-                StreamKind::Join(j) => (
-                    join::new_operator(*j, Arc::clone(&p.output_schema))?,
-                    false,
-                    None,
-                ),
-                StreamKind::Over(o) => (
-                    Box::new(over::OverOperator::new(
-                        *o,
-                        &def.schema,
-                        Arc::clone(&p.output_schema),
-                    )?),
-                    false,
-                    None,
-                ),
-                StreamKind::Windowed(w) => {
-                    let spec = w.window;
-                    let op: Box<dyn StreamOperator> = match spec {
-                        window::WindowSpec::Session { .. } => {
-                            Box::new(session::SessionAggregate::new(
-                                w,
-                                Arc::clone(&p.output_schema),
-                                p.emit,
-                            )?)
-                        }
-                        _ => Box::new(aggregate::WindowAggregate::new(
-                            w,
-                            Arc::clone(&p.output_schema),
-                            p.emit,
-                        )),
-                    };
-                    (op, true, Some(spec))
-                }
-            };
-            streams.push(RunningStream {
-                name: p.name,
-                input_watermarks: vec![NO_WATERMARK; p.inputs.len()],
-                inputs: p.inputs,
-                intermediate,
-                updating,
-                emit: p.emit,
-                output_schema: p.output_schema,
-                fingerprint: p.fingerprint,
-                windowed,
-                window,
-                key_columns: p.key_columns,
-                row_key: p.row_key,
-                event_time: p
-                    .as_input
-                    .as_ref()
-                    .ok()
-                    .filter(|d| !d.changelog)
-                    .map(|d| d.event_time.clone()),
-                operator,
-            });
         }
+        let graphs = (0..count)
+            .map(|_| graph::StreamGraph::build(plans.clone(), &read, &catalog, &derived))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             catalog,
-            streams,
-            sources: used,
+            sources,
             derived,
             bounds: config.event_time_bounds,
             rejected: Vec::new(),
+            groups: parallel::KeyGroups::start(graphs, key_columns, config.parallelism),
+            partitioning,
         })
+    }
+
+    /// How the query splits into key groups, or why it runs as one.
+    pub fn partitioning(&self) -> &Partitioning {
+        &self.partitioning
+    }
+
+    /// Number of key groups (1 for a query that does not split).
+    pub fn key_groups(&self) -> usize {
+        self.groups.count()
+    }
+
+    /// Threads the key groups run on.
+    pub fn threads(&self) -> usize {
+        self.groups.threads()
     }
 
     /// Every table the SQL can read: the built-in ones and its own
@@ -404,8 +317,16 @@ impl Pipeline {
         &self.catalog
     }
 
+    /// The streams, in file order (names, schemas and watermarks; counters
+    /// over all key groups are [`stream_metrics`](Self::stream_metrics)).
     pub fn streams(&self) -> &[RunningStream] {
-        &self.streams
+        self.groups.streams()
+    }
+
+    /// Counters of stream `i` (an index into [`streams`](Self::streams))
+    /// over all key groups.
+    pub fn stream_metrics(&self, i: usize) -> OperatorMetrics {
+        self.groups.metrics(i)
     }
 
     /// Fails on the first of `names` that is no stream of this pipeline
@@ -416,12 +337,12 @@ impl Pipeline {
     ) -> Result<(), EngineError> {
         match names
             .into_iter()
-            .find(|n| !self.streams.iter().any(|s| &s.name == *n))
+            .find(|n| !self.streams().iter().any(|s| &s.name == *n))
         {
             Some(name) => Err(EngineError::UnknownStream {
                 name: name.clone(),
                 defined: self
-                    .streams
+                    .streams()
                     .iter()
                     .map(|s| s.name.as_str())
                     .collect::<Vec<_>>()
@@ -509,70 +430,8 @@ impl Pipeline {
             return Ok(());
         }
         let wm = src.watermark.observe(partition, max_ts, Instant::now());
-        self.feed(source, Change::Rows(&batch), out)?;
-        self.advance(source, wm, out)
-    }
-
-    /// Hands a change of table or stream `input` (rows, or keys an
-    /// updating stream deleted) to every stream that reads it, and what
-    /// those emit to the streams that read them.
-    fn feed(
-        &mut self,
-        input: &str,
-        change: Change<'_>,
-        out: &mut Vec<StreamOutput>,
-    ) -> Result<(), EngineError> {
-        for i in 0..self.streams.len() {
-            for k in 0..self.streams[i].inputs.len() {
-                if self.streams[i].inputs[k] != input {
-                    continue;
-                }
-                let mut o = Output::default();
-                let operator = &mut self.streams[i].operator;
-                match change {
-                    Change::Rows(rows) => operator.on_input_batch(k, rows, &mut o)?,
-                    Change::Deletes(keys) => operator.on_input_deletes(k, keys, &mut o)?,
-                }
-                self.emit(i, o, out)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Passes a stream's output on: to the run loop, and to the streams
-    /// that read it; rows its expressions failed on, to the dead letters
-    /// (also those of rows emitted at a watermark, e.g. an OVER stream's
-    /// SELECT list).
-    fn emit(
-        &mut self,
-        stream: usize,
-        mut o: Output,
-        out: &mut Vec<StreamOutput>,
-    ) -> Result<(), EngineError> {
-        let s = &self.streams[stream];
-        self.rejected.extend(o.rejected.drain(..).map(|r| Rejected {
-            source: s.inputs[0].clone(),
-            stream: Some(s.name.clone()),
-            reason: RejectReason::Evaluation,
-            error: r.error,
-            rows: r.rows,
-        }));
-        let (rows, deletes) = if self.streams[stream].intermediate {
-            (o.rows.clone(), o.deletes.clone())
-        } else {
-            (Vec::new(), Vec::new())
-        };
-        collect(stream, o, out);
-        let name = self.streams[stream].name.clone();
-        // An updating stream's changes, in the order they were made: the
-        // deletions and upserts of one step are of different keys.
-        for keys in deletes {
-            self.feed(&name, Change::Deletes(&keys), out)?;
-        }
-        for rows in rows {
-            self.feed(&name, Change::Rows(&rows), out)?;
-        }
-        Ok(())
+        self.groups
+            .push(source, &batch, wm, out, &mut self.rejected)
     }
 
     /// Source rows refused since the last call: out of the event-time
@@ -598,7 +457,7 @@ impl Pipeline {
             return Ok(());
         };
         let wm = src.watermark.finish(partition, Instant::now());
-        self.advance(source, wm, out)
+        self.groups.advance(source, wm, out, &mut self.rejected)
     }
 
     /// Re-evaluates idle partitions (call periodically when sources are quiet).
@@ -610,123 +469,98 @@ impl Pipeline {
             .map(|(n, s)| (n.clone(), s.watermark.recompute(now)))
             .collect();
         for (source, wm) in marks {
-            self.advance(&source, wm, out)?;
-        }
-        Ok(())
-    }
-
-    /// Moves the watermark of table or stream `input` to `watermark`, and
-    /// with it those of the streams that read it (each the minimum of its
-    /// inputs'), each after its inputs have emitted what it completes.
-    fn advance(
-        &mut self,
-        input: &str,
-        watermark: i64,
-        out: &mut Vec<StreamOutput>,
-    ) -> Result<(), EngineError> {
-        for i in 0..self.streams.len() {
-            let s = &mut self.streams[i];
-            let mut reads = false;
-            for (name, wm) in s.inputs.iter().zip(s.input_watermarks.iter_mut()) {
-                if name == input {
-                    *wm = (*wm).max(watermark);
-                    reads = true;
-                }
-            }
-            if !reads {
-                continue;
-            }
-            let own = s.watermark();
-            let mut o = Output::default();
-            s.operator
-                .on_input_watermarks(&s.input_watermarks, &mut o)?;
-            self.emit(i, o, out)?;
-            if self.streams[i].intermediate {
-                // What the stream emitted is complete up to here (an OVER
-                // stream trails its input while rows wait for a step).
-                let emitted = self.streams[i]
-                    .operator
-                    .output_watermark()
-                    .map_or(own, |w| w.min(own));
-                let name = self.streams[i].name.clone();
-                self.advance(&name, emitted, out)?;
-            }
+            self.groups.advance(&source, wm, out, &mut self.rejected)?;
         }
         Ok(())
     }
 
     /// A consistent copy of all state; processing continues unchanged.
+    ///
+    /// One key group keeps the layout of a pipeline without groups
+    /// (`streams` and states by stream name); several write `key_groups`,
+    /// `groups` (one `streams` object each) and states as `g{group}/{stream}`.
     pub fn snapshot(&mut self) -> Result<EngineSnapshot, EngineError> {
-        let mut streams = serde_json::Map::new();
-        let mut states = BTreeMap::new();
-        for s in &mut self.streams {
-            let st = s.operator.snapshot()?;
-            streams.insert(
-                s.name.clone(),
-                serde_json::json!({
-                    "fingerprint": s.fingerprint,
-                    "operator": st.meta,
-                    "input_watermarks": s.input_watermarks,
-                }),
-            );
-            if let Some(b) = st.batch {
-                states.insert(s.name.clone(), b);
-            }
-        }
+        let mut groups = self.groups.snapshot()?;
         let sources: serde_json::Map<String, serde_json::Value> = self
             .sources
             .iter()
             .map(|(n, s)| (n.clone(), serde_json::json!({ "watermark": s.watermark.watermark(), "records_in": s.records_in })))
             .collect();
+        if groups.len() == 1 {
+            let (streams, states) = groups.pop().expect("one group");
+            return Ok(EngineSnapshot {
+                meta: serde_json::json!({ "streams": streams, "sources": sources }),
+                states,
+            });
+        }
+        let mut states = BTreeMap::new();
+        let mut metas = Vec::with_capacity(groups.len());
+        for (g, (streams, batches)) in groups.into_iter().enumerate() {
+            metas.push(serde_json::Value::Object(streams));
+            states.extend(
+                batches
+                    .into_iter()
+                    .map(|(name, b)| (format!("g{g}/{name}"), b)),
+            );
+        }
         Ok(EngineSnapshot {
-            meta: serde_json::json!({ "streams": streams, "sources": sources }),
+            meta: serde_json::json!({ "key_groups": metas.len(), "groups": metas, "sources": sources }),
             states,
         })
     }
 
     /// Restores a snapshot. Fails if a stream's query changed since (its
-    /// fingerprint differs) or a stream of the checkpoint no longer exists.
+    /// fingerprint differs), a stream of the checkpoint no longer exists,
+    /// or the checkpoint splits state into another number of key groups.
+    /// The number of threads may differ from the run that wrote it.
     pub fn restore(&mut self, mut snapshot: EngineSnapshot) -> Result<(), EngineError> {
-        let saved = snapshot.meta["streams"]
-            .as_object()
-            .cloned()
-            .unwrap_or_default();
-        for name in saved.keys() {
-            if !self.streams.iter().any(|s| &s.name == name) {
+        let count = self.groups.count();
+        let saved = snapshot.meta["key_groups"].as_u64().unwrap_or(1) as usize;
+        if saved != count {
+            return Err(EngineError::IncompatibleState(format!(
+                "the checkpoint keeps state in {saved} key group(s), this run in {count}; \
+                 run with {saved} key groups (the key-groups setting; a query that does not \
+                 split by key has one) or start without the checkpoint"
+            )));
+        }
+        let states: Vec<Option<parallel::GroupState>> = if count == 1 {
+            let streams = snapshot.meta["streams"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
+            vec![Some((streams, std::mem::take(&mut snapshot.states)))]
+        } else {
+            let metas = snapshot.meta["groups"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if metas.len() != count {
                 return Err(EngineError::IncompatibleState(format!(
-                    "the checkpoint holds state of stream `{name}`, which the query no longer defines"
+                    "the checkpoint names {count} key groups but holds {}",
+                    metas.len()
                 )));
             }
-        }
-        for s in &self.streams {
-            if let Some(st) = saved.get(&s.name)
-                && st["fingerprint"].as_str() != Some(s.fingerprint.as_str())
-            {
-                return Err(EngineError::IncompatibleState(format!(
-                    "stream `{}` changed since the checkpoint was taken (fingerprint {} → {})",
-                    s.name,
-                    st["fingerprint"].as_str().unwrap_or("?"),
-                    s.fingerprint
-                )));
+            let mut by_group: Vec<BTreeMap<String, RecordBatch>> = vec![BTreeMap::new(); count];
+            for (key, batch) in std::mem::take(&mut snapshot.states) {
+                let group = key
+                    .strip_prefix('g')
+                    .and_then(|k| k.split_once('/'))
+                    .and_then(|(g, name)| Some((g.parse::<usize>().ok()?, name)))
+                    .filter(|(g, _)| *g < count)
+                    .ok_or_else(|| {
+                        EngineError::IncompatibleState(format!(
+                            "state `{key}` belongs to no key group"
+                        ))
+                    })?;
+                by_group[group.0].insert(group.1.to_string(), batch);
             }
-        }
-        for s in &mut self.streams {
-            if let Some(st) = saved.get(&s.name) {
-                s.operator.restore(OperatorState {
-                    meta: st["operator"].clone(),
-                    batch: snapshot.states.remove(&s.name),
-                })?;
-                // Checkpoints before UNION ALL lack these; a stream with one
-                // input gets its watermark from the source's on the next step.
-                if let Some(marks) = st["input_watermarks"].as_array()
-                    && marks.len() == s.input_watermarks.len()
-                {
-                    for (wm, saved) in s.input_watermarks.iter_mut().zip(marks) {
-                        *wm = saved.as_i64().unwrap_or(NO_WATERMARK);
-                    }
-                }
-            }
-        }
+            metas
+                .into_iter()
+                .zip(by_group)
+                .map(|(m, b)| Some((m.as_object().cloned().unwrap_or_default(), b)))
+                .collect()
+        };
+        self.groups.restore(states)?;
         if let Some(sources) = snapshot.meta["sources"].as_object() {
             for (name, src) in &mut self.sources {
                 if let Some(v) = sources.get(name) {
@@ -738,14 +572,6 @@ impl Pipeline {
         }
         Ok(())
     }
-}
-
-/// What a stream passes to the streams reading it.
-#[derive(Clone, Copy)]
-enum Change<'a> {
-    Rows(&'a RecordBatch),
-    /// Keys an updating stream deleted.
-    Deletes(&'a RecordBatch),
 }
 
 /// A batch after the event-time bounds.
@@ -853,18 +679,4 @@ fn format_ms(ms: i64) -> String {
             || format!("{ms} ms since the Unix epoch"),
             |t| humantime::format_rfc3339_millis(t).to_string(),
         )
-}
-
-fn collect(stream: usize, o: Output, out: &mut Vec<StreamOutput>) {
-    let batches = o
-        .deletes
-        .into_iter()
-        .map(|rows| (rows, OutputKind::Deletes))
-        .chain(o.rows.into_iter().map(|rows| (rows, OutputKind::Rows)))
-        .chain(o.late.into_iter().map(|rows| (rows, OutputKind::Late)));
-    out.extend(
-        batches
-            .filter(|(rows, _)| rows.num_rows() > 0)
-            .map(|(rows, kind)| StreamOutput { stream, rows, kind }),
-    );
 }

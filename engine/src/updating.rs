@@ -43,7 +43,7 @@ use super::plan::{AggregateSpec, RowStep, apply_steps};
 use super::watermark::{END_OF_INPUT, NO_WATERMARK};
 
 /// A planned `GROUP BY` without a window.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct UpdatingPlan {
     /// Columns of the input rows.
     pub input_schema: SchemaRef,

@@ -368,6 +368,16 @@ struct QueryArgs {
     /// (default: the CPUs the worker may use, at most 4).
     #[arg(long)]
     decode_threads: Option<usize>,
+    /// Engine threads: a query that splits by key runs its key groups on
+    /// this many (default: the CPUs the worker may use). The log says
+    /// when a query cannot split and runs on one.
+    #[arg(long, env = "TICKFLOW_PARALLELISM")]
+    parallelism: Option<usize>,
+    /// Key groups a query that splits by key is divided into: the most
+    /// threads it can use. Fixed for the life of its checkpoints (a
+    /// checkpoint with another number is refused).
+    #[arg(long, env = "TICKFLOW_KEY_GROUPS", default_value_t = tickflow_worker::engine::DEFAULT_KEY_GROUPS)]
+    key_groups: usize,
     #[command(flatten)]
     kafka: KafkaArgs,
     /// Query name: the consumer group and transactional id are tickflow-<name>,
@@ -543,6 +553,14 @@ impl QueryArgs {
         }))
     }
 
+    fn parallelism(&self) -> tickflow_worker::app::Parallelism {
+        let default = tickflow_worker::app::Parallelism::default();
+        tickflow_worker::app::Parallelism {
+            threads: self.parallelism.unwrap_or(default.threads),
+            key_groups: self.key_groups,
+        }
+    }
+
     fn event_time_bounds(&self) -> tickflow_worker::engine::EventTimeBounds {
         tickflow_worker::engine::EventTimeBounds {
             min_ms: self.min_event_time,
@@ -610,6 +628,7 @@ fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
 
 fn run_kafka_query(a: QueryArgs, sql: String) -> anyhow::Result<()> {
     let event_time_bounds = a.event_time_bounds();
+    let parallelism = a.parallelism();
     let limit = tickflow_worker::memory::container_limit();
     let budget = a
         .memory_budget
@@ -703,6 +722,7 @@ fn run_kafka_query(a: QueryArgs, sql: String) -> anyhow::Result<()> {
         event_time_bounds,
         idle_timeout: a.idle_timeout,
         max_batch_records: a.batch_size.max(1),
+        parallelism,
         status: status.clone(),
         stop: stop_flag()?,
         kafka,
@@ -847,6 +867,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Query(a) => {
             let event_time_bounds = a.event_time_bounds();
+            let parallelism = a.parallelism();
             let sql = std::fs::read_to_string(&a.sql)
                 .with_context(|| format!("reading {}", a.sql.display()))?;
             let is_kafka = |p: &PathBuf| p.to_string_lossy().starts_with("kafka:");
@@ -878,6 +899,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             opts.event_time_bounds = event_time_bounds;
             opts.batch_size = a.batch_size;
             opts.decode_threads = a.decode_threads;
+            opts.parallelism = parallelism;
             if let Some(addr) = a.http_addr {
                 opts.status = StatusHandle::new(&opts.name);
                 opts.web = Some(serve_with_web(addr, &opts.name, &opts.status)?);

@@ -699,7 +699,7 @@ fn join_state_stays_flat_over_a_long_run() {
         }
         out.clear();
         for (h, &(_, s)) in held.iter_mut().zip(&joins) {
-            h.push(p.streams()[s].metrics().open_windows);
+            h.push(p.stream_metrics(s).open_windows);
         }
     }
     for ((name, _), h) in joins.iter().zip(&held) {

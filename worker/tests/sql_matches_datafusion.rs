@@ -22,12 +22,18 @@ fn every_builtin_query_matches_datafusion_batch() {
     // 100-second HOP windows and two sessions per symbol.
     let data = market_data(150_000, JITTER_MS);
     let sources = Catalog::builtin();
-    let config = EngineConfig {
-        allowed_lateness: Duration::from_secs(1),
-        idle_timeout: None,
-        ..EngineConfig::default()
-    };
-    for (name, sql) in BUILTIN_QUERIES {
+    // Split by key on 1, 2 and 4 threads (a query that cannot split runs
+    // on one).
+    for (threads, (name, sql)) in [1, 2, 4]
+        .into_iter()
+        .flat_map(|n| BUILTIN_QUERIES.iter().map(move |q| (n, q)))
+    {
+        let config = EngineConfig {
+            allowed_lateness: Duration::from_secs(1),
+            idle_timeout: None,
+            parallelism: threads,
+            ..EngineConfig::default()
+        };
         let mut pipeline =
             Pipeline::new(sql, &sources, &config).unwrap_or_else(|e| panic!("{name}: {e}"));
         let table = SourceTable::from_table_name(&pipeline.source_names()[0]).unwrap();
@@ -56,7 +62,12 @@ fn every_builtin_query_matches_datafusion_batch() {
             "{name}: the reference produced no rows; the test data is too small"
         );
         assert_same_rows(name, &actual, &expected, 1e-9);
-        eprintln!("{name}: {} rows match", actual.num_rows());
+        eprintln!(
+            "{name} on {} thread(s), {} key group(s): {} rows match",
+            pipeline.threads(),
+            pipeline.key_groups(),
+            actual.num_rows()
+        );
     }
 }
 
@@ -139,7 +150,7 @@ fn late_events_are_counted_and_routed() {
             .unwrap() as usize
         })
         .sum();
-    let m = p.streams()[0].metrics();
+    let m = p.stream_metrics(0);
     assert!(late > 3000, "most of the early rows are late ({late})");
     assert_eq!(m.late_events as usize, late);
     assert_eq!(

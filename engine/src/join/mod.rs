@@ -60,7 +60,7 @@ pub enum JoinCondition {
 }
 
 /// One input of a join.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct JoinSide {
     /// From the input's rows to the join's input columns (the filters and
     /// projections of subqueries on this side).
@@ -91,7 +91,7 @@ impl JoinSide {
 }
 
 /// A planned join.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct JoinPlan {
     pub kind: JoinKind,
     pub left: JoinSide,

@@ -56,7 +56,7 @@ const SEQ: &str = "__tickflow_seq";
 const EMITTED: &str = "__tickflow_emitted";
 
 /// A planned OVER stream.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct OverPlan {
     /// Index of the event-time column in the source schema.
     pub event_time_index: usize,

@@ -53,7 +53,7 @@ pub const WINDOW_START: &str = "window_start";
 pub const WINDOW_END: &str = "window_end";
 
 /// Everything needed to run one stream.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct StreamPlan {
     pub name: String,
     /// What the stream reads: source tables or earlier streams of the same
@@ -82,7 +82,7 @@ pub struct StreamPlan {
 
 /// Stateless filter/projection, windowed aggregation, OVER windows, an
 /// updating aggregation (GROUP BY without a window), or an interval join.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum StreamKind {
     Stateless(StatelessPlan),
     Windowed(Box<WindowedPlan>),
@@ -94,7 +94,7 @@ pub enum StreamKind {
 /// Row-wise steps over input rows: WHERE, projections, and those of
 /// subqueries and CTEs. One list per input (UNION ALL branches), each
 /// ending in the stream's output columns.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct StatelessPlan {
     pub branches: Vec<Vec<RowStep>>,
 }
@@ -108,7 +108,7 @@ pub enum GroupSlot {
 }
 
 /// One aggregate call with the expressions that feed it.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct AggregateSpec {
     pub function: Arc<AggregateFunctionExpr>,
     /// Arguments followed by ORDER BY expressions (as DataFusion feeds them).
@@ -117,7 +117,7 @@ pub struct AggregateSpec {
     pub filter: Option<Arc<dyn PhysicalExpr>>,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct WindowedPlan {
     pub window: WindowSpec,
     /// Index of the event-time column in the source schema.
@@ -144,7 +144,7 @@ pub struct WindowedPlan {
 
 /// `ROW_NUMBER()`/`RANK()`/`DENSE_RANK() OVER (PARTITION BY window_start,
 /// window_end[, …] ORDER BY …)` over a windowed aggregation's rows.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct RankStage {
     /// HAVING and what a CTE or subquery does to the aggregate rows before
     /// they are ranked; the result has `ranked_schema`.
@@ -161,7 +161,7 @@ pub struct RankStage {
 /// A planned SQL file: the catalog its streams were planned against (the
 /// given one plus the file's `CREATE TABLE` declarations) and the streams,
 /// in file order (a stream reads only tables and earlier streams).
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct PlannedSql {
     pub catalog: Catalog,
     pub streams: Vec<StreamPlan>,

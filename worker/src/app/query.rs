@@ -53,6 +53,8 @@ pub struct QueryOptions {
     /// Threads decoding JSON lines (`None`: the CPUs the worker may use,
     /// at most 4).
     pub decode_threads: Option<usize>,
+    /// Engine threads and key groups.
+    pub parallelism: super::Parallelism,
     pub allowed_lateness: Duration,
     pub event_time_bounds: EventTimeBounds,
     /// Where `STREAM=postgres:TABLE` outputs go.
@@ -83,6 +85,7 @@ impl QueryOptions {
             start_fresh: false,
             batch_size: 8192,
             decode_threads: None,
+            parallelism: super::Parallelism::default(),
             allowed_lateness: Duration::from_secs(1),
             event_time_bounds: EventTimeBounds::default(),
             postgres: None,
@@ -97,14 +100,16 @@ impl QueryOptions {
 /// Runs a replay to the end of its inputs (or until `stop`).
 pub fn run_query(opts: &QueryOptions) -> Result<RunSummary, RunError> {
     let catalog = Catalog::builtin();
-    let config = EngineConfig {
+    let config = opts.parallelism.apply(EngineConfig {
         allowed_lateness: opts.allowed_lateness,
         idle_timeout: None,
         event_time_bounds: opts.event_time_bounds,
-    };
+        ..EngineConfig::default()
+    });
     let pipeline = Pipeline::new(&opts.sql, &catalog, &config).map_err(|e| {
         RunError::Setup(anyhow::Error::new(e).context(format!("in {}", opts.sql_origin)))
     })?;
+    super::log_parallelism(&pipeline);
     let inputs = inputs(opts, &pipeline).map_err(RunError::Setup)?;
     let outputs = outputs(opts, &pipeline).map_err(RunError::Setup)?;
     let tables = postgres_targets(opts, &pipeline).map_err(RunError::Setup)?;

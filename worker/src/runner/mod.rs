@@ -499,8 +499,8 @@ impl Runner {
         self.publish_status();
         self.opts.status.set_state(WorkerState::Stopped);
         let mut summary = std::mem::take(&mut self.summary);
-        for s in self.pipeline.streams() {
-            let m = s.metrics();
+        for (i, s) in self.pipeline.streams().iter().enumerate() {
+            let m = self.pipeline.stream_metrics(i);
             summary.rows_out.insert(s.name.clone(), m.rows_out);
             summary.late_events.insert(s.name.clone(), m.late_events);
         }
@@ -798,7 +798,11 @@ impl Runner {
                 .pipeline
                 .streams()
                 .iter()
-                .map(|st| (st.name.clone(), st.metrics().late_events))
+                .enumerate()
+                .map(|(i, st)| {
+                    let late = self.pipeline.stream_metrics(i).late_events;
+                    (st.name.clone(), late)
+                })
                 .collect();
         });
     }

@@ -57,11 +57,11 @@ pub struct DemoOptions {
 
 /// Runs the demo until `duration`, `q` or Ctrl-C.
 pub fn run_demo(opts: DemoOptions) -> Result<(), RunError> {
-    let config = EngineConfig {
+    let config = crate::app::Parallelism::default().apply(EngineConfig {
         allowed_lateness: opts.allowed_lateness,
         idle_timeout: None,
-        event_time_bounds: Default::default(),
-    };
+        ..EngineConfig::default()
+    });
     let pipeline = Pipeline::new(&builtin_sql(), &Catalog::builtin(), &config)?;
     let source = SimulatorSource::new(opts.sim.clone(), opts.speed).map_err(RunError::Setup)?;
     let results = MemoryOutputs::new(ROWS_KEPT);

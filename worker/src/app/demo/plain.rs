@@ -65,8 +65,8 @@ pub fn print_plain(state: &DemoState<'_>) {
         );
     }
     let _ = writeln!(s, "\nStreams:");
-    for st in state.pipeline.streams() {
-        let m = st.metrics();
+    for (i, st) in state.pipeline.streams().iter().enumerate() {
+        let m = state.pipeline.stream_metrics(i);
         let _ = writeln!(
             s,
             "  {:<17} rows out {:>7}  late {:>4}  open windows {:>4}",

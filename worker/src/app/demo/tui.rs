@@ -112,8 +112,9 @@ fn render_overview(f: &mut ratatui::Frame, area: Rect, state: &DemoState) {
         .pipeline
         .streams()
         .iter()
-        .map(|s| {
-            let m = s.metrics();
+        .enumerate()
+        .map(|(i, s)| {
+            let m = state.pipeline.stream_metrics(i);
             Row::new(vec![
                 s.name.clone(),
                 m.rows_out.to_string(),
@@ -228,8 +229,9 @@ fn render_pipeline(f: &mut ratatui::Frame, area: Rect, state: &DemoState) {
         .pipeline
         .streams()
         .iter()
-        .map(|s| {
-            let m = s.metrics();
+        .enumerate()
+        .map(|(i, s)| {
+            let m = state.pipeline.stream_metrics(i);
             Row::new(vec![
                 s.name.clone(),
                 m.rows_in.to_string(),

@@ -82,6 +82,8 @@ pub struct KafkaQueryOptions {
     pub event_time_bounds: EventTimeBounds,
     pub idle_timeout: Duration,
     pub max_batch_records: usize,
+    /// Engine threads and key groups.
+    pub parallelism: crate::app::Parallelism,
     /// Consumer prefetch, producer queue and the epoch's pending output, all
     /// from one memory budget (`crate::memory`).
     pub buffers: BufferSizes,
@@ -128,14 +130,15 @@ fn run_attempt(
         .check_connection(Duration::from_secs(15))
         .map_err(RunError::Setup)?;
     let catalog = Catalog::builtin();
-    let config = EngineConfig {
+    let config = opts.parallelism.apply(EngineConfig {
         allowed_lateness: opts.allowed_lateness,
         // A bounded run reads every partition to its end and finishes each
         // there: a partition the consumer has not fetched for a while still
         // has rows, and excluding it as idle would make them late.
         idle_timeout: (!opts.bounded).then_some(opts.idle_timeout),
         event_time_bounds: opts.event_time_bounds,
-    };
+        ..EngineConfig::default()
+    });
     let pipeline = Pipeline::new(&opts.sql, &catalog, &config).map_err(|e| {
         RunError::Setup(anyhow::Error::new(e).context(format!("in {}", opts.sql_origin)))
     })?;

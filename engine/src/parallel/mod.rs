@@ -1,0 +1,394 @@
+//! A query split into key groups, run on threads.
+//!
+//! The rows of a query's sources are split by a hash of their key column
+//! ([`route`]) into a fixed number of key groups, each with its own copy of
+//! the streams ([`StreamGraph`]); key group `g` runs on thread `g mod N`,
+//! the first of them the caller's own. Every group gets every watermark,
+//! including groups that got no rows in a batch, so windows close, rows
+//! count as late and state expires exactly as in one group. Outputs are
+//! put back in key-group order after every step, so a run's output does
+//! not depend on N, only on the number of key groups.
+//!
+//! The number of key groups is fixed for a query's life (like Flink's
+//! maximum parallelism): each has its own state in a checkpoint, so N can
+//! change between runs without splitting state; a checkpoint with another
+//! number of key groups is refused.
+
+pub mod partition;
+pub mod route;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use arrow::array::RecordBatch;
+
+use crate::graph::{RunningStream, StreamGraph};
+use crate::operator::OperatorMetrics;
+use crate::{EngineError, Rejected, StreamOutput};
+
+/// One group's streams' JSON state and bulk state.
+pub(crate) type GroupState = (
+    serde_json::Map<String, serde_json::Value>,
+    BTreeMap<String, RecordBatch>,
+);
+
+/// The key groups of a query and the threads they run on.
+pub(crate) struct KeyGroups {
+    count: usize,
+    /// Column to split each source's rows by; empty with one group.
+    key_columns: BTreeMap<String, usize>,
+    /// The groups run on the caller's thread (group 0 among them).
+    local: Shard,
+    workers: Vec<Worker>,
+    /// Each stream's counters over the other threads' groups, as of their
+    /// last step.
+    remote_metrics: Vec<Vec<OperatorMetrics>>,
+}
+
+impl KeyGroups {
+    /// `graphs[g]` is key group `g`; they run on `threads` threads.
+    pub(crate) fn start(
+        graphs: Vec<StreamGraph>,
+        key_columns: BTreeMap<String, usize>,
+        threads: usize,
+    ) -> Self {
+        let count = graphs.len();
+        let threads = threads.clamp(1, count);
+        let mut shards: Vec<Shard> = (0..threads).map(|_| Shard { groups: Vec::new() }).collect();
+        for (g, graph) in graphs.into_iter().enumerate() {
+            shards[g % threads].groups.push((g, graph));
+        }
+        let mut shards = shards.into_iter();
+        let local = shards.next().expect("at least one thread");
+        let workers: Vec<Worker> = shards
+            .enumerate()
+            .map(|(i, s)| Worker::spawn(i + 1, s))
+            .collect();
+        Self {
+            count,
+            key_columns,
+            local,
+            remote_metrics: vec![Vec::new(); workers.len()],
+            workers,
+        }
+    }
+
+    pub(crate) fn count(&self) -> usize {
+        self.count
+    }
+
+    pub(crate) fn threads(&self) -> usize {
+        self.workers.len() + 1
+    }
+
+    /// The streams of key group 0 (names, schemas; every group has the same).
+    pub(crate) fn streams(&self) -> &[RunningStream] {
+        self.local.groups[0].1.streams()
+    }
+
+    /// Counters of stream `i` over all key groups: summed, except open
+    /// windows, the most any group holds (every group has the same windows).
+    pub(crate) fn metrics(&self, i: usize) -> OperatorMetrics {
+        let local = self
+            .local
+            .groups
+            .iter()
+            .map(|(_, g)| g.streams()[i].metrics());
+        let remote = self.remote_metrics.iter().filter_map(|m| m.get(i).copied());
+        local
+            .chain(remote)
+            .fold(OperatorMetrics::default(), combine)
+    }
+
+    /// Rows of `source` (split by key) and then its new watermark, to every group.
+    pub(crate) fn push(
+        &mut self,
+        source: &str,
+        rows: &RecordBatch,
+        watermark: i64,
+        out: &mut Vec<StreamOutput>,
+        rejected: &mut Vec<Rejected>,
+    ) -> Result<(), EngineError> {
+        let parts = match self.key_columns.get(source) {
+            Some(&key) => route::split(rows, key, self.count)?,
+            None => vec![Some(rows.clone()); 1],
+        };
+        self.step(
+            |groups| Command::Push {
+                source: source.into(),
+                rows: groups.iter().map(|&g| parts[g].clone()).collect(),
+                watermark,
+            },
+            out,
+            rejected,
+        )
+    }
+
+    /// `source`'s watermark moved without rows (idle partitions, the end
+    /// of input).
+    pub(crate) fn advance(
+        &mut self,
+        source: &str,
+        watermark: i64,
+        out: &mut Vec<StreamOutput>,
+        rejected: &mut Vec<Rejected>,
+    ) -> Result<(), EngineError> {
+        self.step(
+            |_| Command::Advance {
+                source: source.into(),
+                watermark,
+            },
+            out,
+            rejected,
+        )
+    }
+
+    /// Every group's state, by group.
+    pub(crate) fn snapshot(&mut self) -> Result<Vec<GroupState>, EngineError> {
+        for w in &self.workers {
+            w.send(Command::Snapshot)?;
+        }
+        let mut states = self.local.run(Command::Snapshot)?.states;
+        for (i, w) in self.workers.iter().enumerate() {
+            let reply = w.receive()?;
+            self.remote_metrics[i] = reply.metrics;
+            states.extend(reply.states);
+        }
+        states.sort_by_key(|(g, _)| *g);
+        Ok(states.into_iter().map(|(_, s)| s).collect())
+    }
+
+    /// Checks every group's state against its streams, then restores it
+    /// (`states[g]` is group `g`'s).
+    pub(crate) fn restore(
+        &mut self,
+        mut states: Vec<Option<GroupState>>,
+    ) -> Result<(), EngineError> {
+        for (g, graph) in &self.local.groups {
+            if let Some((saved, _)) = &states[*g] {
+                graph.check_restorable(saved)?;
+            }
+        }
+        let mut take = |groups: &[usize]| -> Vec<Option<GroupState>> {
+            groups.iter().map(|&g| states[g].take()).collect()
+        };
+        for w in &self.workers {
+            w.send(Command::Restore(take(&w.groups)))?;
+        }
+        let own: Vec<usize> = self.local.groups.iter().map(|(g, _)| *g).collect();
+        self.local.run(Command::Restore(take(&own)))?;
+        for (i, w) in self.workers.iter().enumerate() {
+            self.remote_metrics[i] = w.receive()?.metrics;
+        }
+        Ok(())
+    }
+
+    /// Runs one command on every thread (`command` gets the thread's
+    /// groups) and gathers the outputs in key-group order.
+    fn step(
+        &mut self,
+        command: impl Fn(&[usize]) -> Command,
+        out: &mut Vec<StreamOutput>,
+        rejected: &mut Vec<Rejected>,
+    ) -> Result<(), EngineError> {
+        for w in &self.workers {
+            w.send(command(&w.groups))?;
+        }
+        let own: Vec<usize> = self.local.groups.iter().map(|(g, _)| *g).collect();
+        let mut results = self.local.run(command(&own))?.outputs;
+        let mut failed = None;
+        for (i, w) in self.workers.iter().enumerate() {
+            // Every thread answers before an error is returned, so the next
+            // command finds no stale reply.
+            match w.receive() {
+                Ok(reply) => {
+                    self.remote_metrics[i] = reply.metrics;
+                    results.extend(reply.outputs);
+                }
+                Err(e) => failed = failed.or(Some(e)),
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        results.sort_by_key(|r| r.group);
+        for r in results {
+            out.extend(r.outputs);
+            rejected.extend(r.rejected);
+        }
+        Ok(())
+    }
+}
+
+/// Counters of two groups of one stream.
+fn combine(a: OperatorMetrics, b: OperatorMetrics) -> OperatorMetrics {
+    OperatorMetrics {
+        rows_in: a.rows_in + b.rows_in,
+        rows_out: a.rows_out + b.rows_out,
+        late_events: a.late_events + b.late_events,
+        rejected_rows: a.rejected_rows + b.rejected_rows,
+        open_windows: a.open_windows.max(b.open_windows),
+    }
+}
+
+/// What a thread is asked to do with its groups.
+enum Command {
+    /// `rows[i]`: the share of the thread's `i`-th group.
+    Push {
+        source: Arc<str>,
+        rows: Vec<Option<RecordBatch>>,
+        watermark: i64,
+    },
+    Advance {
+        source: Arc<str>,
+        watermark: i64,
+    },
+    Snapshot,
+    /// One entry per group of the thread, in its order.
+    Restore(Vec<Option<GroupState>>),
+}
+
+/// What one group produced in a step.
+struct GroupOutput {
+    group: usize,
+    outputs: Vec<StreamOutput>,
+    rejected: Vec<Rejected>,
+}
+
+#[derive(Default)]
+struct Reply {
+    outputs: Vec<GroupOutput>,
+    states: Vec<(usize, GroupState)>,
+    /// The thread's counters per stream, over its groups.
+    metrics: Vec<OperatorMetrics>,
+}
+
+/// The key groups one thread runs.
+struct Shard {
+    groups: Vec<(usize, StreamGraph)>,
+}
+
+impl Shard {
+    fn run(&mut self, command: Command) -> Result<Reply, EngineError> {
+        let mut reply = Reply::default();
+        match command {
+            Command::Push {
+                source,
+                rows,
+                watermark,
+            } => {
+                for ((group, graph), rows) in self.groups.iter_mut().zip(rows) {
+                    let mut outputs = Vec::new();
+                    graph.push(&source, rows.as_ref(), watermark, &mut outputs)?;
+                    reply.outputs.push(GroupOutput {
+                        group: *group,
+                        outputs,
+                        rejected: graph.take_rejected(),
+                    });
+                }
+            }
+            Command::Advance { source, watermark } => {
+                for (group, graph) in &mut self.groups {
+                    let mut outputs = Vec::new();
+                    graph.advance(&source, watermark, &mut outputs)?;
+                    reply.outputs.push(GroupOutput {
+                        group: *group,
+                        outputs,
+                        rejected: graph.take_rejected(),
+                    });
+                }
+            }
+            Command::Snapshot => {
+                for (group, graph) in &mut self.groups {
+                    reply.states.push((*group, graph.snapshot()?));
+                }
+            }
+            Command::Restore(states) => {
+                for ((_, graph), state) in self.groups.iter_mut().zip(states) {
+                    if let Some((saved, batches)) = state {
+                        graph.check_restorable(&saved)?;
+                        graph.restore(&saved, batches)?;
+                    }
+                }
+            }
+        }
+        reply.metrics = self.metrics();
+        Ok(reply)
+    }
+
+    fn metrics(&self) -> Vec<OperatorMetrics> {
+        let mut total: Vec<OperatorMetrics> = Vec::new();
+        for (_, graph) in &self.groups {
+            let m = graph.metrics();
+            if total.is_empty() {
+                total = m;
+            } else {
+                for (t, m) in total.iter_mut().zip(m) {
+                    *t = combine(*t, m);
+                }
+            }
+        }
+        total
+    }
+}
+
+/// A thread running a [`Shard`]; commands and replies go in order.
+struct Worker {
+    /// The key groups it runs.
+    groups: Vec<usize>,
+    commands: Option<mpsc::Sender<Command>>,
+    replies: mpsc::Receiver<Result<Reply, EngineError>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Worker {
+    fn spawn(index: usize, mut shard: Shard) -> Self {
+        let groups = shard.groups.iter().map(|(g, _)| *g).collect();
+        let (commands, inbox) = mpsc::channel::<Command>();
+        let (outbox, replies) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name(format!("tickflow-keys-{index}"))
+            .spawn(move || {
+                for command in inbox {
+                    if outbox.send(shard.run(command)).is_err() {
+                        break;
+                    }
+                }
+            })
+            .expect("spawning a pipeline thread");
+        Self {
+            groups,
+            commands: Some(commands),
+            replies,
+            thread: Some(thread),
+        }
+    }
+
+    fn send(&self, command: Command) -> Result<(), EngineError> {
+        self.commands
+            .as_ref()
+            .and_then(|c| c.send(command).ok())
+            .ok_or_else(Self::gone)
+    }
+
+    fn receive(&self) -> Result<Reply, EngineError> {
+        self.replies.recv().map_err(|_| Self::gone())?
+    }
+
+    fn gone() -> EngineError {
+        EngineError::DataFusion(datafusion::error::DataFusionError::Internal(
+            "a pipeline thread stopped (it panicked; see the log above)".into(),
+        ))
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.commands = None; // the thread's loop ends
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! Whether a query's state splits by key, and by which column of each
+//! source (pure: reads plans only).
+//!
+//! A query splits when every stateful stream keeps each key's rows
+//! together: a windowed aggregate or a session grouped by the source's key
+//! column, an updating aggregate grouped by it, an OVER window partitioned
+//! by it. The key is followed through each stream by plain column
+//! references (projections, UNION ALL branches, GROUP BY, PARTITION BY); a
+//! stream whose output no longer carries it splits only if nothing
+//! stateful reads that output. Everything else (global aggregates, window
+//! top-N across keys, joins) runs in one key group, with the reason.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::datatypes::DataType;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::Column;
+
+use crate::plan::{GroupSlot, PlannedSql, RowStep, StreamKind};
+
+/// How a query's rows are split into key groups.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Partitioning {
+    /// By the value of one column of each source table (its index in the
+    /// table's schema, by table name as the streams read it).
+    ByKey(BTreeMap<String, usize>),
+    /// One key group; why the query cannot be split.
+    Whole(String),
+}
+
+/// Decides how `planned` splits.
+pub fn partitioning(planned: &PlannedSql) -> Partitioning {
+    match key_columns(planned) {
+        Ok(columns) => Partitioning::ByKey(columns),
+        Err(reason) => Partitioning::Whole(reason),
+    }
+}
+
+fn key_columns(planned: &PlannedSql) -> Result<BTreeMap<String, usize>, String> {
+    // Column carrying the key, per table or stream (lower-case name).
+    let mut key_of: BTreeMap<String, Option<usize>> = BTreeMap::new();
+    let mut sources = BTreeMap::new();
+    for table in planned.tables_read() {
+        let def = planned
+            .catalog
+            .get(table)
+            .expect("the planner resolved every table");
+        let Some(key) = def.key_columns.first() else {
+            return Err(format!("table `{}` declares no key column", def.name));
+        };
+        let index = def
+            .schema
+            .index_of(key)
+            .map_err(|_| format!("the key column `{key}` of `{}` is not a column", def.name))?;
+        if !hashable(def.schema.field(index).data_type()) {
+            return Err(format!(
+                "the key column `{key}` of `{}` is of type {}, which is not split by value",
+                def.name,
+                def.schema.field(index).data_type()
+            ));
+        }
+        key_of.insert(table.to_ascii_lowercase(), Some(index));
+        sources.insert(table.to_string(), index);
+    }
+    for stream in &planned.streams {
+        let inputs: Vec<Option<usize>> = stream
+            .inputs
+            .iter()
+            .map(|i| key_of.get(&i.to_ascii_lowercase()).copied().flatten())
+            .collect();
+        let keyed_input = || {
+            inputs[0].ok_or_else(|| {
+                format!(
+                    "stream `{}` keeps state over `{}`, whose rows no longer carry the key column",
+                    stream.name, stream.inputs[0]
+                )
+            })
+        };
+        let not_by_key = |what: &str| {
+            format!(
+                "stream `{}` {what} that do not include the source's key column",
+                stream.name
+            )
+        };
+        let output = match &stream.kind {
+            StreamKind::Stateless(s) => {
+                let through: Vec<Option<usize>> = s
+                    .branches
+                    .iter()
+                    .zip(&inputs)
+                    .map(|(steps, key)| key.and_then(|k| through_steps(steps, k)))
+                    .collect();
+                match through.first() {
+                    Some(&first) if through.iter().all(|&k| k == first) => first,
+                    _ => None,
+                }
+            }
+            StreamKind::Windowed(w) => {
+                let key = keyed_input()?;
+                let Some(i) = w.keys.iter().position(|e| is_column(e, key)) else {
+                    return Err(not_by_key("groups by expressions"));
+                };
+                if w.rank.is_some() {
+                    return Err(format!(
+                        "stream `{}` ranks a window's rows across keys (top-N)",
+                        stream.name
+                    ));
+                }
+                w.group_layout
+                    .iter()
+                    .position(|&g| g == GroupSlot::Key(i))
+                    .and_then(|g| w.projection.iter().position(|e| is_column(e, g)))
+            }
+            StreamKind::Updating(u) => {
+                let key = keyed_input()?;
+                let Some(i) = u.keys.iter().position(|e| is_column(e, key)) else {
+                    return Err(if u.keys.is_empty() {
+                        format!("stream `{}` is a global aggregate", stream.name)
+                    } else {
+                        not_by_key("groups by expressions")
+                    });
+                };
+                u.output_keys.get(i).copied()
+            }
+            StreamKind::Over(o) => {
+                let key = keyed_input()?;
+                if !o.partition_by.iter().any(|e| is_column(e, key)) {
+                    return Err(not_by_key("has OVER windows partitioned by expressions"));
+                }
+                // Window-function values follow the input's columns.
+                through_steps(&o.post, key)
+            }
+            StreamKind::Join(_) => {
+                return Err(format!(
+                    "stream `{}` is a join (joins run in one key group for now)",
+                    stream.name
+                ));
+            }
+        };
+        key_of.insert(stream.name.to_ascii_lowercase(), output);
+    }
+    Ok(sources)
+}
+
+/// Whether `e` is a plain reference to column `index` of its input.
+fn is_column(e: &Arc<dyn PhysicalExpr>, index: usize) -> bool {
+    e.downcast_ref::<Column>()
+        .is_some_and(|c| c.index() == index)
+}
+
+/// Where column `index` of a step list's input ends up in its output, if
+/// it passes through unchanged.
+fn through_steps(steps: &[RowStep], mut index: usize) -> Option<usize> {
+    for step in steps {
+        if let RowStep::Project(exprs) = step {
+            index = exprs.iter().position(|e| is_column(e, index))?;
+        }
+    }
+    Some(index)
+}
+
+/// Types whose values [`super::route`] hashes the same in every process
+/// and release.
+pub fn hashable(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::Utf8
+            | DataType::LargeUtf8
+            | DataType::Utf8View
+            | DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+            | DataType::UInt64
+    )
+}

@@ -1,0 +1,221 @@
+//! A query split by key over threads gives the rows of one pipeline: every
+//! query of `sql/` in one key group, then in 16 key groups on 1, 2 and 4
+//! threads, fed the same batches (the comparison with DataFusion batch of
+//! each thread count is in `sql_matches_datafusion.rs`); and a restore
+//! onto another number of threads.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use arrow::compute::concat_batches;
+use common::{assert_same_rows, chunks, market_data, rows_of};
+use tickflow_worker::codec::SourceTable;
+use tickflow_worker::engine::{
+    Catalog, EngineConfig, OutputKind, Partitioning, Pipeline, StreamOutput,
+};
+use tickflow_worker::queries::{BUILTIN_QUERIES, TRADING_QUERIES};
+
+const KEY_GROUPS: usize = 16;
+
+fn config(key_groups: usize, threads: usize) -> EngineConfig {
+    EngineConfig {
+        allowed_lateness: Duration::from_secs(1),
+        idle_timeout: None,
+        key_groups,
+        parallelism: threads,
+        ..EngineConfig::default()
+    }
+}
+
+/// Each stream's output rows (with their kind), as sorted text: the
+/// multiset of rows, whatever order the key groups emitted them in.
+type Rows = BTreeMap<String, Vec<String>>;
+
+/// What a run emitted: as [`Rows`], and each stream's result rows as one batch.
+struct Ran {
+    rows: Rows,
+    batches: BTreeMap<String, RecordBatch>,
+    pipeline: Pipeline,
+}
+
+/// Feeds the three market tables, one batch of each in turn, each table
+/// finished after its last; with `restart_at`, snapshots before that step
+/// and carries on in `after`, restored from it.
+fn run(sql: &str, first: &EngineConfig, after: Option<(usize, &EngineConfig)>) -> Ran {
+    let data = market_data(20_000, 300);
+    let [ticks, orders, books] = data.to_batches();
+    let tables: Vec<(&str, Vec<RecordBatch>)> = vec![
+        (SourceTable::MarketTicks.table_name(), chunks(&ticks, 1500)),
+        (SourceTable::OrderEvents.table_name(), chunks(&orders, 700)),
+        (SourceTable::BookUpdates.table_name(), chunks(&books, 900)),
+    ];
+    let mut p = Pipeline::new(sql, &Catalog::builtin(), first).unwrap();
+    let mut out: Vec<StreamOutput> = Vec::new();
+    let longest = tables.iter().map(|(_, b)| b.len()).max().unwrap();
+    let mut step = 0;
+    for i in 0..longest {
+        for (table, batches) in &tables {
+            let Some(batch) = batches.get(i) else {
+                continue;
+            };
+            if let Some((at, config)) = after
+                && at == step
+            {
+                let snapshot = p.snapshot().unwrap();
+                p = Pipeline::new(sql, &Catalog::builtin(), config).unwrap();
+                p.restore(snapshot).unwrap();
+            }
+            step += 1;
+            p.push(table, 0, batch, &mut out).unwrap();
+            if i + 1 == batches.len() {
+                p.finish_partition(table, 0, &mut out).unwrap();
+            }
+        }
+    }
+    let mut rows: Rows = BTreeMap::new();
+    for o in &out {
+        let name = &p.streams()[o.stream].name;
+        let text = rows_of(&o.rows)
+            .into_iter()
+            .map(|r| format!("{:?} {r:?}", o.kind));
+        rows.entry(name.clone()).or_default().extend(text);
+    }
+    for r in rows.values_mut() {
+        r.sort();
+    }
+    let batches = p
+        .streams()
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let of_stream = out
+                .iter()
+                .filter(|o| o.stream == i && o.kind == OutputKind::Rows)
+                .map(|o| &o.rows);
+            (
+                s.name.clone(),
+                concat_batches(&s.output_schema, of_stream).unwrap(),
+            )
+        })
+        .collect();
+    Ran {
+        rows,
+        batches,
+        pipeline: p,
+    }
+}
+
+fn all_queries() -> impl Iterator<Item = &'static (&'static str, &'static str)> {
+    BUILTIN_QUERIES.iter().chain(&TRADING_QUERIES)
+}
+
+#[test]
+fn every_query_gives_the_same_rows_on_1_2_and_4_threads_as_in_one_key_group() {
+    let mut split = Vec::new();
+    for (name, sql) in all_queries() {
+        let Ran {
+            rows: reference,
+            pipeline: single,
+            ..
+        } = run(sql, &config(1, 1), None);
+        assert_eq!(single.key_groups(), 1);
+        assert!(
+            reference.values().map(Vec::len).sum::<usize>() > 0,
+            "{name}: the data gives some output"
+        );
+        for threads in [1, 2, 4] {
+            let Ran {
+                rows, pipeline: p, ..
+            } = run(sql, &config(KEY_GROUPS, threads), None);
+            match p.partitioning() {
+                Partitioning::ByKey(_) => {
+                    assert_eq!(p.key_groups(), KEY_GROUPS, "{name}");
+                    assert_eq!(p.threads(), threads, "{name}");
+                }
+                Partitioning::Whole(why) => {
+                    assert_eq!((p.key_groups(), p.threads()), (1, 1), "{name}: {why}");
+                }
+            }
+            for (stream, want) in &reference {
+                let got = rows.get(stream).map_or(&[][..], Vec::as_slice);
+                assert_eq!(
+                    got.len(),
+                    want.len(),
+                    "{name}.{stream} on {threads} threads: rows"
+                );
+                assert!(
+                    got == want.as_slice(),
+                    "{name}.{stream} on {threads} threads: rows differ"
+                );
+            }
+            assert_eq!(
+                rows.len(),
+                reference.len(),
+                "{name}: the same streams have output"
+            );
+        }
+        let p = run(sql, &config(KEY_GROUPS, 2), None).pipeline;
+        let why = match p.partitioning() {
+            Partitioning::ByKey(columns) => {
+                split.push(*name);
+                format!("split by {columns:?}")
+            }
+            Partitioning::Whole(why) => why.clone(),
+        };
+        eprintln!("{name}: {why}");
+    }
+    // Every query but the risk monitor splits by symbol; its fills are
+    // per trader, and its ASOF join is not split yet.
+    assert_eq!(split.len(), all_queries().count() - 1, "{split:?}");
+    assert!(!split.contains(&"risk_alerts"));
+}
+
+#[test]
+fn a_restore_onto_another_number_of_threads_gives_the_uninterrupted_rows() {
+    for name in ["ohlc_5s", "rolling_stats", "trading_sessions"] {
+        let sql = all_queries().find(|(n, _)| *n == name).unwrap().1;
+        let reference = run(sql, &config(KEY_GROUPS, 2), None).batches;
+        // A restored variance is merged into a fresh accumulator: floats
+        // may move by an ulp, as after any restore.
+        let same = |what: &str, got: &BTreeMap<String, RecordBatch>| {
+            assert_eq!(got.len(), reference.len());
+            for (stream, want) in &reference {
+                assert!(want.num_rows() > 0, "{name}.{stream} has rows");
+                assert_same_rows(
+                    &format!("{name}.{stream} {what}"),
+                    &got[stream],
+                    want,
+                    1e-12,
+                );
+            }
+        };
+        for at in [5, 40] {
+            let ran = run(
+                sql,
+                &config(KEY_GROUPS, 2),
+                Some((at, &config(KEY_GROUPS, 3))),
+            );
+            assert_eq!(ran.pipeline.threads(), 3);
+            same(&format!("2 → 3 threads at step {at}"), &ran.batches);
+        }
+        let ran = run(
+            sql,
+            &config(KEY_GROUPS, 4),
+            Some((20, &config(KEY_GROUPS, 1))),
+        );
+        same("4 → 1 thread", &ran.batches);
+    }
+}
+
+#[test]
+fn a_checkpoint_with_another_number_of_key_groups_is_refused_with_the_number_to_use() {
+    let sql = BUILTIN_QUERIES[0].1;
+    let mut p = Pipeline::new(sql, &Catalog::builtin(), &config(KEY_GROUPS, 2)).unwrap();
+    let snapshot = p.snapshot().unwrap();
+    let mut other = Pipeline::new(sql, &Catalog::builtin(), &config(8, 2)).unwrap();
+    let e = other.restore(snapshot).err().expect("refused").to_string();
+    assert!(e.contains("16 key group(s), this run in 8"), "{e}");
+}
