@@ -377,35 +377,13 @@ fn killed_replay_resumes_from_checkpoint_with_identical_output() {
     // Killed with SIGKILL three times right after a checkpoint, then run to the end.
     let out = tmp.path().join("resumed");
     let chk = tmp.path().join("checkpoints");
-    let mut kills = 0;
-    for _ in 0..3 {
-        let mut child = query_cmd(&sql, &data, "jsonl", &out)
-            .args(["--checkpoint-interval", "150ms", "--batch-size", "2048"])
+    let kills = kill_after_checkpoints(3, &chk, || {
+        let mut c = query_cmd(&sql, &data, "jsonl", &out);
+        c.args(["--checkpoint-interval", "150ms", "--batch-size", "2048"])
             .arg("--checkpoint-dir")
-            .arg(&chk)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let before = checkpoints(&chk);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while checkpoints(&chk) == before
-            && Instant::now() < deadline
-            && child.try_wait().unwrap().is_none()
-        {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        std::thread::sleep(Duration::from_millis(40));
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap(); // SIGKILL
-            kills += 1;
-        }
-        child.wait().unwrap();
-    }
-    assert!(
-        kills >= 1,
-        "the replay finished before it could be killed; make the input larger"
-    );
+            .arg(&chk);
+        c
+    });
     let summary = ok(query_cmd(&sql, &data, "jsonl", &out)
         .arg("--checkpoint-dir")
         .arg(&chk)
@@ -439,6 +417,113 @@ fn killed_replay_resumes_from_checkpoint_with_identical_output() {
     for ((name, a), (_, e)) in read_outputs(&out).iter().zip(&expected) {
         same_output(name, a, e);
     }
+}
+
+/// Starts the command `times` times, each killed with SIGKILL right after
+/// it wrote a checkpoint into `chk`; returns how many were killed (at
+/// least one: a run that finished first means the input is too small).
+fn kill_after_checkpoints(times: usize, chk: &Path, command: impl Fn() -> Command) -> usize {
+    let mut kills = 0;
+    for _ in 0..times {
+        let mut child = command()
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let before = checkpoints(chk);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while checkpoints(chk) == before
+            && Instant::now() < deadline
+            && child.try_wait().unwrap().is_none()
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(40));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        child.wait().unwrap();
+    }
+    assert!(
+        kills >= 1,
+        "the replay finished before it could be killed; make the input larger"
+    );
+    kills
+}
+
+/// The seed queries split by symbol: killed while running on 2 threads,
+/// resumed on 3, they give the rows of an uninterrupted run on 1.
+#[test]
+fn killed_replay_resumes_on_another_number_of_threads_with_identical_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    produce(&data, 300_000, "jsonl");
+    let sql = tmp.path().join("seeds.sql");
+    let seeds: Vec<&str> = tickflow_worker::queries::BUILTIN_QUERIES
+        .iter()
+        .map(|(_, q)| *q)
+        .collect();
+    std::fs::write(&sql, seeds.join("\n")).unwrap();
+
+    let reference = tmp.path().join("reference");
+    ok(query_cmd(&sql, &data, "jsonl", &reference)
+        .args(["--parallelism", "1"])
+        .output()
+        .unwrap());
+    let expected = read_outputs(&reference);
+    assert_eq!(expected.len(), 9);
+
+    let out = tmp.path().join("resumed");
+    let chk = tmp.path().join("checkpoints");
+    let kills = kill_after_checkpoints(2, &chk, || {
+        let mut c = query_cmd(&sql, &data, "jsonl", &out);
+        c.args(["--parallelism", "2", "--checkpoint-interval", "150ms"])
+            .args(["--batch-size", "2048", "--checkpoint-dir"])
+            .arg(&chk);
+        c
+    });
+    let last = query_cmd(&sql, &data, "jsonl", &out)
+        .args(["--parallelism", "3", "--checkpoint-dir"])
+        .arg(&chk)
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&last.stderr).to_string();
+    let summary: serde_json::Value = serde_json::from_str(ok(last).trim()).unwrap();
+    assert!(
+        summary["restored_from"].as_u64().is_some(),
+        "the last run restored a checkpoint: {summary}"
+    );
+    assert!(
+        log.contains("the query splits by key") && log.contains("threads=3"),
+        "the log says the query runs on 3 threads: {log}"
+    );
+    let sorted = |text: &str| {
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines.sort_unstable();
+        lines.join("\n")
+    };
+    let actual = read_outputs(&out);
+    assert_eq!(actual.len(), expected.len());
+    for ((name, a), (_, e)) in actual.iter().zip(&expected) {
+        assert_eq!(
+            a.lines().count(),
+            e.lines().count(),
+            "{name}: row count after {kills} kills"
+        );
+        same_rows_in_order(name, &sorted(a), &sorted(e));
+    }
+    // Key groups emit a watermark's windows in window order, as one pipeline does.
+    let (_, ohlc) = actual.iter().find(|(n, _)| n == "ohlc_5s.jsonl").unwrap();
+    let ends: Vec<serde_json::Value> = ohlc
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["window_end"].clone())
+        .collect();
+    assert!(
+        ends.windows(2)
+            .all(|w| w[0].to_string() <= w[1].to_string()),
+        "ohlc_5s rows in window order"
+    );
 }
 
 /// The same rows in the same order: strings and integers exactly, floats to

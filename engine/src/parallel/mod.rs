@@ -22,11 +22,12 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
-use arrow::array::RecordBatch;
+use arrow::array::{RecordBatch, UInt32Array};
+use arrow::compute::{concat_batches, take_record_batch};
 
 use crate::graph::{RunningStream, StreamGraph};
 use crate::operator::OperatorMetrics;
-use crate::{EngineError, Rejected, StreamOutput};
+use crate::{EngineError, OutputKind, Rejected, StreamOutput};
 
 /// One group's streams' JSON state and bulk state.
 pub(crate) type GroupState = (
@@ -214,12 +215,59 @@ impl KeyGroups {
             return Err(e);
         }
         results.sort_by_key(|r| r.group);
+        let mut outputs = Vec::new();
         for r in results {
-            out.extend(r.outputs);
+            outputs.extend(r.outputs);
             rejected.extend(r.rejected);
         }
+        out.extend(in_window_order(self.local.groups[0].1.streams(), outputs)?);
         Ok(())
     }
+}
+
+/// A step's outputs with each windowed stream's result rows from several
+/// groups merged into one batch in window order (stable by `window_end`),
+/// as one group emits the windows a watermark closes; everything else in
+/// key-group order.
+fn in_window_order(
+    streams: &[RunningStream],
+    outputs: Vec<StreamOutput>,
+) -> Result<Vec<StreamOutput>, EngineError> {
+    let ordered = |o: &StreamOutput| {
+        let s = &streams[o.stream];
+        (o.kind == OutputKind::Rows && s.windowed)
+            .then(|| {
+                s.event_time
+                    .as_deref()
+                    .and_then(|c| s.output_schema.index_of(c).ok())
+            })
+            .flatten()
+    };
+    let mut merged: Vec<StreamOutput> = Vec::with_capacity(outputs.len());
+    // Where each windowed stream's rows went, and the batches to merge there.
+    let mut pending: BTreeMap<usize, (usize, usize, Vec<RecordBatch>)> = BTreeMap::new();
+    for o in outputs {
+        match ordered(&o) {
+            Some(column) => match pending.get_mut(&o.stream) {
+                Some((_, _, batches)) => batches.push(o.rows),
+                None => {
+                    pending.insert(o.stream, (merged.len(), column, vec![o.rows.clone()]));
+                    merged.push(o);
+                }
+            },
+            None => merged.push(o),
+        }
+    }
+    for (at, column, batches) in pending.into_values() {
+        if batches.len() > 1 {
+            let rows = concat_batches(&batches[0].schema(), &batches)?;
+            let (ends, _) = crate::operator::event_times(&rows, column)?;
+            let mut order: Vec<u32> = (0..rows.num_rows() as u32).collect();
+            order.sort_by_key(|&i| ends[i as usize]); // stable: groups in order
+            merged[at].rows = take_record_batch(&rows, &UInt32Array::from(order))?;
+        }
+    }
+    Ok(merged)
 }
 
 /// Counters of two groups of one stream.
