@@ -159,8 +159,13 @@ const TOP_N_BATCH: &str = "SELECT * FROM (
                             ORDER BY SUM(volume) DESC, symbol) AS rn
   FROM market_ticks GROUP BY symbol, date_bin(INTERVAL '5 seconds', ts, TIMESTAMP '1970-01-01T00:00:00')) WHERE rn <= 3";
 
+/// The engine on one thread, as `--parallelism 1` runs it.
 fn stream_run(sql: &str, batches: &[RecordBatch]) -> usize {
-    let mut p = Pipeline::new(sql, &Catalog::builtin(), &EngineConfig::default()).unwrap();
+    stream_run_with(sql, batches, &EngineConfig::default())
+}
+
+fn stream_run_with(sql: &str, batches: &[RecordBatch], config: &EngineConfig) -> usize {
+    let mut p = Pipeline::new(sql, &Catalog::builtin(), config).unwrap();
     let mut out = Vec::new();
     let mut rows = 0;
     for b in batches {
@@ -248,6 +253,61 @@ fn sparse_benchmark(rt: &tokio::runtime::Runtime) {
     }
 }
 
+/// ohlc_5s on 1 and 2 threads (16 key groups), beside one key group on
+/// one thread (the pipeline without the split): the split's cost and the
+/// scaling efficiency, events/s on 2 threads ÷ (2 × on 1 thread).
+fn threads_benchmark() {
+    let shapes = [
+        DENSE,
+        Shape {
+            disorder_ms: 999,
+            ..DENSE
+        },
+        Shape {
+            per_window_and_key: Some(10),
+            disorder_ms: 999,
+        },
+    ];
+    let config = |key_groups, parallelism| EngineConfig {
+        key_groups,
+        parallelism,
+        ..EngineConfig::default()
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "
+ohlc_5s split by symbol into key groups on threads ({cores} cores here, best of 3)"
+    );
+    println!(
+        "{:<58} {:>8} {:>14} {:>14} {:>14} {:>7} {:>10}",
+        "shape", "symbols", "1 group ev/s", "16 gr. 1 thr", "16 gr. 2 thr", "split", "efficiency"
+    );
+    for shape in shapes {
+        for symbols in symbol_counts() {
+            let events = 4_000_000;
+            let batches = ticks(events, symbols, shape);
+            let rate = |k, n| {
+                let (t, rows) = best_of(3, || stream_run_with(OHLC_5S, &batches, &config(k, n)));
+                (events as f64 / t.as_secs_f64(), rows)
+            };
+            let (single, rows) = rate(1, 1);
+            let (one, rows_one) = rate(16, 1);
+            let (two, rows_two) = rate(16, 2);
+            assert_eq!(
+                (rows_one, rows_two),
+                (rows, rows),
+                "the same rows on any thread count"
+            );
+            println!(
+                "{:<58} {symbols:>8} {single:>14.0} {one:>14.0} {two:>14.0} {:>7.2} {:>10.2}",
+                shape.label(),
+                one / single,
+                two / (2.0 * one)
+            );
+        }
+    }
+}
+
 /// Top-N: 4 M ticks in, three rows per window out.
 fn top_n_benchmark(rt: &tokio::runtime::Runtime) {
     let title = "top-N (volume per symbol and 5 s window, top 3)";
@@ -272,9 +332,11 @@ fn main() {
         Ok("top-n") => return top_n_benchmark(&rt),
         Ok("ohlc") => return ohlc_benchmark(&rt),
         Ok("sparse") => return sparse_benchmark(&rt),
+        Ok("threads") => return threads_benchmark(),
         _ => {}
     }
     ohlc_benchmark(&rt);
+    threads_benchmark();
     over_benchmark(&rt);
     top_n_benchmark(&rt);
 
