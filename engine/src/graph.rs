@@ -98,6 +98,13 @@ fn collect(stream: usize, o: Output, out: &mut Vec<StreamOutput>) {
     );
 }
 
+/// A key group's checkpoint: each stream's fingerprint, small state and
+/// input watermarks (JSON by stream name), and bulk state by stream name.
+pub(crate) type GroupState = (
+    serde_json::Map<String, serde_json::Value>,
+    BTreeMap<String, RecordBatch>,
+);
+
 /// The streams of one key group.
 pub(crate) struct StreamGraph {
     streams: Vec<RunningStream>,
@@ -261,15 +268,7 @@ impl StreamGraph {
 
     /// Every stream's fingerprint, small state and input watermarks (as
     /// JSON by stream name), and its bulk state.
-    pub(crate) fn snapshot(
-        &mut self,
-    ) -> Result<
-        (
-            serde_json::Map<String, serde_json::Value>,
-            BTreeMap<String, RecordBatch>,
-        ),
-        EngineError,
-    > {
+    pub(crate) fn snapshot(&mut self) -> Result<GroupState, EngineError> {
         let mut streams = serde_json::Map::new();
         let mut states = BTreeMap::new();
         for s in &mut self.streams {

@@ -37,6 +37,9 @@ use datafusion::error::DataFusionError;
 
 pub use catalog::{Catalog, SourceDef, SourceFormat, SourceTable, output_topic};
 pub use graph::RunningStream;
+
+/// Most key groups a checkpoint may ask for (each is a copy of the streams).
+pub const MAX_KEY_GROUPS: usize = 4096;
 pub use operator::{OperatorMetrics, OperatorState, Output, RejectedRows, StreamOperator};
 pub use parallel::partition::Partitioning;
 pub use plan::{PlannedSql, StreamKind, StreamPlan, plan_sql};
@@ -99,15 +102,14 @@ pub struct EngineConfig {
     pub event_time_bounds: EventTimeBounds,
     /// Threads the key groups run on (at most the number of key groups).
     pub parallelism: usize,
-    /// Key groups a query that splits by key is divided into: the most
-    /// threads or workers it can ever use. Fixed for a query's life: a
-    /// checkpoint keeps each group's state apart.
-    pub key_groups: usize,
+    /// Key groups a query that splits by key is divided into at its first
+    /// start: the most threads or workers it can ever use (Flink's maximum
+    /// parallelism). `None`: as many as `parallelism`, which costs nothing
+    /// over one pipeline per thread but leaves no room to grow. A restore
+    /// takes the checkpoint's number, since each group's state is kept
+    /// apart.
+    pub key_groups: Option<usize>,
 }
-
-/// Key groups of a query unless configured: room for up to 16 threads or
-/// workers, few enough that a sparse key space still fills each group.
-pub const DEFAULT_KEY_GROUPS: usize = 16;
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -116,7 +118,7 @@ impl Default for EngineConfig {
             idle_timeout: Some(Duration::from_secs(30)),
             event_time_bounds: EventTimeBounds::default(),
             parallelism: 1,
-            key_groups: DEFAULT_KEY_GROUPS,
+            key_groups: None,
         }
     }
 }
@@ -234,6 +236,11 @@ pub struct Pipeline {
     rejected: Vec<Rejected>,
     groups: parallel::KeyGroups,
     partitioning: Partitioning,
+    /// What building the key groups anew takes (a restore of a checkpoint
+    /// with another number of them).
+    plans: Vec<StreamPlan>,
+    read: Vec<bool>,
+    threads: usize,
 }
 
 impl Pipeline {
@@ -250,9 +257,9 @@ impl Pipeline {
             .map(|p| planned.is_read_by_streams(&p.name))
             .collect();
         let partitioning = parallel::partition::partitioning(&planned);
-        let (count, key_columns) = match &partitioning {
-            Partitioning::ByKey(columns) => (config.key_groups.max(1), columns.clone()),
-            Partitioning::Whole(_) => (1, BTreeMap::new()),
+        let count = match &partitioning {
+            Partitioning::ByKey(_) => config.key_groups.unwrap_or(config.parallelism).max(1),
+            Partitioning::Whole(_) => 1,
         };
         let PlannedSql {
             catalog,
@@ -282,18 +289,41 @@ impl Pipeline {
                 derived.insert(p.name.to_ascii_lowercase(), input.clone());
             }
         }
-        let graphs = (0..count)
-            .map(|_| graph::StreamGraph::build(plans.clone(), &read, &catalog, &derived))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self {
+        let mut pipeline = Self {
             catalog,
             sources,
             derived,
             bounds: config.event_time_bounds,
             rejected: Vec::new(),
-            groups: parallel::KeyGroups::start(graphs, key_columns, config.parallelism),
+            groups: parallel::KeyGroups::empty(),
             partitioning,
-        })
+            plans,
+            read,
+            threads: config.parallelism,
+        };
+        pipeline.start_key_groups(count)?;
+        Ok(pipeline)
+    }
+
+    /// (Re)builds the streams as `count` key groups, on at most
+    /// `self.threads` threads.
+    fn start_key_groups(&mut self, count: usize) -> Result<(), EngineError> {
+        let key_columns = match &self.partitioning {
+            Partitioning::ByKey(columns) if count > 1 => columns.clone(),
+            _ => BTreeMap::new(),
+        };
+        let graphs = (0..count)
+            .map(|_| {
+                graph::StreamGraph::build(
+                    self.plans.clone(),
+                    &self.read,
+                    &self.catalog,
+                    &self.derived,
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.groups = parallel::KeyGroups::start(graphs, key_columns, self.threads);
+        Ok(())
     }
 
     /// How the query splits into key groups, or why it runs as one.
@@ -509,19 +539,22 @@ impl Pipeline {
         })
     }
 
-    /// Restores a snapshot. Fails if a stream's query changed since (its
+    /// Restores a snapshot, in as many key groups as it has (on at most
+    /// as many threads). Fails if a stream's query changed since (its
     /// fingerprint differs), a stream of the checkpoint no longer exists,
-    /// or the checkpoint splits state into another number of key groups.
-    /// The number of threads may differ from the run that wrote it.
+    /// or the checkpoint has several key groups and the query no longer
+    /// splits by key.
     pub fn restore(&mut self, mut snapshot: EngineSnapshot) -> Result<(), EngineError> {
-        let count = self.groups.count();
-        let saved = snapshot.meta["key_groups"].as_u64().unwrap_or(1) as usize;
-        if saved != count {
-            return Err(EngineError::IncompatibleState(format!(
-                "the checkpoint keeps state in {saved} key group(s), this run in {count}; \
-                 run with {saved} key groups (the key-groups setting; a query that does not \
-                 split by key has one) or start without the checkpoint"
-            )));
+        let count = snapshot.meta["key_groups"].as_u64().unwrap_or(1) as usize;
+        if count != self.groups.count() {
+            if let Partitioning::Whole(why) = &self.partitioning
+                && count > 1
+            {
+                return Err(EngineError::IncompatibleState(format!(
+                    "the checkpoint keeps state in {count} key groups, but the query no longer splits by key ({why})"
+                )));
+            }
+            self.start_key_groups(count.clamp(1, MAX_KEY_GROUPS))?;
         }
         let states: Vec<Option<parallel::GroupState>> = if count == 1 {
             let streams = snapshot.meta["streams"]

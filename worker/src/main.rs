@@ -369,15 +369,18 @@ struct QueryArgs {
     #[arg(long)]
     decode_threads: Option<usize>,
     /// Engine threads: a query that splits by key runs its key groups on
-    /// this many (default: the CPUs the worker may use). The log says
-    /// when a query cannot split and runs on one.
+    /// this many (default 1; two do not yet beat one on a 2-core machine,
+    /// see docs/benchmarks.md). The log says when a query cannot split
+    /// and runs on one.
     #[arg(long, env = "TICKFLOW_PARALLELISM")]
     parallelism: Option<usize>,
-    /// Key groups a query that splits by key is divided into: the most
-    /// threads it can use. Fixed for the life of its checkpoints (a
-    /// checkpoint with another number is refused).
-    #[arg(long, env = "TICKFLOW_KEY_GROUPS", default_value_t = tickflow_worker::engine::DEFAULT_KEY_GROUPS)]
-    key_groups: usize,
+    /// Key groups a query that splits by key is divided into at its first
+    /// start (default: one per thread): the most threads it can ever use,
+    /// like Flink's maximum parallelism. A restore keeps the checkpoint's
+    /// number (each group's state is kept apart), so set it above
+    /// --parallelism to leave room to grow.
+    #[arg(long, env = "TICKFLOW_KEY_GROUPS")]
+    key_groups: Option<usize>,
     #[command(flatten)]
     kafka: KafkaArgs,
     /// Query name: the consumer group and transactional id are tickflow-<name>,

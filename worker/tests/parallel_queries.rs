@@ -21,6 +21,7 @@ use tickflow_worker::queries::{BUILTIN_QUERIES, TRADING_QUERIES};
 const KEY_GROUPS: usize = 16;
 
 fn config(key_groups: usize, threads: usize) -> EngineConfig {
+    let key_groups = Some(key_groups);
     EngineConfig {
         allowed_lateness: Duration::from_secs(1),
         idle_timeout: None,
@@ -211,11 +212,32 @@ fn a_restore_onto_another_number_of_threads_gives_the_uninterrupted_rows() {
 }
 
 #[test]
-fn a_checkpoint_with_another_number_of_key_groups_is_refused_with_the_number_to_use() {
+fn a_restore_keeps_the_checkpoints_key_groups_and_uses_at_most_that_many_threads() {
     let sql = BUILTIN_QUERIES[0].1;
     let mut p = Pipeline::new(sql, &Catalog::builtin(), &config(KEY_GROUPS, 2)).unwrap();
     let snapshot = p.snapshot().unwrap();
-    let mut other = Pipeline::new(sql, &Catalog::builtin(), &config(8, 2)).unwrap();
-    let e = other.restore(snapshot).err().expect("refused").to_string();
-    assert!(e.contains("16 key group(s), this run in 8"), "{e}");
+    let as_configured = EngineConfig {
+        parallelism: 3,
+        key_groups: None,
+        ..EngineConfig::default()
+    };
+    let mut other = Pipeline::new(sql, &Catalog::builtin(), &as_configured).unwrap();
+    assert_eq!(other.key_groups(), 3, "a first start: one group per thread");
+    other.restore(snapshot).unwrap();
+    assert_eq!((other.key_groups(), other.threads()), (KEY_GROUPS, 3));
+
+    // Two groups leave room for two threads only; one group is one pipeline.
+    let mut p = Pipeline::new(sql, &Catalog::builtin(), &config(2, 2)).unwrap();
+    let two = p.snapshot().unwrap();
+    let mut p = Pipeline::new(sql, &Catalog::builtin(), &config(1, 1)).unwrap();
+    let one = p.snapshot().unwrap();
+    assert!(
+        one.meta.get("key_groups").is_none(),
+        "one group: the layout of one pipeline"
+    );
+    let mut other = Pipeline::new(sql, &Catalog::builtin(), &as_configured).unwrap();
+    other.restore(two).unwrap();
+    assert_eq!((other.key_groups(), other.threads()), (2, 2));
+    other.restore(one).unwrap();
+    assert_eq!((other.key_groups(), other.threads()), (1, 1));
 }

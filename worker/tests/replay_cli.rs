@@ -452,8 +452,9 @@ fn kill_after_checkpoints(times: usize, chk: &Path, command: impl Fn() -> Comman
     kills
 }
 
-/// The seed queries split by symbol: killed while running on 2 threads,
-/// resumed on 3, they give the rows of an uninterrupted run on 1.
+/// The seed queries split by symbol: killed while running on 2 threads (6
+/// key groups: room for up to 6), resumed on 3, they give the rows of an
+/// uninterrupted run on 1.
 #[test]
 fn killed_replay_resumes_on_another_number_of_threads_with_identical_output() {
     let tmp = tempfile::tempdir().unwrap();
@@ -478,7 +479,8 @@ fn killed_replay_resumes_on_another_number_of_threads_with_identical_output() {
     let chk = tmp.path().join("checkpoints");
     let kills = kill_after_checkpoints(2, &chk, || {
         let mut c = query_cmd(&sql, &data, "jsonl", &out);
-        c.args(["--parallelism", "2", "--checkpoint-interval", "150ms"])
+        c.args(["--parallelism", "2", "--key-groups", "6"])
+            .args(["--checkpoint-interval", "150ms"])
             .args(["--batch-size", "2048", "--checkpoint-dir"])
             .arg(&chk);
         c
@@ -495,7 +497,9 @@ fn killed_replay_resumes_on_another_number_of_threads_with_identical_output() {
         "the last run restored a checkpoint: {summary}"
     );
     assert!(
-        log.contains("the query splits by key") && log.contains("threads=3"),
+        log.contains("the query splits by key")
+            && log.contains("key_groups=6")
+            && log.contains("threads=3"),
         "the log says the query runs on 3 threads: {log}"
     );
     let sorted = |text: &str| {
@@ -515,13 +519,13 @@ fn killed_replay_resumes_on_another_number_of_threads_with_identical_output() {
     }
     // Key groups emit a watermark's windows in window order, as one pipeline does.
     let (_, ohlc) = actual.iter().find(|(n, _)| n == "ohlc_5s.jsonl").unwrap();
-    let ends: Vec<serde_json::Value> = ohlc
+    // RFC 3339 times of one format sort as their text.
+    let ends: Vec<String> = ohlc
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["window_end"].clone())
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["window_end"].to_string())
         .collect();
     assert!(
-        ends.windows(2)
-            .all(|w| w[0].to_string() <= w[1].to_string()),
+        ends.windows(2).all(|w| w[0] <= w[1]),
         "ohlc_5s rows in window order"
     );
 }

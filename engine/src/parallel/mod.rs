@@ -29,11 +29,7 @@ use crate::graph::{RunningStream, StreamGraph};
 use crate::operator::OperatorMetrics;
 use crate::{EngineError, OutputKind, Rejected, StreamOutput};
 
-/// One group's streams' JSON state and bulk state.
-pub(crate) type GroupState = (
-    serde_json::Map<String, serde_json::Value>,
-    BTreeMap<String, RecordBatch>,
-);
+pub(crate) use crate::graph::GroupState;
 
 /// The key groups of a query and the threads they run on.
 pub(crate) struct KeyGroups {
@@ -49,6 +45,17 @@ pub(crate) struct KeyGroups {
 }
 
 impl KeyGroups {
+    /// No groups yet (replaced by [`start`](Self::start)).
+    pub(crate) fn empty() -> Self {
+        Self {
+            count: 0,
+            key_columns: BTreeMap::new(),
+            local: Shard { groups: Vec::new() },
+            workers: Vec::new(),
+            remote_metrics: Vec::new(),
+        }
+    }
+
     /// `graphs[g]` is key group `g`; they run on `threads` threads.
     pub(crate) fn start(
         graphs: Vec<StreamGraph>,

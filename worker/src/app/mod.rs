@@ -9,7 +9,7 @@ pub mod query;
 
 use std::path::PathBuf;
 
-use crate::engine::{EngineConfig, Partitioning, Pipeline};
+use crate::engine::EngineConfig;
 
 /// How many threads a query's key groups run on, and into how many key
 /// groups a query that splits by key is divided.
@@ -17,17 +17,19 @@ use crate::engine::{EngineConfig, Partitioning, Pipeline};
 pub struct Parallelism {
     /// Threads (`--parallelism`); at most the number of key groups.
     pub threads: usize,
-    /// Key groups (`--key-groups`): fixed for the life of a query's checkpoints.
-    pub key_groups: usize,
+    /// Key groups at a query's first start (`--key-groups`; `None`: as
+    /// many as threads); a restore keeps the checkpoint's.
+    pub key_groups: Option<usize>,
 }
 
 impl Default for Parallelism {
-    /// The CPUs the worker may use (its cgroup's limit included), and the
-    /// engine's default number of key groups.
+    /// One thread, one key group: on this machine two threads do not yet
+    /// beat one (docs/benchmarks.md, "Key groups on threads"), so more
+    /// is asked for, not assumed.
     fn default() -> Self {
         Self {
-            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            key_groups: crate::engine::DEFAULT_KEY_GROUPS,
+            threads: 1,
+            key_groups: None,
         }
     }
 }
@@ -37,27 +39,9 @@ impl Parallelism {
     pub fn apply(self, config: EngineConfig) -> EngineConfig {
         EngineConfig {
             parallelism: self.threads.max(1),
-            key_groups: self.key_groups.max(1),
+            key_groups: self.key_groups.map(|k| k.max(1)),
             ..config
         }
-    }
-}
-
-/// Says in the log how the query runs: split by key on threads, or as one
-/// (and why), so a user asking for threads learns why a query does not
-/// use them.
-pub fn log_parallelism(pipeline: &Pipeline) {
-    match pipeline.partitioning() {
-        Partitioning::ByKey(columns) => tracing::info!(
-            key_groups = pipeline.key_groups(),
-            threads = pipeline.threads(),
-            split_by = ?columns.keys().collect::<Vec<_>>(),
-            "the query splits by key"
-        ),
-        Partitioning::Whole(reason) => tracing::info!(
-            reason = %reason,
-            "the query runs on one thread: its state does not split by key"
-        ),
     }
 }
 

@@ -109,7 +109,6 @@ pub fn run_query(opts: &QueryOptions) -> Result<RunSummary, RunError> {
     let pipeline = Pipeline::new(&opts.sql, &catalog, &config).map_err(|e| {
         RunError::Setup(anyhow::Error::new(e).context(format!("in {}", opts.sql_origin)))
     })?;
-    super::log_parallelism(&pipeline);
     let inputs = inputs(opts, &pipeline).map_err(RunError::Setup)?;
     let outputs = outputs(opts, &pipeline).map_err(RunError::Setup)?;
     let tables = postgres_targets(opts, &pipeline).map_err(RunError::Setup)?;

@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::checkpoint::{Checkpoint, CheckpointError, CheckpointInfo, CheckpointStore};
-use crate::engine::{EngineError, Pipeline, StreamOutput};
+use crate::engine::{EngineError, Partitioning, Pipeline, StreamOutput};
 use crate::runtime::{CheckpointStatus, StatusHandle, WorkerState};
 use tickflow_crds::worker_status::{SkippedCheckpoint, WorkerRestore};
 
@@ -571,6 +571,7 @@ impl Runner {
                 e => RunError::Engine(e),
             })?;
         }
+        log_parallelism(&self.pipeline);
         progress.restoring = false;
         for source in &mut self.sources {
             source.start(positions.get(source.name()))?;
@@ -820,6 +821,27 @@ impl Deferred {
     fn pause(&self, interval: Duration) -> Duration {
         let secs = 1u64 << self.tries.saturating_sub(1).min(16);
         Duration::from_secs(secs).min(interval.max(Duration::from_secs(1)))
+    }
+}
+
+/// Says in the log how the query runs: split by key on threads, or as one
+/// (and why), so a user asking for threads learns why a query does not
+/// use them.
+fn log_parallelism(pipeline: &Pipeline) {
+    match pipeline.partitioning() {
+        Partitioning::ByKey(columns) if pipeline.key_groups() > 1 => tracing::info!(
+            key_groups = pipeline.key_groups(),
+            threads = pipeline.threads(),
+            split_by = ?columns.keys().collect::<Vec<_>>(),
+            "the query splits by key"
+        ),
+        Partitioning::ByKey(_) => tracing::info!(
+            "the query splits by key; it runs as one key group (--key-groups and --parallelism 1, or a checkpoint with one)"
+        ),
+        Partitioning::Whole(reason) => tracing::info!(
+            reason = %reason,
+            "the query runs on one thread: its state does not split by key"
+        ),
     }
 }
 
