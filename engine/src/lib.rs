@@ -258,7 +258,10 @@ impl Pipeline {
             .collect();
         let partitioning = parallel::partition::partitioning(&planned);
         let count = match &partitioning {
-            Partitioning::ByKey(_) => config.key_groups.unwrap_or(config.parallelism).max(1),
+            Partitioning::ByKey(_) => config
+                .key_groups
+                .unwrap_or(config.parallelism)
+                .clamp(1, MAX_KEY_GROUPS),
             Partitioning::Whole(_) => 1,
         };
         let PlannedSql {

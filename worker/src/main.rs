@@ -372,15 +372,15 @@ struct QueryArgs {
     /// this many (default 1; two do not yet beat one on a 2-core machine,
     /// see docs/benchmarks.md). The log says when a query cannot split
     /// and runs on one.
-    #[arg(long, env = "TICKFLOW_PARALLELISM")]
-    parallelism: Option<usize>,
+    #[arg(long, env = "TICKFLOW_PARALLELISM", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    parallelism: Option<u16>,
     /// Key groups a query that splits by key is divided into at its first
     /// start (default: one per thread): the most threads it can ever use,
     /// like Flink's maximum parallelism. A restore keeps the checkpoint's
     /// number (each group's state is kept apart), so set it above
     /// --parallelism to leave room to grow.
-    #[arg(long, env = "TICKFLOW_KEY_GROUPS")]
-    key_groups: Option<usize>,
+    #[arg(long, env = "TICKFLOW_KEY_GROUPS", value_parser = clap::value_parser!(u16).range(1..=4096))]
+    key_groups: Option<u16>,
     #[command(flatten)]
     kafka: KafkaArgs,
     /// Query name: the consumer group and transactional id are tickflow-<name>,
@@ -559,8 +559,8 @@ impl QueryArgs {
     fn parallelism(&self) -> tickflow_worker::app::Parallelism {
         let default = tickflow_worker::app::Parallelism::default();
         tickflow_worker::app::Parallelism {
-            threads: self.parallelism.unwrap_or(default.threads),
-            key_groups: self.key_groups,
+            threads: self.parallelism.map_or(default.threads, usize::from),
+            key_groups: self.key_groups.map(usize::from),
         }
     }
 

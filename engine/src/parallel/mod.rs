@@ -121,7 +121,14 @@ impl KeyGroups {
     ) -> Result<(), EngineError> {
         let parts = match self.key_columns.get(source) {
             Some(&key) => route::split(rows, key, self.count)?,
-            None => vec![Some(rows.clone()); 1],
+            None if self.count == 1 => vec![Some(rows.clone())],
+            None => {
+                return Err(EngineError::DataFusion(
+                    datafusion::error::DataFusionError::Internal(format!(
+                        "table `{source}` has no key column to split its rows into key groups by"
+                    )),
+                ));
+            }
         };
         self.step(
             |groups| Command::Push {
