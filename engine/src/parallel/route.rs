@@ -6,9 +6,8 @@
 //! function must give the same group in every process and every release.
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
-use arrow::compute::take_record_batch;
-use arrow::datatypes::{DataType, Int8Type, Int16Type, Int32Type, Int64Type};
-use arrow::datatypes::{UInt8Type, UInt16Type, UInt32Type, UInt64Type};
+use arrow::compute::{cast, take_record_batch};
+use arrow::datatypes::{DataType, Int64Type, UInt64Type};
 use arrow::error::ArrowError;
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
@@ -24,7 +23,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 pub fn key_groups(key: &ArrayRef, groups: usize) -> Result<Vec<u32>, ArrowError> {
     let n = groups as u64;
     let of = |h: u64| (h % n) as u32;
-    let ints = |values: Box<dyn Iterator<Item = Option<u64>> + '_>| {
+    let ints = |values: &mut dyn Iterator<Item = Option<u64>>| -> Vec<u32> {
         values
             .map(|v| v.map_or(0, |v| of(fnv1a(&v.to_le_bytes()))))
             .collect()
@@ -33,42 +32,17 @@ pub fn key_groups(key: &ArrayRef, groups: usize) -> Result<Vec<u32>, ArrowError>
         DataType::Utf8 => strings(key.as_string::<i32>().iter(), of),
         DataType::LargeUtf8 => strings(key.as_string::<i64>().iter(), of),
         DataType::Utf8View => strings(key.as_string_view().iter(), of),
-        DataType::Int8 => ints(Box::new(
-            key.as_primitive::<Int8Type>()
-                .iter()
-                .map(|v| v.map(|v| v as i64 as u64)),
-        )),
-        DataType::Int16 => ints(Box::new(
-            key.as_primitive::<Int16Type>()
-                .iter()
-                .map(|v| v.map(|v| v as i64 as u64)),
-        )),
-        DataType::Int32 => ints(Box::new(
-            key.as_primitive::<Int32Type>()
-                .iter()
-                .map(|v| v.map(|v| v as i64 as u64)),
-        )),
-        DataType::Int64 => ints(Box::new(
-            key.as_primitive::<Int64Type>()
-                .iter()
-                .map(|v| v.map(|v| v as u64)),
-        )),
-        DataType::UInt8 => ints(Box::new(
-            key.as_primitive::<UInt8Type>()
-                .iter()
-                .map(|v| v.map(u64::from)),
-        )),
-        DataType::UInt16 => ints(Box::new(
-            key.as_primitive::<UInt16Type>()
-                .iter()
-                .map(|v| v.map(u64::from)),
-        )),
-        DataType::UInt32 => ints(Box::new(
-            key.as_primitive::<UInt32Type>()
-                .iter()
-                .map(|v| v.map(u64::from)),
-        )),
-        DataType::UInt64 => ints(Box::new(key.as_primitive::<UInt64Type>().iter())),
+        DataType::UInt64 => ints(&mut key.as_primitive::<UInt64Type>().iter()),
+        // Every other integer fits an i64 as it is; its bits are the hash's input.
+        t if t.is_integer() => {
+            let wide = cast(key, &DataType::Int64)?;
+            ints(
+                &mut wide
+                    .as_primitive::<Int64Type>()
+                    .iter()
+                    .map(|v| v.map(|v| v as u64)),
+            )
+        }
         other => {
             return Err(ArrowError::InvalidArgumentError(format!(
                 "cannot split rows by a key of type {other}"
@@ -121,6 +95,10 @@ mod tests {
     use arrow::array::{Int64Array, StringArray};
     use std::sync::Arc;
 
+    fn of_u64(h: u64, groups: u64) -> u32 {
+        (h % groups) as u32
+    }
+
     #[test]
     fn the_same_key_lands_in_the_same_group_whatever_the_batch() {
         let a: ArrayRef = Arc::new(StringArray::from(vec![Some("AAPL"), Some("MSFT"), None]));
@@ -139,6 +117,14 @@ mod tests {
         let ints: ArrayRef = Arc::new(Int64Array::from(vec![7, 7, 8]));
         let g = key_groups(&ints, 1000).unwrap();
         assert_eq!(g[0], g[1]);
+        // An integer hashes by value, whatever its width or sign.
+        assert_eq!(g[0], of_u64(fnv1a(&7u64.to_le_bytes()), 1000));
+        let narrow: ArrayRef = Arc::new(arrow::array::UInt16Array::from(vec![7]));
+        let signed: ArrayRef = Arc::new(arrow::array::Int32Array::from(vec![7, -1]));
+        assert_eq!(key_groups(&narrow, 1000).unwrap()[0], g[0]);
+        let s = key_groups(&signed, 1000).unwrap();
+        assert_eq!(s[0], g[0]);
+        assert_eq!(s[1], of_u64(fnv1a(&(-1i64).to_le_bytes()), 1000));
     }
 
     #[test]

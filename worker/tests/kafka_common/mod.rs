@@ -170,26 +170,23 @@ impl Drained {
 
     /// Waits for a run that must succeed (as [`run_ok`]): its summary line.
     pub fn wait_ok(self) -> serde_json::Value {
-        let out = self.wait_with_output();
-        assert!(
-            out.status.success(),
-            "worker failed ({}):\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        last_json_line(&out)
+        summary_of_success(&self.wait_with_output())
     }
 }
 
 pub fn run_ok(cmd: &mut Command) -> serde_json::Value {
-    let out = cmd.output().expect("worker runs");
+    summary_of_success(&cmd.output().expect("worker runs"))
+}
+
+/// The summary line of a run that must have succeeded (its stderr if not).
+fn summary_of_success(out: &Output) -> serde_json::Value {
     assert!(
         out.status.success(),
         "worker failed ({}):\n{}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    last_json_line(&out)
+    last_json_line(out)
 }
 
 pub fn last_json_line(out: &Output) -> serde_json::Value {

@@ -96,20 +96,6 @@ fn arrow_unit(unit: &TimeUnit) -> i64 {
     }
 }
 
-fn is_arrow_int(dt: &DataType) -> bool {
-    matches!(
-        dt,
-        DataType::Int8
-            | DataType::Int16
-            | DataType::Int32
-            | DataType::Int64
-            | DataType::UInt8
-            | DataType::UInt16
-            | DataType::UInt32
-            | DataType::UInt64
-    )
-}
-
 fn is_arrow_str(dt: &DataType) -> bool {
     matches!(
         dt,
@@ -167,11 +153,11 @@ impl AvroEncoder {
                     kind_name(value)
                 ))
             };
-            let numeric = is_arrow_int(dt) || matches!(dt, DataType::Float32 | DataType::Float64);
+            let numeric = dt.is_integer() || matches!(dt, DataType::Float32 | DataType::Float64);
             let kind = match value {
                 Schema::Boolean if *dt == DataType::Boolean => EncKind::Bool,
                 Schema::Int | Schema::Date | Schema::TimeMillis
-                    if is_arrow_int(dt) || *dt == DataType::Date32 =>
+                    if dt.is_integer() || *dt == DataType::Date32 =>
                 {
                     EncKind::Int
                 }
@@ -191,7 +177,7 @@ impl AvroEncoder {
                             }
                         }
                     }
-                    dt if is_arrow_int(dt) || *dt == DataType::Date32 => {
+                    dt if dt.is_integer() || *dt == DataType::Date32 => {
                         EncKind::Long { mul: 1, div: 1 }
                     }
                     _ => return Err(mismatch()),
