@@ -241,6 +241,16 @@ pub struct Pipeline {
     plans: Vec<StreamPlan>,
     read: Vec<bool>,
     threads: usize,
+    /// Key groups follow the sources' partitions ([`Pipeline::group_by_partition`]).
+    by_partition: bool,
+}
+
+/// One key group's state ([`Pipeline::snapshot_groups`]): each stream's
+/// fingerprint and small state, and its bulk state by stream name.
+#[derive(Clone, Debug, Default)]
+pub struct GroupSnapshot {
+    pub streams: serde_json::Map<String, serde_json::Value>,
+    pub states: BTreeMap<String, RecordBatch>,
 }
 
 impl Pipeline {
@@ -303,6 +313,7 @@ impl Pipeline {
             plans,
             read,
             threads: config.parallelism,
+            by_partition: false,
         };
         pipeline.start_key_groups(count)?;
         Ok(pipeline)
@@ -312,7 +323,7 @@ impl Pipeline {
     /// `self.threads` threads.
     fn start_key_groups(&mut self, count: usize) -> Result<(), EngineError> {
         let key_columns = match &self.partitioning {
-            Partitioning::ByKey(columns) if count > 1 => columns.clone(),
+            Partitioning::ByKey(columns) if count > 1 && !self.by_partition => columns.clone(),
             _ => BTreeMap::new(),
         };
         let graphs = (0..count)
@@ -325,7 +336,79 @@ impl Pipeline {
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;
-        self.groups = parallel::KeyGroups::start(graphs, key_columns, self.threads);
+        self.groups =
+            parallel::KeyGroups::start(graphs, key_columns, self.by_partition, self.threads);
+        Ok(())
+    }
+
+    /// Makes the key groups follow the sources' partitions: one group per
+    /// partition, and rows of partition `p` go to group `p` whole. For
+    /// sources partitioned by the query's key already (a Kafka topic keyed
+    /// by it), so that each partition's state can be saved and moved on its
+    /// own: a query on several workers, each owning some partitions. Fails
+    /// for a query that does not split by key. Call before a restore.
+    pub fn group_by_partition(&mut self, partitions: usize) -> Result<(), EngineError> {
+        if let Partitioning::Whole(why) = &self.partitioning {
+            return Err(EngineError::IncompatibleState(format!(
+                "the query cannot be split by key ({why}), so it runs on one worker"
+            )));
+        }
+        if !(1..=MAX_KEY_GROUPS).contains(&partitions) {
+            return Err(EngineError::IncompatibleState(format!(
+                "{partitions} source partitions: a query splits into 1 to {MAX_KEY_GROUPS} key groups"
+            )));
+        }
+        self.by_partition = true;
+        self.start_key_groups(partitions)
+    }
+
+    /// The state of key groups `groups` (with [`group_by_partition`]:
+    /// partitions), each on its own; processing continues unchanged.
+    ///
+    /// [`group_by_partition`]: Pipeline::group_by_partition
+    pub fn snapshot_groups(
+        &mut self,
+        groups: &[usize],
+    ) -> Result<Vec<(usize, GroupSnapshot)>, EngineError> {
+        let mut all = self.groups.snapshot()?;
+        groups
+            .iter()
+            .map(|&g| {
+                let (streams, states) = all.get_mut(g).map(std::mem::take).ok_or_else(|| {
+                    EngineError::IncompatibleState(format!(
+                        "no key group {g} (the query has {})",
+                        self.groups.count()
+                    ))
+                })?;
+                Ok((g, GroupSnapshot { streams, states }))
+            })
+            .collect()
+    }
+
+    /// Restores some key groups (the others keep their state), then raises
+    /// each source's watermark to at least `watermarks[source]`. Fails like
+    /// [`restore`](Pipeline::restore) when a stream's query changed.
+    pub fn restore_groups(
+        &mut self,
+        groups: Vec<(usize, GroupSnapshot)>,
+        watermarks: &BTreeMap<String, i64>,
+    ) -> Result<(), EngineError> {
+        let count = self.groups.count();
+        let mut states: Vec<Option<parallel::GroupState>> = vec![None; count];
+        for (g, snapshot) in groups {
+            let slot = states.get_mut(g).ok_or_else(|| {
+                EngineError::IncompatibleState(format!(
+                    "state of key group {g}, but the query has {count}"
+                ))
+            })?;
+            *slot = Some((snapshot.streams, snapshot.states));
+        }
+        self.groups.restore(states)?;
+        for (name, src) in &mut self.sources {
+            if let Some(&wm) = watermarks.get(name) {
+                src.watermark.restore(wm);
+            }
+        }
         Ok(())
     }
 
@@ -464,7 +547,7 @@ impl Pipeline {
         }
         let wm = src.watermark.observe(partition, max_ts, Instant::now());
         self.groups
-            .push(source, &batch, wm, out, &mut self.rejected)
+            .push(source, partition, &batch, wm, out, &mut self.rejected)
     }
 
     /// Source rows refused since the last call: out of the event-time

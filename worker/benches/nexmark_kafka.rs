@@ -166,6 +166,7 @@ fn query_options(
         idle_timeout: Duration::from_secs(1),
         max_batch_records: 8192,
         parallelism: tickflow_worker::app::Parallelism::default(),
+        share: None,
         buffers: tickflow_worker::memory::MemoryBudget(tickflow_worker::memory::DEFAULT_BUDGET)
             .split(),
         status: StatusHandle::new(&name),

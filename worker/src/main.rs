@@ -381,6 +381,22 @@ struct QueryArgs {
     /// --parallelism to leave room to grow.
     #[arg(long, env = "TICKFLOW_KEY_GROUPS", value_parser = clap::value_parser!(u16).range(1..=4096))]
     key_groups: Option<u16>,
+    /// Kafka query: how many workers (processes, pods) run it together.
+    /// Worker i reads the source partitions p with p mod N == i; the
+    /// source topics must have the same number of partitions and be keyed
+    /// by the query's key. More than one needs --state-store kafka.
+    #[arg(long, env = "TICKFLOW_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    workers: Option<u16>,
+    /// This worker's number among --workers, from 0.
+    #[arg(long, env = "TICKFLOW_WORKER_INDEX")]
+    worker_index: Option<u16>,
+    /// Kafka query: where its state lives. `volume`: --checkpoint-dir, one
+    /// worker. `kafka`: per source partition in the compacted topic
+    /// tickflow-<name>-state, committed in each epoch's transaction, so any
+    /// worker can take a partition over when --workers changes (default:
+    /// `kafka` with --workers above 1, else `volume`).
+    #[arg(long, env = "TICKFLOW_STATE_STORE", value_enum)]
+    state_store: Option<StateStore>,
     #[command(flatten)]
     kafka: KafkaArgs,
     /// Query name: the consumer group and transactional id are tickflow-<name>,
@@ -556,6 +572,40 @@ impl QueryArgs {
         }))
     }
 
+    /// This worker's share of the query's partitions when its state is in
+    /// Kafka; `None` for a query with its state on a volume.
+    fn worker_share(&self) -> anyhow::Result<Option<tickflow_worker::runner::WorkerShare>> {
+        let workers = self.workers.map_or(1, usize::from);
+        let store = self.state_store.unwrap_or(if workers > 1 {
+            StateStore::Kafka
+        } else {
+            StateStore::Volume
+        });
+        if store == StateStore::Volume {
+            if workers > 1 {
+                anyhow::bail!(
+                    "--workers {workers} needs --state-store kafka: a checkpoint volume belongs to one worker"
+                );
+            }
+            return Ok(None);
+        }
+        let index = match (self.worker_index, workers) {
+            (Some(i), _) => usize::from(i),
+            (None, 1) => 0,
+            (None, _) => anyhow::bail!(
+                "--workers {workers} needs --worker-index (TICKFLOW_WORKER_INDEX): this worker's number, 0 to {}",
+                workers - 1
+            ),
+        };
+        tickflow_worker::runner::WorkerShare::new(index, workers)
+            .map(Some)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--worker-index {index} is not below --workers {workers} (workers are numbered from 0)"
+                )
+            })
+    }
+
     fn parallelism(&self) -> tickflow_worker::app::Parallelism {
         let default = tickflow_worker::app::Parallelism::default();
         tickflow_worker::app::Parallelism {
@@ -629,6 +679,13 @@ fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
     Ok(flag)
 }
 
+/// Where a Kafka query keeps its state (`--state-store`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum StateStore {
+    Volume,
+    Kafka,
+}
+
 fn run_kafka_query(a: QueryArgs, sql: String) -> anyhow::Result<()> {
     let event_time_bounds = a.event_time_bounds();
     let parallelism = a.parallelism();
@@ -650,10 +707,12 @@ fn run_kafka_query(a: QueryArgs, sql: String) -> anyhow::Result<()> {
     };
     let name = a.query_name();
     let postgres = a.postgres()?;
-    let Some(checkpoint_dir) = a.checkpoint_dir else {
-        anyhow::bail!(
+    let share = a.worker_share()?;
+    let checkpoint_dir = match (share, a.checkpoint_dir) {
+        (None, None) => anyhow::bail!(
             "a Kafka query needs --checkpoint-dir (TICKFLOW_CHECKPOINT_DIR): exactly-once output depends on it"
-        );
+        ),
+        (_, dir) => dir.unwrap_or_default(),
     };
     let topic_of = |(name, p): (String, PathBuf)| -> anyhow::Result<(String, String)> {
         let s = p.to_string_lossy();
@@ -726,6 +785,7 @@ fn run_kafka_query(a: QueryArgs, sql: String) -> anyhow::Result<()> {
         idle_timeout: a.idle_timeout,
         max_batch_records: a.batch_size.max(1),
         parallelism,
+        share,
         status: status.clone(),
         stop: stop_flag()?,
         kafka,

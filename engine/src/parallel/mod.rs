@@ -36,6 +36,10 @@ pub(crate) struct KeyGroups {
     count: usize,
     /// Column to split each source's rows by; empty with one group.
     key_columns: BTreeMap<String, usize>,
+    /// Rows go to the key group of their source partition's number
+    /// instead (sources partitioned by the key already: a query on
+    /// several workers, see [`KeyGroups::start`]).
+    by_partition: bool,
     /// The groups run on the caller's thread (group 0 among them).
     local: Shard,
     workers: Vec<Worker>,
@@ -50,16 +54,22 @@ impl KeyGroups {
         Self {
             count: 0,
             key_columns: BTreeMap::new(),
+            by_partition: false,
             local: Shard { groups: Vec::new() },
             workers: Vec::new(),
             remote_metrics: Vec::new(),
         }
     }
 
-    /// `graphs[g]` is key group `g`; they run on `threads` threads.
+    /// `graphs[g]` is key group `g`; they run on `threads` threads. Rows
+    /// are split by `key_columns`, or with `by_partition` sent whole to the
+    /// group numbered like the partition they came from (sources whose
+    /// partitions each hold a share of the keys, as a Kafka topic keyed by
+    /// the key column does).
     pub(crate) fn start(
         graphs: Vec<StreamGraph>,
         key_columns: BTreeMap<String, usize>,
+        by_partition: bool,
         threads: usize,
     ) -> Self {
         let count = graphs.len();
@@ -77,6 +87,7 @@ impl KeyGroups {
         Self {
             count,
             key_columns,
+            by_partition,
             local,
             remote_metrics: vec![Vec::new(); workers.len()],
             workers,
@@ -110,16 +121,30 @@ impl KeyGroups {
             .fold(OperatorMetrics::default(), combine)
     }
 
-    /// Rows of `source` (split by key) and then its new watermark, to every group.
+    /// Rows of `source` from `partition` (split by key, or all to the
+    /// partition's group) and then its new watermark, to every group.
     pub(crate) fn push(
         &mut self,
         source: &str,
+        partition: usize,
         rows: &RecordBatch,
         watermark: i64,
         out: &mut Vec<StreamOutput>,
         rejected: &mut Vec<Rejected>,
     ) -> Result<(), EngineError> {
         let parts = match self.key_columns.get(source) {
+            _ if self.by_partition => {
+                if partition >= self.count {
+                    return Err(EngineError::IncompatibleState(format!(
+                        "rows of `{source}` came from partition {partition}, but the query keeps \
+                         {} key groups, one per source partition: did the topic gain partitions?",
+                        self.count
+                    )));
+                }
+                let mut parts = vec![None; self.count];
+                parts[partition] = Some(rows.clone());
+                parts
+            }
             Some(&key) => route::split(rows, key, self.count)?,
             None if self.count == 1 => vec![Some(rows.clone())],
             None => {

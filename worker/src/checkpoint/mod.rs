@@ -36,6 +36,8 @@ use sha2::{Digest, Sha256};
 
 use crate::engine::EngineSnapshot;
 
+pub mod partitioned;
+
 /// Format version of `meta.json`.
 const FORMAT_VERSION: u32 = 1;
 /// The manifest's checksum file.

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod config;
 pub mod offsets;
 pub mod registry;
+pub mod state;
 
 pub use config::{ClientErrors, KafkaConfig, SaslMechanism, Secret, SecurityProtocol};
 pub use offsets::{Offsets, TopicPartition};

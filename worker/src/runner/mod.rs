@@ -29,6 +29,7 @@ pub mod failover;
 pub mod faults;
 mod health;
 mod latency;
+pub mod shared;
 pub mod sink;
 pub mod source;
 
@@ -39,12 +40,14 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::checkpoint::partitioned::{self, PartitionState};
 use crate::checkpoint::{Checkpoint, CheckpointError, CheckpointInfo, CheckpointStore};
 use crate::engine::{EngineError, Partitioning, Pipeline, StreamOutput};
 use crate::runtime::{CheckpointStatus, StatusHandle, WorkerState};
 use tickflow_crds::worker_status::{SkippedCheckpoint, WorkerRestore};
 
 pub use dead_letter::{DeadLetter, KafkaOrigin};
+pub use shared::{PartitionStore, SharedState, WorkerShare};
 pub use sink::{CommitDelays, Positions, RestoredSink, Routes, RowKind, Sink, SinkCheckpoint};
 pub use source::{Polled, Source, SourceFigures, TableBatch, Trouble};
 
@@ -287,6 +290,9 @@ pub struct Runner {
     sources: Vec<Box<dyn Source>>,
     sinks: Vec<Box<dyn Sink>>,
     store: Option<CheckpointStore>,
+    /// A query on several workers: state per source partition, committed
+    /// with the output instead of into `store`.
+    shared: Option<SharedState>,
     opts: RunOptions,
     summary: RunSummary,
     last_checkpoint: Option<CheckpointInfo>,
@@ -318,6 +324,7 @@ impl Runner {
             sources,
             sinks,
             store,
+            shared: None,
             opts,
             summary: RunSummary::default(),
             last_checkpoint: None,
@@ -328,8 +335,21 @@ impl Runner {
         }
     }
 
+    /// Makes the run one worker of several ([`shared`]): it restores and
+    /// checkpoints the state of the partitions it owns through `shared`'s
+    /// store and the sinks' transactions, not a checkpoint directory.
+    pub fn with_shared_state(mut self, shared: SharedState) -> Self {
+        self.shared = Some(shared);
+        self
+    }
+
     pub fn pipeline(&self) -> &Pipeline {
         &self.pipeline
+    }
+
+    /// Whether the run checkpoints at all.
+    fn checkpoints(&self) -> bool {
+        self.store.is_some() || self.shared.is_some()
     }
 
     /// Restores, then runs until the input ends, `stop` is set or the
@@ -470,7 +490,7 @@ impl Runner {
                     .is_some_and(|t| t.elapsed() >= delay)
         });
         let pending = self.pending_bytes();
-        self.store.is_some()
+        self.checkpoints()
             && (output_due
                 || pending >= self.opts.max_pending_bytes
                 || step.last_checkpoint.elapsed() >= self.opts.checkpoint_interval)
@@ -483,7 +503,7 @@ impl Runner {
         step: &StepState,
         started: Instant,
     ) -> Result<RunSummary, RunError> {
-        if self.store.is_some() {
+        if self.checkpoints() {
             self.checkpoint(progress, false)?;
         }
         for sink in &mut self.sinks {
@@ -524,6 +544,9 @@ impl Runner {
     /// Restore: engine state first, then sources at their positions, then
     /// sinks in line with the checkpoint.
     fn start(&mut self, progress: &mut Progress) -> Result<(), RunError> {
+        if self.shared.is_some() {
+            return self.start_shared(progress);
+        }
         let status = &self.opts.status;
         status.set_state(WorkerState::Recovering);
         progress.restoring = true;
@@ -642,7 +665,7 @@ impl Runner {
                 self.latencies.add(&stream.name, &o.rows, column);
             }
         }
-        if self.store.is_none() {
+        if !self.checkpoints() {
             // Without checkpoints, written is as committed as it gets.
             self.observe_latencies();
         }
@@ -680,12 +703,163 @@ impl Runner {
         Ok(())
     }
 
+    /// The start of one worker of several: sinks first (starting the
+    /// producer aborts what this worker left open), then the owned
+    /// partitions' newest committed states, the sources at their positions,
+    /// and at once an epoch that stages those states again, so every owned
+    /// partition has a state from the first moment the worker runs.
+    fn start_shared(&mut self, progress: &mut Progress) -> Result<(), RunError> {
+        self.opts.status.set_state(WorkerState::Recovering);
+        progress.restoring = true;
+        for sink in &mut self.sinks {
+            sink.start(None, &Positions::new())?;
+        }
+        let shared = self.shared.as_mut().expect("shared run");
+        let owned = shared.share.owned(shared.partitions);
+        let states = if self.opts.start_fresh {
+            BTreeMap::new()
+        } else {
+            shared.store.load(&owned)?
+        };
+        shared::check_complete(&owned, &states).map_err(RunError::IncompatibleCheckpoint)?;
+        let mut positions = self.opts.start_positions.clone().unwrap_or_default();
+        if !states.is_empty() {
+            tracing::info!(
+                worker = %shared.share.label(),
+                partitions = ?owned,
+                writers = ?states.values().map(|s| format!("{} epoch {}", s.writer, s.epoch)).collect::<std::collections::BTreeSet<_>>(),
+                "restoring the state of the partitions this worker owns"
+            );
+            self.summary.restored_from = states.values().map(|s| s.epoch).max();
+            let watermarks = shared::restored_watermarks(&states);
+            for source in &self.sources {
+                positions.insert(source.name().to_string(), shared::merged_position(&states));
+            }
+            let groups = states
+                .into_values()
+                .map(|s| (s.partition, s.group))
+                .collect();
+            self.pipeline
+                .restore_groups(groups, &watermarks)
+                .map_err(|e| match e {
+                    EngineError::IncompatibleState(_) => RunError::IncompatibleCheckpoint(format!(
+                        "{e}\nThe state in the query's state topic was saved for a different query. \
+                         Start over with --start-fresh, or restore the previous SQL."
+                    )),
+                    e => RunError::Engine(e),
+                })?;
+        }
+        log_parallelism(&self.pipeline);
+        progress.restoring = false;
+        let mut out = Vec::new();
+        for source in &mut self.sources {
+            source.start(positions.get(source.name()))?;
+            for (table, partitions) in source.partitions() {
+                self.pipeline.declare_partitions(&table, partitions);
+                // Other workers' partitions never deliver here: they must
+                // not hold this worker's watermark back.
+                for p in (0..partitions).filter(|&p| !shared_owns(&self.shared, p)) {
+                    self.pipeline.finish_partition(&table, p, &mut out)?;
+                }
+            }
+        }
+        self.route(&mut out)?;
+        if self.summary.restored_from.is_none() {
+            progress.start_positions = Some(self.positions());
+        }
+        self.next_epoch = 1;
+        self.checkpoint(progress, false)?;
+        self.opts.status.set_state(WorkerState::Running);
+        progress.running = true;
+        Ok(())
+    }
+
+    /// Closes an epoch of one worker of several: each owned partition's
+    /// state is staged in the sinks' transaction, which then commits it with
+    /// the epoch's output and the source positions.
+    fn checkpoint_shared(&mut self, progress: &mut Progress) -> Result<(), RunError> {
+        let t0 = Instant::now();
+        let epoch = self.next_epoch;
+        let shared = self.shared.as_ref().expect("shared run");
+        let owned = shared.share.owned(shared.partitions);
+        let positions = self.positions();
+        let watermarks: BTreeMap<String, i64> = self
+            .pipeline
+            .source_names()
+            .into_iter()
+            .filter_map(|s| Some((s.clone(), self.pipeline.watermark(&s)?)))
+            .collect();
+        let version = format!("{}/{epoch}", shared.writer);
+        let mut records = Vec::new();
+        for (partition, group) in self.pipeline.snapshot_groups(&owned)? {
+            let state = PartitionState {
+                partition,
+                epoch,
+                writer: shared.writer.clone(),
+                positions: positions
+                    .values()
+                    .flat_map(|p| shared::position_of_partition(p, partition))
+                    .collect(),
+                watermarks: watermarks.clone(),
+                group,
+            };
+            records.extend(
+                partitioned::encode(&state, &version)
+                    .map_err(|e| RunError::Setup(anyhow::Error::new(e)))?,
+            );
+        }
+        let bytes: u64 = records.iter().map(|r| r.value.len() as u64).sum();
+        let mut kept = false;
+        for sink in &mut self.sinks {
+            sink.pre_commit(epoch)?;
+            kept |= sink.stage_state(&records)?;
+        }
+        if !kept {
+            return Err(RunError::Setup(anyhow::anyhow!(
+                "a query on several workers keeps its state in its Kafka output's transactions, \
+                 and this run has no Kafka output"
+            )));
+        }
+        progress.checkpoint_stored = true;
+        faults::crash_point("after-checkpoint", self.summary.checkpoints_written + 1);
+        for sink in &mut self.sinks {
+            sink.commit(epoch, &positions)?;
+        }
+        progress.checkpoint_committed = true;
+        self.observe_latencies();
+        faults::crash_point("after-commit", self.summary.checkpoints_written + 1);
+        self.next_epoch += 1;
+        self.summary.checkpoints_written += 1;
+        let info = CheckpointInfo {
+            id: epoch,
+            path: std::path::PathBuf::new(),
+            bytes,
+            duration: t0.elapsed(),
+            created_at_ms: crate::clock::now_ms(),
+            pruned_for_space: Vec::new(),
+        };
+        self.opts.status.update(|s| {
+            s.checkpoints += 1;
+            s.last_checkpoint = Some(CheckpointStatus {
+                id: info.id,
+                time_ms: info.created_at_ms,
+                bytes: info.bytes,
+                duration_ms: info.duration.as_millis() as u64,
+            });
+        });
+        self.last_checkpoint = Some(info);
+        Ok(())
+    }
+
     /// Closes an epoch: pre-commit every sink, write the checkpoint, commit
     /// every sink with the checkpoint's source positions. With `may_defer`,
     /// a disk too full for the checkpoint (after pruning older ones) puts
     /// the epoch off to the next try instead of failing: nothing is
     /// committed without its checkpoint, and the open epoch just grows.
     fn checkpoint(&mut self, progress: &mut Progress, may_defer: bool) -> Result<(), RunError> {
+        if self.shared.is_some() {
+            return self.checkpoint_shared(progress);
+        }
         let Some(store) = &self.store else {
             return Ok(());
         };
@@ -827,6 +1001,10 @@ impl Deferred {
 /// Says in the log how the query runs: split by key on threads, or as one
 /// (and why), so a user asking for threads learns why a query does not
 /// use them.
+fn shared_owns(shared: &Option<SharedState>, partition: usize) -> bool {
+    shared.as_ref().is_none_or(|s| s.share.owns(partition))
+}
+
 fn log_parallelism(pipeline: &Pipeline) {
     match pipeline.partitioning() {
         Partitioning::ByKey(columns) if pipeline.key_groups() > 1 => tracing::info!(

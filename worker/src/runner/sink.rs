@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use arrow::array::RecordBatch;
 
 use super::{ConnectorError, DeadLetter};
+use crate::checkpoint::partitioned::StateRecord;
 
 /// Source name → position, as checkpointed.
 pub type Positions = BTreeMap<String, serde_json::Value>;
@@ -111,6 +112,13 @@ pub trait Sink: Send {
     /// Second step, once the checkpoint is durable: makes the epoch's output
     /// visible together with the sources' `positions`.
     fn commit(&mut self, epoch: u64, positions: &Positions) -> Result<(), ConnectorError>;
+
+    /// Adds the query's state (a query on several workers, see
+    /// [`crate::runner::shared`]) to the open epoch, to commit with its
+    /// output. Returns false when this sink does not keep state.
+    fn stage_state(&mut self, _records: &[StateRecord]) -> Result<bool, ConnectorError> {
+        Ok(false)
+    }
 
     /// Flushes and closes at the end of a run.
     fn close(&mut self) -> Result<(), ConnectorError> {

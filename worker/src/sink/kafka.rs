@@ -19,6 +19,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
+use crate::checkpoint::partitioned::StateRecord;
 use crate::codec::records::{KeyExtractor, RowEncoder};
 use crate::kafka::offsets::offsets_from_json;
 use crate::kafka::{ClientErrors, KafkaConfig, Offsets};
@@ -234,6 +235,7 @@ impl KafkaSink {
     pub fn open(
         config: &KafkaConfig,
         transactional_id: &str,
+        group_id: &str,
         outputs: Vec<OutputTopic>,
         dead_letter_topic: Option<String>,
         tuning: &ProducerTuning,
@@ -311,7 +313,7 @@ impl KafkaSink {
             .map_err(|e| anyhow::anyhow!("beginning a Kafka transaction: {e}"))?;
         let group: BaseConsumer<ClientErrors> = config
             .client_config()
-            .set("group.id", transactional_id)
+            .set("group.id", group_id)
             .set("enable.auto.commit", "false")
             .create_with_context(ClientErrors::default())
             .map_err(|e| anyhow::anyhow!("creating the Kafka consumer for group metadata: {e}"))?;
@@ -327,7 +329,7 @@ impl KafkaSink {
             routes,
             dead_letter_topic,
             dead_letter_caps,
-            group_id: transactional_id.to_string(),
+            group_id: group_id.to_string(),
             group,
             records_out: BTreeMap::new(),
             pending: Pending::default(),
@@ -490,6 +492,26 @@ impl KafkaSink {
         };
         self.pending.push(record);
         send(&self.producer, record, &self.config.brokers)
+    }
+
+    /// Sends state records to `topic` in the open transaction (and keeps
+    /// them with its records, to send again if the commit must be retried).
+    pub fn stage_state(
+        &mut self,
+        topic: &str,
+        records: &[StateRecord],
+    ) -> Result<(), KafkaSinkError> {
+        for r in records {
+            let record = PendingRecord {
+                topic,
+                key: Some(r.key.as_bytes()),
+                value: Some(&r.value),
+                headers: None,
+            };
+            self.pending.push(record);
+            send(&self.producer, record, &self.config.brokers)?;
+        }
+        Ok(())
     }
 
     /// Waits until every record of the open transaction is acknowledged.
@@ -832,6 +854,12 @@ pub struct KafkaOutput {
     tuning: ProducerTuning,
     lineage: String,
     fresh_start_allowed: FreshStart,
+    /// Topic the query's state goes to with each epoch (a query on several
+    /// workers); its restore does not depend on this sink then.
+    state_topic: Option<String>,
+    /// Consumer group of the source offsets, when it is not the
+    /// transactional id (several workers, each with its own id).
+    group_id: Option<String>,
     sink: Option<KafkaSink>,
 }
 
@@ -859,8 +887,25 @@ impl KafkaOutput {
             tuning,
             lineage,
             fresh_start_allowed,
+            state_topic: None,
+            group_id: None,
             sink: None,
         }
+    }
+
+    /// Commits the source offsets to `group` (default: the transactional id).
+    pub fn with_group(mut self, group: String) -> Self {
+        self.group_id = Some(group);
+        self
+    }
+
+    /// Keeps the query's state in `topic`, written in each epoch's
+    /// transaction (`crate::runner::shared`): output and state commit
+    /// together, so a start has nothing to repair and skips the recovery
+    /// from the checkpoint directory.
+    pub fn with_state_topic(mut self, topic: Option<String>) -> Self {
+        self.state_topic = topic;
+        self
     }
 
     fn sink(&mut self) -> &mut KafkaSink {
@@ -878,9 +923,11 @@ impl Sink for KafkaOutput {
         restored: Option<RestoredSink<'_>>,
         positions: &Positions,
     ) -> Result<bool, ConnectorError> {
+        let group = self.group_id.as_deref().unwrap_or(&self.transactional_id);
         let sink = KafkaSink::open(
             &self.config,
             &self.transactional_id,
+            group,
             self.outputs.take().expect("started once"),
             self.dead_letter_topic.clone(),
             &self.tuning,
@@ -888,6 +935,11 @@ impl Sink for KafkaOutput {
         )
         .map_err(ConnectorError::setup)?;
         let sink = self.sink.insert(sink);
+        if self.state_topic.is_some() {
+            // init_transactions (in open) aborted whatever this worker left
+            // open; what committed holds output and state together.
+            return Ok(false);
+        }
         let offsets = kafka_offsets(positions)?;
         let epoch = restored.as_ref().map_or(0, |r| r.epoch);
         let state = restored.map(|r| r.state).unwrap_or_default();
@@ -948,6 +1000,14 @@ impl Sink for KafkaOutput {
     fn commit(&mut self, epoch: u64, positions: &Positions) -> Result<(), ConnectorError> {
         let offsets = kafka_offsets(positions)?;
         Ok(self.sink().commit_offsets(epoch, &offsets)?)
+    }
+
+    fn stage_state(&mut self, records: &[StateRecord]) -> Result<bool, ConnectorError> {
+        let Some(topic) = self.state_topic.clone() else {
+            return Ok(false);
+        };
+        self.sink().stage_state(&topic, records)?;
+        Ok(true)
     }
 
     fn records_out(&self) -> BTreeMap<String, u64> {

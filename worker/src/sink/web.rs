@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 
 use arrow::array::RecordBatch;
 
+use crate::checkpoint::partitioned::StateRecord;
 use crate::runner::{
     CommitDelays, ConnectorError, DeadLetter, Positions, RestoredSink, RowKind, Sink,
     SinkCheckpoint,
@@ -77,6 +78,10 @@ impl Sink for WebTee {
 
     fn commit(&mut self, epoch: u64, positions: &Positions) -> Result<(), ConnectorError> {
         self.inner.commit(epoch, positions)
+    }
+
+    fn stage_state(&mut self, records: &[StateRecord]) -> Result<bool, ConnectorError> {
+        self.inner.stage_state(records)
     }
 
     fn close(&mut self) -> Result<(), ConnectorError> {

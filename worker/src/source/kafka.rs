@@ -39,6 +39,7 @@ use crate::kafka::{
     ClientErrors, KafkaConfig, Offsets, RegistryClient, RegistryError, TopicPartition,
 };
 use crate::memory::{BufferSizes, MemoryBudget};
+use crate::runner::shared::WorkerShare;
 use crate::runner::source::OffsetReset;
 use crate::runner::{
     ConnectorError, DeadLetter, KafkaOrigin, Polled, Source, SourceFigures, TableBatch, Trouble,
@@ -205,9 +206,10 @@ impl BindingState {
 }
 
 impl KafkaSource {
-    /// Connects, assigns every partition of the bound topics and seeks them to
-    /// `positions` (or `start` where a partition has none; `on_out_of_range`
-    /// where one is outside its partition).
+    /// Connects, assigns every partition of the bound topics (with a
+    /// `share`, only this worker's) and seeks them to `positions` (or
+    /// `start` where a partition has none; `on_out_of_range` where one is
+    /// outside its partition).
     #[allow(clippy::too_many_arguments)]
     pub fn open(
         config: &KafkaConfig,
@@ -219,6 +221,7 @@ impl KafkaSource {
         on_out_of_range: OnOutOfRange,
         bounded: bool,
         buffers: &BufferSizes,
+        share: Option<WorkerShare>,
     ) -> anyhow::Result<Self> {
         let consumer: BaseConsumer<ClientErrors> = config
             .client_config()
@@ -276,7 +279,10 @@ impl KafkaSource {
                 .filter(|t| t.error().is_none() && !t.partitions().is_empty())
                 .ok_or_else(|| KafkaSourceError::MissingTopic(b.topic.clone()))?;
             partition_counts.push(t.partitions().len());
-            for p in t.partitions() {
+            let owned = |p: &&rdkafka::metadata::MetadataPartition| {
+                share.is_none_or(|s| usize::try_from(p.id()).is_ok_and(|id| s.owns(id)))
+            };
+            for p in t.partitions().iter().filter(owned) {
                 let tp = (b.topic.clone(), p.id());
                 let offset = match positions.get(&tp) {
                     Some(&o) => {
@@ -949,6 +955,7 @@ pub struct KafkaInput {
     on_out_of_range: OnOutOfRange,
     bounded: bool,
     buffers: BufferSizes,
+    share: Option<WorkerShare>,
     source: Option<KafkaSource>,
 }
 
@@ -973,8 +980,15 @@ impl KafkaInput {
             on_out_of_range,
             bounded,
             buffers: MemoryBudget(crate::memory::DEFAULT_BUDGET).split(),
+            share: None,
             source: None,
         }
+    }
+
+    /// Reads only the partitions `share` owns (a query on several workers).
+    pub fn with_share(mut self, share: Option<WorkerShare>) -> Self {
+        self.share = share;
+        self
     }
 
     /// Sizes the consumer's prefetch from a memory budget's split (default:
@@ -1010,6 +1024,7 @@ impl Source for KafkaInput {
                 self.on_out_of_range,
                 self.bounded,
                 &self.buffers,
+                self.share,
             )
             .map_err(ConnectorError::setup)?,
         );

@@ -9,6 +9,7 @@
 //! commits keep failing.
 
 mod setup;
+mod workers;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -19,11 +20,12 @@ use std::time::Duration;
 use crate::checkpoint::CheckpointStore;
 use crate::codec::records::ValueFormat;
 use crate::engine::{Catalog, EngineConfig, EventTimeBounds, Pipeline};
+use crate::kafka::state::StateTopic;
 use crate::kafka::{KafkaConfig, RegistryClient};
 use crate::memory::BufferSizes;
 use crate::runner::Sink;
 use crate::runner::failover::{AttemptStart, FailoverPolicy, run_with_failover};
-use crate::runner::{Progress, RunError, RunOptions, RunSummary, Runner};
+use crate::runner::{Progress, RunError, RunOptions, RunSummary, Runner, SharedState, WorkerShare};
 use crate::runtime::StatusHandle;
 use crate::runtime::web::WebView;
 use crate::sink::kafka::{FreshStart, KafkaOutput, ProducerTuning};
@@ -84,6 +86,10 @@ pub struct KafkaQueryOptions {
     pub max_batch_records: usize,
     /// Engine threads and key groups.
     pub parallelism: crate::app::Parallelism,
+    /// This worker's share of the source partitions, with the query's state
+    /// in its Kafka state topic (`crate::runner::shared`); `None`: one
+    /// worker, state in `checkpoint_dir`.
+    pub share: Option<WorkerShare>,
     /// Consumer prefetch, producer queue and the epoch's pending output, all
     /// from one memory budget (`crate::memory`).
     pub buffers: BufferSizes,
@@ -139,10 +145,21 @@ fn run_attempt(
         event_time_bounds: opts.event_time_bounds,
         ..EngineConfig::default()
     });
-    let pipeline = Pipeline::new(&opts.sql, &catalog, &config).map_err(|e| {
+    let mut pipeline = Pipeline::new(&opts.sql, &catalog, &config).map_err(|e| {
         RunError::Setup(anyhow::Error::new(e).context(format!("in {}", opts.sql_origin)))
     })?;
     let bindings = setup::bindings(opts, &pipeline).map_err(RunError::Setup)?;
+    let partitions = match opts.share {
+        Some(share) => {
+            let n = workers::source_partitions(&opts.kafka, &pipeline, &bindings, share)
+                .map_err(RunError::Setup)?;
+            pipeline
+                .group_by_partition(n)
+                .map_err(|e| RunError::Setup(e.into()))?;
+            Some(n)
+        }
+        None => None,
+    };
     setup::check_declared_avro_tables(opts, &pipeline, &bindings).map_err(RunError::Setup)?;
     let outputs = setup::outputs(opts, &pipeline).map_err(RunError::Setup)?;
     let tables = postgres::targets(&pipeline, &opts.postgres_outputs)
@@ -155,9 +172,23 @@ fn run_attempt(
         )));
     }
     let group = format!("tickflow-{}", opts.name);
-    // The directory's lock first: a second worker stops here.
-    let mut store = CheckpointStore::open(&opts.checkpoint_dir, opts.checkpoints_to_keep)?;
-    if start.start_fresh {
+    if let (Some(_), false) = (opts.share, tables.is_empty()) {
+        return Err(RunError::Setup(anyhow::anyhow!(
+            "PostgreSQL outputs keep their epochs with a checkpoint volume: a query with its state \
+             in Kafka (--workers, --state-store kafka) writes Kafka outputs only"
+        )));
+    }
+    let mut store = match opts.share {
+        Some(_) => None,
+        // The directory's lock first: a second worker stops here.
+        None => Some(CheckpointStore::open(
+            &opts.checkpoint_dir,
+            opts.checkpoints_to_keep,
+        )?),
+    };
+    if start.start_fresh
+        && let Some(store) = store.as_mut()
+    {
         let removed = store.start_over()?;
         tracing::warn!(
             removed,
@@ -165,6 +196,29 @@ fn run_attempt(
             "starting fresh: checkpoints deleted, new lineage"
         );
     }
+    let lineage = match (&store, opts.share) {
+        (Some(store), _) => store.lineage().to_string(),
+        (None, Some(share)) => format!("{} run {}", share.label(), run_id()),
+        (None, None) => unreachable!("a run without a share has a store"),
+    };
+    let state_topic = match opts.share {
+        Some(share) => {
+            let topic = StateTopic::new(opts.kafka.clone(), &opts.name);
+            topic.ensure(opts.replication).map_err(RunError::Setup)?;
+            tracing::info!(
+                worker = %share.label(),
+                state_topic = topic.topic(),
+                "one worker of several: state per source partition in the state topic"
+            );
+            Some(topic)
+        }
+        None => None,
+    };
+    let transactional_id = match opts.share {
+        // Each worker its own: fencing a restarted worker must not fence the others.
+        Some(share) => format!("{group}-w{}", share.index),
+        None => group.clone(),
+    };
     let fresh_start = if start.start_fresh {
         FreshStart::Always
     } else if opts.start_fresh_if_no_checkpoint {
@@ -172,15 +226,19 @@ fn run_attempt(
     } else {
         FreshStart::Never
     };
-    let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(KafkaOutput::new(
-        opts.kafka.clone(),
-        group.clone(),
-        outputs,
-        opts.dead_letter_topic.clone(),
-        opts.tuning.clone(),
-        store.lineage().to_string(),
-        fresh_start,
-    ))];
+    let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(
+        KafkaOutput::new(
+            opts.kafka.clone(),
+            transactional_id,
+            outputs,
+            opts.dead_letter_topic.clone(),
+            opts.tuning.clone(),
+            lineage.clone(),
+            fresh_start,
+        )
+        .with_group(group.clone())
+        .with_state_topic(state_topic.as_ref().map(|t| t.topic().to_string())),
+    )];
     if !tables.is_empty() {
         let connection = opts.postgres.clone().ok_or_else(|| {
             RunError::Setup(anyhow::anyhow!(
@@ -191,20 +249,22 @@ fn run_attempt(
             connection,
             opts.name.clone(),
             tables,
-            store.lineage().to_string(),
+            lineage.clone(),
             fresh_start,
         )));
     }
+    let source_topics: Vec<String> = bindings.iter().map(|b| b.topic.clone()).collect();
     let source = KafkaInput::new(
         opts.kafka.clone(),
-        group,
+        group.clone(),
         bindings,
         opts.registry.clone(),
         opts.start,
         opts.on_out_of_range,
         opts.bounded,
     )
-    .with_buffers(opts.buffers);
+    .with_buffers(opts.buffers)
+    .with_share(opts.share);
     if let Some(web) = web {
         web.configure(pipeline.streams());
     }
@@ -216,12 +276,35 @@ fn run_attempt(
     run_opts.max_batch_records = opts.max_batch_records;
     run_opts.start_fresh = start.start_fresh;
     run_opts.start_positions = start.start_positions.clone();
-    let mut runner = Runner::new(
-        pipeline,
-        vec![Box::new(source)],
-        sinks,
-        Some(store),
-        run_opts,
-    );
+    let mut runner = Runner::new(pipeline, vec![Box::new(source)], sinks, store, run_opts);
+    if let (Some(share), Some(partitions), Some(topic)) = (opts.share, partitions, state_topic) {
+        runner = runner.with_shared_state(SharedState {
+            share,
+            partitions,
+            store: Box::new(workers::KafkaPartitionStore {
+                topic,
+                config: opts.kafka.clone(),
+                group,
+                source_topics,
+            }),
+            writer: lineage,
+        });
+    }
     runner.run(progress, None)
+}
+
+/// A random-enough id of one run, to tell its state writes from others'.
+fn run_id() -> String {
+    use sha2::{Digest, Sha256};
+    let seed = format!(
+        "{:?}/{}/{:?}",
+        std::time::SystemTime::now(),
+        std::process::id(),
+        std::time::Instant::now()
+    );
+    Sha256::digest(seed.as_bytes())
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
