@@ -530,11 +530,20 @@ impl OnOffsetOutOfRange {
     printcolumn(name = "Lag", type_ = "integer", json_path = ".status.lag"),
     printcolumn(name = "Checkpoint", type_ = "date", json_path = ".status.lastCheckpoint.time"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    // `kubectl scale sq/NAME --replicas N` (and an autoscaler) set
+    // spec.parallelism; only a query created with it has a scale.
+    scale(
+        spec_replicas_path = ".spec.parallelism",
+        status_replicas_path = ".status.readyReplicas",
+        label_selector_path = ".status.selector"
+    ),
     validation = Rule::new("self.metadata.name.size() <= 52").message("name must be at most 52 characters (objects derived from it add suffixes)"),
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.sql) != has(self.sqlConfigMap)").message("set exactly one of sql and sqlConfigMap"))]
 #[x_kube(validation = Rule::new("!has(self.sinks) || !self.sinks.exists(s, has(s.table)) || has(self.postgres)").message("sinks with a table need spec.postgres"))]
+#[x_kube(validation = Rule::new("has(self.parallelism) == has(oldSelf.parallelism)").message("parallelism is set when a query is created and stays set (it decides whether the state lives on the checkpoint volume or in Kafka); create a new StreamQuery to switch"))]
+#[x_kube(validation = Rule::new("!has(self.parallelism) || self.upgradeMode == 'last-state'").message("parallelism needs upgradeMode last-state (the state in Kafka has no per-revision copy)"))]
 pub struct StreamQuerySpec {
     /// The query: one or more `CREATE STREAM … AS SELECT …` statements.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -602,7 +611,20 @@ pub struct StreamQuerySpec {
     /// CPU and memory of the worker container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Run the query on this many worker pods (1 to 64), one Deployment
+    /// each; worker i reads the source partitions p with p mod parallelism
+    /// == i. Setting it keeps the query's state in the compacted Kafka
+    /// topic tickflow-NAME-state instead of on a checkpoint volume (no PVC;
+    /// storageSize bounds each pod's scratch directory). Set at creation
+    /// only; `kubectl scale` changes it, stopping every worker before the
+    /// new set starts. Unset: one worker, state on the PVC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 64").message("parallelism must be between 1 and 64 workers"))]
+    pub parallelism: Option<i32>,
 }
+
+/// Largest `spec.parallelism` (the schema's bound).
+pub const MAX_PARALLELISM: i32 = 64;
 
 fn default_allowed_lateness() -> String {
     "1s".into()
@@ -671,6 +693,54 @@ pub struct StreamQueryStatus {
     /// When the worker figures were last read (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_reported_at: Option<String>,
+    /// Label selector of the query's worker pods (queries with parallelism:
+    /// what the scale subresource reports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// One entry per worker of a query with parallelism, by index; the
+    /// figures above are their sums.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workers: Vec<StreamQueryWorker>,
+}
+
+/// One worker of a query with parallelism: its Deployment, its pod and
+/// the figures from its last /status.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamQueryWorker {
+    /// Worker index (it reads the partitions p with p mod parallelism == index).
+    pub index: i32,
+    /// Name of its Deployment.
+    pub deployment: String,
+    /// Name of its pod, when one exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// The pod is ready.
+    pub ready: bool,
+    /// Records read, over its sources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records_in: Option<u64>,
+    /// Records written, over its outputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records_out: Option<u64>,
+    /// Events that arrived after their window closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub late_events: Option<u64>,
+    /// Records sent to the dead-letter topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letters: Option<u64>,
+    /// Consumer lag summed over its partitions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<i64>,
+    /// Its last completed checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_checkpoint: Option<CheckpointStatus>,
+    /// Its own state (starting, running, ...) from its /status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_state: Option<String>,
+    /// Its last error, if any (cut to 1 KiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// Topic names the simulator writes.
@@ -909,8 +979,25 @@ mod tests {
                 .status
                 .is_some()
         );
+        // `kubectl scale sq/NAME` moves spec.parallelism; the status says
+        // how many workers are ready and which pods are theirs.
+        let scale = sq.spec.versions[0]
+            .subresources
+            .as_ref()
+            .unwrap()
+            .scale
+            .clone()
+            .expect("scale subresource");
+        assert_eq!(scale.spec_replicas_path, ".spec.parallelism");
+        assert_eq!(scale.status_replicas_path, ".status.readyReplicas");
+        assert_eq!(
+            scale.label_selector_path.as_deref(),
+            Some(".status.selector")
+        );
         let json = serde_json::to_string(&sq).unwrap();
         assert!(json.contains("has(self.sql) != has(self.sqlConfigMap)"));
+        assert!(json.contains("has(self.parallelism) == has(oldSelf.parallelism)"));
+        assert!(json.contains("self >= 1 && self <= 64"));
         assert_eq!(
             MarketProducer::crd().spec.names.short_names,
             Some(vec!["mp".into()])
@@ -925,6 +1012,7 @@ mod tests {
         assert_eq!(sq.checkpoint.storage_size, "1Gi");
         assert_eq!(sq.upgrade_mode, UpgradeMode::LastState);
         assert_eq!(sq.state, RunState::Running);
+        assert_eq!(sq.parallelism, None, "one worker, state on the PVC");
         let mp: MarketProducerSpec = serde_json::from_str("{}").unwrap();
         assert_eq!(mp.rate, 1000.0);
         assert_eq!(mp.topics.market_ticks, "market-ticks");

@@ -1,7 +1,12 @@
 //! The reconcilers: StreamQuery and MarketProducer into owned objects by
 //! server-side apply, then status from the Deployment and the worker.
+//!
+//! A StreamQuery with `spec.parallelism` is a set of worker Deployments
+//! ([`reconcile_parallel`]): a new number of workers first scales every live
+//! worker to zero and waits until no pod of the old set exists, and only
+//! then applies the new set ([`rescale`] decides; this module does the I/O).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -10,7 +15,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{
     Action, Config as ControllerConfig, Controller, Error as ControllerError,
 };
@@ -28,6 +33,7 @@ use tickflow_crds::{
 
 use crate::desired::{self, Defaults};
 use crate::metrics::Metrics;
+use crate::rescale::{self, Plan};
 use crate::sql_check;
 use crate::status::{self, Health, Rollout, VolumeReport};
 use crate::worker_status;
@@ -37,6 +43,10 @@ pub const MANAGER: &str = "tickflow-operator";
 /// Field manager of the checkpoint PVC's owner reference, changed apart
 /// from the PVC's spec (see [`desired::pvc_ownership_patch`]).
 pub const OWNERSHIP_MANAGER: &str = "tickflow-operator-ownership";
+/// Field manager of a rescale's scale-down (a merge patch of spec.replicas,
+/// not an apply: an apply of only that field would drop the rest of the
+/// spec the operator's apply owns). The next apply takes the field back.
+pub const RESCALE_MANAGER: &str = "tickflow-operator-rescale";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -240,6 +250,11 @@ async fn unchanged_deployment(
     let Some(live) = api.get_opt(&desired.name_any()).await? else {
         return Ok(None);
     };
+    Ok(same_deployment(&live, desired).then_some(live))
+}
+
+/// Whether `live` runs what `want` asks for: same template hash, same replicas.
+fn same_deployment(live: &Deployment, want: &Deployment) -> bool {
     let hash = |d: &Deployment| {
         d.spec
             .as_ref()
@@ -248,7 +263,7 @@ async fn unchanged_deployment(
             .and_then(|a| a.get(desired::SPEC_HASH_ANNOTATION).cloned())
     };
     let replicas = |d: &Deployment| d.spec.as_ref().and_then(|s| s.replicas);
-    Ok((hash(&live) == hash(desired) && replicas(&live) == replicas(desired)).then_some(live))
+    hash(live) == hash(want) && replicas(live) == replicas(want)
 }
 
 /// Applies `status` to the status subresource when it differs from `previous`.
@@ -620,6 +635,10 @@ async fn reconcile_query_inner(q: &StreamQuery, ctx: &Context) -> Result<Action,
         }
     };
 
+    if let Some(workers) = q.spec.parallelism {
+        return reconcile_parallel(q, ctx, &sql, &checked, workers, now).await;
+    }
+
     let objs = desired::stream_query(q, &sql, &checked, &ctx.defaults);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     let objects = [
@@ -714,6 +733,266 @@ async fn reconcile_query_inner(q: &StreamQuery, ctx: &Context) -> Result<Action,
     keep_report_time_if_unchanged(&mut st, previous.as_ref());
     write_status(&api, q, &st, previous.as_ref(), &ctx.metrics).await?;
     Ok(requeue_after(q.spec.state, health.phase, ctx.refresh))
+}
+
+/// A query with `spec.parallelism`: one Deployment per worker, no PVC.
+/// Each pass lists the query's worker Deployments and pods, lets
+/// [`rescale::plan`] decide, and does that one step: scale everything to
+/// zero, wait (polling: pods are not watched), or apply the set and delete
+/// what it has no place for. The status has an entry per worker and the
+/// sums of their figures.
+async fn reconcile_parallel(
+    q: &StreamQuery,
+    ctx: &Context,
+    sql: &str,
+    checked: &sql_check::CheckedQuery,
+    workers: i32,
+    now: Timestamp,
+) -> Result<Action, Error> {
+    let ns = q.namespace().unwrap_or_default();
+    let name = q.name_any();
+    let client = &ctx.client;
+    let api: Api<StreamQuery> = Api::namespaced(client.clone(), &ns);
+    let previous = q.status.clone();
+    let prev = previous.clone().unwrap_or_default();
+    let objs = desired::parallel_stream_query(q, sql, checked, &ctx.defaults, workers);
+    // As clamped to the schema's bounds.
+    let workers = objs.deployments.len() as i32;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let live = deployments
+        .list(&ListParams::default().labels(&desired::worker_selector_string(&name)))
+        .await?
+        .items;
+    // Every pod of the query, terminating ones included: the old set is
+    // gone only when none of its pods is left.
+    let pods = worker_status::list(
+        client,
+        &ns,
+        &desired::selector_string(desired::QUERY_COMPONENT, &name),
+    )
+    .await?;
+    let worker_pods = worker_status::worker_pods(&pods);
+    let plan = rescale::plan(
+        &name,
+        workers,
+        &live.iter().map(rescale::LiveWorker::of).collect::<Vec<_>>(),
+        &worker_pods.iter().map(|p| p.slot).collect::<Vec<_>>(),
+    );
+
+    // The worker Deployments as applied (empty while rescaling).
+    let current: Vec<Deployment> = match &plan {
+        Plan::Stop {
+            from,
+            to,
+            scale_down,
+        } => {
+            let already = prev
+                .conditions
+                .iter()
+                .any(|c| c.type_ == condition::PROGRESSING && c.reason == "Rescaling");
+            if !already {
+                publish(
+                    ctx,
+                    q,
+                    EventType::Normal,
+                    "Rescaling",
+                    format!(
+                        "Rescaling from {from} to {to} workers: every worker stops \
+                         (final checkpoint) before the new set starts"
+                    ),
+                )
+                .await;
+            }
+            let params = PatchParams {
+                field_manager: Some(RESCALE_MANAGER.into()),
+                ..PatchParams::default()
+            };
+            let zero = serde_json::json!({"spec": {"replicas": 0}});
+            for d in scale_down {
+                deployments.patch(d, &params, &Patch::Merge(&zero)).await?;
+            }
+            // The next apply must run, whatever was applied before.
+            ctx.applied.lock().unwrap().remove(&key(q));
+            ctx.count_remembered();
+            Vec::new()
+        }
+        Plan::Wait { .. } => Vec::new(),
+        Plan::Apply {
+            delete,
+            rescaled_from,
+        } => {
+            let applied = apply_workers(ctx, q, &objs, &live).await?;
+            for d in delete {
+                match deployments.delete(d, &DeleteParams::default()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.code == 404 => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if let Some(from) = rescaled_from {
+                publish(
+                    ctx,
+                    q,
+                    EventType::Normal,
+                    "Rescaled",
+                    format!(
+                        "Rescaled from {from} to {workers} workers: the old set is gone, \
+                         the new one starts"
+                    ),
+                )
+                .await;
+            }
+            applied
+        }
+    };
+
+    let rescaling = plan.rescaling().is_some();
+    // The workers' own figures, at most once per refresh interval, from
+    // the pods of the current set only.
+    let due = prev
+        .worker_reported_at
+        .as_deref()
+        .and_then(|t| t.parse::<Timestamp>().ok())
+        .is_none_or(|t| now.duration_since(t).unsigned_abs() >= ctx.refresh);
+    let mut reports = BTreeMap::new();
+    if due && !rescaling {
+        let targets: Vec<(i32, String)> = worker_pods
+            .iter()
+            .filter_map(|p| {
+                let slot = p.slot.filter(|s| s.is_in(workers))?;
+                Some((slot.index, p.running_ip.clone()?))
+            })
+            .collect();
+        let fetched = futures::future::join_all(
+            targets
+                .into_iter()
+                .map(|(i, ip)| async move { (i, worker_status::fetch(vec![ip]).await) }),
+        )
+        .await;
+        reports.extend(fetched.into_iter().filter_map(|(i, w)| Some((i, w?))));
+    }
+    let entries = status::worker_entries(&name, workers, &worker_pods, &reports, &prev.workers);
+    let totals = status::worker_totals(&entries);
+    let health = match &plan {
+        Plan::Stop { from, to, .. } => status::rescaling_health(*from, *to, None),
+        Plan::Wait { from, to, pods } => status::rescaling_health(*from, *to, Some(*pods)),
+        Plan::Apply { .. } => {
+            let mut rollout = status::Rollout::of_set(
+                &current
+                    .iter()
+                    .map(Some)
+                    .collect::<Vec<Option<&Deployment>>>(),
+            );
+            // Terminating pods still run (a final checkpoint): count them.
+            rollout.replicas = rollout.replicas.max(pods.len() as i32);
+            let problem =
+                status::workers_problem(&entries).or(worker_status::summarize(&pods).failing);
+            status::workload_health(q.spec.state, rollout, problem.as_deref())
+        }
+    };
+
+    let mut conditions = vec![status::sql_valid(&checked.streams)];
+    conditions.extend(health.conditions);
+    let mut st = prev.clone();
+    st.phase = Some(health.phase);
+    st.observed_generation = q.metadata.generation;
+    st.conditions = status::stamp(conditions, &prev.conditions, q.metadata.generation, now);
+    st.ready_replicas = Some(entries.iter().filter(|e| e.ready).count() as i32);
+    st.streams = checked.streams.clone();
+    st.output_topics = checked
+        .outputs
+        .iter()
+        .filter_map(|(_, o)| o.topic().map(str::to_string))
+        .collect();
+    st.selector = Some(desired::selector_string(desired::QUERY_COMPONENT, &name));
+    st.records_in = totals.records_in;
+    st.records_out = totals.records_out;
+    st.late_events = totals.late_events;
+    st.dead_letters = totals.dead_letters;
+    st.lag = totals.lag;
+    st.last_checkpoint = totals.last_checkpoint;
+    st.worker_state = totals.worker_state;
+    st.last_error = totals.last_error;
+    st.workers = entries;
+    if !reports.is_empty() {
+        st.worker_reported_at = Some(now.to_string());
+    }
+    let message = ready_message(&st.conditions);
+    phase_events(ctx, q, prev.phase, health.phase, &message).await;
+    keep_report_time_if_unchanged(&mut st, previous.as_ref());
+    write_status(&api, q, &st, previous.as_ref(), &ctx.metrics).await?;
+    Ok(if rescaling {
+        // Pods are not watched: look again soon while the old set stops.
+        Action::requeue(Duration::from_secs(2))
+    } else {
+        requeue_after(q.spec.state, health.phase, ctx.refresh)
+    })
+}
+
+/// Applies a parallel query's ConfigMap, worker Deployments and Service,
+/// unless this process applied the same objects recently and every live
+/// Deployment still matches; returns the worker Deployments as they are
+/// now, by index.
+async fn apply_workers(
+    ctx: &Context,
+    q: &StreamQuery,
+    objs: &desired::ParallelQueryObjects,
+    live: &[Deployment],
+) -> Result<Vec<Deployment>, Error> {
+    let ns = q.namespace().unwrap_or_default();
+    let mut objects = vec![
+        serde_json::to_value(&objs.config_map).expect("serializable"),
+        serde_json::to_value(&objs.service).expect("serializable"),
+    ];
+    objects.extend(
+        objs.deployments
+            .iter()
+            .map(|d| serde_json::to_value(d).expect("serializable")),
+    );
+    let print = fingerprint(&objects);
+    let k = key(q);
+    let recent = ctx
+        .applied
+        .lock()
+        .unwrap()
+        .get(&k)
+        .is_some_and(|(f, at)| *f == print && at.elapsed() < REAPPLY_EVERY);
+    let live_of = |want: &Deployment| {
+        live.iter()
+            .find(|l| l.metadata.name == want.metadata.name)
+            .filter(|l| same_deployment(l, want))
+            .cloned()
+    };
+    if recent {
+        let unchanged: Option<Vec<Deployment>> = objs.deployments.iter().map(live_of).collect();
+        if let Some(unchanged) = unchanged {
+            return Ok(unchanged);
+        }
+    }
+    let client = &ctx.client;
+    apply(
+        &Api::<ConfigMap>::namespaced(client.clone(), &ns),
+        &objs.config_map,
+        &ctx.metrics,
+    )
+    .await?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let mut applied = Vec::with_capacity(objs.deployments.len());
+    for d in &objs.deployments {
+        applied.push(apply(&deployments, d, &ctx.metrics).await?);
+    }
+    apply(
+        &Api::<Service>::namespaced(client.clone(), &ns),
+        &objs.service,
+        &ctx.metrics,
+    )
+    .await?;
+    ctx.applied
+        .lock()
+        .unwrap()
+        .insert(k, (print, Instant::now()));
+    ctx.count_remembered();
+    Ok(applied)
 }
 
 fn requeue_after(state: RunState, phase: Phase, refresh: Duration) -> Action {

@@ -1,6 +1,14 @@
 //! The Kubernetes objects a resource should have: pure functions from the
 //! resource (and the operator's defaults) to ConfigMap, PVC, Deployment and
 //! Service. The controller server-side-applies what these return.
+//!
+//! A StreamQuery without `spec.parallelism` is one Deployment with its
+//! checkpoint PVC ([`stream_query`]); with it, one Deployment per worker and
+//! no PVC ([`parallel_stream_query`]). Invariant: a worker's container is
+//! the classic one plus three env vars appended at the end, so a classic
+//! query's objects (and spec hash) do not change with this code; a worker's
+//! slot (index, number of workers) is in its env, where the worker reads it
+//! and where the controller compares it ([`worker_slot`]).
 
 use std::collections::BTreeMap;
 
@@ -18,8 +26,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 use tickflow_crds::{
-    AccessMode, Format, KafkaConnection, MarketProducer, PostgresConnection, RunState, StreamQuery,
-    UpgradeMode,
+    AccessMode, Format, KafkaConnection, MAX_PARALLELISM, MarketProducer, PostgresConnection,
+    RunState, StreamQuery, UpgradeMode,
 };
 
 use crate::sql_check::CheckedQuery;
@@ -495,11 +503,37 @@ fn deployment(
     container: Container,
     volumes: Vec<Volume>,
 ) -> Deployment {
-    let labels = labels(component, name);
+    deployment_with(
+        name.into(),
+        namespace,
+        labels(component, name),
+        selector(component, name),
+        owner,
+        replicas,
+        spec_hash,
+        container,
+        volumes,
+    )
+}
+
+/// A worker Deployment: `labels` on it and its pods, `selector` (a subset
+/// of the pod labels, immutable once created) choosing its pods.
+#[allow(clippy::too_many_arguments)]
+fn deployment_with(
+    name: String,
+    namespace: Option<String>,
+    labels: BTreeMap<String, String>,
+    selector: BTreeMap<String, String>,
+    owner: OwnerReference,
+    replicas: i32,
+    spec_hash: &str,
+    container: Container,
+    volumes: Vec<Volume>,
+) -> Deployment {
     let mut pod_labels = labels.clone();
-    pod_labels.extend(selector(component, name));
+    pod_labels.extend(selector.clone());
     Deployment {
-        metadata: meta(name.into(), namespace, &labels, Some(owner)),
+        metadata: meta(name, namespace, &labels, Some(owner)),
         spec: Some(DeploymentSpec {
             replicas: Some(replicas),
             // Never two workers on one checkpoint volume or transactional id.
@@ -508,7 +542,7 @@ fn deployment(
                 ..DeploymentStrategy::default()
             }),
             selector: LabelSelector {
-                match_labels: Some(selector(component, name)),
+                match_labels: Some(selector),
                 ..LabelSelector::default()
             },
             template: PodTemplateSpec {
@@ -616,16 +650,7 @@ pub fn stream_query(
     let spec = &q.spec;
     let labels = labels(QUERY_COMPONENT, &name);
 
-    let config_map = ConfigMap {
-        metadata: meta(
-            config_map_name(&name),
-            ns.clone(),
-            &labels,
-            Some(owner.clone()),
-        ),
-        data: Some(BTreeMap::from([(SQL_KEY.into(), sql.into())])),
-        ..ConfigMap::default()
-    };
+    let config_map = query_config_map(q, sql, &owner);
 
     // A retained PVC has no owner, so garbage collection leaves it alone.
     let pvc_owner = (!spec.checkpoint.retain_on_delete).then(|| owner.clone());
@@ -652,6 +677,195 @@ pub fn stream_query(
         ..PersistentVolumeClaim::default()
     };
 
+    let (container, volumes) = query_worker(q, sql, checked, defaults, None);
+    let deployment = deployment(
+        &name,
+        ns.clone(),
+        QUERY_COMPONENT,
+        owner.clone(),
+        query_replicas(q),
+        &query_spec_hash(q, sql, &container),
+        container,
+        volumes,
+    );
+    let service = service(&name, ns, QUERY_COMPONENT, owner);
+    StreamQueryObjects {
+        config_map,
+        pvc,
+        deployment,
+        service,
+    }
+}
+
+/// Objects of a StreamQuery with `spec.parallelism`: no PVC (the state is
+/// in Kafka), one Deployment per worker.
+#[derive(Clone, Debug)]
+pub struct ParallelQueryObjects {
+    pub config_map: ConfigMap,
+    /// `<name>-w<i>` for i in 0..parallelism, in index order.
+    pub deployments: Vec<Deployment>,
+    /// One Service over every worker's pod.
+    pub service: Service,
+}
+
+/// Everything a StreamQuery with `spec.parallelism = workers` needs: worker
+/// i is the classic Deployment (same args, probes, security) named
+/// `<name>-w<i>`, labelled with its index, told its index, the number of
+/// workers and that its state lives in Kafka. `workers` is clamped to
+/// 1..=[`MAX_PARALLELISM`] (the schema's bounds).
+pub fn parallel_stream_query(
+    q: &StreamQuery,
+    sql: &str,
+    checked: &CheckedQuery,
+    defaults: &Defaults,
+    workers: i32,
+) -> ParallelQueryObjects {
+    let name = q.name_any();
+    let ns = q.namespace();
+    let owner = q
+        .controller_owner_ref(&())
+        .expect("object from the API server");
+    let workers = workers.clamp(1, MAX_PARALLELISM);
+    let deployments = (0..workers)
+        .map(|index| {
+            let slot = WorkerSlot { index, workers };
+            let (container, volumes) = query_worker(q, sql, checked, defaults, Some(slot));
+            let mut labels = labels(QUERY_COMPONENT, &name);
+            let mut selector = selector(QUERY_COMPONENT, &name);
+            for l in [&mut labels, &mut selector] {
+                l.insert(WORKER_INDEX_LABEL.into(), index.to_string());
+            }
+            deployment_with(
+                worker_deployment_name(&name, index),
+                ns.clone(),
+                labels,
+                selector,
+                owner.clone(),
+                query_replicas(q),
+                &query_spec_hash(q, sql, &container),
+                container,
+                volumes,
+            )
+        })
+        .collect();
+    ParallelQueryObjects {
+        config_map: query_config_map(q, sql, &owner),
+        deployments,
+        // Selects by query, not by worker: every worker's pod is behind it.
+        service: service(&name, ns, QUERY_COMPONENT, owner),
+    }
+}
+
+/// Pod label holding a worker's index (queries with parallelism only).
+pub const WORKER_INDEX_LABEL: &str = "tickflow.io/worker-index";
+/// Number of workers of the query, as the worker reads it.
+pub const WORKERS_ENV: &str = "TICKFLOW_WORKERS";
+/// This worker's index in 0..TICKFLOW_WORKERS.
+pub const WORKER_INDEX_ENV: &str = "TICKFLOW_WORKER_INDEX";
+/// Where the worker keeps the query's state (`kafka`: the compacted topic
+/// `tickflow-<query>-state`, written in the output's transaction).
+pub const STATE_STORE_ENV: &str = "TICKFLOW_STATE_STORE";
+
+/// Which worker of how many a pod is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkerSlot {
+    pub index: i32,
+    pub workers: i32,
+}
+
+impl WorkerSlot {
+    /// Whether this slot belongs to a set of `workers` workers.
+    pub fn is_in(self, workers: i32) -> bool {
+        self.workers == workers && (0..workers).contains(&self.index)
+    }
+}
+
+/// Name of worker `index`'s Deployment.
+pub fn worker_deployment_name(query: &str, index: i32) -> String {
+    format!("{query}-w{index}")
+}
+
+/// Label selector of every worker Deployment (and pod) of a query with
+/// parallelism: the query's pods that carry a worker index.
+pub fn worker_selector_string(query: &str) -> String {
+    format!(
+        "{},{WORKER_INDEX_LABEL}",
+        selector_string(QUERY_COMPONENT, query)
+    )
+}
+
+/// The slot a pod (or pod template) was started in, read from its worker
+/// container's environment: the number of workers decides which partitions
+/// it owns, so that, not a label, is what a rescale compares. None: a
+/// classic worker (or one whose env was edited by hand).
+pub fn worker_slot(pod: &PodSpec) -> Option<WorkerSlot> {
+    let c = pod.containers.first()?;
+    let var = |name: &str| -> Option<i32> {
+        c.env
+            .iter()
+            .flatten()
+            .find(|e| e.name == name)?
+            .value
+            .as_deref()?
+            .parse()
+            .ok()
+    };
+    Some(WorkerSlot {
+        index: var(WORKER_INDEX_ENV)?,
+        workers: var(WORKERS_ENV)?,
+    })
+}
+
+/// The slot of a Deployment's pod template.
+pub fn deployment_slot(d: &Deployment) -> Option<WorkerSlot> {
+    worker_slot(d.spec.as_ref()?.template.spec.as_ref()?)
+}
+
+fn query_config_map(q: &StreamQuery, sql: &str, owner: &OwnerReference) -> ConfigMap {
+    let name = q.name_any();
+    ConfigMap {
+        metadata: meta(
+            config_map_name(&name),
+            q.namespace(),
+            &labels(QUERY_COMPONENT, &name),
+            Some(owner.clone()),
+        ),
+        data: Some(BTreeMap::from([(SQL_KEY.into(), sql.into())])),
+        ..ConfigMap::default()
+    }
+}
+
+fn query_replicas(q: &StreamQuery) -> i32 {
+    match q.spec.state {
+        RunState::Running => 1,
+        RunState::Suspended => 0,
+    }
+}
+
+/// The SQL is in a ConfigMap, so it is not in the pod template: hash it in.
+fn query_spec_hash(q: &StreamQuery, sql: &str, container: &Container) -> String {
+    hash_hex(&[
+        sql,
+        &serde_json::to_string(container).expect("serializable"),
+        q.spec.restart_nonce.as_deref().unwrap_or(""),
+    ])
+}
+
+/// The worker container of a query and the pod's volumes. `slot` None: the
+/// classic worker, checkpoints on the PVC. `slot` Some: one worker of a
+/// parallel query, whose state is in Kafka; its `--checkpoint-dir` is an
+/// emptyDir (the root filesystem is read-only and the worker still wants a
+/// writable directory), bounded by `checkpoint.storageSize`.
+fn query_worker(
+    q: &StreamQuery,
+    sql: &str,
+    checked: &CheckedQuery,
+    defaults: &Defaults,
+    slot: Option<WorkerSlot>,
+) -> (Container, Vec<Volume>) {
+    let name = q.name_any();
+    let ns = q.namespace();
+    let spec = &q.spec;
     let state_hash = query_state_hash(q, sql);
     let checkpoint_dir = match spec.upgrade_mode {
         UpgradeMode::LastState => CHECKPOINT_DIR.to_string(),
@@ -666,6 +880,8 @@ pub fn stream_query(
         "--name".into(),
         // Consumer group and transactional id: unique per namespace and name
         // (namespaces cannot contain dots, so `a.b-c` and `a-b.c` differ).
+        // Workers of one query share it; each derives its own
+        // transactional id from its index.
         format!("{}.{name}", ns.clone().unwrap_or_default()),
     ];
     for (table, topic) in &checked.inputs {
@@ -715,6 +931,34 @@ pub fn stream_query(
         // refuses otherwise).
         envs.push(env("TICKFLOW_START_FRESH_IF_NO_CHECKPOINT", "true"));
     }
+    // Appended last, so that a classic worker's container (and with it its
+    // spec hash) is exactly what it was before parallelism existed.
+    if let Some(slot) = slot {
+        envs.extend([
+            env(WORKERS_ENV, slot.workers.to_string()),
+            env(WORKER_INDEX_ENV, slot.index.to_string()),
+            env(STATE_STORE_ENV, "kafka"),
+        ]);
+    }
+    let checkpoints = match slot {
+        None => Volume {
+            name: "checkpoints".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: pvc_name(&name),
+                read_only: Some(false),
+            }),
+            ..Volume::default()
+        },
+        // Scratch only: nothing in it is needed after the pod is gone.
+        Some(_) => Volume {
+            name: "checkpoints".into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                size_limit: Some(Quantity(spec.checkpoint.storage_size.clone())),
+                ..EmptyDirVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+    };
     volumes.extend([
         Volume {
             name: "sql".into(),
@@ -724,14 +968,7 @@ pub fn stream_query(
             }),
             ..Volume::default()
         },
-        Volume {
-            name: "checkpoints".into(),
-            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                claim_name: pvc_name(&name),
-                read_only: Some(false),
-            }),
-            ..Volume::default()
-        },
+        checkpoints,
         // The root filesystem is read-only; librdkafka and the runtime may need /tmp.
         Volume {
             name: "tmp".into(),
@@ -752,33 +989,7 @@ pub fn stream_query(
         .clone()
         .unwrap_or_else(|| defaults.worker_image.clone());
     let container = hardened_container("worker", image, args, envs, mounts, spec.resources.clone());
-    // The SQL is in a ConfigMap, so it is not in the pod template: hash it in.
-    let spec_hash = hash_hex(&[
-        sql,
-        &serde_json::to_string(&container).expect("serializable"),
-        spec.restart_nonce.as_deref().unwrap_or(""),
-    ]);
-    let replicas = match spec.state {
-        RunState::Running => 1,
-        RunState::Suspended => 0,
-    };
-    let deployment = deployment(
-        &name,
-        ns.clone(),
-        QUERY_COMPONENT,
-        owner.clone(),
-        replicas,
-        &spec_hash,
-        container,
-        volumes,
-    );
-    let service = service(&name, ns, QUERY_COMPONENT, owner);
-    StreamQueryObjects {
-        config_map,
-        pvc,
-        deployment,
-        service,
-    }
+    (container, volumes)
 }
 
 /// The simulator's Deployment and Service.
@@ -1332,6 +1543,158 @@ spec:
                 );
             }
         }
+    }
+
+    fn parallel(q: &StreamQuery, workers: i32) -> ParallelQueryObjects {
+        let sql = q.spec.sql.clone().unwrap();
+        let checked = sql_check::check(&q.spec, &sql).unwrap();
+        parallel_stream_query(q, &sql, &checked, &defaults(), workers)
+    }
+
+    fn pod_spec(d: &Deployment) -> PodSpec {
+        d.spec.clone().unwrap().template.spec.unwrap()
+    }
+
+    fn env_of(d: &Deployment) -> BTreeMap<String, String> {
+        pod_spec(d).containers[0]
+            .env
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| (e.name, e.value.unwrap_or_default()))
+            .collect()
+    }
+
+    #[test]
+    fn parallel_workers_are_the_classic_worker_with_a_slot_and_no_pvc() {
+        let mut q = query(OHLC);
+        q.spec.parallelism = Some(3);
+        let p = parallel(&q, 3);
+        let classic = objects(&q).deployment;
+        assert_eq!(
+            deployment_slot(&classic),
+            None,
+            "a classic worker has no slot"
+        );
+        assert_eq!(p.deployments.len(), 3);
+        let mut hashes = std::collections::BTreeSet::new();
+        for (i, d) in p.deployments.iter().enumerate() {
+            let i = i as i32;
+            assert_eq!(
+                d.metadata.name.as_deref(),
+                Some(format!("ohlc-w{i}").as_str())
+            );
+            let owners = d.metadata.owner_references.as_ref().expect("owned");
+            assert_eq!(owners[0].kind, "StreamQuery");
+            assert_eq!(owners[0].controller, Some(true));
+            let labels = d.metadata.labels.clone().unwrap();
+            assert_eq!(labels["tickflow.io/instance"], "ohlc");
+            assert_eq!(labels[WORKER_INDEX_LABEL], i.to_string());
+            let spec = d.spec.clone().unwrap();
+            assert_eq!(spec.replicas, Some(1));
+            assert_eq!(spec.strategy.unwrap().type_.as_deref(), Some("Recreate"));
+            let selector = spec.selector.match_labels.unwrap();
+            assert_eq!(selector[WORKER_INDEX_LABEL], i.to_string());
+            let template = spec.template.metadata.unwrap();
+            let pod_labels = template.labels.unwrap();
+            for (k, v) in &selector {
+                assert_eq!(pod_labels.get(k), Some(v), "pod label {k}");
+            }
+            hashes.insert(template.annotations.unwrap()[SPEC_HASH_ANNOTATION].clone());
+            let env = env_of(d);
+            assert_eq!(env[WORKERS_ENV], "3");
+            assert_eq!(env[WORKER_INDEX_ENV], i.to_string());
+            assert_eq!(env[STATE_STORE_ENV], "kafka");
+            assert_eq!(
+                deployment_slot(d),
+                Some(WorkerSlot {
+                    index: i,
+                    workers: 3
+                })
+            );
+            // No PVC: the checkpoint directory is scratch space.
+            let pod = pod_spec(d);
+            let volumes = pod.volumes.clone().unwrap();
+            assert!(volumes.iter().all(|v| v.persistent_volume_claim.is_none()));
+            let scratch = volumes.iter().find(|v| v.name == "checkpoints").unwrap();
+            assert_eq!(
+                scratch.empty_dir.as_ref().unwrap().size_limit,
+                Some(Quantity(q.spec.checkpoint.storage_size.clone()))
+            );
+            // Everything else is the classic worker: args, probes,
+            // security, mounts; the slot is appended to its env.
+            let mut c = pod.containers[0].clone();
+            let classic_c = pod_spec(&classic).containers[0].clone();
+            let env = c.env.as_mut().unwrap();
+            let appended = env.split_off(env.len() - 3);
+            assert_eq!(
+                appended.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(),
+                [WORKERS_ENV, WORKER_INDEX_ENV, STATE_STORE_ENV]
+            );
+            assert_eq!(c, classic_c);
+            assert_eq!(pod.security_context, pod_spec(&classic).security_context);
+        }
+        assert_eq!(hashes.len(), 3, "each worker has its own template");
+        // One Service over every worker's pods.
+        let svc = p.service.spec.unwrap().selector.unwrap();
+        assert_eq!(svc, selector(QUERY_COMPONENT, "ohlc"));
+        assert_eq!(p.config_map.data, objects(&q).config_map.data);
+        // Suspended: every worker at zero.
+        q.spec.state = RunState::Suspended;
+        assert!(
+            parallel(&q, 3)
+                .deployments
+                .iter()
+                .all(|d| d.spec.as_ref().unwrap().replicas == Some(0))
+        );
+    }
+
+    #[test]
+    fn a_new_number_of_workers_changes_every_template_and_slots_say_which_set() {
+        let q = query(OHLC);
+        let hash = |d: &Deployment| {
+            d.spec
+                .as_ref()
+                .unwrap()
+                .template
+                .metadata
+                .as_ref()
+                .unwrap()
+                .annotations
+                .as_ref()
+                .unwrap()[SPEC_HASH_ANNOTATION]
+                .clone()
+        };
+        let one = parallel(&q, 1);
+        let three = parallel(&q, 3);
+        // Worker 0 owns other partitions with 3 workers than with 1.
+        assert_ne!(hash(&one.deployments[0]), hash(&three.deployments[0]));
+        let s = deployment_slot(&one.deployments[0]).unwrap();
+        assert!(s.is_in(1) && !s.is_in(3));
+        assert!(
+            WorkerSlot {
+                index: 2,
+                workers: 3
+            }
+            .is_in(3)
+        );
+        assert!(
+            !WorkerSlot {
+                index: 3,
+                workers: 3
+            }
+            .is_in(3)
+        );
+        // The schema's bounds, again.
+        assert_eq!(parallel(&q, 0).deployments.len(), 1);
+        assert_eq!(
+            parallel(&q, 1000).deployments.len(),
+            MAX_PARALLELISM as usize
+        );
+        assert_eq!(
+            worker_selector_string("ohlc"),
+            "app.kubernetes.io/component=stream-query,tickflow.io/instance=ohlc,tickflow.io/worker-index"
+        );
     }
 
     #[test]

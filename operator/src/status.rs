@@ -2,12 +2,22 @@
 //! generation, the SQL check, the Deployment and the worker's own report to
 //! phase and conditions. Conditions keep their lastTransitionTime while their
 //! status does not change.
+//!
+//! A query with parallelism has one entry per worker ([`worker_entries`]);
+//! its query-wide figures are computed from those entries only
+//! ([`worker_totals`]), so the sums always match what the entries show.
+
+use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
+use tickflow_crds::{CheckpointStatus, StreamQueryWorker};
 use tickflow_crds::{Phase, RunState, condition};
 use tickflow_crds::{WorkerState, WorkerStatus};
+
+use crate::desired;
+use crate::worker_status::WorkerPod;
 
 /// Longest worker error kept in a status (`lastError`, condition messages):
 /// a worker's report is not trusted to be small.
@@ -25,14 +35,22 @@ pub fn truncate_bytes(mut s: String, max: usize) -> String {
     s
 }
 
+/// Longest error kept per worker in `status.workers[]` (up to 64 of them).
+pub const MAX_WORKER_ERROR_BYTES: usize = 1024;
+
 /// A worker's error as the status keeps it: at most [`MAX_ERROR_BYTES`],
 /// marked when cut.
 pub fn bounded_error(e: &str) -> String {
+    bounded_to(e, MAX_ERROR_BYTES)
+}
+
+/// `e` in at most `max` bytes, marked when cut.
+fn bounded_to(e: &str, max: usize) -> String {
     const MARK: &str = " … (truncated)";
-    if e.len() <= MAX_ERROR_BYTES {
+    if e.len() <= max {
         return e.to_string();
     }
-    let mut s = truncate_bytes(e.to_string(), MAX_ERROR_BYTES - MARK.len());
+    let mut s = truncate_bytes(e.to_string(), max - MARK.len());
     s.push_str(MARK);
     s
 }
@@ -77,6 +95,26 @@ impl Rollout {
             updated: st.updated_replicas.unwrap_or(0),
             observed: st.observed_generation >= d.metadata.generation,
         }
+    }
+
+    /// A set of Deployments (None: not created yet) as one rollout: it
+    /// exists when all do, and is rolled out when each is.
+    pub fn of_set(ds: &[Option<&Deployment>]) -> Self {
+        let mut total = Self {
+            exists: !ds.is_empty(),
+            observed: true,
+            ..Self::default()
+        };
+        for d in ds {
+            let r = Self::of(*d);
+            total.exists &= r.exists;
+            total.observed &= r.observed;
+            total.desired += r.desired;
+            total.replicas += r.replicas;
+            total.ready += r.ready;
+            total.updated += r.updated;
+        }
+        total
     }
 
     fn rolled_out(&self) -> bool {
@@ -203,6 +241,182 @@ pub fn workload_health(state: RunState, rollout: Rollout, problem: Option<&str>)
         phase,
         conditions: vec![ready, progressing, degraded],
     }
+}
+
+/// Phase and conditions while a query with parallelism changes its number
+/// of workers: Pending (no worker runs until the old set is gone), with
+/// Ready and Progressing saying so. `old_pods`: pods of the old set still
+/// there (None: the scale-down was just asked for).
+pub fn rescaling_health(from: i32, to: i32, old_pods: Option<usize>) -> Health {
+    const REASON: &str = "Rescaling";
+    let stage = match old_pods {
+        None => format!("stopping all {from} worker(s) before the new set starts"),
+        Some(0) => "waiting for the old set's Deployments to report no pods".to_string(),
+        Some(n) => format!("waiting for {n} pod(s) of the old set to stop"),
+    };
+    let message = format!("Rescaling from {from} to {to} workers: {stage}");
+    Health {
+        phase: Phase::Pending,
+        conditions: vec![
+            cond(condition::READY, false, REASON, message.clone()),
+            cond(condition::PROGRESSING, true, REASON, message),
+            cond(condition::DEGRADED, false, "AsExpected", ""),
+        ],
+    }
+}
+
+/// The entries of `status.workers` for a query with `workers` workers.
+/// Worker i's pod is one whose slot is (i, workers), a running one before a
+/// terminating one. Its figures come from `reports` (read this pass, by
+/// index) or else stay those of its `previous` entry while the pod is the
+/// same one (a new pod's counters start over, so old ones would mislead).
+pub fn worker_entries(
+    query: &str,
+    workers: i32,
+    pods: &[WorkerPod],
+    reports: &BTreeMap<i32, WorkerStatus>,
+    previous: &[StreamQueryWorker],
+) -> Vec<StreamQueryWorker> {
+    (0..workers)
+        .map(|index| {
+            let pod = pods
+                .iter()
+                .filter(|p| p.slot == Some(desired::WorkerSlot { index, workers }))
+                .min_by_key(|p| p.terminating);
+            let mut entry = StreamQueryWorker {
+                index,
+                deployment: desired::worker_deployment_name(query, index),
+                pod: pod.map(|p| p.name.clone()),
+                ready: pod.is_some_and(|p| p.ready && !p.terminating),
+                ..StreamQueryWorker::default()
+            };
+            if let Some(w) = reports.get(&index) {
+                copy_figures(&mut entry, w);
+            } else if let Some(prev) = previous
+                .iter()
+                .find(|e| e.index == index && e.pod.is_some() && e.pod == entry.pod)
+            {
+                entry = StreamQueryWorker {
+                    index,
+                    deployment: entry.deployment,
+                    pod: entry.pod,
+                    ready: entry.ready,
+                    ..prev.clone()
+                };
+            }
+            entry
+        })
+        .collect()
+}
+
+fn total<V: Copy + Into<i128>>(m: &BTreeMap<String, V>) -> i128 {
+    m.values().map(|v| (*v).into()).sum()
+}
+
+fn state_name(s: WorkerState) -> String {
+    serde_json::to_value(s)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn copy_figures(e: &mut StreamQueryWorker, w: &WorkerStatus) {
+    e.records_in = Some(total(&w.records_in) as u64);
+    e.records_out = Some(total(&w.records_out) as u64);
+    e.late_events = Some(total(&w.late_events) as u64);
+    e.dead_letters = Some(total(&w.dead_letters) as u64);
+    e.lag = Some(w.total_lag());
+    e.last_checkpoint = w.last_checkpoint.as_ref().map(|c| CheckpointStatus {
+        id: c.id,
+        time: rfc3339_ms(c.time_ms),
+        size_bytes: c.bytes,
+    });
+    e.worker_state = Some(state_name(w.state));
+    e.last_error = w
+        .last_error
+        .as_deref()
+        .map(|m| bounded_to(m, MAX_WORKER_ERROR_BYTES));
+}
+
+/// Query-wide figures of a query with parallelism, from its entries.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WorkerTotals {
+    /// Sums over the workers that reported (None: none did).
+    pub records_in: Option<u64>,
+    pub records_out: Option<u64>,
+    pub late_events: Option<u64>,
+    pub dead_letters: Option<u64>,
+    pub lag: Option<i64>,
+    /// The oldest of the workers' last checkpoints, once every worker has
+    /// one: every partition's state is at least that recent.
+    pub last_checkpoint: Option<CheckpointStatus>,
+    /// The state of the worker furthest from running (failed first).
+    pub worker_state: Option<String>,
+    /// The first worker's error, by index, named by its index.
+    pub last_error: Option<String>,
+}
+
+fn sum_of(
+    entries: &[StreamQueryWorker],
+    f: impl Fn(&StreamQueryWorker) -> Option<u64>,
+) -> Option<u64> {
+    entries.iter().filter_map(f).reduce(u64::saturating_add)
+}
+
+/// How far a worker state is from running: lower is worse.
+fn state_rank(state: &str) -> u8 {
+    match state {
+        "failed" => 0,
+        "degraded" => 1,
+        "stopped" => 2,
+        "stopping" => 3,
+        "running" => 6,
+        "recovering" => 5,
+        // starting, or a state this operator does not know yet.
+        _ => 4,
+    }
+}
+
+/// The query-wide figures from `entries` (see [`WorkerTotals`]).
+pub fn worker_totals(entries: &[StreamQueryWorker]) -> WorkerTotals {
+    let all_checkpointed =
+        !entries.is_empty() && entries.iter().all(|e| e.last_checkpoint.is_some());
+    WorkerTotals {
+        records_in: sum_of(entries, |e| e.records_in),
+        records_out: sum_of(entries, |e| e.records_out),
+        late_events: sum_of(entries, |e| e.late_events),
+        dead_letters: sum_of(entries, |e| e.dead_letters),
+        lag: entries
+            .iter()
+            .filter_map(|e| e.lag)
+            .reduce(i64::saturating_add),
+        last_checkpoint: entries
+            .iter()
+            .filter_map(|e| e.last_checkpoint.clone())
+            .min_by_key(|c| c.time.parse::<Timestamp>().ok())
+            .filter(|_| all_checkpointed),
+        worker_state: entries
+            .iter()
+            .filter_map(|e| e.worker_state.clone())
+            .min_by_key(|s| state_rank(s)),
+        last_error: entries.iter().find_map(|e| {
+            e.last_error
+                .as_deref()
+                .map(|m| bounded_error(&format!("worker {}: {m}", e.index)))
+        }),
+    }
+}
+
+/// What is wrong when a worker says it is failing or degraded: the first
+/// such worker by index, named by it, with its last error.
+pub fn workers_problem(entries: &[StreamQueryWorker]) -> Option<String> {
+    entries
+        .iter()
+        .find(|e| matches!(e.worker_state.as_deref(), Some("failed" | "degraded")))
+        .map(|e| {
+            let error = e.last_error.as_deref().unwrap_or("worker is failing");
+            bounded_error(&format!("worker {}: {error}", e.index))
+        })
 }
 
 /// Phase and conditions when the query cannot run as specified (invalid SQL,
@@ -353,6 +567,165 @@ mod tests {
 
     fn status_of<'a>(h: &'a Health, t: &str) -> &'a str {
         &h.conditions.iter().find(|c| c.type_ == t).unwrap().status
+    }
+
+    fn worker_pod(
+        name: &str,
+        index: i32,
+        workers: i32,
+        ready: bool,
+        terminating: bool,
+    ) -> WorkerPod {
+        WorkerPod {
+            name: name.into(),
+            slot: Some(desired::WorkerSlot { index, workers }),
+            ready,
+            terminating,
+            running_ip: None,
+        }
+    }
+
+    #[test]
+    fn worker_entries_pick_each_workers_pod_and_keep_figures_only_for_that_pod() {
+        let pods = vec![
+            // The old set's worker, still terminating: not an entry's pod.
+            worker_pod("q-w0-old", 0, 1, true, true),
+            worker_pod("q-w0-a", 0, 3, true, false),
+            worker_pod("q-w1-a", 1, 3, false, false),
+        ];
+        let report = WorkerStatus {
+            state: WorkerState::Running,
+            records_in: BTreeMap::from([("t/0".into(), 10), ("t/3".into(), 1)]),
+            lag: BTreeMap::from([("t/0".into(), 5), ("t/3".into(), 2)]),
+            last_error: Some("x".repeat(10_000)),
+            ..WorkerStatus::default()
+        };
+        let reports = BTreeMap::from([(0, report)]);
+        let e = worker_entries("q", 3, &pods, &reports, &[]);
+        assert_eq!(e.len(), 3);
+        assert_eq!(e[0].pod.as_deref(), Some("q-w0-a"));
+        assert!(e[0].ready);
+        assert_eq!(e[0].records_in, Some(11));
+        assert_eq!(e[0].lag, Some(7));
+        assert_eq!(e[0].worker_state.as_deref(), Some("running"));
+        assert!(e[0].last_error.as_ref().unwrap().len() <= MAX_WORKER_ERROR_BYTES);
+        assert_eq!(e[1].pod.as_deref(), Some("q-w1-a"));
+        assert!(!e[1].ready);
+        assert_eq!(e[1].records_in, None, "not read yet");
+        assert_eq!((e[2].index, e[2].deployment.as_str()), (2, "q-w2"));
+        assert_eq!(e[2].pod, None);
+        // A pass without reports keeps what the same pods said.
+        assert_eq!(worker_entries("q", 3, &pods, &BTreeMap::new(), &e), e);
+        // A new pod for worker 0 starts without the old pod's figures.
+        let mut replaced = pods.clone();
+        replaced[1].name = "q-w0-b".into();
+        let after = worker_entries("q", 3, &replaced, &BTreeMap::new(), &e);
+        assert_eq!(after[0].pod.as_deref(), Some("q-w0-b"));
+        assert_eq!(after[0].records_in, None);
+    }
+
+    #[test]
+    fn totals_are_sums_of_the_entries_and_the_worst_state_wins() {
+        let entry = |index: i32, records: Option<u64>, checkpoint_ms: Option<i64>, state: &str| {
+            StreamQueryWorker {
+                index,
+                deployment: desired::worker_deployment_name("q", index),
+                records_in: records,
+                lag: records.map(|r| r as i64),
+                last_checkpoint: checkpoint_ms.map(|ms| CheckpointStatus {
+                    id: index as u64,
+                    time: rfc3339_ms(ms),
+                    size_bytes: 1,
+                }),
+                worker_state: Some(state.into()),
+                ..StreamQueryWorker::default()
+            }
+        };
+        assert_eq!(worker_totals(&[]), WorkerTotals::default());
+        let mut e = vec![
+            entry(0, Some(10), Some(2_500), "running"),
+            entry(1, Some(20), Some(1_000), "starting"),
+            entry(2, None, None, "running"),
+        ];
+        e[1].last_error = Some("boom".into());
+        let t = worker_totals(&e);
+        assert_eq!(t.records_in, Some(30));
+        assert_eq!(t.lag, Some(30));
+        assert_eq!(t.records_out, None, "no worker reported any");
+        assert_eq!(t.last_checkpoint, None, "worker 2 has not checkpointed");
+        assert_eq!(t.worker_state.as_deref(), Some("starting"));
+        assert_eq!(t.last_error.as_deref(), Some("worker 1: boom"));
+        // Once every worker has one: the oldest (parsed, not compared as text).
+        e[2].last_checkpoint = entry(2, None, Some(1_500), "").last_checkpoint;
+        assert_eq!(worker_totals(&e).last_checkpoint, e[1].last_checkpoint);
+        assert_eq!(
+            workers_problem(&e),
+            None,
+            "worker 1 has an error but is not failing"
+        );
+        e[2].worker_state = Some("failed".into());
+        assert_eq!(worker_totals(&e).worker_state.as_deref(), Some("failed"));
+        assert_eq!(
+            workers_problem(&e).as_deref(),
+            Some("worker 2: worker is failing")
+        );
+        let h = workload_health(
+            RunState::Running,
+            rollout(3, 3, 3),
+            workers_problem(&e).as_deref(),
+        );
+        assert_eq!(h.phase, Phase::Degraded);
+    }
+
+    #[test]
+    fn a_rescale_is_pending_and_says_from_what_to_what() {
+        let h = rescaling_health(1, 3, Some(1));
+        assert_eq!(h.phase, Phase::Pending);
+        let p = h
+            .conditions
+            .iter()
+            .find(|c| c.type_ == condition::PROGRESSING)
+            .unwrap();
+        assert_eq!(
+            (p.status.as_str(), p.reason.as_str()),
+            ("True", "Rescaling")
+        );
+        assert!(
+            p.message.starts_with("Rescaling from 1 to 3 workers"),
+            "{}",
+            p.message
+        );
+        assert_eq!(status_of(&h, condition::READY), "False");
+        assert_eq!(status_of(&h, condition::DEGRADED), "False");
+    }
+
+    #[test]
+    fn a_set_of_deployments_is_rolled_out_when_each_is() {
+        let d = |ready: i32| -> Deployment {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "x", "generation": 1},
+                "spec": {"replicas": 1, "selector": {}, "template": {}},
+                "status": {"observedGeneration": 1, "replicas": 1,
+                           "readyReplicas": ready, "updatedReplicas": 1}
+            }))
+            .unwrap()
+        };
+        let (up, down) = (d(1), d(0));
+        let r = Rollout::of_set(&[Some(&up), Some(&up)]);
+        assert_eq!((r.desired, r.replicas, r.ready), (2, 2, 2));
+        assert_eq!(
+            workload_health(RunState::Running, r, None).phase,
+            Phase::Running
+        );
+        let r = Rollout::of_set(&[Some(&up), Some(&down)]);
+        assert_eq!(
+            status_of(
+                &workload_health(RunState::Running, r, None),
+                condition::READY
+            ),
+            "False"
+        );
+        assert!(!Rollout::of_set(&[Some(&up), None]).exists);
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Reads a worker's runtime figures from its own `/status` endpoint, by pod
-//! IP (as Prometheus scrapes pods). The worker never writes to the API, so the
-//! operator is the only writer of the resource's status.
+//! IP (as Prometheus scrapes pods), and what its pods look like. The worker
+//! never writes to the API, so the operator is the only writer of the
+//! resource's status. The listing is I/O; [`summarize`] and [`worker_pods`]
+//! are the pure readings of it.
 
 use std::time::Duration;
 
@@ -9,7 +11,7 @@ use kube::api::ListParams;
 use kube::{Api, Client};
 use tickflow_crds::WorkerStatus;
 
-use crate::desired::WORKER_PORT;
+use crate::desired::{self, WORKER_PORT, WorkerSlot};
 
 /// What the pods of one workload look like right now.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -40,9 +42,56 @@ pub async fn observe(
     namespace: &str,
     selector: &str,
 ) -> Result<Pods, kube::Error> {
+    Ok(summarize(&list(client, namespace, selector).await?))
+}
+
+/// The pods matching `selector`, terminating ones included.
+pub async fn list(
+    client: &Client,
+    namespace: &str,
+    selector: &str,
+) -> Result<Vec<Pod>, kube::Error> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let list = pods.list(&ListParams::default().labels(selector)).await?;
-    Ok(summarize(&list.items))
+    Ok(pods
+        .list(&ListParams::default().labels(selector))
+        .await?
+        .items)
+}
+
+/// One pod of a query with parallelism, as its status entry needs it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkerPod {
+    pub name: String,
+    /// The slot in its env (None: not a worker of any parallel set).
+    pub slot: Option<WorkerSlot>,
+    /// Its Ready condition is True.
+    pub ready: bool,
+    /// Being deleted (a worker's final checkpoint runs meanwhile).
+    pub terminating: bool,
+    /// Its IP while it runs and is not terminating: where /status is read.
+    pub running_ip: Option<String>,
+}
+
+/// Pure: the pods of a query with parallelism, by what they are.
+pub fn worker_pods(pods: &[Pod]) -> Vec<WorkerPod> {
+    pods.iter()
+        .map(|p| {
+            let st = p.status.as_ref();
+            let terminating = p.metadata.deletion_timestamp.is_some();
+            let running = st.and_then(|s| s.phase.as_deref()) == Some("Running");
+            WorkerPod {
+                name: p.metadata.name.clone().unwrap_or_default(),
+                slot: p.spec.as_ref().and_then(desired::worker_slot),
+                ready: st
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
+                terminating,
+                running_ip: st
+                    .and_then(|s| s.pod_ip.clone())
+                    .filter(|_| running && !terminating),
+            }
+        })
+        .collect()
 }
 
 /// Pure part of [`observe`].
@@ -163,6 +212,49 @@ mod tests {
         let huge =
             serde_json::json!({"state": "failed", "last_error": "x".repeat(2 << 20)}).to_string();
         assert!(fetch_urls(vec![serve(huge, 1)]).await.is_none());
+    }
+
+    #[test]
+    fn worker_pods_carry_their_slot_readiness_and_reachability() {
+        let pods: Vec<Pod> = serde_json::from_value(serde_json::json!([
+            {"metadata": {"name": "q-w0-a"},
+             "spec": {"containers": [{"name": "worker", "env": [
+                 {"name": "TICKFLOW_WORKERS", "value": "3"},
+                 {"name": "TICKFLOW_WORKER_INDEX", "value": "0"}]}]},
+             "status": {"phase": "Running", "podIP": "10.0.0.1",
+                        "conditions": [{"type": "Ready", "status": "True"}]}},
+            {"metadata": {"name": "q-w1-b", "deletionTimestamp": "2026-01-01T00:00:00Z"},
+             "spec": {"containers": [{"name": "worker", "env": [
+                 {"name": "TICKFLOW_WORKERS", "value": "1"},
+                 {"name": "TICKFLOW_WORKER_INDEX", "value": "0"}]}]},
+             "status": {"phase": "Running", "podIP": "10.0.0.2",
+                        "conditions": [{"type": "Ready", "status": "True"}]}},
+            {"metadata": {"name": "classic"},
+             "spec": {"containers": [{"name": "worker"}]},
+             "status": {"phase": "Pending"}}
+        ]))
+        .unwrap();
+        let w = worker_pods(&pods);
+        assert_eq!(
+            w[0].slot,
+            Some(WorkerSlot {
+                index: 0,
+                workers: 3
+            })
+        );
+        assert!(w[0].ready && !w[0].terminating);
+        assert_eq!(w[0].running_ip.as_deref(), Some("10.0.0.1"));
+        assert_eq!(
+            w[1].slot,
+            Some(WorkerSlot {
+                index: 0,
+                workers: 1
+            })
+        );
+        assert!(w[1].terminating);
+        assert_eq!(w[1].running_ip, None, "a terminating pod is not read");
+        assert_eq!(w[2].slot, None);
+        assert!(!w[2].ready);
     }
 
     #[test]

@@ -62,6 +62,8 @@ fn the_operator_service_account_has_what_it_needs_and_no_more() {
         ("patch", "marketproducers.tickflow.io/status"),
         ("create", "deployments.apps"),
         ("patch", "deployments.apps"),
+        // Worker Deployments beyond a query's new parallelism.
+        ("delete", "deployments.apps"),
         ("patch", "persistentvolumeclaims"),
         ("patch", "configmaps"),
         ("patch", "services"),
@@ -78,8 +80,10 @@ fn the_operator_service_account_has_what_it_needs_and_no_more() {
     }
     for (verb, what) in [
         ("get", "secrets"),
-        ("delete", "deployments.apps"),
         ("delete", "persistentvolumeclaims"),
+        // A rescale patches the Deployment itself, not its scale.
+        ("patch", "deployments.apps/scale"),
+        ("patch", "streamqueries.tickflow.io/scale"),
         ("create", "pods"),
         ("update", "streamqueries.tickflow.io"),
         ("delete", "streamqueries.tickflow.io"),

@@ -140,9 +140,11 @@ The operator's RBAC rules (ClusterRole, or a Role per watchNamespaces entry).
 - apiGroups: [""]
   resources: ["configmaps", "services", "persistentvolumeclaims"]
   verbs: ["get", "list", "watch", "create", "patch"]
+# Deployments likewise; delete only for the worker Deployments a query with
+# spec.parallelism no longer needs after a scale-down (already at zero).
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # Worker pods: the operator reads each pod's /status endpoint by pod IP.
 - apiGroups: [""]
   resources: ["pods"]
