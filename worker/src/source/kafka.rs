@@ -1,8 +1,11 @@
 //! Kafka source: reads the topics bound to source tables and decodes their
 //! values straight into Arrow batches, per partition.
 //!
-//! All partitions are assigned to this worker (one worker per query) and
-//! positioned from the checkpoint; offsets are committed to the consumer
+//! The worker assigns itself the bound topics' partitions (no group
+//! rebalancing): all of them, or, as one of several workers of a query
+//! (a [`WorkerShare`]), only its share, the partitions `p` with
+//! `p mod N == i`. They are positioned from the checkpoint or the
+//! partitions' restored state; offsets are committed to the consumer
 //! group only inside the sink's transaction, so the group's lag is visible
 //! with the usual Kafka tools. Avro values are decoded by schema id with a
 //! cached registry client; a record that cannot be decoded becomes a
