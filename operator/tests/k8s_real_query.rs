@@ -13,11 +13,14 @@
 //! of it the output topic, read with Apache Kafka's own consumer in
 //! `read_committed`, holds exactly the rows of a file replay of the input.
 //! A worker that cannot reach its broker fails its readiness probe and is
-//! restarted by the kubelet, and the status says why.
+//! restarted by the kubelet, and the status says why. A query with
+//! `spec.parallelism` (state in Kafka, no PVC), scaled by `kubectl scale`
+//! from one worker pod to three while its input arrives, also writes
+//! exactly the rows of the file replay.
 
 mod k8s_common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -319,18 +322,163 @@ fn assert_exactly_the_replay(output: &[Value], replay: &[Value]) {
         "missing {missing:?}, not in the replay {extra:?}"
     );
     for (k, w) in &want {
-        let g = got[k];
-        for (col, wv) in w.as_object().unwrap() {
-            let gv = &g[col];
-            match (gv.as_f64(), wv.as_f64()) {
-                (Some(a), Some(b)) if gv.is_f64() || wv.is_f64() => assert!(
-                    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0),
-                    "{col} of {k:?}: {g} vs the replay's {w}"
-                ),
-                _ => assert_eq!(gv, wv, "{col} of {k:?}: {g} vs the replay's {w}"),
-            }
+        assert_same_row(k, got[k], w);
+    }
+}
+
+/// One output row against the replay's: integers and strings equal, floats
+/// to 1e-9 relative.
+fn assert_same_row(k: &(String, String), g: &Value, w: &Value) {
+    for (col, wv) in w.as_object().unwrap() {
+        let gv = &g[col];
+        match (gv.as_f64(), wv.as_f64()) {
+            (Some(a), Some(b)) if gv.is_f64() || wv.is_f64() => assert!(
+                (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0),
+                "{col} of {k:?}: {g} vs the replay's {w}"
+            ),
+            _ => assert_eq!(gv, wv, "{col} of {k:?}: {g} vs the replay's {w}"),
         }
     }
+}
+
+/// [`assert_exactly_the_replay`] for a query on several workers. Each
+/// worker closes windows by its own watermark (the lowest of its
+/// partitions'), so when the input stops the last window may be closed for
+/// one worker's symbols and not yet for another's: their partitions' last
+/// event times differ by milliseconds, and a window's end can fall between
+/// them. So every symbol is compared exactly up to the last window closed
+/// for all symbols; at most one window after it may be closed for some
+/// symbols only, and those rows must be the replay's too.
+fn assert_exactly_the_replay_of_workers(output: &[Value], replay: &[Value]) {
+    let mut last_of_symbol: BTreeMap<String, String> = BTreeMap::new();
+    for row in output {
+        let (window, symbol) = window_key(row);
+        let last = last_of_symbol.entry(symbol).or_default();
+        if window > *last {
+            *last = window;
+        }
+    }
+    let closed_by_all = last_of_symbol
+        .values()
+        .min()
+        .expect("no output rows")
+        .clone();
+    let windows: BTreeSet<String> = output.iter().map(|r| window_key(r).0).collect();
+    let closed_by_some: Vec<&String> = windows.iter().filter(|w| **w > closed_by_all).collect();
+    assert!(
+        closed_by_some.len() <= 1,
+        "windows closed for some symbols only: {closed_by_some:?} after {closed_by_all}, the \
+         last one closed for all (a worker stopped writing?); last window per symbol: \
+         {last_of_symbol:?}"
+    );
+    let (upto, tail): (Vec<Value>, Vec<Value>) = output
+        .iter()
+        .cloned()
+        .partition(|r| window_key(r).0 <= closed_by_all);
+    assert_exactly_the_replay(&upto, replay);
+    let want: BTreeMap<(String, String), &Value> =
+        replay.iter().map(|r| (window_key(r), r)).collect();
+    let mut seen = BTreeSet::new();
+    for row in &tail {
+        let k = window_key(row);
+        assert!(seen.insert(k.clone()), "window written twice: {row}");
+        let w = want
+            .get(&k)
+            .unwrap_or_else(|| panic!("{k:?} is not in the replay: {row}"));
+        assert_same_row(&k, row, w);
+    }
+}
+
+/// The status of a query with parallelism once it runs `n` workers as the
+/// status says: its current generation, phase Running, readyReplicas `n`,
+/// and one entry per worker, in index order, with its Deployment, a ready
+/// pod and figures of that pod's own (running, records read, an epoch
+/// committed).
+fn running_workers(ns: &str, name: &str, n: usize) -> Option<Value> {
+    let o = get(ns, "streamquery", name)?;
+    let s = &o["status"];
+    let workers = s["workers"].as_array()?;
+    let each = workers.iter().enumerate().all(|(i, w)| {
+        w["index"].as_u64() == Some(i as u64)
+            && w["deployment"].as_str() == Some(format!("{name}-w{i}").as_str())
+            && w["pod"].is_string()
+            && w["ready"].as_bool() == Some(true)
+            && w["workerState"].as_str() == Some("running")
+            && w["recordsIn"].as_u64().is_some_and(|r| r > 0)
+            && w["lastCheckpoint"]["id"].as_u64().is_some()
+    });
+    (s["observedGeneration"] == o["metadata"]["generation"]
+        && s["phase"] == "Running"
+        && s["readyReplicas"].as_u64() == Some(n as u64)
+        && workers.len() == n
+        && each)
+        .then(|| s.clone())
+}
+
+/// The value of `var` in the worker container of a Deployment's template.
+fn deployment_env(ns: &str, deployment: &str, var: &str) -> String {
+    kc(&[
+        "get",
+        "deployment",
+        "-n",
+        ns,
+        deployment,
+        "-o",
+        &format!("jsonpath={{.spec.template.spec.containers[0].env[?(@.name==\"{var}\")].value}}"),
+    ])
+}
+
+/// The pods of a workload as JSON objects (terminating ones included).
+fn pod_objects(ns: &str, instance: &str) -> Vec<Value> {
+    let list: Value = serde_json::from_str(&kc(&[
+        "get",
+        "pods",
+        "-n",
+        ns,
+        "-l",
+        &format!("tickflow.io/instance={instance}"),
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    list["items"].as_array().cloned().unwrap_or_default()
+}
+
+/// What Kafka's ConsumerGroupCommand says of consumer group `group`
+/// (stdout and stderr), read from the host.
+fn describe_group(host_brokers: &str, group: &str) -> String {
+    let out = kafka_tool(
+        "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+        &[
+            "--bootstrap-server",
+            host_brokers,
+            "--describe",
+            "--group",
+            group,
+        ],
+    );
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The offsets committed to `group` for `topic`, per partition, from
+/// [`describe_group`]'s table (GROUP TOPIC PARTITION CURRENT-OFFSET
+/// LOG-END-OFFSET LAG ...); partitions without a committed offset ("-")
+/// are left out.
+fn committed_offsets(described: &str, group: &str, topic: &str) -> BTreeMap<i32, i64> {
+    described
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() < 4 || f[0] != group || f[1] != topic {
+                return None;
+            }
+            Some((f[2].parse().ok()?, f[3].parse().ok()?))
+        })
+        .collect()
 }
 
 #[test]
@@ -481,6 +629,301 @@ fn the_readme_route_on_real_pods_stays_exactly_once_through_a_killed_pod_suspend
         output.len()
     );
     assert_exactly_the_replay(&output, &replay);
+}
+
+/// `spec.parallelism` on real pods: the README's query created on one worker
+/// (state in Kafka, no PVC) over a 6-partition ticks topic, scaled with
+/// `kubectl scale` to three worker pods while the input arrives. The old
+/// worker's final epoch on SIGTERM hands every partition's state and
+/// position to the new set through the query's state topic; the output,
+/// read in read_committed, is exactly the file replay: nothing lost,
+/// nothing written twice across the rescale.
+#[test]
+fn a_query_scaled_to_three_real_worker_pods_writes_exactly_the_replay() {
+    let (ns, _cleanup, servers) = real_node_test("rn-scale");
+    let _release = helm_install_operator(&ns, 1, &servers);
+    let ticks_topic = format!("{ns}-ticks");
+    let output_topic = format!("{ns}-ohlc-5s");
+
+    // Six partitions, so that each of three workers owns two (p mod 3).
+    // Ticks are keyed by symbol: the default eight symbols would leave some
+    // of six partitions empty (two with librdkafka's CRC32 partitioner);
+    // 24 fill every one (with CRC32 as with Java's murmur2), so every
+    // worker has input, which the waits below rely on.
+    let symbols: Vec<String> = (0..24).map(|i| format!("SYM{i:02}")).collect();
+    let mut producer = manifest("marketproducer.yaml");
+    producer["spec"]["topics"] = json!({
+        "marketTicks": ticks_topic,
+        "orderEvents": format!("{ns}-orders"),
+        "bookUpdates": format!("{ns}-books"),
+    });
+    producer["spec"]["partitions"] = json!(6);
+    producer["spec"]["symbols"] = json!(symbols);
+    let producer_name = producer["metadata"]["name"].as_str().unwrap().to_string();
+    apply_value(&ns, &producer);
+    let explain = || {
+        format!(
+            "{}\n{}",
+            kc(&["get", "sq,mp", "-n", &ns, "-o", "yaml"]),
+            describe(&ns, "sq,mp,deployments,pods,pvc")
+        )
+    };
+    // The query is applied once the producer has created the topic: its
+    // partition count decides which partitions each worker owns.
+    wait_for_or_explain(
+        "the producer writing to every partition of its 6-partition ticks topic",
+        Duration::from_secs(240),
+        || {
+            let s = status(&ns, "marketproducer", &producer_name);
+            s["recordsOut"].as_u64().filter(|n| *n > 0)?;
+            let ends = topic_end_offsets(&servers.host_brokers, &ticks_topic);
+            (ends.len() == 6 && ends.values().all(|e| *e > 0)).then_some(())
+        },
+        explain,
+    );
+
+    // The README's query on one worker, with parallelism: its state lives
+    // in Kafka from the start (parallelism is set at creation only).
+    let mut query = manifest("streamquery.yaml");
+    let spec = &mut query["spec"];
+    assert_eq!(
+        spec["upgradeMode"], "last-state",
+        "parallelism needs upgradeMode last-state"
+    );
+    spec["parallelism"] = json!(1);
+    spec["sources"] = json!([{"table": "market_ticks", "topic": ticks_topic}]);
+    assert_eq!(spec["sinks"][0]["stream"], "ohlc_5s");
+    spec["sinks"][0]["topic"] = json!(output_topic);
+    spec["outputFormat"] = json!("json");
+    let name = query["metadata"]["name"].as_str().unwrap().to_string();
+    apply_value(&ns, &query);
+    // The worker's --name (consumer group, state topic) is <namespace>.<name>.
+    let group = format!("tickflow-{ns}.{name}");
+    let state_topic = format!("{group}-state");
+
+    wait_for_or_explain(
+        "the query Running on one worker with records in and out and an epoch committed",
+        Duration::from_secs(240),
+        || running(&ns, &name, 1).and(running_workers(&ns, &name, 1)),
+        explain,
+    );
+    let w0 = ready_pod(&ns, &name).expect("one Ready worker pod");
+    assert!(w0.starts_with(&format!("{name}-w0-")), "{w0}");
+    assert_eq!(
+        deployment_env(&ns, &format!("{name}-w0"), "TICKFLOW_WORKERS"),
+        "1"
+    );
+    // No checkpoint volume: the pod mounts no PVC and the query has none.
+    let claims = kc(&[
+        "get",
+        "pod",
+        "-n",
+        &ns,
+        &w0,
+        "-o",
+        "jsonpath={.spec.volumes[*].persistentVolumeClaim.claimName}",
+    ]);
+    assert!(
+        claims.trim().is_empty(),
+        "the worker pod mounts PVC {claims}"
+    );
+    let pvcs = kc(&["get", "pvc", "-n", &ns, "-o", "name"]);
+    assert!(
+        pvcs.trim().is_empty(),
+        "a query with parallelism has a PVC: {pvcs}"
+    );
+    let logs = kc(&["logs", "-n", &ns, &w0]);
+    assert!(
+        logs.contains(&state_topic),
+        "the worker does not name the state topic {state_topic}: {logs}"
+    );
+
+    // 1 → 3 through the scale subresource, while the input keeps arriving.
+    kc(&["scale", &format!("sq/{name}"), "-n", &ns, "--replicas", "3"]);
+    let scaled = wait_for_or_explain(
+        "the query Running on three ready workers, each reading",
+        Duration::from_secs(240),
+        || running_workers(&ns, &name, 3),
+        explain,
+    );
+    // Three Ready pods, one per Deployment <name>-w0..w2, the ones the
+    // status lists; none of the old set is left, not even terminating.
+    let pods = pod_objects(&ns, &name);
+    let mut by_index: BTreeMap<String, String> = BTreeMap::new();
+    for p in &pods {
+        let pod = p["metadata"]["name"].as_str().unwrap();
+        let index = p["metadata"]["labels"]["tickflow.io/worker-index"]
+            .as_str()
+            .unwrap_or_else(|| panic!("pod {pod} has no worker index"));
+        assert!(
+            p["metadata"]["deletionTimestamp"].is_null(),
+            "pod {pod} is terminating after the rescale"
+        );
+        assert!(
+            pod.starts_with(&format!("{name}-w{index}-")),
+            "pod {pod} is not of Deployment {name}-w{index}"
+        );
+        let ready = p["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True");
+        assert!(ready, "pod {pod} is not Ready: {}", p["status"]);
+        assert!(
+            by_index
+                .insert(index.to_string(), pod.to_string())
+                .is_none(),
+            "two pods of worker {index}: {pods:?}"
+        );
+    }
+    let indexes: Vec<&str> = by_index.keys().map(String::as_str).collect();
+    assert_eq!(indexes, ["0", "1", "2"], "worker pods: {pods:?}");
+    let deployments = kc(&[
+        "get",
+        "deployments",
+        "-n",
+        &ns,
+        "-l",
+        &format!("tickflow.io/instance={name}"),
+        "-o",
+        "jsonpath={.items[*].metadata.name}",
+    ]);
+    let mut deployments: Vec<&str> = deployments.split_whitespace().collect();
+    deployments.sort();
+    let want: Vec<String> = (0..3).map(|i| format!("{name}-w{i}")).collect();
+    assert_eq!(deployments, want, "the worker Deployments");
+    for (i, w) in scaled["workers"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(
+            w["pod"].as_str(),
+            Some(by_index[&i.to_string()].as_str()),
+            "status.workers[{i}]: {w}"
+        );
+        let deployment = format!("{name}-w{i}");
+        assert_eq!(
+            deployment_env(&ns, &deployment, "TICKFLOW_WORKERS"),
+            "3",
+            "{deployment}"
+        );
+        assert_eq!(
+            deployment_env(&ns, &deployment, "TICKFLOW_WORKER_INDEX"),
+            i.to_string(),
+            "{deployment}"
+        );
+        assert_eq!(
+            deployment_env(&ns, &deployment, "TICKFLOW_STATE_STORE"),
+            "kafka",
+            "{deployment}"
+        );
+        // Each new worker started from the partition states the single
+        // worker committed, not from scratch.
+        let pod = &by_index[&i.to_string()];
+        let logs = kc(&["logs", "-n", &ns, pod]);
+        assert!(
+            logs.lines().any(|l| l
+                .contains("restoring the state of the partitions this worker owns")
+                && l.contains(&format!("w{i}/3"))),
+            "worker {i} ({pod}) restored no partition state: {logs}"
+        );
+    }
+
+    // The new set goes on with the live input: every worker writes output
+    // and the summed records-in grows. (Not compared with the figure before
+    // the scale: a worker's figures count from its own pod's start.)
+    let read_at_scale = scaled["recordsIn"].as_u64().unwrap();
+    let going = wait_for_or_explain(
+        &format!("every new worker writing output and the records in growing past {read_at_scale}"),
+        Duration::from_secs(240),
+        || {
+            let s = running_workers(&ns, &name, 3)?;
+            let writing = s["workers"]
+                .as_array()?
+                .iter()
+                .all(|w| w["recordsOut"].as_u64().is_some_and(|n| n > 0));
+            (writing && s["recordsIn"].as_u64()? > read_at_scale).then_some(s)
+        },
+        explain,
+    );
+    let summed: u64 = going["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["recordsIn"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        going["recordsIn"].as_u64(),
+        Some(summed),
+        "status.recordsIn is not the sum of the workers': {going}"
+    );
+
+    // The input stops; every worker catches up with its partitions.
+    set_state(&ns, "marketproducer", &producer_name, "suspended");
+    wait_for("the producer's pod gone", Duration::from_secs(120), || {
+        pods_of(&ns, &producer_name).is_empty().then_some(())
+    });
+    let ends = topic_end_offsets(&servers.host_brokers, &ticks_topic);
+    assert_eq!(ends.len(), 6, "{ends:?}");
+    wait_for_or_explain(
+        "the three workers caught up with the stopped input",
+        Duration::from_secs(180),
+        || {
+            let s = running_workers(&ns, &name, 3)?;
+            let each = s["workers"]
+                .as_array()?
+                .iter()
+                .all(|w| w["lag"].as_i64() == Some(0));
+            (each && s["lag"].as_i64() == Some(0)).then_some(())
+        },
+        explain,
+    );
+
+    // Suspend: every worker's final epoch on SIGTERM commits its output,
+    // its partitions' state and their positions in one transaction; each
+    // partition's committed position is then the end of the input.
+    suspend_query(&ns, &name, explain);
+    wait_for_or_explain(
+        "every partition's committed offset at the end of the input",
+        Duration::from_secs(120),
+        || {
+            let described = describe_group(&servers.host_brokers, &group);
+            (committed_offsets(&described, &group, &ticks_topic) == ends).then_some(())
+        },
+        || {
+            format!(
+                "ends {ends:?}\n{}",
+                describe_group(&servers.host_brokers, &group)
+            )
+        },
+    );
+    // The state went through Kafka, in the query's one-partition state topic.
+    let state_ends = topic_end_offsets(&servers.host_brokers, &state_topic);
+    assert!(
+        state_ends.len() == 1 && state_ends.get(&0).is_some_and(|e| *e > 0),
+        "state topic {state_topic}: {state_ends:?}"
+    );
+
+    // The output, read in read_committed, is exactly the file replay:
+    // windows the single worker closed, windows open across the rescale
+    // (closed by the new set from the moved state) and windows of the three
+    // workers alone, each once.
+    let work = tempfile::tempdir().unwrap();
+    let replay = file_replay(&ticks_topic, &servers, work.path());
+    let output = read_committed(&servers.host_brokers, &output_topic);
+    let written: BTreeSet<&str> = output.iter().filter_map(|r| r["symbol"].as_str()).collect();
+    let all: BTreeSet<&str> = symbols.iter().map(String::as_str).collect();
+    assert_eq!(
+        written, all,
+        "symbols in the committed output of {output_topic}"
+    );
+    let windows: BTreeSet<&str> = output
+        .iter()
+        .filter_map(|r| r["window_start"].as_str())
+        .collect();
+    assert!(
+        windows.len() >= 4,
+        "only {} windows committed in {output_topic}",
+        windows.len()
+    );
+    assert_exactly_the_replay_of_workers(&output, &replay);
 }
 
 #[test]
