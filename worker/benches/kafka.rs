@@ -5,7 +5,8 @@
 //!
 //! Needs the test broker and registry: `tests/kafka/kafka.sh start` and
 //! `tests/schema_registry/registry.sh start` (started here if not running).
-//! Run: `cargo bench -p tickflow-worker --bench kafka`
+//! Run: `cargo bench -p tickflow-worker --bench kafka`; with
+//! `TICKFLOW_BENCH=workers`, instead: one query on 1 vs 2 worker processes.
 
 #[path = "../tests/kafka_common/mod.rs"]
 mod kafka_common;
@@ -151,7 +152,97 @@ fn query_options(
 /// Wall-clock length of the latency run.
 const LATENCY_RUN_SECS: u64 = 120;
 
+/// Ticks of the workers comparison.
+const WORKER_TICKS: u64 = 2_000_000;
+/// Partitions of its topic (every worker set divides them evenly).
+const WORKER_PARTITIONS: usize = 6;
+
+/// One query (`ohlc_5s`, Avro in, JSON out, exactly-once) over the same
+/// 6-partition topic, run to its end by 1 and by 2 worker processes
+/// (`--workers`, state in Kafka), three rounds each, alternating. A set's
+/// throughput is the topic's records over the wall time from the first
+/// worker's start to the last one's exit, start-up included for both.
+fn workers_benchmark() {
+    let e = env();
+    let topics = Topics::new("bench-workers");
+    let symbols: Vec<String> = (0..24).map(|i| format!("SYM{i:02}")).collect();
+    let t = Instant::now();
+    let produced = kafka_common::run_ok(
+        kafka_common::worker()
+            .args([
+                "produce",
+                "--brokers",
+                &e.brokers,
+                "--schema-registry",
+                &e.registry,
+            ])
+            .args(["--seed", "8", "--count", &WORKER_TICKS.to_string()])
+            .args(["--symbols", &symbols.join(","), "--jitter", "300ms"])
+            .args(["--partitions", &WORKER_PARTITIONS.to_string()])
+            .args(topics.produce_args()),
+    );
+    assert_eq!(produced["ticks"], WORKER_TICKS);
+    println!(
+        "produced {WORKER_TICKS} ticks into {WORKER_PARTITIONS} partitions in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let sql = kafka_common::repo().join("sql/ohlc_5s.sql");
+    let run_set = |workers: usize| -> f64 {
+        let name = unique("bench-w");
+        let started = Instant::now();
+        let running: Vec<kafka_common::Drained> = (0..workers)
+            .map(|i| {
+                kafka_common::spawn_drained(
+                    kafka_common::worker()
+                        .args(["query", "--sql"])
+                        .arg(&sql)
+                        .args(["--brokers", &e.brokers, "--schema-registry", &e.registry])
+                        .args(["--input", &format!("market_ticks=kafka:{}", topics.ticks)])
+                        .args(["--output", &format!("ohlc_5s=kafka:{name}-out")])
+                        .args(["--output-format", "json", "--bounded", "--name", &name])
+                        .args(["--state-store", "kafka", "--workers", &workers.to_string()])
+                        .args(["--worker-index", &i.to_string()]),
+                )
+            })
+            .collect();
+        let read: u64 = running
+            .into_iter()
+            .map(|w| w.wait_ok()["records_in"].as_u64().unwrap())
+            .sum();
+        assert_eq!(read, WORKER_TICKS);
+        WORKER_TICKS as f64 / started.elapsed().as_secs_f64()
+    };
+    let mut rows = Vec::new();
+    for round in 0..3 {
+        let one = run_set(1);
+        let two = run_set(2);
+        rows.push((round, one, two));
+    }
+    println!(
+        "\nohlc_5s over {WORKER_PARTITIONS} partitions: 1 vs 2 worker processes (state in Kafka)"
+    );
+    println!(
+        "{:<6} {:>16} {:>16} {:>8}",
+        "round", "1 worker msg/s", "2 workers msg/s", "speed-up"
+    );
+    for (r, one, two) in &rows {
+        println!("{r:<6} {one:>16.0} {two:>16.0} {:>7.2}x", two / one);
+    }
+    let best_one = rows.iter().map(|r| r.1).fold(0.0, f64::max);
+    let best_two = rows.iter().map(|r| r.2).fold(0.0, f64::max);
+    println!(
+        "{:<6} {best_one:>16.0} {best_two:>16.0} {:>7.2}x  (scaling efficiency {:.2})",
+        "best",
+        best_two / best_one,
+        best_two / best_one / 2.0
+    );
+}
+
 fn main() {
+    if std::env::var("TICKFLOW_BENCH").as_deref() == Ok("workers") {
+        workers_benchmark();
+        return;
+    }
     // Throughput: one topic, read twice.
     let topics = Topics::new("bench");
     let t = Instant::now();

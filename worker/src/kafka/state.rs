@@ -60,10 +60,31 @@ impl StateTopic {
         &self.topic
     }
 
-    /// Creates the topic (one compacted partition) if it is missing.
+    /// Creates the topic (one compacted partition) if it is missing, and
+    /// refuses one that has several partitions (states would go to
+    /// partitions that are never read).
     pub fn ensure(&self, replication: i32) -> anyhow::Result<()> {
         let topics = [self.topic.clone()];
-        super::admin::ensure_topics_compacted(&self.config, &topics, &topics, 1, replication)
+        super::admin::ensure_topics_compacted(&self.config, &topics, &topics, 1, replication)?;
+        let client = self
+            .consumer("read_uncommitted")
+            .map_err(anyhow::Error::msg)?;
+        let md = client
+            .fetch_metadata(Some(&self.topic), CALL_TIMEOUT)
+            .map_err(|e| client.context().explain(&self.config.brokers, &e))?;
+        let partitions = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == self.topic)
+            .map_or(0, |t| t.partitions().len());
+        if partitions != 1 {
+            anyhow::bail!(
+                "state topic {} has {partitions} partitions; it must have exactly one (delete it \
+                 and let the worker create it, compacted, with one partition)",
+                self.topic
+            );
+        }
+        Ok(())
     }
 
     /// The latest value of every key (`None`: a tombstone), once no
@@ -81,9 +102,11 @@ impl StateTopic {
         let started = Instant::now();
         // ListOffsets answers with the isolation level of the asking client:
         // the last stable offset for a read_committed one, the log end else.
+        // Only transactions open now matter (a dead worker's); those that
+        // live workers open later write partitions this worker does not own.
+        let (_, end) = watermarks(&uncommitted, &self.topic).map_err(kafka)?;
         let (low, stable) = loop {
             let (low, stable) = watermarks(&committed, &self.topic).map_err(kafka)?;
-            let (_, end) = watermarks(&uncommitted, &self.topic).map_err(kafka)?;
             if stable >= end {
                 break (low, stable);
             }

@@ -710,10 +710,12 @@ impl Runner {
     /// partition has a state from the first moment the worker runs.
     fn start_shared(&mut self, progress: &mut Progress) -> Result<(), RunError> {
         self.opts.status.set_state(WorkerState::Recovering);
-        progress.restoring = true;
         for sink in &mut self.sinks {
             sink.start(None, &Positions::new())?;
         }
+        // Only loading and restoring the state repeat their failure on
+        // every attempt; the sinks' start may just wait for the broker.
+        progress.restoring = true;
         let shared = self.shared.as_mut().expect("shared run");
         let owned = shared.share.owned(shared.partitions);
         let states = if self.opts.start_fresh {
@@ -820,11 +822,14 @@ impl Runner {
                  and this run has no Kafka output"
             )));
         }
-        progress.checkpoint_stored = true;
         faults::crash_point("after-checkpoint", self.summary.checkpoints_written + 1);
         for sink in &mut self.sinks {
             sink.commit(epoch, &positions)?;
         }
+        // Nothing is durable before the commit (state and output are in
+        // one transaction): until then a failover may still start fresh
+        // and from the first attempt's positions.
+        progress.checkpoint_stored = true;
         progress.checkpoint_committed = true;
         self.observe_latencies();
         faults::crash_point("after-commit", self.summary.checkpoints_written + 1);
@@ -998,13 +1003,14 @@ impl Deferred {
     }
 }
 
-/// Says in the log how the query runs: split by key on threads, or as one
-/// (and why), so a user asking for threads learns why a query does not
-/// use them.
+/// Whether this run reads `partition` (every partition outside a shared run).
 fn shared_owns(shared: &Option<SharedState>, partition: usize) -> bool {
     shared.as_ref().is_none_or(|s| s.share.owns(partition))
 }
 
+/// Says in the log how the query runs: split by key on threads, or as one
+/// (and why), so a user asking for threads learns why a query does not
+/// use them.
 fn log_parallelism(pipeline: &Pipeline) {
     match pipeline.partitioning() {
         Partitioning::ByKey(columns) if pipeline.key_groups() > 1 => tracing::info!(

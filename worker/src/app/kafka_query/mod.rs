@@ -172,6 +172,14 @@ fn run_attempt(
         )));
     }
     let group = format!("tickflow-{}", opts.name);
+    if opts.share.is_some() && opts.start_fresh_if_no_checkpoint {
+        // Each stateless revision would start empty, but the state topic
+        // is the query's, not a revision's.
+        return Err(RunError::Setup(anyhow::anyhow!(
+            "--start-fresh-if-no-checkpoint (upgradeMode: stateless) needs a checkpoint volume; \
+             a query with its state in Kafka restores it on every start (upgradeMode: last-state)"
+        )));
+    }
     if let (Some(_), false) = (opts.share, tables.is_empty()) {
         return Err(RunError::Setup(anyhow::anyhow!(
             "PostgreSQL outputs keep their epochs with a checkpoint volume: a query with its state \
