@@ -243,6 +243,9 @@ pub struct Pipeline {
     threads: usize,
     /// Key groups follow the sources' partitions ([`Pipeline::group_by_partition`]).
     by_partition: bool,
+    /// With `by_partition`: the partitions this process reads, whose groups
+    /// are dealt to the threads.
+    read_partitions: Option<Vec<usize>>,
 }
 
 /// One key group's state ([`Pipeline::snapshot_groups`]): each stream's
@@ -314,6 +317,7 @@ impl Pipeline {
             read,
             threads: config.parallelism,
             by_partition: false,
+            read_partitions: None,
         };
         pipeline.start_key_groups(count)?;
         Ok(pipeline)
@@ -336,8 +340,13 @@ impl Pipeline {
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;
-        self.groups =
-            parallel::KeyGroups::start(graphs, key_columns, self.by_partition, self.threads);
+        self.groups = parallel::KeyGroups::start(
+            graphs,
+            key_columns,
+            self.by_partition,
+            self.threads,
+            self.read_partitions.as_deref(),
+        );
         Ok(())
     }
 
@@ -345,9 +354,15 @@ impl Pipeline {
     /// partition, and rows of partition `p` go to group `p` whole. For
     /// sources partitioned by the query's key already (a Kafka topic keyed
     /// by it), so that each partition's state can be saved and moved on its
-    /// own: a query on several workers, each owning some partitions. Fails
-    /// for a query that does not split by key. Call before a restore.
-    pub fn group_by_partition(&mut self, partitions: usize) -> Result<(), EngineError> {
+    /// own: a query on several workers, each owning some partitions
+    /// (`read`: the ones this process reads, whose groups its threads
+    /// share). Fails for a query that does not split by key. Call before a
+    /// restore.
+    pub fn group_by_partition(
+        &mut self,
+        partitions: usize,
+        read: &[usize],
+    ) -> Result<(), EngineError> {
         if let Partitioning::Whole(why) = &self.partitioning {
             return Err(EngineError::IncompatibleState(format!(
                 "the query cannot be split by key ({why}), so it runs on one worker"
@@ -359,6 +374,7 @@ impl Pipeline {
             )));
         }
         self.by_partition = true;
+        self.read_partitions = Some(read.to_vec());
         self.start_key_groups(partitions)
     }
 

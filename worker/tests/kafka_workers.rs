@@ -110,8 +110,15 @@ fn three_workers_on_six_partitions_commit_exactly_the_rows_of_one_worker() {
     let (reference, ref_summary) = reference(&sql, &topics, dir.path());
 
     let name = unique("workers3");
+    // Worker 0 also runs its two partitions on two engine threads.
     let workers: Vec<Drained> = (0..3)
-        .map(|i| spawn_drained(with_share(query(&sql, &topics, &name), i, 3).arg("--bounded")))
+        .map(|i| {
+            let mut c = with_share(query(&sql, &topics, &name), i, 3);
+            if i == 0 {
+                c.args(["--parallelism", "2"]);
+            }
+            spawn_drained(c.arg("--bounded"))
+        })
         .collect();
     let summaries: Vec<serde_json::Value> = workers.into_iter().map(Drained::wait_ok).collect();
     // Every record was read by exactly one worker.
@@ -152,7 +159,7 @@ fn state_writes(name: &str) -> BTreeMap<String, usize> {
 /// with SIGTERM and returns their summaries.
 fn run_a_while(sql: &Path, topics: &Topics, name: &str, workers: usize) -> Vec<serde_json::Value> {
     let before = state_writes(name);
-    let running: Vec<Drained> = (0..workers)
+    let mut running: Vec<Drained> = (0..workers)
         .map(|i| spawn_drained(&mut with_share(query(sql, topics, name), i, workers)))
         .collect();
     let deadline = Instant::now() + HANG_GUARD;
@@ -164,6 +171,14 @@ fn run_a_while(sql: &Path, topics: &Topics, name: &str, workers: usize) -> Vec<s
         });
         if progressed {
             break;
+        }
+        if let Some(w) = running.iter_mut().position(|w| w.try_wait().is_some()) {
+            let out = running.swap_remove(w).wait_with_output();
+            panic!(
+                "a worker of {workers} exited early ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         assert!(
             Instant::now() < deadline,
@@ -202,6 +217,17 @@ fn rescaling_three_to_two_to_four_workers_mid_input_loses_and_duplicates_nothing
         "--speed",
         "20",
     ]));
+    // The topics exist and every partition has records before a worker starts.
+    let deadline = Instant::now() + HANG_GUARD;
+    while log_end_offsets(&env().brokers, &topics.ticks)
+        .values()
+        .filter(|&&o| o > 0)
+        .count()
+        < PARTITIONS
+    {
+        assert!(Instant::now() < deadline, "the producer wrote nothing");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let sql = sql_file(dir.path());
     let name = unique("rescale");
     let three = run_a_while(&sql, &topics, &name, 3);

@@ -66,17 +66,27 @@ impl KeyGroups {
     /// group numbered like the partition they came from (sources whose
     /// partitions each hold a share of the keys, as a Kafka topic keyed by
     /// the key column does).
+    ///
+    /// Groups are dealt to the threads in turn; with `busy`, only those are
+    /// (the partitions a worker of several reads), and the others, which
+    /// never get rows, stay on the caller's thread.
     pub(crate) fn start(
         graphs: Vec<StreamGraph>,
         key_columns: BTreeMap<String, usize>,
         by_partition: bool,
         threads: usize,
+        busy: Option<&[usize]>,
     ) -> Self {
         let count = graphs.len();
-        let threads = threads.clamp(1, count);
+        let dealt = busy.map_or(count, <[usize]>::len);
+        let threads = threads.clamp(1, dealt.max(1));
+        let thread_of = |g: usize| match busy {
+            None => g % threads,
+            Some(busy) => busy.iter().position(|&b| b == g).map_or(0, |i| i % threads),
+        };
         let mut shards: Vec<Shard> = (0..threads).map(|_| Shard { groups: Vec::new() }).collect();
         for (g, graph) in graphs.into_iter().enumerate() {
-            shards[g % threads].groups.push((g, graph));
+            shards[thread_of(g)].groups.push((g, graph));
         }
         let mut shards = shards.into_iter();
         let local = shards.next().expect("at least one thread");

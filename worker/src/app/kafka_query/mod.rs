@@ -154,7 +154,7 @@ fn run_attempt(
             let n = workers::source_partitions(&opts.kafka, &pipeline, &bindings, share)
                 .map_err(RunError::Setup)?;
             pipeline
-                .group_by_partition(n)
+                .group_by_partition(n, &share.owned(n))
                 .map_err(|e| RunError::Setup(e.into()))?;
             Some(n)
         }
