@@ -947,6 +947,12 @@ fn run(command: Command) -> anyhow::Result<()> {
                     p.display()
                 );
             }
+            if a.workers.is_some_and(|n| n > 1) || a.state_store == Some(StateStore::Kafka) {
+                anyhow::bail!(
+                    "--workers and --state-store kafka split a query by Kafka partition: a replay \
+                     of files runs in one process (--parallelism for its threads)"
+                );
+            }
             let mut opts = query::QueryOptions::new(sql, a.sql.display().to_string());
             opts.postgres = a.postgres()?;
             opts.name = a.query_name();

@@ -292,6 +292,27 @@ fn queries_that_cannot_be_split_and_too_many_workers_are_refused_before_reading(
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("not below --workers 2"), "{stderr}");
+
+    // Files have no partitions to share.
+    let out = worker()
+        .args(["query", "--sql"])
+        .arg(&sql)
+        .args([
+            "--input",
+            "market_ticks=ticks.jsonl",
+            "--workers",
+            "2",
+            "--worker-index",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("a replay of files runs in one process"),
+        "{stderr}"
+    );
 }
 
 /// A worker of three dies (at the dangerous points around its commit, then
