@@ -5,6 +5,8 @@
 use std::collections::BTreeSet;
 
 use tickflow_crds::{Format, StreamQuerySpec};
+use tickflow_engine::parallel::partition::partitioning;
+use tickflow_engine::plan::PlannedSql;
 use tickflow_engine::{Catalog, SourceFormat, output_topic, plan_sql};
 
 /// What the planner says the query reads and writes.
@@ -111,6 +113,9 @@ pub fn check(spec: &StreamQuerySpec, sql: &str) -> Result<CheckedQuery, String> 
             k.stream
         ));
     }
+    if spec.parallelism.is_some() {
+        check_parallel(spec, &planned)?;
+    }
     // A stream other streams read (an intermediate one) writes a topic
     // only when a sink names it.
     let outputs = streams
@@ -136,6 +141,30 @@ pub fn check(spec: &StreamQuerySpec, sql: &str) -> Result<CheckedQuery, String> 
     })
 }
 
+/// What a query on several workers needs, as the worker checks it before
+/// reading: a query split by its sources' Kafka keys, and Kafka sinks only.
+/// (The partition counts are the worker's to check: the topics may not
+/// exist yet.)
+fn check_parallel(spec: &StreamQuerySpec, planned: &PlannedSql) -> Result<(), String> {
+    let tables = planned
+        .tables_read()
+        .into_iter()
+        .filter_map(|t| planned.catalog.get(t));
+    if let Some(why) = partitioning(planned).refuses_split_by_partition(tables) {
+        return Err(format!(
+            "spec.parallelism: {why}, so it cannot run on several workers (create it without parallelism)"
+        ));
+    }
+    if let Some(k) = spec.sinks.iter().find(|k| k.table.is_some()) {
+        return Err(format!(
+            "spec.parallelism: stream `{}` goes to a PostgreSQL table; a query on several workers \
+             writes Kafka topics only",
+            k.stream
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,6 +187,31 @@ mod tests {
         assert_eq!(
             n, 12,
             "a query file was added or removed: update this count and its manifest"
+        );
+    }
+
+    #[test]
+    fn parallelism_takes_queries_that_split_by_their_sources_kafka_key_only() {
+        let sql_of = |name: &str| {
+            let path =
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../sql/{name}.sql"));
+            std::fs::read_to_string(path).unwrap()
+        };
+        let parallel = spec(r#"{"parallelism": 3}"#);
+        assert!(check(&parallel, &sql_of("ohlc_5s")).is_ok());
+        // The same query is fine without parallelism either way.
+        assert!(check(&spec("{}"), &sql_of("risk_alerts")).is_ok());
+        let err = check(&parallel, &sql_of("risk_alerts")).unwrap_err();
+        assert!(
+            err.starts_with("spec.parallelism: the query does not split by key"),
+            "{err}"
+        );
+        let global = "CREATE STREAM n AS SELECT COUNT(*) AS trades FROM market_ticks \
+                      GROUP BY TUMBLE(ts, INTERVAL '5' SECOND) EMIT ON WINDOW CLOSE;";
+        assert!(
+            check(&parallel, global)
+                .unwrap_err()
+                .contains("does not split by key")
         );
     }
 

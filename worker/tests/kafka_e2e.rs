@@ -741,14 +741,7 @@ fn a_running_query_reports_status_and_metrics_and_checkpoints_on_sigterm() {
     assert!(metrics.contains("# TYPE tickflow_consumer_lag gauge"));
 
     // SIGTERM: a final checkpoint and commit, then a clean exit.
-    let pid = child.id().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    child.terminate();
     let summary = child.wait_ok();
     assert_eq!(summary["stopped"], true);
     assert!(summary["checkpoints_written"].as_u64().unwrap() >= 1);

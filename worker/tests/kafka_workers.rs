@@ -187,14 +187,7 @@ fn run_a_while(sql: &Path, topics: &Topics, name: &str, workers: usize) -> Vec<s
         std::thread::sleep(Duration::from_millis(100));
     }
     for w in &running {
-        let pid = w.id().to_string();
-        assert!(
-            std::process::Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
+        w.terminate();
     }
     let summaries: Vec<serde_json::Value> = running.into_iter().map(Drained::wait_ok).collect();
     assert!(

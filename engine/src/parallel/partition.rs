@@ -17,6 +17,7 @@ use arrow::datatypes::DataType;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::Column;
 
+use crate::catalog::SourceDef;
 use crate::plan::{GroupSlot, PlannedSql, RowStep, StreamKind};
 
 /// How a query's rows are split into key groups.
@@ -27,6 +28,40 @@ pub enum Partitioning {
     ByKey(BTreeMap<String, usize>),
     /// One key group; why the query cannot be split.
     Whole(String),
+}
+
+impl Partitioning {
+    /// Why splitting the query's rows by source partition (instead of by a
+    /// hash of the key) would not keep each key's rows together, if it
+    /// would not: the query does not split by key, or a source table is
+    /// keyed (in Kafka, by its declared key columns) by something other
+    /// than the column the query splits it by. `tables` are the source
+    /// tables the query reads.
+    pub fn refuses_split_by_partition<'a>(
+        &self,
+        tables: impl IntoIterator<Item = &'a SourceDef>,
+    ) -> Option<String> {
+        let columns = match self {
+            Self::ByKey(columns) => columns,
+            Self::Whole(why) => return Some(format!("the query does not split by key ({why})")),
+        };
+        tables.into_iter().find_map(|def| {
+            let column = columns
+                .get(&def.name)
+                .or_else(|| columns.get(&def.name.to_ascii_lowercase()))
+                .map(|&i| def.schema.field(i).name().clone());
+            match column {
+                Some(c) if def.key_columns == [c.clone()] => None,
+                _ => Some(format!(
+                    "table `{}` is keyed by ({}), but the query splits it by {}: its \
+                     partitions do not each hold whole keys of the query",
+                    def.name,
+                    def.key_columns.join(", "),
+                    column.map_or_else(|| "no column".into(), |c| format!("`{c}`"))
+                )),
+            }
+        })
+    }
 }
 
 /// Decides how `planned` splits.

@@ -833,26 +833,14 @@ impl Runner {
         progress.checkpoint_committed = true;
         self.observe_latencies();
         faults::crash_point("after-commit", self.summary.checkpoints_written + 1);
-        self.next_epoch += 1;
-        self.summary.checkpoints_written += 1;
-        let info = CheckpointInfo {
+        self.committed(CheckpointInfo {
             id: epoch,
             path: std::path::PathBuf::new(),
             bytes,
             duration: t0.elapsed(),
             created_at_ms: crate::clock::now_ms(),
             pruned_for_space: Vec::new(),
-        };
-        self.opts.status.update(|s| {
-            s.checkpoints += 1;
-            s.last_checkpoint = Some(CheckpointStatus {
-                id: info.id,
-                time_ms: info.created_at_ms,
-                bytes: info.bytes,
-                duration_ms: info.duration.as_millis() as u64,
-            });
         });
-        self.last_checkpoint = Some(info);
         Ok(())
     }
 
@@ -925,8 +913,6 @@ impl Runner {
         progress.checkpoint_committed = true;
         self.observe_latencies();
         faults::crash_point("after-commit", nth);
-        self.next_epoch += 1;
-        self.summary.checkpoints_written += 1;
         tracing::debug!(
             id = info.id,
             bytes = info.bytes,
@@ -934,6 +920,14 @@ impl Runner {
             total_ms = t0.elapsed().as_millis() as u64,
             "checkpoint committed"
         );
+        self.committed(info);
+        Ok(())
+    }
+
+    /// An epoch committed: the next one opens, and the status shows it.
+    fn committed(&mut self, info: CheckpointInfo) {
+        self.next_epoch += 1;
+        self.summary.checkpoints_written += 1;
         self.opts.status.update(|s| {
             s.checkpoints += 1;
             s.last_checkpoint = Some(CheckpointStatus {
@@ -944,7 +938,6 @@ impl Runner {
             });
         });
         self.last_checkpoint = Some(info);
-        Ok(())
     }
 
     fn publish_status(&self) {

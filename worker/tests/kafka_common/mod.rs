@@ -155,6 +155,14 @@ impl Drained {
         self.child.id()
     }
 
+    /// SIGTERM, as the kubelet stops a pod: the worker commits a final
+    /// epoch and exits.
+    pub fn terminate(&self) {
+        let pid = self.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "SIGTERM to worker {pid}");
+    }
+
     pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().expect("wait on the worker")
     }

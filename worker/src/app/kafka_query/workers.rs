@@ -17,7 +17,7 @@ use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::checkpoint::partitioned::{self, PartitionState};
-use crate::engine::{Partitioning, Pipeline};
+use crate::engine::Pipeline;
 use crate::kafka::state::{StateTopic, StateTopicError};
 use crate::kafka::{ClientErrors, KafkaConfig};
 use crate::runner::{ConnectorError, PartitionStore, WorkerShare};
@@ -35,30 +35,14 @@ pub(super) fn source_partitions(
     bindings: &[TopicBinding],
     share: WorkerShare,
 ) -> anyhow::Result<usize> {
-    let columns = match pipeline.partitioning() {
-        Partitioning::ByKey(columns) => columns,
-        Partitioning::Whole(why) => bail!(
-            "this query cannot run on several workers or keep its state in Kafka: it does not \
-             split by key ({why}). Run it on one worker with --state-store volume"
-        ),
-    };
-    for b in bindings {
-        let def = pipeline.source(&b.table).expect("bound from the pipeline");
-        let column = columns
-            .get(&b.table)
-            .or_else(|| columns.get(&b.table.to_ascii_lowercase()))
-            .map(|&i| def.schema.field(i).name().clone());
-        match column {
-            Some(c) if def.key_columns == [c.clone()] => {}
-            _ => bail!(
-                "table `{}` is keyed by ({}) in Kafka, but the query splits it by {}: its \
-                 partitions do not each hold whole keys of the query, so it cannot be split \
-                 across workers. Run it on one worker with --state-store volume",
-                b.table,
-                def.key_columns.join(", "),
-                column.map_or_else(|| "no column".into(), |c| format!("`{c}`"))
-            ),
-        }
+    let tables = bindings
+        .iter()
+        .map(|b| pipeline.source(&b.table).expect("bound from the pipeline"));
+    if let Some(why) = pipeline.partitioning().refuses_split_by_partition(tables) {
+        bail!(
+            "this query cannot run on several workers or keep its state in Kafka: {why}. Run it \
+             on one worker with --state-store volume"
+        );
     }
     let counts = partition_counts(config, bindings)?;
     let mut distinct: Vec<usize> = counts.values().copied().collect();
