@@ -95,6 +95,16 @@ impl Context {
         self.count_remembered();
     }
 
+    /// Whether this process applied objects with fingerprint `print` for
+    /// `key` within [`REAPPLY_EVERY`].
+    fn applied_recently(&self, key: &str, print: &str) -> bool {
+        self.applied
+            .lock()
+            .unwrap()
+            .get(key)
+            .is_some_and(|(f, at)| f == print && at.elapsed() < REAPPLY_EVERY)
+    }
+
     /// Entries remembered per object: (applied, failures).
     pub fn remembered(&self) -> (usize, usize) {
         (
@@ -208,12 +218,7 @@ where
     Fut: std::future::Future<Output = Result<Applied<T>, Error>>,
 {
     let print = fingerprint(objects);
-    let recent = ctx
-        .applied
-        .lock()
-        .unwrap()
-        .get(&key)
-        .is_some_and(|(f, at)| *f == print && at.elapsed() < REAPPLY_EVERY);
+    let recent = ctx.applied_recently(&key, &print);
     if recent && let Some(live) = unchanged_deployment(deployments, desired).await? {
         return Ok((live, None));
     }
@@ -951,12 +956,7 @@ async fn apply_workers(
     );
     let print = fingerprint(&objects);
     let k = key(q);
-    let recent = ctx
-        .applied
-        .lock()
-        .unwrap()
-        .get(&k)
-        .is_some_and(|(f, at)| *f == print && at.elapsed() < REAPPLY_EVERY);
+    let recent = ctx.applied_recently(&k, &print);
     let live_of = |want: &Deployment| {
         live.iter()
             .find(|l| l.metadata.name == want.metadata.name)

@@ -1094,6 +1094,21 @@ mod tests {
     use super::*;
     use crate::sql_check;
 
+    /// The spec hash a Deployment's pod template carries.
+    fn template_hash(d: &Deployment) -> String {
+        d.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .as_ref()
+            .unwrap()[SPEC_HASH_ANNOTATION]
+            .clone()
+    }
+
     fn query(yaml: &str) -> StreamQuery {
         let mut q: StreamQuery = serde_yaml::from_str(yaml).unwrap();
         q.metadata.uid = Some("uid-1".into());
@@ -1263,20 +1278,7 @@ spec:
         let mut s = q.clone();
         s.spec.state = RunState::Suspended;
         assert_eq!(objects(&s).deployment.spec.unwrap().replicas, Some(0));
-        let hash = |o: &StreamQueryObjects| {
-            o.deployment
-                .spec
-                .as_ref()
-                .unwrap()
-                .template
-                .metadata
-                .as_ref()
-                .unwrap()
-                .annotations
-                .as_ref()
-                .unwrap()[SPEC_HASH_ANNOTATION]
-                .clone()
-        };
+        let hash = |o: &StreamQueryObjects| template_hash(&o.deployment);
         // Suspending does not change the pod template (no needless new ReplicaSet).
         assert_eq!(hash(&base), hash(&objects(&s)));
         let mut n = q.clone();
@@ -1652,19 +1654,7 @@ spec:
     #[test]
     fn a_new_number_of_workers_changes_every_template_and_slots_say_which_set() {
         let q = query(OHLC);
-        let hash = |d: &Deployment| {
-            d.spec
-                .as_ref()
-                .unwrap()
-                .template
-                .metadata
-                .as_ref()
-                .unwrap()
-                .annotations
-                .as_ref()
-                .unwrap()[SPEC_HASH_ANNOTATION]
-                .clone()
-        };
+        let hash = template_hash;
         let one = parallel(&q, 1);
         let three = parallel(&q, 3);
         // Worker 0 owns other partitions with 3 workers than with 1.
