@@ -5,6 +5,11 @@
 //! (a) `confluent::unframe` + tickflow's `AvroDecoder` → 8192-row record batches;
 //! (b) `confluent::unframe` + `apache_avro::from_avro_datum` into `Value`s (the
 //!     crate's generic decoding) over the same bytes.
+//! and the same records as JSON lines (`ts` as epoch milliseconds, as the
+//! simulator writes files), decoded in chunks of 8192 lines:
+//! (c) `JsonLinesDecoder` (the flat-record fast path);
+//! (d) the same decoder with arrow-json alone (`without_fast_path`), the
+//!     reference; the two must give equal batches.
 //! Each is repeated several times; the best run counts. Run with
 //! `cargo bench -p tickflow-worker --bench decode`.
 
@@ -12,10 +17,14 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arrow::array::{Array, AsArray};
 use arrow::array::{
     ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
 };
-use tickflow_worker::codec::{AvroDecoder, AvroEncoder, BuiltinAvroSchema, SourceTable, confluent};
+use arrow::datatypes::{Float64Type, Int64Type, TimestampMillisecondType};
+use tickflow_worker::codec::{
+    AvroDecoder, AvroEncoder, BuiltinAvroSchema, JsonLinesDecoder, SourceTable, confluent,
+};
 
 const RECORDS: usize = 1 << 20;
 const BATCH_ROWS: usize = 8192;
@@ -37,8 +46,8 @@ impl Lcg {
 }
 
 /// Framed messages laid out back to back, as a consumer's fetch buffer holds
-/// them, with their end offsets.
-fn build_messages() -> (Vec<u8>, Vec<usize>) {
+/// them, with their end offsets, and the same records as JSON lines.
+fn build_messages() -> (Vec<u8>, Vec<usize>, Vec<String>) {
     let t = SourceTable::MarketTicks;
     let symbols = [
         ("AAPL", 189.0),
@@ -59,6 +68,7 @@ fn build_messages() -> (Vec<u8>, Vec<usize>) {
     let mut body = Vec::new();
     let mut row_ends = Vec::new();
     let mut ts = 1_767_605_400_000i64;
+    let mut json = Vec::with_capacity(RECORDS);
     for start in (0..RECORDS).step_by(BATCH_ROWS) {
         let n = BATCH_ROWS.min(RECORDS - start);
         let (mut sym, mut exch, mut price, mut bid, mut ask) =
@@ -99,6 +109,7 @@ fn build_messages() -> (Vec<u8>, Vec<usize>) {
             Arc::new(TimestampMillisecondArray::from(tss)),
         ];
         let batch = RecordBatch::try_new(t.arrow_schema(), cols).expect("batch");
+        json.extend(json_lines(&batch));
         body.clear();
         row_ends.clear();
         enc.encode_batch(&batch, &mut body, &mut row_ends)
@@ -110,7 +121,43 @@ fn build_messages() -> (Vec<u8>, Vec<usize>) {
             at = end;
         }
     }
-    (framed, ends)
+    (framed, ends, json)
+}
+
+/// A tick batch as the simulator writes JSON lines (`ts` in epoch ms).
+fn json_lines(batch: &RecordBatch) -> Vec<String> {
+    let text = |i: usize| batch.column(i).as_string::<i32>();
+    let float = |i: usize| batch.column(i).as_primitive::<Float64Type>();
+    let int = |i: usize| batch.column(i).as_primitive::<Int64Type>();
+    let ts = batch.column(9).as_primitive::<TimestampMillisecondType>();
+    (0..batch.num_rows())
+        .map(|r| {
+            format!(
+                r#"{{"symbol":"{}","exchange":"{}","price":{:?},"bid":{:?},"ask":{:?},"bid_size":{},"ask_size":{},"volume":{},"side":"{}","ts":{}}}"#,
+                text(0).value(r),
+                text(1).value(r),
+                float(2).value(r),
+                float(3).value(r),
+                float(4).value(r),
+                int(5).value(r),
+                int(6).value(r),
+                int(7).value(r),
+                text(8).value(r),
+                ts.value(r),
+            )
+        })
+        .collect()
+}
+
+/// (c)/(d): JSON lines in chunks of `BATCH_ROWS` → Arrow. Returns rows.
+fn run_json(dec: &mut JsonLinesDecoder, lines: &[(u64, &str)]) -> usize {
+    let mut rows = 0;
+    for chunk in lines.chunks(BATCH_ROWS) {
+        let (batch, bad) = dec.decode(chunk);
+        assert!(bad.is_empty());
+        rows += black_box(batch).map_or(0, |b| b.num_rows());
+    }
+    rows
 }
 
 fn messages<'a>(framed: &'a [u8], ends: &'a [usize]) -> impl Iterator<Item = &'a [u8]> + 'a {
@@ -167,7 +214,7 @@ fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` would pass
     // nothing special — either way just run.
     let t = SourceTable::MarketTicks;
-    let (framed, ends) = build_messages();
+    let (framed, ends, json) = build_messages();
     let n = ends.len();
     println!(
         "decode benchmark: {n} Confluent-framed MarketTick records, {:.1} bytes/record on average, \
@@ -200,6 +247,20 @@ fn main() {
     assert_eq!(rows_a, n);
     assert_eq!(rows_b, n);
 
+    let lines: Vec<(u64, &str)> = json
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (i as u64 + 1, l.as_str()))
+        .collect();
+    let mut fast = JsonLinesDecoder::new(t.arrow_schema()).expect("json decoder");
+    let mut arrow_json = JsonLinesDecoder::without_fast_path(t.arrow_schema()).expect("json");
+    for chunk in lines.chunks(BATCH_ROWS).take(4) {
+        assert_eq!(fast.decode(chunk), arrow_json.decode(chunk), "same rows");
+    }
+    let (json_fast, rows_c) = best_of(5, || run_json(&mut fast, &lines));
+    let (json_arrow, rows_d) = best_of(3, || run_json(&mut arrow_json, &lines));
+    assert_eq!((rows_c, rows_d), (n, n));
+
     let rate = |d: Duration| n as f64 / d.as_secs_f64();
     let (ra, rb) = (rate(ours), rate(apache));
     let ratio = ra / rb;
@@ -220,8 +281,22 @@ fn main() {
         &ms(apache),
         &m(rb),
     );
+    row(
+        "(c) JSON lines, JsonLinesDecoder (fast path)",
+        &ms(json_fast),
+        &m(rate(json_fast)),
+    );
+    row(
+        "(d) JSON lines, arrow-json alone",
+        &ms(json_arrow),
+        &m(rate(json_arrow)),
+    );
     println!();
     println!("ratio (a)/(b): {ratio:.1}x");
+    println!(
+        "ratio (c)/(d): {:.1}x",
+        json_arrow.as_secs_f64() / json_fast.as_secs_f64()
+    );
     println!(
         "targets: >= 10 M records/s per core: {}; >= 3x apache-avro: {}",
         if ra >= 10e6 { "met" } else { "NOT met" },

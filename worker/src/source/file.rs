@@ -6,6 +6,7 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use std::collections::BTreeMap;
@@ -198,7 +199,10 @@ impl JsonlSource {
 
     /// The next batch's lines, not decoded yet (`None` at the end).
     fn read_lines(&mut self) -> Result<Option<JsonlLines>, SourceError> {
-        let mut lines: Vec<(u64, String)> = Vec::with_capacity(self.batch_size);
+        // One buffer for the batch's text, not a String per line: a replay
+        // reads millions of lines.
+        let mut text = String::with_capacity(self.batch_size * 160);
+        let mut lines: Vec<(u64, Range<usize>)> = Vec::with_capacity(self.batch_size);
         let mut bad = Vec::new();
         while lines.len() < self.batch_size {
             self.buf.clear();
@@ -212,10 +216,12 @@ impl JsonlSource {
             self.offset += n as u64;
             self.line += 1;
             match std::str::from_utf8(&self.buf) {
-                Ok(text) => {
-                    let text = text.trim_end_matches(['\n', '\r']);
-                    if !text.trim().is_empty() {
-                        lines.push((self.line, text.to_string()));
+                Ok(line) => {
+                    let line = line.trim_end_matches(['\n', '\r']);
+                    if !line.trim().is_empty() {
+                        let start = text.len();
+                        text.push_str(line);
+                        lines.push((self.line, start..text.len()));
                     }
                 }
                 Err(e) => bad.push(self.dead_letter(
@@ -232,6 +238,7 @@ impl JsonlSource {
         Ok(Some(JsonlLines {
             table: self.table.clone(),
             path: self.path.clone(),
+            text,
             lines,
             bad,
         }))
@@ -262,15 +269,21 @@ fn dead_letter(
 struct JsonlLines {
     table: String,
     path: PathBuf,
-    /// (line number, text) of the non-blank lines.
-    lines: Vec<(u64, String)>,
+    /// The non-blank lines, one after the other.
+    text: String,
+    /// (line number, where in `text`) of each non-blank line.
+    lines: Vec<(u64, Range<usize>)>,
     /// Lines that are not UTF-8.
     bad: Vec<DeadLetter>,
 }
 
 impl JsonlLines {
     fn decode(mut self, decoder: &mut JsonLinesDecoder) -> FileBatch {
-        let refs: Vec<(u64, &str)> = self.lines.iter().map(|(n, l)| (*n, l.as_str())).collect();
+        let refs: Vec<(u64, &str)> = self
+            .lines
+            .iter()
+            .map(|(n, at)| (*n, &self.text[at.clone()]))
+            .collect();
         let records = self.lines.len() + self.bad.len();
         let (rows, bad_lines) = decoder.decode(&refs);
         let (table, path) = (&self.table, &self.path);
