@@ -19,11 +19,9 @@ use arrow::array::{
     ArrayRef, BooleanBuilder, Float32Builder, Float64Builder, Int32Builder, Int64Builder,
     RecordBatch, StringBuilder,
 };
+use arrow::compute::cast;
 use arrow::compute::kernels::cast_utils::string_to_datetime;
-use arrow::datatypes::{
-    DataType, SchemaRef, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
-    TimestampNanosecondType, TimestampSecondType,
-};
+use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 
 /// Column types the fast path fills; any other type in the schema turns it off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,46 +98,19 @@ impl Builder {
         }
     }
 
-    fn finish(self, data_type: &DataType) -> ArrayRef {
-        match self {
-            Builder::Utf8(mut b) => Arc::new(b.finish()),
+    fn finish(self, data_type: &DataType) -> Result<ArrayRef, Decline> {
+        Ok(match self {
+            Builder::Utf8(mut b) => Arc::new(b.finish()) as ArrayRef,
             Builder::Boolean(mut b) => Arc::new(b.finish()),
             Builder::Int32(mut b) => Arc::new(b.finish()),
             Builder::Float32(mut b) => Arc::new(b.finish()),
             Builder::Float64(mut b) => Arc::new(b.finish()),
             Builder::Int64(mut b) => Arc::new(b.finish()),
+            // Int64 to a timestamp type reinterprets the values; it does not fail.
             Builder::Timestamp { mut values, .. } => {
-                let values = values.finish();
-                match data_type {
-                    DataType::Timestamp(unit, tz) => {
-                        let tz = tz.clone();
-                        match unit {
-                            TimeUnit::Second => Arc::new(
-                                values
-                                    .reinterpret_cast::<TimestampSecondType>()
-                                    .with_timezone_opt(tz),
-                            ),
-                            TimeUnit::Millisecond => Arc::new(
-                                values
-                                    .reinterpret_cast::<TimestampMillisecondType>()
-                                    .with_timezone_opt(tz),
-                            ),
-                            TimeUnit::Microsecond => Arc::new(
-                                values
-                                    .reinterpret_cast::<TimestampMicrosecondType>()
-                                    .with_timezone_opt(tz),
-                            ),
-                            TimeUnit::Nanosecond => Arc::new(
-                                values
-                                    .reinterpret_cast::<TimestampNanosecondType>()
-                                    .with_timezone_opt(tz),
-                            ),
-                        }
-                    }
-                    _ => Arc::new(values),
-                }
+                return cast(&values.finish(), data_type).map_err(|_| Decline);
             }
-        }
+        })
     }
 }
 
@@ -198,7 +169,8 @@ impl FlatDecoder {
             .into_iter()
             .zip(self.schema.fields())
             .map(|(b, f)| b.finish(f.data_type()))
-            .collect();
+            .collect::<Result<_, _>>()
+            .ok()?;
         RecordBatch::try_new(SchemaRef::clone(&self.schema), columns).ok()
     }
 
