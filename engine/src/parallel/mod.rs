@@ -142,7 +142,7 @@ impl KeyGroups {
         out: &mut Vec<StreamOutput>,
         rejected: &mut Vec<Rejected>,
     ) -> Result<(), EngineError> {
-        let parts = match self.key_columns.get(source) {
+        let rows = match self.key_columns.get(source) {
             _ if self.by_partition => {
                 if partition >= self.count {
                     return Err(EngineError::IncompatibleState(format!(
@@ -151,12 +151,20 @@ impl KeyGroups {
                         self.count
                     )));
                 }
-                let mut parts = vec![None; self.count];
-                parts[partition] = Some(rows.clone());
-                parts
+                Rows::OfGroup {
+                    group: partition,
+                    rows: rows.clone(),
+                }
             }
-            Some(&key) => route::split(rows, key, self.count)?,
-            None if self.count == 1 => vec![Some(rows.clone())],
+            Some(&key) => Rows::ByKey {
+                rows: rows.clone(),
+                key,
+                groups: self.count,
+            },
+            None if self.count == 1 => Rows::OfGroup {
+                group: 0,
+                rows: rows.clone(),
+            },
             None => {
                 return Err(EngineError::DataFusion(
                     datafusion::error::DataFusionError::Internal(format!(
@@ -166,9 +174,9 @@ impl KeyGroups {
             }
         };
         self.step(
-            |groups| Command::Push {
+            |_| Command::Push {
                 source: source.into(),
-                rows: groups.iter().map(|&g| parts[g].clone()).collect(),
+                rows: rows.clone(),
                 watermark,
             },
             out,
@@ -334,12 +342,45 @@ fn combine(a: OperatorMetrics, b: OperatorMetrics) -> OperatorMetrics {
     }
 }
 
+/// A batch of a source's rows and which key groups they go to. Every
+/// thread gets the whole batch (its columns are shared, not copied) and
+/// takes out its own groups' rows, so no thread copies rows for another.
+#[derive(Clone)]
+enum Rows {
+    /// All to one group (the partition's, or the only one).
+    OfGroup { group: usize, rows: RecordBatch },
+    /// Each row to the group of its `key` column's hash among `groups`.
+    ByKey {
+        rows: RecordBatch,
+        key: usize,
+        groups: usize,
+    },
+}
+
+impl Rows {
+    /// The shares of `groups` (in that order), `None` for no rows.
+    fn shares(&self, groups: &[usize]) -> Result<Vec<Option<RecordBatch>>, EngineError> {
+        Ok(match self {
+            Rows::OfGroup { group, rows } => groups
+                .iter()
+                .map(|g| (g == group).then(|| rows.clone()))
+                .collect(),
+            Rows::ByKey {
+                rows,
+                key,
+                groups: count,
+            } => route::split_for(rows, *key, *count, groups)?,
+        })
+    }
+}
+
 /// What a thread is asked to do with its groups.
 enum Command {
-    /// `rows[i]`: the share of the thread's `i`-th group.
+    /// A source's rows (the thread takes its groups' share) and then its
+    /// new watermark.
     Push {
         source: Arc<str>,
-        rows: Vec<Option<RecordBatch>>,
+        rows: Rows,
         watermark: i64,
     },
     Advance {
@@ -380,7 +421,9 @@ impl Shard {
                 rows,
                 watermark,
             } => {
-                for ((group, graph), rows) in self.groups.iter_mut().zip(rows) {
+                let own: Vec<usize> = self.groups.iter().map(|(g, _)| *g).collect();
+                let shares = rows.shares(&own)?;
+                for ((group, graph), rows) in self.groups.iter_mut().zip(shares) {
                     let mut outputs = Vec::new();
                     graph.push(&source, rows.as_ref(), watermark, &mut outputs)?;
                     reply.outputs.push(GroupOutput {

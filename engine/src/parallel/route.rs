@@ -65,28 +65,47 @@ pub fn split(
     key: usize,
     groups: usize,
 ) -> Result<Vec<Option<RecordBatch>>, ArrowError> {
-    let mut parts = vec![None; groups];
+    let all: Vec<usize> = (0..groups).collect();
+    split_for(batch, key, groups, &all)
+}
+
+/// The shares of `wanted` groups only (in `wanted`'s order) of `batch`
+/// split into `groups` as [`split`] does: each thread takes its own groups'
+/// rows, so the copying is spread over the threads.
+pub fn split_for(
+    batch: &RecordBatch,
+    key: usize,
+    groups: usize,
+    wanted: &[usize],
+) -> Result<Vec<Option<RecordBatch>>, ArrowError> {
     if groups == 1 {
-        parts[0] = Some(batch.clone());
-        return Ok(parts);
+        return Ok(wanted.iter().map(|_| Some(batch.clone())).collect());
     }
     let of_row = key_groups(batch.column(key), groups)?;
     if let Some(&first) = of_row.first()
         && of_row.iter().all(|&g| g == first)
     {
-        parts[first as usize] = Some(batch.clone());
-        return Ok(parts);
+        let whole = |g: usize| (g == first as usize).then(|| batch.clone());
+        return Ok(wanted.iter().map(|&g| whole(g)).collect());
     }
-    let mut rows: Vec<Vec<u32>> = vec![Vec::new(); groups];
+    // Where each wanted group's share goes, by group number.
+    let mut slot: Vec<Option<usize>> = vec![None; groups];
+    for (i, &g) in wanted.iter().enumerate() {
+        slot[g] = Some(i);
+    }
+    let mut rows: Vec<Vec<u32>> = vec![Vec::new(); wanted.len()];
     for (i, &g) in of_row.iter().enumerate() {
-        rows[g as usize].push(i as u32);
-    }
-    for (part, rows) in parts.iter_mut().zip(rows) {
-        if !rows.is_empty() {
-            *part = Some(take_record_batch(batch, &UInt32Array::from(rows))?);
+        if let Some(s) = slot[g as usize] {
+            rows[s].push(i as u32);
         }
     }
-    Ok(parts)
+    rows.into_iter()
+        .map(|rows| match rows.len() {
+            0 => Ok(None),
+            n if n == batch.num_rows() => Ok(Some(batch.clone())),
+            _ => take_record_batch(batch, &UInt32Array::from(rows)).map(Some),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -125,6 +144,22 @@ mod tests {
         let s = key_groups(&signed, 1000).unwrap();
         assert_eq!(s[0], g[0]);
         assert_eq!(s[1], of_u64(fnv1a(&(-1i64).to_le_bytes()), 1000));
+    }
+
+    #[test]
+    fn a_thread_s_share_is_its_groups_part_of_the_whole_split() {
+        let symbols: Vec<String> = (0..50).map(|i| format!("K{i}")).collect();
+        let batch = RecordBatch::try_from_iter([(
+            "symbol",
+            Arc::new(StringArray::from(symbols)) as ArrayRef,
+        )])
+        .unwrap();
+        let whole = split(&batch, 0, 4).unwrap();
+        let mine = split_for(&batch, 0, 4, &[3, 1]).unwrap();
+        assert_eq!(mine, vec![whole[3].clone(), whole[1].clone()]);
+        // With one group, that group gets the whole batch.
+        let one = split_for(&batch, 0, 1, &[0]).unwrap();
+        assert_eq!(one, vec![Some(batch.clone())]);
     }
 
     #[test]
