@@ -174,7 +174,7 @@ impl KeyGroups {
             }
         };
         self.step(
-            |_| Command::Push {
+            || Command::Push {
                 source: source.into(),
                 rows: rows.clone(),
                 watermark,
@@ -194,7 +194,7 @@ impl KeyGroups {
         rejected: &mut Vec<Rejected>,
     ) -> Result<(), EngineError> {
         self.step(
-            |_| Command::Advance {
+            || Command::Advance {
                 source: source.into(),
                 watermark,
             },
@@ -243,19 +243,18 @@ impl KeyGroups {
         Ok(())
     }
 
-    /// Runs one command on every thread (`command` gets the thread's
-    /// groups) and gathers the outputs in key-group order.
+    /// Runs one command on every thread and gathers the outputs in
+    /// key-group order.
     fn step(
         &mut self,
-        command: impl Fn(&[usize]) -> Command,
+        command: impl Fn() -> Command,
         out: &mut Vec<StreamOutput>,
         rejected: &mut Vec<Rejected>,
     ) -> Result<(), EngineError> {
         for w in &self.workers {
-            w.send(command(&w.groups))?;
+            w.send(command())?;
         }
-        let own: Vec<usize> = self.local.groups.iter().map(|(g, _)| *g).collect();
-        let mut results = self.local.run(command(&own))?.outputs;
+        let mut results = self.local.run(command())?.outputs;
         let mut failed = None;
         for (i, w) in self.workers.iter().enumerate() {
             // Every thread answers before an error is returned, so the next

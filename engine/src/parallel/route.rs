@@ -102,7 +102,6 @@ pub fn split_for(
     rows.into_iter()
         .map(|rows| match rows.len() {
             0 => Ok(None),
-            n if n == batch.num_rows() => Ok(Some(batch.clone())),
             _ => take_record_batch(batch, &UInt32Array::from(rows)).map(Some),
         })
         .collect()

@@ -22,6 +22,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::{ClientErrors, KafkaConfig};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a just-created topic may stay invisible in metadata.
+const CREATION_SETTLES: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateTopicError {
@@ -69,14 +71,16 @@ impl StateTopic {
         let client = self
             .consumer("read_uncommitted")
             .map_err(anyhow::Error::msg)?;
-        let md = client
-            .fetch_metadata(Some(&self.topic), CALL_TIMEOUT)
-            .map_err(|e| client.context().explain(&self.config.brokers, &e))?;
-        let partitions = md
-            .topics()
-            .iter()
-            .find(|t| t.name() == self.topic)
-            .map_or(0, |t| t.partitions().len());
+        // A topic another worker of this query has just created may show no
+        // partitions (or an error) in metadata until every broker knows it.
+        let deadline = Instant::now() + CREATION_SETTLES;
+        let partitions = loop {
+            let partitions = self.partition_count(&client)?;
+            if partitions != 0 || Instant::now() >= deadline {
+                break partitions;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
         if partitions != 1 {
             anyhow::bail!(
                 "state topic {} has {partitions} partitions; it must have exactly one (delete it \
@@ -85,6 +89,18 @@ impl StateTopic {
             );
         }
         Ok(())
+    }
+
+    /// The topic's partitions as metadata shows them now (0: not visible yet).
+    fn partition_count(&self, client: &BaseConsumer<ClientErrors>) -> anyhow::Result<usize> {
+        let md = client
+            .fetch_metadata(Some(&self.topic), CALL_TIMEOUT)
+            .map_err(|e| client.context().explain(&self.config.brokers, &e))?;
+        Ok(md
+            .topics()
+            .iter()
+            .find(|t| t.name() == self.topic && t.error().is_none())
+            .map_or(0, |t| t.partitions().len()))
     }
 
     /// The latest value of every key (`None`: a tombstone), once no
