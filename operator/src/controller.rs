@@ -764,10 +764,25 @@ async fn reconcile_parallel(
     // As clamped to the schema's bounds.
     let workers = objs.deployments.len() as i32;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-    let live = deployments
+    let labelled = deployments
         .list(&ListParams::default().labels(&desired::worker_selector_string(&name)))
         .await?
         .items;
+    let taken = desired::worker_names_taken(q, workers, &labelled);
+    if !taken.is_empty() {
+        let health = status::name_taken_health(&taken);
+        let mut st = prev.clone();
+        st.phase = Some(health.phase);
+        st.observed_generation = q.metadata.generation;
+        st.conditions = refused(ctx, q, &prev.conditions, health, q.metadata.generation, now).await;
+        write_status(&api, q, &st, previous.as_ref(), &ctx.metrics).await?;
+        return Ok(Action::requeue(Duration::from_secs(30)));
+    }
+    // Only Deployments this query controls are scaled, applied or deleted.
+    let live: Vec<Deployment> = labelled
+        .into_iter()
+        .filter(|d| desired::controlled_by(q, &d.metadata))
+        .collect();
     // Every pod of the query, terminating ones included: the old set is
     // gone only when none of its pods is left.
     let pods = worker_status::list(

@@ -816,6 +816,38 @@ pub fn worker_slot(pod: &PodSpec) -> Option<WorkerSlot> {
     })
 }
 
+/// Whether `q` is the controller of the object with `meta` (its
+/// controller owner reference carries the query's uid). A rescale scales
+/// and deletes only such Deployments: labels can be copied by anyone.
+pub fn controlled_by(q: &StreamQuery, meta: &ObjectMeta) -> bool {
+    let Some(uid) = q.metadata.uid.as_deref() else {
+        return false;
+    };
+    meta.owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.controller == Some(true) && o.uid == uid)
+}
+
+/// Names of the worker Deployments the query would create that are taken
+/// by Deployments it does not control (`live`: the namespace's Deployments
+/// with the query's worker labels).
+pub fn worker_names_taken<'a>(
+    q: &StreamQuery,
+    workers: i32,
+    live: &'a [Deployment],
+) -> Vec<&'a str> {
+    let name = q.name_any();
+    let wanted: Vec<String> = (0..workers)
+        .map(|i| worker_deployment_name(&name, i))
+        .collect();
+    live.iter()
+        .filter(|d| !controlled_by(q, &d.metadata))
+        .filter_map(|d| d.metadata.name.as_deref())
+        .filter(|n| wanted.iter().any(|w| w == n))
+        .collect()
+}
+
 /// The slot of a Deployment's pod template.
 pub fn deployment_slot(d: &Deployment) -> Option<WorkerSlot> {
     worker_slot(d.spec.as_ref()?.template.spec.as_ref()?)
@@ -1565,6 +1597,35 @@ spec:
             .into_iter()
             .map(|e| (e.name, e.value.unwrap_or_default()))
             .collect()
+    }
+
+    #[test]
+    fn only_deployments_the_query_controls_are_its_workers() {
+        let mut q = query(OHLC);
+        q.spec.parallelism = Some(3);
+        let ours = parallel(&q, 3).deployments;
+        assert!(ours.iter().all(|d| controlled_by(&q, &d.metadata)));
+        assert!(worker_names_taken(&q, 3, &ours).is_empty());
+
+        // Same name and labels, but made by someone else (no owner), or
+        // owned by another object, or only referencing the query.
+        let mut foreign = ours[1].clone();
+        foreign.metadata.owner_references = None;
+        let mut other_owner = ours[2].clone();
+        other_owner.metadata.owner_references.as_mut().unwrap()[0].uid = "uid-2".into();
+        let mut not_controller = ours[0].clone();
+        not_controller.metadata.owner_references.as_mut().unwrap()[0].controller = Some(false);
+        for d in [&foreign, &other_owner, &not_controller] {
+            assert!(!controlled_by(&q, &d.metadata), "{:?}", d.metadata.name);
+        }
+        let live = [foreign, other_owner, not_controller];
+        assert_eq!(
+            worker_names_taken(&q, 3, &live),
+            ["ohlc-w1", "ohlc-w2", "ohlc-w0"]
+        );
+        // A foreign Deployment beyond the new set takes no worker's name:
+        // it is left alone, neither refused nor touched.
+        assert_eq!(worker_names_taken(&q, 1, &live), ["ohlc-w0"]);
     }
 
     #[test]

@@ -467,6 +467,36 @@ pub fn image_not_allowed_health(message: &str) -> Health {
     }
 }
 
+/// A worker Deployment's name is taken by a Deployment the query does not
+/// control: nothing is applied, scaled or deleted until it is renamed or
+/// removed.
+pub fn name_taken_health(taken: &[&str]) -> Health {
+    const REASON: &str = "NameTaken";
+    let message = format!(
+        "Deployment {} exists and is not controlled by this StreamQuery; the operator does not \
+         take it over: delete or rename it, or rename the query",
+        taken.join(", ")
+    );
+    Health {
+        phase: Phase::Failed,
+        conditions: vec![
+            cond(
+                condition::READY,
+                false,
+                REASON,
+                "not started: a worker's name is taken",
+            ),
+            cond(
+                condition::PROGRESSING,
+                false,
+                REASON,
+                "not started: a worker's name is taken",
+            ),
+            cond(condition::DEGRADED, true, REASON, message),
+        ],
+    }
+}
+
 /// What applying the checkpoint PVC came to: its spec (a refused resize or
 /// access-mode change) and, separately, its ownership (`retainOnDelete`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -415,6 +415,81 @@ fn kubectl_scale_stops_the_old_set_before_the_new_one_starts() {
     assert!(!op.log_text().contains("ERROR"), "{}", op.log_text());
 }
 
+/// A Deployment with a worker's labels that someone else made.
+fn foreign_deployment(name: &str, query: &str, index: usize) -> String {
+    format!(
+        "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+  labels:
+    app.kubernetes.io/component: stream-query
+    tickflow.io/instance: {query}
+    tickflow.io/worker-index: \"{index}\"
+spec:
+  replicas: 0
+  selector:
+    matchLabels: {{app: foreign}}
+  template:
+    metadata:
+      labels: {{app: foreign}}
+    spec:
+      containers: [{{name: other, image: example.com/not-tickflow:1}}]
+"
+    )
+}
+
+#[test]
+fn deployments_the_query_does_not_control_are_never_taken_over_scaled_or_deleted() {
+    let ns = create_namespace("sq-par-foreign");
+    let op = operator(&ns);
+    let q = "own";
+    // Someone else's Deployments with the labels of this query's workers:
+    // one named like worker 1, one like no worker of any set used here.
+    apply_ok(&ns, &foreign_deployment("own-w1", q, 1));
+    apply_ok(&ns, &foreign_deployment("own-w7", q, 7));
+    apply_ok(&ns, &stream_query_yaml(q, SQL, "  parallelism: 2\n"));
+
+    // Worker 1's name is taken: the query is refused and nothing applied.
+    let refused = wait_for("the NameTaken condition", RESCALE, || {
+        let o = get(&ns, "streamquery", q)?;
+        let c = condition(&o, "Degraded")?.clone();
+        (c["reason"] == "NameTaken").then_some((o, c))
+    });
+    assert_eq!(refused.0["status"]["phase"], "Failed");
+    assert!(
+        refused.1["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Deployment own-w1 exists and is not controlled by this StreamQuery"),
+        "{}",
+        refused.1
+    );
+    assert!(get(&ns, "deployment", "own-w0").is_none(), "applied anyway");
+    let w1 = get(&ns, "deployment", "own-w1").unwrap();
+    assert!(!owned_by(&w1, "StreamQuery", q), "taken over: {w1}");
+    assert_eq!(
+        w1["spec"]["template"]["spec"]["containers"][0]["image"],
+        "example.com/not-tickflow:1"
+    );
+
+    // Once its owner removes it, the query starts (the refusal is retried).
+    kc(&["delete", "deployment", "own-w1", "-n", &ns]);
+    wait_for_workers(&ns, q, 2);
+
+    // 2 → 1 deletes the query's own worker 1, not the foreign own-w7,
+    // though it carries the same labels and no worker slot.
+    scale(&ns, q, 1);
+    wait_for("own-w1 to be deleted", RESCALE, || {
+        get(&ns, "deployment", "own-w1").is_none().then_some(())
+    });
+    wait_for_workers(&ns, q, 1);
+    let w7 = get(&ns, "deployment", "own-w7").expect("the foreign own-w7 was deleted");
+    assert!(w7["metadata"]["ownerReferences"].is_null(), "{w7}");
+    assert_eq!(w7["spec"]["replicas"], 0);
+    assert!(!op.log_text().contains("ERROR"), "{}", op.log_text());
+}
+
 #[test]
 fn parallelism_outside_its_bounds_or_switched_later_is_refused() {
     let ns = create_namespace("sq-par-rules");
