@@ -701,6 +701,11 @@ pub struct StreamQueryStatus {
     /// figures above are their sums.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub workers: Vec<StreamQueryWorker>,
+    /// Of a query with parallelism: how many of its workers' figures the
+    /// sums above include (a worker that has not answered its /status yet,
+    /// or whose pod is new, is not in them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers_reporting: Option<i32>,
 }
 
 /// One worker of a query with parallelism: its Deployment, its pod and

@@ -933,6 +933,7 @@ async fn reconcile_parallel(
     st.last_checkpoint = totals.last_checkpoint;
     st.worker_state = totals.worker_state;
     st.last_error = totals.last_error;
+    st.workers_reporting = Some(totals.reporting);
     st.workers = entries;
     if !reports.is_empty() {
         st.worker_reported_at = Some(now.to_string());

@@ -354,6 +354,8 @@ pub struct WorkerTotals {
     pub worker_state: Option<String>,
     /// The first worker's error, by index, named by its index.
     pub last_error: Option<String>,
+    /// Workers whose figures the sums include.
+    pub reporting: i32,
 }
 
 fn sum_of(
@@ -404,6 +406,7 @@ pub fn worker_totals(entries: &[StreamQueryWorker]) -> WorkerTotals {
                 .as_deref()
                 .map(|m| bounded_error(&format!("worker {}: {m}", e.index)))
         }),
+        reporting: entries.iter().filter(|e| e.worker_state.is_some()).count() as i32,
     }
 }
 
@@ -685,6 +688,12 @@ mod tests {
         assert_eq!(t.last_checkpoint, None, "worker 2 has not checkpointed");
         assert_eq!(t.worker_state.as_deref(), Some("starting"));
         assert_eq!(t.last_error.as_deref(), Some("worker 1: boom"));
+        e[2].worker_state = None; // its pod is new: no figures yet
+        assert_eq!(
+            worker_totals(&e).reporting,
+            2,
+            "the sums cover workers 0 and 1"
+        );
         // Once every worker has one: the oldest (parsed, not compared as text).
         e[2].last_checkpoint = entry(2, None, Some(1_500), "").last_checkpoint;
         assert_eq!(worker_totals(&e).last_checkpoint, e[1].last_checkpoint);

@@ -251,6 +251,10 @@ fn kubectl_scale_stops_the_old_set_before_the_new_one_starts() {
     let selector = "app.kubernetes.io/component=stream-query,tickflow.io/instance=par";
     assert_eq!(sq["status"]["selector"], selector);
     assert_eq!(sq["status"]["workers"][0]["deployment"], "par-w0");
+    // KWOK pods run no worker: none answers its /status, so the sums
+    // (absent) cover no worker, and the status says so.
+    assert_eq!(sq["status"]["workersReporting"], 0);
+    assert!(sq["status"]["recordsIn"].is_null(), "{sq}");
     assert!(owned_by(&get(&ns, "service", q).unwrap(), "StreamQuery", q));
     assert!(get(&ns, "configmap", "par-sql").is_some());
     assert!(

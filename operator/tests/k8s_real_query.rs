@@ -411,6 +411,7 @@ fn running_workers(ns: &str, name: &str, n: usize) -> Option<Value> {
         && s["phase"] == "Running"
         && s["readyReplicas"].as_u64() == Some(n as u64)
         && workers.len() == n
+        && s["workersReporting"].as_u64() == Some(n as u64)
         && each)
         .then(|| s.clone())
 }
