@@ -507,6 +507,24 @@ async fn refused<K: Resource<DynamicType = ()>>(
     status::stamp(health.conditions, previous, generation, now)
 }
 
+/// Writes the status of a query the operator does not run (`health`),
+/// the rest of its status as it was.
+async fn refuse_query(
+    ctx: &Context,
+    q: &StreamQuery,
+    api: &Api<StreamQuery>,
+    health: Health,
+    now: Timestamp,
+) -> Result<(), kube::Error> {
+    let previous = q.status.as_ref();
+    let prev = previous.cloned().unwrap_or_default();
+    let mut st = prev.clone();
+    st.phase = Some(health.phase);
+    st.observed_generation = q.metadata.generation;
+    st.conditions = refused(ctx, q, &prev.conditions, health, q.metadata.generation, now).await;
+    write_status(api, q, &st, previous, &ctx.metrics).await
+}
+
 /// Applies the checkpoint PVC's spec, then, as a separate change, its
 /// ownership: a refused resize (most PVC fields are immutable) must neither
 /// stop the query nor keep a PVC owned that `retainOnDelete` should keep.
@@ -591,11 +609,7 @@ async fn reconcile_query_inner(q: &StreamQuery, ctx: &Context) -> Result<Action,
         // Nothing is created or updated (an existing Deployment keeps the
         // image it was last allowed to run).
         let health = status::image_not_allowed_health(&message);
-        let mut st = prev.clone();
-        st.phase = Some(health.phase);
-        st.observed_generation = q.metadata.generation;
-        st.conditions = refused(ctx, q, &prev.conditions, health, q.metadata.generation, now).await;
-        write_status(&api, q, &st, previous.as_ref(), &ctx.metrics).await?;
+        refuse_query(ctx, q, &api, health, now).await?;
         return Ok(Action::requeue(Duration::from_secs(300)));
     }
 
@@ -770,12 +784,7 @@ async fn reconcile_parallel(
         .items;
     let taken = desired::worker_names_taken(q, workers, &labelled);
     if !taken.is_empty() {
-        let health = status::name_taken_health(&taken);
-        let mut st = prev.clone();
-        st.phase = Some(health.phase);
-        st.observed_generation = q.metadata.generation;
-        st.conditions = refused(ctx, q, &prev.conditions, health, q.metadata.generation, now).await;
-        write_status(&api, q, &st, previous.as_ref(), &ctx.metrics).await?;
+        refuse_query(ctx, q, &api, status::name_taken_health(&taken), now).await?;
         return Ok(Action::requeue(Duration::from_secs(30)));
     }
     // Only Deployments this query controls are scaled, applied or deleted.

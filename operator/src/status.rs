@@ -449,53 +449,37 @@ pub fn invalid_query_health(reason: &str, message: &str) -> Health {
 /// Phase and conditions when the resource names an image outside the
 /// operator's allow-list: Failed, and nothing is created or updated.
 pub fn image_not_allowed_health(message: &str) -> Health {
-    const REASON: &str = "ImageNotAllowed";
-    Health {
-        phase: Phase::Failed,
-        conditions: vec![
-            cond(
-                condition::READY,
-                false,
-                REASON,
-                "not started: the image is not allowed",
-            ),
-            cond(
-                condition::PROGRESSING,
-                false,
-                REASON,
-                "not started: the image is not allowed",
-            ),
-            cond(condition::DEGRADED, true, REASON, message),
-        ],
-    }
+    not_started(
+        "ImageNotAllowed",
+        "not started: the image is not allowed",
+        message,
+    )
 }
 
 /// A worker Deployment's name is taken by a Deployment the query does not
 /// control: nothing is applied, scaled or deleted until it is renamed or
 /// removed.
 pub fn name_taken_health(taken: &[&str]) -> Health {
-    const REASON: &str = "NameTaken";
     let message = format!(
         "Deployment {} exists and is not controlled by this StreamQuery; the operator does not \
          take it over: delete or rename it, or rename the query",
         taken.join(", ")
     );
+    not_started(
+        "NameTaken",
+        "not started: a worker's name is taken",
+        &message,
+    )
+}
+
+/// Failed, not Ready and not Progressing (`why`), Degraded with `message`.
+fn not_started(reason: &str, why: &str, message: &str) -> Health {
     Health {
         phase: Phase::Failed,
         conditions: vec![
-            cond(
-                condition::READY,
-                false,
-                REASON,
-                "not started: a worker's name is taken",
-            ),
-            cond(
-                condition::PROGRESSING,
-                false,
-                REASON,
-                "not started: a worker's name is taken",
-            ),
-            cond(condition::DEGRADED, true, REASON, message),
+            cond(condition::READY, false, reason, why),
+            cond(condition::PROGRESSING, false, reason, why),
+            cond(condition::DEGRADED, true, reason, message),
         ],
     }
 }
