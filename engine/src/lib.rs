@@ -536,11 +536,41 @@ impl Pipeline {
         batch: &RecordBatch,
         out: &mut Vec<StreamOutput>,
     ) -> Result<(), EngineError> {
+        self.push_all([(source, partition, batch)], out)
+    }
+
+    /// Feeds several batches (`(source, partition, rows)`, say one poll of
+    /// every partition) as [`push`](Self::push) one after another would,
+    /// with the same rows out, but as one step for the key groups' threads:
+    /// each works through its share of all of them before they meet, so
+    /// batches of different partitions run on different threads at once.
+    pub fn push_all<'a>(
+        &mut self,
+        batches: impl IntoIterator<Item = (&'a str, usize, &'a RecordBatch)>,
+        out: &mut Vec<StreamOutput>,
+    ) -> Result<(), EngineError> {
+        let mut arrivals = Vec::new();
+        for (source, partition, batch) in batches {
+            if let Some(arrival) = self.arrive(source, partition, batch)? {
+                arrivals.push(arrival);
+            }
+        }
+        self.groups.push_all(arrivals, out, &mut self.rejected)
+    }
+
+    /// A batch's rows with good event times and the source's watermark
+    /// after them; `None` when no stream reads the source or no row is left.
+    fn arrive(
+        &mut self,
+        source: &str,
+        partition: usize,
+        batch: &RecordBatch,
+    ) -> Result<Option<parallel::Arrival>, EngineError> {
         let Some(src) = self.sources.get_mut(source) else {
-            return Ok(()); // no stream reads this source
+            return Ok(None); // no stream reads this source
         };
         if batch.num_rows() == 0 {
-            return Ok(());
+            return Ok(None);
         }
         src.records_in += batch.num_rows() as u64;
         let (batch, max_ts) = match screen_event_times(src, batch, self.bounds)? {
@@ -559,11 +589,15 @@ impl Pipeline {
             }
         };
         if batch.num_rows() == 0 {
-            return Ok(());
+            return Ok(None);
         }
-        let wm = src.watermark.observe(partition, max_ts, Instant::now());
-        self.groups
-            .push(source, partition, &batch, wm, out, &mut self.rejected)
+        let watermark = src.watermark.observe(partition, max_ts, Instant::now());
+        Ok(Some(parallel::Arrival {
+            source: source.into(),
+            partition,
+            rows: batch,
+            watermark,
+        }))
     }
 
     /// Source rows refused since the last call: out of the event-time

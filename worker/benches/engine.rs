@@ -176,6 +176,58 @@ fn stream_run_with(sql: &str, batches: &[RecordBatch], config: &EngineConfig) ->
     rows + out.drain(..).map(|o| o.rows.num_rows()).sum::<usize>()
 }
 
+/// `batches` as a topic keyed by `symbol` with `partitions` partitions
+/// holds them: each row in the partition of its symbol's key group, each
+/// partition's rows in their order, in batches of [`BATCH`] rows.
+fn by_partition(batches: &[RecordBatch], partitions: usize) -> Vec<Vec<RecordBatch>> {
+    let mut rows: Vec<Vec<RecordBatch>> = vec![Vec::new(); partitions];
+    for b in batches {
+        let shares = tickflow_worker::engine::parallel::route::split(b, 0, partitions).unwrap();
+        for (p, share) in shares.into_iter().enumerate() {
+            rows[p].extend(share);
+        }
+    }
+    rows.into_iter()
+        .map(|parts| {
+            let all = arrow::compute::concat_batches(&batches[0].schema(), &parts).unwrap();
+            (0..all.num_rows())
+                .step_by(BATCH)
+                .map(|at| all.slice(at, BATCH.min(all.num_rows() - at)))
+                .collect()
+        })
+        .collect()
+}
+
+/// `sql` over a partitioned source as a worker reading a keyed topic runs
+/// it: one key group per partition, each poll round (one batch of every
+/// partition) pushed as one step.
+fn stream_run_by_partition(sql: &str, partitions: &[Vec<RecordBatch>], threads: usize) -> usize {
+    let config = EngineConfig {
+        parallelism: threads,
+        ..EngineConfig::default()
+    };
+    let mut p = Pipeline::new(sql, &Catalog::builtin(), &config).unwrap();
+    let n = partitions.len();
+    p.declare_partitions("market_ticks", n);
+    p.group_by_partition(n, &(0..n).collect::<Vec<_>>())
+        .unwrap();
+    let mut out = Vec::new();
+    let mut rows = 0;
+    let rounds = partitions.iter().map(Vec::len).max().unwrap_or(0);
+    for r in 0..rounds {
+        let round = partitions
+            .iter()
+            .enumerate()
+            .filter_map(|(i, part)| part.get(r).map(|b| ("market_ticks", i, b)));
+        p.push_all(round, &mut out).unwrap();
+        rows += out.drain(..).map(|o| o.rows.num_rows()).sum::<usize>();
+    }
+    for i in 0..n {
+        p.finish_partition("market_ticks", i, &mut out).unwrap();
+    }
+    rows + out.drain(..).map(|o| o.rows.num_rows()).sum::<usize>()
+}
+
 /// One comparison table: `stream_sql` through the streaming pipeline and
 /// `batch_sql` in DataFusion over the same `events` ticks of `shape`, for
 /// 8 and 1000 symbols, best of `runs`; both must produce the same number of
@@ -279,7 +331,7 @@ fn threads_benchmark() {
         "\nohlc_5s split by symbol into key groups on threads ({cores} cores here, best of 3)"
     );
     println!(
-        "{:<58} {:>7} {:>13} {:>13} {:>13} {:>6} {:>13} {:>6}",
+        "{:<58} {:>7} {:>13} {:>13} {:>13} {:>6} {:>13} {:>6} {:>13} {:>13} {:>6}",
         "shape",
         "symbols",
         "1 thread",
@@ -287,6 +339,9 @@ fn threads_benchmark() {
         "2 thr 2 gr.",
         "eff.",
         "2 thr 16 gr.",
+        "eff.",
+        "1 thr 2 part.",
+        "2 thr 2 part.",
         "eff."
     );
     for shape in shapes {
@@ -306,11 +361,24 @@ fn threads_benchmark() {
                 (rows, rows, rows),
                 "the same rows on any thread count"
             );
+            let partitions = by_partition(&batches, 2);
+            let per_partition = |threads| {
+                let (t, rows) =
+                    best_of(3, || stream_run_by_partition(OHLC_5S, &partitions, threads));
+                (events as f64 / t.as_secs_f64(), rows)
+            };
+            let (one_part, rows_one_part) = per_partition(1);
+            let (two_part, rows_two_part) = per_partition(2);
+            assert_eq!(
+                rows_two_part, rows_one_part,
+                "the same rows on any thread count"
+            );
             println!(
-                "{:<58} {symbols:>7} {one:>13.0} {split:>13.0} {two:>13.0} {:>6.2} {sixteen:>13.0} {:>6.2}",
+                "{:<58} {symbols:>7} {one:>13.0} {split:>13.0} {two:>13.0} {:>6.2} {sixteen:>13.0} {:>6.2} {one_part:>13.0} {two_part:>13.0} {:>6.2}",
                 shape.label(),
                 two / (2.0 * one),
-                sixteen / (2.0 * one)
+                sixteen / (2.0 * one),
+                two_part / (2.0 * one)
             );
         }
     }

@@ -42,17 +42,22 @@ struct Ran {
     pipeline: Pipeline,
 }
 
+/// The three market tables in batches.
+fn tables() -> Vec<(&'static str, Vec<RecordBatch>)> {
+    let data = market_data(20_000, 300);
+    let [ticks, orders, books] = data.to_batches();
+    vec![
+        (SourceTable::MarketTicks.table_name(), chunks(&ticks, 1500)),
+        (SourceTable::OrderEvents.table_name(), chunks(&orders, 700)),
+        (SourceTable::BookUpdates.table_name(), chunks(&books, 900)),
+    ]
+}
+
 /// Feeds the three market tables, one batch of each in turn, each table
 /// finished after its last; with `restart_at`, snapshots before that step
 /// and carries on in `after`, restored from it.
 fn run(sql: &str, first: &EngineConfig, after: Option<(usize, &EngineConfig)>) -> Ran {
-    let data = market_data(20_000, 300);
-    let [ticks, orders, books] = data.to_batches();
-    let tables: Vec<(&str, Vec<RecordBatch>)> = vec![
-        (SourceTable::MarketTicks.table_name(), chunks(&ticks, 1500)),
-        (SourceTable::OrderEvents.table_name(), chunks(&orders, 700)),
-        (SourceTable::BookUpdates.table_name(), chunks(&books, 900)),
-    ];
+    let tables = tables();
     let mut p = Pipeline::new(sql, &Catalog::builtin(), first).unwrap();
     let mut out: Vec<StreamOutput> = Vec::new();
     let longest = tables.iter().map(|(_, b)| b.len()).max().unwrap();
@@ -76,6 +81,36 @@ fn run(sql: &str, first: &EngineConfig, after: Option<(usize, &EngineConfig)>) -
             }
         }
     }
+    ran(p, out)
+}
+
+/// As [`run`] without a restart, but each round (one batch of every table,
+/// as one poll of every source reads) is pushed in one step, the way the
+/// worker's run loop feeds the engine.
+fn run_in_rounds(sql: &str, config: &EngineConfig) -> Ran {
+    let tables = tables();
+    let mut p = Pipeline::new(sql, &Catalog::builtin(), config).unwrap();
+    let mut out: Vec<StreamOutput> = Vec::new();
+    let longest = tables.iter().map(|(_, b)| b.len()).max().unwrap();
+    for i in 0..longest {
+        let mut round = Vec::new();
+        for (table, batches) in &tables {
+            let Some(batch) = batches.get(i) else {
+                continue;
+            };
+            round.push((*table, 0, batch));
+            // A table's end is marked right after its last batch, as in `run`.
+            if i + 1 == batches.len() {
+                p.push_all(round.drain(..), &mut out).unwrap();
+                p.finish_partition(table, 0, &mut out).unwrap();
+            }
+        }
+        p.push_all(round, &mut out).unwrap();
+    }
+    ran(p, out)
+}
+
+fn ran(p: Pipeline, out: Vec<StreamOutput>) -> Ran {
     let mut rows: Rows = BTreeMap::new();
     for o in &out {
         let name = &p.streams()[o.stream].name;
@@ -115,6 +150,8 @@ fn all_queries() -> impl Iterator<Item = &'static (&'static str, &'static str)> 
 
 #[test]
 fn every_query_gives_the_same_rows_on_1_2_and_4_threads_as_in_one_key_group() {
+    // Also pushed a round of batches at a time (`Pipeline::push_all`) on 2
+    // threads.
     let mut split = Vec::new();
     for (name, sql) in all_queries() {
         let Ran {
@@ -158,6 +195,11 @@ fn every_query_gives_the_same_rows_on_1_2_and_4_threads_as_in_one_key_group() {
                 "{name}: the same streams have output"
             );
         }
+        let Ran { rows, .. } = run_in_rounds(sql, &config(KEY_GROUPS, 2));
+        assert!(
+            rows == reference,
+            "{name}: a round of batches pushed at once gives other rows than pushed one by one"
+        );
         let p = run(sql, &config(KEY_GROUPS, 2), None).pipeline;
         let why = match p.partitioning() {
             Partitioning::ByKey(columns) => {

@@ -131,18 +131,43 @@ impl KeyGroups {
             .fold(OperatorMetrics::default(), combine)
     }
 
-    /// Rows of `source` from `partition` (split by key, or all to the
-    /// partition's group) and then its new watermark, to every group.
-    pub(crate) fn push(
+    /// Batches of source rows (split by key, or each whole to its
+    /// partition's group), each followed by its source's new watermark, in
+    /// one step: every group takes each batch's share
+    /// and then its watermark, in order, exactly as pushed one by one, but
+    /// the threads work on all of them before they meet again. Batches of
+    /// different partitions (sources already partitioned by the key) thus
+    /// keep every thread busy at once.
+    pub(crate) fn push_all(
         &mut self,
-        source: &str,
-        partition: usize,
-        rows: &RecordBatch,
-        watermark: i64,
+        arrivals: Vec<Arrival>,
         out: &mut Vec<StreamOutput>,
         rejected: &mut Vec<Rejected>,
     ) -> Result<(), EngineError> {
-        let rows = match self.key_columns.get(source) {
+        let pushed = arrivals
+            .into_iter()
+            .map(|a| {
+                Ok(Pushed {
+                    rows: self.rows_of(&a.source, a.partition, a.rows)?,
+                    source: a.source,
+                    watermark: a.watermark,
+                })
+            })
+            .collect::<Result<Vec<_>, EngineError>>()?;
+        if pushed.is_empty() {
+            return Ok(());
+        }
+        self.step(|| Command::Push(pushed.clone()), out, rejected)
+    }
+
+    /// Which groups a batch of `source` from `partition` goes to.
+    fn rows_of(
+        &self,
+        source: &str,
+        partition: usize,
+        rows: RecordBatch,
+    ) -> Result<Rows, EngineError> {
+        Ok(match self.key_columns.get(source) {
             _ if self.by_partition => {
                 if partition >= self.count {
                     return Err(EngineError::IncompatibleState(format!(
@@ -153,18 +178,15 @@ impl KeyGroups {
                 }
                 Rows::OfGroup {
                     group: partition,
-                    rows: rows.clone(),
+                    rows,
                 }
             }
             Some(&key) => Rows::ByKey {
-                rows: rows.clone(),
+                rows,
                 key,
                 groups: self.count,
             },
-            None if self.count == 1 => Rows::OfGroup {
-                group: 0,
-                rows: rows.clone(),
-            },
+            None if self.count == 1 => Rows::OfGroup { group: 0, rows },
             None => {
                 return Err(EngineError::DataFusion(
                     datafusion::error::DataFusionError::Internal(format!(
@@ -172,16 +194,7 @@ impl KeyGroups {
                     )),
                 ));
             }
-        };
-        self.step(
-            || Command::Push {
-                source: source.into(),
-                rows: rows.clone(),
-                watermark,
-            },
-            out,
-            rejected,
-        )
+        })
     }
 
     /// `source`'s watermark moved without rows (idle partitions, the end
@@ -341,6 +354,23 @@ fn combine(a: OperatorMetrics, b: OperatorMetrics) -> OperatorMetrics {
     }
 }
 
+/// A batch of a source's rows as it arrived, with the source's watermark
+/// after it.
+pub(crate) struct Arrival {
+    pub source: Arc<str>,
+    pub partition: usize,
+    pub rows: RecordBatch,
+    pub watermark: i64,
+}
+
+/// A batch on its way to the groups, and the source's watermark after it.
+#[derive(Clone)]
+struct Pushed {
+    source: Arc<str>,
+    rows: Rows,
+    watermark: i64,
+}
+
 /// A batch of a source's rows and which key groups they go to. Every
 /// thread gets the whole batch (its columns are shared, not copied) and
 /// takes out its own groups' rows, so no thread copies rows for another.
@@ -375,13 +405,9 @@ impl Rows {
 
 /// What a thread is asked to do with its groups.
 enum Command {
-    /// A source's rows (the thread takes its groups' share) and then its
-    /// new watermark.
-    Push {
-        source: Arc<str>,
-        rows: Rows,
-        watermark: i64,
-    },
+    /// Batches of source rows, each followed by its source's new
+    /// watermark; the thread takes its groups' share of each.
+    Push(Vec<Pushed>),
     Advance {
         source: Arc<str>,
         watermark: i64,
@@ -415,16 +441,18 @@ impl Shard {
     fn run(&mut self, command: Command) -> Result<Reply, EngineError> {
         let mut reply = Reply::default();
         match command {
-            Command::Push {
-                source,
-                rows,
-                watermark,
-            } => {
+            Command::Push(pushed) => {
                 let own: Vec<usize> = self.groups.iter().map(|(g, _)| *g).collect();
-                let shares = rows.shares(&own)?;
-                for ((group, graph), rows) in self.groups.iter_mut().zip(shares) {
+                // shares[b][i]: batch b's rows for the thread's i-th group.
+                let shares = pushed
+                    .iter()
+                    .map(|p| p.rows.shares(&own))
+                    .collect::<Result<Vec<_>, _>>()?;
+                for (i, (group, graph)) in self.groups.iter_mut().enumerate() {
                     let mut outputs = Vec::new();
-                    graph.push(&source, rows.as_ref(), watermark, &mut outputs)?;
+                    for (p, share) in pushed.iter().zip(&shares) {
+                        graph.push(&p.source, share[i].as_ref(), p.watermark, &mut outputs)?;
+                    }
                     reply.outputs.push(GroupOutput {
                         group: *group,
                         outputs,

@@ -439,10 +439,15 @@ impl Runner {
                     .or_default() += 1;
                 self.summary.offset_reset_skipped_records += reset.skipped;
             }
-            for b in &polled.batches {
-                self.pipeline
-                    .push(&b.table, b.partition, &b.rows, &mut step.out)?;
-            }
+            // One step for the whole poll: each partition's batch can run
+            // on its own thread.
+            self.pipeline.push_all(
+                polled
+                    .batches
+                    .iter()
+                    .map(|b| (b.table.as_str(), b.partition, &b.rows)),
+                &mut step.out,
+            )?;
             let rejected = self.pipeline.take_rejected();
             if !rejected.is_empty() {
                 step.oldest_uncommitted.get_or_insert_with(Instant::now);
