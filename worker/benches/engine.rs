@@ -328,7 +328,10 @@ fn threads_benchmark() {
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "\nohlc_5s split by symbol into key groups on threads ({cores} cores here, best of 3)"
+        "\nohlc_5s on threads ({cores} cores here): split by symbol into key groups, or a source \
+         partitioned by symbol (2 partitions, a poll of both per step); events/s, median of \
+         {THREAD_ROUNDS} rounds, every set-up once per round; eff. is the median of each round's \
+         2 threads / (2 x 1 thread)"
     );
     println!(
         "{:<58} {:>7} {:>13} {:>13} {:>13} {:>6} {:>13} {:>6} {:>13} {:>13} {:>6}",
@@ -348,40 +351,65 @@ fn threads_benchmark() {
         for symbols in symbol_counts() {
             let events = 4_000_000;
             let batches = ticks(events, symbols, shape);
-            let rate = |k, n| {
-                let (t, rows) = best_of(3, || stream_run_with(OHLC_5S, &batches, &config(k, n)));
-                (events as f64 / t.as_secs_f64(), rows)
-            };
-            let (one, rows) = rate(1, 1);
-            let (split, rows_split) = rate(2, 1);
-            let (two, rows_two) = rate(2, 2);
-            let (sixteen, rows_sixteen) = rate(16, 2);
-            assert_eq!(
-                (rows_split, rows_two, rows_sixteen),
-                (rows, rows, rows),
-                "the same rows on any thread count"
-            );
             let partitions = by_partition(&batches, 2);
-            let per_partition = |threads| {
-                let (t, rows) =
-                    best_of(3, || stream_run_by_partition(OHLC_5S, &partitions, threads));
-                (events as f64 / t.as_secs_f64(), rows)
-            };
-            let (one_part, rows_one_part) = per_partition(1);
-            let (two_part, rows_two_part) = per_partition(2);
-            assert_eq!(
-                rows_two_part, rows_one_part,
-                "the same rows on any thread count"
+            let by_key = |k, n| stream_run_with(OHLC_5S, &batches, &config(k, n));
+            let by_part = |n| stream_run_by_partition(OHLC_5S, &partitions, n);
+            let setups: [&dyn Fn() -> usize; 6] = [
+                &|| by_key(1, 1),
+                &|| by_key(2, 1),
+                &|| by_key(2, 2),
+                &|| by_key(16, 2),
+                &|| by_part(1),
+                &|| by_part(2),
+            ];
+            // rates[s][r]: set-up s in round r.
+            let mut rates = vec![Vec::new(); setups.len()];
+            let mut rows = vec![0; setups.len()];
+            for _ in 0..THREAD_ROUNDS {
+                for (s, run) in setups.iter().enumerate() {
+                    let t = Instant::now();
+                    rows[s] = run();
+                    rates[s].push(events as f64 / t.elapsed().as_secs_f64());
+                }
+            }
+            assert!(
+                rows[..4].iter().all(|&r| r == rows[0]) && rows[4] == rows[5],
+                "the same rows on any thread count: {rows:?}"
             );
+            let efficiency = |two: usize| {
+                median(
+                    rates[two]
+                        .iter()
+                        .zip(&rates[0])
+                        .map(|(two, one)| two / (2.0 * one))
+                        .collect(),
+                )
+            };
+            let rate = |s: usize| median(rates[s].clone());
             println!(
-                "{:<58} {symbols:>7} {one:>13.0} {split:>13.0} {two:>13.0} {:>6.2} {sixteen:>13.0} {:>6.2} {one_part:>13.0} {two_part:>13.0} {:>6.2}",
+                "{:<58} {symbols:>7} {:>13.0} {:>13.0} {:>13.0} {:>6.2} {:>13.0} {:>6.2} {:>13.0} {:>13.0} {:>6.2}",
                 shape.label(),
-                two / (2.0 * one),
-                sixteen / (2.0 * one),
-                two_part / (2.0 * one)
+                rate(0),
+                rate(1),
+                rate(2),
+                efficiency(2),
+                rate(3),
+                efficiency(3),
+                rate(4),
+                rate(5),
+                efficiency(5)
             );
         }
     }
+}
+
+/// Rounds of the threads benchmark: this machine's speed drifts by tens of
+/// per cent over minutes, so set-ups are compared within a round.
+const THREAD_ROUNDS: usize = 5;
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }
 
 /// Top-N: 4 M ticks in, three rows per window out.

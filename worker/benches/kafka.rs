@@ -158,8 +158,10 @@ const WORKER_TICKS: u64 = 2_000_000;
 const WORKER_PARTITIONS: usize = 6;
 
 /// One query (`ohlc_5s`, Avro in, JSON out, exactly-once) over the same
-/// 6-partition topic, run to its end by 1 and by 2 worker processes
-/// (`--workers`, state in Kafka), three rounds each, alternating. A set's
+/// 6-partition topic, run to its end by 1 worker process, by 1 on two
+/// threads (`--parallelism 2`: its partitions' key groups on two threads)
+/// and by 2 processes (`--workers`, state in Kafka), three rounds each,
+/// alternating. A set's
 /// throughput is the topic's records over the wall time from the first
 /// worker's start to the last one's exit, start-up included for both.
 fn workers_benchmark() {
@@ -187,7 +189,7 @@ fn workers_benchmark() {
         t.elapsed().as_secs_f64()
     );
     let sql = kafka_common::repo().join("sql/ohlc_5s.sql");
-    let run_set = |workers: usize| -> f64 {
+    let run_set = |workers: usize, threads: usize| -> f64 {
         let name = unique("bench-w");
         let started = Instant::now();
         let running: Vec<kafka_common::Drained> = (0..workers)
@@ -201,7 +203,8 @@ fn workers_benchmark() {
                         .args(["--output", &format!("ohlc_5s=kafka:{name}-out")])
                         .args(["--output-format", "json", "--bounded", "--name", &name])
                         .args(["--state-store", "kafka", "--workers", &workers.to_string()])
-                        .args(["--worker-index", &i.to_string()]),
+                        .args(["--worker-index", &i.to_string()])
+                        .args(["--parallelism", &threads.to_string()]),
                 )
             })
             .collect();
@@ -214,27 +217,34 @@ fn workers_benchmark() {
     };
     let mut rows = Vec::new();
     for round in 0..3 {
-        let one = run_set(1);
-        let two = run_set(2);
-        rows.push((round, one, two));
+        let one = run_set(1, 1);
+        let threads = run_set(1, 2);
+        let two = run_set(2, 1);
+        rows.push((round, one, threads, two));
     }
     println!(
-        "\nohlc_5s over {WORKER_PARTITIONS} partitions: 1 vs 2 worker processes (state in Kafka)"
+        "\nohlc_5s over {WORKER_PARTITIONS} partitions: 1 worker process, 1 on 2 threads, 2 processes (state in Kafka)"
     );
     println!(
-        "{:<6} {:>16} {:>16} {:>8}",
-        "round", "1 worker msg/s", "2 workers msg/s", "speed-up"
+        "{:<6} {:>16} {:>16} {:>8} {:>16} {:>8}",
+        "round", "1 worker msg/s", "2 threads msg/s", "speed-up", "2 workers msg/s", "speed-up"
     );
-    for (r, one, two) in &rows {
-        println!("{r:<6} {one:>16.0} {two:>16.0} {:>7.2}x", two / one);
+    for (r, one, threads, two) in &rows {
+        println!(
+            "{r:<6} {one:>16.0} {threads:>16.0} {:>7.2}x {two:>16.0} {:>7.2}x",
+            threads / one,
+            two / one
+        );
     }
-    let best_one = rows.iter().map(|r| r.1).fold(0.0, f64::max);
-    let best_two = rows.iter().map(|r| r.2).fold(0.0, f64::max);
+    let best = |f: fn(&(usize, f64, f64, f64)) -> f64| rows.iter().map(f).fold(0.0, f64::max);
+    let (one, threads, two) = (best(|r| r.1), best(|r| r.2), best(|r| r.3));
     println!(
-        "{:<6} {best_one:>16.0} {best_two:>16.0} {:>7.2}x  (scaling efficiency {:.2})",
+        "{:<6} {one:>16.0} {threads:>16.0} {:>7.2}x {two:>16.0} {:>7.2}x  (scaling efficiency {:.2} on threads, {:.2} on processes)",
         "best",
-        best_two / best_one,
-        best_two / best_one / 2.0
+        threads / one,
+        two / one,
+        threads / one / 2.0,
+        two / one / 2.0
     );
 }
 
