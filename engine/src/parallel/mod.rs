@@ -133,9 +133,9 @@ impl KeyGroups {
 
     /// Batches of source rows (split by key, or each whole to its
     /// partition's group), each followed by its source's new watermark, in
-    /// one step: every group takes each batch's share
-    /// and then its watermark, in order, exactly as pushed one by one, but
-    /// the threads work on all of them before they meet again. Batches of
+    /// one step: every group takes each batch's share and then its
+    /// watermark, in order, exactly as pushed one by one, but the threads
+    /// work through all of them before they meet again. Batches of
     /// different partitions (sources already partitioned by the key) thus
     /// keep every thread busy at once.
     pub(crate) fn push_all(
