@@ -161,9 +161,9 @@ const WORKER_PARTITIONS: usize = 6;
 /// 6-partition topic, run to its end by 1 worker process, by 1 on two
 /// threads (`--parallelism 2`: its partitions' key groups on two threads)
 /// and by 2 processes (`--workers`, state in Kafka), three rounds each,
-/// alternating. A set's
-/// throughput is the topic's records over the wall time from the first
-/// worker's start to the last one's exit, start-up included for both.
+/// alternating. A set's throughput is the topic's records over the wall
+/// time from the first worker's start to the last one's exit, start-up
+/// included for every set.
 fn workers_benchmark() {
     let e = env();
     let topics = Topics::new("bench-workers");

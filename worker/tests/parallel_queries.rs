@@ -195,12 +195,13 @@ fn every_query_gives_the_same_rows_on_1_2_and_4_threads_as_in_one_key_group() {
                 "{name}: the same streams have output"
             );
         }
-        let Ran { rows, .. } = run_in_rounds(sql, &config(KEY_GROUPS, 2));
+        let Ran {
+            rows, pipeline: p, ..
+        } = run_in_rounds(sql, &config(KEY_GROUPS, 2));
         assert!(
             rows == reference,
             "{name}: a round of batches pushed at once gives other rows than pushed one by one"
         );
-        let p = run(sql, &config(KEY_GROUPS, 2), None).pipeline;
         let why = match p.partitioning() {
             Partitioning::ByKey(columns) => {
                 split.push(*name);
