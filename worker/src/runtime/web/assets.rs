@@ -53,22 +53,14 @@ pub fn file(path: &str) -> Option<(&'static str, &'static [u8])> {
         .map(|(_, ctype, body)| (*ctype, *body))
 }
 
-/// A header from two ASCII strings this module and its callers control.
-pub fn header(name: &str, value: &str) -> tiny_http::Header {
-    tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes())
-        .expect("static header is valid")
-}
-
 /// The headers of every web view answer.
-pub fn security_headers() -> Vec<tiny_http::Header> {
-    vec![
-        header("Content-Security-Policy", CSP),
-        header("X-Content-Type-Options", "nosniff"),
-        header("Referrer-Policy", "no-referrer"),
-        header("X-Frame-Options", "DENY"),
-        header("Cache-Control", "no-cache"),
-    ]
-}
+pub const SECURITY_HEADERS: &[(&str, &str)] = &[
+    ("Content-Security-Policy", CSP),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+    ("X-Frame-Options", "DENY"),
+    ("Cache-Control", "no-cache"),
+];
 
 #[cfg(test)]
 mod tests {

@@ -11,14 +11,14 @@
 //!                  Feed (rings of JSON rows) ─▶ one update message ─▶ each client's
 //!                                                                    bounded channel
 //!                                                                         │
-//!                                            "web-sse" thread per page ◀──┘ writes it
+//!                                 the page's connection thread ◀──┘ writes it
 //! ```
 //!
 //! Invariants: the run loop only clones `Arc`s into a queue bounded per
 //! stream; JSON is made once per row on the publisher thread; a page gets
 //! at most `1 / PUBLISH_EVERY` messages a second; a page that does not
 //! keep up (its channel full) is dropped, a socket that takes no data for
-//! `WRITE_TIMEOUT` is closed; at most `MAX_CLIENTS` pages at a time. The
+//! `http::server::IO_TIMEOUT` is closed; at most `MAX_CLIENTS` pages at a time. The
 //! pure parts (roles, rings, JSON) are in [`feed`], the embedded page in
 //! [`assets`], the SSE connection in [`sse`].
 
@@ -46,8 +46,6 @@ const PANEL_EVERY: Duration = Duration::from_secs(1);
 pub const MAX_CLIENTS: usize = 32;
 /// Messages a page may fall behind before it is dropped (~4 s of updates).
 const CLIENT_QUEUE: usize = 16;
-/// A page's socket that accepts no bytes this long is closed.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a page could not be subscribed.
 #[derive(Debug, thiserror::Error)]

@@ -1,19 +1,20 @@
 //! The worker's HTTP endpoint: `/metrics` (Prometheus), `/healthz` (the
-//! process is alive and its run loop makes progress), `/readyz` (it is processing) and `/status` (JSON, for
-//! the operator and for humans); with a [`WebView`], also the live web
-//! view (`/`, its files, and `/events`).
+//! process is alive and its run loop makes progress), `/readyz` (it is
+//! processing) and `/status` (JSON, for the operator and for humans); with a
+//! [`WebView`], also the live web view (`/`, its files, and `/events`).
 //!
-//! Requests are answered one at a time on one thread, so nothing slow may
-//! run on it: a web page's event stream moves to a thread of its own
-//! (`web::sse`), and every connection's writes time out (`WRITE_TIMEOUT`,
-//! set on the listening socket, which accepted sockets inherit), so a
-//! client that stops reading cannot hold the loop for long.
+//! The routes are here; [`server`] accepts connections, each on a thread of
+//! its own with read and write timeouts, so a web page's open event stream
+//! or a client that stops reading holds only its own connection.
+
+pub mod server;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::status::{StatusHandle, WorkerState, render_metrics};
 use super::web::{self, WebView, assets};
+use server::{Request, Response};
 
 /// Serves the endpoint on a background thread until the process exits.
 /// Returns the bound address (useful with port 0).
@@ -29,62 +30,48 @@ pub fn serve_with(
 ) -> anyhow::Result<SocketAddr> {
     let listener = std::net::TcpListener::bind(addr)
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for the status endpoint: {e}"))?;
-    socket2::SockRef::from(&listener).set_write_timeout(Some(web::WRITE_TIMEOUT))?;
-    let server = tiny_http::Server::from_listener(listener, None)
-        .map_err(|e| anyhow::anyhow!("cannot serve on {addr}: {e}"))?;
-    let server = Arc::new(server);
-    let bound = server
-        .server_addr()
-        .to_ip()
-        .ok_or_else(|| anyhow::anyhow!("status endpoint is not on an IP socket"))?;
-    std::thread::Builder::new()
-        .name("status-http".into())
-        .spawn(move || {
-            for req in server.incoming_requests() {
-                let req = match &web {
-                    Some(web) => match serve_web(req, web) {
-                        Some(req) => req,
-                        None => continue,
-                    },
-                    None => req,
-                };
-                let (code, ctype, body) = respond(req.url(), &status);
-                let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], ctype.as_bytes())
-                    .expect("static header is valid");
-                let resp = tiny_http::Response::from_string(body)
-                    .with_status_code(code)
-                    .with_header(header);
-                let _ = req.respond(resp);
-            }
-        })?;
+    let bound = listener.local_addr()?;
+    server::spawn(
+        listener,
+        Arc::new(move |req: Request| route(req, &status, web.as_ref())),
+    )
+    .map_err(|e| anyhow::anyhow!("cannot serve on {addr}: {e}"))?;
     Ok(bound)
 }
 
+/// Answers one request: the web view's paths when there is one, else the
+/// worker's own.
+fn route(req: Request, status: &StatusHandle, web: Option<&WebView>) {
+    let req = match web {
+        Some(web) => match serve_web(req, web) {
+            Some(req) => req,
+            None => return,
+        },
+        None => req,
+    };
+    let (code, ctype, body) = respond(req.url(), status);
+    req.respond(Response::new(code, ctype, body));
+}
+
 /// Answers the web view's paths; hands back any other request.
-fn serve_web(req: tiny_http::Request, web: &WebView) -> Option<tiny_http::Request> {
-    let path = req.url().split('?').next().unwrap_or("/").to_string();
-    if path == "/events" {
+fn serve_web(req: Request, web: &WebView) -> Option<Request> {
+    if req.path() == "/events" {
         web::sse::serve_events(req, web);
         return None;
     }
-    let Some((ctype, body)) = assets::file(&path) else {
+    let Some((ctype, body)) = assets::file(req.path()) else {
         return Some(req);
     };
-    if *req.method() != tiny_http::Method::Get && *req.method() != tiny_http::Method::Head {
+    if req.method() != "GET" && req.method() != "HEAD" {
         // Read-only: nothing on this endpoint takes a write.
-        let _ = req.respond(
-            tiny_http::Response::from_string("read-only: GET only\n")
-                .with_status_code(405)
-                .with_header(assets::header("Allow", "GET, HEAD")),
-        );
+        req.respond(Response::text(405, "read-only: GET only\n").with_header("Allow", "GET, HEAD"));
         return None;
     }
-    let mut resp =
-        tiny_http::Response::from_data(body).with_header(assets::header("Content-Type", ctype));
-    for h in assets::security_headers() {
-        resp.add_header(h);
+    let mut resp = Response::new(200, ctype, body);
+    for (name, value) in assets::SECURITY_HEADERS {
+        resp = resp.with_header(name, *value);
     }
-    let _ = req.respond(resp);
+    req.respond(resp);
     None
 }
 
@@ -131,19 +118,6 @@ fn respond(url: &str, status: &StatusHandle) -> (u16, &'static str, String) {
 mod tests {
     use super::*;
     use std::time::Duration;
-
-    #[test]
-    fn accepted_connections_inherit_the_write_timeout() {
-        // What keeps a client that stops reading from holding the loop:
-        // Linux copies SO_SNDTIMEO from the listener to accepted sockets.
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        socket2::SockRef::from(&listener)
-            .set_write_timeout(Some(web::WRITE_TIMEOUT))
-            .unwrap();
-        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (accepted, _) = listener.accept().unwrap();
-        assert_eq!(accepted.write_timeout().unwrap(), Some(web::WRITE_TIMEOUT));
-    }
 
     #[test]
     fn healthz_fails_when_the_running_loop_stops_making_steps() {
