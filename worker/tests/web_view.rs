@@ -378,6 +378,7 @@ fn hostile_values_show_as_text_and_the_endpoint_stays_read_only() {
     // than the cap is refused, and /status answers throughout. The pages
     // Chromium opened above hold slots until a write to them fails.
     wait_for(|| web.clients() == 0, Duration::from_secs(20));
+    assert_eq!(web.clients(), 0, "Chromium's pages gave their slots back");
     // All at once, as pages reconnecting after a restart would come: every
     // one is served, none queued behind another's open stream.
     let mut idle = Vec::new();

@@ -49,7 +49,7 @@ fn route(req: Request, status: &StatusHandle, web: Option<&WebView>) {
         },
         None => req,
     };
-    let (code, ctype, body) = respond(req.url(), status);
+    let (code, ctype, body) = respond(req.path(), status);
     req.respond(Response::new(code, ctype, body));
 }
 
@@ -75,9 +75,9 @@ fn serve_web(req: Request, web: &WebView) -> Option<Request> {
     None
 }
 
-fn respond(url: &str, status: &StatusHandle) -> (u16, &'static str, String) {
+/// The worker's own answer to `path` (without its query).
+fn respond(path: &str, status: &StatusHandle) -> (u16, &'static str, String) {
     let s = status.get();
-    let path = url.split('?').next().unwrap_or(url);
     match path {
         "/metrics" => (200, "text/plain; version=0.0.4", render_metrics(&s)),
         "/healthz" => match (s.state, status.stalled()) {

@@ -41,11 +41,6 @@ impl Request {
         &self.method
     }
 
-    /// The request target as sent (path and query).
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
     /// The path without its query.
     pub fn path(&self) -> &str {
         self.url.split('?').next().unwrap_or("/")

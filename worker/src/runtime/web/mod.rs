@@ -18,9 +18,9 @@
 //! stream; JSON is made once per row on the publisher thread; a page gets
 //! at most `1 / PUBLISH_EVERY` messages a second; a page that does not
 //! keep up (its channel full) is dropped, a socket that takes no data for
-//! `http::server::IO_TIMEOUT` is closed; at most `MAX_CLIENTS` pages at a time. The
-//! pure parts (roles, rings, JSON) are in [`feed`], the embedded page in
-//! [`assets`], the SSE connection in [`sse`].
+//! `http::server::IO_TIMEOUT` is closed; at most `MAX_CLIENTS` pages at a
+//! time. The pure parts (roles, rings, JSON) are in [`feed`], the embedded
+//! page in [`assets`], the SSE connection in [`sse`].
 
 pub mod assets;
 pub mod feed;
