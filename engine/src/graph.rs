@@ -184,7 +184,7 @@ impl StreamGraph {
                     Change::Rows(rows) => operator.on_input_batch(k, rows, &mut o)?,
                     Change::Deletes(keys) => operator.on_input_deletes(k, keys, &mut o)?,
                 }
-                self.emit(i, o, out)?;
+                self.emit(i, o, Some(input), out)?;
             }
         }
         Ok(())
@@ -193,16 +193,19 @@ impl StreamGraph {
     /// Passes a stream's output on: to the run loop, and to the streams
     /// that read it; rows its expressions failed on, to the dead letters
     /// (also those of rows emitted at a watermark, e.g. an OVER stream's
-    /// SELECT list).
+    /// SELECT list), as rows of `fed`, the input whose rows were just fed
+    /// (a UNION's branch), or else of the stream's first input.
     fn emit(
         &mut self,
         stream: usize,
         mut o: Output,
+        fed: Option<&str>,
         out: &mut Vec<StreamOutput>,
     ) -> Result<(), EngineError> {
         let s = &self.streams[stream];
+        let source = fed.unwrap_or(&s.inputs[0]).to_string();
         self.rejected.extend(o.rejected.drain(..).map(|r| Rejected {
-            source: s.inputs[0].clone(),
+            source: source.clone(),
             stream: Some(s.name.clone()),
             reason: RejectReason::Evaluation,
             error: r.error,
@@ -251,7 +254,7 @@ impl StreamGraph {
             let mut o = Output::default();
             s.operator
                 .on_input_watermarks(&s.input_watermarks, &mut o)?;
-            self.emit(i, o, out)?;
+            self.emit(i, o, None, out)?;
             if self.streams[i].intermediate {
                 // What the stream emitted is complete up to here (an OVER
                 // stream trails its input while rows wait for a step).

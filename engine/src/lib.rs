@@ -236,6 +236,9 @@ pub struct Pipeline {
     rejected: Vec<Rejected>,
     groups: parallel::KeyGroups,
     partitioning: Partitioning,
+    /// The columns of each source the streams evaluate (by lower-case
+    /// name): a key group's share of a batch copies only those.
+    columns_read: BTreeMap<String, Vec<bool>>,
     /// What building the key groups anew takes (a restore of a checkpoint
     /// with another number of them).
     plans: Vec<StreamPlan>,
@@ -270,6 +273,7 @@ impl Pipeline {
             .map(|p| planned.is_read_by_streams(&p.name))
             .collect();
         let partitioning = parallel::partition::partitioning(&planned);
+        let columns_read = parallel::partition::columns_read(&planned);
         let count = match &partitioning {
             Partitioning::ByKey(_) => config
                 .key_groups
@@ -313,6 +317,7 @@ impl Pipeline {
             rejected: Vec::new(),
             groups: parallel::KeyGroups::empty(),
             partitioning,
+            columns_read,
             plans,
             read,
             threads: config.parallelism,
@@ -343,6 +348,7 @@ impl Pipeline {
         self.groups = parallel::KeyGroups::start(
             graphs,
             key_columns,
+            self.columns_read.clone(),
             self.by_partition,
             self.threads,
             self.read_partitions.as_deref(),

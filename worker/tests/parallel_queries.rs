@@ -284,3 +284,85 @@ fn a_restore_keeps_the_checkpoints_key_groups_and_uses_at_most_that_many_threads
     other.restore(one).unwrap();
     assert_eq!((other.key_groups(), other.threads()), (1, 1));
 }
+
+/// Every row refused while `sql` runs over the market ticks (one batch at
+/// a time, then the first batch again, all late by then), and every late
+/// row, as sorted text with its stream, reason, error and all its columns.
+fn refused_and_late_rows(sql: &str, config: &EngineConfig) -> (Vec<String>, Vec<String>) {
+    let (table, batches) = tables().swap_remove(0);
+    assert_eq!(table, SourceTable::MarketTicks.table_name());
+    let mut p = Pipeline::new(sql, &Catalog::builtin(), config).unwrap();
+    let mut out = Vec::new();
+    let mut refused = Vec::new();
+    for batch in batches.iter().chain(&batches[..1]) {
+        p.push(table, 0, batch, &mut out).unwrap();
+        refused.extend(p.take_rejected());
+    }
+    p.finish_partition(table, 0, &mut out).unwrap();
+    refused.extend(p.take_rejected());
+    let mut refused: Vec<String> = refused
+        .iter()
+        .flat_map(|r| {
+            rows_of(&r.rows).into_iter().map(move |row| {
+                format!(
+                    "{} {:?} {:?} {} {row:?}",
+                    r.source, r.stream, r.reason, r.error
+                )
+            })
+        })
+        .collect();
+    refused.sort();
+    let mut late: Vec<String> = out
+        .iter()
+        .filter(|o| o.kind == OutputKind::Late)
+        .flat_map(|o| {
+            rows_of(&o.rows)
+                .into_iter()
+                .map(move |row| format!("{} {row:?}", o.stream))
+        })
+        .collect();
+    late.sort();
+    (refused, late)
+}
+
+#[test]
+fn rows_a_split_query_refuses_or_finds_late_leave_it_whole() {
+    // Split by key, each key group copies only the columns its streams
+    // read (symbol, ts, volume, price here); the rows an expression fails
+    // on (integer division by zero) still go to the dead letters, and late
+    // rows to the late output, with every column: exchange, side, bid and
+    // ask included.
+    let sql = "CREATE STREAM bars AS SELECT symbol, COUNT(*) AS n, SUM(1 / (volume % 7)) AS s \
+               FROM market_ticks GROUP BY symbol, TUMBLE(ts, INTERVAL '5' SECOND) \
+               EMIT ON WINDOW CLOSE; \
+               CREATE STREAM picked AS SELECT symbol, price, 10 / (volume % 5) AS q \
+               FROM market_ticks WHERE price > 0;";
+    let (refused, late) = refused_and_late_rows(sql, &config(1, 1));
+    assert!(
+        refused.len() > 100,
+        "the data has rows to refuse: {}",
+        refused.len()
+    );
+    assert!(
+        refused.iter().any(|r| r.contains("\"bars\""))
+            && refused.iter().any(|r| r.contains("\"picked\""))
+    );
+    assert!(
+        late.len() > 100,
+        "the batch pushed again is late: {}",
+        late.len()
+    );
+    for threads in [1, 2] {
+        let (split_refused, split_late) = refused_and_late_rows(sql, &config(KEY_GROUPS, threads));
+        assert_eq!(split_refused.len(), refused.len(), "{threads} threads");
+        assert!(
+            split_refused == refused,
+            "{threads} threads: other dead letters than one key group's"
+        );
+        assert_eq!(split_late.len(), late.len(), "{threads} threads");
+        assert!(
+            split_late == late,
+            "{threads} threads: other late rows than one key group's"
+        );
+    }
+}

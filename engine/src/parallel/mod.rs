@@ -15,6 +15,7 @@
 //! number of key groups is refused.
 
 pub mod partition;
+mod project;
 pub mod route;
 
 use std::collections::BTreeMap;
@@ -24,6 +25,9 @@ use std::thread::JoinHandle;
 
 use arrow::array::{RecordBatch, UInt32Array};
 use arrow::compute::{concat_batches, take_record_batch};
+
+use project::{Origin, Placeholders, Restorer};
+use route::Routed;
 
 use crate::graph::{RunningStream, StreamGraph};
 use crate::operator::OperatorMetrics;
@@ -36,6 +40,9 @@ pub(crate) struct KeyGroups {
     count: usize,
     /// Column to split each source's rows by; empty with one group.
     key_columns: BTreeMap<String, usize>,
+    /// The columns a group's share of each source's rows copies (by
+    /// lower-case name; absent: all), see [`project`].
+    columns_read: BTreeMap<String, Arc<[bool]>>,
     /// Rows go to the key group of their source partition's number
     /// instead (sources partitioned by the key already: a query on
     /// several workers, see [`KeyGroups::start`]).
@@ -54,15 +61,17 @@ impl KeyGroups {
         Self {
             count: 0,
             key_columns: BTreeMap::new(),
+            columns_read: BTreeMap::new(),
             by_partition: false,
-            local: Shard { groups: Vec::new() },
+            local: Shard::new(Vec::new()),
             workers: Vec::new(),
             remote_metrics: Vec::new(),
         }
     }
 
     /// `graphs[g]` is key group `g`; they run on `threads` threads. Rows
-    /// are split by `key_columns`, or with `by_partition` sent whole to the
+    /// are split by `key_columns` (each share copying only the
+    /// `columns_read`), or with `by_partition` sent whole to the
     /// group numbered like the partition they came from (sources whose
     /// partitions each hold a share of the keys, as a Kafka topic keyed by
     /// the key column does).
@@ -73,6 +82,7 @@ impl KeyGroups {
     pub(crate) fn start(
         graphs: Vec<StreamGraph>,
         key_columns: BTreeMap<String, usize>,
+        columns_read: BTreeMap<String, Vec<bool>>,
         by_partition: bool,
         threads: usize,
         busy: Option<&[usize]>,
@@ -84,7 +94,7 @@ impl KeyGroups {
             None => g % threads,
             Some(busy) => busy.iter().position(|&b| b == g).map_or(0, |i| i % threads),
         };
-        let mut shards: Vec<Shard> = (0..threads).map(|_| Shard { groups: Vec::new() }).collect();
+        let mut shards: Vec<Shard> = (0..threads).map(|_| Shard::new(Vec::new())).collect();
         for (g, graph) in graphs.into_iter().enumerate() {
             shards[thread_of(g)].groups.push((g, graph));
         }
@@ -94,9 +104,16 @@ impl KeyGroups {
             .enumerate()
             .map(|(i, s)| Worker::spawn(i + 1, s))
             .collect();
+        // Only sources some column of which no stream reads are projected.
+        let columns_read = columns_read
+            .into_iter()
+            .filter(|(_, read)| read.contains(&false))
+            .map(|(table, read)| (table, Arc::from(read)))
+            .collect();
         Self {
             count,
             key_columns,
+            columns_read,
             by_partition,
             local,
             remote_metrics: vec![Vec::new(); workers.len()],
@@ -185,6 +202,7 @@ impl KeyGroups {
                 rows,
                 key,
                 groups: self.count,
+                read: self.columns_read.get(&source.to_ascii_lowercase()).cloned(),
             },
             None if self.count == 1 => Rows::OfGroup { group: 0, rows },
             None => {
@@ -343,6 +361,31 @@ fn in_window_order(
     Ok(merged)
 }
 
+/// Late rows among `outputs` of a projected share's push, given their
+/// source rows back. Late rows are rows of the share (a stream decides
+/// lateness as rows arrive), so one not found is a broken invariant, and
+/// an error rather than placeholders passed off as a row's values.
+fn restore_late(
+    restorer: &mut Restorer<'_>,
+    outputs: &mut [StreamOutput],
+) -> Result<(), EngineError> {
+    for o in outputs.iter_mut().filter(|o| o.kind == OutputKind::Late) {
+        match restorer.source_rows(&format!("late rows of {}", o.stream), &o.rows)? {
+            Some(rows) => o.rows = rows,
+            None if restorer.is_share_schema(&o.rows) => {
+                return Err(EngineError::DataFusion(
+                    datafusion::error::DataFusionError::Internal(format!(
+                        "late rows of stream {} are not rows of the key group's share",
+                        o.stream
+                    )),
+                ));
+            }
+            None => {} // rows of a stream the stream reads, not of the source
+        }
+    }
+    Ok(())
+}
+
 /// Counters of two groups of one stream.
 fn combine(a: OperatorMetrics, b: OperatorMetrics) -> OperatorMetrics {
     OperatorMetrics {
@@ -378,28 +421,94 @@ struct Pushed {
 enum Rows {
     /// All to one group (the partition's, or the only one).
     OfGroup { group: usize, rows: RecordBatch },
-    /// Each row to the group of its `key` column's hash among `groups`.
+    /// Each row to the group of its `key` column's hash among `groups`,
+    /// copying the `read` columns only (all without).
     ByKey {
         rows: RecordBatch,
         key: usize,
         groups: usize,
+        read: Option<Arc<[bool]>>,
     },
+}
+
+/// A group's share of a batch.
+struct Share {
+    rows: RecordBatch,
+    /// Which rows of the batch it holds, when it copies only the columns
+    /// its streams read (to give dead letters their source rows back).
+    projected: Option<UInt32Array>,
+}
+
+impl Share {
+    fn whole(rows: &RecordBatch) -> Self {
+        Self {
+            rows: rows.clone(),
+            projected: None,
+        }
+    }
 }
 
 impl Rows {
     /// The shares of `groups` (in that order), `None` for no rows.
-    fn shares(&self, groups: &[usize]) -> Result<Vec<Option<RecordBatch>>, EngineError> {
-        Ok(match self {
-            Rows::OfGroup { group, rows } => groups
-                .iter()
-                .map(|g| (g == group).then(|| rows.clone()))
-                .collect(),
+    fn shares(
+        &self,
+        groups: &[usize],
+        placeholders: &mut Placeholders,
+    ) -> Result<Vec<Option<Share>>, EngineError> {
+        let (rows, key, count, read) = match self {
+            Rows::OfGroup { group, rows } => {
+                return Ok(groups
+                    .iter()
+                    .map(|g| (g == group).then(|| Share::whole(rows)))
+                    .collect());
+            }
             Rows::ByKey {
                 rows,
                 key,
-                groups: count,
-            } => route::split_for(rows, *key, *count, groups)?,
-        })
+                groups,
+                read,
+            } => (rows, *key, *groups, read),
+        };
+        let per_group = match route::route_for(rows, key, count, groups)? {
+            Routed::Whole(group) => {
+                return Ok(groups
+                    .iter()
+                    .map(|&g| (g == group).then(|| Share::whole(rows)))
+                    .collect());
+            }
+            Routed::Rows(per_group) => per_group,
+        };
+        per_group
+            .into_iter()
+            .map(|taken| {
+                if taken.is_empty() {
+                    return Ok(None);
+                }
+                let taken = UInt32Array::from(taken);
+                Ok(Some(match read {
+                    Some(read) => Share {
+                        rows: project::take_read(rows, &taken, read, placeholders)?,
+                        projected: Some(taken),
+                    },
+                    None => Share {
+                        rows: take_record_batch(rows, &taken)?,
+                        projected: None,
+                    },
+                }))
+            })
+            .collect()
+    }
+
+    /// The batch and the columns its shares copy, when they copy only some.
+    fn projected(&self) -> Option<(&RecordBatch, &[bool])> {
+        match self {
+            Rows::ByKey {
+                rows,
+                read: Some(read),
+                ..
+            } => Some((rows, read)),
+            _ => None,
+        }
     }
 }
 
@@ -435,9 +544,18 @@ struct Reply {
 /// The key groups one thread runs.
 struct Shard {
     groups: Vec<(usize, StreamGraph)>,
+    /// Placeholder columns of projected shares, by source.
+    placeholders: BTreeMap<Arc<str>, Placeholders>,
 }
 
 impl Shard {
+    fn new(groups: Vec<(usize, StreamGraph)>) -> Self {
+        Self {
+            groups,
+            placeholders: BTreeMap::new(),
+        }
+    }
+
     fn run(&mut self, command: Command) -> Result<Reply, EngineError> {
         let mut reply = Reply::default();
         match command {
@@ -446,17 +564,32 @@ impl Shard {
                 // shares[b][i]: batch b's rows for the thread's i-th group.
                 let shares = pushed
                     .iter()
-                    .map(|p| p.rows.shares(&own))
+                    .map(|p| {
+                        let placeholders = self.placeholders.entry(p.source.clone()).or_default();
+                        p.rows.shares(&own, placeholders)
+                    })
                     .collect::<Result<Vec<_>, _>>()?;
                 for (i, (group, graph)) in self.groups.iter_mut().enumerate() {
                     let mut outputs = Vec::new();
-                    for (p, share) in pushed.iter().zip(&shares) {
-                        graph.push(&p.source, share[i].as_ref(), p.watermark, &mut outputs)?;
+                    let mut rejected = Vec::new();
+                    for (p, shares) in pushed.iter().zip(&shares) {
+                        let share = shares[i].as_ref();
+                        let before = outputs.len();
+                        graph.push(&p.source, share.map(|s| &s.rows), p.watermark, &mut outputs)?;
+                        let mut refused = graph.take_rejected();
+                        if let (Some((batch, read)), Some(rows)) =
+                            (p.rows.projected(), share.and_then(|s| s.projected.as_ref()))
+                        {
+                            let mut restorer = Restorer::new(Origin { batch, rows, read });
+                            restore_late(&mut restorer, &mut outputs[before..])?;
+                            restorer.dead_letters(&mut refused, &p.source)?;
+                        }
+                        rejected.extend(refused);
                     }
                     reply.outputs.push(GroupOutput {
                         group: *group,
                         outputs,
-                        rejected: graph.take_rejected(),
+                        rejected,
                     });
                 }
             }

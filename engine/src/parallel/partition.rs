@@ -16,9 +16,10 @@ use std::sync::Arc;
 use arrow::datatypes::DataType;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_expr::utils::collect_columns;
 
 use crate::catalog::SourceDef;
-use crate::plan::{GroupSlot, PlannedSql, RowStep, StreamKind};
+use crate::plan::{GroupSlot, PlannedSql, RowStep, StreamKind, WindowedPlan};
 
 /// How a query's rows are split into key groups.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -176,6 +177,82 @@ fn key_columns(planned: &PlannedSql) -> Result<BTreeMap<String, usize>, String> 
         key_of.insert(stream.name.to_ascii_lowercase(), output);
     }
     Ok(sources)
+}
+
+/// Which columns of each source table (by lower-case name) the streams
+/// reading it evaluate. A key group's share of a batch copies
+/// only these ([`super::project`]); every other column of it holds
+/// placeholder values no stream looks at. Exact for windowed aggregates
+/// and stateless streams, which evaluate source rows as they arrive and
+/// keep none; a table read by any other kind of stream (an OVER window or
+/// an updating aggregate, which keep source rows or evaluate them later)
+/// has all its columns read.
+pub fn columns_read(planned: &PlannedSql) -> BTreeMap<String, Vec<bool>> {
+    let mut read: BTreeMap<String, Vec<bool>> = BTreeMap::new();
+    for stream in &planned.streams {
+        for (branch, input) in stream.inputs.iter().enumerate() {
+            let Some(def) = planned.catalog.get(input) else {
+                continue;
+            };
+            if planned
+                .streams
+                .iter()
+                .any(|s| s.name.eq_ignore_ascii_case(input))
+            {
+                continue; // an earlier stream, not a table
+            }
+            let width = def.schema.fields().len();
+            let columns = read
+                .entry(input.to_ascii_lowercase())
+                .or_insert_with(|| vec![false; width]);
+            let used = match &stream.kind {
+                StreamKind::Windowed(w) => Some(windowed_inputs(w)),
+                StreamKind::Stateless(s) => s.branches.get(branch).and_then(|b| steps_inputs(b)),
+                _ => None,
+            };
+            match used {
+                Some(used) => used
+                    .into_iter()
+                    .filter(|&c| c < width)
+                    .for_each(|c| columns[c] = true),
+                None => columns.iter_mut().for_each(|c| *c = true),
+            }
+        }
+    }
+    read
+}
+
+/// The source columns a windowed aggregate evaluates on its input rows.
+fn windowed_inputs(w: &WindowedPlan) -> Vec<usize> {
+    let exprs = w.filter.iter().chain(&w.keys).chain(
+        w.aggregates
+            .iter()
+            .flat_map(|a| a.inputs.iter().chain(&a.filter)),
+    );
+    let mut used = vec![w.event_time_index];
+    used.extend(exprs.flat_map(|e| collect_columns(e).into_iter().map(|c| c.index())));
+    used
+}
+
+/// The input columns a list of row steps reads: those of the filters
+/// before the first projection and of that projection; `None` (all) when
+/// no step projects, since the input's columns are then the output's.
+fn steps_inputs(steps: &[RowStep]) -> Option<Vec<usize>> {
+    let mut used = Vec::new();
+    for step in steps {
+        match step {
+            RowStep::Filter(e) => used.extend(collect_columns(e).iter().map(Column::index)),
+            RowStep::Project(exprs) => {
+                used.extend(
+                    exprs
+                        .iter()
+                        .flat_map(|e| collect_columns(e).into_iter().map(|c| c.index())),
+                );
+                return Some(used);
+            }
+        }
+    }
+    None
 }
 
 /// Whether `e` is a plain reference to column `index` of its input.

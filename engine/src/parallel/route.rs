@@ -78,15 +78,45 @@ pub fn split_for(
     groups: usize,
     wanted: &[usize],
 ) -> Result<Vec<Option<RecordBatch>>, ArrowError> {
+    match route_for(batch, key, groups, wanted)? {
+        Routed::Whole(group) => Ok(wanted
+            .iter()
+            .map(|&g| (g == group).then(|| batch.clone()))
+            .collect()),
+        Routed::Rows(rows) => rows
+            .into_iter()
+            .map(|rows| match rows.len() {
+                0 => Ok(None),
+                _ => take_record_batch(batch, &UInt32Array::from(rows)).map(Some),
+            })
+            .collect(),
+    }
+}
+
+/// Where the rows of a batch go, for some of the groups.
+pub enum Routed {
+    /// Every row to this group.
+    Whole(usize),
+    /// The rows of each wanted group (in the caller's order), in order.
+    Rows(Vec<Vec<u32>>),
+}
+
+/// Which rows of `batch` each of the `wanted` groups gets when it is split
+/// into `groups` by column `key`.
+pub fn route_for(
+    batch: &RecordBatch,
+    key: usize,
+    groups: usize,
+    wanted: &[usize],
+) -> Result<Routed, ArrowError> {
     if groups == 1 {
-        return Ok(wanted.iter().map(|_| Some(batch.clone())).collect());
+        return Ok(Routed::Whole(0));
     }
     let of_row = key_groups(batch.column(key), groups)?;
     if let Some(&first) = of_row.first()
         && of_row.iter().all(|&g| g == first)
     {
-        let whole = |g: usize| (g == first as usize).then(|| batch.clone());
-        return Ok(wanted.iter().map(|&g| whole(g)).collect());
+        return Ok(Routed::Whole(first as usize));
     }
     // Where each wanted group's share goes, by group number.
     let mut slot: Vec<Option<usize>> = vec![None; groups];
@@ -99,12 +129,7 @@ pub fn split_for(
             rows[s].push(i as u32);
         }
     }
-    rows.into_iter()
-        .map(|rows| match rows.len() {
-            0 => Ok(None),
-            _ => take_record_batch(batch, &UInt32Array::from(rows)).map(Some),
-        })
-        .collect()
+    Ok(Routed::Rows(rows))
 }
 
 #[cfg(test)]
