@@ -440,11 +440,17 @@ struct Share {
 }
 
 impl Share {
-    fn whole(rows: &RecordBatch) -> Self {
-        Self {
-            rows: rows.clone(),
-            projected: None,
-        }
+    /// The shares of `groups` when all of `rows` go to `group`.
+    fn all_to(group: usize, groups: &[usize], rows: &RecordBatch) -> Vec<Option<Self>> {
+        groups
+            .iter()
+            .map(|&g| {
+                (g == group).then(|| Self {
+                    rows: rows.clone(),
+                    projected: None,
+                })
+            })
+            .collect()
     }
 }
 
@@ -456,12 +462,7 @@ impl Rows {
         placeholders: &mut Placeholders,
     ) -> Result<Vec<Option<Share>>, EngineError> {
         let (rows, key, count, read) = match self {
-            Rows::OfGroup { group, rows } => {
-                return Ok(groups
-                    .iter()
-                    .map(|g| (g == group).then(|| Share::whole(rows)))
-                    .collect());
-            }
+            Rows::OfGroup { group, rows } => return Ok(Share::all_to(*group, groups, rows)),
             Rows::ByKey {
                 rows,
                 key,
@@ -470,12 +471,7 @@ impl Rows {
             } => (rows, *key, *groups, read),
         };
         let per_group = match route::route_for(rows, key, count, groups)? {
-            Routed::Whole(group) => {
-                return Ok(groups
-                    .iter()
-                    .map(|&g| (g == group).then(|| Share::whole(rows)))
-                    .collect());
-            }
+            Routed::Whole(group) => return Ok(Share::all_to(group, groups, rows)),
             Routed::Rows(per_group) => per_group,
         };
         per_group

@@ -230,7 +230,7 @@ fn windowed_inputs(w: &WindowedPlan) -> Vec<usize> {
             .flat_map(|a| a.inputs.iter().chain(&a.filter)),
     );
     let mut used = vec![w.event_time_index];
-    used.extend(exprs.flat_map(|e| collect_columns(e).into_iter().map(|c| c.index())));
+    used.extend(exprs.flat_map(columns_of));
     used
 }
 
@@ -241,18 +241,19 @@ fn steps_inputs(steps: &[RowStep]) -> Option<Vec<usize>> {
     let mut used = Vec::new();
     for step in steps {
         match step {
-            RowStep::Filter(e) => used.extend(collect_columns(e).iter().map(Column::index)),
+            RowStep::Filter(e) => used.extend(columns_of(e)),
             RowStep::Project(exprs) => {
-                used.extend(
-                    exprs
-                        .iter()
-                        .flat_map(|e| collect_columns(e).into_iter().map(|c| c.index())),
-                );
+                used.extend(exprs.iter().flat_map(columns_of));
                 return Some(used);
             }
         }
     }
     None
+}
+
+/// The input columns `e` refers to.
+fn columns_of(e: &Arc<dyn PhysicalExpr>) -> impl Iterator<Item = usize> + use<> {
+    collect_columns(e).into_iter().map(|c| c.index())
 }
 
 /// Whether `e` is a plain reference to column `index` of its input.
