@@ -327,6 +327,11 @@ fn threads_benchmark() {
         ..EngineConfig::default()
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // `TICKFLOW_BENCH_SETUPS=2` (comma-separated column numbers, 0 = 1
+    // thread) runs only those set-ups (for profiling one of them).
+    let only: Option<Vec<usize>> = std::env::var("TICKFLOW_BENCH_SETUPS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect());
     println!(
         "\nohlc_5s on threads ({cores} cores here): split by symbol into key groups, or a source \
          partitioned by symbol (2 partitions, a poll of both per step); events/s, median of \
@@ -367,13 +372,17 @@ fn threads_benchmark() {
             let mut rows = vec![0; setups.len()];
             for _ in 0..THREAD_ROUNDS {
                 for (s, run) in setups.iter().enumerate() {
+                    if !only.as_ref().is_none_or(|o| o.contains(&s)) {
+                        rates[s].push(f64::NAN);
+                        continue;
+                    }
                     let t = Instant::now();
                     rows[s] = run();
                     rates[s].push(events as f64 / t.elapsed().as_secs_f64());
                 }
             }
             assert!(
-                rows[..4].iter().all(|&r| r == rows[0]) && rows[4] == rows[5],
+                only.is_some() || rows[..4].iter().all(|&r| r == rows[0]) && rows[4] == rows[5],
                 "the same rows on any thread count: {rows:?}"
             );
             let efficiency = |two: usize| {
