@@ -268,10 +268,14 @@ fn compare(
 /// The universes compared: 8 and 1000 symbols, or the comma-separated
 /// counts in `TICKFLOW_BENCH_SYMBOLS` (for profiling one of them).
 fn symbol_counts() -> Vec<usize> {
-    std::env::var("TICKFLOW_BENCH_SYMBOLS")
+    numbers_in_env("TICKFLOW_BENCH_SYMBOLS").unwrap_or_else(|| vec![8, 1000])
+}
+
+/// The comma-separated numbers in environment variable `name`, if set.
+fn numbers_in_env(name: &str) -> Option<Vec<usize>> {
+    std::env::var(name)
         .ok()
         .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
-        .unwrap_or_else(|| vec![8, 1000])
 }
 
 /// ohlc_5s over dense and sparse windows, in order and out of order.
@@ -329,9 +333,7 @@ fn threads_benchmark() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     // `TICKFLOW_BENCH_SETUPS=2` (comma-separated column numbers, 0 = 1
     // thread) runs only those set-ups (for profiling one of them).
-    let only: Option<Vec<usize>> = std::env::var("TICKFLOW_BENCH_SETUPS")
-        .ok()
-        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect());
+    let only = numbers_in_env("TICKFLOW_BENCH_SETUPS");
     println!(
         "\nohlc_5s on threads ({cores} cores here): split by symbol into key groups, or a source \
          partitioned by symbol (2 partitions, a poll of both per step); events/s, median of \
